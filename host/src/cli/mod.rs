@@ -1,0 +1,145 @@
+//! Command-line arguments, dispatch and exit codes.
+//!
+//! Exit codes: 0 success; 1 a staging failure; 2 a usage or config error.
+
+mod plugins;
+mod stage;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stagehost::{Config, ConfigError, PluginLoader, Registry};
+
+/// Stage task files through provider plugins, as Parsl's data manager does.
+#[derive(Debug, Parser)]
+#[command(name = "stagehost", version, about, long_about = None)]
+#[command(
+    after_help = "Logging: set RUST_LOG (for example RUST_LOG=debug or RUST_LOG=stagehost::plugin=info).\nExit codes: 0 success, 1 staging failure, 2 usage or config error."
+)]
+pub struct Args {
+    /// Config file (else STAGEHOST_CONFIG, ./stagehost.toml, $XDG_CONFIG_HOME/stagehost/config.toml, /etc/stagehost/config.toml, the embedded default)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect the provider plugins
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Stage files in or out through the data manager
+    #[command(subcommand)]
+    Stage(StageCommand),
+    /// Inspect the config
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// List every plugin found, every provider instance and each executor's order
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit non-zero (2) when a configured provider fails to load
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum StageCommand {
+    /// Stage URLs in: run each file's separate job and in-task step
+    In(stage::StageInArgs),
+    /// Stage a local output out to a URL
+    Out(stage::StageOutArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective config as TOML
+    Show,
+}
+
+/// A failure of the whole command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A usage or config error: exit 2.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A staging failure already reported per file: exit 1.
+    #[error("{0}")]
+    Staging(String),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 2,
+            CliError::Staging(_) => 1,
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Loads the config and builds the registry, logging what failed to load.
+fn load(config: &Config, loader: &PluginLoader) -> Result<Registry, CliError> {
+    let registry = Registry::build(config, loader)?;
+    for p in &registry.plugins {
+        if let stagehost::registry::PluginStatus::Failed(reason) = &p.status {
+            tracing::warn!("plugin file {}: {reason}", p.path.display());
+        }
+    }
+    let embedded = config.source == stagehost::config::ConfigSource::Embedded;
+    for (_, reason) in registry.failed_instances() {
+        if embedded && reason.contains(": missing: ") {
+            tracing::debug!("{reason}");
+        } else {
+            tracing::warn!("{reason}");
+        }
+    }
+    Ok(registry)
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    let config = Config::locate(args.config.as_deref())?;
+    let loader = PluginLoader::default();
+    match args.command {
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::List { json }) => {
+            let registry = Registry::build(&config, &loader)?;
+            plugins::list(&registry, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::Check) => {
+            let registry = Registry::build(&config, &loader)?;
+            plugins::check(&registry)
+        }
+        Command::Stage(StageCommand::In(a)) => {
+            let registry = load(&config, &loader)?;
+            stage::stage_in(&registry, a)
+        }
+        Command::Stage(StageCommand::Out(a)) => {
+            let registry = load(&config, &loader)?;
+            stage::stage_out(&registry, a)
+        }
+    }
+}

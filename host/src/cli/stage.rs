@@ -1,0 +1,261 @@
+//! `stagehost stage in` and `stagehost stage out`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use stagehost::config::DEFAULT_EXECUTOR;
+use stagehost::{
+    CancelFlag, DataManager, Direction, File, Registry, StageOptions, Staging, StagingError,
+};
+
+use super::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct StageInArgs {
+    /// URLs (or paths) to stage in
+    #[arg(required = true, value_name = "URL")]
+    urls: Vec<String>,
+    /// Executor whose provider order to use
+    #[arg(long, short = 'e', default_value = DEFAULT_EXECUTOR)]
+    executor: String,
+    /// Where files land (overrides the executor's working_dir)
+    #[arg(long, value_name = "DIR")]
+    dest: Option<PathBuf>,
+    /// Files staged at once
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StageOutArgs {
+    /// The local output to publish
+    #[arg(value_name = "LOCAL_PATH")]
+    local_path: PathBuf,
+    /// Where it goes
+    #[arg(value_name = "URL")]
+    url: String,
+    /// Executor whose provider order to use
+    #[arg(long, short = 'e', default_value = DEFAULT_EXECUTOR)]
+    executor: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct FileResult {
+    url: String,
+    direction: Direction,
+    executor: String,
+    ok: bool,
+    local_path: Option<String>,
+    provider: Option<String>,
+    plugin: Option<String>,
+    modes: Vec<&'static str>,
+    bytes: Option<u64>,
+    seconds: f64,
+    error: Option<String>,
+}
+
+fn result(
+    url: &str,
+    direction: Direction,
+    executor: &str,
+    outcome: &Result<Staging, StagingError>,
+    seconds: f64,
+) -> FileResult {
+    match outcome {
+        Ok(s) => {
+            let local = s.file.filepath().ok();
+            FileResult {
+                url: s.file.redacted_url(),
+                direction,
+                executor: executor.to_owned(),
+                ok: true,
+                bytes: local
+                    .as_ref()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len()),
+                local_path: local.map(|p| p.display().to_string()),
+                provider: Some(s.provider.name.clone()),
+                plugin: Some(format!(
+                    "{} {}",
+                    s.provider.plugin.name, s.provider.plugin.version
+                )),
+                modes: s.ran.iter().map(|m| m.as_str()).collect(),
+                seconds,
+                error: None,
+            }
+        }
+        Err(e) => FileResult {
+            url: stagehost_plugin_api::redact_url(url),
+            direction,
+            executor: executor.to_owned(),
+            ok: false,
+            local_path: None,
+            provider: match e {
+                StagingError::Provider { instance, .. } => Some(instance.clone()),
+                _ => None,
+            },
+            plugin: None,
+            modes: vec![],
+            bytes: None,
+            seconds,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+fn print(results: &[FileResult], json: bool) -> Result<ExitCode, CliError> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(results).expect("results are plain data")
+        );
+    } else {
+        for r in results {
+            match (&r.error, &r.local_path) {
+                (Some(e), _) => eprintln!("stagehost: error: {e}"),
+                (None, local) => {
+                    let how = if r.modes.is_empty() {
+                        "nothing to do".to_owned()
+                    } else {
+                        r.modes.join(" + ")
+                    };
+                    println!(
+                        "{} -> {} [provider {}, {how}]",
+                        r.url,
+                        local.as_deref().unwrap_or("(no local path)"),
+                        r.provider.as_deref().unwrap_or("?"),
+                    );
+                }
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        Err(CliError::Staging(format!(
+            "{failed} of {} file(s) failed",
+            results.len()
+        )))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime builds on any supported OS")
+}
+
+/// Raises `cancel` on Ctrl-C.
+fn cancel_on_ctrl_c(cancel: &CancelFlag) {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted: cancelling transfers");
+            cancel.cancel();
+        }
+    });
+}
+
+pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliError> {
+    let dm = Arc::new(DataManager::new(registry));
+    let opts = StageOptions {
+        working_dir: args.dest.clone(),
+        ..StageOptions::default()
+    };
+    let rt = runtime();
+    let results = rt.block_on(async {
+        cancel_on_ctrl_c(&opts.cancel);
+        let limit = Arc::new(tokio::sync::Semaphore::new(usize::from(args.jobs)));
+        let mut handles = Vec::new();
+        for url in &args.urls {
+            let (dm, opts, limit, url, executor) = (
+                dm.clone(),
+                opts.clone(),
+                limit.clone(),
+                url.clone(),
+                args.executor.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                let _permit = limit
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let start = Instant::now();
+                let outcome = match File::parse(&url) {
+                    Ok(file) => dm.stage_in_async(executor.clone(), file, opts).await,
+                    Err(e) => Err(invalid_url(&url, &executor, Direction::In, e)),
+                };
+                result(
+                    &url,
+                    Direction::In,
+                    &executor,
+                    &outcome,
+                    start.elapsed().as_secs_f64(),
+                )
+            }));
+        }
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await.expect("a staging task never panics"));
+        }
+        results
+    });
+    print(&results, args.json)
+}
+
+fn invalid_url(
+    url: &str,
+    executor: &str,
+    direction: Direction,
+    e: stagehost_plugin_api::StageError,
+) -> StagingError {
+    StagingError::NoProvider {
+        executor: executor.to_owned(),
+        url: format!("{} ({e})", stagehost_plugin_api::redact_url(url)),
+        direction,
+        unavailable: vec![],
+    }
+}
+
+pub fn stage_out(registry: &Registry, args: StageOutArgs) -> Result<ExitCode, CliError> {
+    let dm = DataManager::new(registry);
+    let opts = StageOptions::default();
+    let start = Instant::now();
+    if !args.local_path.exists() {
+        return Err(CliError::Staging(format!(
+            "cannot stage out {}: the local output {} does not exist",
+            args.url,
+            args.local_path.display()
+        )));
+    }
+    let outcome = File::parse(&args.url)
+        .map_err(|e| invalid_url(&args.url, &args.executor, Direction::Out, e))
+        .and_then(|mut file| {
+            // The output already exists: the provider publishes it from where it is.
+            file.set_local_path(&args.local_path);
+            let mut staging = dm.plan_stage_out(&args.executor, &file, &opts)?;
+            staging.run_in_task_step(&opts)?;
+            staging.run_separate_job(&opts)?;
+            Ok(staging)
+        });
+    let r = result(
+        &args.url,
+        Direction::Out,
+        &args.executor,
+        &outcome,
+        start.elapsed().as_secs_f64(),
+    );
+    print(&[r], args.json)
+}

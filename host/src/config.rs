@@ -1,0 +1,405 @@
+//! The TOML config: plugin directories, provider instances and executors; where the
+//! config file is looked for; the embedded default.
+//!
+//! Invariant: a `Config` that [`Config::parse`] returned is valid on its own terms
+//! (unique instance names, one of `plugin`/`library` per instance, parseable version
+//! requirements, executor orders naming known instances). Whether plugins exist is the
+//! registry's business, not this module's: it does no I/O beyond reading the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The embedded default: Parsl's `default_staging` (file, ftp, http, zip) and one
+/// executor, `local`, working in the current directory.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.toml");
+
+/// The executor used when a command names none.
+pub const DEFAULT_EXECUTOR: &str = "local";
+
+/// A whole config file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directories searched for plugins before the standard ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Provider instances; their order is the default staging order.
+    #[serde(default, rename = "provider", skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderConfig>,
+    /// Executors by label.
+    #[serde(default, rename = "executor")]
+    pub executors: BTreeMap<String, ExecutorConfig>,
+    /// Where this config came from (not part of the TOML).
+    #[serde(skip)]
+    pub source: ConfigSource,
+}
+
+/// One `[[provider]]` table: an instance of a plugin with its settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique instance name, used in `staging` lists.
+    pub name: String,
+    /// The plugin's name from its metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// Or a library file to load directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
+    /// A semver requirement on the plugin's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Whether a failure to load this instance stops the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// Settings passed to the plugin as TOML, checked by it.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub settings: toml::Table,
+}
+
+impl ProviderConfig {
+    /// What this instance asks for: `plugin "x"` or `library /p`.
+    pub fn describe_source(&self) -> String {
+        match (&self.plugin, &self.library) {
+            (Some(p), _) => format!("plugin {p:?}"),
+            (None, Some(l)) => format!("library {}", l.display()),
+            (None, None) => "nothing".to_owned(),
+        }
+    }
+}
+
+/// One `[executor.NAME]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// Where staged files land by default.
+    #[serde(default = "default_working_dir")]
+    pub working_dir: PathBuf,
+    /// This executor's provider order. Absent: the default order. Empty: nothing can
+    /// be staged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<Vec<String>>,
+}
+
+fn default_working_dir() -> PathBuf {
+    PathBuf::from(".")
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            working_dir: default_working_dir(),
+            staging: None,
+        }
+    }
+}
+
+/// Where a config came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The default compiled into the binary.
+    #[default]
+    Embedded,
+    /// A file, found by the given rule.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Which rule found it (`--config`, `STAGEHOST_CONFIG`, ...).
+        found_by: &'static str,
+        /// Its text, kept to point at lines in later errors.
+        text: String,
+    },
+}
+
+impl ConfigSource {
+    /// A short name for messages: the path, or `<embedded default>`.
+    pub fn name(&self) -> String {
+        match self {
+            ConfigSource::Embedded => "<embedded default config>".to_owned(),
+            ConfigSource::File { path, .. } => path.display().to_string(),
+        }
+    }
+    fn text(&self) -> &str {
+        match self {
+            ConfigSource::Embedded => EMBEDDED_DEFAULT,
+            ConfigSource::File { text, .. } => text,
+        }
+    }
+    /// `name:line:column` of the first place where `key` is written as a TOML key
+    /// inside the table that starts with `table_marker`, if found.
+    pub fn locate_key(&self, table_start: Option<usize>, key: &str) -> Option<String> {
+        let text = self.text();
+        let from = table_start.unwrap_or(0);
+        let mut offset = from;
+        for line in text[from..].split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            // `key =`, `key=`, `"key" =` and within inline tables `{ key = ...`.
+            for (i, _) in line.match_indices(key) {
+                let before = line[..i].trim_end_matches('"');
+                let after = line[i + key.len()..].trim_start_matches('"').trim_start();
+                let starts_key = i == indent || before.ends_with(['{', ',', ' ', '.']);
+                if starts_key && after.starts_with('=') {
+                    let (l, c) = line_column(text, offset + i);
+                    return Some(format!("{}:{l}:{c}", self.name()));
+                }
+            }
+            offset += line.len();
+        }
+        None
+    }
+}
+
+/// An error in a config, as one line: `file:line:column: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// 1-based line and column of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Parses and validates `text`, which came from `source`.
+    pub fn parse(text: &str, source: ConfigSource) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| line_column(text, s.start));
+            let message = e.message().trim().replace('\n', " ");
+            match at {
+                Some((l, c)) => ConfigError(format!("{}:{l}:{c}: {message}", source.name())),
+                None => ConfigError(format!("{}: {message}", source.name())),
+            }
+        })?;
+        config.source = source;
+        config.validate()?;
+        if config.executors.is_empty() {
+            config
+                .executors
+                .insert(DEFAULT_EXECUTOR.to_owned(), ExecutorConfig::default());
+        }
+        Ok(config)
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded)
+            .expect("the embedded default config is valid (checked by a unit test)")
+    }
+
+    /// Finds and reads the config: `explicit` (from `--config`), then
+    /// `STAGEHOST_CONFIG`, `./stagehost.toml`, `$XDG_CONFIG_HOME/stagehost/config.toml`,
+    /// `/etc/stagehost/config.toml`, then the embedded default.
+    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut candidates: Vec<(PathBuf, &'static str, bool)> = Vec::new();
+        if let Some(p) = explicit {
+            candidates.push((p.to_path_buf(), "--config", true));
+        }
+        if let Some(p) = std::env::var_os("STAGEHOST_CONFIG").filter(|v| !v.is_empty()) {
+            candidates.push((PathBuf::from(p), "STAGEHOST_CONFIG", true));
+        }
+        candidates.push((PathBuf::from("stagehost.toml"), "./stagehost.toml", false));
+        if let Some(dir) = xdg_dir("XDG_CONFIG_HOME", ".config") {
+            candidates.push((dir.join("stagehost/config.toml"), "XDG_CONFIG_HOME", false));
+        }
+        candidates.push((
+            PathBuf::from("/etc/stagehost/config.toml"),
+            "/etc/stagehost",
+            false,
+        ));
+        for (path, found_by, must_exist) in candidates {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let source = ConfigSource::File {
+                        path,
+                        found_by,
+                        text: text.clone(),
+                    };
+                    return Config::parse(&text, source);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => continue,
+                Err(e) => {
+                    return Err(ConfigError(format!(
+                        "{}: cannot read config (named by {found_by}): {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        Ok(Config::embedded())
+    }
+
+    /// The directory relative paths in this config are resolved against: the config
+    /// file's directory, or the current directory for the embedded default.
+    pub fn base_dir(&self) -> PathBuf {
+        match &self.source {
+            ConfigSource::File { path, .. } => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            ConfigSource::Embedded => PathBuf::from("."),
+        }
+    }
+
+    /// The effective config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serialises: all keys are strings")
+    }
+
+    fn error_at(&self, key: &str, message: String) -> ConfigError {
+        match self.source.locate_key(None, key) {
+            Some(at) => ConfigError(format!("{at}: {message}")),
+            None => ConfigError(format!("{}: {message}", self.source.name())),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.providers {
+            if p.name.is_empty() {
+                return Err(self.error_at("name", "a provider's name is empty".into()));
+            }
+            if !seen.insert(p.name.as_str()) {
+                return Err(self.error_at(
+                    "name",
+                    format!(
+                        "provider name {:?} is used twice; instance names must be unique",
+                        p.name
+                    ),
+                ));
+            }
+            match (&p.plugin, &p.library) {
+                (Some(_), Some(_)) => {
+                    return Err(self.error_at(
+                        "library",
+                        format!(
+                            "provider {:?} sets both `plugin` and `library`; set one",
+                            p.name
+                        ),
+                    ))
+                }
+                (None, None) => {
+                    return Err(self.error_at(
+                        "name",
+                        format!("provider {:?} sets neither `plugin` nor `library`", p.name),
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(req) = &p.version {
+                semver::VersionReq::parse(req).map_err(|e| {
+                    self.error_at(
+                        "version",
+                        format!(
+                            "provider {:?}: version requirement {req:?} is not valid semver: {e}",
+                            p.name
+                        ),
+                    )
+                })?;
+            }
+        }
+        for (label, executor) in &self.executors {
+            for name in executor.staging.iter().flatten() {
+                let known_plugin = self.providers.iter().any(|p| &p.name == name);
+                if !known_plugin && !is_plausible_dropin(name) {
+                    return Err(self.error_at(
+                        "staging",
+                        format!("executor {label:?}: staging names {name:?}, which is not a valid provider name"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `staging` entry that names no `[[provider]]` may still name a dropped-in plugin's
+/// implicit instance; the registry decides once plugins are discovered.
+fn is_plausible_dropin(name: &str) -> bool {
+    !name.is_empty() && !name.contains(char::is_whitespace)
+}
+
+/// `$VAR`, or `$HOME/fallback` when unset or empty.
+pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            ConfigSource::File {
+                path: "site.toml".into(),
+                found_by: "test",
+                text: text.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn embedded_default_is_parsls_default_staging() {
+        let c = Config::embedded();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["file", "ftp", "http", "zip"]);
+        assert!(c.executors[DEFAULT_EXECUTOR].staging.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_and_column() {
+        let err =
+            parse("[[provider]]\nname = \"a\"\nplugin = \"file\"\nsetings = {}\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("site.toml:4:1: unknown field `setings`"),
+            "{err}"
+        );
+        let err = parse("[executor.local]\nworking_dir = \"w\"\nstaging = []\nworkdir = 1\n")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("site.toml:4:1: unknown field `workdir`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_versions_are_errors() {
+        let dup = "[[provider]]\nname = \"a\"\nplugin = \"x\"\n[[provider]]\nname = \"a\"\nplugin = \"y\"\n";
+        assert!(parse(dup).unwrap_err().to_string().contains("used twice"));
+        let bad = "[[provider]]\nname = \"a\"\nplugin = \"x\"\nversion = \"^^1\"\n";
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("site.toml:4:1: provider \"a\": version requirement"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_staging_list_differs_from_none() {
+        let c = parse("[executor.a]\nstaging = []\n[executor.b]\n").unwrap();
+        assert_eq!(c.executors["a"].staging, Some(vec![]));
+        assert_eq!(c.executors["b"].staging, None);
+    }
+
+    #[test]
+    fn locate_key_finds_inline_table_keys() {
+        let text = "[[provider]]\nname = \"f\"\nplugin = \"file\"\nsettings = { mode = \"copy\", moed = 1 }\n";
+        let src = ConfigSource::File {
+            path: "c.toml".into(),
+            found_by: "t",
+            text: text.into(),
+        };
+        assert_eq!(src.locate_key(None, "moed").as_deref(), Some("c.toml:4:31"));
+    }
+}

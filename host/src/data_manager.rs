@@ -1,0 +1,538 @@
+//! The data manager: for each file of a task, the first provider of the executor's
+//! order that can stage it plans the staging, as Parsl's `DataManager` does.
+//!
+//! Invariants (Parsl's, kept):
+//! - each executor has its own order; the first provider whose `can_stage_*` says yes
+//!   handles the file, even when it then has nothing to do (no fall-through);
+//! - every planning call gets a fresh copy of the caller's `File`; the caller's file is
+//!   never changed. For one file, the copy `stage_in` returns goes on to `replace_task`
+//!   (and likewise for stage-out), as Parsl's `optionally_stage_in` shares one copy;
+//! - every call into a provider here blocks; async callers wrap these in
+//!   `spawn_blocking` (see [`DataManager::stage_in_async`]).
+//!
+//! Beyond Parsl: two different URLs with the same basename never get the same default
+//! destination (the second goes to `<working_dir>/.stagehost/<hash>/<filename>`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use stagehost_plugin_api::abi::AbiJobBox;
+use stagehost_plugin_api::{ErrorKind, File, StageError};
+
+use crate::registry::{PlanningCall, ProviderInstance, Registry};
+use crate::services::{abi_context, CallServices, CancelFlag, ProgressSink};
+
+/// Stage-in or stage-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Before the task.
+    In,
+    /// After the task.
+    Out,
+}
+
+/// How a piece of staging work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkMode {
+    /// A task of its own, before (in) or after (out) the task.
+    SeparateJob,
+    /// Inside the task, just before (in) or after (out) its body.
+    InTaskStep,
+}
+
+impl WorkMode {
+    /// `separate job` or `in-task step`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkMode::SeparateJob => "separate job",
+            WorkMode::InTaskStep => "in-task step",
+        }
+    }
+}
+
+/// A staging failure, as one line naming the file, the provider and the executor.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StagingError {
+    /// The executor label is not configured.
+    #[error("unknown executor {executor:?} (configured: {known})")]
+    UnknownExecutor {
+        /// The label asked for.
+        executor: String,
+        /// The labels there are.
+        known: String,
+    },
+    /// No provider of the executor's order claims the file (Parsl's text).
+    #[error("Executor {executor} cannot stage {}file {url}{}", if *direction == Direction::Out { "out " } else { "" }, unavailable_hint(unavailable))]
+    NoProvider {
+        /// Executor label.
+        executor: String,
+        /// The file's URL, redacted.
+        url: String,
+        /// In or out.
+        direction: Direction,
+        /// Instances in the order that failed to load.
+        unavailable: Vec<String>,
+    },
+    /// A provider call failed.
+    #[error("cannot stage {} {url}: provider {instance:?} (plugin {plugin}) on executor {executor:?}: {call}: {}: {}", direction_word(*direction), error.kind(), error.message())]
+    Provider {
+        /// In or out.
+        direction: Direction,
+        /// The file's URL, redacted.
+        url: String,
+        /// Instance name.
+        instance: String,
+        /// Plugin name and version.
+        plugin: String,
+        /// Executor label.
+        executor: String,
+        /// The call that failed (`stage_in`, `a separate job`, ...).
+        call: &'static str,
+        /// The provider's error.
+        error: StageError,
+    },
+}
+
+fn direction_word(d: Direction) -> &'static str {
+    match d {
+        Direction::In => "in",
+        Direction::Out => "out",
+    }
+}
+
+fn unavailable_hint(unavailable: &[String]) -> String {
+    if unavailable.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (not loaded for this executor: {}; see `stagehost plugins list`)",
+            unavailable.join(", ")
+        )
+    }
+}
+
+impl StagingError {
+    /// The provider's error kind, if a provider failed.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            StagingError::Provider { error, .. } => Some(error.kind()),
+            _ => None,
+        }
+    }
+    /// Whether retrying may help (the provider marked its error transient).
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_some_and(ErrorKind::is_transient)
+    }
+}
+
+/// Per-call options: where files land, how long a call may take, and the channels.
+#[derive(Clone, Default)]
+pub struct StageOptions {
+    /// Overrides the executor's working directory.
+    pub working_dir: Option<PathBuf>,
+    /// Deadline for each call, counted from its start.
+    pub timeout: Option<Duration>,
+    /// Raised to stop the work.
+    pub cancel: CancelFlag,
+    /// Where transfers report bytes.
+    pub progress: Option<Arc<dyn ProgressSink>>,
+}
+
+struct ExecutorStaging {
+    working_dir: PathBuf,
+    providers: Vec<Arc<ProviderInstance>>,
+    unavailable: Vec<String>,
+}
+
+/// Chooses providers and plans staging for every executor of a registry.
+pub struct DataManager {
+    executors: HashMap<String, ExecutorStaging>,
+    destinations: Mutex<HashMap<PathBuf, String>>,
+}
+
+/// A piece of work a provider returned.
+pub struct PendingWork {
+    job: AbiJobBox,
+    /// How it runs.
+    pub mode: WorkMode,
+}
+
+/// One file's staging, planned: the task's copy of the file, the provider, and the
+/// work still to run.
+pub struct Staging {
+    /// In or out.
+    pub direction: Direction,
+    /// Executor label.
+    pub executor: String,
+    /// The task's copy of the file (with `local_path` if the provider set one).
+    pub file: File,
+    /// The provider that claimed it.
+    pub provider: Arc<ProviderInstance>,
+    /// Work to run as a task of its own.
+    pub separate_job: Option<PendingWork>,
+    /// Work to run inside the task.
+    pub in_task_step: Option<PendingWork>,
+    /// The work that ran, in order.
+    pub ran: Vec<WorkMode>,
+    working_dir: PathBuf,
+    destination: PathBuf,
+}
+
+impl Staging {
+    /// How this file is staged: the separate job, the in-task step, or nothing.
+    pub fn modes(&self) -> Vec<WorkMode> {
+        [&self.separate_job, &self.in_task_step]
+            .into_iter()
+            .flatten()
+            .map(|w| w.mode)
+            .collect()
+    }
+
+    /// Runs the separate job, if any (blocking).
+    pub fn run_separate_job(&mut self, opts: &StageOptions) -> Result<(), StagingError> {
+        match self.separate_job.take() {
+            Some(work) => self.run(work, opts),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the in-task step, if any (blocking).
+    pub fn run_in_task_step(&mut self, opts: &StageOptions) -> Result<(), StagingError> {
+        match self.in_task_step.take() {
+            Some(work) => self.run(work, opts),
+            None => Ok(()),
+        }
+    }
+
+    fn run(&mut self, mut work: PendingWork, opts: &StageOptions) -> Result<(), StagingError> {
+        let ctx = abi_context(
+            call_services(&self.provider, &self.executor, &self.file, opts),
+            &self.working_dir,
+            &self.destination,
+            opts.timeout.map(|t| SystemTime::now() + t),
+        );
+        let call = match work.mode {
+            WorkMode::SeparateJob => "separate job",
+            WorkMode::InTaskStep => "in-task step",
+        };
+        work.job.run(&ctx).into_result().map_err(|e| {
+            provider_error(
+                self.direction,
+                &self.file,
+                &self.provider,
+                &self.executor,
+                call,
+                e.into(),
+            )
+        })?;
+        self.ran.push(work.mode);
+        Ok(())
+    }
+}
+
+fn call_services(
+    provider: &ProviderInstance,
+    executor: &str,
+    file: &File,
+    opts: &StageOptions,
+) -> CallServices {
+    CallServices {
+        instance: provider.name.as_str().into(),
+        executor: executor.into(),
+        url: file.redacted_url().into(),
+        cancel: opts.cancel.clone(),
+        progress: opts.progress.clone(),
+    }
+}
+
+fn provider_error(
+    direction: Direction,
+    file: &File,
+    provider: &ProviderInstance,
+    executor: &str,
+    call: &'static str,
+    error: StageError,
+) -> StagingError {
+    StagingError::Provider {
+        direction,
+        url: file.redacted_url(),
+        instance: provider.name.clone(),
+        plugin: format!("{} {}", provider.plugin.name, provider.plugin.version),
+        executor: executor.to_owned(),
+        call,
+        error,
+    }
+}
+
+/// A stable 64-bit FNV-1a hash, for destination subdirectories.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl DataManager {
+    /// A data manager over the ready instances of `registry`.
+    pub fn new(registry: &Registry) -> DataManager {
+        let executors = registry
+            .executors
+            .iter()
+            .map(|e| {
+                let mut providers = Vec::new();
+                let mut unavailable = Vec::new();
+                for name in &e.order {
+                    match registry.instance(name).map(|i| &i.status) {
+                        Some(Ok(instance)) => providers.push(instance.clone()),
+                        _ => unavailable.push(name.clone()),
+                    }
+                }
+                let staging = ExecutorStaging {
+                    working_dir: e.working_dir.clone(),
+                    providers,
+                    unavailable,
+                };
+                (e.label.clone(), staging)
+            })
+            .collect();
+        DataManager {
+            executors,
+            destinations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The executor labels, sorted.
+    pub fn executor_labels(&self) -> Vec<&str> {
+        let mut labels: Vec<&str> = self.executors.keys().map(String::as_str).collect();
+        labels.sort_unstable();
+        labels
+    }
+
+    fn executor(&self, label: &str) -> Result<&ExecutorStaging, StagingError> {
+        self.executors
+            .get(label)
+            .ok_or_else(|| StagingError::UnknownExecutor {
+                executor: label.to_owned(),
+                known: self.executor_labels().join(", "),
+            })
+    }
+
+    /// The first provider of `executor`'s order whose `can_stage_in` accepts `file`.
+    pub fn choose_stage_in_provider(
+        &self,
+        executor: &str,
+        file: &File,
+    ) -> Result<&Arc<ProviderInstance>, StagingError> {
+        self.choose(executor, file, Direction::In)
+    }
+
+    /// The first provider of `executor`'s order whose `can_stage_out` accepts `file`.
+    pub fn choose_stage_out_provider(
+        &self,
+        executor: &str,
+        file: &File,
+    ) -> Result<&Arc<ProviderInstance>, StagingError> {
+        self.choose(executor, file, Direction::Out)
+    }
+
+    fn choose(
+        &self,
+        executor: &str,
+        file: &File,
+        direction: Direction,
+    ) -> Result<&Arc<ProviderInstance>, StagingError> {
+        let staging = self.executor(executor)?;
+        for provider in &staging.providers {
+            let claimed = match direction {
+                Direction::In => provider.can_stage_in(file),
+                Direction::Out => provider.can_stage_out(file),
+            };
+            let call = match direction {
+                Direction::In => "can_stage_in",
+                Direction::Out => "can_stage_out",
+            };
+            match claimed {
+                Ok(true) => return Ok(provider),
+                Ok(false) => {}
+                Err(e) => return Err(provider_error(direction, file, provider, executor, call, e)),
+            }
+        }
+        Err(StagingError::NoProvider {
+            executor: executor.to_owned(),
+            url: file.redacted_url(),
+            direction,
+            unavailable: staging.unavailable.clone(),
+        })
+    }
+
+    /// The default destination of `file`: its `local_path` if set, else
+    /// `<working_dir>/<filename>` unless another URL already claimed that path.
+    fn default_destination(&self, working_dir: &Path, file: &File) -> PathBuf {
+        if let Some(local) = file.local_path() {
+            return local.to_path_buf();
+        }
+        let name = if file.filename().is_empty() {
+            "index"
+        } else {
+            file.filename()
+        };
+        let plain = working_dir.join(name);
+        let claims = self
+            .destinations
+            .lock()
+            .expect("the claims lock is never poisoned");
+        match claims.get(&plain) {
+            Some(url) if url != file.url() => working_dir
+                .join(".stagehost")
+                .join(format!("{:016x}", fnv1a(file.url())))
+                .join(name),
+            _ => plain,
+        }
+    }
+
+    fn claim(&self, path: &Path, url: &str) {
+        let mut claims = self
+            .destinations
+            .lock()
+            .expect("the claims lock is never poisoned");
+        claims
+            .entry(path.to_path_buf())
+            .or_insert_with(|| url.to_owned());
+    }
+
+    /// Plans the stage-in of `file` on `executor`: chooses the provider, then calls its
+    /// `stage_in` and `replace_task` on one fresh copy. Blocks.
+    pub fn plan_stage_in(
+        &self,
+        executor: &str,
+        file: &File,
+        opts: &StageOptions,
+    ) -> Result<Staging, StagingError> {
+        self.plan(executor, file, opts, Direction::In)
+    }
+
+    /// Plans the stage-out of `file` on `executor`: chooses the provider, then calls its
+    /// `stage_out` and `replace_task_stage_out` on one fresh copy. Blocks. Call it
+    /// before the task runs: the provider may set where the task writes.
+    pub fn plan_stage_out(
+        &self,
+        executor: &str,
+        file: &File,
+        opts: &StageOptions,
+    ) -> Result<Staging, StagingError> {
+        self.plan(executor, file, opts, Direction::Out)
+    }
+
+    fn plan(
+        &self,
+        executor: &str,
+        file: &File,
+        opts: &StageOptions,
+        direction: Direction,
+    ) -> Result<Staging, StagingError> {
+        let provider = self.choose(executor, file, direction)?.clone();
+        let staging = self.executor(executor)?;
+        let working_dir = opts
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| staging.working_dir.clone());
+        let destination = self.default_destination(&working_dir, file);
+        let (first, second) = match direction {
+            Direction::In => (PlanningCall::StageIn, PlanningCall::ReplaceTask),
+            Direction::Out => (PlanningCall::StageOut, PlanningCall::ReplaceTaskStageOut),
+        };
+        let deadline = || opts.timeout.map(|t| SystemTime::now() + t);
+        let mut copy = file.clone();
+        let mut jobs = Vec::with_capacity(2);
+        for call in [first, second] {
+            let ctx = abi_context(
+                call_services(&provider, executor, file, opts),
+                &working_dir,
+                &destination,
+                deadline(),
+            );
+            let (next, job) = provider.plan(call, &ctx, copy).map_err(|e| {
+                provider_error(direction, file, &provider, executor, call.as_str(), e)
+            })?;
+            copy = next;
+            jobs.push(job);
+        }
+        if copy.local_path() == Some(destination.as_path()) {
+            self.claim(&destination, file.url());
+        }
+        let mut jobs = jobs.into_iter();
+        let separate = jobs.next().flatten().map(|job| PendingWork {
+            job,
+            mode: WorkMode::SeparateJob,
+        });
+        let in_task = jobs.next().flatten().map(|job| PendingWork {
+            job,
+            mode: WorkMode::InTaskStep,
+        });
+        Ok(Staging {
+            direction,
+            executor: executor.to_owned(),
+            file: copy,
+            provider,
+            separate_job: separate,
+            in_task_step: in_task,
+            ran: Vec::new(),
+            working_dir,
+            destination,
+        })
+    }
+
+    /// Plans and runs a whole stage-in on the blocking pool: the separate job, then the
+    /// in-task step. Returns the task's copy of the file and the provider.
+    pub async fn stage_in_async(
+        self: &Arc<Self>,
+        executor: String,
+        file: File,
+        opts: StageOptions,
+    ) -> Result<Staging, StagingError> {
+        let dm = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut staging = dm.plan_stage_in(&executor, &file, &opts)?;
+            staging.run_separate_job(&opts)?;
+            staging.run_in_task_step(&opts)?;
+            Ok(staging)
+        })
+        .await
+        .expect("a staging thread never panics: provider panics are caught at the plugin boundary")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_provider_error_is_parsls_text() {
+        let e = StagingError::NoProvider {
+            executor: "local".into(),
+            url: "http://h/x".into(),
+            direction: Direction::In,
+            unavailable: vec![],
+        };
+        assert_eq!(e.to_string(), "Executor local cannot stage file http://h/x");
+        let e = StagingError::NoProvider {
+            executor: "local".into(),
+            url: "http://h/x".into(),
+            direction: Direction::Out,
+            unavailable: vec!["http".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "Executor local cannot stage out file http://h/x (not loaded for this executor: http; see `stagehost plugins list`)"
+        );
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,423 @@
+//! The registry: every plugin file found, every provider instance built from the config
+//! (plus one per dropped-in plugin), and each executor's effective order.
+//!
+//! Invariants:
+//! - a plugin or instance that fails is recorded with its one-line reason and never
+//!   stops the others, unless the config marks the instance `required`;
+//! - the first plugin found with a given name wins; later ones are recorded as shadowed;
+//! - dropped-in plugins (found, but named by no `[[provider]]`) get an instance named
+//!   after the plugin, appended to the default order after the configured ones.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stagehost_plugin_api::abi::{AbiContext, AbiJobBox, AbiPlan, ProviderBox};
+use stagehost_plugin_api::{File, StageError};
+
+use crate::config::{Config, ConfigError, ProviderConfig};
+use crate::discovery::{plugin_dirs, plugin_files, PluginDir};
+use crate::loader::{LoadedPlugin, PluginLoader};
+
+/// A plugin file found in a plugin directory.
+#[derive(Debug)]
+pub struct PluginRecord {
+    /// The file.
+    pub path: PathBuf,
+    /// The rule that put its directory on the search list.
+    pub origin: &'static str,
+    /// What happened when it was loaded.
+    pub status: PluginStatus,
+}
+
+/// What happened to a plugin file.
+#[derive(Debug)]
+pub enum PluginStatus {
+    /// Loaded; its metadata is readable.
+    Loaded(Arc<LoadedPlugin>),
+    /// Refused or failed, with the reason.
+    Failed(String),
+    /// Loaded, but an earlier directory has a plugin with the same name.
+    Shadowed {
+        /// The plugin.
+        plugin: Arc<LoadedPlugin>,
+        /// The file that wins.
+        by: PathBuf,
+    },
+}
+
+/// A provider instance: a loaded plugin's provider object with its settings applied.
+pub struct ProviderInstance {
+    /// The instance name.
+    pub name: String,
+    /// The plugin behind it.
+    pub plugin: Arc<LoadedPlugin>,
+    provider: ProviderBox,
+}
+
+impl std::fmt::Debug for ProviderInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderInstance")
+            .field("name", &self.name)
+            .field("plugin", &self.plugin.name)
+            .finish()
+    }
+}
+
+/// The four planning calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanningCall {
+    /// `stage_in`
+    StageIn,
+    /// `replace_task`
+    ReplaceTask,
+    /// `stage_out`
+    StageOut,
+    /// `replace_task_stage_out`
+    ReplaceTaskStageOut,
+}
+
+impl PlanningCall {
+    /// The call's name in the plugin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanningCall::StageIn => "stage_in",
+            PlanningCall::ReplaceTask => "replace_task",
+            PlanningCall::StageOut => "stage_out",
+            PlanningCall::ReplaceTaskStageOut => "replace_task_stage_out",
+        }
+    }
+}
+
+impl ProviderInstance {
+    /// The provider's `can_stage_in`.
+    pub fn can_stage_in(&self, file: &File) -> Result<bool, StageError> {
+        self.provider
+            .can_stage_in(file)
+            .into_result()
+            .map_err(StageError::from)
+    }
+    /// The provider's `can_stage_out`.
+    pub fn can_stage_out(&self, file: &File) -> Result<bool, StageError> {
+        self.provider
+            .can_stage_out(file)
+            .into_result()
+            .map_err(StageError::from)
+    }
+    /// One planning call: the provider's copy of the file and its job, if any.
+    pub fn plan(
+        &self,
+        call: PlanningCall,
+        ctx: &AbiContext,
+        file: File,
+    ) -> Result<(File, Option<AbiJobBox>), StageError> {
+        let result = match call {
+            PlanningCall::StageIn => self.provider.stage_in(ctx, file),
+            PlanningCall::ReplaceTask => self.provider.replace_task(ctx, file),
+            PlanningCall::StageOut => self.provider.stage_out(ctx, file),
+            PlanningCall::ReplaceTaskStageOut => self.provider.replace_task_stage_out(ctx, file),
+        };
+        let AbiPlan { file, job } = result.into_result().map_err(StageError::from)?;
+        Ok((file, job.into_option()))
+    }
+}
+
+/// How an instance came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceOrigin {
+    /// A `[[provider]]` table (its index).
+    Configured(usize),
+    /// A plugin found in a plugin directory that no `[[provider]]` names.
+    DroppedIn,
+}
+
+/// An instance and its state.
+#[derive(Debug)]
+pub struct InstanceRecord {
+    /// Instance name.
+    pub name: String,
+    /// How it came to be.
+    pub origin: InstanceOrigin,
+    /// Ready, or why not.
+    pub status: Result<Arc<ProviderInstance>, String>,
+}
+
+/// An executor's effective order.
+#[derive(Debug, Clone)]
+pub struct ExecutorRecord {
+    /// Label.
+    pub label: String,
+    /// Working directory, resolved against the config's directory.
+    pub working_dir: PathBuf,
+    /// Instance names, in order.
+    pub order: Vec<String>,
+    /// Whether the order came from a `staging` list (else the default order).
+    pub explicit: bool,
+}
+
+/// Everything discovered and built for one config.
+#[derive(Debug)]
+pub struct Registry {
+    /// The directories searched, in order.
+    pub dirs: Vec<PluginDir>,
+    /// Every plugin file found.
+    pub plugins: Vec<PluginRecord>,
+    /// Every instance, configured first, then dropped-in.
+    pub instances: Vec<InstanceRecord>,
+    /// Every executor.
+    pub executors: Vec<ExecutorRecord>,
+}
+
+impl std::fmt::Debug for PluginLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginLoader")
+    }
+}
+
+/// Resolves `path` against `base` unless absolute.
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() || base == Path::new(".") {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+impl Registry {
+    /// Discovers plugins and builds every instance and executor order of `config`.
+    ///
+    /// Fails only for what the config makes fatal: a `required` instance that did not
+    /// build, or a `staging` list naming an instance that does not exist.
+    pub fn build(config: &Config, loader: &PluginLoader) -> Result<Registry, ConfigError> {
+        let base = config.base_dir();
+        let config_dirs: Vec<PathBuf> = config
+            .plugin_dirs
+            .iter()
+            .map(|d| resolve(&base, d))
+            .collect();
+        let dirs = plugin_dirs(&config_dirs);
+        let mut plugins: Vec<PluginRecord> = Vec::new();
+        for dir in &dirs {
+            for path in plugin_files(&dir.path) {
+                let status = match loader.load(&path) {
+                    Err(e) => PluginStatus::Failed(e.0),
+                    Ok(plugin) => match first_loaded(&plugins, &plugin.name) {
+                        Some(winner) if !Arc::ptr_eq(winner, &plugin) => PluginStatus::Shadowed {
+                            plugin,
+                            by: winner.path.clone(),
+                        },
+                        Some(_) => continue, // the same library reached through a second path
+                        None => PluginStatus::Loaded(plugin),
+                    },
+                };
+                plugins.push(PluginRecord {
+                    path,
+                    origin: dir.origin,
+                    status,
+                });
+            }
+        }
+
+        let mut instances = Vec::new();
+        for (index, pc) in config.providers.iter().enumerate() {
+            let status = build_instance(config, index, pc, &plugins, loader, &base);
+            if let (true, Err(reason)) = (pc.required, &status) {
+                return Err(ConfigError(format!("required {reason}")));
+            }
+            instances.push(InstanceRecord {
+                name: pc.name.clone(),
+                origin: InstanceOrigin::Configured(index),
+                status,
+            });
+        }
+        let named = |p: &LoadedPlugin| {
+            config.providers.iter().any(|pc| {
+                pc.plugin.as_deref() == Some(p.name.as_str())
+                    || pc
+                        .library
+                        .as_ref()
+                        .is_some_and(|l| same_file(&resolve(&base, l), &p.path))
+            })
+        };
+        for record in &plugins {
+            let PluginStatus::Loaded(plugin) = &record.status else {
+                continue;
+            };
+            if named(plugin) || instances.iter().any(|i| i.name == plugin.name) {
+                continue;
+            }
+            let status = plugin
+                .new_provider("")
+                .map(|provider| {
+                    Arc::new(ProviderInstance {
+                        name: plugin.name.clone(),
+                        plugin: plugin.clone(),
+                        provider,
+                    })
+                })
+                .map_err(|e| {
+                    format!(
+                        "provider {:?} (dropped-in {}): {e}",
+                        plugin.name,
+                        plugin.path.display()
+                    )
+                });
+            instances.push(InstanceRecord {
+                name: plugin.name.clone(),
+                origin: InstanceOrigin::DroppedIn,
+                status,
+            });
+        }
+
+        let default_order: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
+        let mut executors = Vec::new();
+        for (label, ec) in &config.executors {
+            let (order, explicit) = match &ec.staging {
+                Some(list) => (list.clone(), true),
+                None => (default_order.clone(), false),
+            };
+            for name in &order {
+                if !instances.iter().any(|i| &i.name == name) {
+                    let known = default_order.join(", ");
+                    let msg = format!(
+                        "executor {label:?}: staging names provider {name:?}, which is neither configured nor a dropped-in plugin (known: {known})"
+                    );
+                    return Err(ConfigError(
+                        match config.source.locate_key(None, "staging") {
+                            Some(at) => format!("{at}: {msg}"),
+                            None => format!("{}: {msg}", config.source.name()),
+                        },
+                    ));
+                }
+            }
+            executors.push(ExecutorRecord {
+                label: label.clone(),
+                working_dir: resolve(&base, &ec.working_dir),
+                order,
+                explicit,
+            });
+        }
+        Ok(Registry {
+            dirs,
+            plugins,
+            instances,
+            executors,
+        })
+    }
+
+    /// The instance named `name`, if it is ready.
+    pub fn instance(&self, name: &str) -> Option<&InstanceRecord> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// Instances that failed, with their reasons.
+    pub fn failed_instances(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.instances.iter().filter_map(|i| {
+            i.status
+                .as_ref()
+                .err()
+                .map(|r| (i.name.as_str(), r.as_str()))
+        })
+    }
+}
+
+fn first_loaded<'a>(plugins: &'a [PluginRecord], name: &str) -> Option<&'a Arc<LoadedPlugin>> {
+    plugins.iter().find_map(|r| match &r.status {
+        PluginStatus::Loaded(p) if p.name == name => Some(p),
+        _ => None,
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The byte offset where the `index`-th `[[provider]]` table starts, if written so.
+fn provider_table_start(text: &str, index: usize) -> Option<usize> {
+    let mut offset = 0;
+    let mut seen = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with("[[provider]]") {
+            if seen == index {
+                return Some(offset);
+            }
+            seen += 1;
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn build_instance(
+    config: &Config,
+    index: usize,
+    pc: &ProviderConfig,
+    plugins: &[PluginRecord],
+    loader: &PluginLoader,
+    base: &Path,
+) -> Result<Arc<ProviderInstance>, String> {
+    let who = format!("provider {:?} ({})", pc.name, pc.describe_source());
+    let plugin = match (&pc.plugin, &pc.library) {
+        (_, Some(lib)) => loader
+            .load(&resolve(base, lib))
+            .map_err(|e| format!("{who}: {}: {e}", resolve(base, lib).display()))?,
+        (Some(name), None) => {
+            match first_loaded(plugins, name) {
+                Some(p) => p.clone(),
+                None => {
+                    let failed = plugins
+                        .iter()
+                        .filter(|r| matches!(r.status, PluginStatus::Failed(_)))
+                        .count();
+                    let hint = if failed > 0 {
+                        format!("; {failed} plugin file(s) failed to load, see `stagehost plugins list`")
+                    } else {
+                        String::new()
+                    };
+                    return Err(format!(
+                        "{who}: missing: no plugin named {name:?} in the plugin directories{hint}"
+                    ));
+                }
+            }
+        }
+        (None, None) => unreachable!("Config::validate requires plugin or library"),
+    };
+    if let Some(req) = &pc.version {
+        let req = semver::VersionReq::parse(req).expect("Config::validate checked the requirement");
+        if !req.matches(&plugin.version) {
+            return Err(format!(
+                "{who}: {} is version {}, the config requires {req}",
+                plugin.path.display(),
+                plugin.version
+            ));
+        }
+    }
+    let settings = toml::to_string(&pc.settings).expect("a TOML table always serialises");
+    let provider = plugin.new_provider(&settings).map_err(|e| {
+        let message = e.to_string();
+        // Point at the offending key in the config file when the plugin names one.
+        let key = message.split('`').nth(1);
+        let table = provider_table_start(config_text(config), index);
+        match key.and_then(|k| config.source.locate_key(table, k)) {
+            Some(at) => {
+                let short = message.split(" (line ").next().unwrap_or(&message);
+                format!("{at}: {who}: {short}")
+            }
+            None => format!("{who}: {message}"),
+        }
+    })?;
+    Ok(Arc::new(ProviderInstance {
+        name: pc.name.clone(),
+        plugin,
+        provider,
+    }))
+}
+
+fn config_text(config: &Config) -> &str {
+    match &config.source {
+        crate::config::ConfigSource::File { text, .. } => text,
+        crate::config::ConfigSource::Embedded => crate::config::EMBEDDED_DEFAULT,
+    }
+}

@@ -1,0 +1,107 @@
+//! The host's side of a plugin call: the log, progress and cancellation channels a
+//! provider sees through its `Context`, and the ABI context built for each call.
+//!
+//! Invariant: nothing here blocks; every method is safe to call from a plugin's
+//! transfer loop as often as it likes.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{ROption, RStr};
+use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO};
+use stagehost_plugin_api::LogLevel;
+
+/// Receives progress of one transfer.
+pub trait ProgressSink: Send + Sync {
+    /// Bytes done, and the total when known.
+    fn update(&self, done: u64, total: Option<u64>);
+}
+
+/// A flag that asks running work to stop. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A flag not yet raised.
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+    /// Raises the flag.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether the flag was raised.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Who is calling, for the plugin's log lines.
+pub(crate) struct CallServices {
+    pub instance: Arc<str>,
+    pub executor: Arc<str>,
+    pub url: Arc<str>,
+    pub cancel: CancelFlag,
+    pub progress: Option<Arc<dyn ProgressSink>>,
+}
+
+impl HostServices for CallServices {
+    fn log(&self, level: u8, message: RStr<'_>) {
+        let (provider, executor, file, message) = (
+            &*self.instance,
+            &*self.executor,
+            &*self.url,
+            message.as_str(),
+        );
+        match LogLevel::from_u8(level) {
+            LogLevel::Error => {
+                tracing::error!(target: "stagehost::plugin", provider, executor, file, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "stagehost::plugin", provider, executor, file, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "stagehost::plugin", provider, executor, file, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "stagehost::plugin", provider, executor, file, "{message}")
+            }
+            LogLevel::Trace => {
+                tracing::trace!(target: "stagehost::plugin", provider, executor, file, "{message}")
+            }
+        }
+    }
+    fn progress(&self, done: u64, total: ROption<u64>) {
+        if let Some(sink) = &self.progress {
+            sink.update(done, total.into_option());
+        }
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// Builds the ABI context for one call.
+pub(crate) fn abi_context(
+    services: CallServices,
+    working_dir: &Path,
+    destination: &Path,
+    deadline: Option<SystemTime>,
+) -> AbiContext {
+    AbiContext {
+        executor: services.executor.as_ref().into(),
+        working_dir: working_dir.to_string_lossy().as_ref().into(),
+        instance: services.instance.as_ref().into(),
+        destination: destination.to_string_lossy().as_ref().into(),
+        deadline_unix_ms: deadline
+            .map(|d| {
+                d.duration_since(UNIX_EPOCH)
+                    .map_or(0, |t| t.as_millis() as u64)
+            })
+            .into(),
+        services: HostServices_TO::from_value(services, TD_Opaque),
+    }
+}

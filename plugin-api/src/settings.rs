@@ -1,0 +1,60 @@
+//! `Settings`: a provider instance's `settings` table, handed over as TOML text and
+//! read with serde.
+
+use serde::de::DeserializeOwned;
+
+use crate::error::StageError;
+
+/// The `settings` table of a `[[provider]]` in the host's config, as TOML text.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    text: String,
+}
+
+impl Settings {
+    /// Wraps TOML text (a document whose top level is the settings table).
+    pub fn from_toml(text: impl Into<String>) -> Settings {
+        Settings { text: text.into() }
+    }
+    /// The TOML text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+    /// Reads the settings into `T`. Put `#[serde(deny_unknown_fields)]` on `T`: an
+    /// unknown key is then an error that names the key, with its line and column in
+    /// the settings text. The host maps the key back to its place in the config file.
+    ///
+    /// ```
+    /// use stagehost_plugin_api::Settings;
+    /// #[derive(serde::Deserialize, Default)]
+    /// #[serde(deny_unknown_fields, default)]
+    /// struct S { mode: String }
+    /// let s: S = Settings::from_toml("mode = \"copy\"").parse().unwrap();
+    /// assert_eq!(s.mode, "copy");
+    /// let err = Settings::from_toml("mode = \"copy\"\nmod = 1").parse::<S>().unwrap_err();
+    /// assert!(err.to_string().contains("unknown field `mod`"), "{err}");
+    /// assert!(err.to_string().contains("line 2, column 1"), "{err}");
+    /// ```
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, StageError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let what = e.message().trim();
+            match e.span() {
+                Some(span) => {
+                    let (line, column) = line_column(&self.text, span.start);
+                    StageError::other(format!(
+                        "invalid settings: {what} (line {line}, column {column} of the settings)"
+                    ))
+                }
+                None => StageError::other(format!("invalid settings: {what}")),
+            }
+        })
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
