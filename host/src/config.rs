@@ -400,6 +400,6 @@ mod tests {
             found_by: "t",
             text: text.into(),
         };
-        assert_eq!(src.locate_key(None, "moed").as_deref(), Some("c.toml:4:31"));
+        assert_eq!(src.locate_key(None, "moed").as_deref(), Some("c.toml:4:29"));
     }
 }

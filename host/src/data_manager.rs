@@ -78,23 +78,28 @@ pub enum StagingError {
         unavailable: Vec<String>,
     },
     /// A provider call failed.
-    #[error("cannot stage {} {url}: provider {instance:?} (plugin {plugin}) on executor {executor:?}: {call}: {}: {}", direction_word(*direction), error.kind(), error.message())]
-    Provider {
-        /// In or out.
-        direction: Direction,
-        /// The file's URL, redacted.
-        url: String,
-        /// Instance name.
-        instance: String,
-        /// Plugin name and version.
-        plugin: String,
-        /// Executor label.
-        executor: String,
-        /// The call that failed (`stage_in`, `a separate job`, ...).
-        call: &'static str,
-        /// The provider's error.
-        error: StageError,
-    },
+    #[error("{0}")]
+    Provider(Box<ProviderFailure>),
+}
+
+/// A failed provider call: which file, provider, executor and call, and the error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot stage {} {url}: provider {instance:?} (plugin {plugin}) on executor {executor:?}: {call}: {}: {}", direction_word(*direction), error.kind(), error.message())]
+pub struct ProviderFailure {
+    /// In or out.
+    pub direction: Direction,
+    /// The file's URL, redacted.
+    pub url: String,
+    /// Instance name.
+    pub instance: String,
+    /// Plugin name and version.
+    pub plugin: String,
+    /// Executor label.
+    pub executor: String,
+    /// The call that failed (`stage_in`, `separate job`, ...).
+    pub call: &'static str,
+    /// The provider's error.
+    pub error: StageError,
 }
 
 fn direction_word(d: Direction) -> &'static str {
@@ -119,7 +124,7 @@ impl StagingError {
     /// The provider's error kind, if a provider failed.
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
-            StagingError::Provider { error, .. } => Some(error.kind()),
+            StagingError::Provider(failure) => Some(failure.error.kind()),
             _ => None,
         }
     }
@@ -257,7 +262,7 @@ fn provider_error(
     call: &'static str,
     error: StageError,
 ) -> StagingError {
-    StagingError::Provider {
+    StagingError::Provider(Box::new(ProviderFailure {
         direction,
         url: file.redacted_url(),
         instance: provider.name.clone(),
@@ -265,7 +270,7 @@ fn provider_error(
         executor: executor.to_owned(),
         call,
         error,
-    }
+    }))
 }
 
 /// A stable 64-bit FNV-1a hash, for destination subdirectories.

@@ -36,7 +36,9 @@ pub mod registry;
 pub mod services;
 
 pub use config::{Config, ConfigError};
-pub use data_manager::{DataManager, Direction, StageOptions, Staging, StagingError, WorkMode};
+pub use data_manager::{
+    DataManager, Direction, ProviderFailure, StageOptions, Staging, StagingError, WorkMode,
+};
 pub use loader::{LoadedPlugin, PluginLoader};
 pub use registry::{ProviderInstance, Registry};
 pub use services::{CancelFlag, ProgressSink};

@@ -324,7 +324,19 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `provider` (a type implementing [`Provider`](crate::Provider)) with its metadata.
 /// Invoke it once, at the crate root of a `cdylib` crate.
 ///
-/// ```ignore
+/// ```
+/// use stagehost_plugin_api::{File, Provider, Settings, StageError};
+///
+/// pub struct MyProvider;
+/// impl Provider for MyProvider {
+///     fn new(_settings: &Settings) -> Result<Self, StageError> {
+///         Ok(MyProvider)
+///     }
+///     fn can_stage_in(&self, file: &File) -> bool {
+///         file.scheme() == "my-scheme"
+///     }
+/// }
+///
 /// stagehost_plugin_api::export_provider! {
 ///     provider: MyProvider,
 ///     name: "my-scheme",

@@ -1,6 +1,155 @@
 //! The staging interface of stagehost: what a provider plugin implements, and the
 //! stable ABI the host loads it through.
-//! PLACEHOLDER_DOCS
+//!
+//! A provider decides, for each file of a task, whether it can stage it, and if so
+//! plans the work: a **separate job** the host runs as a task of its own, or an
+//! **in-task step** the host runs inside the task, just before or after its body. These
+//! are the six calls of Parsl's `Staging` class, kept with Parsl's meaning; see
+//! [`Provider`].
+//!
+//! You implement the plain Rust trait [`Provider`] and invoke [`export_provider!`]
+//! once. You never write `extern "C"`, `RString` or `catch_unwind`: the macro exports
+//! the root module the host looks for, and every call into your code is guarded, so a
+//! panic becomes an error for that one file ([`ErrorKind::Panicked`]) and never takes
+//! the host down.
+//!
+//! # Writing a provider, from an empty directory to a dropped-in plugin
+//!
+//! **1. `Cargo.toml`.** A provider is a `cdylib` crate that depends on this crate alone
+//! (add `serde` if it has settings):
+//!
+//! ```toml
+//! [package]
+//! name = "stagehost-hello"
+//! version = "0.1.0"
+//! edition = "2021"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! stagehost-plugin-api = "0.1"      # or { path = ".../plugin-api" }
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! **2. `src/lib.rs`.** This provider serves `hello:` URLs: `hello:///world.txt`
+//! stages in as a file `world.txt` in the executor's working directory, holding a
+//! greeting from its settings. The work runs as a separate staging job, written
+//! atomically (a temporary name, synced, then renamed: see [`fs`]).
+//!
+//! ```
+//! use std::io::Write;
+//!
+//! use serde::Deserialize;
+//! use stagehost_plugin_api::fs::AtomicFile;
+//! use stagehost_plugin_api::{Context, File, Job, Provider, Settings, StageError};
+//!
+//! /// The `settings = { ... }` table of a `[[provider]]` in the host's config.
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)] // a typo becomes an error with its line and column
+//! struct HelloSettings {
+//!     #[serde(default = "default_greeting")]
+//!     greeting: String,
+//! }
+//!
+//! fn default_greeting() -> String {
+//!     "hello".to_owned()
+//! }
+//!
+//! pub struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! impl Provider for Hello {
+//!     fn new(settings: &Settings) -> Result<Self, StageError> {
+//!         let s: HelloSettings = settings.parse()?;
+//!         Ok(Hello { greeting: s.greeting })
+//!     }
+//!
+//!     // Pure and fast: the host asks this for every file, in the site's order.
+//!     fn can_stage_in(&self, file: &File) -> bool {
+//!         file.scheme() == "hello"
+//!     }
+//!
+//!     // Say where the task will find the file, and hand back the work.
+//!     fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+//!         let dest = ctx.destination().to_path_buf(); // <working_dir>/<filename> by default
+//!         file.set_local_path(&dest);
+//!         let body = format!("{}, {}\n", self.greeting, file.filename());
+//!         Ok(Some(Job::new(move |ctx| {
+//!             ctx.check()?; // cancelled or past the deadline?
+//!             let mut out = AtomicFile::create(&dest)?;
+//!             out.write_all(body.as_bytes())
+//!                 .map_err(|e| StageError::io(format_args!("cannot write {}", dest.display()), &e))?;
+//!             ctx.progress(body.len() as u64, Some(body.len() as u64));
+//!             out.commit()
+//!         })))
+//!     }
+//! }
+//!
+//! stagehost_plugin_api::export_provider! {
+//!     provider: Hello,
+//!     name: "hello",
+//!     schemes: ["hello"],
+//!     description: "Greets hello: URLs",
+//! }
+//! # fn main() {
+//! #     // What the host does, in-process, to show the provider works:
+//! #     let p = Hello::new(&Settings::from_toml("greeting = \"hi\"")).unwrap();
+//! #     assert!(p.can_stage_in(&File::parse("hello:///world.txt").unwrap()));
+//! #     assert!(!p.can_stage_in(&File::parse("/etc/hostname").unwrap()));
+//! # }
+//! ```
+//!
+//! **3. Build and drop it in.**
+//!
+//! ```sh
+//! cargo build --release
+//! mkdir -p ~/.local/share/stagehost/plugins
+//! cp target/release/libstagehost_hello.so ~/.local/share/stagehost/plugins/
+//! chmod go-w ~/.local/share/stagehost/plugins/libstagehost_hello.so
+//! stagehost plugins list            # shows `hello`, loaded, appended to the default order
+//! stagehost stage in hello:///world.txt
+//! ```
+//!
+//! The host finds the plugin with no config change: a plugin in a plugin directory that
+//! no `[[provider]]` names gets an instance of its own (named after the plugin, with
+//! empty settings) at the end of the default order. To give it settings or a place in
+//! an executor's order, name it in the config:
+//!
+//! ```toml
+//! [[provider]]
+//! name = "greeter"
+//! plugin = "hello"
+//! version = "^0.1"
+//! settings = { greeting = "good morning" }
+//!
+//! [executor.local]
+//! staging = ["greeter", "file"]
+//! ```
+//!
+//! The host refuses, with a one-line reason, a plugin file that is group- or
+//! world-writable, in such a directory, owned by another user, built for another
+//! architecture, or built against an incompatible `plugin-api` (Cargo's caret rule:
+//! 0.1.x loads in a 0.1 host, 0.2 does not). A complete crate built this way lives in
+//! the stagehost repository under `examples/data-provider`.
+//!
+//! # Rules of the contract
+//!
+//! - Each call gets a fresh copy of the task's [`File`]; set `local_path` on it to say
+//!   where the task finds (stage-in) or writes (stage-out) the file. Use
+//!   [`Context::destination`] unless you have a reason not to: it keeps two URLs with
+//!   the same basename apart.
+//! - Claiming a file and then having nothing to do is fine: the host does not ask the
+//!   next provider (Parsl's rule).
+//! - Return [`ErrorKind::Transient`] for failures worth retrying; the host retries
+//!   only those (and [`ErrorKind::TimedOut`]).
+//! - Calls run on the host's blocking threads. If you want async, keep a runtime of
+//!   your own inside the plugin: the host's tokio runtime is not visible across the
+//!   library boundary.
+//! - Log through [`Context::log`]: a plugin's own `log`/`tracing` output goes nowhere.
+//! - Write through [`fs::AtomicFile`] (or [`fs::copy_atomically`]) so that a failed or
+//!   cancelled transfer leaves nothing at the destination.
 
 #![warn(missing_docs)]
 // abi_stable 0.11's derives expand trait impls inside consts.

@@ -26,7 +26,7 @@ impl Settings {
     ///
     /// ```
     /// use stagehost_plugin_api::Settings;
-    /// #[derive(serde::Deserialize, Default)]
+    /// #[derive(serde::Deserialize, Default, Debug)]
     /// #[serde(deny_unknown_fields, default)]
     /// struct S { mode: String }
     /// let s: S = Settings::from_toml("mode = \"copy\"").parse().unwrap();

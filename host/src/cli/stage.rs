@@ -101,7 +101,7 @@ fn result(
             ok: false,
             local_path: None,
             provider: match e {
-                StagingError::Provider { instance, .. } => Some(instance.clone()),
+                StagingError::Provider(failure) => Some(failure.instance.clone()),
                 _ => None,
             },
             plugin: None,

@@ -1,0 +1,165 @@
+//! `data`: a third-party stagehost provider for `data:` URLs (RFC 2397).
+//!
+//! `data:,hello%20world` and `data:text/plain;base64,aGVsbG8=` stage in as files named
+//! `data-<hash>` (plus an extension for a few media types) in the working directory. The
+//! decoding runs as a separate staging job; it is written atomically.
+
+use std::io::Write;
+
+use stagehost_plugin_api::fs::AtomicFile;
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
+
+pub struct DataProvider;
+
+impl Provider for DataProvider {
+    fn new(settings: &Settings) -> Result<Self, StageError> {
+        if settings.as_str().trim().is_empty() {
+            Ok(DataProvider)
+        } else {
+            Err(StageError::other("the data provider takes no settings"))
+        }
+    }
+
+    fn can_stage_in(&self, file: &File) -> bool {
+        file.scheme() == "data"
+    }
+
+    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        let (media_type, bytes) = decode(file.url())?;
+        let dest = ctx.working_dir().join(format!(
+            "data-{:016x}{}",
+            fnv1a(file.url()),
+            extension(&media_type)
+        ));
+        file.set_local_path(&dest);
+        Ok(Some(Job::new(move |ctx| {
+            ctx.check()?;
+            let mut out = AtomicFile::create(&dest)?;
+            out.write_all(&bytes)
+                .map_err(|e| StageError::io(format_args!("cannot write {}", dest.display()), &e))?;
+            ctx.progress(bytes.len() as u64, Some(bytes.len() as u64));
+            out.commit()
+        })))
+    }
+}
+
+fn invalid(message: impl Into<String>) -> StageError {
+    StageError::new(ErrorKind::InvalidUrl, message)
+}
+
+/// The media type and the bytes of a `data:` URL.
+fn decode(url: &str) -> Result<(String, Vec<u8>), StageError> {
+    let rest = url
+        .get(5..)
+        .filter(|_| url[..5].eq_ignore_ascii_case("data:"))
+        .ok_or_else(|| invalid("not a data: URL"))?;
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| invalid("a data: URL needs a comma before its data"))?;
+    let data = data.split('#').next().unwrap_or_default();
+    let (media_type, is_base64) = match meta.strip_suffix(";base64") {
+        Some(m) => (m, true),
+        None => (meta, false),
+    };
+    let raw = percent_decode(data)?;
+    let bytes = if is_base64 { base64_decode(&raw)? } else { raw };
+    Ok((
+        media_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        bytes,
+    ))
+}
+
+fn extension(media_type: &str) -> &'static str {
+    match media_type {
+        "" | "text/plain" => ".txt",
+        "application/json" => ".json",
+        "text/csv" => ".csv",
+        _ => "",
+    }
+}
+
+fn percent_decode(s: &str) -> Result<Vec<u8>, StageError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| invalid("a % escape is cut short"))?;
+            out.push(
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| invalid(format!("%{hex} is not a hex escape")))?,
+            );
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn base64_decode(input: &[u8]) -> Result<Vec<u8>, StageError> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in input
+        .iter()
+        .filter(|c| !c.is_ascii_whitespace() && **c != b'=')
+    {
+        let v = value(c).ok_or_else(|| invalid(format!("{:?} is not base64", c as char)))?;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+stagehost_plugin_api::export_provider! {
+    provider: DataProvider,
+    name: "data",
+    schemes: ["data"],
+    description: "data: URLs (RFC 2397), decoded into the working directory",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_plain_and_base64() {
+        assert_eq!(
+            decode("data:,hello%20world").unwrap(),
+            ("".into(), b"hello world".to_vec())
+        );
+        assert_eq!(
+            decode("data:text/plain;base64,aGVsbG8=").unwrap(),
+            ("text/plain".into(), b"hello".to_vec())
+        );
+        assert!(decode("data:nocomma").is_err());
+    }
+}

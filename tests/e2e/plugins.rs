@@ -1,0 +1,585 @@
+//! Discovery, loading, config and the `plugins` commands, through the built `stagehost`
+//! binary and real plugin libraries.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use stagehost_tests::*;
+
+fn plugin_rows(listing: &serde_json::Value) -> Vec<serde_json::Value> {
+    listing["plugins"]
+        .as_array()
+        .expect("plugins array")
+        .clone()
+}
+
+fn row_for(listing: &serde_json::Value, file_name: &str) -> serde_json::Value {
+    plugin_rows(listing)
+        .into_iter()
+        .find(|r| r["file"].as_str().is_some_and(|f| f.ends_with(file_name)))
+        .unwrap_or_else(|| panic!("no row for {file_name} in {listing:#}"))
+}
+
+/// The plugins the workspace ships: one crate per directory under `plugins/`.
+fn shipped_plugin_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(workspace_root().join("plugins"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn loaded_names(listing: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = plugin_rows(listing)
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "loaded", "{r:#}");
+            r["name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn default_discovery_finds_exactly_the_shipped_plugins_in_debug_and_release() {
+    // Build every test-only plugin first: none of them may land where discovery looks.
+    fixture("probe");
+    example_data_plugin();
+    let sandbox = Sandbox::new();
+    for profile in ["debug", "release"] {
+        let out: Run = sandbox
+            .command(&stagehost_bin_in(profile))
+            .args(["plugins", "list", "--json"])
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert_eq!(
+            loaded_names(&out.json()),
+            shipped_plugin_names(),
+            "profile {profile}"
+        );
+    }
+}
+
+#[test]
+fn plugins_list_shows_file_name_versions_schemes_and_order() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["plugins", "list", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listing = out.json();
+    let file = row_for(&listing, &format!("libstagehost_file.{}", dylib_ext()));
+    assert_eq!(file["name"], "file");
+    assert_eq!(file["version"], "0.1.0");
+    assert_eq!(file["api_version"], stagehost_plugin_api::abi::API_VERSION);
+    assert_eq!(file["schemes"], serde_json::json!(["file"]));
+    // The embedded default is Parsl's default_staging; plugins not built yet are missing, not fatal.
+    let providers = listing["providers"].as_array().unwrap();
+    let names: Vec<&str> = providers
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(&names[..4], ["file", "ftp", "http", "zip"]);
+    let local = &listing["executors"][0];
+    assert_eq!(local["label"], "local");
+    assert_eq!(local["order_from"], "default");
+    assert_eq!(
+        local["order"][0],
+        serde_json::json!({"provider": "file", "ready": true})
+    );
+
+    let text = sandbox.run(&["plugins", "list"]);
+    assert!(
+        text.stdout
+            .contains("file 0.1.0 (plugin-api 0.1.0, schemes: file): loaded"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("local [default order"),
+        "{}",
+        text.stdout
+    );
+}
+
+fn stage_in_json(
+    sandbox: &Sandbox,
+    config: &Path,
+    executor: &str,
+    url: &str,
+) -> (Run, serde_json::Value) {
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        "-e",
+        executor,
+        url,
+    ]);
+    let json = out.json();
+    (out, json[0].clone())
+}
+
+#[test]
+fn the_config_decides_the_order_and_the_first_claim_wins() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let input = sandbox.write("data/in.txt", "original bytes");
+    let config = |order: &str| {
+        format!(
+            "plugin_dirs = [{}]\n\n[[provider]]\nname = \"copier\"\nplugin = \"file\"\nsettings = {{ mode = \"copy\" }}\n\n[[provider]]\nname = \"prober\"\nplugin = \"probe\"\nsettings = {{ mark = \"PROBE\" }}\n\n[executor.local]\nworking_dir = \"staged\"\nstaging = [{order}]\n",
+            toml_path(&plugins)
+        )
+    };
+    let a = sandbox.write("a.toml", config("\"prober\", \"copier\""));
+    let (out, r) = stage_in_json(&sandbox, &a, "local", input.to_str().unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(r["provider"], "prober");
+    assert_eq!(r["modes"], serde_json::json!(["separate job"]));
+    let staged = sandbox.join("staged/in.txt");
+    assert_eq!(
+        std::fs::read_to_string(&staged).unwrap(),
+        format!("PROBE:{}", input.display())
+    );
+
+    std::fs::remove_file(&staged).unwrap();
+    let b = sandbox.write("b.toml", config("\"copier\", \"prober\""));
+    let (out, r) = stage_in_json(&sandbox, &b, "local", input.to_str().unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(r["provider"], "copier");
+    assert_eq!(r["modes"], serde_json::json!(["in-task step"]));
+    assert_eq!(std::fs::read_to_string(&staged).unwrap(), "original bytes");
+}
+
+#[test]
+fn a_claim_with_nothing_to_do_does_not_fall_through() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let input = sandbox.write("data/in.txt", "x");
+    let config = sandbox.write(
+        "c.toml",
+        format!(
+            "plugin_dirs = [{}]\n[[provider]]\nname = \"idle\"\nplugin = \"probe\"\nsettings = {{ work = \"none\" }}\n[[provider]]\nname = \"copier\"\nplugin = \"file\"\nsettings = {{ mode = \"copy\" }}\n[executor.local]\nworking_dir = \"staged\"\n",
+            toml_path(&plugins)
+        ),
+    );
+    let (out, r) = stage_in_json(&sandbox, &config, "local", input.to_str().unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(r["provider"], "idle");
+    assert_eq!(r["modes"], serde_json::json!([]));
+    assert!(!sandbox.join("staged/in.txt").exists());
+}
+
+#[test]
+fn bad_plugins_each_give_one_line_and_the_good_ones_keep_working() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir(
+        "plugins",
+        &[
+            &fixture("probe"),
+            &fixture("no_root"),
+            &plugin_built_against_api_0_2(),
+            &shipped_plugin("file"),
+        ],
+    );
+    std::fs::write(plugins.join("libx.so"), "this is a text file\n").unwrap();
+    // A world-writable plugin, in a directory of its own (the check looks at the file).
+    let ww_dir = sandbox.plugin_dir("ww", &[]);
+    let ww = ww_dir.join("libprobe_ww.so");
+    std::fs::copy(fixture("probe"), &ww).unwrap();
+    std::fs::set_permissions(&ww, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let input = sandbox.write("data/in.txt", "payload");
+    let config = sandbox.write(
+        "site.toml",
+        format!(
+            r#"plugin_dirs = [{plugins}, {ww}]
+
+[[provider]]
+name = "ctor-fails"
+plugin = "probe"
+settings = {{ fail_constructor = true }}
+
+[[provider]]
+name = "panics-in-can"
+plugin = "probe"
+settings = {{ panic_in = "can_stage_in" }}
+
+[[provider]]
+name = "panics-in-stage-in"
+plugin = "probe"
+settings = {{ panic_in = "stage_in" }}
+
+[[provider]]
+name = "panics-in-job"
+plugin = "probe"
+settings = {{ panic_in = "job" }}
+
+[[provider]]
+name = "copier"
+plugin = "file"
+settings = {{ mode = "copy" }}
+
+[executor.can]
+staging = ["panics-in-can"]
+[executor.stagein]
+staging = ["panics-in-stage-in"]
+[executor.job]
+staging = ["panics-in-job"]
+[executor.good]
+working_dir = "good"
+staging = ["ctor-fails", "copier"]
+"#,
+            plugins = toml_path(&plugins),
+            ww = toml_path(&ww_dir)
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let out = sandbox.run(&["--config", cfg, "plugins", "list", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listing = out.json();
+    let reason = |file: &str| {
+        let row = row_for(&listing, file);
+        assert_eq!(row["status"], "failed", "{row:#}");
+        let reason = row["reason"].as_str().unwrap().to_owned();
+        assert!(!reason.contains('\n'), "one line: {reason}");
+        reason
+    };
+    assert_eq!(
+        reason("libx.so"),
+        "not a shared library (no ELF or Mach-O header)"
+    );
+    assert_eq!(
+        reason("libno_root.so"),
+        "not a stagehost plugin: it exports no root module (build it with `export_provider!`)"
+    );
+    assert_eq!(
+        reason("libfuture_api.so"),
+        "built against plugin-api 0.2.0, which this host (plugin-api 0.1.0) cannot load; rebuild it against plugin-api 0.1.0"
+    );
+    assert!(reason("libprobe_ww.so")
+        .starts_with("refused: the file is group- or world-writable (mode 666)"));
+    let providers = listing["providers"].as_array().unwrap();
+    let ctor = providers
+        .iter()
+        .find(|p| p["name"] == "ctor-fails")
+        .unwrap();
+    assert_eq!(ctor["status"], "failed");
+    assert_eq!(
+        ctor["reason"],
+        "provider \"ctor-fails\" (plugin \"probe\"): constructor failed as configured"
+    );
+
+    // Staging goes on with the good plugins, even with a failed instance first in the order.
+    let good = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "in",
+        "-e",
+        "good",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(good.code, Some(0), "{}", good.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("good/in.txt")).unwrap(),
+        "payload"
+    );
+
+    // A panic is an error for its file, never a crash of the host.
+    for (executor, call) in [
+        ("can", "can_stage_in"),
+        ("stagein", "stage_in"),
+        ("job", "separate job"),
+    ] {
+        let out = sandbox.run(&[
+            "--config",
+            cfg,
+            "stage",
+            "in",
+            "-e",
+            executor,
+            input.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, Some(1), "executor {executor}: {}", out.stderr);
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains("panicked"))
+            .unwrap_or_else(|| panic!("{}", out.stderr));
+        assert!(
+            line.starts_with(&format!(
+                "stagehost: error: cannot stage in {}: provider \"panics-in-",
+                input.display()
+            )),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(
+                "on executor \"{executor}\": {call}: panicked: plugin panicked in"
+            )),
+            "{line}"
+        );
+        assert!(
+            out.stderr
+                .lines()
+                .last()
+                .unwrap()
+                .ends_with("1 of 1 file(s) failed"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_panicking_constructor_is_a_failed_instance() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let config = sandbox.write(
+        "c.toml",
+        format!(
+            "plugin_dirs = [{}]\n[[provider]]\nname = \"boom\"\nplugin = \"probe\"\nsettings = {{ panic_in = \"constructor\" }}\n",
+            toml_path(&plugins)
+        ),
+    );
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "plugins",
+        "list",
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let boom = out.json()["providers"][0].clone();
+    let reason = boom["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "provider \"boom\" (plugin \"probe\"): plugin panicked in the provider constructor at "
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with(": probe panics in its constructor"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_third_party_plugin_dropped_into_a_directory_works_without_config_change() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.plugin_dir("dropped", &[&example_data_plugin()]);
+    let env = [("STAGEHOST_PLUGIN_PATH", dir.to_str().unwrap())];
+    let out = sandbox.run_env(&["plugins", "list", "--json"], &env);
+    let listing = out.json();
+    let order = &listing["executors"][0]["order"];
+    let names: Vec<&str> = order
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["provider"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["file", "ftp", "http", "zip", "data"],
+        "dropped-in plugins come after the configured ones"
+    );
+    let data = listing["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "data")
+        .unwrap()
+        .clone();
+    assert_eq!(data["origin"], "dropped-in");
+    assert_eq!(data["status"], "ready");
+
+    let out = sandbox.run_env(&["stage", "in", "--json", "data:,hello%20stagehost"], &env);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let r = &out.json()[0];
+    assert_eq!(r["provider"], "data");
+    let local = r["local_path"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work").join(local)).unwrap(),
+        "hello stagehost"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_line_and_column() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "bad.toml",
+        "[executor.local]\nworking_dir = \"w\"\nstagin = []\n",
+    );
+    let out = sandbox.run(&["--config", config.to_str().unwrap(), "plugins", "list"]);
+    assert_eq!(out.code, Some(2));
+    let line = out.stderr.trim();
+    assert!(
+        line.starts_with(&format!(
+            "stagehost: error: {}:3:1: unknown field `stagin`, expected",
+            config.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
+}
+
+#[test]
+fn an_unknown_settings_key_points_at_its_place_in_the_config() {
+    let sandbox = Sandbox::new();
+    let text =
+        "[[provider]]\nname = \"copier\"\nplugin = \"file\"\nsettings = { moed = \"copy\" }\n";
+    let config = sandbox.write("site.toml", text);
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "plugins",
+        "list",
+        "--json",
+    ]);
+    let copier = out.json()["providers"][0].clone();
+    assert_eq!(
+        copier["reason"].as_str().unwrap(),
+        format!(
+            "{}:4:14: provider \"copier\" (plugin \"file\"): invalid settings: unknown field `moed`, expected `mode`",
+            config.display()
+        )
+    );
+    // Marked required, the same failure stops the host with a config error.
+    let required = sandbox.write(
+        "req.toml",
+        text.replace("[[provider]]\n", "[[provider]]\nrequired = true\n"),
+    );
+    let out = sandbox.run(&[
+        "--config",
+        required.to_str().unwrap(),
+        "stage",
+        "in",
+        "/etc/hostname",
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("stagehost: error: required "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unknown field `moed`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn version_requirements_and_plugins_check() {
+    let sandbox = Sandbox::new();
+    let ok = sandbox.write(
+        "ok.toml",
+        "[[provider]]\nname = \"f\"\nplugin = \"file\"\nversion = \"^0.1\"\n",
+    );
+    let out = sandbox.run(&["--config", ok.to_str().unwrap(), "plugins", "check"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "ok: 1 provider(s) ready");
+
+    let bad = sandbox.write(
+        "bad.toml",
+        "[[provider]]\nname = \"f\"\nplugin = \"file\"\nversion = \">=2\"\n",
+    );
+    let out = sandbox.run(&["--config", bad.to_str().unwrap(), "plugins", "check"]);
+    assert_eq!(out.code, Some(2));
+    let first = out.stderr.lines().next().unwrap();
+    assert!(
+        first.starts_with("stagehost: error: provider \"f\" (plugin \"file\"): "),
+        "{first}"
+    );
+    assert!(
+        first.ends_with("libstagehost_file.so is version 0.1.0, the config requires >=2"),
+        "{first}"
+    );
+}
+
+#[test]
+fn a_library_path_in_the_config_loads_that_file() {
+    let sandbox = Sandbox::new();
+    let lib = sandbox
+        .plugin_dir("private", &[&fixture("probe")])
+        .join(format!("libprobe.{}", dylib_ext()));
+    let input = sandbox.write("in.txt", "x");
+    let config = sandbox.write(
+        "c.toml",
+        format!("[[provider]]\nname = \"mine\"\nlibrary = {}\nsettings = {{ mark = \"LIB\" }}\n[executor.local]\nworking_dir = \"out\"\nstaging = [\"mine\"]\n", toml_path(&lib)),
+    );
+    let (out, r) = stage_in_json(&sandbox, &config, "local", input.to_str().unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(r["provider"], "mine");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("out/in.txt")).unwrap(),
+        format!("LIB:{}", input.display())
+    );
+}
+
+#[test]
+fn the_config_is_found_in_documented_order_and_shown() {
+    let sandbox = Sandbox::new();
+    let show = |env: &[(&str, &str)], args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["config", "show"]);
+        let out = sandbox.run_env(&all, env);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        out.stdout
+    };
+    // Embedded default.
+    let embedded = show(&[], &[]);
+    assert!(embedded.contains("name = \"zip\""), "{embedded}");
+    // XDG, then ./stagehost.toml, then STAGEHOST_CONFIG, then --config.
+    sandbox.write("config/stagehost/config.toml", "[executor.xdg]\n");
+    assert!(show(&[], &[]).contains("[executor.xdg]"));
+    sandbox.write("work/stagehost.toml", "[executor.cwd]\n");
+    assert!(show(&[], &[]).contains("[executor.cwd]"));
+    let env_cfg = sandbox.write("env.toml", "[executor.env]\n");
+    let env = [("STAGEHOST_CONFIG", env_cfg.to_str().unwrap())];
+    assert!(show(&env, &[]).contains("[executor.env]"));
+    let flag = sandbox.write("flag.toml", "[executor.flag]\nstaging = []\n");
+    let shown = show(&env, &["--config", flag.to_str().unwrap()]);
+    assert!(
+        shown.contains("[executor.flag]") && shown.contains("staging = []"),
+        "{shown}"
+    );
+    // A named config that does not exist is an error, not a fall-back.
+    let out = sandbox.run(&["--config", "/nonexistent/stagehost.toml", "config", "show"]);
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.starts_with(
+            "stagehost: error: /nonexistent/stagehost.toml: cannot read config (named by --config)"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_staging_list_naming_no_provider_is_a_config_error() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write("c.toml", "[executor.local]\nstaging = [\"nosuch\"]\n");
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "stage",
+        "in",
+        "/etc/hostname",
+    ]);
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.starts_with(&format!(
+            "stagehost: error: {}:2:1: executor \"local\": staging names provider \"nosuch\", which is neither configured nor a dropped-in plugin",
+            config.display()
+        )),
+        "{}",
+        out.stderr
+    );
+}

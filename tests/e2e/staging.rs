@@ -1,0 +1,380 @@
+//! Staging through the data manager: the `file` provider's modes, destinations,
+//! stage-out, and Parsl's rules, through the CLI and the library API, with real
+//! plugin libraries.
+
+use std::path::Path;
+
+use stagehost::config::ConfigSource;
+use stagehost::{Config, DataManager, File, PluginLoader, Registry, StageOptions};
+use stagehost_tests::*;
+
+fn file_config(sandbox: &Sandbox, mode: &str) -> std::path::PathBuf {
+    sandbox.write(
+        "site.toml",
+        format!("[[provider]]\nname = \"files\"\nplugin = \"file\"\nsettings = {{ mode = \"{mode}\" }}\n\n[executor.local]\nworking_dir = \"staged\"\n"),
+    )
+}
+
+fn no_temp_files_left(dir: &Path) {
+    for entry in walk(dir) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".part"),
+            "temporary file left behind: {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn by_default_file_urls_stage_in_place() {
+    let sandbox = Sandbox::new();
+    let input = sandbox.write("data/in.txt", "abc");
+    let url = format!("file://{}", input.display());
+    let out = sandbox.run(&["stage", "in", "--json", &url, input.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for r in out.json().as_array().unwrap() {
+        assert_eq!(r["provider"], "file");
+        assert_eq!(r["local_path"], input.to_str().unwrap());
+        assert_eq!(r["modes"], serde_json::json!([]));
+        assert_eq!(r["bytes"], 3);
+    }
+    let text = sandbox.run(&["stage", "in", &url]);
+    assert_eq!(
+        text.stdout.trim(),
+        format!(
+            "{url} -> {} [provider file, nothing to do]",
+            input.display()
+        )
+    );
+}
+
+#[test]
+fn copy_mode_writes_the_bytes_atomically_into_the_working_dir() {
+    let sandbox = Sandbox::new();
+    let config = file_config(&sandbox, "copy");
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let input = sandbox.write("data/big.bin", &payload);
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let r = &out.json()[0];
+    assert_eq!(r["modes"], serde_json::json!(["in-task step"]));
+    assert_eq!(r["bytes"], payload.len());
+    // The working dir is relative to the config file's directory.
+    let staged = sandbox.join("staged/big.bin");
+    assert_eq!(r["local_path"], staged.to_str().unwrap());
+    assert_eq!(std::fs::read(&staged).unwrap(), payload);
+    no_temp_files_left(&sandbox.join("staged"));
+}
+
+#[test]
+fn symlink_and_hardlink_modes() {
+    use std::os::unix::fs::MetadataExt;
+    for mode in ["symlink", "hardlink"] {
+        let sandbox = Sandbox::new();
+        let config = file_config(&sandbox, mode);
+        let input = sandbox.write("data/in.txt", "linked");
+        let out = sandbox.run(&[
+            "--config",
+            config.to_str().unwrap(),
+            "stage",
+            "in",
+            input.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, Some(0), "{mode}: {}", out.stderr);
+        let staged = sandbox.join("staged/in.txt");
+        assert_eq!(std::fs::read_to_string(&staged).unwrap(), "linked");
+        let meta = std::fs::symlink_metadata(&staged).unwrap();
+        match mode {
+            "symlink" => assert_eq!(std::fs::read_link(&staged).unwrap(), input),
+            _ => {
+                assert!(meta.file_type().is_file());
+                assert_eq!(meta.ino(), std::fs::metadata(&input).unwrap().ino());
+            }
+        }
+    }
+}
+
+#[test]
+fn two_urls_with_the_same_basename_do_not_overwrite_each_other() {
+    let sandbox = Sandbox::new();
+    let config = file_config(&sandbox, "copy");
+    let a = sandbox.write("a/x.txt", "from a");
+    let b = sandbox.write("b/x.txt", "from b");
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        "-j",
+        "1",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let results = out.json();
+    let pa = results[0]["local_path"].as_str().unwrap().to_owned();
+    let pb = results[1]["local_path"].as_str().unwrap().to_owned();
+    assert_ne!(pa, pb);
+    assert_eq!(pa, sandbox.join("staged/x.txt").to_str().unwrap());
+    assert!(
+        pb.starts_with(sandbox.join("staged/.stagehost/").to_str().unwrap()),
+        "{pb}"
+    );
+    assert!(pb.ends_with("/x.txt"), "{pb}");
+    assert_eq!(std::fs::read_to_string(&pa).unwrap(), "from a");
+    assert_eq!(std::fs::read_to_string(&pb).unwrap(), "from b");
+}
+
+#[test]
+fn dest_overrides_the_working_dir_and_a_missing_source_leaves_nothing() {
+    let sandbox = Sandbox::new();
+    let config = file_config(&sandbox, "copy");
+    let dest = sandbox.join("elsewhere");
+    let missing = sandbox.join("data/missing.txt");
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "stage",
+        "in",
+        "--dest",
+        dest.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(1));
+    let first = out.stderr.lines().next().unwrap();
+    assert_eq!(
+        first,
+        format!(
+            "stagehost: error: cannot stage in {m}: provider \"files\" (plugin file 0.1.0) on executor \"local\": in-task step: not found: cannot open {m}: No such file or directory (os error 2)",
+            m = missing.display()
+        )
+    );
+    assert!(!dest.join("missing.txt").exists());
+    no_temp_files_left(&dest);
+}
+
+#[test]
+fn stage_out_copies_and_a_failed_stage_out_keeps_the_local_output() {
+    let sandbox = Sandbox::new();
+    let config = file_config(&sandbox, "copy");
+    let cfg = config.to_str().unwrap();
+    let local = sandbox.write("work/result.txt", "result bytes");
+    let published = sandbox.join("published/result.txt");
+    let url = format!("file://{}", published.display());
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "out",
+        "--json",
+        local.to_str().unwrap(),
+        &url,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()[0]["modes"], serde_json::json!(["in-task step"]));
+    assert_eq!(std::fs::read_to_string(&published).unwrap(), "result bytes");
+
+    // The destination's parent is a regular file: the copy cannot be made.
+    sandbox.write("blocker", "a file, not a directory");
+    let bad = format!("file://{}", sandbox.join("blocker/result.txt").display());
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "out",
+        local.to_str().unwrap(),
+        &bad,
+    ]);
+    assert_eq!(out.code, Some(1));
+    let line = out.stderr.lines().next().unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "stagehost: error: cannot stage out {bad}: provider \"files\""
+        )),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&local).unwrap(),
+        "result bytes",
+        "the local output survives"
+    );
+}
+
+#[test]
+fn an_unclaimed_url_gets_parsls_error_and_credentials_stay_hidden() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["stage", "in", "gopher://user:hunter2@host/x"]);
+    assert_eq!(out.code, Some(1));
+    let line = out.stderr.lines().next().unwrap();
+    assert!(
+        line.starts_with(
+            "stagehost: error: Executor local cannot stage file gopher://user:***@host/x"
+        ),
+        "{line}"
+    );
+    assert!(!out.stderr.contains("hunter2"));
+    let out = sandbox.run(&["stage", "in", "-e", "nosuch", "/etc/hostname"]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("unknown executor \"nosuch\" (configured: local)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_empty_staging_list_stages_nothing_while_no_list_uses_the_default() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write("c.toml", "[[provider]]\nname = \"file\"\nplugin = \"file\"\n[executor.none]\nstaging = []\n[executor.default]\n");
+    let cfg = config.to_str().unwrap();
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "in",
+        "-e",
+        "none",
+        "/etc/hostname",
+    ]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.stderr.lines().next().unwrap(),
+        "stagehost: error: Executor none cannot stage file /etc/hostname"
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "in",
+        "-e",
+        "default",
+        "/etc/hostname",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn plugin_log_lines_reach_the_host_log_with_their_provider() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let input = sandbox.write("in.txt", "x");
+    let config = sandbox.write(
+        "c.toml",
+        format!("plugin_dirs = [{}]\n[[provider]]\nname = \"chatty\"\nplugin = \"probe\"\nsettings = {{ log = \"hello from the plugin\" }}\n", toml_path(&plugins)),
+    );
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "stage",
+            "in",
+            input.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("hello from the plugin"))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(
+        line.contains("provider=\"chatty\"") || line.contains("provider=chatty"),
+        "{line}"
+    );
+    assert!(
+        line.contains("executor=\"local\"") || line.contains("executor=local"),
+        "{line}"
+    );
+}
+
+fn library_data_manager(sandbox: &Sandbox, provider_settings: &str) -> (DataManager, Registry) {
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let text = format!(
+        "plugin_dirs = [{}]\n[[provider]]\nname = \"setter\"\nplugin = \"probe\"\nsettings = {provider_settings}\n[executor.local]\nworking_dir = {}\nstaging = [\"setter\"]\n",
+        toml_path(&plugins),
+        toml_path(&sandbox.join("wd"))
+    );
+    let config = Config::parse(&text, ConfigSource::Embedded).unwrap();
+    let registry = Registry::build(&config, &PluginLoader::default()).unwrap();
+    (DataManager::new(&registry), registry)
+}
+
+#[test]
+fn a_provider_sets_local_path_on_its_copy_and_the_callers_file_is_unchanged() {
+    let sandbox = Sandbox::new();
+    let (dm, _registry) = library_data_manager(&sandbox, "{ work = \"in-task\", mark = \"M\" }");
+    let input = sandbox.write("in.txt", "x");
+    let caller = File::parse(input.to_str().unwrap()).unwrap();
+    let opts = StageOptions::default();
+    let mut staging = dm.plan_stage_in("local", &caller, &opts).unwrap();
+    let expected = sandbox.join("wd/in.txt");
+    assert_eq!(staging.file.local_path(), Some(expected.as_path()));
+    assert_eq!(
+        caller.local_path(),
+        None,
+        "the caller's File is never changed"
+    );
+    assert_eq!(caller.filepath().unwrap(), input);
+    assert!(staging.separate_job.is_none());
+    assert!(!expected.exists(), "planning moves nothing");
+    staging.run_separate_job(&opts).unwrap();
+    staging.run_in_task_step(&opts).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&expected).unwrap(),
+        format!("M:{}", input.display())
+    );
+    assert_eq!(staging.provider.name, "setter");
+}
+
+#[test]
+fn a_provider_error_reaches_the_caller_with_its_kind() {
+    let sandbox = Sandbox::new();
+    let (dm, _registry) = library_data_manager(&sandbox, "{ fail_with = \"transient\" }");
+    let file = File::parse("/data/in.txt").unwrap();
+    let opts = StageOptions::default();
+    let mut staging = dm.plan_stage_in("local", &file, &opts).unwrap();
+    let err = staging.run_separate_job(&opts).unwrap_err();
+    assert!(err.is_transient());
+    assert_eq!(
+        err.to_string(),
+        "cannot stage in /data/in.txt: provider \"setter\" (plugin probe 0.1.0) on executor \"local\": separate job: transient: probe fails as configured (transient)"
+    );
+}
+
+#[test]
+fn cancellation_stops_a_job_before_it_writes() {
+    let sandbox = Sandbox::new();
+    let (dm, _registry) = library_data_manager(&sandbox, "{ }");
+    let file = File::parse("/data/in.txt").unwrap();
+    let opts = StageOptions::default();
+    let mut staging = dm.plan_stage_in("local", &file, &opts).unwrap();
+    opts.cancel.cancel();
+    let err = staging.run_separate_job(&opts).unwrap_err();
+    assert_eq!(err.kind(), Some(stagehost_plugin_api::ErrorKind::Cancelled));
+    assert!(!sandbox.join("wd/in.txt").exists());
+}

@@ -1,0 +1,346 @@
+//! Support for stagehost's end-to-end tests and benchmarks: the built `stagehost`
+//! binary and plugin libraries, test-only plugins built into their own target
+//! directories, and sandboxes that isolate a run from the machine's config and plugin
+//! directories.
+//!
+//! Invariant: nothing here builds into `target/debug` or `target/release`, where the
+//! default plugin discovery looks; test plugins go to `target/fixtures`,
+//! `target/fixture-api-0.2` and `target/example-data-provider`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// `target/`.
+pub fn target_root() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// The profile directory the tests were built in (`target/debug` under `cargo test`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/debug/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in <profile>/deps")
+        .to_path_buf()
+}
+
+/// The `stagehost` binary of `profile` (`debug` or `release`), built by
+/// `cargo build --workspace`.
+pub fn stagehost_bin_in(profile: &str) -> PathBuf {
+    let bin = target_root().join(profile).join("stagehost");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (`bash scripts/test` does: cargo build --workspace --release && cargo build --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `stagehost` binary next to the test binaries.
+pub fn stagehost_bin() -> PathBuf {
+    let bin = profile_dir().join("stagehost");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A shipped plugin library built by `cargo build --workspace`, e.g. `file`.
+pub fn shipped_plugin(name: &str) -> PathBuf {
+    let lib = profile_dir().join(format!("libstagehost_{name}.{}", dylib_ext()));
+    assert!(
+        lib.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        lib.display()
+    );
+    lib
+}
+
+/// `so` or `dylib`.
+pub fn dylib_ext() -> &'static str {
+    if cfg!(target_os = "macos") {
+        "dylib"
+    } else {
+        "so"
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.env_remove("CARGO_TARGET_DIR");
+    c
+}
+
+fn cargo_build(manifest: &Path, target_dir: &Path) {
+    cargo_build_profile(manifest, target_dir, false);
+}
+
+fn cargo_build_profile(manifest: &Path, target_dir: &Path, release: bool) {
+    let out = cargo()
+        .arg("build")
+        .arg("--quiet")
+        .args(release.then_some("--release"))
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building {} failed:\n{}",
+        manifest.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test-only plugins of `tests/fixtures`, built once per process into
+/// `target/fixtures`: `probe` and `no_root`.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target = target_root().join("fixtures");
+        cargo_build(&workspace_root().join("tests/fixtures/Cargo.toml"), &target);
+        target.join("debug")
+    });
+    dir.join(format!("lib{name}.{}", dylib_ext()))
+}
+
+/// The test-only plugins of `tests/fixtures`, built with optimisations (for
+/// benchmarks) into `target/fixtures/release`.
+pub fn fixture_release(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target = target_root().join("fixtures");
+        cargo_build_profile(
+            &workspace_root().join("tests/fixtures/Cargo.toml"),
+            &target,
+            true,
+        );
+        target.join("release")
+    });
+    dir.join(format!("lib{name}.{}", dylib_ext()))
+}
+
+/// The third-party example under `examples/data-provider`, built on its own.
+pub fn example_data_plugin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = target_root().join("example-data-provider");
+            cargo_build(
+                &workspace_root().join("examples/data-provider/Cargo.toml"),
+                &target,
+            );
+            target
+                .join("debug")
+                .join(format!("libstagehost_data.{}", dylib_ext()))
+        })
+        .clone()
+}
+
+/// A plugin built against plugin-api 0.2.0: a copy of `plugin-api` with its version
+/// bumped, in a workspace and target directory of its own.
+pub fn plugin_built_against_api_0_2() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = target_root().join("fixture-api-0.2");
+            let src = root.join("src");
+            let api = src.join("plugin-api");
+            let plugin = src.join("plugin");
+            copy_dir(&workspace_root().join("plugin-api/src"), &api.join("src"));
+            let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).expect("read plugin-api manifest");
+            let manifest = manifest
+                .replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1)
+                .replace("edition.workspace = true", "edition = \"2021\"")
+                .replace("license.workspace = true\n", "")
+                .replace("rust-version.workspace = true\n", "")
+                .replace("abi_stable.workspace = true", "abi_stable = \"0.11.3\"")
+                .replace("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }")
+                .replace("toml.workspace = true", "toml = \"0.8\"")
+                .replace("thiserror.workspace = true", "thiserror = \"2\"");
+            assert!(manifest.contains("version = \"0.2.0\""), "plugin-api's version line moved: {manifest}");
+            write_if_changed(&api.join("Cargo.toml"), &manifest);
+            write_if_changed(
+                &src.join("Cargo.toml"),
+                "[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"plugin\"]\n",
+            );
+            write_if_changed(
+                &plugin.join("Cargo.toml"),
+                "[package]\nname = \"stagehost-fixture-future\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\nname = \"future_api\"\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nstagehost-plugin-api = { path = \"../plugin-api\" }\n",
+            );
+            write_if_changed(
+                &plugin.join("src/lib.rs"),
+                "use stagehost_plugin_api::{Provider, Settings, StageError};\npub struct Future;\nimpl Provider for Future {\n    fn new(_: &Settings) -> Result<Self, StageError> { Ok(Future) }\n}\nstagehost_plugin_api::export_provider! { provider: Future, name: \"future\", schemes: [\"file\"], description: \"built against plugin-api 0.2\" }\n",
+            );
+            let lock = workspace_root().join("Cargo.lock");
+            if lock.exists() && !src.join("Cargo.lock").exists() {
+                std::fs::copy(&lock, src.join("Cargo.lock")).expect("copy Cargo.lock");
+            }
+            cargo_build(&src.join("Cargo.toml"), &root.join("target"));
+            root.join("target/debug").join(format!("libfuture_api.{}", dylib_ext()))
+        })
+        .clone()
+}
+
+fn write_if_changed(path: &Path, text: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            write_if_changed(
+                &dest,
+                &std::fs::read_to_string(entry.path()).expect("read source"),
+            );
+        }
+    }
+}
+
+/// A directory of its own for one test, with `HOME`, `XDG_*` and the working directory
+/// inside it, so no config or plugin of the machine's leaks in.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+/// What a `stagehost` run did.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox::new()
+    }
+}
+
+impl Sandbox {
+    /// A fresh sandbox.
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("stagehost-test-")
+            .tempdir()
+            .expect("tempdir");
+        for d in ["home", "config", "data", "work"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        Sandbox { dir }
+    }
+
+    /// The sandbox directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `path` inside the sandbox.
+    pub fn join(&self, path: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(path)
+    }
+
+    /// Writes `text` to `path` inside the sandbox and returns the full path.
+    pub fn write(&self, path: impl AsRef<Path>, text: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(path);
+        std::fs::create_dir_all(p.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    /// A private plugin directory holding copies of `libs`.
+    pub fn plugin_dir(&self, name: &str, libs: &[&Path]) -> PathBuf {
+        let dir = self.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for lib in libs {
+            std::fs::copy(lib, dir.join(lib.file_name().expect("a file name")))
+                .expect("copy plugin");
+        }
+        dir
+    }
+
+    /// A `stagehost` command running in the sandbox's `work` directory, isolated from
+    /// the machine's config and plugin directories.
+    pub fn command(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
+        c.current_dir(self.join("work"))
+            .env("HOME", self.join("home"))
+            .env("XDG_CONFIG_HOME", self.join("config"))
+            .env("XDG_DATA_HOME", self.join("data"))
+            .env_remove("STAGEHOST_CONFIG")
+            .env_remove("STAGEHOST_PLUGIN_PATH")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs `stagehost ARGS` with the binary next to the tests.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command(&stagehost_bin())
+            .args(args)
+            .output()
+            .expect("stagehost runs")
+            .into()
+    }
+
+    /// Runs `stagehost ARGS` with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.command(&stagehost_bin());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.args(args).output().expect("stagehost runs").into()
+    }
+}
+
+/// A TOML string literal for `path`.
+pub fn toml_path(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
