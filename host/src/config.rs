@@ -31,6 +31,9 @@ pub struct Config {
     /// Executors by label.
     #[serde(default, rename = "executor")]
     pub executors: BTreeMap<String, ExecutorConfig>,
+    /// Limits, timeouts and retries for transfers.
+    #[serde(default)]
+    pub transfers: TransferConfig,
     /// Where this config came from (not part of the TOML).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -81,6 +84,40 @@ pub struct ExecutorConfig {
     /// be staged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<Vec<String>>,
+    /// How many task bodies run at once (default: the number of CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+/// The `[transfers]` table: bounds on staging work (separate jobs and in-task steps).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Transfers running at once, over all hosts.
+    pub max_concurrent: usize,
+    /// Transfers running at once against one host (a URL's netloc).
+    pub per_host: usize,
+    /// Seconds one transfer attempt may take (0: no limit).
+    pub timeout_secs: f64,
+    /// Retries of a transfer whose provider marked its error transient.
+    pub retries: u32,
+    /// First backoff delay, in milliseconds; doubles each retry, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Largest backoff delay, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            max_concurrent: 16,
+            per_host: 4,
+            timeout_secs: 0.0,
+            retries: 3,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 10_000,
+        }
+    }
 }
 
 fn default_working_dir() -> PathBuf {
@@ -92,6 +129,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             working_dir: default_working_dir(),
             staging: None,
+            workers: None,
         }
     }
 }
@@ -303,7 +341,17 @@ impl Config {
                 })?;
             }
         }
+        let t = &self.transfers;
+        if t.max_concurrent == 0 || t.per_host == 0 {
+            return Err(self.error_at("max_concurrent", "[transfers] max_concurrent and per_host must be at least 1".into()));
+        }
+        if !(t.timeout_secs >= 0.0 && t.timeout_secs.is_finite()) {
+            return Err(self.error_at("timeout_secs", "[transfers] timeout_secs must be a finite number >= 0".into()));
+        }
         for (label, executor) in &self.executors {
+            if executor.workers == Some(0) {
+                return Err(self.error_at("workers", format!("executor {label:?}: workers must be at least 1")));
+            }
             for name in executor.staging.iter().flatten() {
                 let known_plugin = self.providers.iter().any(|p| &p.name == name);
                 if !known_plugin && !is_plausible_dropin(name) {

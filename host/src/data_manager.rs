@@ -159,11 +159,42 @@ pub struct DataManager {
     destinations: Mutex<HashMap<PathBuf, String>>,
 }
 
-/// A piece of work a provider returned.
-pub struct PendingWork {
-    job: AbiJobBox,
+/// A piece of work a provider returned, with everything needed to run it: a separate
+/// job or an in-task step. It runs once.
+pub struct StagingWork {
+    // A job object is `Send` but not `Sync`; the mutex makes the work shareable by
+    // reference across await points without ever being locked concurrently.
+    job: Mutex<AbiJobBox>,
     /// How it runs.
     pub mode: WorkMode,
+    /// In or out.
+    pub direction: Direction,
+    /// The task's copy of the file.
+    pub file: File,
+    /// The provider that returned it.
+    pub provider: Arc<ProviderInstance>,
+    /// Executor label.
+    pub executor: String,
+    working_dir: PathBuf,
+    destination: PathBuf,
+}
+
+impl StagingWork {
+    /// Runs the work on this thread (it blocks), with `opts`' cancellation flag,
+    /// progress sink and a deadline of `opts.timeout` from now.
+    pub fn run(self, opts: &StageOptions) -> Result<(), StagingError> {
+        let ctx = abi_context(
+            call_services(&self.provider, &self.executor, &self.file, opts),
+            &self.working_dir,
+            &self.destination,
+            opts.timeout.map(|t| SystemTime::now() + t),
+        );
+        let call = self.mode.as_str();
+        let mut job = self.job.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        job.run(&ctx)
+            .into_result()
+            .map_err(|e| provider_error(self.direction, &self.file, &self.provider, &self.executor, call, e.into()))
+    }
 }
 
 /// One file's staging, planned: the task's copy of the file, the provider, and the
@@ -178,13 +209,11 @@ pub struct Staging {
     /// The provider that claimed it.
     pub provider: Arc<ProviderInstance>,
     /// Work to run as a task of its own.
-    pub separate_job: Option<PendingWork>,
+    pub separate_job: Option<StagingWork>,
     /// Work to run inside the task.
-    pub in_task_step: Option<PendingWork>,
+    pub in_task_step: Option<StagingWork>,
     /// The work that ran, in order.
     pub ran: Vec<WorkMode>,
-    working_dir: PathBuf,
-    destination: PathBuf,
 }
 
 impl Staging {
@@ -199,42 +228,19 @@ impl Staging {
 
     /// Runs the separate job, if any (blocking).
     pub fn run_separate_job(&mut self, opts: &StageOptions) -> Result<(), StagingError> {
-        match self.separate_job.take() {
-            Some(work) => self.run(work, opts),
-            None => Ok(()),
+        if let Some(work) = self.separate_job.take() {
+            work.run(opts)?;
+            self.ran.push(WorkMode::SeparateJob);
         }
+        Ok(())
     }
 
     /// Runs the in-task step, if any (blocking).
     pub fn run_in_task_step(&mut self, opts: &StageOptions) -> Result<(), StagingError> {
-        match self.in_task_step.take() {
-            Some(work) => self.run(work, opts),
-            None => Ok(()),
+        if let Some(work) = self.in_task_step.take() {
+            work.run(opts)?;
+            self.ran.push(WorkMode::InTaskStep);
         }
-    }
-
-    fn run(&mut self, mut work: PendingWork, opts: &StageOptions) -> Result<(), StagingError> {
-        let ctx = abi_context(
-            call_services(&self.provider, &self.executor, &self.file, opts),
-            &self.working_dir,
-            &self.destination,
-            opts.timeout.map(|t| SystemTime::now() + t),
-        );
-        let call = match work.mode {
-            WorkMode::SeparateJob => "separate job",
-            WorkMode::InTaskStep => "in-task step",
-        };
-        work.job.run(&ctx).into_result().map_err(|e| {
-            provider_error(
-                self.direction,
-                &self.file,
-                &self.provider,
-                &self.executor,
-                call,
-                e.into(),
-            )
-        })?;
-        self.ran.push(work.mode);
         Ok(())
     }
 }
@@ -469,24 +475,28 @@ impl DataManager {
             self.claim(&destination, file.url());
         }
         let mut jobs = jobs.into_iter();
-        let separate = jobs.next().flatten().map(|job| PendingWork {
-            job,
-            mode: WorkMode::SeparateJob,
-        });
-        let in_task = jobs.next().flatten().map(|job| PendingWork {
-            job,
-            mode: WorkMode::InTaskStep,
-        });
+        let work = |job: Option<AbiJobBox>, mode| {
+            job.map(|job| StagingWork {
+                job: Mutex::new(job),
+                mode,
+                direction,
+                file: copy.clone(),
+                provider: provider.clone(),
+                executor: executor.to_owned(),
+                working_dir: working_dir.clone(),
+                destination: destination.clone(),
+            })
+        };
+        let separate_job = work(jobs.next().flatten(), WorkMode::SeparateJob);
+        let in_task_step = work(jobs.next().flatten(), WorkMode::InTaskStep);
         Ok(Staging {
             direction,
             executor: executor.to_owned(),
             file: copy,
             provider,
-            separate_job: separate,
-            in_task_step: in_task,
+            separate_job,
+            in_task_step,
             ran: Vec::new(),
-            working_dir,
-            destination,
         })
     }
 

@@ -31,6 +31,7 @@
 pub mod config;
 pub mod data_manager;
 pub mod discovery;
+pub mod engine;
 pub mod loader;
 pub mod registry;
 pub mod services;

@@ -152,6 +152,8 @@ pub struct ExecutorRecord {
     pub order: Vec<String>,
     /// Whether the order came from a `staging` list (else the default order).
     pub explicit: bool,
+    /// How many task bodies run at once.
+    pub workers: usize,
 }
 
 /// Everything discovered and built for one config.
@@ -294,6 +296,9 @@ impl Registry {
                 working_dir: resolve(&base, &ec.working_dir),
                 order,
                 explicit,
+                workers: ec
+                    .workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             });
         }
         Ok(Registry {

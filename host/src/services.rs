@@ -20,22 +20,30 @@ pub trait ProgressSink: Send + Sync {
     fn update(&self, done: u64, total: Option<u64>);
 }
 
-/// A flag that asks running work to stop. Clones share the flag.
+/// A flag that asks running work to stop. Clones share the flag; a child flag is
+/// also raised when its parent is (one transfer's timeout raises only its own).
 #[derive(Debug, Clone, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
+pub struct CancelFlag {
+    own: Arc<AtomicBool>,
+    parent: Option<Arc<AtomicBool>>,
+}
 
 impl CancelFlag {
     /// A flag not yet raised.
     pub fn new() -> CancelFlag {
         CancelFlag::default()
     }
+    /// A new flag that reads as raised when either it or `self` is.
+    pub fn child(&self) -> CancelFlag {
+        CancelFlag { own: Arc::new(AtomicBool::new(false)), parent: Some(self.own.clone()) }
+    }
     /// Raises the flag.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.own.store(true, Ordering::SeqCst);
     }
-    /// Whether the flag was raised.
+    /// Whether the flag (or its parent) was raised.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.own.load(Ordering::Relaxed) || self.parent.as_ref().is_some_and(|p| p.load(Ordering::Relaxed))
     }
 }
 

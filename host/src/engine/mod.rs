@@ -1,0 +1,549 @@
+//! The engine: tasks whose inputs and outputs are staged through the data manager,
+//! run on tokio, with Parsl's rules.
+//!
+//! For each task, in order:
+//! 1. wait for the inputs that are other tasks' outputs (data futures);
+//! 2. plan every stage-in (inputs, in order) and every stage-out (outputs, then stdout,
+//!    then stderr) before the body starts, on a blocking thread;
+//! 3. run the separate stage-in jobs, each a transfer of its own;
+//! 4. take a worker slot of the executor; run the in-task stage-in steps, the body, and
+//!    the in-task stage-out steps (all of it again on retry, up to `retries` times);
+//! 5. run the separate stage-out jobs; each output's data future resolves once its
+//!    stage-out is done.
+//!
+//! Invariants:
+//! - every provider call runs on tokio's blocking pool (see `transfer`);
+//! - a failed stage-out fails that output (and marks the task `stage-out-failed`) but
+//!   never touches the local output;
+//! - cancellation raises the flag every provider sees, kills running commands, and
+//!   settles every task and data future as cancelled; transfers are awaited, so no
+//!   partial file outlives the run.
+
+mod command;
+mod task;
+mod transfer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use stagehost_plugin_api::File;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use command::{check as check_command, expand as expand_command, shell_quote};
+pub use task::{Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec, TaskStatus};
+
+use crate::config::TransferConfig;
+use crate::data_manager::{DataManager, Direction, StageOptions, Staging, StagingError, WorkMode};
+use crate::registry::Registry;
+use crate::services::{CancelFlag, ProgressSink};
+use task::FutureState;
+use transfer::{Outcome, Transfers};
+
+/// Hears what the engine does, for progress displays. Every method has a default
+/// that does nothing.
+pub trait Observer: Send + Sync {
+    /// A task was submitted.
+    fn task_submitted(&self, _name: &str) {}
+    /// A task ended (stage-outs included).
+    fn task_finished(&self, _report: &TaskReport) {}
+    /// A transfer attempt starts; the sink returned receives its bytes.
+    fn transfer_started(&self, _id: u64, _url: &str, _direction: Direction, _mode: WorkMode) -> Option<Arc<dyn ProgressSink>> {
+        None
+    }
+    /// A transfer attempt ended: bytes on success, the error line on failure.
+    fn transfer_finished(&self, _id: u64, _result: Result<Option<u64>, &str>) {}
+}
+
+struct Silent;
+impl Observer for Silent {}
+
+/// Options for an [`Engine`].
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// Transfer limits, timeout and retries.
+    pub transfers: TransferConfig,
+    /// Progress observer.
+    pub observer: Arc<dyn Observer>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { transfers: TransferConfig::default(), observer: Arc::new(Silent) }
+    }
+}
+
+struct ExecutorRuntime {
+    working_dir: PathBuf,
+    workers: Arc<Semaphore>,
+}
+
+struct Inner {
+    dm: Arc<DataManager>,
+    executors: HashMap<String, ExecutorRuntime>,
+    transfers: Transfers,
+    observer: Arc<dyn Observer>,
+    start: Instant,
+}
+
+/// Runs tasks. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    handles: Arc<Mutex<Vec<watch::Receiver<Option<Arc<TaskReport>>>>>>,
+}
+
+/// A task that could not be submitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The executor label is not configured.
+    #[error("task {task:?}: unknown executor {executor:?} (configured: {known})")]
+    UnknownExecutor {
+        /// Task name.
+        task: String,
+        /// The label.
+        executor: String,
+        /// Configured labels.
+        known: String,
+    },
+    /// The command uses a placeholder the task cannot fill.
+    #[error("task {task:?}: {message}")]
+    BadCommand {
+        /// Task name.
+        task: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Engine {
+    /// An engine over the registry's executors. Call from within a tokio runtime.
+    pub fn new(registry: &Registry, options: EngineOptions) -> Engine {
+        let dm = Arc::new(DataManager::new(registry));
+        let executors = registry
+            .executors
+            .iter()
+            .map(|e| {
+                let rt = ExecutorRuntime { working_dir: e.working_dir.clone(), workers: Arc::new(Semaphore::new(e.workers)) };
+                (e.label.clone(), rt)
+            })
+            .collect();
+        let cancel = CancelFlag::new();
+        let token = CancellationToken::new();
+        let transfers = Transfers::new(options.transfers, dm.clone(), options.observer.clone(), cancel, token);
+        Engine {
+            inner: Arc::new(Inner { dm, executors, transfers, observer: options.observer, start: Instant::now() }),
+            handles: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The data manager the engine stages through.
+    pub fn data_manager(&self) -> &Arc<DataManager> {
+        &self.inner.dm
+    }
+
+    /// Submits a task; it starts at once (waiting for its inputs). Must be called
+    /// within a tokio runtime.
+    pub fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, SubmitError> {
+        if !self.inner.executors.contains_key(&spec.executor) {
+            let mut known: Vec<&str> = self.inner.executors.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(SubmitError::UnknownExecutor { task: spec.name, executor: spec.executor, known: known.join(", ") });
+        }
+        if let Body::Command(cmd) = &spec.body {
+            check_command(cmd, spec.inputs.len(), spec.outputs.len(), spec.stdout.is_some(), spec.stderr.is_some())
+                .map_err(|message| SubmitError::BadCommand { task: spec.name.clone(), message })?;
+        }
+        let producer: Arc<str> = spec.name.as_str().into();
+        let mut senders = Vec::new();
+        let mut future_for = |f: &File| {
+            let (future, tx) = DataFuture::new(f.clone(), producer.clone());
+            senders.push(tx);
+            future
+        };
+        let outputs: Vec<DataFuture> = spec.outputs.iter().map(&mut future_for).collect();
+        let stdout = spec.stdout.as_ref().map(&mut future_for);
+        let stderr = spec.stderr.as_ref().map(&mut future_for);
+        let (report_tx, report_rx) = watch::channel(None);
+        self.inner.observer.task_submitted(&spec.name);
+        let handle = TaskHandle { name: spec.name.clone(), outputs, stdout, stderr, report: report_rx.clone() };
+        self.handles.lock().expect("the handles lock is never poisoned").push(report_rx);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let report = Arc::new(inner.run_task(spec, senders).await);
+            inner.observer.task_finished(&report);
+            let _ = report_tx.send(Some(report));
+        });
+        Ok(handle)
+    }
+
+    /// Asks everything to stop: providers see their cancellation flag raised, running
+    /// commands are killed, waiting tasks end as cancelled.
+    pub fn cancel(&self) {
+        self.inner.transfers.cancel.cancel();
+        self.inner.transfers.token.cancel();
+    }
+
+    /// Whether [`Engine::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.transfers.token.is_cancelled()
+    }
+
+    /// Waits for every task submitted so far; returns their reports in submission order.
+    pub async fn wait_all(&self) -> Vec<Arc<TaskReport>> {
+        let receivers: Vec<_> = self.handles.lock().expect("the handles lock is never poisoned").clone();
+        let mut reports = Vec::with_capacity(receivers.len());
+        for mut rx in receivers {
+            let r = rx.wait_for(Option::is_some).await.expect("every task sends its report");
+            reports.push(r.clone().expect("wait_for(is_some) returned"));
+        }
+        reports
+    }
+}
+
+/// One file's staging inside a task: the caller's file, the plan, and what happened.
+struct FileState {
+    original: File,
+    staging: Option<Staging>,
+    report: FileReport,
+}
+
+impl FileState {
+    fn planned(original: File, direction: Direction, planned: Result<Staging, StagingError>) -> FileState {
+        let mut report = FileReport {
+            direction,
+            url: original.redacted_url(),
+            provider: None,
+            plugin: None,
+            mode: None,
+            local_path: None,
+            bytes: None,
+            seconds: 0.0,
+            attempts: 0,
+            deduplicated: false,
+            error: None,
+        };
+        let staging = match planned {
+            Ok(s) => {
+                report.provider = Some(s.provider.name.clone());
+                report.plugin = Some(format!("{} {}", s.provider.plugin.name, s.provider.plugin.version));
+                report.mode = s.modes().first().copied();
+                report.local_path = s.file.filepath().ok().map(|p| p.display().to_string());
+                Some(s)
+            }
+            Err(e) => {
+                report.error = Some(e.to_string());
+                None
+            }
+        };
+        FileState { original, staging, report }
+    }
+
+    fn record(&mut self, outcome: Outcome) -> Result<(), String> {
+        self.report.attempts += outcome.attempts;
+        self.report.seconds += outcome.seconds;
+        self.report.deduplicated |= outcome.deduplicated;
+        if outcome.bytes.is_some() {
+            self.report.bytes = outcome.bytes;
+        }
+        outcome.result.map_err(|e| {
+            let line = e.to_string();
+            self.report.error = Some(line.clone());
+            line
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        let file = self.staging.as_ref().map_or(&self.original, |s| &s.file);
+        file.filepath().unwrap_or_else(|_| PathBuf::from(file.path()))
+    }
+}
+
+struct Outputs {
+    senders: Vec<watch::Sender<FutureState>>,
+}
+
+impl Outputs {
+    fn fail_all(&self, reason: &str) {
+        for tx in &self.senders {
+            let _ = tx.send(FutureState::Failed(reason.into()));
+        }
+    }
+}
+
+impl Inner {
+    fn report(&self, spec: &TaskSpec, start: Instant, status: TaskStatus, attempts: u32, error: Option<String>, files: Vec<FileReport>) -> TaskReport {
+        TaskReport {
+            name: spec.name.clone(),
+            executor: spec.executor.clone(),
+            status,
+            attempts,
+            started_at: start.duration_since(self.start).as_secs_f64(),
+            seconds: start.elapsed().as_secs_f64(),
+            error,
+            files,
+        }
+    }
+
+    async fn run_task(&self, spec: TaskSpec, senders: Vec<watch::Sender<FutureState>>) -> TaskReport {
+        let start = Instant::now();
+        let outputs = Outputs { senders };
+        let token = self.transfers.token.clone();
+        let end = |status, attempts, error: String, files: Vec<FileReport>| {
+            outputs.fail_all(&format!("task {:?} {}: {error}", spec.name, status_word(status)));
+            self.report(&spec, start, status, attempts, Some(error), files)
+        };
+
+        // 1. Dependencies.
+        for input in &spec.inputs {
+            if let Input::Future(future) = input {
+                let waited = tokio::select! {
+                    r = future.wait() => r,
+                    () = token.cancelled() => return end(TaskStatus::Cancelled, 0, "cancelled".into(), vec![]),
+                };
+                if let Err(reason) = waited {
+                    let error = format!("input {} from task {:?} failed: {reason}", future.file().redacted_url(), future.producer());
+                    return end(TaskStatus::DependencyFailed, 0, error, vec![]);
+                }
+            }
+        }
+        if token.is_cancelled() {
+            return end(TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
+        }
+
+        // 2. Plan every stage-in and stage-out before the body starts.
+        let ins: Vec<File> = spec.inputs.iter().map(|i| i.file().clone()).collect();
+        let outs: Vec<File> = spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr).cloned().collect();
+        let mut files = if ins.is_empty() && outs.is_empty() {
+            Vec::new()
+        } else {
+            let (dm, executor) = (self.dm.clone(), spec.executor.clone());
+            let opts = StageOptions { cancel: self.transfers.cancel.clone(), ..StageOptions::default() };
+            tokio::task::spawn_blocking(move || {
+                let mut files = Vec::with_capacity(ins.len() + outs.len());
+                for f in ins {
+                    let planned = dm.plan_stage_in(&executor, &f, &opts);
+                    files.push(FileState::planned(f, Direction::In, planned));
+                }
+                for f in outs {
+                    let planned = dm.plan_stage_out(&executor, &f, &opts);
+                    files.push(FileState::planned(f, Direction::Out, planned));
+                }
+                files
+            })
+            .await
+            .expect("planning never panics: provider panics are caught at the plugin boundary")
+        };
+        let reports = |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
+        if let Some(failed) = files.iter().find_map(|f| f.report.error.clone()) {
+            return end(TaskStatus::Failed, 0, failed, reports(&files));
+        }
+        let n_in = spec.inputs.len();
+
+        // 3. Separate stage-in jobs, each a transfer of its own, concurrently.
+        let jobs: Vec<_> = files[..n_in]
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, f)| f.staging.as_mut().and_then(|s| s.separate_job.take()).map(|w| (i, w)))
+            .collect();
+        if !jobs.is_empty() {
+            let runs = jobs.into_iter().map(|(i, work)| {
+                let original = files[i].original.clone();
+                async move { (i, self.transfers.run(work, &original).await) }
+            });
+            let mut failure = None;
+            for (i, outcome) in futures_join_all(runs).await {
+                if let Err(line) = files[i].record(outcome) {
+                    failure.get_or_insert(line);
+                }
+            }
+            if let Some(line) = failure {
+                let status = if token.is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::Failed };
+                return end(status, 0, format!("stage-in failed: {line}"), reports(&files));
+            }
+        }
+
+        // 4. In a worker slot: in-task stage-in steps, the body, in-task stage-out steps.
+        let executor = &self.executors[&spec.executor];
+        let mut attempts = 0;
+        let body_result = loop {
+            let permit = tokio::select! {
+                p = executor.workers.clone().acquire_owned() => p.expect("worker semaphores are never closed"),
+                () = token.cancelled() => break Err("cancelled".to_owned()),
+            };
+            attempts += 1;
+            let result = self.attempt_body(&spec, &mut files, n_in, attempts > 1, &executor.working_dir).await;
+            drop(permit);
+            match result {
+                Err(e) if attempts <= spec.retries && !token.is_cancelled() => {
+                    tracing::info!("task {:?} failed (attempt {attempts} of {}), retrying: {e}", spec.name, spec.retries + 1);
+                }
+                other => break other,
+            }
+        };
+        if let Err(error) = body_result {
+            let status = if token.is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::Failed };
+            return end(status, attempts, error, reports(&files));
+        }
+
+        // 5. Stage-outs: in-task steps already ran; now the separate jobs. Each output's
+        //    future settles when its own stage-out does.
+        let mut stage_out_failure = None;
+        let mut settle = |files: &mut [FileState], i: usize, outcome: Option<Outcome>, outputs: &Outputs| {
+            let sender = &outputs.senders[i - n_in];
+            let result = match outcome {
+                Some(o) => files[i].record(o),
+                None => files[i].report.error.clone().map_or(Ok(()), Err),
+            };
+            match result {
+                Ok(()) => {
+                    let _ = sender.send(FutureState::Ready);
+                }
+                Err(line) => {
+                    let _ = sender.send(FutureState::Failed(line.as_str().into()));
+                    stage_out_failure.get_or_insert(line);
+                }
+            }
+        };
+        let jobs: Vec<_> = (n_in..files.len())
+            .filter_map(|i| files[i].staging.as_mut().and_then(|s| s.separate_job.take()).map(|w| (i, w)))
+            .collect();
+        let with_job: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
+        for i in (n_in..files.len()).filter(|i| !with_job.contains(i)) {
+            settle(&mut files, i, None, &outputs);
+        }
+        let runs = jobs.into_iter().map(|(i, work)| {
+            let original = files[i].original.clone();
+            async move { (i, self.transfers.run(work, &original).await) }
+        });
+        for (i, outcome) in futures_join_all(runs).await {
+            settle(&mut files, i, Some(outcome), &outputs);
+        }
+        match stage_out_failure {
+            None => self.report(&spec, start, TaskStatus::Succeeded, attempts, None, reports(&files)),
+            Some(line) => {
+                let status = if token.is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::StageOutFailed };
+                self.report(&spec, start, status, attempts, Some(format!("stage-out failed: {line}")), reports(&files))
+            }
+        }
+    }
+
+    /// One attempt: in-task stage-in steps, the body, in-task stage-out steps. On a
+    /// retry, the in-task steps are planned again (a step runs once).
+    async fn attempt_body(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+        n_in: usize,
+        retry: bool,
+        working_dir: &std::path::Path,
+    ) -> Result<(), String> {
+        if retry {
+            self.replan_steps(spec, files).await?;
+        }
+        for i in 0..n_in {
+            if let Some(work) = files[i].staging.as_mut().and_then(|s| s.in_task_step.take()) {
+                let outcome = self.transfers.run(work, &files[i].original.clone()).await;
+                files[i].record(outcome).map_err(|line| format!("stage-in failed: {line}"))?;
+            }
+        }
+        let n_out = spec.outputs.len();
+        let task_files = TaskFiles {
+            working_dir: working_dir.to_path_buf(),
+            inputs: files[..n_in].iter().map(FileState::path).collect(),
+            outputs: files[n_in..n_in + n_out].iter().map(FileState::path).collect(),
+            stdout: spec.stdout.as_ref().map(|_| files[n_in + n_out].path()),
+            stderr: spec.stderr.as_ref().map(|_| files[files.len() - 1].path()),
+        };
+        match &spec.body {
+            Body::Closure(f) => {
+                let (f, task_files) = (f.clone(), task_files);
+                tokio::task::spawn_blocking(move || f(&task_files))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the task body panicked: {}", panic_text(e))))?;
+            }
+            Body::Command(cmd) => {
+                let expanded = expand_command(cmd, &task_files)?;
+                command::run(&expanded, &task_files, self.transfers.token.cancelled()).await?;
+            }
+        }
+        // In-task stage-out steps, right after the body; a failure fails that output only.
+        for file in files[n_in..].iter_mut() {
+            if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
+                let outcome = self.transfers.run(work, &file.original.clone()).await;
+                let _ = file.record(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans every file again to get fresh in-task steps for a retry.
+    async fn replan_steps(&self, spec: &TaskSpec, files: &mut [FileState]) -> Result<(), String> {
+        let originals: Vec<(File, Direction)> = files.iter().map(|f| (f.original.clone(), f.report.direction)).collect();
+        let (dm, executor) = (self.dm.clone(), spec.executor.clone());
+        let opts = StageOptions { cancel: self.transfers.cancel.clone(), ..StageOptions::default() };
+        let planned = tokio::task::spawn_blocking(move || {
+            originals
+                .into_iter()
+                .map(|(f, d)| match d {
+                    Direction::In => dm.plan_stage_in(&executor, &f, &opts),
+                    Direction::Out => dm.plan_stage_out(&executor, &f, &opts),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("planning never panics: provider panics are caught at the plugin boundary");
+        for (file, plan) in files.iter_mut().zip(planned) {
+            let mut plan = plan.map_err(|e| e.to_string())?;
+            if let Some(staging) = file.staging.as_mut() {
+                staging.in_task_step = plan.in_task_step.take();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn status_word(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Cancelled => "was cancelled",
+        TaskStatus::DependencyFailed => "lost an input",
+        _ => "failed",
+    }
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string payload".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Runs futures concurrently on this task and collects their results in order.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, fut) in set.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().map(|r| r.expect("every future completed")).collect()
+}

@@ -1,0 +1,307 @@
+//! Running staging work (separate jobs and in-task steps) under the engine's bounds:
+//! a global limit and a per-host limit on concurrent transfers, a per-attempt timeout,
+//! retries with exponential backoff and jitter for transient errors, cancellation, and
+//! one fetch for many consumers of the same URL at the same destination.
+//!
+//! Invariants:
+//! - a transfer's blocking thread is always awaited, even after a timeout or a
+//!   cancellation (its cancel flag is raised first): when `run` returns, the plugin is
+//!   no longer writing, so no partial file outlives it;
+//! - only errors the provider marks transient (or timeouts) are retried, and each retry
+//!   re-plans the file, since a job runs once.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stagehost_plugin_api::{ErrorKind, File, StageError};
+use tokio::sync::{OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::Observer;
+use crate::config::TransferConfig;
+use crate::data_manager::{DataManager, Direction, ProviderFailure, StageOptions, StagingError, StagingWork, WorkMode};
+use crate::services::CancelFlag;
+
+/// What a transfer did.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub attempts: u32,
+    pub seconds: f64,
+    pub deduplicated: bool,
+    pub bytes: Option<u64>,
+    pub result: Result<(), StagingError>,
+}
+
+#[derive(Debug, Clone)]
+struct Done {
+    bytes: Option<u64>,
+    attempts: u32,
+}
+
+/// Who a piece of work is, kept for errors once the work itself is consumed.
+#[derive(Clone)]
+struct WorkInfo {
+    direction: Direction,
+    mode: WorkMode,
+    url: String,
+    instance: String,
+    plugin: String,
+    executor: String,
+    host: String,
+    local: Option<PathBuf>,
+}
+
+impl WorkInfo {
+    fn of(work: &StagingWork) -> WorkInfo {
+        WorkInfo {
+            direction: work.direction,
+            mode: work.mode,
+            url: work.file.redacted_url(),
+            instance: work.provider.name.clone(),
+            plugin: format!("{} {}", work.provider.plugin.name, work.provider.plugin.version),
+            executor: work.executor.clone(),
+            host: work.file.netloc().to_owned(),
+            local: work.file.filepath().ok(),
+        }
+    }
+    fn error(&self, kind: ErrorKind, message: String) -> StagingError {
+        StagingError::Provider(Box::new(ProviderFailure {
+            direction: self.direction,
+            url: self.url.clone(),
+            instance: self.instance.clone(),
+            plugin: self.plugin.clone(),
+            executor: self.executor.clone(),
+            call: self.mode.as_str(),
+            error: StageError::new(kind, message),
+        }))
+    }
+}
+
+type DedupKey = (String, PathBuf);
+
+pub(crate) struct Transfers {
+    config: TransferConfig,
+    global: Arc<Semaphore>,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    dedup: Mutex<HashMap<DedupKey, Arc<OnceCell<Done>>>>,
+    pub cancel: CancelFlag,
+    pub token: CancellationToken,
+    observer: Arc<dyn Observer>,
+    dm: Arc<DataManager>,
+    next_id: AtomicU64,
+}
+
+/// The delay before retry `attempt` (1-based): `initial * 2^(attempt-1)`, capped,
+/// times a random factor in [0.5, 1).
+fn backoff(config: &TransferConfig, attempt: u32) -> Duration {
+    let base = config
+        .backoff_initial_ms
+        .saturating_mul(1u64 << (attempt - 1).min(20))
+        .min(config.backoff_max_ms);
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let factor = 0.5 + (random % 1000) as f64 / 2000.0;
+    Duration::from_millis((base as f64 * factor) as u64)
+}
+
+impl Transfers {
+    pub fn new(
+        config: TransferConfig,
+        dm: Arc<DataManager>,
+        observer: Arc<dyn Observer>,
+        cancel: CancelFlag,
+        token: CancellationToken,
+    ) -> Transfers {
+        Transfers {
+            global: Arc::new(Semaphore::new(config.max_concurrent)),
+            config,
+            per_host: Mutex::new(HashMap::new()),
+            dedup: Mutex::new(HashMap::new()),
+            cancel,
+            token,
+            observer,
+            dm,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn host_limit(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.per_host.lock().expect("the host-limit lock is never poisoned");
+        hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_host)))
+            .clone()
+    }
+
+    /// Runs `work` (for the caller's file `original`) to its end: deduplicated,
+    /// bounded, retried.
+    pub async fn run(&self, work: StagingWork, original: &File) -> Outcome {
+        let start = Instant::now();
+        let key = match (work.direction, work.file.local_path()) {
+            (Direction::In, Some(local)) => Some((work.file.url().to_owned(), local.to_path_buf())),
+            _ => None,
+        };
+        let Some(key) = key else {
+            let (attempts, result) = match self.attempts(work, original).await {
+                Ok(done) => (done.attempts, Ok(done.bytes)),
+                Err((e, attempts)) => (attempts, Err(e)),
+            };
+            return Outcome::new(start, attempts, false, result);
+        };
+        let cell = self
+            .dedup
+            .lock()
+            .expect("the dedup lock is never poisoned")
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut ran_here = false;
+        let mut failed_attempts = 0;
+        let result = cell
+            .get_or_try_init(|| {
+                ran_here = true;
+                async {
+                    self.attempts(work, original).await.map_err(|(e, attempts)| {
+                        failed_attempts = attempts;
+                        e
+                    })
+                }
+            })
+            .await;
+        match result {
+            Ok(done) if ran_here => Outcome::new(start, done.attempts, false, Ok(done.bytes)),
+            Ok(done) => Outcome::new(start, 0, true, Ok(done.bytes)),
+            Err(e) => Outcome::new(start, failed_attempts, false, Err(e)),
+        }
+    }
+
+    async fn attempts(&self, mut work: StagingWork, original: &File) -> Result<Done, (StagingError, u32)> {
+        let info = WorkInfo::of(&work);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt_once(work, &info).await {
+                Ok(bytes) => return Ok(Done { bytes, attempts: attempt }),
+                Err(e) if e.is_transient() && attempt <= self.config.retries && !self.cancel.is_cancelled() => {
+                    let delay = backoff(&self.config, attempt);
+                    tracing::info!(
+                        "retrying {} in {:.2}s (attempt {} of {}): {e}",
+                        info.url,
+                        delay.as_secs_f64(),
+                        attempt + 1,
+                        self.config.retries + 1
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.token.cancelled() => {
+                            return Err((info.error(ErrorKind::Cancelled, "cancelled".into()), attempt));
+                        }
+                    }
+                    work = self.replan(&info, original).await.map_err(|e| (e, attempt))?;
+                }
+                Err(e) => return Err((e, attempt)),
+            }
+        }
+    }
+
+    /// Plans `original` again and takes the work of the same mode.
+    async fn replan(&self, info: &WorkInfo, original: &File) -> Result<StagingWork, StagingError> {
+        let (dm, file, executor, direction, mode) =
+            (self.dm.clone(), original.clone(), info.executor.clone(), info.direction, info.mode);
+        let opts = StageOptions { cancel: self.cancel.clone(), ..StageOptions::default() };
+        let staging = tokio::task::spawn_blocking(move || match direction {
+            Direction::In => dm.plan_stage_in(&executor, &file, &opts),
+            Direction::Out => dm.plan_stage_out(&executor, &file, &opts),
+        })
+        .await
+        .expect("planning never panics: provider panics are caught at the plugin boundary")?;
+        let work = match mode {
+            WorkMode::SeparateJob => staging.separate_job,
+            WorkMode::InTaskStep => staging.in_task_step,
+        };
+        work.ok_or_else(|| info.error(ErrorKind::Other, "on retry the provider planned no work".into()))
+    }
+
+    async fn attempt_once(&self, work: StagingWork, info: &WorkInfo) -> Result<Option<u64>, StagingError> {
+        let cancelled = || info.error(ErrorKind::Cancelled, "cancelled".into());
+        let host_limit = self.host_limit(&info.host);
+        let _permits = tokio::select! {
+            permits = async {
+                let g = self.global.clone().acquire_owned().await;
+                let h = host_limit.acquire_owned().await;
+                (g, h)
+            } => permits,
+            () = self.token.cancelled() => return Err(cancelled()),
+        };
+        if self.cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = self.cancel.child();
+        let timeout = (self.config.timeout_secs > 0.0).then(|| Duration::from_secs_f64(self.config.timeout_secs));
+        let opts = StageOptions {
+            working_dir: None,
+            timeout,
+            cancel: cancel.clone(),
+            progress: self.observer.transfer_started(id, &info.url, info.direction, info.mode),
+        };
+        let mut handle = tokio::task::spawn_blocking(move || work.run(&opts));
+        let joined = match timeout {
+            None => handle.await,
+            Some(t) => match tokio::time::timeout(t, &mut handle).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    cancel.cancel();
+                    let _ = handle.await;
+                    let err = info.error(ErrorKind::TimedOut, format!("no result within {:.3}s", t.as_secs_f64()));
+                    self.observer.transfer_finished(id, Err(&err.to_string()));
+                    return Err(err);
+                }
+            },
+        };
+        let result = joined.expect("staging work never panics: provider panics are caught at the plugin boundary");
+        let result = result.map(|()| {
+            info.local
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+        });
+        match &result {
+            Ok(bytes) => self.observer.transfer_finished(id, Ok(*bytes)),
+            Err(e) => self.observer.transfer_finished(id, Err(&e.to_string())),
+        }
+        result
+    }
+}
+
+impl Outcome {
+    fn new(start: Instant, attempts: u32, deduplicated: bool, result: Result<Option<u64>, StagingError>) -> Outcome {
+        let (bytes, result) = match result {
+            Ok(bytes) => (bytes, Ok(())),
+            Err(e) => (None, Err(e)),
+        };
+        Outcome { attempts, seconds: start.elapsed().as_secs_f64(), deduplicated, bytes, result }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped_with_jitter() {
+        let c = TransferConfig { backoff_initial_ms: 100, backoff_max_ms: 1000, ..TransferConfig::default() };
+        for _ in 0..50 {
+            let d1 = backoff(&c, 1).as_millis();
+            assert!((50..100).contains(&d1), "{d1}");
+            let d3 = backoff(&c, 3).as_millis();
+            assert!((200..400).contains(&d3), "{d3}");
+            let d9 = backoff(&c, 9).as_millis();
+            assert!((500..1000).contains(&d9), "{d9}");
+        }
+    }
+}
