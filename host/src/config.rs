@@ -343,14 +343,23 @@ impl Config {
         }
         let t = &self.transfers;
         if t.max_concurrent == 0 || t.per_host == 0 {
-            return Err(self.error_at("max_concurrent", "[transfers] max_concurrent and per_host must be at least 1".into()));
+            return Err(self.error_at(
+                "max_concurrent",
+                "[transfers] max_concurrent and per_host must be at least 1".into(),
+            ));
         }
         if !(t.timeout_secs >= 0.0 && t.timeout_secs.is_finite()) {
-            return Err(self.error_at("timeout_secs", "[transfers] timeout_secs must be a finite number >= 0".into()));
+            return Err(self.error_at(
+                "timeout_secs",
+                "[transfers] timeout_secs must be a finite number >= 0".into(),
+            ));
         }
         for (label, executor) in &self.executors {
             if executor.workers == Some(0) {
-                return Err(self.error_at("workers", format!("executor {label:?}: workers must be at least 1")));
+                return Err(self.error_at(
+                    "workers",
+                    format!("executor {label:?}: workers must be at least 1"),
+                ));
             }
             for name in executor.staging.iter().flatten() {
                 let known_plugin = self.providers.iter().any(|p| &p.name == name);

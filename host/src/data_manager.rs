@@ -190,10 +190,20 @@ impl StagingWork {
             opts.timeout.map(|t| SystemTime::now() + t),
         );
         let call = self.mode.as_str();
-        let mut job = self.job.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-        job.run(&ctx)
-            .into_result()
-            .map_err(|e| provider_error(self.direction, &self.file, &self.provider, &self.executor, call, e.into()))
+        let mut job = self
+            .job
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        job.run(&ctx).into_result().map_err(|e| {
+            provider_error(
+                self.direction,
+                &self.file,
+                &self.provider,
+                &self.executor,
+                call,
+                e.into(),
+            )
+        })
     }
 }
 

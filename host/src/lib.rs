@@ -35,6 +35,7 @@ pub mod engine;
 pub mod loader;
 pub mod registry;
 pub mod services;
+pub mod workflow;
 
 pub use config::{Config, ConfigError};
 pub use data_manager::{

@@ -35,7 +35,10 @@ impl CancelFlag {
     }
     /// A new flag that reads as raised when either it or `self` is.
     pub fn child(&self) -> CancelFlag {
-        CancelFlag { own: Arc::new(AtomicBool::new(false)), parent: Some(self.own.clone()) }
+        CancelFlag {
+            own: Arc::new(AtomicBool::new(false)),
+            parent: Some(self.own.clone()),
+        }
     }
     /// Raises the flag.
     pub fn cancel(&self) {
@@ -43,7 +46,11 @@ impl CancelFlag {
     }
     /// Whether the flag (or its parent) was raised.
     pub fn is_cancelled(&self) -> bool {
-        self.own.load(Ordering::Relaxed) || self.parent.as_ref().is_some_and(|p| p.load(Ordering::Relaxed))
+        self.own.load(Ordering::Relaxed)
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::Relaxed))
     }
 }
 

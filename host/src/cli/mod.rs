@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 a staging failure; 2 a usage or config error.
 
 mod plugins;
+mod progress;
+mod run;
 mod stage;
 
 use std::path::PathBuf;
@@ -33,6 +35,8 @@ enum Command {
     /// Stage files in or out through the data manager
     #[command(subcommand)]
     Stage(StageCommand),
+    /// Run a workflow: tasks whose inputs and outputs are staged
+    Run(run::RunArgs),
     /// Inspect the config
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -140,6 +144,10 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         Command::Stage(StageCommand::In(a)) => {
             let registry = load(&config, &loader)?;
             stage::stage_in(&registry, a)
+        }
+        Command::Run(a) => {
+            let registry = load(&config, &loader)?;
+            run::run(&config, &registry, a)
         }
         Command::Stage(StageCommand::Out(a)) => {
             let registry = load(&config, &loader)?;

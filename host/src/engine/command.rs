@@ -13,9 +13,10 @@ use super::task::TaskFiles;
 /// quotes.
 pub fn shell_quote(text: &str) -> String {
     let safe = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | ',' | ':' | '@' | '%' | '='));
+        && text.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '/' | '.' | '_' | '-' | '+' | ',' | ':' | '@' | '%' | '=')
+        });
     if safe {
         text.to_owned()
     } else {
@@ -49,7 +50,11 @@ fn parse(command: &str) -> Vec<Result<&str, (Placeholder, &str)>> {
                 "stderr" => Some(Placeholder::Stderr),
                 _ => {
                     let index = |prefix: &str| {
-                        inner.strip_prefix(prefix)?.strip_suffix(']')?.parse::<usize>().ok()
+                        inner
+                            .strip_prefix(prefix)?
+                            .strip_suffix(']')?
+                            .parse::<usize>()
+                            .ok()
                     };
                     index("inputs[")
                         .map(Placeholder::Input)
@@ -76,7 +81,13 @@ fn parse(command: &str) -> Vec<Result<&str, (Placeholder, &str)>> {
 
 /// Checks every placeholder of `command` against the task's files; the error names
 /// the placeholder and what the task has.
-pub fn check(command: &str, inputs: usize, outputs: usize, stdout: bool, stderr: bool) -> Result<(), String> {
+pub fn check(
+    command: &str,
+    inputs: usize,
+    outputs: usize,
+    stdout: bool,
+    stderr: bool,
+) -> Result<(), String> {
     for part in parse(command) {
         if let Err((p, text)) = part {
             let ok = match p {
@@ -99,7 +110,13 @@ pub fn check(command: &str, inputs: usize, outputs: usize, stdout: bool, stderr:
 
 /// `command` with its placeholders replaced by the quoted paths of `files`.
 pub fn expand(command: &str, files: &TaskFiles) -> Result<String, String> {
-    check(command, files.inputs.len(), files.outputs.len(), files.stdout.is_some(), files.stderr.is_some())?;
+    check(
+        command,
+        files.inputs.len(),
+        files.outputs.len(),
+        files.stdout.is_some(),
+        files.stderr.is_some(),
+    )?;
     let quoted = |p: &Path| shell_quote(&p.to_string_lossy());
     let mut out = String::with_capacity(command.len() + 64);
     for part in parse(command) {
@@ -118,7 +135,8 @@ pub fn expand(command: &str, files: &TaskFiles) -> Result<String, String> {
 
 fn open_for_output(path: &Path) -> Result<std::fs::File, String> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
@@ -131,15 +149,24 @@ pub async fn run(
     files: &TaskFiles,
     cancelled: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    std::fs::create_dir_all(&files.working_dir)
-        .map_err(|e| format!("cannot create working_dir {}: {e}", files.working_dir.display()))?;
+    std::fs::create_dir_all(&files.working_dir).map_err(|e| {
+        format!(
+            "cannot create working_dir {}: {e}",
+            files.working_dir.display()
+        )
+    })?;
     for out in &files.outputs {
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
     }
     let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c").arg(command).current_dir(&files.working_dir).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(&files.working_dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     match &files.stdout {
         Some(p) => cmd.stdout(open_for_output(p)?),
         None => cmd.stdout(Stdio::null()),
@@ -163,7 +190,11 @@ pub async fn run(
     };
     let tail = if capture_stderr {
         let text = String::from_utf8_lossy(&output.stderr);
-        text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| format!(": {}", l.trim())).unwrap_or_default()
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default()
     } else {
         String::new()
     };
@@ -202,7 +233,10 @@ mod tests {
     #[test]
     fn out_of_range_placeholders_are_errors() {
         let err = check("cat {inputs[2]}", 2, 0, false, false).unwrap_err();
-        assert_eq!(err, "the command uses {inputs[2]}, but the task has 2 input(s), 0 output(s)");
+        assert_eq!(
+            err,
+            "the command uses {inputs[2]}, but the task has 2 input(s), 0 output(s)"
+        );
         assert!(check("cat {stderr}", 0, 0, true, false).is_err());
         assert!(check("cat {stdout}", 0, 0, true, false).is_ok());
     }

@@ -33,7 +33,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use command::{check as check_command, expand as expand_command, shell_quote};
-pub use task::{Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec, TaskStatus};
+pub use task::{
+    Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec,
+    TaskStatus,
+};
 
 use crate::config::TransferConfig;
 use crate::data_manager::{DataManager, Direction, StageOptions, Staging, StagingError, WorkMode};
@@ -50,7 +53,13 @@ pub trait Observer: Send + Sync {
     /// A task ended (stage-outs included).
     fn task_finished(&self, _report: &TaskReport) {}
     /// A transfer attempt starts; the sink returned receives its bytes.
-    fn transfer_started(&self, _id: u64, _url: &str, _direction: Direction, _mode: WorkMode) -> Option<Arc<dyn ProgressSink>> {
+    fn transfer_started(
+        &self,
+        _id: u64,
+        _url: &str,
+        _direction: Direction,
+        _mode: WorkMode,
+    ) -> Option<Arc<dyn ProgressSink>> {
         None
     }
     /// A transfer attempt ended: bytes on success, the error line on failure.
@@ -71,7 +80,10 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { transfers: TransferConfig::default(), observer: Arc::new(Silent) }
+        EngineOptions {
+            transfers: TransferConfig::default(),
+            observer: Arc::new(Silent),
+        }
     }
 }
 
@@ -126,15 +138,30 @@ impl Engine {
             .executors
             .iter()
             .map(|e| {
-                let rt = ExecutorRuntime { working_dir: e.working_dir.clone(), workers: Arc::new(Semaphore::new(e.workers)) };
+                let rt = ExecutorRuntime {
+                    working_dir: e.working_dir.clone(),
+                    workers: Arc::new(Semaphore::new(e.workers)),
+                };
                 (e.label.clone(), rt)
             })
             .collect();
         let cancel = CancelFlag::new();
         let token = CancellationToken::new();
-        let transfers = Transfers::new(options.transfers, dm.clone(), options.observer.clone(), cancel, token);
+        let transfers = Transfers::new(
+            options.transfers,
+            dm.clone(),
+            options.observer.clone(),
+            cancel,
+            token,
+        );
         Engine {
-            inner: Arc::new(Inner { dm, executors, transfers, observer: options.observer, start: Instant::now() }),
+            inner: Arc::new(Inner {
+                dm,
+                executors,
+                transfers,
+                observer: options.observer,
+                start: Instant::now(),
+            }),
             handles: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -150,11 +177,24 @@ impl Engine {
         if !self.inner.executors.contains_key(&spec.executor) {
             let mut known: Vec<&str> = self.inner.executors.keys().map(String::as_str).collect();
             known.sort_unstable();
-            return Err(SubmitError::UnknownExecutor { task: spec.name, executor: spec.executor, known: known.join(", ") });
+            return Err(SubmitError::UnknownExecutor {
+                task: spec.name,
+                executor: spec.executor,
+                known: known.join(", "),
+            });
         }
         if let Body::Command(cmd) = &spec.body {
-            check_command(cmd, spec.inputs.len(), spec.outputs.len(), spec.stdout.is_some(), spec.stderr.is_some())
-                .map_err(|message| SubmitError::BadCommand { task: spec.name.clone(), message })?;
+            check_command(
+                cmd,
+                spec.inputs.len(),
+                spec.outputs.len(),
+                spec.stdout.is_some(),
+                spec.stderr.is_some(),
+            )
+            .map_err(|message| SubmitError::BadCommand {
+                task: spec.name.clone(),
+                message,
+            })?;
         }
         let producer: Arc<str> = spec.name.as_str().into();
         let mut senders = Vec::new();
@@ -168,8 +208,17 @@ impl Engine {
         let stderr = spec.stderr.as_ref().map(&mut future_for);
         let (report_tx, report_rx) = watch::channel(None);
         self.inner.observer.task_submitted(&spec.name);
-        let handle = TaskHandle { name: spec.name.clone(), outputs, stdout, stderr, report: report_rx.clone() };
-        self.handles.lock().expect("the handles lock is never poisoned").push(report_rx);
+        let handle = TaskHandle {
+            name: spec.name.clone(),
+            outputs,
+            stdout,
+            stderr,
+            report: report_rx.clone(),
+        };
+        self.handles
+            .lock()
+            .expect("the handles lock is never poisoned")
+            .push(report_rx);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let report = Arc::new(inner.run_task(spec, senders).await);
@@ -193,10 +242,17 @@ impl Engine {
 
     /// Waits for every task submitted so far; returns their reports in submission order.
     pub async fn wait_all(&self) -> Vec<Arc<TaskReport>> {
-        let receivers: Vec<_> = self.handles.lock().expect("the handles lock is never poisoned").clone();
+        let receivers: Vec<_> = self
+            .handles
+            .lock()
+            .expect("the handles lock is never poisoned")
+            .clone();
         let mut reports = Vec::with_capacity(receivers.len());
         for mut rx in receivers {
-            let r = rx.wait_for(Option::is_some).await.expect("every task sends its report");
+            let r = rx
+                .wait_for(Option::is_some)
+                .await
+                .expect("every task sends its report");
             reports.push(r.clone().expect("wait_for(is_some) returned"));
         }
         reports
@@ -211,7 +267,11 @@ struct FileState {
 }
 
 impl FileState {
-    fn planned(original: File, direction: Direction, planned: Result<Staging, StagingError>) -> FileState {
+    fn planned(
+        original: File,
+        direction: Direction,
+        planned: Result<Staging, StagingError>,
+    ) -> FileState {
         let mut report = FileReport {
             direction,
             url: original.redacted_url(),
@@ -228,7 +288,10 @@ impl FileState {
         let staging = match planned {
             Ok(s) => {
                 report.provider = Some(s.provider.name.clone());
-                report.plugin = Some(format!("{} {}", s.provider.plugin.name, s.provider.plugin.version));
+                report.plugin = Some(format!(
+                    "{} {}",
+                    s.provider.plugin.name, s.provider.plugin.version
+                ));
                 report.mode = s.modes().first().copied();
                 report.local_path = s.file.filepath().ok().map(|p| p.display().to_string());
                 Some(s)
@@ -238,7 +301,11 @@ impl FileState {
                 None
             }
         };
-        FileState { original, staging, report }
+        FileState {
+            original,
+            staging,
+            report,
+        }
     }
 
     fn record(&mut self, outcome: Outcome) -> Result<(), String> {
@@ -257,7 +324,8 @@ impl FileState {
 
     fn path(&self) -> PathBuf {
         let file = self.staging.as_ref().map_or(&self.original, |s| &s.file);
-        file.filepath().unwrap_or_else(|_| PathBuf::from(file.path()))
+        file.filepath()
+            .unwrap_or_else(|_| PathBuf::from(file.path()))
     }
 }
 
@@ -274,7 +342,15 @@ impl Outputs {
 }
 
 impl Inner {
-    fn report(&self, spec: &TaskSpec, start: Instant, status: TaskStatus, attempts: u32, error: Option<String>, files: Vec<FileReport>) -> TaskReport {
+    fn report(
+        &self,
+        spec: &TaskSpec,
+        start: Instant,
+        status: TaskStatus,
+        attempts: u32,
+        error: Option<String>,
+        files: Vec<FileReport>,
+    ) -> TaskReport {
         TaskReport {
             name: spec.name.clone(),
             executor: spec.executor.clone(),
@@ -287,12 +363,20 @@ impl Inner {
         }
     }
 
-    async fn run_task(&self, spec: TaskSpec, senders: Vec<watch::Sender<FutureState>>) -> TaskReport {
+    async fn run_task(
+        &self,
+        spec: TaskSpec,
+        senders: Vec<watch::Sender<FutureState>>,
+    ) -> TaskReport {
         let start = Instant::now();
         let outputs = Outputs { senders };
         let token = self.transfers.token.clone();
         let end = |status, attempts, error: String, files: Vec<FileReport>| {
-            outputs.fail_all(&format!("task {:?} {}: {error}", spec.name, status_word(status)));
+            outputs.fail_all(&format!(
+                "task {:?} {}: {error}",
+                spec.name,
+                status_word(status)
+            ));
             self.report(&spec, start, status, attempts, Some(error), files)
         };
 
@@ -304,7 +388,11 @@ impl Inner {
                     () = token.cancelled() => return end(TaskStatus::Cancelled, 0, "cancelled".into(), vec![]),
                 };
                 if let Err(reason) = waited {
-                    let error = format!("input {} from task {:?} failed: {reason}", future.file().redacted_url(), future.producer());
+                    let error = format!(
+                        "input {} from task {:?} failed: {reason}",
+                        future.file().redacted_url(),
+                        future.producer()
+                    );
                     return end(TaskStatus::DependencyFailed, 0, error, vec![]);
                 }
             }
@@ -315,12 +403,21 @@ impl Inner {
 
         // 2. Plan every stage-in and stage-out before the body starts.
         let ins: Vec<File> = spec.inputs.iter().map(|i| i.file().clone()).collect();
-        let outs: Vec<File> = spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr).cloned().collect();
+        let outs: Vec<File> = spec
+            .outputs
+            .iter()
+            .chain(&spec.stdout)
+            .chain(&spec.stderr)
+            .cloned()
+            .collect();
         let mut files = if ins.is_empty() && outs.is_empty() {
             Vec::new()
         } else {
             let (dm, executor) = (self.dm.clone(), spec.executor.clone());
-            let opts = StageOptions { cancel: self.transfers.cancel.clone(), ..StageOptions::default() };
+            let opts = StageOptions {
+                cancel: self.transfers.cancel.clone(),
+                ..StageOptions::default()
+            };
             tokio::task::spawn_blocking(move || {
                 let mut files = Vec::with_capacity(ins.len() + outs.len());
                 for f in ins {
@@ -336,7 +433,8 @@ impl Inner {
             .await
             .expect("planning never panics: provider panics are caught at the plugin boundary")
         };
-        let reports = |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
+        let reports =
+            |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
         if let Some(failed) = files.iter().find_map(|f| f.report.error.clone()) {
             return end(TaskStatus::Failed, 0, failed, reports(&files));
         }
@@ -346,7 +444,12 @@ impl Inner {
         let jobs: Vec<_> = files[..n_in]
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, f)| f.staging.as_mut().and_then(|s| s.separate_job.take()).map(|w| (i, w)))
+            .filter_map(|(i, f)| {
+                f.staging
+                    .as_mut()
+                    .and_then(|s| s.separate_job.take())
+                    .map(|w| (i, w))
+            })
             .collect();
         if !jobs.is_empty() {
             let runs = jobs.into_iter().map(|(i, work)| {
@@ -360,8 +463,17 @@ impl Inner {
                 }
             }
             if let Some(line) = failure {
-                let status = if token.is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::Failed };
-                return end(status, 0, format!("stage-in failed: {line}"), reports(&files));
+                let status = if token.is_cancelled() {
+                    TaskStatus::Cancelled
+                } else {
+                    TaskStatus::Failed
+                };
+                return end(
+                    status,
+                    0,
+                    format!("stage-in failed: {line}"),
+                    reports(&files),
+                );
             }
         }
 
@@ -374,41 +486,58 @@ impl Inner {
                 () = token.cancelled() => break Err("cancelled".to_owned()),
             };
             attempts += 1;
-            let result = self.attempt_body(&spec, &mut files, n_in, attempts > 1, &executor.working_dir).await;
+            let result = self
+                .attempt_body(&spec, &mut files, n_in, attempts > 1, &executor.working_dir)
+                .await;
             drop(permit);
             match result {
                 Err(e) if attempts <= spec.retries && !token.is_cancelled() => {
-                    tracing::info!("task {:?} failed (attempt {attempts} of {}), retrying: {e}", spec.name, spec.retries + 1);
+                    tracing::info!(
+                        "task {:?} failed (attempt {attempts} of {}), retrying: {e}",
+                        spec.name,
+                        spec.retries + 1
+                    );
                 }
                 other => break other,
             }
         };
         if let Err(error) = body_result {
-            let status = if token.is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::Failed };
+            let status = if token.is_cancelled() {
+                TaskStatus::Cancelled
+            } else {
+                TaskStatus::Failed
+            };
             return end(status, attempts, error, reports(&files));
         }
 
         // 5. Stage-outs: in-task steps already ran; now the separate jobs. Each output's
         //    future settles when its own stage-out does.
         let mut stage_out_failure = None;
-        let mut settle = |files: &mut [FileState], i: usize, outcome: Option<Outcome>, outputs: &Outputs| {
-            let sender = &outputs.senders[i - n_in];
-            let result = match outcome {
-                Some(o) => files[i].record(o),
-                None => files[i].report.error.clone().map_or(Ok(()), Err),
+        let mut settle =
+            |files: &mut [FileState], i: usize, outcome: Option<Outcome>, outputs: &Outputs| {
+                let sender = &outputs.senders[i - n_in];
+                let result = match outcome {
+                    Some(o) => files[i].record(o),
+                    None => files[i].report.error.clone().map_or(Ok(()), Err),
+                };
+                match result {
+                    Ok(()) => {
+                        let _ = sender.send(FutureState::Ready);
+                    }
+                    Err(line) => {
+                        let _ = sender.send(FutureState::Failed(line.as_str().into()));
+                        stage_out_failure.get_or_insert(line);
+                    }
+                }
             };
-            match result {
-                Ok(()) => {
-                    let _ = sender.send(FutureState::Ready);
-                }
-                Err(line) => {
-                    let _ = sender.send(FutureState::Failed(line.as_str().into()));
-                    stage_out_failure.get_or_insert(line);
-                }
-            }
-        };
         let jobs: Vec<_> = (n_in..files.len())
-            .filter_map(|i| files[i].staging.as_mut().and_then(|s| s.separate_job.take()).map(|w| (i, w)))
+            .filter_map(|i| {
+                files[i]
+                    .staging
+                    .as_mut()
+                    .and_then(|s| s.separate_job.take())
+                    .map(|w| (i, w))
+            })
             .collect();
         let with_job: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
         for i in (n_in..files.len()).filter(|i| !with_job.contains(i)) {
@@ -422,10 +551,28 @@ impl Inner {
             settle(&mut files, i, Some(outcome), &outputs);
         }
         match stage_out_failure {
-            None => self.report(&spec, start, TaskStatus::Succeeded, attempts, None, reports(&files)),
+            None => self.report(
+                &spec,
+                start,
+                TaskStatus::Succeeded,
+                attempts,
+                None,
+                reports(&files),
+            ),
             Some(line) => {
-                let status = if token.is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::StageOutFailed };
-                self.report(&spec, start, status, attempts, Some(format!("stage-out failed: {line}")), reports(&files))
+                let status = if token.is_cancelled() {
+                    TaskStatus::Cancelled
+                } else {
+                    TaskStatus::StageOutFailed
+                };
+                self.report(
+                    &spec,
+                    start,
+                    status,
+                    attempts,
+                    Some(format!("stage-out failed: {line}")),
+                    reports(&files),
+                )
             }
         }
     }
@@ -444,16 +591,25 @@ impl Inner {
             self.replan_steps(spec, files).await?;
         }
         for i in 0..n_in {
-            if let Some(work) = files[i].staging.as_mut().and_then(|s| s.in_task_step.take()) {
+            if let Some(work) = files[i]
+                .staging
+                .as_mut()
+                .and_then(|s| s.in_task_step.take())
+            {
                 let outcome = self.transfers.run(work, &files[i].original.clone()).await;
-                files[i].record(outcome).map_err(|line| format!("stage-in failed: {line}"))?;
+                files[i]
+                    .record(outcome)
+                    .map_err(|line| format!("stage-in failed: {line}"))?;
             }
         }
         let n_out = spec.outputs.len();
         let task_files = TaskFiles {
             working_dir: working_dir.to_path_buf(),
             inputs: files[..n_in].iter().map(FileState::path).collect(),
-            outputs: files[n_in..n_in + n_out].iter().map(FileState::path).collect(),
+            outputs: files[n_in..n_in + n_out]
+                .iter()
+                .map(FileState::path)
+                .collect(),
             stdout: spec.stdout.as_ref().map(|_| files[n_in + n_out].path()),
             stderr: spec.stderr.as_ref().map(|_| files[files.len() - 1].path()),
         };
@@ -462,7 +618,9 @@ impl Inner {
                 let (f, task_files) = (f.clone(), task_files);
                 tokio::task::spawn_blocking(move || f(&task_files))
                     .await
-                    .unwrap_or_else(|e| Err(format!("the task body panicked: {}", panic_text(e))))?;
+                    .unwrap_or_else(|e| {
+                        Err(format!("the task body panicked: {}", panic_text(e)))
+                    })?;
             }
             Body::Command(cmd) => {
                 let expanded = expand_command(cmd, &task_files)?;
@@ -481,9 +639,15 @@ impl Inner {
 
     /// Plans every file again to get fresh in-task steps for a retry.
     async fn replan_steps(&self, spec: &TaskSpec, files: &mut [FileState]) -> Result<(), String> {
-        let originals: Vec<(File, Direction)> = files.iter().map(|f| (f.original.clone(), f.report.direction)).collect();
+        let originals: Vec<(File, Direction)> = files
+            .iter()
+            .map(|f| (f.original.clone(), f.report.direction))
+            .collect();
         let (dm, executor) = (self.dm.clone(), spec.executor.clone());
-        let opts = StageOptions { cancel: self.transfers.cancel.clone(), ..StageOptions::default() };
+        let opts = StageOptions {
+            cancel: self.transfers.cancel.clone(),
+            ..StageOptions::default()
+        };
         let planned = tokio::task::spawn_blocking(move || {
             originals
                 .into_iter()
@@ -525,7 +689,9 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 }
 
 /// Runs futures concurrently on this task and collects their results in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let mut set: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -545,5 +711,8 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
         }
     })
     .await;
-    results.into_iter().map(|r| r.expect("every future completed")).collect()
+    results
+        .into_iter()
+        .map(|r| r.expect("every future completed"))
+        .collect()
 }

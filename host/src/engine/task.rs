@@ -190,7 +190,14 @@ impl std::fmt::Debug for DataFuture {
 impl DataFuture {
     pub(crate) fn new(file: File, producer: Arc<str>) -> (DataFuture, watch::Sender<FutureState>) {
         let (tx, rx) = watch::channel(FutureState::Pending);
-        (DataFuture { file: file.clean_copy(), producer, state: rx }, tx)
+        (
+            DataFuture {
+                file: file.clean_copy(),
+                producer,
+                state: rx,
+            },
+            tx,
+        )
     }
     /// The output's file, as the producer named it (no `local_path`).
     pub fn file(&self) -> &File {
@@ -208,7 +215,9 @@ impl DataFuture {
             .wait_for(|s| !matches!(s, FutureState::Pending))
             .await
             .map(|s| s.clone())
-            .unwrap_or(FutureState::Failed("the engine stopped before producing it".into()));
+            .unwrap_or(FutureState::Failed(
+                "the engine stopped before producing it".into(),
+            ));
         match state {
             FutureState::Ready => Ok(()),
             FutureState::Failed(e) => Err(e.to_string()),

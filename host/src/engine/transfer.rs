@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Observer;
 use crate::config::TransferConfig;
-use crate::data_manager::{DataManager, Direction, ProviderFailure, StageOptions, StagingError, StagingWork, WorkMode};
+use crate::data_manager::{
+    DataManager, Direction, ProviderFailure, StageOptions, StagingError, StagingWork, WorkMode,
+};
 use crate::services::CancelFlag;
 
 /// What a transfer did.
@@ -62,7 +64,10 @@ impl WorkInfo {
             mode: work.mode,
             url: work.file.redacted_url(),
             instance: work.provider.name.clone(),
-            plugin: format!("{} {}", work.provider.plugin.name, work.provider.plugin.version),
+            plugin: format!(
+                "{} {}",
+                work.provider.plugin.name, work.provider.plugin.version
+            ),
             executor: work.executor.clone(),
             host: work.file.netloc().to_owned(),
             local: work.file.filepath().ok(),
@@ -102,7 +107,9 @@ fn backoff(config: &TransferConfig, attempt: u32) -> Duration {
         .backoff_initial_ms
         .saturating_mul(1u64 << (attempt - 1).min(20))
         .min(config.backoff_max_ms);
-    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     let factor = 0.5 + (random % 1000) as f64 / 2000.0;
     Duration::from_millis((base as f64 * factor) as u64)
 }
@@ -129,7 +136,10 @@ impl Transfers {
     }
 
     fn host_limit(&self, host: &str) -> Arc<Semaphore> {
-        let mut hosts = self.per_host.lock().expect("the host-limit lock is never poisoned");
+        let mut hosts = self
+            .per_host
+            .lock()
+            .expect("the host-limit lock is never poisoned");
         hosts
             .entry(host.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_host)))
@@ -164,10 +174,12 @@ impl Transfers {
             .get_or_try_init(|| {
                 ran_here = true;
                 async {
-                    self.attempts(work, original).await.map_err(|(e, attempts)| {
-                        failed_attempts = attempts;
-                        e
-                    })
+                    self.attempts(work, original)
+                        .await
+                        .map_err(|(e, attempts)| {
+                            failed_attempts = attempts;
+                            e
+                        })
                 }
             })
             .await;
@@ -178,14 +190,27 @@ impl Transfers {
         }
     }
 
-    async fn attempts(&self, mut work: StagingWork, original: &File) -> Result<Done, (StagingError, u32)> {
+    async fn attempts(
+        &self,
+        mut work: StagingWork,
+        original: &File,
+    ) -> Result<Done, (StagingError, u32)> {
         let info = WorkInfo::of(&work);
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.attempt_once(work, &info).await {
-                Ok(bytes) => return Ok(Done { bytes, attempts: attempt }),
-                Err(e) if e.is_transient() && attempt <= self.config.retries && !self.cancel.is_cancelled() => {
+                Ok(bytes) => {
+                    return Ok(Done {
+                        bytes,
+                        attempts: attempt,
+                    })
+                }
+                Err(e)
+                    if e.is_transient()
+                        && attempt <= self.config.retries
+                        && !self.cancel.is_cancelled() =>
+                {
                     let delay = backoff(&self.config, attempt);
                     tracing::info!(
                         "retrying {} in {:.2}s (attempt {} of {}): {e}",
@@ -200,7 +225,10 @@ impl Transfers {
                             return Err((info.error(ErrorKind::Cancelled, "cancelled".into()), attempt));
                         }
                     }
-                    work = self.replan(&info, original).await.map_err(|e| (e, attempt))?;
+                    work = self
+                        .replan(&info, original)
+                        .await
+                        .map_err(|e| (e, attempt))?;
                 }
                 Err(e) => return Err((e, attempt)),
             }
@@ -209,9 +237,17 @@ impl Transfers {
 
     /// Plans `original` again and takes the work of the same mode.
     async fn replan(&self, info: &WorkInfo, original: &File) -> Result<StagingWork, StagingError> {
-        let (dm, file, executor, direction, mode) =
-            (self.dm.clone(), original.clone(), info.executor.clone(), info.direction, info.mode);
-        let opts = StageOptions { cancel: self.cancel.clone(), ..StageOptions::default() };
+        let (dm, file, executor, direction, mode) = (
+            self.dm.clone(),
+            original.clone(),
+            info.executor.clone(),
+            info.direction,
+            info.mode,
+        );
+        let opts = StageOptions {
+            cancel: self.cancel.clone(),
+            ..StageOptions::default()
+        };
         let staging = tokio::task::spawn_blocking(move || match direction {
             Direction::In => dm.plan_stage_in(&executor, &file, &opts),
             Direction::Out => dm.plan_stage_out(&executor, &file, &opts),
@@ -222,10 +258,19 @@ impl Transfers {
             WorkMode::SeparateJob => staging.separate_job,
             WorkMode::InTaskStep => staging.in_task_step,
         };
-        work.ok_or_else(|| info.error(ErrorKind::Other, "on retry the provider planned no work".into()))
+        work.ok_or_else(|| {
+            info.error(
+                ErrorKind::Other,
+                "on retry the provider planned no work".into(),
+            )
+        })
     }
 
-    async fn attempt_once(&self, work: StagingWork, info: &WorkInfo) -> Result<Option<u64>, StagingError> {
+    async fn attempt_once(
+        &self,
+        work: StagingWork,
+        info: &WorkInfo,
+    ) -> Result<Option<u64>, StagingError> {
         let cancelled = || info.error(ErrorKind::Cancelled, "cancelled".into());
         let host_limit = self.host_limit(&info.host);
         let _permits = tokio::select! {
@@ -241,12 +286,15 @@ impl Transfers {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = self.cancel.child();
-        let timeout = (self.config.timeout_secs > 0.0).then(|| Duration::from_secs_f64(self.config.timeout_secs));
+        let timeout = (self.config.timeout_secs > 0.0)
+            .then(|| Duration::from_secs_f64(self.config.timeout_secs));
         let opts = StageOptions {
             working_dir: None,
             timeout,
             cancel: cancel.clone(),
-            progress: self.observer.transfer_started(id, &info.url, info.direction, info.mode),
+            progress: self
+                .observer
+                .transfer_started(id, &info.url, info.direction, info.mode),
         };
         let mut handle = tokio::task::spawn_blocking(move || work.run(&opts));
         let joined = match timeout {
@@ -256,13 +304,17 @@ impl Transfers {
                 Err(_) => {
                     cancel.cancel();
                     let _ = handle.await;
-                    let err = info.error(ErrorKind::TimedOut, format!("no result within {:.3}s", t.as_secs_f64()));
+                    let err = info.error(
+                        ErrorKind::TimedOut,
+                        format!("no result within {:.3}s", t.as_secs_f64()),
+                    );
                     self.observer.transfer_finished(id, Err(&err.to_string()));
                     return Err(err);
                 }
             },
         };
-        let result = joined.expect("staging work never panics: provider panics are caught at the plugin boundary");
+        let result = joined
+            .expect("staging work never panics: provider panics are caught at the plugin boundary");
         let result = result.map(|()| {
             info.local
                 .as_ref()
@@ -279,12 +331,23 @@ impl Transfers {
 }
 
 impl Outcome {
-    fn new(start: Instant, attempts: u32, deduplicated: bool, result: Result<Option<u64>, StagingError>) -> Outcome {
+    fn new(
+        start: Instant,
+        attempts: u32,
+        deduplicated: bool,
+        result: Result<Option<u64>, StagingError>,
+    ) -> Outcome {
         let (bytes, result) = match result {
             Ok(bytes) => (bytes, Ok(())),
             Err(e) => (None, Err(e)),
         };
-        Outcome { attempts, seconds: start.elapsed().as_secs_f64(), deduplicated, bytes, result }
+        Outcome {
+            attempts,
+            seconds: start.elapsed().as_secs_f64(),
+            deduplicated,
+            bytes,
+            result,
+        }
     }
 }
 
@@ -294,7 +357,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped_with_jitter() {
-        let c = TransferConfig { backoff_initial_ms: 100, backoff_max_ms: 1000, ..TransferConfig::default() };
+        let c = TransferConfig {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1000,
+            ..TransferConfig::default()
+        };
         for _ in 0..50 {
             let d1 = backoff(&c, 1).as_millis();
             assert!((50..100).contains(&d1), "{d1}");

@@ -1,0 +1,165 @@
+//! Progress for `stagehost run`: on a terminal, an overall bar and one bar per active
+//! transfer (indicatif); on a pipe, one plain line per finished transfer and per failed
+//! task.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stagehost::engine::{Observer, TaskReport, TaskStatus};
+use stagehost::{Direction, ProgressSink, WorkMode};
+
+/// Chooses bars or lines from whether stderr is a terminal.
+pub fn observer(quiet: bool) -> Arc<dyn Observer> {
+    if std::io::stderr().is_terminal() && !quiet {
+        Arc::new(Bars::new())
+    } else {
+        Arc::new(Lines {
+            quiet,
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    transfers: Mutex<HashMap<u64, ProgressBar>>,
+}
+
+struct BarSink(ProgressBar);
+
+impl ProgressSink for BarSink {
+    fn update(&self, done: u64, total: Option<u64>) {
+        if let Some(t) = total {
+            self.0.set_length(t);
+        }
+        self.0.set_position(done);
+    }
+}
+
+impl Bars {
+    fn new() -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let overall = multi.add(ProgressBar::new(0));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>9} [{bar:30}] {pos}/{len} tasks {elapsed_precise} {msg}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        overall.set_prefix("run");
+        Bars {
+            multi,
+            overall,
+            transfers: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Observer for Bars {
+    fn task_submitted(&self, _name: &str) {
+        self.overall.inc_length(1);
+    }
+    fn task_finished(&self, report: &TaskReport) {
+        self.overall.inc(1);
+        if report.status != TaskStatus::Succeeded {
+            self.multi
+                .println(format!(
+                    "stagehost: task {:?} {}",
+                    report.name,
+                    report.error.as_deref().unwrap_or("failed")
+                ))
+                .ok();
+        }
+    }
+    fn transfer_started(
+        &self,
+        id: u64,
+        url: &str,
+        direction: Direction,
+        _mode: WorkMode,
+    ) -> Option<Arc<dyn ProgressSink>> {
+        let bar = self.multi.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(match direction {
+            Direction::In => "stage in",
+            Direction::Out => "stage out",
+        });
+        bar.set_message(url.to_owned());
+        self.transfers
+            .lock()
+            .expect("bars lock")
+            .insert(id, bar.clone());
+        Some(Arc::new(BarSink(bar)))
+    }
+    fn transfer_finished(&self, id: u64, _result: Result<Option<u64>, &str>) {
+        if let Some(bar) = self.transfers.lock().expect("bars lock").remove(&id) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        self.overall.finish_and_clear();
+    }
+}
+
+struct Lines {
+    quiet: bool,
+    active: Mutex<HashMap<u64, (String, Direction, std::time::Instant)>>,
+}
+
+impl Observer for Lines {
+    fn task_finished(&self, report: &TaskReport) {
+        if report.status != TaskStatus::Succeeded && !self.quiet {
+            eprintln!(
+                "stagehost: task {:?} {}",
+                report.name,
+                report.error.as_deref().unwrap_or("failed")
+            );
+        }
+    }
+    fn transfer_started(
+        &self,
+        id: u64,
+        url: &str,
+        direction: Direction,
+        _mode: WorkMode,
+    ) -> Option<Arc<dyn ProgressSink>> {
+        self.active
+            .lock()
+            .expect("lines lock")
+            .insert(id, (url.to_owned(), direction, std::time::Instant::now()));
+        None
+    }
+    fn transfer_finished(&self, id: u64, result: Result<Option<u64>, &str>) {
+        let Some((url, direction, start)) = self.active.lock().expect("lines lock").remove(&id)
+        else {
+            return;
+        };
+        if self.quiet {
+            return;
+        }
+        let verb = match direction {
+            Direction::In => "staged in",
+            Direction::Out => "staged out",
+        };
+        let secs = start.elapsed().as_secs_f64();
+        match result {
+            Ok(Some(bytes)) => eprintln!("stagehost: {verb} {url} ({bytes} bytes, {secs:.3}s)"),
+            Ok(None) => eprintln!("stagehost: {verb} {url} ({secs:.3}s)"),
+            Err(e) => eprintln!("stagehost: attempt failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `stagehost run WORKFLOW.toml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use stagehost::engine::{Engine, EngineOptions, TaskReport, TaskStatus};
+use stagehost::workflow::Workflow;
+use stagehost::{Config, ConfigError, DataManager, Direction, Registry, StageOptions};
+
+use super::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The workflow file: [[task]] tables
+    #[arg(value_name = "WORKFLOW")]
+    workflow: PathBuf,
+    /// Write a JSON report (tasks, files, providers, bytes, times, errors)
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Print which provider would stage every file, and how; move nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Transfers at once, over all hosts (overrides [transfers] max_concurrent)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_transfers: Option<u32>,
+    /// No per-transfer lines or bars; only the summary and errors
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    tasks: usize,
+    succeeded: usize,
+    failed: usize,
+    stage_out_failed: usize,
+    dependency_failed: usize,
+    cancelled: usize,
+    files_moved: usize,
+    bytes_moved: u64,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    workflow: String,
+    summary: &'a Summary,
+    tasks: &'a [Arc<TaskReport>],
+}
+
+fn summarise(reports: &[Arc<TaskReport>], seconds: f64) -> Summary {
+    let count = |s: TaskStatus| reports.iter().filter(|r| r.status == s).count();
+    let moved = reports
+        .iter()
+        .flat_map(|r| &r.files)
+        .filter(|f| f.attempts > 0 && f.error.is_none());
+    Summary {
+        tasks: reports.len(),
+        succeeded: count(TaskStatus::Succeeded),
+        failed: count(TaskStatus::Failed),
+        stage_out_failed: count(TaskStatus::StageOutFailed),
+        dependency_failed: count(TaskStatus::DependencyFailed),
+        cancelled: count(TaskStatus::Cancelled),
+        files_moved: moved.clone().count(),
+        bytes_moved: moved.filter_map(|f| f.bytes).sum(),
+        seconds,
+    }
+}
+
+pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCode, CliError> {
+    let workflow =
+        Workflow::load(&args.workflow).map_err(|e| CliError::Config(ConfigError(e.0)))?;
+    let labels: Vec<&str> = registry
+        .executors
+        .iter()
+        .map(|e| e.label.as_str())
+        .collect();
+    let order = workflow
+        .check(&labels)
+        .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+    if args.dry_run {
+        return dry_run(registry, &workflow, &order);
+    }
+    let mut transfers = config.transfers.clone();
+    if let Some(n) = args.max_transfers {
+        transfers.max_concurrent = n as usize;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime builds");
+    let start = Instant::now();
+    let reports = rt.block_on(async {
+        let engine = Engine::new(
+            registry,
+            EngineOptions {
+                transfers,
+                observer: super::progress::observer(args.quiet),
+            },
+        );
+        let canceller = engine.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "stagehost: interrupted: cancelling; waiting for running transfers to stop"
+                );
+                canceller.cancel();
+            }
+        });
+        workflow
+            .submit(&engine, &order)
+            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+        Ok::<_, CliError>(engine.wait_all().await)
+    })?;
+    let summary = summarise(&reports, start.elapsed().as_secs_f64());
+    if let Some(path) = &args.report {
+        let report = Report {
+            workflow: workflow.path.display().to_string(),
+            summary: &summary,
+            tasks: &reports,
+        };
+        let json = serde_json::to_string_pretty(&report).expect("the report is plain data");
+        std::fs::write(path, json + "\n").map_err(|e| {
+            CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
+        })?;
+    }
+    let s = &summary;
+    let line = format!(
+        "{} task(s): {} succeeded, {} failed, {} stage-out failed, {} lost an input, {} cancelled; {} file(s) moved, {} bytes, {:.3}s",
+        s.tasks, s.succeeded, s.failed, s.stage_out_failed, s.dependency_failed, s.cancelled, s.files_moved, s.bytes_moved, s.seconds
+    );
+    if s.succeeded == s.tasks {
+        eprintln!("stagehost: {line}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError::Staging(line))
+    }
+}
+
+fn dry_run(
+    registry: &Registry,
+    workflow: &Workflow,
+    order: &[usize],
+) -> Result<ExitCode, CliError> {
+    let dm = DataManager::new(registry);
+    let opts = StageOptions::default();
+    let mut problems = 0;
+    for &i in order {
+        let task = &workflow.tasks[i];
+        println!("task {} (executor {}):", task.name, task.executor);
+        let (ins, outs) = workflow
+            .files(i)
+            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+        let all = ins
+            .iter()
+            .map(|f| (Direction::In, f))
+            .chain(outs.iter().map(|f| (Direction::Out, f)));
+        for (direction, file) in all {
+            let word = if direction == Direction::In {
+                "in "
+            } else {
+                "out"
+            };
+            let planned = match direction {
+                Direction::In => dm.plan_stage_in(&task.executor, file, &opts),
+                Direction::Out => dm.plan_stage_out(&task.executor, file, &opts),
+            };
+            match planned {
+                Ok(s) => {
+                    let modes: Vec<&str> = s.modes().iter().map(|m| m.as_str()).collect();
+                    let how = if modes.is_empty() {
+                        "nothing to do".to_owned()
+                    } else {
+                        modes.join(" + ")
+                    };
+                    let local = s
+                        .file
+                        .filepath()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "-".into());
+                    println!(
+                        "  {word} {} -> {local} [provider {}, {how}]",
+                        file.redacted_url(),
+                        s.provider.name
+                    );
+                }
+                Err(e) => {
+                    problems += 1;
+                    println!("  {word} {}: {e}", file.redacted_url());
+                }
+            }
+        }
+    }
+    if problems > 0 {
+        Err(CliError::Staging(format!(
+            "dry run: {problems} file(s) cannot be staged"
+        )))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
