@@ -368,10 +368,10 @@ impl Inner {
         spec: TaskSpec,
         senders: Vec<watch::Sender<FutureState>>,
     ) -> TaskReport {
-        let start = Instant::now();
+        let mut start = Instant::now();
         let outputs = Outputs { senders };
         let token = self.transfers.token.clone();
-        let end = |status, attempts, error: String, files: Vec<FileReport>| {
+        let end = |start, status, attempts, error: String, files: Vec<FileReport>| {
             outputs.fail_all(&format!(
                 "task {:?} {}: {error}",
                 spec.name,
@@ -385,7 +385,7 @@ impl Inner {
             if let Input::Future(future) = input {
                 let waited = tokio::select! {
                     r = future.wait() => r,
-                    () = token.cancelled() => return end(TaskStatus::Cancelled, 0, "cancelled".into(), vec![]),
+                    () = token.cancelled() => return end(start, TaskStatus::Cancelled, 0, "cancelled".into(), vec![]),
                 };
                 if let Err(reason) = waited {
                     let error = format!(
@@ -393,13 +393,15 @@ impl Inner {
                         future.file().redacted_url(),
                         future.producer()
                     );
-                    return end(TaskStatus::DependencyFailed, 0, error, vec![]);
+                    return end(start, TaskStatus::DependencyFailed, 0, error, vec![]);
                 }
             }
         }
         if token.is_cancelled() {
-            return end(TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
+            return end(start, TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
         }
+        // The task starts once its inputs exist.
+        start = Instant::now();
 
         // 2. Plan every stage-in and stage-out before the body starts.
         let ins: Vec<File> = spec.inputs.iter().map(|i| i.file().clone()).collect();
@@ -436,7 +438,7 @@ impl Inner {
         let reports =
             |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
         if let Some(failed) = files.iter().find_map(|f| f.report.error.clone()) {
-            return end(TaskStatus::Failed, 0, failed, reports(&files));
+            return end(start, TaskStatus::Failed, 0, failed, reports(&files));
         }
         let n_in = spec.inputs.len();
 
@@ -469,6 +471,7 @@ impl Inner {
                     TaskStatus::Failed
                 };
                 return end(
+                    start,
                     status,
                     0,
                     format!("stage-in failed: {line}"),
@@ -507,7 +510,7 @@ impl Inner {
             } else {
                 TaskStatus::Failed
             };
-            return end(status, attempts, error, reports(&files));
+            return end(start, status, attempts, error, reports(&files));
         }
 
         // 5. Stage-outs: in-task steps already ran; now the separate jobs. Each output's

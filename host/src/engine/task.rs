@@ -280,7 +280,8 @@ pub struct TaskReport {
     pub status: TaskStatus,
     /// Times the body ran.
     pub attempts: u32,
-    /// Seconds from the engine's start to the task's start.
+    /// Seconds from the engine's start to the task's start (once its inputs from
+    /// other tasks exist).
     pub started_at: f64,
     /// Seconds from its start to its end.
     pub seconds: f64,

@@ -1,0 +1,579 @@
+//! The engine and `stagehost run`, end to end with real plugin libraries: Parsl's
+//! staging rules for tasks, and what stagehost adds (dedup, limits, retries, timeouts,
+//! cancellation, dry run, reports).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stagehost::config::ConfigSource;
+use stagehost::engine::{Engine, EngineOptions, TaskSpec, TaskStatus};
+use stagehost::{Config, File, PluginLoader, Registry};
+use stagehost_tests::*;
+
+/// A config whose `plugin_dirs` holds the probe, plus `extra` TOML.
+fn config(sandbox: &Sandbox, extra: &str) -> PathBuf {
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    sandbox.write(
+        "site.toml",
+        format!("plugin_dirs = [{}]\n{extra}", toml_path(&plugins)),
+    )
+}
+
+fn run_workflow(
+    sandbox: &Sandbox,
+    config: &Path,
+    workflow: &str,
+    extra_args: &[&str],
+) -> (Run, serde_json::Value) {
+    let flow = sandbox.write("flow.toml", workflow);
+    let report = sandbox.join("report.json");
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra_args);
+    let out = sandbox.run(&args);
+    let json = std::fs::read_to_string(&report)
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (out, json)
+}
+
+fn task<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no task {name} in {report:#}"))
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                found.extend(leftovers(&e.path()));
+            } else if name.ends_with(".part") {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+fn engine_for(text: &str) -> (Engine, Registry) {
+    let config = Config::parse(text, ConfigSource::Embedded).unwrap();
+    let registry = Registry::build(&config, &PluginLoader::default()).unwrap();
+    let engine = Engine::new(
+        &registry,
+        EngineOptions {
+            transfers: config.transfers.clone(),
+            ..EngineOptions::default()
+        },
+    );
+    (engine, registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_sets_local_path_the_task_sees_it_and_the_callers_file_does_not_change() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let text = format!(
+        "plugin_dirs = [{}]\n[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ work = \"in-task\", mark = \"M\" }}\n[executor.local]\nworking_dir = {}\n",
+        toml_path(&plugins),
+        toml_path(&sandbox.join("wd"))
+    );
+    let (engine, _registry) = engine_for(&text);
+    let input = File::parse("/remote/in.txt").unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
+    let handle = engine
+        .submit(
+            TaskSpec::closure("reader", move |files| {
+                let text = std::fs::read_to_string(&files.inputs[0]).map_err(|e| e.to_string())?;
+                *seen2.lock().unwrap() = Some((files.inputs[0].clone(), text));
+                Ok(())
+            })
+            .input(input.clone()),
+        )
+        .unwrap();
+    let report = handle.wait().await;
+    assert_eq!(report.status, TaskStatus::Succeeded, "{report:?}");
+    let (path, text) = seen.lock().unwrap().clone().unwrap();
+    assert_eq!(path, sandbox.join("wd/in.txt"));
+    assert_eq!(text, "M:/remote/in.txt");
+    assert_eq!(input.local_path(), None);
+    assert_eq!(input.filepath().unwrap(), PathBuf::from("/remote/in.txt"));
+}
+
+#[test]
+fn a_consumer_waits_for_the_producers_stage_out() {
+    let sandbox = Sandbox::new();
+    let store = sandbox.join("store");
+    let cfg = config(
+        &sandbox,
+        &format!(
+            "[[provider]]\nname = \"remote\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], store_dir = {}, slow_ms = 400 }}\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n[executor.a]\nworking_dir = \"wa\"\n[executor.b]\nworking_dir = \"wb\"\n",
+            toml_path(&store)
+        ),
+    );
+    let flow = "[[task]]\nname = \"produce\"\nexecutor = \"a\"\ncommand = \"printf payload > {outputs[0]}\"\noutputs = [\"probe://store/result.txt\"]\n\n[[task]]\nname = \"consume\"\nexecutor = \"b\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [{ task = \"produce\", output = 0 }]\noutputs = [\"final.txt\"]\n";
+    let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(read(store.join("store/result.txt")), "payload");
+    assert_eq!(
+        read(sandbox.join("wb/result.txt")),
+        "payload",
+        "the consumer read the stored bytes, not a marker"
+    );
+    assert_eq!(read(sandbox.join("final.txt")), "payload");
+    let produce = task(&report, "produce");
+    assert_eq!(produce["files"][0]["direction"], "out");
+    assert_eq!(produce["files"][0]["mode"], "separate-job");
+    assert_eq!(produce["files"][0]["provider"], "remote");
+    assert_eq!(produce["files"][0]["bytes"], 7);
+    let consume = task(&report, "consume");
+    assert!(
+        consume["started_at"].as_f64().unwrap()
+            >= produce["started_at"].as_f64().unwrap() + produce["seconds"].as_f64().unwrap()
+                - 0.001
+    );
+}
+
+#[test]
+fn output_only_tasks_never_stage_in_and_input_only_tasks_never_stage_out() {
+    let sandbox = Sandbox::new();
+    let count = sandbox.join("count.txt");
+    let cfg = config(
+        &sandbox,
+        &format!("[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], count_file = {} }}\n", toml_path(&count)),
+    );
+    let flow = "[[task]]\nname = \"writer\"\ncommand = \"echo hi > {outputs[0]}\"\noutputs = [\"probe://h/w.txt\"]\n\n[[task]]\nname = \"reader\"\ncommand = \"cat {inputs[0]}\"\ninputs = [\"probe://h/r.txt\"]\n";
+    let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let dirs = |name: &str| -> Vec<String> {
+        task(&report, name)["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["direction"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(dirs("writer"), ["out"]);
+    assert_eq!(dirs("reader"), ["in"]);
+    let mut lines: Vec<String> = read(&count).lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["probe://h/r.txt", "probe://h/w.txt"],
+        "one job per file, no other"
+    );
+}
+
+#[test]
+fn a_provider_error_reaches_the_task_and_names_the_file() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "[[provider]]\nname = \"broken\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], fail_with = \"not-found\" }\n");
+    let flow = "[[task]]\nname = \"t\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [\"probe://h/missing.txt\"]\noutputs = [\"out.txt\"]\n\n[[task]]\nname = \"after\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"t\" }]\n";
+    let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let t = task(&report, "t");
+    assert_eq!(t["status"], "failed");
+    assert_eq!(
+        t["error"],
+        "stage-in failed: cannot stage in probe://h/missing.txt: provider \"broken\" (plugin probe 0.1.0) on executor \"local\": separate job: not found: probe fails as configured (not found)"
+    );
+    assert_eq!(
+        t["files"][0]["attempts"], 1,
+        "a permanent error is not retried"
+    );
+    let after = task(&report, "after");
+    assert_eq!(after["status"], "dependency-failed");
+    let error = after["error"].as_str().unwrap();
+    assert!(error.starts_with(&format!("input {} from task \"t\" failed: task \"t\" failed: stage-in failed: cannot stage in probe://h/missing.txt", sandbox.join("out.txt").display())), "{error}");
+    assert!(
+        out.stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("2 task(s): 0 succeeded, 1 failed, 0 stage-out failed, 1 lost an input"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn stdout_stderr_and_outputs_are_staged_out_and_a_chain_of_four_passes_its_files() {
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"copy\"\nplugin = \"file\"\nsettings = { mode = \"copy\" }\n[executor.local]\nworking_dir = \"scratch\"\n",
+    );
+    sandbox.write("in.txt", "start\n");
+    let mut flow = String::new();
+    for i in 1..=4 {
+        let input = if i == 1 {
+            "\"in.txt\"".to_owned()
+        } else {
+            format!("{{ task = \"step{}\" }}", i - 1)
+        };
+        flow.push_str(&format!(
+            "[[task]]\nname = \"step{i}\"\ncommand = \"cat {{inputs[0]}} > {{outputs[0]}}; echo step{i} >> {{outputs[0]}}; echo out{i}; echo err{i} >&2\"\ninputs = [{input}]\noutputs = [\"published/s{i}.txt\"]\nstdout = \"logs/s{i}.out\"\nstderr = \"logs/s{i}.err\"\n\n"
+        ));
+    }
+    let (out, report) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        read(sandbox.join("published/s4.txt")),
+        "start\nstep1\nstep2\nstep3\nstep4\n"
+    );
+    assert_eq!(read(sandbox.join("logs/s3.out")), "out3\n");
+    assert_eq!(read(sandbox.join("logs/s3.err")), "err3\n");
+    let s2 = task(&report, "step2");
+    let files = s2["files"].as_array().unwrap();
+    let urls: Vec<&str> = files.iter().map(|f| f["url"].as_str().unwrap()).collect();
+    assert!(
+        urls[0].ends_with("published/s1.txt") && urls[1].ends_with("published/s2.txt"),
+        "{urls:?}"
+    );
+    assert!(
+        urls[2].ends_with("logs/s2.out") && urls[3].ends_with("logs/s2.err"),
+        "stage-out order: outputs, stdout, stderr: {urls:?}"
+    );
+    for f in files {
+        assert_eq!(f["mode"], "in-task-step");
+        assert_eq!(f["provider"], "copy");
+    }
+    // The work happened in the working dir; the local copies stay there.
+    assert_eq!(
+        read(sandbox.join("scratch/s2.txt")),
+        "start\nstep1\nstep2\n"
+    );
+}
+
+#[test]
+fn one_fetch_serves_many_consumers_of_the_same_url() {
+    let sandbox = Sandbox::new();
+    let count = sandbox.join("count.txt");
+    let cfg = config(
+        &sandbox,
+        &format!("[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], count_file = {}, slow_ms = 200 }}\n[executor.local]\nworking_dir = \"wd\"\n", toml_path(&count)),
+    );
+    let mut flow = String::new();
+    for i in 0..5 {
+        flow.push_str(&format!("[[task]]\nname = \"c{i}\"\ncommand = \"cat {{inputs[0]}} > {{outputs[0]}}\"\ninputs = [\"probe://h/shared.dat\"]\noutputs = [\"out{i}.txt\"]\n\n"));
+    }
+    let (out, report) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(read(&count), "probe://h/shared.dat\n", "fetched once");
+    for i in 0..5 {
+        assert_eq!(
+            read(sandbox.join(format!("out{i}.txt"))),
+            "probe:probe://h/shared.dat"
+        );
+    }
+    let files: Vec<&serde_json::Value> = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["files"][0])
+        .collect();
+    assert_eq!(
+        files.iter().filter(|f| f["deduplicated"] == true).count(),
+        4
+    );
+    assert_eq!(files.iter().filter(|f| f["attempts"] == 1).count(), 1);
+}
+
+#[test]
+fn transient_errors_are_retried_with_backoff_and_permanent_ones_are_not() {
+    let sandbox = Sandbox::new();
+    let cfg = config(
+        &sandbox,
+        "[transfers]\nretries = 3\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n[[provider]]\nname = \"flaky\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], fail_times = 2 }\n[executor.local]\nworking_dir = \"wd\"\n",
+    );
+    let flow = "[[task]]\nname = \"t\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [\"probe://h/f.txt\"]\noutputs = [\"out.txt\"]\n";
+    let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(task(&report, "t")["files"][0]["attempts"], 3);
+    assert_eq!(read(sandbox.join("out.txt")), "probe:probe://h/f.txt");
+
+    let cfg = config(
+        &sandbox,
+        "[transfers]\nretries = 1\nbackoff_initial_ms = 10\n[[provider]]\nname = \"flaky\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], fail_times = 5 }\n",
+    );
+    let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(1));
+    let f = &task(&report, "t")["files"][0];
+    assert_eq!(f["attempts"], 2);
+    assert!(
+        f["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("separate job: transient: probe fails transiently as configured (run 2)"),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn a_transfer_past_its_timeout_fails_and_leaves_no_file() {
+    let sandbox = Sandbox::new();
+    let cfg = config(
+        &sandbox,
+        "[transfers]\ntimeout_secs = 0.3\nretries = 0\n[[provider]]\nname = \"slow\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], slow_ms = 3000 }\n[executor.local]\nworking_dir = \"wd\"\n",
+    );
+    let flow =
+        "[[task]]\nname = \"t\"\ncommand = \"cat {inputs[0]}\"\ninputs = [\"probe://h/big.bin\"]\n";
+    let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(1));
+    // The provider may see its deadline first ("deadline passed"), or the host's timer
+    // may fire first ("no result within 0.300s"): both are this transfer timing out.
+    let error = task(&report, "t")["files"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.starts_with("cannot stage in probe://h/big.bin: provider \"slow\" (plugin probe 0.1.0) on executor \"local\": separate job: timed out: "),
+        "{error}"
+    );
+    assert!(!sandbox.join("wd/big.bin").exists());
+    assert_eq!(leftovers(&sandbox.join("wd")), Vec::<String>::new());
+}
+
+#[test]
+fn concurrent_transfers_are_bounded_globally_and_per_host() {
+    let sandbox = Sandbox::new();
+    let stats = sandbox.join("stats.txt");
+    let probe = format!("[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], slow_ms = 300, stats_file = {} }}\n[executor.local]\nworking_dir = \"wd\"\nworkers = 8\n", toml_path(&stats));
+    let mut flow = String::new();
+    for i in 0..6 {
+        let host = if i % 2 == 0 { "alpha" } else { "beta" };
+        flow.push_str(&format!("[[task]]\nname = \"t{i}\"\ncommand = \"true\"\ninputs = [\"probe://{host}/f{i}.txt\"]\n\n"));
+    }
+    let cfg = config(
+        &sandbox,
+        &format!("[transfers]\nmax_concurrent = 8\nper_host = 1\n{probe}"),
+    );
+    let (out, _) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(read(&stats), "max=2 alpha=1 beta=1");
+
+    let cfg = config(
+        &sandbox,
+        &format!("[transfers]\nmax_concurrent = 8\nper_host = 8\n{probe}"),
+    );
+    std::fs::remove_dir_all(sandbox.join("wd")).unwrap();
+    let (out, _) = run_workflow(&sandbox, &cfg, &flow, &["--max-transfers", "2"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let seen = read(&stats);
+    assert!(seen.starts_with("max=2 "), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_stops_transfers_and_leaves_no_partial_file() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let count = sandbox.join("count.txt");
+    let text = format!(
+        "plugin_dirs = [{}]\n[[provider]]\nname = \"slow\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], slow_ms = 20000, count_file = {} }}\n[executor.local]\nworking_dir = {}\n",
+        toml_path(&plugins),
+        toml_path(&count),
+        toml_path(&sandbox.join("wd"))
+    );
+    let (engine, _registry) = engine_for(&text);
+    let first = engine
+        .submit(
+            TaskSpec::closure("first", |_| Ok(()))
+                .input(File::parse("probe://h/a.bin").unwrap())
+                .output(File::parse(sandbox.join("o.txt").to_str().unwrap()).unwrap()),
+        )
+        .unwrap();
+    let second = engine
+        .submit(TaskSpec::closure("second", |_| Ok(())).input(first.output(0).unwrap()))
+        .unwrap();
+    while !count.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    engine.cancel();
+    let reports = engine.wait_all().await;
+    assert_eq!(reports[0].status, TaskStatus::Cancelled);
+    assert!(
+        reports[0].files[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .ends_with("separate job: cancelled: cancelled"),
+        "{:?}",
+        reports[0]
+    );
+    assert!(matches!(
+        second.wait().await.status,
+        TaskStatus::Cancelled | TaskStatus::DependencyFailed
+    ));
+    assert!(!sandbox.join("wd/a.bin").exists());
+    assert_eq!(leftovers(&sandbox.join("wd")), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_cancels_a_run_which_exits_non_zero_with_a_summary() {
+    let sandbox = Sandbox::new();
+    let count = sandbox.join("count.txt");
+    let cfg = config(
+        &sandbox,
+        &format!("[[provider]]\nname = \"slow\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], slow_ms = 20000, count_file = {} }}\n[executor.local]\nworking_dir = \"wd\"\n", toml_path(&count)),
+    );
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [\"probe://h/a.bin\"]\n",
+    );
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !count.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(count.exists(), "the transfer never started");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stagehost: interrupted: cancelling"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.lines().last().unwrap().contains(
+            "1 task(s): 0 succeeded, 0 failed, 0 stage-out failed, 0 lost an input, 1 cancelled"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!sandbox.join("wd/a.bin").exists());
+    assert_eq!(leftovers(&sandbox.join("wd")), Vec::<String>::new());
+}
+
+#[test]
+fn a_dry_run_names_every_files_provider_and_moves_nothing() {
+    let sandbox = Sandbox::new();
+    let count = sandbox.join("count.txt");
+    let cfg = config(
+        &sandbox,
+        &format!("[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], work = \"in-task\", count_file = {} }}\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n[executor.local]\nworking_dir = \"wd\"\n", toml_path(&count)),
+    );
+    let flow = "[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [\"probe://h/in.txt\", \"/etc/hostname\"]\noutputs = [\"probe://h/out.txt\"]\n";
+    let (out, _) = run_workflow(&sandbox, &cfg, flow, &["--dry-run"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let wd = sandbox.join("wd");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "task a (executor local):\n  in  probe://h/in.txt -> {w}/in.txt [provider p, in-task step]\n  in  /etc/hostname -> /etc/hostname [provider file, nothing to do]\n  out probe://h/out.txt -> {w}/out.txt [provider p, in-task step]\n",
+            w = wd.display()
+        )
+    );
+    assert!(!wd.exists() && !count.exists(), "a dry run moves nothing");
+}
+
+#[test]
+fn workflow_errors_are_caught_before_anything_runs() {
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"file\"\nplugin = \"file\"\n",
+    );
+    let flow = "[[task]]\nname = \"a\"\ncommand = \"touch ran-a\"\ninputs = [{ task = \"b\" }]\noutputs = [\"a.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"touch ran-b\"\ninputs = [{ task = \"a\" }]\noutputs = [\"b.txt\"]\n";
+    let (out, _) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(2));
+    let line = out.stderr.trim();
+    assert!(
+        line.starts_with(&format!(
+            "stagehost: error: {}:",
+            sandbox.join("flow.toml").display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("its inputs form a cycle: "), "{line}");
+    assert!(!sandbox.join("work/ran-a").exists());
+
+    let flow = "[[task]]\nname = \"a\"\ncommand = \"true\"\nexecutor = \"gpu\"\n";
+    let (out, _) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(2));
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "stagehost: error: {}:1:1: task \"a\": unknown executor \"gpu\" (configured: local)",
+            sandbox.join("flow.toml").display()
+        )
+    );
+}
+
+#[test]
+fn a_failed_body_is_retried_and_a_failed_stage_out_keeps_the_local_output() {
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"copy\"\nplugin = \"file\"\nsettings = { mode = \"copy\" }\n[executor.local]\nworking_dir = \"wd\"\n",
+    );
+    sandbox.write("blocker", "a file where a directory should be");
+    let flow = "[[task]]\nname = \"flaky\"\ncommand = \"if [ -f tried ]; then echo ok > {outputs[0]}; else touch tried; exit 3; fi\"\noutputs = [\"ok.txt\"]\nretries = 1\n\n[[task]]\nname = \"unpublishable\"\ncommand = \"echo precious > {outputs[0]}\"\noutputs = [\"blocker/out.txt\"]\n";
+    let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(1));
+    let flaky = task(&report, "flaky");
+    assert_eq!(flaky["status"], "succeeded");
+    assert_eq!(flaky["attempts"], 2);
+    assert_eq!(read(sandbox.join("ok.txt")), "ok\n");
+    let u = task(&report, "unpublishable");
+    assert_eq!(u["status"], "stage-out-failed");
+    assert!(
+        u["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("stage-out failed: cannot stage out "),
+        "{u:#}"
+    );
+    assert_eq!(
+        read(sandbox.join("wd/out.txt")),
+        "precious\n",
+        "the local output is kept"
+    );
+}
+
+#[test]
+fn a_failing_command_reports_its_exit_status_and_stderr() {
+    let sandbox = Sandbox::new();
+    let flow = "[[task]]\nname = \"bad\"\ncommand = \"echo something broke >&2; exit 7\"\n";
+    let (out, report) = run_workflow(&sandbox, &sandbox.write("site.toml", ""), flow, &[]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        task(&report, "bad")["error"],
+        "the command failed with exit status 7: something broke"
+    );
+    assert!(
+        out.stderr
+            .contains("stagehost: task \"bad\" the command failed with exit status 7"),
+        "{}",
+        out.stderr
+    );
+}
