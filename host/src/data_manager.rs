@@ -7,8 +7,8 @@
 //! - every planning call gets a fresh copy of the caller's `File`; the caller's file is
 //!   never changed. For one file, the copy `stage_in` returns goes on to `replace_task`
 //!   (and likewise for stage-out), as Parsl's `optionally_stage_in` shares one copy;
-//! - every call into a provider here blocks; async callers wrap these in
-//!   `spawn_blocking` (see [`DataManager::stage_in_async`]).
+//! - every call into a provider here blocks; async callers run these on a blocking
+//!   thread (the engine's workers, or `spawn_blocking`).
 //!
 //! Beyond Parsl: two different URLs with the same basename never get the same default
 //! destination (the second goes to `<working_dir>/.stagehost/<hash>/<filename>`).
@@ -508,25 +508,6 @@ impl DataManager {
             in_task_step,
             ran: Vec::new(),
         })
-    }
-
-    /// Plans and runs a whole stage-in on the blocking pool: the separate job, then the
-    /// in-task step. Returns the task's copy of the file and the provider.
-    pub async fn stage_in_async(
-        self: &Arc<Self>,
-        executor: String,
-        file: File,
-        opts: StageOptions,
-    ) -> Result<Staging, StagingError> {
-        let dm = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut staging = dm.plan_stage_in(&executor, &file, &opts)?;
-            staging.run_separate_job(&opts)?;
-            staging.run_in_task_step(&opts)?;
-            Ok(staging)
-        })
-        .await
-        .expect("a staging thread never panics: provider panics are caught at the plugin boundary")
     }
 }
 

@@ -169,33 +169,47 @@ fn cancel_on_ctrl_c(cancel: &CancelFlag) {
 }
 
 pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliError> {
-    let dm = Arc::new(DataManager::new(registry));
+    let dm = DataManager::new(registry);
     let opts = StageOptions {
         working_dir: args.dest.clone(),
         ..StageOptions::default()
     };
+    // Plan in the order given, so destinations are claimed in that order (the first of
+    // two URLs with one basename gets the plain name); then run the work concurrently.
+    let planned: Vec<(String, Instant, Result<Staging, StagingError>)> = args
+        .urls
+        .iter()
+        .map(|url| {
+            let start = Instant::now();
+            let planned = File::parse(url)
+                .map_err(|e| invalid_url(url, &args.executor, Direction::In, e))
+                .and_then(|file| dm.plan_stage_in(&args.executor, &file, &opts));
+            (url.clone(), start, planned)
+        })
+        .collect();
     let rt = runtime();
     let results = rt.block_on(async {
         cancel_on_ctrl_c(&opts.cancel);
         let limit = Arc::new(tokio::sync::Semaphore::new(usize::from(args.jobs)));
         let mut handles = Vec::new();
-        for url in &args.urls {
-            let (dm, opts, limit, url, executor) = (
-                dm.clone(),
-                opts.clone(),
-                limit.clone(),
-                url.clone(),
-                args.executor.clone(),
-            );
+        for (url, start, planned) in planned {
+            let (opts, limit, executor) = (opts.clone(), limit.clone(), args.executor.clone());
             handles.push(tokio::spawn(async move {
                 let _permit = limit
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
-                let start = Instant::now();
-                let outcome = match File::parse(&url) {
-                    Ok(file) => dm.stage_in_async(executor.clone(), file, opts).await,
-                    Err(e) => Err(invalid_url(&url, &executor, Direction::In, e)),
+                let outcome = match planned {
+                    Ok(mut staging) => tokio::task::spawn_blocking(move || {
+                        staging.run_separate_job(&opts)?;
+                        staging.run_in_task_step(&opts)?;
+                        Ok(staging)
+                    })
+                    .await
+                    .expect(
+                        "staging never panics: provider panics are caught at the plugin boundary",
+                    ),
+                    Err(e) => Err(e),
                 };
                 result(
                     &url,

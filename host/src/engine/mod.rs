@@ -20,6 +20,7 @@
 //!   partial file outlives the run.
 
 mod command;
+mod pool;
 mod task;
 mod transfer;
 
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use stagehost_plugin_api::File;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use command::{check as check_command, expand as expand_command, shell_quote};
@@ -42,6 +43,7 @@ use crate::config::TransferConfig;
 use crate::data_manager::{DataManager, Direction, StageOptions, Staging, StagingError, WorkMode};
 use crate::registry::Registry;
 use crate::services::{CancelFlag, ProgressSink};
+use pool::WorkerPool;
 use task::FutureState;
 use transfer::{Outcome, Transfers};
 
@@ -89,7 +91,7 @@ impl Default for EngineOptions {
 
 struct ExecutorRuntime {
     working_dir: PathBuf,
-    workers: Arc<Semaphore>,
+    workers: WorkerPool,
 }
 
 struct Inner {
@@ -98,13 +100,17 @@ struct Inner {
     transfers: Transfers,
     observer: Arc<dyn Observer>,
     start: Instant,
+    runtime: tokio::runtime::Handle,
 }
+
+/// Where a task's report arrives.
+type ReportReceiver = watch::Receiver<Option<Arc<TaskReport>>>;
 
 /// Runs tasks. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
-    handles: Arc<Mutex<Vec<watch::Receiver<Option<Arc<TaskReport>>>>>>,
+    handles: Arc<Mutex<Vec<ReportReceiver>>>,
 }
 
 /// A task that could not be submitted.
@@ -140,7 +146,7 @@ impl Engine {
             .map(|e| {
                 let rt = ExecutorRuntime {
                     working_dir: e.working_dir.clone(),
-                    workers: Arc::new(Semaphore::new(e.workers)),
+                    workers: WorkerPool::new(&e.label, e.workers),
                 };
                 (e.label.clone(), rt)
             })
@@ -161,6 +167,7 @@ impl Engine {
                 transfers,
                 observer: options.observer,
                 start: Instant::now(),
+                runtime: tokio::runtime::Handle::current(),
             }),
             handles: Arc::new(Mutex::new(Vec::new())),
         }
@@ -221,7 +228,7 @@ impl Engine {
             .push(report_rx);
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let report = Arc::new(inner.run_task(spec, senders).await);
+            let report = Arc::new(Inner::run_task(&inner, Arc::new(spec), senders).await);
             inner.observer.task_finished(&report);
             let _ = report_tx.send(Some(report));
         });
@@ -341,6 +348,16 @@ impl Outputs {
     }
 }
 
+/// How the first worker phase of a task ended.
+enum FirstPhase {
+    /// Planning failed for a file.
+    PlanningFailed(Vec<FileState>, String),
+    /// Separate stage-in jobs must run before the body.
+    NeedsJobs(Vec<FileState>),
+    /// The body ran (with its in-task steps): its result and attempts.
+    Ran(Vec<FileState>, Result<(), String>, u32),
+}
+
 impl Inner {
     fn report(
         &self,
@@ -363,21 +380,28 @@ impl Inner {
         }
     }
 
+    fn status_after_failure(&self) -> TaskStatus {
+        if self.transfers.token.is_cancelled() {
+            TaskStatus::Cancelled
+        } else {
+            TaskStatus::Failed
+        }
+    }
+
     async fn run_task(
-        &self,
-        spec: TaskSpec,
+        this: &Arc<Inner>,
+        spec: Arc<TaskSpec>,
         senders: Vec<watch::Sender<FutureState>>,
     ) -> TaskReport {
-        let mut start = Instant::now();
         let outputs = Outputs { senders };
-        let token = self.transfers.token.clone();
+        let token = this.transfers.token.clone();
         let end = |start, status, attempts, error: String, files: Vec<FileReport>| {
             outputs.fail_all(&format!(
                 "task {:?} {}: {error}",
                 spec.name,
                 status_word(status)
             ));
-            self.report(&spec, start, status, attempts, Some(error), files)
+            this.report(&spec, start, status, attempts, Some(error), files)
         };
 
         // 1. Dependencies.
@@ -385,7 +409,9 @@ impl Inner {
             if let Input::Future(future) = input {
                 let waited = tokio::select! {
                     r = future.wait() => r,
-                    () = token.cancelled() => return end(start, TaskStatus::Cancelled, 0, "cancelled".into(), vec![]),
+                    () = token.cancelled() => {
+                        return end(Instant::now(), TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
+                    }
                 };
                 if let Err(reason) = waited {
                     let error = format!(
@@ -393,146 +419,129 @@ impl Inner {
                         future.file().redacted_url(),
                         future.producer()
                     );
-                    return end(start, TaskStatus::DependencyFailed, 0, error, vec![]);
+                    return end(
+                        Instant::now(),
+                        TaskStatus::DependencyFailed,
+                        0,
+                        error,
+                        vec![],
+                    );
                 }
             }
         }
+        // The task starts once its inputs exist.
+        let start = Instant::now();
         if token.is_cancelled() {
             return end(start, TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
         }
-        // The task starts once its inputs exist.
-        start = Instant::now();
-
-        // 2. Plan every stage-in and stage-out before the body starts.
-        let ins: Vec<File> = spec.inputs.iter().map(|i| i.file().clone()).collect();
-        let outs: Vec<File> = spec
-            .outputs
-            .iter()
-            .chain(&spec.stdout)
-            .chain(&spec.stderr)
-            .cloned()
-            .collect();
-        let mut files = if ins.is_empty() && outs.is_empty() {
-            Vec::new()
-        } else {
-            let (dm, executor) = (self.dm.clone(), spec.executor.clone());
-            let opts = StageOptions {
-                cancel: self.transfers.cancel.clone(),
-                ..StageOptions::default()
-            };
-            tokio::task::spawn_blocking(move || {
-                let mut files = Vec::with_capacity(ins.len() + outs.len());
-                for f in ins {
-                    let planned = dm.plan_stage_in(&executor, &f, &opts);
-                    files.push(FileState::planned(f, Direction::In, planned));
-                }
-                for f in outs {
-                    let planned = dm.plan_stage_out(&executor, &f, &opts);
-                    files.push(FileState::planned(f, Direction::Out, planned));
-                }
-                files
-            })
-            .await
-            .expect("planning never panics: provider panics are caught at the plugin boundary")
-        };
         let reports =
             |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
-        if let Some(failed) = files.iter().find_map(|f| f.report.error.clone()) {
-            return end(start, TaskStatus::Failed, 0, failed, reports(&files));
-        }
         let n_in = spec.inputs.len();
+        let pool = &this.executors[&spec.executor].workers;
 
-        // 3. Separate stage-in jobs, each a transfer of its own, concurrently.
-        let jobs: Vec<_> = files[..n_in]
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, f)| {
-                f.staging
-                    .as_mut()
-                    .and_then(|s| s.separate_job.take())
-                    .map(|w| (i, w))
-            })
-            .collect();
-        if !jobs.is_empty() {
-            let runs = jobs.into_iter().map(|(i, work)| {
-                let original = files[i].original.clone();
-                async move { (i, self.transfers.run(work, &original).await) }
-            });
-            let mut failure = None;
-            for (i, outcome) in futures_join_all(runs).await {
-                if let Err(line) = files[i].record(outcome) {
-                    failure.get_or_insert(line);
-                }
-            }
-            if let Some(line) = failure {
-                let status = if token.is_cancelled() {
-                    TaskStatus::Cancelled
-                } else {
-                    TaskStatus::Failed
-                };
+        // 2. On a worker: plan every file before the body starts; with no separate
+        //    stage-in job, go straight on to the in-task steps and the body.
+        let (inner, task) = (this.clone(), spec.clone());
+        let first = pool.run(move || inner.plan_and_maybe_run(&task)).await;
+        let (mut files, body_result, attempts) = match first {
+            Err(panic) => {
                 return end(
                     start,
-                    status,
+                    TaskStatus::Failed,
                     0,
-                    format!("stage-in failed: {line}"),
-                    reports(&files),
-                );
+                    format!("the task body panicked: {panic}"),
+                    vec![],
+                )
             }
-        }
-
-        // 4. In a worker slot: in-task stage-in steps, the body, in-task stage-out steps.
-        let executor = &self.executors[&spec.executor];
-        let mut attempts = 0;
-        let body_result = loop {
-            let permit = tokio::select! {
-                p = executor.workers.clone().acquire_owned() => p.expect("worker semaphores are never closed"),
-                () = token.cancelled() => break Err("cancelled".to_owned()),
-            };
-            attempts += 1;
-            let result = self
-                .attempt_body(&spec, &mut files, n_in, attempts > 1, &executor.working_dir)
-                .await;
-            drop(permit);
-            match result {
-                Err(e) if attempts <= spec.retries && !token.is_cancelled() => {
-                    tracing::info!(
-                        "task {:?} failed (attempt {attempts} of {}), retrying: {e}",
-                        spec.name,
-                        spec.retries + 1
+            Ok(FirstPhase::PlanningFailed(files, error)) => {
+                return end(start, TaskStatus::Failed, 0, error, reports(&files));
+            }
+            Ok(FirstPhase::Ran(files, result, attempts)) => (files, result, attempts),
+            Ok(FirstPhase::NeedsJobs(mut files)) => {
+                // 3. Separate stage-in jobs, each a transfer of its own, concurrently.
+                let jobs: Vec<_> = files[..n_in]
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, f)| {
+                        f.staging
+                            .as_mut()
+                            .and_then(|s| s.separate_job.take())
+                            .map(|w| (i, w))
+                    })
+                    .collect();
+                let runs = jobs.into_iter().map(|(i, work)| {
+                    let original = files[i].original.clone();
+                    let inner = this.clone();
+                    async move { (i, inner.transfers.run(work, &original).await) }
+                });
+                let mut failure = None;
+                for (i, outcome) in futures_join_all(runs).await {
+                    if let Err(line) = files[i].record(outcome) {
+                        failure.get_or_insert(line);
+                    }
+                }
+                if let Some(line) = failure {
+                    let status = this.status_after_failure();
+                    return end(
+                        start,
+                        status,
+                        0,
+                        format!("stage-in failed: {line}"),
+                        reports(&files),
                     );
                 }
-                other => break other,
+                // 4. On a worker again: in-task steps and the body.
+                let (inner, task) = (this.clone(), spec.clone());
+                let ran = pool
+                    .run(move || {
+                        let mut files = files;
+                        let (result, attempts) = inner.run_body(&task, &mut files);
+                        (files, result, attempts)
+                    })
+                    .await;
+                match ran {
+                    Ok(ran) => ran,
+                    Err(panic) => {
+                        return end(
+                            start,
+                            TaskStatus::Failed,
+                            0,
+                            format!("the task body panicked: {panic}"),
+                            vec![],
+                        );
+                    }
+                }
             }
         };
         if let Err(error) = body_result {
-            let status = if token.is_cancelled() {
-                TaskStatus::Cancelled
-            } else {
-                TaskStatus::Failed
-            };
-            return end(start, status, attempts, error, reports(&files));
+            return end(
+                start,
+                this.status_after_failure(),
+                attempts,
+                error,
+                reports(&files),
+            );
         }
 
         // 5. Stage-outs: in-task steps already ran; now the separate jobs. Each output's
         //    future settles when its own stage-out does.
         let mut stage_out_failure = None;
-        let mut settle =
-            |files: &mut [FileState], i: usize, outcome: Option<Outcome>, outputs: &Outputs| {
-                let sender = &outputs.senders[i - n_in];
-                let result = match outcome {
-                    Some(o) => files[i].record(o),
-                    None => files[i].report.error.clone().map_or(Ok(()), Err),
-                };
-                match result {
-                    Ok(()) => {
-                        let _ = sender.send(FutureState::Ready);
-                    }
-                    Err(line) => {
-                        let _ = sender.send(FutureState::Failed(line.as_str().into()));
-                        stage_out_failure.get_or_insert(line);
-                    }
-                }
+        let mut settle = |files: &mut [FileState], i: usize, outcome: Option<Outcome>| {
+            let sender = &outputs.senders[i - n_in];
+            let result = match outcome {
+                Some(o) => files[i].record(o),
+                None => files[i].report.error.clone().map_or(Ok(()), Err),
             };
+            match result {
+                Ok(()) => {
+                    let _ = sender.send(FutureState::Ready);
+                }
+                Err(line) => {
+                    let _ = sender.send(FutureState::Failed(line.as_str().into()));
+                    stage_out_failure.get_or_insert(line);
+                }
+            }
+        };
         let jobs: Vec<_> = (n_in..files.len())
             .filter_map(|i| {
                 files[i]
@@ -542,19 +551,23 @@ impl Inner {
                     .map(|w| (i, w))
             })
             .collect();
-        let with_job: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
-        for i in (n_in..files.len()).filter(|i| !with_job.contains(i)) {
-            settle(&mut files, i, None, &outputs);
+        for i in n_in..files.len() {
+            if !jobs.iter().any(|(j, _)| *j == i) {
+                settle(&mut files, i, None);
+            }
         }
-        let runs = jobs.into_iter().map(|(i, work)| {
-            let original = files[i].original.clone();
-            async move { (i, self.transfers.run(work, &original).await) }
-        });
-        for (i, outcome) in futures_join_all(runs).await {
-            settle(&mut files, i, Some(outcome), &outputs);
+        if !jobs.is_empty() {
+            let runs = jobs.into_iter().map(|(i, work)| {
+                let original = files[i].original.clone();
+                let inner = this.clone();
+                async move { (i, inner.transfers.run(work, &original).await) }
+            });
+            for (i, outcome) in futures_join_all(runs).await {
+                settle(&mut files, i, Some(outcome));
+            }
         }
         match stage_out_failure {
-            None => self.report(
+            None => this.report(
                 &spec,
                 start,
                 TaskStatus::Succeeded,
@@ -568,46 +581,96 @@ impl Inner {
                 } else {
                     TaskStatus::StageOutFailed
                 };
-                self.report(
-                    &spec,
-                    start,
-                    status,
-                    attempts,
-                    Some(format!("stage-out failed: {line}")),
-                    reports(&files),
-                )
+                let error = Some(format!("stage-out failed: {line}"));
+                this.report(&spec, start, status, attempts, error, reports(&files))
             }
         }
     }
 
-    /// One attempt: in-task stage-in steps, the body, in-task stage-out steps. On a
-    /// retry, the in-task steps are planned again (a step runs once).
-    async fn attempt_body(
+    /// On a worker: plans every stage-in (inputs, in order) and stage-out (outputs,
+    /// stdout, stderr); unless separate stage-in jobs must run first, goes on to run
+    /// the body.
+    fn plan_and_maybe_run(&self, spec: &TaskSpec) -> FirstPhase {
+        let mut files = Vec::with_capacity(spec.inputs.len() + spec.outputs.len() + 2);
+        if !(spec.inputs.is_empty()
+            && spec.outputs.is_empty()
+            && spec.stdout.is_none()
+            && spec.stderr.is_none())
+        {
+            let opts = StageOptions {
+                cancel: self.transfers.cancel.clone(),
+                ..StageOptions::default()
+            };
+            for input in &spec.inputs {
+                let f = input.file();
+                let planned = self.dm.plan_stage_in(&spec.executor, f, &opts);
+                files.push(FileState::planned(f.clone(), Direction::In, planned));
+            }
+            for f in spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr) {
+                let planned = self.dm.plan_stage_out(&spec.executor, f, &opts);
+                files.push(FileState::planned(f.clone(), Direction::Out, planned));
+            }
+            if let Some(error) = files.iter().find_map(|f| f.report.error.clone()) {
+                return FirstPhase::PlanningFailed(files, error);
+            }
+            let n_in = spec.inputs.len();
+            if files[..n_in]
+                .iter()
+                .any(|f| f.staging.as_ref().is_some_and(|s| s.separate_job.is_some()))
+            {
+                return FirstPhase::NeedsJobs(files);
+            }
+        }
+        let (result, attempts) = self.run_body(spec, &mut files);
+        FirstPhase::Ran(files, result, attempts)
+    }
+
+    /// On a worker: the body with its in-task steps, retried up to `spec.retries` times.
+    fn run_body(&self, spec: &TaskSpec, files: &mut [FileState]) -> (Result<(), String>, u32) {
+        let mut attempts = 0;
+        loop {
+            if self.transfers.token.is_cancelled() {
+                return (Err("cancelled".to_owned()), attempts);
+            }
+            attempts += 1;
+            let result = self.attempt_body(spec, files, attempts > 1);
+            match result {
+                Err(e) if attempts <= spec.retries && !self.transfers.token.is_cancelled() => {
+                    tracing::info!(
+                        "task {:?} failed (attempt {attempts} of {}), retrying: {e}",
+                        spec.name,
+                        spec.retries + 1
+                    );
+                }
+                other => return (other, attempts),
+            }
+        }
+    }
+
+    /// One attempt, on a worker: in-task stage-in steps, the body, in-task stage-out
+    /// steps. On a retry, the in-task steps are planned again (a step runs once).
+    fn attempt_body(
         &self,
         spec: &TaskSpec,
         files: &mut [FileState],
-        n_in: usize,
         retry: bool,
-        working_dir: &std::path::Path,
     ) -> Result<(), String> {
         if retry {
-            self.replan_steps(spec, files).await?;
+            self.replan_steps(spec, files)?;
         }
-        for i in 0..n_in {
-            if let Some(work) = files[i]
-                .staging
-                .as_mut()
-                .and_then(|s| s.in_task_step.take())
-            {
-                let outcome = self.transfers.run(work, &files[i].original.clone()).await;
-                files[i]
-                    .record(outcome)
+        let n_in = spec.inputs.len();
+        for file in files[..n_in].iter_mut() {
+            if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
+                let outcome = self
+                    .runtime
+                    .block_on(self.transfers.run(work, &file.original));
+                file.record(outcome)
                     .map_err(|line| format!("stage-in failed: {line}"))?;
             }
         }
         let n_out = spec.outputs.len();
         let task_files = TaskFiles {
-            working_dir: working_dir.to_path_buf(),
+            working_dir: self.executors[&spec.executor].working_dir.clone(),
             inputs: files[..n_in].iter().map(FileState::path).collect(),
             outputs: files[n_in..n_in + n_out]
                 .iter()
@@ -617,23 +680,22 @@ impl Inner {
             stderr: spec.stderr.as_ref().map(|_| files[files.len() - 1].path()),
         };
         match &spec.body {
-            Body::Closure(f) => {
-                let (f, task_files) = (f.clone(), task_files);
-                tokio::task::spawn_blocking(move || f(&task_files))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(format!("the task body panicked: {}", panic_text(e)))
-                    })?;
-            }
+            Body::Closure(f) => f(&task_files)?,
             Body::Command(cmd) => {
                 let expanded = expand_command(cmd, &task_files)?;
-                command::run(&expanded, &task_files, self.transfers.token.cancelled()).await?;
+                self.runtime.block_on(command::run(
+                    &expanded,
+                    &task_files,
+                    self.transfers.token.cancelled(),
+                ))?;
             }
         }
         // In-task stage-out steps, right after the body; a failure fails that output only.
         for file in files[n_in..].iter_mut() {
             if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
-                let outcome = self.transfers.run(work, &file.original.clone()).await;
+                let outcome = self
+                    .runtime
+                    .block_on(self.transfers.run(work, &file.original));
                 let _ = file.record(outcome);
             }
         }
@@ -641,29 +703,19 @@ impl Inner {
     }
 
     /// Plans every file again to get fresh in-task steps for a retry.
-    async fn replan_steps(&self, spec: &TaskSpec, files: &mut [FileState]) -> Result<(), String> {
-        let originals: Vec<(File, Direction)> = files
-            .iter()
-            .map(|f| (f.original.clone(), f.report.direction))
-            .collect();
-        let (dm, executor) = (self.dm.clone(), spec.executor.clone());
+    fn replan_steps(&self, spec: &TaskSpec, files: &mut [FileState]) -> Result<(), String> {
         let opts = StageOptions {
             cancel: self.transfers.cancel.clone(),
             ..StageOptions::default()
         };
-        let planned = tokio::task::spawn_blocking(move || {
-            originals
-                .into_iter()
-                .map(|(f, d)| match d {
-                    Direction::In => dm.plan_stage_in(&executor, &f, &opts),
-                    Direction::Out => dm.plan_stage_out(&executor, &f, &opts),
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .expect("planning never panics: provider panics are caught at the plugin boundary");
-        for (file, plan) in files.iter_mut().zip(planned) {
-            let mut plan = plan.map_err(|e| e.to_string())?;
+        for file in files.iter_mut() {
+            let planned = match file.report.direction {
+                Direction::In => self.dm.plan_stage_in(&spec.executor, &file.original, &opts),
+                Direction::Out => self
+                    .dm
+                    .plan_stage_out(&spec.executor, &file.original, &opts),
+            };
+            let mut plan = planned.map_err(|e| e.to_string())?;
             if let Some(staging) = file.staging.as_mut() {
                 staging.in_task_step = plan.in_task_step.take();
             }
@@ -677,17 +729,6 @@ fn status_word(status: TaskStatus) -> &'static str {
         TaskStatus::Cancelled => "was cancelled",
         TaskStatus::DependencyFailed => "lost an input",
         _ => "failed",
-    }
-}
-
-fn panic_text(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-string payload".into()),
-        Err(e) => e.to_string(),
     }
 }
 

@@ -1,0 +1,113 @@
+//! An executor's workers: a fixed set of OS threads that take task phases (planning,
+//! in-task steps, the body) from one queue, as Parsl's ThreadPoolExecutor does.
+//!
+//! Invariant: at most `workers` phases of one executor run at once; a busy pool never
+//! sleeps between phases, so a queue of short tasks costs no thread wake-up per task.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// A fixed pool of worker threads.
+pub(crate) struct WorkerPool {
+    shared: Arc<Shared>,
+}
+
+impl WorkerPool {
+    /// Starts `workers` threads named `stagehost-<label>-<n>`.
+    pub fn new(label: &str, workers: usize) -> WorkerPool {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
+        for n in 0..workers.max(1) {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("stagehost-{label}-{n}"))
+                .spawn(move || worker(&shared))
+                .expect("the OS starts a worker thread");
+        }
+        WorkerPool { shared }
+    }
+
+    /// Runs `f` on a worker and waits for its result; `Err` with the panic message if
+    /// `f` panicked (the worker survives).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self
+                .shared
+                .queue
+                .lock()
+                .expect("the pool lock is never poisoned");
+            q.jobs.push_back(Box::new(move || {
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+                        payload
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a non-string panic payload".to_owned())
+                    });
+                let _ = tx.send(result);
+            }));
+        }
+        self.shared.ready.notify_one();
+        rx.await
+            .expect("a worker runs every job it takes, and jobs catch their panics")
+    }
+}
+
+fn worker(shared: &Shared) {
+    loop {
+        let job = {
+            let mut q = shared
+                .queue
+                .lock()
+                .expect("the pool lock is never poisoned");
+            loop {
+                if let Some(job) = q.jobs.pop_front() {
+                    break job;
+                }
+                if q.closed {
+                    return;
+                }
+                q = shared
+                    .ready
+                    .wait(q)
+                    .expect("the pool lock is never poisoned");
+            }
+        };
+        job();
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.shared
+            .queue
+            .lock()
+            .expect("the pool lock is never poisoned")
+            .closed = true;
+        self.shared.ready.notify_all();
+    }
+}
