@@ -10,7 +10,21 @@
 //! - [`registry`] builds provider instances and each executor's order;
 //! - [`data_manager`] chooses the provider for each file and plans its staging, with
 //!   Parsl's semantics;
-//! - [`services`] is the host side of each plugin call (log, progress, cancellation).
+//! - [`services`] is the host side of each plugin call (log, progress, cancellation);
+//! - [`engine`] runs tasks whose inputs and outputs are staged, with Parsl's rules
+//!   (data futures, separate jobs and in-task steps) and bounds on transfers;
+//! - [`workflow`] reads `stagehost run`'s workflow files.
+//!
+//! # A two-task pipeline
+//!
+//! `examples/two_tasks.rs`: a shell command produces a file; a Rust closure consumes it
+//! (a data dependency) and writes its own output. It runs with
+//! `STAGEHOST_PLUGIN_PATH=target/debug cargo run -p stagehost --example two_tasks`, and
+//! the test suite runs it too.
+//!
+#![doc = concat!("```no_run\n", include_str!("../examples/two_tasks.rs"), "\n```")]
+//!
+//! # Staging one file
 //!
 //! ```no_run
 //! use stagehost::{Config, DataManager, PluginLoader, Registry, StageOptions};

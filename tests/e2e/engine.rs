@@ -577,3 +577,62 @@ fn a_failing_command_reports_its_exit_status_and_stderr() {
         out.stderr
     );
 }
+
+#[test]
+fn the_example_pipeline_runs_offline_on_the_embedded_default() {
+    let sandbox = Sandbox::new();
+    let src = workspace_root().join("examples/pipeline");
+    for name in ["workflow.toml", "data/parsl.txt", "data/stagehost.txt"] {
+        sandbox.write(
+            format!("pipeline/{name}"),
+            std::fs::read(src.join(name)).unwrap(),
+        );
+    }
+    let flow = sandbox.join("pipeline/workflow.toml");
+    let report = sandbox.join("report.json");
+    let out = sandbox.run(&[
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let text = read(sandbox.join("pipeline/out/report.txt"));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "parsl: 32 distinct words");
+    assert_eq!(lines[1], "stagehost: 30 distinct words");
+    assert!(
+        lines[2].starts_with("shared: and are by files for in inputs outputs parsl providers"),
+        "{text}"
+    );
+    assert_eq!(
+        read(sandbox.join("pipeline/out/common.log")),
+        "15 words in common\n"
+    );
+    let report: serde_json::Value = serde_json::from_str(&read(&report)).unwrap();
+    assert_eq!(report["summary"]["succeeded"], 4);
+    assert_eq!(task(&report, "common")["files"][0]["provider"], "file");
+}
+
+#[test]
+fn the_documented_two_task_pipeline_example_runs() {
+    // `cargo test` builds the examples of the workspace next to the test binaries.
+    let example = profile_dir().join("examples/two_tasks");
+    assert!(
+        example.exists(),
+        "{} is missing: `cargo test --workspace` builds it",
+        example.display()
+    );
+    let sandbox = Sandbox::new();
+    let out: Run = sandbox
+        .command(&example)
+        .env("STAGEHOST_PLUGIN_PATH", profile_dir())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "write: Succeeded\nshout: Succeeded\nHELLO STAGEHOST\n"
+    );
+}
