@@ -636,3 +636,89 @@ fn the_documented_two_task_pipeline_example_runs() {
         "write: Succeeded\nshout: Succeeded\nHELLO STAGEHOST\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_staged_before_other_file_arguments() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let count = sandbox.join("count.txt");
+    let text = format!(
+        "plugin_dirs = [{}]\n[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], work = \"in-task\", count_file = {} }}\n[executor.local]\nworking_dir = {}\n",
+        toml_path(&plugins),
+        toml_path(&count),
+        toml_path(&sandbox.join("wd"))
+    );
+    let (engine, _registry) = engine_for(&text);
+    let spec = TaskSpec::closure("t", |files| {
+        let (input, arg) = (&files.inputs[0], &files.args[0]);
+        let ok =
+            input.ends_with("in.txt") && arg.ends_with("arg.txt") && input.exists() && arg.exists();
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("unexpected files {files:?}"))
+        }
+    })
+    .arg(File::parse("probe://h/arg.txt").unwrap())
+    .input(File::parse("probe://h/in.txt").unwrap());
+    let report = engine.submit(spec).unwrap().wait().await;
+    assert_eq!(report.status, TaskStatus::Succeeded, "{report:?}");
+    assert_eq!(read(&count), "probe://h/in.txt\nprobe://h/arg.txt\n");
+    let urls: Vec<&str> = report.files.iter().map(|f| f.url.as_str()).collect();
+    assert_eq!(urls, ["probe://h/in.txt", "probe://h/arg.txt"]);
+}
+
+#[test]
+fn progress_is_bars_on_a_terminal_and_lines_on_a_pipe() {
+    let sandbox = Sandbox::new();
+    let cfg = config(
+        &sandbox,
+        "[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], slow_ms = 1500 }\n[executor.local]\nworking_dir = \"wd\"\n",
+    );
+    let flow = "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [\"probe://h/a.bin\"]\n";
+    let (out, _) = run_workflow(&sandbox, &cfg, flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let line = out.stderr.lines().next().unwrap();
+    assert!(
+        line.starts_with("stagehost: staged in probe://h/a.bin (21 bytes, "),
+        "{line}"
+    );
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "no terminal escapes on a pipe: {:?}",
+        out.stderr
+    );
+
+    // On a terminal (a pty from script(1)): indicatif bars.
+    std::fs::remove_dir_all(sandbox.join("wd")).unwrap();
+    let command = format!(
+        "{} --config {} run {}",
+        stagehost_bin().display(),
+        cfg.display(),
+        sandbox.join("flow.toml").display()
+    );
+    let out: Run = sandbox
+        .command(Path::new("script"))
+        .args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(" stage in ["),
+        "a transfer bar: {:?}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("probe://h/a.bin"), "{:?}", out.stdout);
+    assert!(
+        out.stdout.contains("1 task(s): 1 succeeded"),
+        "{:?}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("stagehost: staged in"),
+        "no plain lines on a terminal: {:?}",
+        out.stdout
+    );
+}

@@ -405,7 +405,7 @@ impl Inner {
         };
 
         // 1. Dependencies.
-        for input in &spec.inputs {
+        for input in spec.staged_ins() {
             if let Input::Future(future) = input {
                 let waited = tokio::select! {
                     r = future.wait() => r,
@@ -436,7 +436,7 @@ impl Inner {
         }
         let reports =
             |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
-        let n_in = spec.inputs.len();
+        let n_in = spec.inputs.len() + spec.args.len();
         let pool = &this.executors[&spec.executor].workers;
 
         // 2. On a worker: plan every file before the body starts; with no separate
@@ -591,8 +591,10 @@ impl Inner {
     /// stdout, stderr); unless separate stage-in jobs must run first, goes on to run
     /// the body.
     fn plan_and_maybe_run(&self, spec: &TaskSpec) -> FirstPhase {
-        let mut files = Vec::with_capacity(spec.inputs.len() + spec.outputs.len() + 2);
+        let mut files =
+            Vec::with_capacity(spec.inputs.len() + spec.args.len() + spec.outputs.len() + 2);
         if !(spec.inputs.is_empty()
+            && spec.args.is_empty()
             && spec.outputs.is_empty()
             && spec.stdout.is_none()
             && spec.stderr.is_none())
@@ -601,7 +603,7 @@ impl Inner {
                 cancel: self.transfers.cancel.clone(),
                 ..StageOptions::default()
             };
-            for input in &spec.inputs {
+            for input in spec.staged_ins() {
                 let f = input.file();
                 let planned = self.dm.plan_stage_in(&spec.executor, f, &opts);
                 files.push(FileState::planned(f.clone(), Direction::In, planned));
@@ -613,7 +615,7 @@ impl Inner {
             if let Some(error) = files.iter().find_map(|f| f.report.error.clone()) {
                 return FirstPhase::PlanningFailed(files, error);
             }
-            let n_in = spec.inputs.len();
+            let n_in = spec.inputs.len() + spec.args.len();
             if files[..n_in]
                 .iter()
                 .any(|f| f.staging.as_ref().is_some_and(|s| s.separate_job.is_some()))
@@ -658,7 +660,7 @@ impl Inner {
         if retry {
             self.replan_steps(spec, files)?;
         }
-        let n_in = spec.inputs.len();
+        let (n_inputs, n_in) = (spec.inputs.len(), spec.inputs.len() + spec.args.len());
         for file in files[..n_in].iter_mut() {
             if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
                 let outcome = self
@@ -671,7 +673,8 @@ impl Inner {
         let n_out = spec.outputs.len();
         let task_files = TaskFiles {
             working_dir: self.executors[&spec.executor].working_dir.clone(),
-            inputs: files[..n_in].iter().map(FileState::path).collect(),
+            inputs: files[..n_inputs].iter().map(FileState::path).collect(),
+            args: files[n_inputs..n_in].iter().map(FileState::path).collect(),
             outputs: files[n_in..n_in + n_out]
                 .iter()
                 .map(FileState::path)

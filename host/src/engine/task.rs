@@ -17,6 +17,8 @@ pub struct TaskFiles {
     pub working_dir: PathBuf,
     /// Inputs, in order.
     pub inputs: Vec<PathBuf>,
+    /// Other file arguments, in order.
+    pub args: Vec<PathBuf>,
     /// Outputs, in order.
     pub outputs: Vec<PathBuf>,
     /// Where stdout goes, if it is a file.
@@ -96,6 +98,9 @@ pub struct TaskSpec {
     pub body: Body,
     /// Inputs, staged in this order.
     pub inputs: Vec<Input>,
+    /// Other file arguments, staged after the inputs (Parsl stages a File passed as
+    /// an ordinary argument after `inputs`).
+    pub args: Vec<Input>,
     /// Outputs, staged out in this order, then stdout, then stderr.
     pub outputs: Vec<File>,
     /// Standard output as a file.
@@ -113,6 +118,7 @@ impl TaskSpec {
             executor: crate::config::DEFAULT_EXECUTOR.to_owned(),
             body,
             inputs: Vec::new(),
+            args: Vec::new(),
             outputs: Vec::new(),
             stdout: None,
             stderr: None,
@@ -139,6 +145,15 @@ impl TaskSpec {
     pub fn input(mut self, input: impl Into<Input>) -> TaskSpec {
         self.inputs.push(input.into());
         self
+    }
+    /// Adds a file argument, staged in after every input.
+    pub fn arg(mut self, input: impl Into<Input>) -> TaskSpec {
+        self.args.push(input.into());
+        self
+    }
+    /// Inputs, then file arguments: the stage-in order.
+    pub fn staged_ins(&self) -> impl Iterator<Item = &Input> {
+        self.inputs.iter().chain(&self.args)
     }
     /// Adds an output.
     pub fn output(mut self, file: File) -> TaskSpec {
