@@ -465,16 +465,16 @@ impl DataManager {
             Direction::In => (PlanningCall::StageIn, PlanningCall::ReplaceTask),
             Direction::Out => (PlanningCall::StageOut, PlanningCall::ReplaceTaskStageOut),
         };
-        let deadline = || opts.timeout.map(|t| SystemTime::now() + t);
+        // One context serves both planning calls: they describe the same use of the file.
+        let ctx = abi_context(
+            call_services(&provider, executor, file, opts),
+            &working_dir,
+            &destination,
+            opts.timeout.map(|t| SystemTime::now() + t),
+        );
         let mut copy = file.clone();
         let mut jobs = Vec::with_capacity(2);
         for call in [first, second] {
-            let ctx = abi_context(
-                call_services(&provider, executor, file, opts),
-                &working_dir,
-                &destination,
-                deadline(),
-            );
             let (next, job) = provider.plan(call, &ctx, copy).map_err(|e| {
                 provider_error(direction, file, &provider, executor, call.as_str(), e)
             })?;
