@@ -443,39 +443,25 @@ impl Inner {
         //    stage-in job, go straight on to the in-task steps and the body.
         let (inner, task) = (this.clone(), spec.clone());
         let first = pool.run(move || inner.plan_and_maybe_run(&task)).await;
+        let panicked = |panic: String| {
+            end(
+                start,
+                TaskStatus::Failed,
+                0,
+                format!("the task body panicked: {panic}"),
+                vec![],
+            )
+        };
         let (mut files, body_result, attempts) = match first {
-            Err(panic) => {
-                return end(
-                    start,
-                    TaskStatus::Failed,
-                    0,
-                    format!("the task body panicked: {panic}"),
-                    vec![],
-                )
-            }
+            Err(panic) => return panicked(panic),
             Ok(FirstPhase::PlanningFailed(files, error)) => {
                 return end(start, TaskStatus::Failed, 0, error, reports(&files));
             }
             Ok(FirstPhase::Ran(files, result, attempts)) => (files, result, attempts),
             Ok(FirstPhase::NeedsJobs(mut files)) => {
                 // 3. Separate stage-in jobs, each a transfer of its own, concurrently.
-                let jobs: Vec<_> = files[..n_in]
-                    .iter_mut()
-                    .enumerate()
-                    .filter_map(|(i, f)| {
-                        f.staging
-                            .as_mut()
-                            .and_then(|s| s.separate_job.take())
-                            .map(|w| (i, w))
-                    })
-                    .collect();
-                let runs = jobs.into_iter().map(|(i, work)| {
-                    let original = files[i].original.clone();
-                    let inner = this.clone();
-                    async move { (i, inner.transfers.run(work, &original).await) }
-                });
                 let mut failure = None;
-                for (i, outcome) in futures_join_all(runs).await {
+                for (i, outcome) in this.run_separate_jobs(&mut files, 0..n_in).await {
                     if let Err(line) = files[i].record(outcome) {
                         failure.get_or_insert(line);
                     }
@@ -501,15 +487,7 @@ impl Inner {
                     .await;
                 match ran {
                     Ok(ran) => ran,
-                    Err(panic) => {
-                        return end(
-                            start,
-                            TaskStatus::Failed,
-                            0,
-                            format!("the task body panicked: {panic}"),
-                            vec![],
-                        );
-                    }
+                    Err(panic) => return panicked(panic),
                 }
             }
         };
@@ -542,29 +520,20 @@ impl Inner {
                 }
             }
         };
-        let jobs: Vec<_> = (n_in..files.len())
-            .filter_map(|i| {
+        let with_job: Vec<usize> = (n_in..files.len())
+            .filter(|&i| {
                 files[i]
                     .staging
-                    .as_mut()
-                    .and_then(|s| s.separate_job.take())
-                    .map(|w| (i, w))
+                    .as_ref()
+                    .is_some_and(|s| s.separate_job.is_some())
             })
             .collect();
-        for i in n_in..files.len() {
-            if !jobs.iter().any(|(j, _)| *j == i) {
-                settle(&mut files, i, None);
-            }
+        for i in (n_in..files.len()).filter(|i| !with_job.contains(i)) {
+            settle(&mut files, i, None);
         }
-        if !jobs.is_empty() {
-            let runs = jobs.into_iter().map(|(i, work)| {
-                let original = files[i].original.clone();
-                let inner = this.clone();
-                async move { (i, inner.transfers.run(work, &original).await) }
-            });
-            for (i, outcome) in futures_join_all(runs).await {
-                settle(&mut files, i, Some(outcome));
-            }
+        let len = files.len();
+        for (i, outcome) in this.run_separate_jobs(&mut files, n_in..len).await {
+            settle(&mut files, i, Some(outcome));
         }
         match stage_out_failure {
             None => this.report(
@@ -585,6 +554,29 @@ impl Inner {
                 this.report(&spec, start, status, attempts, error, reports(&files))
             }
         }
+    }
+
+    /// Takes the separate jobs of `files[range]` and runs them concurrently, each a
+    /// transfer of its own; returns each file's index with its outcome.
+    async fn run_separate_jobs(
+        &self,
+        files: &mut [FileState],
+        range: std::ops::Range<usize>,
+    ) -> Vec<(usize, Outcome)> {
+        let jobs: Vec<_> = range
+            .filter_map(|i| {
+                files[i]
+                    .staging
+                    .as_mut()
+                    .and_then(|s| s.separate_job.take())
+                    .map(|w| (i, w))
+            })
+            .collect();
+        let files = &*files;
+        let runs = jobs.into_iter().map(|(i, work)| async move {
+            (i, self.transfers.run(work, &files[i].original).await)
+        });
+        futures_join_all(runs).await
     }
 
     /// On a worker: plans every stage-in (inputs, in order) and stage-out (outputs,
