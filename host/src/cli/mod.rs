@@ -104,6 +104,22 @@ pub fn init_logging() {
         .init();
 }
 
+/// On the first Ctrl-C, says so and calls `cancel` (work stops cleanly, the command
+/// ends with its summary); on a second one, exits at once with status 130.
+/// Call within a tokio runtime.
+pub fn on_ctrl_c(cancel: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stagehost: interrupted: cancelling; waiting for running transfers to stop (Ctrl-C again to quit now)");
+            cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stagehost: interrupted twice: quitting");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
 /// Loads the config and builds the registry, logging what failed to load.
 fn load(config: &Config, loader: &PluginLoader) -> Result<Registry, CliError> {
     let registry = Registry::build(config, loader)?;

@@ -102,14 +102,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             },
         );
         let canceller = engine.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "stagehost: interrupted: cancelling; waiting for running transfers to stop"
-                );
-                canceller.cancel();
-            }
-        });
+        super::on_ctrl_c(move || canceller.cancel());
         workflow
             .submit(&engine, &order)
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;

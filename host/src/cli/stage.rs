@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use stagehost::config::DEFAULT_EXECUTOR;
-use stagehost::{
-    CancelFlag, DataManager, Direction, File, Registry, StageOptions, Staging, StagingError,
-};
+use stagehost::{DataManager, Direction, File, Registry, StageOptions, Staging, StagingError};
 
 use super::CliError;
 
@@ -157,17 +155,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime builds on any supported OS")
 }
 
-/// Raises `cancel` on Ctrl-C.
-fn cancel_on_ctrl_c(cancel: &CancelFlag) {
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("interrupted: cancelling transfers");
-            cancel.cancel();
-        }
-    });
-}
-
 pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliError> {
     let dm = DataManager::new(registry);
     let opts = StageOptions {
@@ -189,7 +176,8 @@ pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliE
         .collect();
     let rt = runtime();
     let results = rt.block_on(async {
-        cancel_on_ctrl_c(&opts.cancel);
+        let cancel = opts.cancel.clone();
+        super::on_ctrl_c(move || cancel.cancel());
         let limit = Arc::new(tokio::sync::Semaphore::new(usize::from(args.jobs)));
         let mut handles = Vec::new();
         for (url, start, planned) in planned {
