@@ -159,14 +159,15 @@ impl ConfigSource {
             ConfigSource::File { path, .. } => path.display().to_string(),
         }
     }
-    fn text(&self) -> &str {
+    /// The config's text (the embedded default's for `Embedded`).
+    pub fn text(&self) -> &str {
         match self {
             ConfigSource::Embedded => EMBEDDED_DEFAULT,
             ConfigSource::File { text, .. } => text,
         }
     }
-    /// `name:line:column` of the first place where `key` is written as a TOML key
-    /// inside the table that starts with `table_marker`, if found.
+    /// `name:line:column` of the first place where `key` is written as a TOML key, at or
+    /// after byte `table_start` (the start of the table it belongs to), if found.
     pub fn locate_key(&self, table_start: Option<usize>, key: &str) -> Option<String> {
         let text = self.text();
         let from = table_start.unwrap_or(0);

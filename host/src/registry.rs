@@ -404,7 +404,7 @@ fn build_instance(
         let message = e.to_string();
         // Point at the offending key in the config file when the plugin names one.
         let key = message.split('`').nth(1);
-        let table = provider_table_start(config_text(config), index);
+        let table = provider_table_start(config.source.text(), index);
         match key.and_then(|k| config.source.locate_key(table, k)) {
             Some(at) => {
                 let short = message.split(" (line ").next().unwrap_or(&message);
@@ -418,11 +418,4 @@ fn build_instance(
         plugin,
         provider,
     }))
-}
-
-fn config_text(config: &Config) -> &str {
-    match &config.source {
-        crate::config::ConfigSource::File { text, .. } => text,
-        crate::config::ConfigSource::Embedded => crate::config::EMBEDDED_DEFAULT,
-    }
 }
