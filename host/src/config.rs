@@ -285,9 +285,14 @@ impl Config {
         }
     }
 
-    /// The effective config as TOML.
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a Config always serialises: all keys are strings")
+    /// The effective config as TOML, with secret-looking settings (keys naming a
+    /// password, secret, token, credential or key) shown as `***`.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut shown = self.clone();
+        for p in &mut shown.providers {
+            redact_secrets(&mut p.settings);
+        }
+        toml::to_string_pretty(&shown).expect("a Config always serialises: all keys are strings")
     }
 
     fn error_at(&self, key: &str, message: String) -> ConfigError {
@@ -382,6 +387,33 @@ fn is_plausible_dropin(name: &str) -> bool {
     !name.is_empty() && !name.contains(char::is_whitespace)
 }
 
+/// Whether a settings key names a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "credential",
+        "private_key",
+        "access_key",
+        "api_key",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+fn redact_secrets(table: &mut toml::Table) {
+    for (key, value) in table.iter_mut() {
+        match value {
+            toml::Value::Table(inner) => redact_secrets(inner),
+            _ if is_secret_key(key) => *value = toml::Value::String("***".into()),
+            _ => {}
+        }
+    }
+}
+
 /// `$VAR`, or `$HOME/fallback` when unset or empty.
 pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
     std::env::var_os(var)
@@ -448,6 +480,23 @@ mod tests {
         let c = parse("[executor.a]\nstaging = []\n[executor.b]\n").unwrap();
         assert_eq!(c.executors["a"].staging, Some(vec![]));
         assert_eq!(c.executors["b"].staging, None);
+    }
+
+    #[test]
+    fn config_show_hides_secrets() {
+        let c = parse("[[provider]]\nname = \"s3\"\nplugin = \"s3\"\nsettings = { bucket = \"b\", secret_access_key = \"hunter2\", auth = { password = \"pw\" } }\n").unwrap();
+        let shown = c.to_toml_redacted();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("\"pw\""),
+            "{shown}"
+        );
+        assert!(shown.contains("secret_access_key = \"***\""), "{shown}");
+        assert!(shown.contains("bucket = \"b\""), "{shown}");
+        assert_eq!(
+            c.providers[0].settings["secret_access_key"].as_str(),
+            Some("hunter2"),
+            "only the shown copy changes"
+        );
     }
 
     #[test]

@@ -395,10 +395,11 @@ impl DataManager {
         if let Some(local) = file.local_path() {
             return local.to_path_buf();
         }
-        let name = if file.filename().is_empty() {
-            "index"
-        } else {
-            file.filename()
+        // A basename of "", "." or ".." would name the directory itself or its parent:
+        // such a file lands under a plain name instead, never outside working_dir.
+        let name = match file.filename() {
+            "" | "." | ".." => "index",
+            name => name,
         };
         let plain = working_dir.join(name);
         let claims = self
@@ -534,6 +535,18 @@ mod tests {
             e.to_string(),
             "Executor local cannot stage out file http://h/x (not loaded for this executor: http; see `stagehost plugins list`)"
         );
+    }
+
+    #[test]
+    fn a_dot_dot_basename_never_escapes_the_working_dir() {
+        let dm = DataManager {
+            executors: HashMap::new(),
+            destinations: Mutex::new(HashMap::new()),
+        };
+        for url in ["http://h/a/..", "http://h/a/.", "http://h/", "http://h"] {
+            let dest = dm.default_destination(Path::new("/wd"), &File::parse(url).unwrap());
+            assert_eq!(dest, Path::new("/wd/index"), "{url}");
+        }
     }
 
     #[test]

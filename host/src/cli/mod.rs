@@ -145,7 +145,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let loader = PluginLoader::default();
     match args.command {
         Command::Config(ConfigCommand::Show) => {
-            print!("{}", config.to_toml());
+            print!("{}", config.to_toml_redacted());
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::List { json }) => {
