@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use stagehost_plugin_api::abi::AbiJobBox;
 use stagehost_plugin_api::{ErrorKind, File, StageError};
 
+use crate::checksum::Checksum;
 use crate::registry::{PlanningCall, ProviderInstance, Registry};
 use crate::services::{abi_context, CallServices, CancelFlag, ProgressSink};
 
@@ -177,6 +178,9 @@ pub struct StagingWork {
     pub executor: String,
     working_dir: PathBuf,
     destination: PathBuf,
+    /// The checksum the URL asks for, verified after this work when it is the last
+    /// work of a stage-in.
+    verify: Option<Checksum>,
 }
 
 impl StagingWork {
@@ -194,16 +198,23 @@ impl StagingWork {
             .job
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        job.run(&ctx).into_result().map_err(|e| {
+        let fail = |call, e| {
             provider_error(
                 self.direction,
                 &self.file,
                 &self.provider,
                 &self.executor,
                 call,
-                e.into(),
+                e,
             )
-        })
+        };
+        job.run(&ctx)
+            .into_result()
+            .map_err(|e| fail(call, e.into()))?;
+        match (&self.verify, self.file.filepath()) {
+            (Some(checksum), Ok(path)) => checksum.verify(&path).map_err(|e| fail("checksum", e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -473,6 +484,12 @@ impl DataManager {
             &destination,
             opts.timeout.map(|t| SystemTime::now() + t),
         );
+        // A stage-in verifies the checksum its URL names, after the last piece of work.
+        let checksum = match direction {
+            Direction::In => Checksum::from_url(file.url())
+                .map_err(|e| provider_error(direction, file, &provider, executor, "checksum", e))?,
+            Direction::Out => None,
+        };
         let mut copy = file.clone();
         let mut jobs = Vec::with_capacity(2);
         for call in [first, second] {
@@ -485,8 +502,20 @@ impl DataManager {
         if copy.local_path() == Some(destination.as_path()) {
             self.claim(&destination, file.url());
         }
-        let mut jobs = jobs.into_iter();
-        let work = |job: Option<AbiJobBox>, mode| {
+        let (separate, in_task) = {
+            let mut jobs = jobs.into_iter();
+            (jobs.next().flatten(), jobs.next().flatten())
+        };
+        if let (Some(c), None, None) = (&checksum, &separate, &in_task) {
+            // Nothing to move: the file is used where it is, and checked there.
+            let path = copy
+                .filepath()
+                .map_err(|e| provider_error(direction, file, &provider, executor, "checksum", e))?;
+            c.verify(&path)
+                .map_err(|e| provider_error(direction, file, &provider, executor, "checksum", e))?;
+        }
+        let last_is_separate = in_task.is_none();
+        let work = |job: Option<AbiJobBox>, mode, verify: bool| {
             job.map(|job| StagingWork {
                 job: Mutex::new(job),
                 mode,
@@ -496,10 +525,11 @@ impl DataManager {
                 executor: executor.to_owned(),
                 working_dir: working_dir.clone(),
                 destination: destination.clone(),
+                verify: if verify { checksum.clone() } else { None },
             })
         };
-        let separate_job = work(jobs.next().flatten(), WorkMode::SeparateJob);
-        let in_task_step = work(jobs.next().flatten(), WorkMode::InTaskStep);
+        let separate_job = work(separate, WorkMode::SeparateJob, last_is_separate);
+        let in_task_step = work(in_task, WorkMode::InTaskStep, true);
         Ok(Staging {
             direction,
             executor: executor.to_owned(),

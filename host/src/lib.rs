@@ -42,6 +42,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod checksum;
 pub mod config;
 pub mod data_manager;
 pub mod discovery;

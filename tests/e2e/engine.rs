@@ -725,3 +725,38 @@ fn progress_is_bars_on_a_terminal_and_lines_on_a_pipe() {
         out.stdout
     );
 }
+
+#[test]
+fn a_task_input_with_a_checksum_is_verified_once_fetched() {
+    let sandbox = Sandbox::new();
+    let store = sandbox.join("store");
+    sandbox.write("store/h/x.txt", "data");
+    let cfg = config(
+        &sandbox,
+        &format!("[[provider]]\nname = \"remote\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], store_dir = {} }}\n[executor.local]\nworking_dir = \"wd\"\n", toml_path(&store)),
+    );
+    let sha = "3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7";
+    let flow = format!(
+        "[[task]]\nname = \"good\"\ncommand = \"cat {{inputs[0]}} > {{outputs[0]}}\"\ninputs = [\"probe://h/x.txt#sha256={sha}\"]\noutputs = [\"good.txt\"]\n\n[[task]]\nname = \"bad\"\ncommand = \"true\"\ninputs = [\"probe://h/x.txt#sha256={}\"]\nexecutor = \"local\"\n",
+        "f".repeat(64)
+    );
+    let (out, report) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(task(&report, "good")["status"], "succeeded");
+    assert_eq!(read(sandbox.join("good.txt")), "data");
+    let bad = task(&report, "bad");
+    assert_eq!(bad["status"], "failed");
+    let error = bad["files"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("cannot stage in probe://h/x.txt#sha256=ffff"),
+        "{error}"
+    );
+    assert!(
+        error.contains("on executor \"local\": checksum: integrity: checksum mismatch for "),
+        "{error}"
+    );
+    assert!(
+        error.ends_with(&format!("sha256 expected {}, got {sha}", "f".repeat(64))),
+        "{error}"
+    );
+}

@@ -378,3 +378,72 @@ fn cancellation_stops_a_job_before_it_writes() {
     assert_eq!(err.kind(), Some(stagehost_plugin_api::ErrorKind::Cancelled));
     assert!(!sandbox.join("wd/in.txt").exists());
 }
+
+#[test]
+fn a_checksum_in_the_url_is_verified() {
+    let sandbox = Sandbox::new();
+    let config = file_config(&sandbox, "copy");
+    let cfg = config.to_str().unwrap();
+    let input = sandbox.write("data/hello.txt", "hello world");
+    let sha256 = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+    let good = format!("{}#sha256={sha256}", input.display());
+    let out = sandbox.run(&["--config", cfg, "stage", "in", &good]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("staged/hello.txt")).unwrap(),
+        "hello world"
+    );
+
+    let wrong = format!("{}#md5={}", input.display(), "0".repeat(32));
+    let out = sandbox.run(&["--config", cfg, "stage", "in", &wrong]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.stderr.lines().next().unwrap(),
+        format!(
+            "stagehost: error: cannot stage in {wrong}: provider \"files\" (plugin file 0.1.0) on executor \"local\": checksum: integrity: checksum mismatch for {}: md5 expected {}, got 5eb63bbbe01eeed093cb22bb8f5acdc3",
+            sandbox.join("staged/hello.txt").display(),
+            "0".repeat(32)
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(&input).unwrap(),
+        "hello world",
+        "the source is never touched"
+    );
+
+    // Staged in place (the default no-op mode), the file is checked where it is.
+    let out = sandbox.run(&[
+        "stage",
+        "in",
+        &format!("{}#adler32=00000000", input.display()),
+    ]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains(": checksum: integrity: checksum mismatch for "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("adler32 expected 00000000, got 1a0b045d"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&[
+        "stage",
+        "in",
+        &format!("{}#adler32=1a0b045d", input.display()),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), "hello world");
+
+    let out = sandbox.run(&["stage", "in", &format!("{}#sha256=abc", input.display())]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains(": checksum: invalid URL: the sha256 checksum \"abc\" is not 64 hex digits"),
+        "{}",
+        out.stderr
+    );
+}
