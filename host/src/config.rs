@@ -196,8 +196,20 @@ impl ConfigSource {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// 1-based line and column of byte `offset`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+/// A TOML parse error as one line: `name:line:column: message`.
+pub(crate) fn toml_error_line(name: &str, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let (l, c) = line_column(text, span.start);
+            format!("{name}:{l}:{c}: {message}")
+        }
+        None => format!("{name}: {message}"),
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -207,14 +219,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// Parses and validates `text`, which came from `source`.
     pub fn parse(text: &str, source: ConfigSource) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| line_column(text, s.start));
-            let message = e.message().trim().replace('\n', " ");
-            match at {
-                Some((l, c)) => ConfigError(format!("{}:{l}:{c}: {message}", source.name())),
-                None => ConfigError(format!("{}: {message}", source.name())),
-            }
-        })?;
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError(toml_error_line(&source.name(), text, &e)))?;
         config.source = source;
         config.validate()?;
         if config.executors.is_empty() {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use stagehost_plugin_api::File;
 
+use crate::config::{line_column, toml_error_line};
 use crate::engine::{check_command, Engine, Input, SubmitError, TaskHandle, TaskSpec};
 
 /// A `[[task]]` table.
@@ -86,14 +87,6 @@ pub struct Workflow {
     text_dir: PathBuf,
 }
 
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    (
-        before.matches('\n').count() + 1,
-        before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
-    )
-}
-
 impl Workflow {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Workflow, WorkflowError> {
@@ -106,16 +99,8 @@ impl Workflow {
     /// Parses `text`, which came from `path` (relative paths in it are resolved against
     /// `path`'s directory).
     pub fn parse(text: &str, path: &Path) -> Result<Workflow, WorkflowError> {
-        let file: WorkflowFile = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().replace('\n', " ");
-            match e.span() {
-                Some(span) => {
-                    let (l, c) = line_column(text, span.start);
-                    WorkflowError(format!("{}:{l}:{c}: {message}", path.display()))
-                }
-                None => WorkflowError(format!("{}: {message}", path.display())),
-            }
-        })?;
+        let file: WorkflowFile = toml::from_str(text)
+            .map_err(|e| WorkflowError(toml_error_line(&path.display().to_string(), text, &e)))?;
         let locations = file
             .task
             .iter()
