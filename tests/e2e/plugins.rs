@@ -259,7 +259,11 @@ staging = ["ctor-fails", "copier"]
     );
     assert_eq!(
         reason("libfuture_api.so"),
-        "built against plugin-api 0.2.0, which this host (plugin-api 0.1.0) cannot load; rebuild it against plugin-api 0.1.0"
+        format!(
+            "built against plugin-api {future}, which this host (plugin-api {api}) cannot load; rebuild it against plugin-api {api}",
+            future = incompatible_api_version(),
+            api = stagehost_plugin_api::abi::API_VERSION
+        )
     );
     assert!(reason("libprobe_ww.so")
         .starts_with("refused: the file is group- or world-writable (mode 666)"));

@@ -152,8 +152,23 @@ pub fn example_data_plugin() -> PathBuf {
         .clone()
 }
 
-/// A plugin built against plugin-api 0.2.0: a copy of `plugin-api` with its version
-/// bumped, in a workspace and target directory of its own.
+/// The plugin-api version one caret step above this one (0.1.x → 0.2.0; 1.x → 2.0.0):
+/// what an incompatible plugin is built against.
+pub fn incompatible_api_version() -> String {
+    let v: Vec<u64> = stagehost_plugin_api::abi::API_VERSION
+        .split('.')
+        .map(|p| p.parse().expect("numeric version"))
+        .collect();
+    if v[0] == 0 {
+        format!("0.{}.0", v[1] + 1)
+    } else {
+        format!("{}.0.0", v[0] + 1)
+    }
+}
+
+/// A plugin built against [`incompatible_api_version`] (0.2.0 while the host is 0.1):
+/// a copy of `plugin-api` with its version bumped, in a workspace and target directory
+/// of its own.
 pub fn plugin_built_against_api_0_2() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -165,7 +180,11 @@ pub fn plugin_built_against_api_0_2() -> PathBuf {
             copy_dir(&workspace_root().join("plugin-api/src"), &api.join("src"));
             let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).expect("read plugin-api manifest");
             let manifest = manifest
-                .replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1)
+                .replacen(
+                    &format!("version = \"{}\"", stagehost_plugin_api::abi::API_VERSION),
+                    &format!("version = \"{}\"", incompatible_api_version()),
+                    1,
+                )
                 .replace("edition.workspace = true", "edition = \"2021\"")
                 .replace("license.workspace = true\n", "")
                 .replace("rust-version.workspace = true\n", "")
@@ -173,7 +192,10 @@ pub fn plugin_built_against_api_0_2() -> PathBuf {
                 .replace("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }")
                 .replace("toml.workspace = true", "toml = \"0.8\"")
                 .replace("thiserror.workspace = true", "thiserror = \"2\"");
-            assert!(manifest.contains("version = \"0.2.0\""), "plugin-api's version line moved: {manifest}");
+            assert!(
+                manifest.contains(&format!("version = \"{}\"", incompatible_api_version())),
+                "plugin-api's version line moved: {manifest}"
+            );
             write_if_changed(&api.join("Cargo.toml"), &manifest);
             write_if_changed(
                 &src.join("Cargo.toml"),
