@@ -760,3 +760,18 @@ fn a_task_input_with_a_checksum_is_verified_once_fetched() {
         "{error}"
     );
 }
+
+#[test]
+fn the_report_can_go_to_stdout() {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"only\"\ncommand = \"true\"\n",
+    );
+    let out = sandbox.run(&["run", flow.to_str().unwrap(), "--report", "-"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(report["summary"]["tasks"], 1);
+    assert_eq!(report["tasks"][0]["name"], "only");
+    assert_eq!(report["tasks"][0]["status"], "succeeded");
+}

@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// The workflow file: [[task]] tables
     #[arg(value_name = "WORKFLOW")]
     workflow: PathBuf,
-    /// Write a JSON report (tasks, files, providers, bytes, times, errors)
+    /// Write a JSON report (tasks, files, providers, bytes, times, errors); `-` for stdout
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// Print which provider would stage every file, and how; move nothing
@@ -116,9 +116,13 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             tasks: &reports,
         };
         let json = serde_json::to_string_pretty(&report).expect("the report is plain data");
-        std::fs::write(path, json + "\n").map_err(|e| {
-            CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
-        })?;
+        if path.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n").map_err(|e| {
+                CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
+            })?;
+        }
     }
     let s = &summary;
     let line = format!(
