@@ -87,7 +87,7 @@ fn first_line(e: &LibraryError) -> String {
 }
 
 /// Opens libraries, once each.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct PluginLoader {
     opened: Mutex<HashMap<PathBuf, Result<Arc<LoadedPlugin>, LoadError>>>,
 }

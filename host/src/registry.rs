@@ -169,12 +169,6 @@ pub struct Registry {
     pub executors: Vec<ExecutorRecord>,
 }
 
-impl std::fmt::Debug for PluginLoader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PluginLoader")
-    }
-}
-
 /// Resolves `path` against `base` unless absolute.
 fn resolve(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() || base == Path::new(".") {

@@ -57,21 +57,6 @@ fn read(path: impl AsRef<Path>) -> String {
         .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
 }
 
-fn leftovers(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() {
-                found.extend(leftovers(&e.path()));
-            } else if name.ends_with(".part") {
-                found.push(e.path().display().to_string());
-            }
-        }
-    }
-    found
-}
-
 fn engine_for(text: &str) -> (Engine, Registry) {
     let config = Config::parse(text, ConfigSource::Embedded).unwrap();
     let registry = Registry::build(&config, &PluginLoader::default()).unwrap();
@@ -351,7 +336,7 @@ fn a_transfer_past_its_timeout_fails_and_leaves_no_file() {
         "{error}"
     );
     assert!(!sandbox.join("wd/big.bin").exists());
-    assert_eq!(leftovers(&sandbox.join("wd")), Vec::<String>::new());
+    assert_eq!(partial_files(&sandbox.join("wd")), Vec::<String>::new());
 }
 
 #[test]
@@ -425,7 +410,7 @@ async fn cancelling_stops_transfers_and_leaves_no_partial_file() {
         TaskStatus::Cancelled | TaskStatus::DependencyFailed
     ));
     assert!(!sandbox.join("wd/a.bin").exists());
-    assert_eq!(leftovers(&sandbox.join("wd")), Vec::<String>::new());
+    assert_eq!(partial_files(&sandbox.join("wd")), Vec::<String>::new());
 }
 
 #[test]
@@ -474,7 +459,7 @@ fn ctrl_c_cancels_a_run_which_exits_non_zero_with_a_summary() {
         out.stderr
     );
     assert!(!sandbox.join("wd/a.bin").exists());
-    assert_eq!(leftovers(&sandbox.join("wd")), Vec::<String>::new());
+    assert_eq!(partial_files(&sandbox.join("wd")), Vec::<String>::new());
 }
 
 #[test]

@@ -16,28 +16,11 @@ fn file_config(sandbox: &Sandbox, mode: &str) -> std::path::PathBuf {
 }
 
 fn no_temp_files_left(dir: &Path) {
-    for entry in walk(dir) {
-        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(
-            !name.ends_with(".part"),
-            "temporary file left behind: {}",
-            entry.display()
-        );
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            }
-            out.push(p);
-        }
-    }
-    out
+    assert_eq!(
+        partial_files(dir),
+        Vec::<String>::new(),
+        "temporary files left behind"
+    );
 }
 
 #[test]

@@ -362,6 +362,22 @@ impl Sandbox {
     }
 }
 
+/// Every temporary staging file (`*.part`) left anywhere under `dir`.
+pub fn partial_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                found.extend(partial_files(&path));
+            } else if e.file_name().to_string_lossy().ends_with(".part") {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
 /// A TOML string literal for `path`.
 pub fn toml_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
