@@ -187,13 +187,23 @@ impl StagingWork {
     /// Runs the work on this thread (it blocks), with `opts`' cancellation flag,
     /// progress sink and a deadline of `opts.timeout` from now.
     pub fn run(self, opts: &StageOptions) -> Result<(), StagingError> {
+        let call = self.mode.as_str();
         let ctx = abi_context(
             call_services(&self.provider, &self.executor, &self.file, opts),
             &self.working_dir,
             &self.destination,
             opts.timeout.map(|t| SystemTime::now() + t),
-        );
-        let call = self.mode.as_str();
+        )
+        .map_err(|e| {
+            provider_error(
+                self.direction,
+                &self.file,
+                &self.provider,
+                &self.executor,
+                call,
+                e,
+            )
+        })?;
         let mut job = self
             .job
             .into_inner()
@@ -483,7 +493,8 @@ impl DataManager {
             &working_dir,
             &destination,
             opts.timeout.map(|t| SystemTime::now() + t),
-        );
+        )
+        .map_err(|e| provider_error(direction, file, &provider, executor, first.as_str(), e))?;
         // A stage-in verifies the checksum its URL names, after the last piece of work.
         let checksum = match direction {
             Direction::In => Checksum::from_url(file.url())

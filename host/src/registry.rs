@@ -169,6 +169,11 @@ pub struct Registry {
     pub executors: Vec<ExecutorRecord>,
 }
 
+/// `path` made absolute against the current directory (kept as is if that fails).
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
 /// Resolves `path` against `base` unless absolute.
 fn resolve(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() || base == Path::new(".") {
@@ -287,7 +292,7 @@ impl Registry {
             }
             executors.push(ExecutorRecord {
                 label: label.clone(),
-                working_dir: resolve(&base, &ec.working_dir),
+                working_dir: absolute(resolve(&base, &ec.working_dir)),
                 order,
                 explicit,
                 workers: ec

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RStr};
 use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO};
-use stagehost_plugin_api::LogLevel;
+use stagehost_plugin_api::{ErrorKind, LogLevel, StageError};
 
 /// Receives progress of one transfer.
 pub trait ProgressSink: Send + Sync {
@@ -99,18 +99,33 @@ impl HostServices for CallServices {
     }
 }
 
-/// Builds the ABI context for one call.
+/// `path` as the UTF-8 text the ABI carries; a path that is not UTF-8 is refused
+/// (never rewritten with U+FFFD).
+pub(crate) fn utf8_path<'p>(path: &'p Path, what: &str) -> Result<&'p str, StageError> {
+    path.to_str().ok_or_else(|| {
+        StageError::new(
+            ErrorKind::InvalidUrl,
+            format!(
+                "the {what} {} is not valid UTF-8; plugins receive paths as UTF-8, so stagehost refuses it rather than alter it",
+                stagehost_plugin_api::display::path(path)
+            ),
+        )
+    })
+}
+
+/// Builds the ABI context for one call. Fails when the working directory or the
+/// destination is not UTF-8.
 pub(crate) fn abi_context(
     services: CallServices,
     working_dir: &Path,
     destination: &Path,
     deadline: Option<SystemTime>,
-) -> AbiContext {
-    AbiContext {
+) -> Result<AbiContext, StageError> {
+    Ok(AbiContext {
         executor: services.executor.as_ref().into(),
-        working_dir: working_dir.to_string_lossy().as_ref().into(),
+        working_dir: utf8_path(working_dir, "working directory")?.into(),
         instance: services.instance.as_ref().into(),
-        destination: destination.to_string_lossy().as_ref().into(),
+        destination: utf8_path(destination, "destination")?.into(),
         deadline_unix_ms: deadline
             .map(|d| {
                 d.duration_since(UNIX_EPOCH)
@@ -118,5 +133,5 @@ pub(crate) fn abi_context(
             })
             .into(),
         services: HostServices_TO::from_value(services, TD_Opaque),
-    }
+    })
 }

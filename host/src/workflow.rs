@@ -41,7 +41,13 @@ pub struct TaskDef {
     /// Retries of the body.
     #[serde(default)]
     pub retries: u32,
+    /// Seconds the command may run before its process group is killed.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
 }
+
+/// The longest time limit a task may set: about 31 years.
+const MAX_SECONDS: f64 = 1e9;
 
 fn default_executor() -> String {
     crate::config::DEFAULT_EXECUTOR.to_owned()
@@ -140,8 +146,13 @@ impl Workflow {
         let bare = !url.contains(':') || file.scheme() == "file" && !url.starts_with("file:");
         if bare && !Path::new(url).is_absolute() {
             let abs = self.text_dir.join(url);
-            return File::parse(&abs.to_string_lossy())
-                .map_err(|e| format!("invalid path {url:?}: {e}"));
+            let Some(abs) = abs.to_str() else {
+                return Err(format!(
+                    "{url:?} resolves to {}, which is not valid UTF-8; stagehost refuses it rather than alter it",
+                    stagehost_plugin_api::display::path(&abs)
+                ));
+            };
+            return File::parse(abs).map_err(|e| format!("invalid path {url:?}: {e}"));
         }
         Ok(file)
     }
@@ -200,6 +211,14 @@ impl Workflow {
             for url in t.outputs.iter().chain(&t.stdout).chain(&t.stderr) {
                 self.file(url).map_err(|e| self.err(i, e))?;
             }
+            if let Some(secs) = t.timeout_secs {
+                if !(secs > 0.0 && secs <= MAX_SECONDS) {
+                    return Err(self.err(
+                        i,
+                        format!("timeout_secs must be a number of seconds above 0 and at most {MAX_SECONDS}, not {secs}"),
+                    ));
+                }
+            }
             check_command(
                 &t.command,
                 t.inputs.len(),
@@ -253,6 +272,9 @@ impl Workflow {
         let mut spec = TaskSpec::command(&t.name, &t.command)
             .executor(&t.executor)
             .retries(t.retries);
+        if let Some(secs) = t.timeout_secs {
+            spec = spec.timeout(std::time::Duration::from_secs_f64(secs));
+        }
         for input in &t.inputs {
             spec = spec.input(match input {
                 InputDef::Url(url) => Input::File(file(url)?),

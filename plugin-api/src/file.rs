@@ -54,7 +54,11 @@ impl File {
         if let Some(c) = url.chars().find(|c| c.is_control()) {
             return Err(StageError::new(
                 ErrorKind::InvalidUrl,
-                format!("URL {url:?} holds the control character {c:?}"),
+                format!(
+                    "URL {} holds the control character {}",
+                    redact_url(url),
+                    c.escape_default()
+                ),
             ));
         }
         let (scheme, rest) = split_scheme(url);
@@ -93,8 +97,8 @@ impl File {
     pub fn url(&self) -> &str {
         &self.url
     }
-    /// The URL with any password in it replaced by `***`: what logs, errors and
-    /// reports show.
+    /// The URL with its secrets replaced by `***` and control characters escaped:
+    /// what logs, errors and reports show (see [`redact_url`]).
     ///
     /// ```
     /// # use stagehost_plugin_api::File;
@@ -151,31 +155,97 @@ impl File {
         }
         Err(StageError::new(
             ErrorKind::Other,
-            format!("No local_path set for {}", self.url),
+            format!("No local_path set for {}", self.redacted_url()),
         ))
     }
 }
 
-/// `url` with the password of its userinfo (`user:password@`) replaced by `***`.
+/// `url` as logs, errors and reports show it: the password of its userinfo
+/// (`user:password@`) and the values of credential-bearing query parameters (`sig`,
+/// `token`, `X-Amz-Signature`, ... see [`is_secret_name`](crate::display::is_secret_name))
+/// replaced by `***`, and control characters escaped so it stays on one line.
+///
+/// ```
+/// use stagehost_plugin_api::redact_url;
+/// assert_eq!(
+///     redact_url("https://me:pw@h/x?X-Amz-Signature=abc&part=2"),
+///     "https://me:***@h/x?X-Amz-Signature=***&part=2"
+/// );
+/// assert_eq!(redact_url("/a\nb"), "/a\\nb");
+/// ```
 pub fn redact_url(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let authority = &url[start..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            format!(
-                "{}{}:***{}",
-                &url[..start],
-                &authority[..colon],
-                &url[start + at..]
-            )
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    if let Some(start) = url.find("://").map(|i| i + 3) {
+        let authority_end = url[start..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| start + i);
+        let authority = &url[start..authority_end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&url[..start]);
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(&url[..authority_end]),
         }
-        _ => url.to_owned(),
+        rest = &url[authority_end..];
     }
+    let (before_fragment, fragment) = match rest.find('#') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((key, _)) if crate::display::is_secret_name(&percent_decode(key)) => {
+                        out.push_str(key);
+                        out.push_str("=***");
+                    }
+                    _ => out.push_str(pair),
+                }
+            }
+        }
+        None => out.push_str(before_fragment),
+    }
+    out.push_str(fragment);
+    crate::display::escape(&out).into_owned()
+}
+
+/// `%XX` sequences decoded (lossily), for comparing query keys.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Splits `scheme:rest` the way Python's `urlsplit` does: a scheme is a letter followed
@@ -193,18 +263,20 @@ fn split_scheme(url: &str) -> (&str, &str) {
     ("", url)
 }
 
+/// Shows the redacted URL: a `File` printed by mistake never leaks a secret.
 impl fmt::Debug for File {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("File")
-            .field("url", &self.url.as_str())
+            .field("url", &self.redacted_url())
             .field("local_path", &self.local_path())
             .finish()
     }
 }
 
+/// The redacted URL (see [`redact_url`]); [`File::url`] is the URL as given.
 impl fmt::Display for File {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.url)
+        f.write_str(&self.redacted_url())
     }
 }
 
@@ -319,6 +391,19 @@ mod tests {
             File::parse("a\nb").unwrap_err().kind(),
             ErrorKind::InvalidUrl
         );
+    }
+
+    #[test]
+    fn credential_query_parameters_are_redacted() {
+        assert_eq!(
+            redact_url("https://acct.blob.core.windows.net/c/b?sv=2020&sig=AbC%2F&se=1"),
+            "https://acct.blob.core.windows.net/c/b?sv=2020&sig=***&se=1"
+        );
+        assert_eq!(
+            redact_url("https://h/o?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ff#sha256=ab"),
+            "https://h/o?X-Amz-Credential=***&X-Amz-Signature=***#sha256=ab"
+        );
+        assert_eq!(redact_url("/p?access%5Ftoken=t"), "/p?access%5Ftoken=***");
     }
 
     #[test]

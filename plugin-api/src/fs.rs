@@ -1,11 +1,28 @@
 //! Atomic writes for providers: a temporary name in the destination directory, synced,
 //! then renamed. A failed or cancelled write leaves nothing at the destination.
+//!
+//! Invariants:
+//! - the temporary file lives in the destination's directory (the rename stays on one
+//!   file system) under a hidden name that fits the file system's 255-byte limit
+//!   whatever the destination's name is;
+//! - no temporary file outlives a failed write: every error path removes it, and
+//!   errors name the destination, never the temporary file;
+//! - the rename replaces whatever sits at the destination (a symlink included) and
+//!   never writes through it;
+//! - temporary files left by a process that was killed (SIGKILL) are swept the next
+//!   time this process writes into that directory; a temporary file whose owning
+//!   process still runs, or that another host wrote (a shared file system), is never
+//!   touched.
 
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-use crate::error::StageError;
+use crate::display;
+use crate::error::{ErrorKind, StageError};
 use crate::provider::Context;
 
 /// A file being written under a temporary name next to its destination.
@@ -17,16 +34,125 @@ pub struct AtomicFile {
     dest: PathBuf,
 }
 
-/// The temporary name for `dest`: hidden, in the same directory (so the rename stays on
-/// one file system), and unique within the process and across processes.
+/// The longest file name most file systems take (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// The marker every temporary name carries: `.<name>.stagehost-<host>-<pid>-<n>.part`.
+const MARKER: &str = ".stagehost-";
+const SUFFIX: &str = ".part";
+
+/// This machine's host name, as it appears in temporary names (at most 32 bytes of
+/// `[A-Za-z0-9.]`), so a sweep never removes a file written by another host on a
+/// shared file system.
+fn host_tag() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        #[cfg(unix)]
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates or
+        // truncates within it.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+        #[cfg(not(unix))]
+        let ok = false;
+        let raw = if ok {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            &buf[..end]
+        } else {
+            &b"host"[..]
+        };
+        raw.iter()
+            .filter(|b| b.is_ascii_alphanumeric() || **b == b'.')
+            .take(32)
+            .map(|&b| char::from(b))
+            .collect()
+    })
+}
+
+/// The temporary name for `dest`: hidden, in the same directory, unique within the
+/// process and across processes and hosts, and never longer than 255 bytes (a long
+/// destination name is shortened in the temporary name only).
 fn temp_name(dest: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.stagehost-{}-{n}.part", std::process::id()))
+    let tail = format!("{MARKER}{}-{}-{n}{SUFFIX}", host_tag(), std::process::id());
+    let name = dest.file_name().unwrap_or_default().as_encoded_bytes();
+    let room = NAME_MAX - 1 - tail.len();
+    let mut keep = name.len().min(room);
+    // Cut a UTF-8 name on a character boundary.
+    if let Ok(text) = std::str::from_utf8(name) {
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+    }
+    let mut temp = Vec::with_capacity(1 + keep + tail.len());
+    temp.push(b'.');
+    temp.extend_from_slice(&name[..keep]);
+    temp.extend_from_slice(tail.as_bytes());
+    // SAFETY: the bytes are a prefix of an OsStr's encoded bytes (cut at a UTF-8
+    // boundary when it is UTF-8) followed by ASCII; on Unix any bytes are an OsStr.
+    let temp = unsafe { OsString::from_encoded_bytes_unchecked(temp) };
+    dest.with_file_name(temp)
+}
+
+/// The owner of a temporary name made by [`temp_name`] on this host: its pid.
+fn temp_owner(name: &OsStr) -> Option<u32> {
+    let name = name.as_encoded_bytes();
+    let rest = name.strip_prefix(b".")?.strip_suffix(SUFFIX.as_bytes())?;
+    let host_start = rest
+        .windows(MARKER.len())
+        .rposition(|w| w == MARKER.as_bytes())?
+        + MARKER.len();
+    let fields = std::str::from_utf8(&rest[host_start..]).ok()?;
+    let (host_pid, n) = fields.rsplit_once('-')?;
+    let (host, pid) = host_pid.rsplit_once('-')?;
+    n.parse::<u64>().ok()?;
+    (host == host_tag()).then(|| pid.parse().ok())?
+}
+
+/// Whether process `pid` still exists (or cannot be probed: then it is kept).
+fn process_exists(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // SAFETY: signal 0 only probes for the process; nothing is sent.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Removes, once per directory per process, the temporary files that processes of
+/// this host which no longer exist left in `dir`.
+fn sweep_stale_temporaries(dir: &Path) {
+    static SWEPT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    {
+        let mut swept = SWEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !swept
+            .get_or_insert_with(HashSet::new)
+            .insert(dir.to_path_buf())
+        {
+            return;
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(pid) = temp_owner(&name) {
+            if pid != me && !process_exists(pid) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 fn ensure_parent(dest: &Path) -> Result<(), StageError> {
@@ -34,7 +160,7 @@ fn ensure_parent(dest: &Path) -> Result<(), StageError> {
         Some(parent) if !parent.as_os_str().is_empty() => {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StageError::io(
-                    format_args!("cannot create directory {}", parent.display()),
+                    format_args!("cannot create directory {}", display::path(parent)),
                     &e,
                 )
             })
@@ -43,17 +169,64 @@ fn ensure_parent(dest: &Path) -> Result<(), StageError> {
     }
 }
 
+/// A destination must name a file: not empty, not ending in `/`, `.` or `..`.
+fn check_destination(dest: &Path) -> Result<(), StageError> {
+    let raw = dest.as_os_str().as_encoded_bytes();
+    let names_a_file = dest.file_name().is_some() && !raw.ends_with(b"/");
+    if names_a_file {
+        Ok(())
+    } else {
+        Err(StageError::new(
+            ErrorKind::InvalidUrl,
+            format!(
+                "cannot write {}: the destination names a directory, not a file",
+                display::path(dest)
+            ),
+        ))
+    }
+}
+
+/// Renames `temp` onto `dest`, removing `temp` if that fails.
+fn rename_into_place(temp: &Path, dest: &Path) -> Result<(), StageError> {
+    if let Err(e) = std::fs::rename(temp, dest) {
+        let _ = std::fs::remove_file(temp);
+        let why = if dest.is_dir() {
+            "a directory is in the way".to_owned()
+        } else {
+            e.to_string()
+        };
+        let kind = StageError::io("", &e).kind();
+        return Err(StageError::new(
+            kind,
+            format!("cannot write {}: {why}", display::path(dest)),
+        ));
+    }
+    sync_parent(dest);
+    Ok(())
+}
+
 impl AtomicFile {
     /// Creates the temporary file for `dest`, creating `dest`'s directory if needed.
+    /// It gets the default mode of a new file (`0666` less the umask).
     pub fn create(dest: impl AsRef<Path>) -> Result<AtomicFile, StageError> {
         let dest = dest.as_ref().to_path_buf();
+        check_destination(&dest)?;
         ensure_parent(&dest)?;
+        if let Some(dir) = dest.parent() {
+            sweep_stale_temporaries(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            });
+        }
         let temp = temp_name(&dest);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|e| StageError::io(format_args!("cannot create {}", temp.display()), &e))?;
+            .map_err(|e| {
+                StageError::io(format_args!("cannot create {}", display::path(&dest)), &e)
+            })?;
         Ok(AtomicFile {
             file: Some(file),
             temp,
@@ -73,24 +246,42 @@ impl AtomicFile {
         &self.dest
     }
 
-    /// Syncs the data, renames the temporary file onto the destination and syncs the
-    /// directory.
+    /// Gives the file these permission bits (Unix mode, e.g. `0o600`) now, before any
+    /// byte of a secret is written, whatever the umask.
+    pub fn set_mode(&mut self, mode: u32) -> Result<(), StageError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let dest = display::path(&self.dest);
+            self.as_file_mut()
+                .set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
+                .map_err(|e| StageError::io(format_args!("cannot set the mode of {dest}"), &e))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = mode;
+            Ok(())
+        }
+    }
+
+    /// Syncs the data, renames the temporary file onto the destination (replacing a
+    /// symlink there, never following it) and syncs the directory. On failure the
+    /// temporary file is removed.
     pub fn commit(mut self) -> Result<(), StageError> {
         let file = self
             .file
             .take()
             .expect("the file is present until commit or drop");
-        file.sync_all()
-            .map_err(|e| StageError::io(format_args!("cannot sync {}", self.temp.display()), &e))?;
+        let synced = file.sync_all();
         drop(file);
-        std::fs::rename(&self.temp, &self.dest).map_err(|e| {
-            StageError::io(
-                format_args!("cannot rename onto {}", self.dest.display()),
+        if let Err(e) = synced {
+            let _ = std::fs::remove_file(&self.temp);
+            return Err(StageError::io(
+                format_args!("cannot write {}", display::path(&self.dest)),
                 &e,
-            )
-        })?;
-        sync_parent(&self.dest);
-        Ok(())
+            ));
+        }
+        rename_into_place(&self.temp, &self.dest)
     }
 }
 
@@ -120,27 +311,94 @@ fn sync_parent(path: &Path) {
     }
 }
 
+/// Opens `src` for reading, refusing anything but a regular file (a FIFO, a device
+/// such as `/dev/zero`, a socket, a directory) without blocking on it.
+pub fn open_regular(src: &Path) -> Result<(std::fs::File, std::fs::Metadata), StageError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A FIFO with no writer would block the open; O_NONBLOCK does not change how a
+        // regular file reads.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let shown = || display::path(src);
+    let refuse = |meta: &std::fs::Metadata| {
+        StageError::new(
+            ErrorKind::InvalidUrl,
+            format!(
+                "cannot copy {}: it is {}, not a regular file",
+                shown(),
+                file_kind(meta)
+            ),
+        )
+    };
+    let file = options
+        .open(src)
+        .map_err(|e| match std::fs::metadata(src) {
+            // A socket cannot be opened at all: say what it is.
+            Ok(meta) if !meta.is_file() => refuse(&meta),
+            _ => StageError::io(format_args!("cannot open {}", shown()), &e),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StageError::io(format_args!("cannot stat {}", shown()), &e))?;
+    if !meta.is_file() {
+        return Err(refuse(&meta));
+    }
+    Ok((file, meta))
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    "not a regular file"
+}
+
 /// How many bytes move between two progress reports and cancellation checks.
 const COPY_CHUNK: u64 = 16 << 20;
 
-/// Copies `src` to `dest` atomically and returns the byte count. Reports progress and
-/// honours cancellation and the deadline of `ctx` between chunks. On Linux the bytes
-/// move in the kernel (`copy_file_range`).
+/// Copies `src` to `dest` atomically and returns the byte count. The copy keeps the
+/// source's permission bits (a `0600` key stays `0600`, an executable stays
+/// executable). Only a regular file is copied. Reports progress and honours
+/// cancellation and the deadline of `ctx` between chunks. On Linux the bytes move in
+/// the kernel (`copy_file_range`).
 pub fn copy_atomically(src: &Path, dest: &Path, ctx: &Context<'_>) -> Result<u64, StageError> {
-    let mut input = std::fs::File::open(src)
-        .map_err(|e| StageError::io(format_args!("cannot open {}", src.display()), &e))?;
-    let total = input
-        .metadata()
-        .map_err(|e| StageError::io(format_args!("cannot stat {}", src.display()), &e))?
-        .len();
+    let (mut input, meta) = open_regular(src)?;
+    let total = meta.len();
     let mut out = AtomicFile::create(dest)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        out.set_mode(meta.permissions().mode())?;
+    }
     let mut done = 0u64;
     ctx.progress(0, Some(total));
     loop {
         ctx.check()?;
         let n = io::copy(&mut (&mut input).take(COPY_CHUNK), out.as_file_mut()).map_err(|e| {
             StageError::io(
-                format_args!("cannot copy {} to {}", src.display(), dest.display()),
+                format_args!(
+                    "cannot copy {} to {}",
+                    display::path(src),
+                    display::path(dest)
+                ),
                 &e,
             )
         })?;
@@ -152,10 +410,10 @@ pub fn copy_atomically(src: &Path, dest: &Path, ctx: &Context<'_>) -> Result<u64
     }
     if done != total {
         return Err(StageError::new(
-            crate::ErrorKind::Integrity,
+            ErrorKind::Integrity,
             format!(
                 "{} changed size while copied: {done} bytes read, {total} expected",
-                src.display()
+                display::path(src)
             ),
         ));
     }
@@ -174,15 +432,16 @@ pub enum LinkKind {
 
 /// Makes `dest` a link to `src`, replacing whatever `dest` was in one rename.
 pub fn link_atomically(src: &Path, dest: &Path, kind: LinkKind) -> Result<(), StageError> {
+    check_destination(dest)?;
     ensure_parent(dest)?;
     let temp = temp_name(dest);
     let made = match kind {
         LinkKind::Symlink => {
             let target = std::path::absolute(src).map_err(|e| {
-                StageError::io(format_args!("cannot resolve {}", src.display()), &e)
+                StageError::io(format_args!("cannot resolve {}", display::path(src)), &e)
             })?;
             std::fs::metadata(&target).map_err(|e| {
-                StageError::io(format_args!("cannot link to {}", src.display()), &e)
+                StageError::io(format_args!("cannot link to {}", display::path(src)), &e)
             })?;
             symlink(&target, &temp)
         }
@@ -190,19 +449,15 @@ pub fn link_atomically(src: &Path, dest: &Path, kind: LinkKind) -> Result<(), St
     };
     made.map_err(|e| {
         StageError::io(
-            format_args!("cannot link {} to {}", dest.display(), src.display()),
+            format_args!(
+                "cannot link {} to {}",
+                display::path(dest),
+                display::path(src)
+            ),
             &e,
         )
     })?;
-    if let Err(e) = std::fs::rename(&temp, dest) {
-        let _ = std::fs::remove_file(&temp);
-        return Err(StageError::io(
-            format_args!("cannot rename onto {}", dest.display()),
-            &e,
-        ));
-    }
-    sync_parent(dest);
-    Ok(())
+    rename_into_place(&temp, dest)
 }
 
 #[cfg(unix)]
@@ -222,9 +477,16 @@ fn symlink(_target: &Path, _link: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("stagehost-fs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn dropped_atomic_file_leaves_nothing() {
-        let dir = std::env::temp_dir().join(format!("stagehost-fs-test-{}", std::process::id()));
+        let dir = scratch("drop");
         let dest = dir.join("out.bin");
         {
             let mut f = AtomicFile::create(&dest).unwrap();
@@ -237,5 +499,43 @@ mod tests {
         f.commit().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_rename_removes_the_temporary_and_names_the_destination() {
+        let dir = scratch("rename");
+        let dest = dir.join("taken");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("inside"), b"x").unwrap();
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.write_all(b"data").unwrap();
+        let err = f.commit().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot write {}: a directory is in the way", dest.display())
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("taken")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temporary_names_fit_name_max_and_parse_back() {
+        let long = "é".repeat(127) + "x"; // 255 bytes
+        let dest = Path::new("/d").join(&long);
+        let temp = temp_name(&dest);
+        let name = temp.file_name().unwrap();
+        assert!(name.len() <= NAME_MAX, "{}", name.len());
+        assert!(name.to_str().is_some(), "cut on a character boundary");
+        assert_eq!(temp_owner(name), Some(std::process::id()));
+        assert_eq!(
+            temp_owner(OsStr::new(".x.stagehost-otherhost-1-2.part")),
+            None
+        );
+        assert_eq!(temp_owner(OsStr::new("x.part")), None);
     }
 }

@@ -156,6 +156,7 @@
 #![allow(non_local_definitions)]
 
 pub mod abi;
+pub mod display;
 mod error;
 mod file;
 pub mod fs;

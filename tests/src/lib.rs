@@ -191,7 +191,8 @@ pub fn plugin_built_against_api_0_2() -> PathBuf {
                 .replace("abi_stable.workspace = true", "abi_stable = \"0.11.3\"")
                 .replace("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }")
                 .replace("toml.workspace = true", "toml = \"0.8\"")
-                .replace("thiserror.workspace = true", "thiserror = \"2\"");
+                .replace("thiserror.workspace = true", "thiserror = \"2\"")
+                .replace("libc.workspace = true", "libc = \"0.2\"");
             assert!(
                 manifest.contains(&format!("version = \"{}\"", incompatible_api_version())),
                 "plugin-api's version line moved: {manifest}"

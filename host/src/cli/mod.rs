@@ -104,19 +104,43 @@ pub fn init_logging() {
         .init();
 }
 
-/// On the first Ctrl-C, says so and calls `cancel` (work stops cleanly, the command
-/// ends with its summary); on a second one, exits at once with status 130.
-/// Call within a tokio runtime.
+/// On the first SIGINT (Ctrl-C), SIGTERM or SIGHUP, says so and calls `cancel` (work
+/// stops cleanly, nothing partial is left, the command ends with its summary); on a
+/// second one, exits at once with 128 + the signal's number. Call within a tokio
+/// runtime.
 pub fn on_ctrl_c(cancel: impl FnOnce() + Send + 'static) {
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stagehost: interrupted: cancelling; waiting for running transfers to stop (Ctrl-C again to quit now)");
-            cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("stagehost: interrupted twice: quitting");
-                std::process::exit(130);
-            }
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [
+        (SignalKind::interrupt(), "interrupted", libc::SIGINT),
+        (SignalKind::terminate(), "terminated", libc::SIGTERM),
+        (SignalKind::hangup(), "hung up", libc::SIGHUP),
+    ];
+    let mut streams = Vec::new();
+    for (kind, word, number) in kinds {
+        match signal(kind) {
+            Ok(s) => streams.push((s, word, number)),
+            Err(e) => tracing::warn!("cannot listen for the {word} signal: {e}"),
         }
+    }
+    type Streams = Vec<(tokio::signal::unix::Signal, &'static str, i32)>;
+    async fn next(streams: &mut Streams) -> (&'static str, i32) {
+        std::future::poll_fn(|cx| {
+            for (s, word, number) in streams.iter_mut() {
+                if s.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready((*word, *number));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+    tokio::spawn(async move {
+        let (word, _) = next(&mut streams).await;
+        eprintln!("stagehost: {word}: cancelling; waiting for running transfers to stop (Ctrl-C again to quit now)");
+        cancel();
+        let (word, number) = next(&mut streams).await;
+        eprintln!("stagehost: {word} twice: quitting");
+        std::process::exit(128 + number);
     });
 }
 

@@ -7,7 +7,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 use stagehost::config::DEFAULT_EXECUTOR;
-use stagehost::{DataManager, Direction, File, Registry, StageOptions, Staging, StagingError};
+use stagehost::{
+    ConfigError, DataManager, Direction, File, Registry, StageOptions, Staging, StagingError,
+};
+
+use stagehost_plugin_api::display;
 
 use super::CliError;
 
@@ -157,8 +161,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliError> {
     let dm = DataManager::new(registry);
+    check_usage(&dm, &args.executor, &args.urls)?;
     let opts = StageOptions {
-        working_dir: args.dest.clone(),
+        working_dir: args
+            .dest
+            .as_ref()
+            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
         ..StageOptions::default()
     };
     // Plan in the order given, so destinations are claimed in that order (the first of
@@ -217,6 +225,22 @@ pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliE
     print(&results, args.json)
 }
 
+/// Usage errors (exit 2), before anything is staged: an unknown executor, an empty URL.
+fn check_usage(dm: &DataManager, executor: &str, urls: &[String]) -> Result<(), CliError> {
+    if !dm.executor_labels().contains(&executor) {
+        return Err(CliError::Config(ConfigError(format!(
+            "unknown executor {executor:?} (configured: {})",
+            dm.executor_labels().join(", ")
+        ))));
+    }
+    if urls.iter().any(String::is_empty) {
+        return Err(CliError::Config(ConfigError(
+            "an empty URL names no file".to_owned(),
+        )));
+    }
+    Ok(())
+}
+
 fn invalid_url(
     url: &str,
     executor: &str,
@@ -235,18 +259,25 @@ pub fn stage_out(registry: &Registry, args: StageOutArgs) -> Result<ExitCode, Cl
     let dm = DataManager::new(registry);
     let opts = StageOptions::default();
     let start = Instant::now();
+    check_usage(&dm, &args.executor, std::slice::from_ref(&args.url))?;
+    let shown_url = stagehost_plugin_api::redact_url(&args.url);
+    let Some(local) = args.local_path.to_str() else {
+        return Err(CliError::Config(ConfigError(format!(
+            "cannot stage out {shown_url}: the local path {} is not valid UTF-8; stagehost refuses it rather than alter it",
+            display::path(&args.local_path)
+        ))));
+    };
     if !args.local_path.exists() {
         return Err(CliError::Staging(format!(
-            "cannot stage out {}: the local output {} does not exist",
-            args.url,
-            args.local_path.display()
+            "cannot stage out {shown_url}: the local output {} does not exist",
+            display::path(&args.local_path)
         )));
     }
     let outcome = File::parse(&args.url)
         .map_err(|e| invalid_url(&args.url, &args.executor, Direction::Out, e))
         .and_then(|mut file| {
             // The output already exists: the provider publishes it from where it is.
-            file.set_local_path(&args.local_path);
+            file.set_local_path(local);
             let mut staging = dm.plan_stage_out(&args.executor, &file, &opts)?;
             staging.run_in_task_step(&opts)?;
             staging.run_separate_job(&opts)?;

@@ -1,27 +1,69 @@
 //! Shell-command bodies: placeholder expansion (`{inputs[i]}`, `{outputs[i]}`,
 //! `{stdout}`, `{stderr}`), quoting, and running `sh -c` in the working directory.
 //!
-//! Invariant: only those exact placeholders are replaced; every other brace (awk,
-//! shell `${var}`) is left alone.
+//! Invariants:
+//! - only those exact placeholders are replaced; every other brace (awk, shell
+//!   `${var}`) is left alone;
+//! - a path keeps its exact bytes through expansion (the command is an `OsString`);
+//! - each command runs in a process group of its own: cancellation and a timeout kill
+//!   the whole group (SIGTERM, then SIGKILL after a grace period), and processes the
+//!   shell left behind are stopped when it exits;
+//! - a task ends when its shell exits, even if a background child keeps stdout or
+//!   stderr open;
+//! - stdout and stderr files are written atomically (a temporary name, then a rename
+//!   that replaces a symlink at the destination instead of following it);
+//! - captured stderr is bounded: only its tail is kept, for the error line.
 
+use std::ffi::{OsStr, OsString};
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stagehost_plugin_api::display;
+use stagehost_plugin_api::fs::AtomicFile;
+use tokio::io::AsyncReadExt;
 
 use super::task::TaskFiles;
+
+/// How long a process group has between SIGTERM and SIGKILL.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How much of captured stderr is kept.
+const STDERR_TAIL: usize = 8 << 10;
+/// The longest stderr excerpt an error line quotes, in characters.
+const EXCERPT_CHARS: usize = 300;
 
 /// `text` quoted for `sh`: as is when it holds only safe characters, else in single
 /// quotes.
 pub fn shell_quote(text: &str) -> String {
+    let quoted = shell_quote_bytes(text.as_bytes());
+    String::from_utf8(quoted).expect("quoting UTF-8 adds only ASCII")
+}
+
+fn shell_quote_bytes(text: &[u8]) -> Vec<u8> {
     let safe = !text.is_empty()
-        && text.chars().all(|c| {
+        && text.iter().all(|&c| {
             c.is_ascii_alphanumeric()
-                || matches!(c, '/' | '.' | '_' | '-' | '+' | ',' | ':' | '@' | '%' | '=')
+                || matches!(
+                    c,
+                    b'/' | b'.' | b'_' | b'-' | b'+' | b',' | b':' | b'@' | b'%' | b'='
+                )
         });
     if safe {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
+        return text.to_vec();
     }
+    let mut out = Vec::with_capacity(text.len() + 2);
+    out.push(b'\'');
+    for &c in text {
+        if c == b'\'' {
+            out.extend_from_slice(br"'\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push(b'\'');
+    out
 }
 
 /// A placeholder found in a command.
@@ -108,8 +150,9 @@ pub fn check(
     Ok(())
 }
 
-/// `command` with its placeholders replaced by the quoted paths of `files`.
-pub fn expand(command: &str, files: &TaskFiles) -> Result<String, String> {
+/// `command` with its placeholders replaced by the quoted paths of `files`, byte for
+/// byte (a path that is not UTF-8 keeps its bytes).
+pub fn expand(command: &str, files: &TaskFiles) -> Result<OsString, String> {
     check(
         command,
         files.inputs.len(),
@@ -117,12 +160,12 @@ pub fn expand(command: &str, files: &TaskFiles) -> Result<String, String> {
         files.stdout.is_some(),
         files.stderr.is_some(),
     )?;
-    let quoted = |p: &Path| shell_quote(&p.to_string_lossy());
-    let mut out = String::with_capacity(command.len() + 64);
+    let quoted = |p: &Path| shell_quote_bytes(p.as_os_str().as_encoded_bytes());
+    let mut out: Vec<u8> = Vec::with_capacity(command.len() + 64);
     for part in parse(command) {
         match part {
-            Ok(text) => out.push_str(text),
-            Err((p, _)) => out.push_str(&match p {
+            Ok(text) => out.extend_from_slice(text.as_bytes()),
+            Err((p, _)) => out.extend(match p {
                 Placeholder::Input(i) => quoted(&files.inputs[i]),
                 Placeholder::Output(i) => quoted(&files.outputs[i]),
                 Placeholder::Stdout => quoted(files.stdout.as_deref().expect("checked")),
@@ -130,35 +173,100 @@ pub fn expand(command: &str, files: &TaskFiles) -> Result<String, String> {
             }),
         }
     }
-    Ok(out)
+    // SAFETY: literal parts are UTF-8 and placeholders are an OsStr's own encoded
+    // bytes, quoted with ASCII; on Unix any byte string is an OsStr.
+    Ok(unsafe { OsString::from_encoded_bytes_unchecked(out) })
 }
 
-fn open_for_output(path: &Path) -> Result<std::fs::File, String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+/// Sends `signal` to process group `pgid`; whether the group still existed.
+pub(crate) fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+    pgid > 1 && unsafe { libc::kill(-pgid, signal) } == 0
+}
+
+/// SIGTERM to the group, then SIGKILL once `grace` has passed if anything is left.
+pub(crate) async fn terminate_group(pgid: i32, grace: Duration) {
+    if !signal_group(pgid, libc::SIGTERM) {
+        return;
     }
-    std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
+    let step = Duration::from_millis(20);
+    let mut waited = Duration::ZERO;
+    while waited < grace {
+        tokio::time::sleep(step).await;
+        waited += step;
+        if !signal_group(pgid, 0) {
+            return;
+        }
+    }
+    signal_group(pgid, libc::SIGKILL);
 }
 
-/// Runs `command` (already expanded) with `sh -c` in the working directory, sending
-/// stdout/stderr to their files when given. Creates the outputs' directories first.
-/// Returns when the command exits, or kills it when `cancelled` resolves first.
-pub async fn run(
-    command: &str,
+/// The last bytes of a stream, kept while the rest is read and dropped.
+#[derive(Default)]
+struct Tail(Vec<u8>);
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+        if self.0.len() > STDERR_TAIL {
+            let cut = self.0.len() - STDERR_TAIL;
+            self.0.drain(..cut);
+        }
+    }
+
+    /// The last non-empty line, escaped and cut to a bounded length.
+    fn excerpt(&self) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.0);
+        let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
+        let shown = display::escape(line);
+        let count = shown.chars().count();
+        Some(if count > EXCERPT_CHARS {
+            let skip = count - EXCERPT_CHARS;
+            format!("...{}", shown.chars().skip(skip).collect::<String>())
+        } else {
+            shown.into_owned()
+        })
+    }
+}
+
+/// A file the command writes its stdout or stderr to: a temporary name, renamed
+/// into place once the shell exits.
+fn output_file(path: &Path) -> Result<(AtomicFile, Stdio), String> {
+    let mut file = AtomicFile::create(path).map_err(|e| e.to_string())?;
+    let handle = file
+        .as_file_mut()
+        .try_clone()
+        .map_err(|e| format!("cannot write {}: {e}", display::path(path)))?;
+    Ok((file, Stdio::from(handle)))
+}
+
+/// How a command run ended badly.
+pub(crate) enum Stop {
+    /// The run was cancelled.
+    Cancelled,
+    /// The task's time limit passed.
+    TimedOut(Duration),
+}
+
+/// Runs `command` (already expanded) with `sh -c` in the working directory, in a
+/// process group of its own, sending stdout/stderr to their files when given.
+/// Creates the outputs' directories first. Returns when the shell exits; when `stop`
+/// resolves first, the whole group is terminated and waited for.
+pub(crate) async fn run(
+    command: &OsStr,
     files: &TaskFiles,
-    cancelled: impl std::future::Future<Output = ()>,
+    stop: impl Future<Output = Stop>,
 ) -> Result<(), String> {
     std::fs::create_dir_all(&files.working_dir).map_err(|e| {
         format!(
             "cannot create working_dir {}: {e}",
-            files.working_dir.display()
+            display::path(&files.working_dir)
         )
     })?;
     for out in &files.outputs {
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                .map_err(|e| format!("cannot create {}: {e}", display::path(parent)))?;
         }
     }
     let mut cmd = tokio::process::Command::new("sh");
@@ -166,39 +274,93 @@ pub async fn run(
         .arg(command)
         .current_dir(&files.working_dir)
         .stdin(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true);
+    let mut written = Vec::new();
     match &files.stdout {
-        Some(p) => cmd.stdout(open_for_output(p)?),
-        None => cmd.stdout(Stdio::null()),
-    };
-    let capture_stderr = files.stderr.is_none();
+        Some(p) => {
+            let (file, stdio) = output_file(p)?;
+            written.push(file);
+            cmd.stdout(stdio);
+        }
+        None => {
+            cmd.stdout(Stdio::null());
+        }
+    }
     match &files.stderr {
-        Some(p) => cmd.stderr(open_for_output(p)?),
-        None => cmd.stderr(Stdio::piped()),
+        Some(p) => {
+            let (file, stdio) = output_file(p)?;
+            written.push(file);
+            cmd.stderr(stdio);
+        }
+        None => {
+            cmd.stderr(Stdio::piped());
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
+    drop(cmd); // closes our copies of the output files' descriptors
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .expect("a child that was just spawned has a pid");
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let reader = child.stderr.take().map(|mut pipe| {
+        let tail = tail.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.lock()
+                    .expect("the tail lock is never poisoned")
+                    .push(&buf[..n]);
+            }
+        })
+    });
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(|e| format!("waiting for the command: {e}"))?,
+        why = stop => {
+            terminate_group(pgid, KILL_GRACE).await;
+            let _ = child.wait().await;
+            if let Some(r) = reader {
+                r.abort();
+            }
+            return Err(match why {
+                Stop::Cancelled => "cancelled".to_owned(),
+                Stop::TimedOut(t) => format!(
+                    "the command ran past its time limit of {}s and was killed",
+                    t.as_secs_f64()
+                ),
+            });
+        }
     };
-    let child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
-    let output = tokio::select! {
-        out = child.wait_with_output() => out.map_err(|e| format!("waiting for the command: {e}"))?,
-        () = cancelled => return Err("cancelled".to_owned()),
-    };
-    if output.status.success() {
+    // The shell is gone: whatever it left running in its group is stopped, so no
+    // background child outlives its task or holds the task open.
+    if signal_group(pgid, 0) {
+        tokio::spawn(terminate_group(pgid, KILL_GRACE));
+    }
+    if let Some(r) = reader {
+        // The pipe closes when the last writer is gone; a straggler gets a moment.
+        let _ = tokio::time::timeout(Duration::from_millis(100), r).await;
+    }
+    for file in written {
+        file.commit().map_err(|e| e.to_string())?;
+    }
+    if status.success() {
         return Ok(());
     }
-    let status = match output.status.code() {
+    let status = match status.code() {
         Some(code) => format!("exit status {code}"),
         None => "killed by a signal".to_owned(),
     };
-    let tail = if capture_stderr {
-        let text = String::from_utf8_lossy(&output.stderr);
-        text.lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| format!(": {}", l.trim()))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Err(format!("the command failed with {status}{tail}"))
+    let excerpt = tail
+        .lock()
+        .expect("the tail lock is never poisoned")
+        .excerpt()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default();
+    Err(format!("the command failed with {status}{excerpt}"))
 }
 
 #[cfg(test)]
@@ -230,6 +392,18 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn expansion_keeps_non_utf8_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let files = TaskFiles {
+            inputs: vec![PathBuf::from(OsStr::from_bytes(b"/in/\xff.txt"))],
+            ..TaskFiles::default()
+        };
+        let out = expand("cat {inputs[0]}", &files).unwrap();
+        assert_eq!(out.as_bytes(), b"cat '/in/\xff.txt'");
+    }
+
     #[test]
     fn out_of_range_placeholders_are_errors() {
         let err = check("cat {inputs[2]}", 2, 0, false, false).unwrap_err();
@@ -239,5 +413,19 @@ mod tests {
         );
         assert!(check("cat {stderr}", 0, 0, true, false).is_err());
         assert!(check("cat {stdout}", 0, 0, true, false).is_ok());
+    }
+
+    #[test]
+    fn the_stderr_tail_is_bounded_and_its_excerpt_short() {
+        let mut t = Tail::default();
+        for _ in 0..1000 {
+            t.push(&[b'x'; 1000]);
+        }
+        t.push(b"\nlast words\x1b[31m\n\n");
+        assert!(t.0.len() <= STDERR_TAIL);
+        assert_eq!(t.excerpt().unwrap(), "last words\\u{1b}[31m");
+        let mut long = Tail::default();
+        long.push(&[b'y'; 5000]);
+        assert_eq!(long.excerpt().unwrap().chars().count(), EXCERPT_CHARS + 3);
     }
 }

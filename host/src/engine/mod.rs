@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use stagehost_plugin_api::File;
+use stagehost_plugin_api::{display, File};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -329,10 +329,14 @@ impl FileState {
         })
     }
 
+    /// Where the task finds the file, as an absolute path: the command runs in the
+    /// working directory, so a path relative to ours would name another file there.
     fn path(&self) -> PathBuf {
         let file = self.staging.as_ref().map_or(&self.original, |s| &s.file);
-        file.filepath()
-            .unwrap_or_else(|_| PathBuf::from(file.path()))
+        let path = file
+            .filepath()
+            .unwrap_or_else(|_| PathBuf::from(file.path()));
+        std::path::absolute(&path).unwrap_or(path)
     }
 }
 
@@ -678,11 +682,35 @@ impl Inner {
             Body::Closure(f) => f(&task_files)?,
             Body::Command(cmd) => {
                 let expanded = expand_command(cmd, &task_files)?;
-                self.runtime.block_on(command::run(
-                    &expanded,
-                    &task_files,
-                    self.transfers.token.cancelled(),
-                ))?;
+                let token = &self.transfers.token;
+                let stop = async {
+                    match spec.timeout {
+                        Some(limit) => tokio::select! {
+                            () = token.cancelled() => command::Stop::Cancelled,
+                            () = tokio::time::sleep(limit) => command::Stop::TimedOut(limit),
+                        },
+                        None => {
+                            token.cancelled().await;
+                            command::Stop::Cancelled
+                        }
+                    }
+                };
+                self.runtime
+                    .block_on(command::run(&expanded, &task_files, stop))?;
+                // As Parsl's bash_app raises MissingOutputs: a declared output the
+                // command did not write fails the task.
+                let missing: Vec<String> = task_files
+                    .outputs
+                    .iter()
+                    .filter(|p| std::fs::symlink_metadata(p).is_err())
+                    .map(|p| display::path(p))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "missing outputs: the command exited 0 but did not write {}",
+                        missing.join(", ")
+                    ));
+                }
             }
         }
         // In-task stage-out steps, right after the body; a failure fails that output only.

@@ -109,6 +109,8 @@ pub struct TaskSpec {
     pub stderr: Option<File>,
     /// How often the body (with its in-task steps) is run again after a failure.
     pub retries: u32,
+    /// How long a command body may run before its process group is killed.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl TaskSpec {
@@ -123,6 +125,7 @@ impl TaskSpec {
             stdout: None,
             stderr: None,
             retries: 0,
+            timeout: None,
         }
     }
     /// A task running a shell command.
@@ -173,6 +176,12 @@ impl TaskSpec {
     /// Sets the retries.
     pub fn retries(mut self, retries: u32) -> TaskSpec {
         self.retries = retries;
+        self
+    }
+    /// Limits how long a command body runs: past it, its process group is killed
+    /// (SIGTERM, then SIGKILL) and the attempt fails.
+    pub fn timeout(mut self, limit: std::time::Duration) -> TaskSpec {
+        self.timeout = Some(limit);
         self
     }
 }

@@ -1,0 +1,571 @@
+//! Nothing lost, nobody let in: what a careless user or an attacker tries on the built
+//! binary — planted symlinks, odd files, long names, kills, runaway commands, strange
+//! paths — checked by bytes on disk, modes, process lists, exact error lines and exit
+//! codes.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use stagehost_tests::*;
+
+/// A config with the `file` provider copying into `wd/` (relative to the config).
+fn copy_config(sandbox: &Sandbox) -> PathBuf {
+    sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"files\"\nplugin = \"file\"\nsettings = { mode = \"copy\" }\n[executor.local]\nworking_dir = \"wd\"\n",
+    )
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child`; a child still running after `limit` is a hang: it is killed and
+/// the test fails. (A safety net against hanging the suite, not a speed check.)
+fn wait_or_hang(mut child: Child, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "stagehost hung; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap().into()
+}
+
+fn spawn_run(sandbox: &Sandbox, args: &[&str]) -> Child {
+    sandbox
+        .command(&stagehost_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------
+// 1. Files the host writes
+
+#[test]
+fn a_symlink_planted_at_a_stdout_destination_is_replaced_not_followed() {
+    let sandbox = Sandbox::new();
+    let victim = sandbox.write("victim.txt", "precious\n");
+    std::fs::create_dir_all(sandbox.join("logs")).unwrap();
+    std::os::unix::fs::symlink(&victim, sandbox.join("logs/x.out")).unwrap();
+    std::os::unix::fs::symlink(&victim, sandbox.join("logs/x.err")).unwrap();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"echo hi; echo oops >&2\"\nstdout = \"logs/x.out\"\nstderr = \"logs/x.err\"\n",
+    );
+    let out = sandbox.run(&["run", flow.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    for (name, text) in [("logs/x.out", "hi\n"), ("logs/x.err", "oops\n")] {
+        let meta = std::fs::symlink_metadata(sandbox.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is a regular file now");
+        assert_eq!(std::fs::read_to_string(sandbox.join(name)).unwrap(), text);
+    }
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_copy_keeps_the_sources_permission_bits_in_both_directions() {
+    let sandbox = Sandbox::new();
+    let cfg = copy_config(&sandbox);
+    let key = sandbox.write("data/id_key", "secret key\n");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tool = sandbox.write("data/tool.sh", "#!/bin/sh\necho tool\n");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        key.to_str().unwrap(),
+        tool.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(mode(&sandbox.join("wd/id_key")), 0o600);
+    assert_eq!(mode(&sandbox.join("wd/tool.sh")), 0o755);
+
+    // Stage-out: a 0600 output published to a URL stays 0600.
+    let local = sandbox.write("out/result.key", "result\n");
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dest = sandbox.join("published/result.key");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        local.to_str().unwrap(),
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "result\n");
+    assert_eq!(mode(&dest), 0o600);
+}
+
+#[test]
+fn a_failed_rename_leaves_no_temporary_file_and_names_the_destination() {
+    let sandbox = Sandbox::new();
+    let cfg = copy_config(&sandbox);
+    let input = sandbox.write("data/in.txt", "x".repeat(1 << 20));
+    // The destination is a directory.
+    sandbox.write("wd/in.txt/inside", "keep");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let dest = sandbox.join("wd/in.txt");
+    assert_eq!(
+        out.stderr.lines().next().unwrap(),
+        format!(
+            "stagehost: error: cannot stage in {}: provider \"files\" (plugin file 0.1.0) on executor \"local\": in-task step: error: cannot write {}: a directory is in the way",
+            input.display(),
+            dest.display()
+        )
+    );
+    assert!(!out.stderr.contains(".part"), "{}", out.stderr);
+    assert_eq!(partial_files(&sandbox.join("wd")), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_to_string(dest.join("inside")).unwrap(),
+        "keep"
+    );
+
+    // A stage-out URL ending in `/` names a directory: refused, nothing left behind.
+    let local = sandbox.write("out.txt", "result");
+    let target = format!("{}/", sandbox.join("published").display());
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        local.to_str().unwrap(),
+        &target,
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "invalid URL: cannot write {target}: the destination names a directory, not a file"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read_to_string(&local).unwrap(), "result");
+}
+
+#[test]
+fn a_basename_at_the_file_system_limit_stages() {
+    let sandbox = Sandbox::new();
+    let cfg = copy_config(&sandbox);
+    let name = "n".repeat(255);
+    let input = sandbox.write(format!("data/{name}"), "long name");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd").join(&name)).unwrap(),
+        "long name"
+    );
+}
+
+/// The host tag temporary names carry, as plugin-api writes it.
+fn host_tag() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length.
+    assert_eq!(
+        unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) },
+        0
+    );
+    let end = buf.iter().position(|&b| b == 0).unwrap();
+    buf[..end]
+        .iter()
+        .filter(|b| b.is_ascii_alphanumeric() || **b == b'.')
+        .take(32)
+        .map(|&b| char::from(b))
+        .collect()
+}
+
+#[test]
+fn temporaries_of_killed_processes_are_swept_and_a_live_runs_are_not() {
+    let sandbox = Sandbox::new();
+    let cfg = copy_config(&sandbox);
+    let input = sandbox.write("data/in.txt", "fresh");
+    // A process that has exited: its pid no longer exists.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let host = host_tag();
+    let dead = sandbox.write(
+        format!("wd/.in.txt.stagehost-{host}-{dead_pid}-0.part"),
+        "left by SIGKILL",
+    );
+    let live = sandbox.write(
+        format!("wd/.other.stagehost-{host}-{}-3.part", std::process::id()),
+        "a live run's",
+    );
+    let foreign = sandbox.write(
+        format!("wd/.other.stagehost-elsewhere-{dead_pid}-1.part"),
+        "another host's",
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/in.txt")).unwrap(),
+        "fresh"
+    );
+    assert!(!dead.exists(), "the dead process's temporary is swept");
+    assert!(live.exists(), "a live process's temporary is kept");
+    assert!(foreign.exists(), "another host's temporary is kept");
+}
+
+#[test]
+fn copy_mode_refuses_fifos_devices_and_sockets() {
+    let sandbox = Sandbox::new();
+    let cfg = copy_config(&sandbox);
+    let fifo = sandbox.join("data/fifo");
+    std::fs::create_dir_all(sandbox.join("data")).unwrap();
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let socket_path = sandbox.join("data/sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    assert!(std::fs::metadata(&socket_path)
+        .unwrap()
+        .file_type()
+        .is_socket());
+    for (path, kind) in [
+        (fifo.clone(), "a FIFO"),
+        (PathBuf::from("/dev/zero"), "a device"),
+        (socket_path.clone(), "a socket"),
+    ] {
+        let child = spawn_run(
+            &sandbox,
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "stage",
+                "in",
+                path.to_str().unwrap(),
+            ],
+        );
+        let out = wait_or_hang(child, Duration::from_secs(60));
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                "stagehost: error: cannot stage in {p}: provider \"files\" (plugin file 0.1.0) on executor \"local\": in-task step: invalid URL: cannot copy {p}: it is {kind}, not a regular file",
+                p = path.display()
+            )
+        );
+        let name = path.file_name().unwrap();
+        assert!(!sandbox.join("wd").join(name).exists());
+    }
+    assert_eq!(partial_files(&sandbox.join("wd")), Vec::<String>::new());
+}
+
+/// Signals stagehost in the middle of a slow copy and checks the clean stop.
+fn a_signal_cancels_like_ctrl_c(signal: i32, word: &str) {
+    let sandbox = Sandbox::new();
+    let cfg = copy_config(&sandbox);
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"slow\"\ncommand = \"echo $$ > shell.pid; sleep 300\"\noutputs = [\"out.txt\"]\n",
+    );
+    let child = spawn_run(
+        &sandbox,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ],
+    );
+    let pid: i32 = wait_for_file(&sandbox.join("wd/shell.pid"))
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let out = wait_or_hang(child, Duration::from_secs(60));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("stagehost: {word}: cancelling")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.lines().last().unwrap().contains("1 cancelled"),
+        "{}",
+        out.stderr
+    );
+    assert!(!alive(pid), "the task's shell is gone");
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_cancels_as_sigint_does() {
+    a_signal_cancels_like_ctrl_c(libc::SIGTERM, "terminated");
+}
+
+#[test]
+fn sighup_cancels_as_sigint_does() {
+    a_signal_cancels_like_ctrl_c(libc::SIGHUP, "hung up");
+}
+
+// ---------------------------------------------------------------------------------
+// 2. Processes
+
+#[test]
+fn cancelling_a_run_kills_the_whole_process_group() {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"sleep 300 & echo $! > bg.pid; sleep 301 & echo $! > fg.pid; wait\"\n",
+    );
+    let child = spawn_run(&sandbox, &["run", flow.to_str().unwrap()]);
+    let bg: i32 = wait_for_file(&sandbox.join("work/bg.pid"))
+        .trim()
+        .parse()
+        .unwrap();
+    let fg: i32 = wait_for_file(&sandbox.join("work/fg.pid"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(bg) && alive(fg));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = wait_or_hang(child, Duration::from_secs(60));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(!alive(bg), "the background sleep was killed");
+    assert!(!alive(fg), "the foreground sleep was killed");
+}
+
+#[test]
+fn a_background_child_holding_stderr_does_not_hang_its_task() {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"sleep 600 & echo $! > bg.pid; echo started\"\n",
+    );
+    let child = spawn_run(&sandbox, &["run", flow.to_str().unwrap()]);
+    let out = wait_or_hang(child, Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let bg: i32 = std::fs::read_to_string(sandbox.join("work/bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !alive(bg),
+        "what the shell left behind is stopped with its task"
+    );
+}
+
+#[test]
+fn a_task_past_its_time_limit_is_killed_with_its_group() {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"sleep 300 & echo $! > bg.pid; sleep 301\"\ntimeout_secs = 1\n",
+    );
+    let child = spawn_run(&sandbox, &["run", flow.to_str().unwrap(), "--report", "-"]);
+    let out = wait_or_hang(child, Duration::from_secs(120));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(report["tasks"][0]["status"], "failed");
+    assert_eq!(
+        report["tasks"][0]["error"],
+        "the command ran past its time limit of 1s and was killed"
+    );
+    let bg: i32 = std::fs::read_to_string(sandbox.join("work/bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(bg));
+}
+
+/// Runs `child` to its end and returns its output and peak RSS in KiB (wait4).
+fn run_measured(child: Child) -> (Run, i64) {
+    let pid = child.id() as i32;
+    let (mut stdout, mut stderr) = (child.stdout.unwrap(), child.stderr.unwrap());
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid out-parameters.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    let run = Run {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
+    (run, usage.ru_maxrss)
+}
+
+#[test]
+fn stderr_that_is_not_staged_is_bounded_in_memory_and_in_the_error_line() {
+    let sandbox = Sandbox::new();
+    // 512 MiB of stderr on one line, then a last line; exit 3.
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"noisy\"\ncommand = \"head -c 536870912 /dev/zero | tr '\\\\0' x >&2; echo >&2; echo the real reason >&2; exit 3\"\n",
+    );
+    let child = spawn_run(&sandbox, &["run", flow.to_str().unwrap(), "--report", "-"]);
+    let (out, peak_kib) = run_measured(child);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(
+        report["tasks"][0]["error"],
+        "the command failed with exit status 3: the real reason"
+    );
+    assert!(
+        out.stderr.len() < 4096,
+        "stderr is short: {} bytes",
+        out.stderr.len()
+    );
+    assert!(
+        peak_kib < 200 * 1024,
+        "peak RSS {peak_kib} KiB for 512 MiB of stderr"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Paths
+
+#[test]
+fn placeholders_are_absolute_with_a_relative_working_dir() {
+    let sandbox = Sandbox::new();
+    // ./stagehost.toml in the current directory, the README's relative working_dir.
+    sandbox.write(
+        "work/stagehost.toml",
+        "[[provider]]\nname = \"files\"\nplugin = \"file\"\nsettings = { mode = \"copy\" }\n[executor.local]\nworking_dir = \"wd\"\n",
+    );
+    sandbox.write("work/data/in.txt", "b\na\n");
+    let flow = sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"sort\"\ncommand = \"sort {inputs[0]} > {outputs[0]}\"\ninputs = [\"data/in.txt\"]\noutputs = [\"results/sorted.txt\"]\n",
+    );
+    let out = sandbox.run(&["run", flow.to_str().unwrap(), "--report", "-"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/results/sorted.txt")).unwrap(),
+        "a\nb\n"
+    );
+    let local = out.json()["tasks"][0]["files"][0]["local_path"].clone();
+    assert_eq!(local, sandbox.join("work/wd/in.txt").display().to_string());
+}
+
+#[test]
+fn non_utf8_paths_are_refused_with_a_clear_error_never_rewritten() {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::new();
+    let cfg = copy_config(&sandbox);
+    let input = sandbox.write("data/in.txt", "x");
+    let dest = sandbox.join(std::ffi::OsStr::from_bytes(b"dest-\xff"));
+    let out = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "stage", "in", "--dest"])
+        .arg(&dest)
+        .arg(&input)
+        .output()
+        .unwrap();
+    let out: Run = out.into();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "stage_in: invalid URL: the working directory {}/dest-\\xff is not valid UTF-8",
+            sandbox.path().display()
+        )),
+        "{}",
+        out.stderr
+    );
+    let names: Vec<String> = std::fs::read_dir(sandbox.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains('\u{fffd}')), "{names:?}");
+
+    // A local output whose path is not UTF-8.
+    let local = sandbox.join(std::ffi::OsStr::from_bytes(b"out-\xfe.txt"));
+    std::fs::write(&local, "x").unwrap();
+    let out: Run = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "stage", "out"])
+        .arg(&local)
+        .arg(sandbox.join("pub.txt"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("out-\\xfe.txt is not valid UTF-8"),
+        "{}",
+        out.stderr
+    );
+    assert!(!sandbox.join("pub.txt").exists());
+}
