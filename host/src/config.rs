@@ -6,10 +6,11 @@
 //! requirements, executor orders naming known instances). Whether plugins exist is the
 //! registry's business, not this module's: it does no I/O beyond reading the file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use stagehost_plugin_api::display::is_secret_name;
 
 /// The embedded default: Parsl's `default_staging` (file, ftp, http, zip) and one
 /// executor, `local`, working in the current directory.
@@ -291,12 +292,15 @@ impl Config {
         }
     }
 
-    /// The effective config as TOML, with secret-looking settings (keys naming a
-    /// password, secret, token, credential or key) shown as `***`.
-    pub fn to_toml_redacted(&self) -> String {
+    /// The effective config as TOML, with secret settings shown as `***`: keys whose
+    /// names mark a secret (see [`is_secret_name`]), at any depth of tables and arrays,
+    /// and the keys each instance's plugin declares secret (`declared`, by instance
+    /// name).
+    pub fn to_toml_redacted(&self, declared: &HashMap<String, Vec<String>>) -> String {
         let mut shown = self.clone();
         for p in &mut shown.providers {
-            redact_secrets(&mut p.settings);
+            let extra = declared.get(&p.name).map_or(&[][..], Vec::as_slice);
+            redact_table(&mut p.settings, extra);
         }
         toml::to_string_pretty(&shown).expect("a Config always serialises: all keys are strings")
     }
@@ -393,31 +397,70 @@ fn is_plausible_dropin(name: &str) -> bool {
     !name.is_empty() && !name.contains(char::is_whitespace)
 }
 
-/// Whether a settings key names a secret.
-fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "credential",
-        "private_key",
-        "access_key",
-        "api_key",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
+/// Whether settings key `key` holds a secret: by its name, or because the plugin
+/// declared it.
+fn is_secret_key(key: &str, declared: &[String]) -> bool {
+    is_secret_name(key) || declared.iter().any(|d| d == key)
 }
 
-fn redact_secrets(table: &mut toml::Table) {
+fn redact_table(table: &mut toml::Table, declared: &[String]) {
     for (key, value) in table.iter_mut() {
+        if is_secret_key(key, declared) {
+            *value = toml::Value::String("***".into());
+        } else {
+            redact_value(value, declared);
+        }
+    }
+}
+
+fn redact_value(value: &mut toml::Value, declared: &[String]) {
+    match value {
+        toml::Value::Table(inner) => redact_table(inner, declared),
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, declared)),
+        _ => {}
+    }
+}
+
+/// Every string value held under a secret key of `table` (at any depth), longest
+/// first: what must never appear in a line about these settings.
+pub fn secret_values(table: &toml::Table, declared: &[String]) -> Vec<String> {
+    fn all_strings(value: &toml::Value, out: &mut Vec<String>) {
         match value {
-            toml::Value::Table(inner) => redact_secrets(inner),
-            _ if is_secret_key(key) => *value = toml::Value::String("***".into()),
+            toml::Value::String(s) if !s.is_empty() => out.push(s.clone()),
+            toml::Value::Table(t) => t.values().for_each(|v| all_strings(v, out)),
+            toml::Value::Array(a) => a.iter().for_each(|v| all_strings(v, out)),
+            other if !matches!(other, toml::Value::String(_)) => out.push(other.to_string()),
             _ => {}
         }
     }
+    fn walk(table: &toml::Table, declared: &[String], out: &mut Vec<String>) {
+        for (key, value) in table {
+            if is_secret_key(key, declared) {
+                all_strings(value, out);
+            } else {
+                walk_value(value, declared, out);
+            }
+        }
+    }
+    fn walk_value(value: &toml::Value, declared: &[String], out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => walk(t, declared, out),
+            toml::Value::Array(a) => a.iter().for_each(|v| walk_value(v, declared, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(table, declared, &mut out);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// `text` with every one of `secrets` replaced by `***`.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_owned(), |t, secret| {
+        t.replace(secret.as_str(), "***")
+    })
 }
 
 /// `$VAR`, or `$HOME/fallback` when unset or empty.
@@ -491,7 +534,7 @@ mod tests {
     #[test]
     fn config_show_hides_secrets() {
         let c = parse("[[provider]]\nname = \"s3\"\nplugin = \"s3\"\nsettings = { bucket = \"b\", secret_access_key = \"hunter2\", auth = { password = \"pw\" } }\n").unwrap();
-        let shown = c.to_toml_redacted();
+        let shown = c.to_toml_redacted(&HashMap::new());
         assert!(
             !shown.contains("hunter2") && !shown.contains("\"pw\""),
             "{shown}"

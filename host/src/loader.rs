@@ -33,6 +33,8 @@ pub struct LoadedPlugin {
     pub schemes: Vec<String>,
     /// Its one-line description.
     pub description: String,
+    /// Settings keys it declares secret (masked wherever settings are shown).
+    pub secret_settings: Vec<String>,
     module: PluginModRef,
 }
 
@@ -143,6 +145,11 @@ fn open(path: &Path, real: &Path) -> Result<LoadedPlugin, LoadError> {
         api_version: meta.api_version.as_str().to_owned(),
         schemes: meta.schemes.iter().map(|s| s.as_str().to_owned()).collect(),
         description: meta.description.as_str().to_owned(),
+        // A plugin built against plugin-api 0.1.0 has no such field: it declares none.
+        secret_settings: module
+            .secret_settings()
+            .map(|keys| keys.iter().map(|k| k.as_str().to_owned()).collect())
+            .unwrap_or_default(),
         module,
     })
 }

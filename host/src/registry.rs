@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stagehost_plugin_api::abi::{AbiContext, AbiJobBox, AbiPlan, ProviderBox};
-use stagehost_plugin_api::{File, StageError};
+use stagehost_plugin_api::{ErrorKind, File, StageError};
 
-use crate::config::{Config, ConfigError, ProviderConfig};
+use crate::config::{line_column, scrub, secret_values, Config, ConfigError, ProviderConfig};
 use crate::discovery::{plugin_dirs, plugin_files, PluginDir};
 use crate::loader::{LoadedPlugin, PluginLoader};
 
@@ -190,6 +190,14 @@ impl Registry {
     /// build, or a `staging` list naming an instance that does not exist.
     pub fn build(config: &Config, loader: &PluginLoader) -> Result<Registry, ConfigError> {
         let base = config.base_dir();
+        let (dirs, plugins) = Registry::discover(config, loader);
+        Registry::build_from(config, loader, &base, dirs, plugins)
+    }
+
+    /// The plugin directories of `config` and every plugin file in them, loaded. Never
+    /// fails: a file that does not load is recorded with its reason.
+    pub fn discover(config: &Config, loader: &PluginLoader) -> (Vec<PluginDir>, Vec<PluginRecord>) {
+        let base = config.base_dir();
         let config_dirs: Vec<PathBuf> = config
             .plugin_dirs
             .iter()
@@ -217,10 +225,47 @@ impl Registry {
                 });
             }
         }
+        (dirs, plugins)
+    }
 
+    /// The settings keys each configured instance's plugin declares secret, by
+    /// instance name, for plugins that load.
+    pub fn declared_secrets(
+        config: &Config,
+        loader: &PluginLoader,
+        plugins: &[PluginRecord],
+    ) -> std::collections::HashMap<String, Vec<String>> {
+        let base = config.base_dir();
+        config
+            .providers
+            .iter()
+            .filter_map(|pc| {
+                let plugin = match (&pc.plugin, &pc.library) {
+                    (_, Some(lib)) => loader.load(&resolve(&base, lib)).ok()?,
+                    (Some(name), None) => first_loaded(plugins, name)?.clone(),
+                    (None, None) => return None,
+                };
+                Some((pc.name.clone(), plugin.secret_settings.clone()))
+            })
+            .collect()
+    }
+
+    fn build_from(
+        config: &Config,
+        loader: &PluginLoader,
+        base: &Path,
+        dirs: Vec<PluginDir>,
+        plugins: Vec<PluginRecord>,
+    ) -> Result<Registry, ConfigError> {
         let mut instances = Vec::new();
         for (index, pc) in config.providers.iter().enumerate() {
-            let status = build_instance(config, index, pc, &plugins, loader, &base);
+            let status = match build_instance(config, index, pc, &plugins, loader, base) {
+                Ok(instance) => Ok(instance),
+                // Settings the plugin rejects are a mistake in the config, like an
+                // unknown key in the host's own tables: every command stops on it.
+                Err(InstanceFailure::Settings(line)) => return Err(ConfigError(line)),
+                Err(InstanceFailure::Other(reason)) => Err(reason),
+            };
             if let (true, Err(reason)) = (pc.required, &status) {
                 return Err(ConfigError(format!("required {reason}")));
             }
@@ -236,7 +281,7 @@ impl Registry {
                     || pc
                         .library
                         .as_ref()
-                        .is_some_and(|l| same_file(&resolve(&base, l), &p.path))
+                        .is_some_and(|l| same_file(&resolve(base, l), &p.path))
             })
         };
         for record in &plugins {
@@ -292,7 +337,7 @@ impl Registry {
             }
             executors.push(ExecutorRecord {
                 label: label.clone(),
-                working_dir: absolute(resolve(&base, &ec.working_dir)),
+                working_dir: absolute(resolve(base, &ec.working_dir)),
                 order,
                 explicit,
                 workers: ec
@@ -354,6 +399,30 @@ fn provider_table_start(text: &str, index: usize) -> Option<usize> {
     None
 }
 
+/// The key written on the line of `settings` that an error's "(line L, column C of
+/// the settings)" names.
+fn key_on_settings_line<'a>(settings: &'a str, message: &str) -> Option<&'a str> {
+    let at = message.rsplit_once("(line ")?.1;
+    let line: usize = at.split(',').next()?.trim().parse().ok()?;
+    let text = settings.lines().nth(line.checked_sub(1)?)?;
+    let key = text.split_once('=')?.0.trim().trim_matches('"');
+    (!key.is_empty()).then_some(key)
+}
+
+/// Why a configured instance was not built.
+enum InstanceFailure {
+    /// The plugin rejected its settings: a config error.
+    Settings(String),
+    /// Anything else (missing or broken plugin, failing constructor): recorded.
+    Other(String),
+}
+
+impl From<String> for InstanceFailure {
+    fn from(reason: String) -> Self {
+        InstanceFailure::Other(reason)
+    }
+}
+
 fn build_instance(
     config: &Config,
     index: usize,
@@ -361,7 +430,7 @@ fn build_instance(
     plugins: &[PluginRecord],
     loader: &PluginLoader,
     base: &Path,
-) -> Result<Arc<ProviderInstance>, String> {
+) -> Result<Arc<ProviderInstance>, InstanceFailure> {
     let who = format!("provider {:?} ({})", pc.name, pc.describe_source());
     let plugin = match (&pc.plugin, &pc.library) {
         (_, Some(lib)) => loader
@@ -382,7 +451,8 @@ fn build_instance(
                     };
                     return Err(format!(
                         "{who}: missing: no plugin named {name:?} in the plugin directories{hint}"
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -395,21 +465,41 @@ fn build_instance(
                 "{who}: {} is version {}, the config requires {req}",
                 plugin.path.display(),
                 plugin.version
-            ));
+            )
+            .into());
         }
     }
     let settings = toml::to_string(&pc.settings).expect("a TOML table always serialises");
     let provider = plugin.new_provider(&settings).map_err(|e| {
-        let message = e.to_string();
-        // Point at the offending key in the config file when the plugin names one.
-        let key = message.split('`').nth(1);
+        // The plugin's message may quote a value (serde does, for a wrong type): no
+        // secret of these settings survives into the line.
+        let secrets = secret_values(&pc.settings, &plugin.secret_settings);
+        let message = scrub(&e.to_string(), &secrets);
+        // Point at the offending key in the config file: the key on the settings line
+        // the plugin's error names, else a key it quotes.
+        let key = key_on_settings_line(&settings, &message).or_else(|| message.split('`').nth(1));
         let table = provider_table_start(config.source.text(), index);
-        match key.and_then(|k| config.source.locate_key(table, k)) {
+        let line = match key.and_then(|k| config.source.locate_key(table, k)) {
             Some(at) => {
                 let short = message.split(" (line ").next().unwrap_or(&message);
                 format!("{at}: {who}: {short}")
             }
+            None if e.kind() == ErrorKind::InvalidSettings => {
+                let at = table.map_or_else(
+                    || config.source.name(),
+                    |start| {
+                        let (l, c) = line_column(config.source.text(), start);
+                        format!("{}:{l}:{c}", config.source.name())
+                    },
+                );
+                format!("{at}: {who}: {message}")
+            }
             None => format!("{who}: {message}"),
+        };
+        if e.kind() == ErrorKind::InvalidSettings {
+            InstanceFailure::Settings(line)
+        } else {
+            InstanceFailure::Other(line)
         }
     })?;
     Ok(Arc::new(ProviderInstance {

@@ -142,17 +142,19 @@ impl Workflow {
     /// A URL as a `File`; a relative bare path is resolved against the workflow's
     /// directory.
     pub fn file(&self, url: &str) -> Result<File, String> {
-        let file = File::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let shown = || stagehost_plugin_api::redact_url(url);
+        let file = File::parse(url).map_err(|e| format!("invalid URL {}: {e}", shown()))?;
         let bare = !url.contains(':') || file.scheme() == "file" && !url.starts_with("file:");
         if bare && !Path::new(url).is_absolute() {
             let abs = self.text_dir.join(url);
             let Some(abs) = abs.to_str() else {
                 return Err(format!(
-                    "{url:?} resolves to {}, which is not valid UTF-8; stagehost refuses it rather than alter it",
+                    "{} resolves to {}, which is not valid UTF-8; stagehost refuses it rather than alter it",
+                    shown(),
                     stagehost_plugin_api::display::path(&abs)
                 ));
             };
-            return File::parse(abs).map_err(|e| format!("invalid path {url:?}: {e}"));
+            return File::parse(abs).map_err(|e| format!("invalid path {}: {e}", shown()));
         }
         Ok(file)
     }

@@ -166,6 +166,11 @@ pub struct PluginMod {
     /// Builds a provider instance from its settings (TOML text).
     #[sabi(last_prefix_field)]
     pub new_provider: extern "C" fn(settings: RStr<'_>) -> RResult<ProviderBox, AbiError>,
+    /// Settings keys that hold secrets, masked wherever the host shows settings,
+    /// whatever their names (added in plugin-api 0.1.1; older plugins lack it, and
+    /// the accessor then returns `None`).
+    #[sabi(missing_field(option))]
+    pub secret_settings: RSlice<'static, RStr<'static>>,
 }
 
 impl RootModule for PluginModRef {
@@ -307,11 +312,15 @@ pub extern "C" fn construct_provider<P: Provider>(
 
 /// Builds the root module; called once per library by the exported loader.
 #[doc(hidden)]
-pub fn plugin_module<P: Provider>(metadata: PluginMetadata) -> PluginModRef {
+pub fn plugin_module<P: Provider>(
+    metadata: PluginMetadata,
+    secret_settings: RSlice<'static, RStr<'static>>,
+) -> PluginModRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
     PluginMod {
         metadata,
         new_provider: construct_provider::<P>,
+        secret_settings,
     }
     .leak_into_prefix()
 }
@@ -323,6 +332,11 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Makes the crate that invokes it a stagehost plugin: exports the root module for
 /// `provider` (a type implementing [`Provider`](crate::Provider)) with its metadata.
 /// Invoke it once, at the crate root of a `cdylib` crate.
+///
+/// An optional last field, `secret_settings: ["sas", ...]`, names settings keys that
+/// hold secrets: the host masks their values (`config show`, error lines) whatever
+/// their names. Keys that look secret (`password`, `token`, `apiKey`, ... see
+/// [`is_secret_name`](crate::display::is_secret_name)) are masked without it.
 ///
 /// ```
 /// use stagehost_plugin_api::{File, Provider, Settings, StageError};
@@ -351,7 +365,8 @@ macro_rules! export_provider {
         provider: $provider:ty,
         name: $name:expr,
         schemes: [$($scheme:expr),* $(,)?],
-        description: $description:expr $(,)?
+        description: $description:expr
+        $(, secret_settings: [$($secret:expr),* $(,)?])? $(,)?
     ) => {
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
@@ -359,14 +374,18 @@ macro_rules! export_provider {
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi::reexports::LibHeader = {
             use $crate::abi::reexports::{RSlice, RStr};
             static SCHEMES: &[RStr<'static>] = &[$(RStr::from_str($scheme)),*];
+            static SECRETS: &[RStr<'static>] = &[$($(RStr::from_str($secret)),*)?];
             fn module() -> $crate::abi::PluginModRef {
-                $crate::abi::plugin_module::<$provider>($crate::abi::PluginMetadata {
-                    name: RStr::from_str($name),
-                    version: RStr::from_str(env!("CARGO_PKG_VERSION")),
-                    api_version: RStr::from_str($crate::abi::API_VERSION),
-                    schemes: RSlice::from_slice(SCHEMES),
-                    description: RStr::from_str($description),
-                })
+                $crate::abi::plugin_module::<$provider>(
+                    $crate::abi::PluginMetadata {
+                        name: RStr::from_str($name),
+                        version: RStr::from_str(env!("CARGO_PKG_VERSION")),
+                        api_version: RStr::from_str($crate::abi::API_VERSION),
+                        schemes: RSlice::from_slice(SCHEMES),
+                        description: RStr::from_str($description),
+                    },
+                    RSlice::from_slice(SECRETS),
+                )
             }
             extern "C" fn load_root_module() -> $crate::abi::reexports::RootModuleResult {
                 $crate::abi::reexports::__call_root_module_loader(module)

@@ -31,8 +31,12 @@ pub enum ErrorKind {
     Cancelled,
     /// The provider panicked; the panic was caught at the plugin boundary.
     Panicked,
-    /// Anything else, including invalid settings.
+    /// Anything else.
     Other,
+    /// The instance's settings are wrong (an unknown key, a wrong type, a missing or
+    /// bad value). The host treats it as an error in its config. Added in 0.1.1: an
+    /// older host reads it as `Other`.
+    InvalidSettings,
 }
 
 impl ErrorKind {
@@ -53,6 +57,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Panicked => "panicked",
             ErrorKind::Other => "error",
+            ErrorKind::InvalidSettings => "invalid settings",
         }
     }
 }
@@ -92,6 +97,10 @@ impl StageError {
     /// [`ErrorKind::Transient`]: the host may retry.
     pub fn transient(message: impl Into<String>) -> StageError {
         StageError::new(ErrorKind::Transient, message)
+    }
+    /// [`ErrorKind::InvalidSettings`]: the host reports it as an error in its config.
+    pub fn invalid_settings(message: impl Into<String>) -> StageError {
+        StageError::new(ErrorKind::InvalidSettings, message)
     }
     /// [`ErrorKind::Other`].
     pub fn other(message: impl Into<String>) -> StageError {

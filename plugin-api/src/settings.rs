@@ -41,11 +41,11 @@ impl Settings {
             match e.span() {
                 Some(span) => {
                     let (line, column) = line_column(&self.text, span.start);
-                    StageError::other(format!(
+                    StageError::invalid_settings(format!(
                         "invalid settings: {what} (line {line}, column {column} of the settings)"
                     ))
                 }
-                None => StageError::other(format!("invalid settings: {what}")),
+                None => StageError::invalid_settings(format!("invalid settings: {what}")),
             }
         })
     }

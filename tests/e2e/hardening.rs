@@ -569,3 +569,127 @@ fn non_utf8_paths_are_refused_with_a_clear_error_never_rewritten() {
     );
     assert!(!sandbox.join("pub.txt").exists());
 }
+
+// ---------------------------------------------------------------------------------
+// 4. Secrets
+
+#[test]
+fn userinfo_and_credential_parameters_never_reach_any_output() {
+    let sandbox = Sandbox::new();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["stage", "out", "/missing", "http://user:hunter2@host/x"],
+            "cannot stage out http://user:***@host/x: the local output /missing does not exist",
+        ),
+        (
+            vec!["stage", "in", "http://user:hunter2@host/a\nb"],
+            "URL http://user:***@host/a\\nb holds the control character \\n",
+        ),
+        (
+            vec!["stage", "in", "https://h/x?sig=hunter2&X-Amz-Signature=hunter2&X-Goog-Signature=hunter2&access_token=hunter2&v=1"],
+            "Executor local cannot stage file https://h/x?sig=***&X-Amz-Signature=***&X-Goog-Signature=***&access_token=***&v=1",
+        ),
+        (
+            vec!["stage", "in", "--json", "ftp://me:hunter2@h/f?X-Amz-Credential=hunter2"],
+            "ftp://me:***@h/f?X-Amz-Credential=***",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = sandbox.run(&args);
+        assert_ne!(out.code, Some(0), "{args:?}");
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(!all.contains("hunter2"), "{args:?} leaked:\n{all}");
+        assert!(all.contains(expected), "{args:?}:\n{all}");
+        for line in out.stderr.lines() {
+            assert!(
+                line.starts_with("stagehost: "),
+                "one line per error: {line:?}"
+            );
+        }
+    }
+    // In a workflow: the error line and the report.
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [\"https://u:hunter2@h/in?token=hunter2\"]\n",
+    );
+    let out = sandbox.run(&["run", flow.to_str().unwrap(), "--report", "-"]);
+    assert_eq!(out.code, Some(1));
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(!all.contains("hunter2"), "{all}");
+    assert_eq!(
+        out.json()["tasks"][0]["files"][0]["url"],
+        "https://u:***@h/in?token=***"
+    );
+}
+
+#[test]
+fn config_show_masks_secrets_by_name_at_any_depth_and_as_the_plugin_declares() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let config = sandbox.write(
+        "site.toml",
+        format!(
+            r#"plugin_dirs = [{}]
+[[provider]]
+name = "p"
+plugin = "probe"
+settings = {{ mark = "declared-1", schemes = ["probe"] }}
+
+[[provider]]
+name = "cloud"
+plugin = "not-installed"
+[provider.settings]
+bucket = "public-bucket"
+apiKey = "leak-1"
+PrivateKey = "leak-2"
+accessKeyId = "leak-3"
+pwd = "leak-4"
+Authorization = "leak-5"
+tokens = ["leak-6", "leak-7"]
+nested = {{ passphrase = "leak-8", list = [{{ client_secret = "leak-9", region = "eu" }}] }}
+"#,
+            toml_path(&plugins)
+        ),
+    );
+    let out = sandbox.run(&["--config", config.to_str().unwrap(), "config", "show"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for secret in ["declared-1", "leak-"] {
+        assert!(
+            !out.stdout.contains(secret),
+            "{secret} shown:\n{}",
+            out.stdout
+        );
+    }
+    for kept in ["public-bucket", "\"eu\"", "\"probe\""] {
+        assert!(out.stdout.contains(kept), "{kept} hidden:\n{}", out.stdout);
+    }
+    assert_eq!(out.stdout.matches("\"***\"").count(), 9, "{}", out.stdout);
+}
+
+#[test]
+fn a_wrong_typed_secret_setting_is_a_config_error_that_does_not_quote_it() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let config = sandbox.write(
+        "site.toml",
+        format!(
+            "plugin_dirs = [{}]\n[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ mark = 987654321 }}\n",
+            toml_path(&plugins)
+        ),
+    );
+    let out = sandbox.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "stage",
+        "in",
+        "/etc/hostname",
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "stagehost: error: {}:5:14: provider \"p\" (plugin \"probe\"): invalid settings: invalid type: integer `***`, expected a string\n",
+            config.display()
+        )
+    );
+}

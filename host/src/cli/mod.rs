@@ -169,7 +169,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let loader = PluginLoader::default();
     match args.command {
         Command::Config(ConfigCommand::Show) => {
-            print!("{}", config.to_toml_redacted());
+            let (_, plugins) = Registry::discover(&config, &loader);
+            let declared = Registry::declared_secrets(&config, &loader, &plugins);
+            print!("{}", config.to_toml_redacted(&declared));
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::List { json }) => {
