@@ -219,14 +219,16 @@ fn an_unclaimed_url_gets_parsls_error_and_credentials_stay_hidden() {
         "{line}"
     );
     assert!(!out.stderr.contains("hunter2"));
+    // An unknown executor and an empty URL are usage errors: exit 2.
     let out = sandbox.run(&["stage", "in", "-e", "nosuch", "/etc/hostname"]);
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr
-            .contains("unknown executor \"nosuch\" (configured: local)"),
-        "{}",
-        out.stderr
+    assert_eq!(out.code, Some(2));
+    assert_eq!(
+        out.stderr,
+        "stagehost: error: unknown executor \"nosuch\" (configured: local)\n"
     );
+    let out = sandbox.run(&["stage", "in", "/etc/hostname", ""]);
+    assert_eq!(out.code, Some(2));
+    assert_eq!(out.stderr, "stagehost: error: an empty URL names no file\n");
 }
 
 #[test]
