@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("stagehost-two-tasks-{}", std::process::id()));
     let config = Config::locate(None)?;
     let registry = Registry::build(&config, &PluginLoader::default())?;
-    let engine = Engine::new(&registry, EngineOptions::default());
+    let engine = Engine::new(&registry, EngineOptions::default())?;
 
     let raw = File::parse(&dir.join("raw.txt").to_string_lossy())?;
     let loud = File::parse(&dir.join("loud.txt").to_string_lossy())?;

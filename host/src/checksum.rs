@@ -1,6 +1,7 @@
 //! Checksums a URL asks for, verified on the staged file: `#sha256=<hex>`,
-//! `#sha512=<hex>`, `#md5=<hex>` or `#adler32=<hex>` in the fragment (several may be
-//! joined by `&`; pip and gfal2 users write them this way).
+//! `#sha512=<hex>`, `#sha1=<hex>`, `#md5=<hex>` or `#adler32=<hex>` in the fragment
+//! (several may be joined by `&`; pip and gfal2 users write them this way). A fragment
+//! naming another digest algorithm is an error, never silently unchecked.
 //!
 //! Invariant: verification only reads; the caller decides what to do with a file that
 //! does not match (a copy the staging work wrote is removed, a file staged in place is
@@ -11,6 +12,7 @@ use std::io::Read;
 use std::path::Path;
 
 use md5::Md5;
+use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 use stagehost_plugin_api::{ErrorKind, StageError};
 
@@ -21,6 +23,8 @@ pub enum Algorithm {
     Sha256,
     /// SHA-512.
     Sha512,
+    /// SHA-1.
+    Sha1,
     /// MD5.
     Md5,
     /// Adler-32, as gfal2 and XRootD use.
@@ -32,6 +36,7 @@ impl Algorithm {
         match self {
             Algorithm::Sha256 => "sha256",
             Algorithm::Sha512 => "sha512",
+            Algorithm::Sha1 => "sha1",
             Algorithm::Md5 => "md5",
             Algorithm::Adler32 => "adler32",
         }
@@ -40,6 +45,7 @@ impl Algorithm {
         match self {
             Algorithm::Sha256 => 64,
             Algorithm::Sha512 => 128,
+            Algorithm::Sha1 => 40,
             Algorithm::Md5 => 32,
             Algorithm::Adler32 => 8,
         }
@@ -72,11 +78,22 @@ impl Checksum {
             let Some((name, value)) = part.split_once('=') else {
                 continue;
             };
-            let algorithm = match name.to_ascii_lowercase().as_str() {
+            let lower = name.to_ascii_lowercase();
+            let algorithm = match lower.as_str() {
                 "sha256" => Algorithm::Sha256,
                 "sha512" => Algorithm::Sha512,
+                "sha1" => Algorithm::Sha1,
                 "md5" => Algorithm::Md5,
                 "adler32" => Algorithm::Adler32,
+                _ if looks_like_a_digest(&lower, value) => {
+                    return Err(StageError::new(
+                        ErrorKind::InvalidUrl,
+                        format!(
+                            "the URL asks for a {name} checksum, which stagehost cannot verify (it knows {})",
+                            KNOWN.join(", ")
+                        ),
+                    ))
+                }
                 _ => continue,
             };
             let hex = value.to_ascii_lowercase();
@@ -115,6 +132,36 @@ impl Checksum {
     }
 }
 
+/// The algorithms a fragment may name.
+const KNOWN: &[&str] = &["sha256", "sha512", "sha1", "md5", "adler32"];
+
+/// Whether fragment part `name=value` names a digest: a digest algorithm's name, or a
+/// value of hex digits as long as a common digest's.
+fn looks_like_a_digest(name: &str, value: &str) -> bool {
+    const FAMILIES: &[&str] = &[
+        "sha",
+        "md",
+        "crc",
+        "adler",
+        "blake",
+        "xxh",
+        "ripemd",
+        "whirlpool",
+        "tiger",
+        "sm3",
+        "streebog",
+        "keccak",
+        "shake",
+        "cksum",
+        "checksum",
+        "digest",
+        "hash",
+    ];
+    let hex_digest = matches!(value.len(), 8 | 16 | 32 | 40 | 56 | 64 | 96 | 128)
+        && value.bytes().all(|b| b.is_ascii_hexdigit());
+    hex_digest || FAMILIES.iter().any(|f| name.starts_with(f))
+}
+
 /// The lower-case hex digest of the file at `path`.
 pub fn digest(algorithm: Algorithm, path: &Path) -> Result<String, StageError> {
     let mut file = std::fs::File::open(path).map_err(|e| {
@@ -126,6 +173,7 @@ pub fn digest(algorithm: Algorithm, path: &Path) -> Result<String, StageError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut sha256 = Sha256::new();
     let mut sha512 = Sha512::new();
+    let mut sha1 = Sha1::new();
     let mut md5 = Md5::new();
     let (mut a, mut b) = (1u32, 0u32);
     loop {
@@ -142,6 +190,7 @@ pub fn digest(algorithm: Algorithm, path: &Path) -> Result<String, StageError> {
         match algorithm {
             Algorithm::Sha256 => sha256.update(chunk),
             Algorithm::Sha512 => sha512.update(chunk),
+            Algorithm::Sha1 => sha1.update(chunk),
             Algorithm::Md5 => md5.update(chunk),
             Algorithm::Adler32 => {
                 // Sums stay below 2^32 for 5552 bytes, zlib's NMAX.
@@ -159,6 +208,7 @@ pub fn digest(algorithm: Algorithm, path: &Path) -> Result<String, StageError> {
     Ok(match algorithm {
         Algorithm::Sha256 => hex(&sha256.finalize()),
         Algorithm::Sha512 => hex(&sha512.finalize()),
+        Algorithm::Sha1 => hex(&sha1.finalize()),
         Algorithm::Md5 => hex(&md5.finalize()),
         Algorithm::Adler32 => format!("{:08x}", (b << 16) | a),
     })
@@ -190,6 +240,10 @@ mod tests {
             digest(Algorithm::Md5, p).unwrap(),
             "5eb63bbbe01eeed093cb22bb8f5acdc3"
         );
+        assert_eq!(
+            digest(Algorithm::Sha1, p).unwrap(),
+            "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed"
+        );
         assert_eq!(digest(Algorithm::Adler32, p).unwrap(), "1a0b045d");
         assert!(digest(Algorithm::Sha512, p)
             .unwrap()
@@ -207,6 +261,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.to_string(), "md5=5eb63bbbe01eeed093cb22bb8f5acdc3");
+        for url in [
+            "http://h/x#sha384=ab",
+            "http://h/x#blake3=00",
+            "http://h/x#crc32c=1234abcd",
+        ] {
+            let err = Checksum::from_url(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+            assert!(
+                err.to_string().contains("which stagehost cannot verify"),
+                "{err}"
+            );
+        }
         let err = Checksum::from_url("http://h/x#sha256=abc").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidUrl);
         assert_eq!(

@@ -16,6 +16,15 @@ use stagehost_plugin_api::display::is_secret_name;
 /// executor, `local`, working in the current directory.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.toml");
 
+/// The most transfers `max_concurrent` and `per_host` may allow.
+pub const MAX_TRANSFERS: usize = 1_000_000;
+/// The most worker threads an executor may have.
+pub const MAX_WORKERS: usize = 4096;
+/// The longest timeout, in seconds (about 31 years).
+pub const MAX_SECONDS: f64 = 1e9;
+/// The longest backoff, in milliseconds (a day).
+pub const MAX_BACKOFF_MS: u64 = 86_400_000;
+
 /// The executor used when a command names none.
 pub const DEFAULT_EXECUTOR: &str = "local";
 
@@ -58,6 +67,9 @@ pub struct ProviderConfig {
     /// Whether a failure to load this instance stops the host.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub required: bool,
+    /// The SHA-256 (hex) the plugin file's bytes must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Settings passed to the plugin as TOML, checked by it.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub settings: toml::Table,
@@ -259,7 +271,7 @@ impl Config {
             false,
         ));
         for (path, found_by, must_exist) in candidates {
-            match std::fs::read_to_string(&path) {
+            match read_trusted(&path) {
                 Ok(text) => {
                     let source = ConfigSource::File {
                         path,
@@ -268,10 +280,18 @@ impl Config {
                     };
                     return Config::parse(&text, source);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => continue,
-                Err(e) => {
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                    continue
+                }
+                Err(ReadError::Io(e)) => {
                     return Err(ConfigError(format!(
                         "{}: cannot read config (named by {found_by}): {e}",
+                        path.display()
+                    )))
+                }
+                Err(ReadError::Untrusted(why)) => {
+                    return Err(ConfigError(format!(
+                        "{}: {why} (config found by {found_by}; a config names code to load, so only you or root may write it)",
                         path.display()
                     )))
                 }
@@ -345,6 +365,14 @@ impl Config {
                 }
                 _ => {}
             }
+            if let Some(pin) = &p.sha256 {
+                if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(self.error_at(
+                        "sha256",
+                        format!("provider {:?}: sha256 must be 64 hex digits", p.name),
+                    ));
+                }
+            }
             if let Some(req) = &p.version {
                 semver::VersionReq::parse(req).map_err(|e| {
                     self.error_at(
@@ -358,23 +386,44 @@ impl Config {
             }
         }
         let t = &self.transfers;
-        if t.max_concurrent == 0 || t.per_host == 0 {
-            return Err(self.error_at(
-                "max_concurrent",
-                "[transfers] max_concurrent and per_host must be at least 1".into(),
-            ));
+        for (key, value) in [
+            ("max_concurrent", t.max_concurrent),
+            ("per_host", t.per_host),
+        ] {
+            if !(1..=MAX_TRANSFERS).contains(&value) {
+                return Err(self.error_at(
+                    key,
+                    format!("[transfers] {key} must be between 1 and {MAX_TRANSFERS}, not {value}"),
+                ));
+            }
         }
-        if !(t.timeout_secs >= 0.0 && t.timeout_secs.is_finite()) {
+        if !(t.timeout_secs >= 0.0 && t.timeout_secs <= MAX_SECONDS) {
             return Err(self.error_at(
                 "timeout_secs",
-                "[transfers] timeout_secs must be a finite number >= 0".into(),
+                format!(
+                    "[transfers] timeout_secs must be a number of seconds from 0 to {MAX_SECONDS}, not {}",
+                    show_number(t.timeout_secs)
+                ),
             ));
         }
+        for (key, value) in [
+            ("backoff_initial_ms", t.backoff_initial_ms),
+            ("backoff_max_ms", t.backoff_max_ms),
+        ] {
+            if value > MAX_BACKOFF_MS {
+                return Err(self.error_at(
+                    key,
+                    format!(
+                        "[transfers] {key} must be at most {MAX_BACKOFF_MS} (a day), not {value}"
+                    ),
+                ));
+            }
+        }
         for (label, executor) in &self.executors {
-            if executor.workers == Some(0) {
+            if let Some(workers) = executor.workers.filter(|w| !(1..=MAX_WORKERS).contains(w)) {
                 return Err(self.error_at(
                     "workers",
-                    format!("executor {label:?}: workers must be at least 1"),
+                    format!("executor {label:?}: workers must be between 1 and {MAX_WORKERS}, not {workers}"),
                 ));
             }
             for name in executor.staging.iter().flatten() {
@@ -461,6 +510,36 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
     secrets.iter().fold(text.to_owned(), |t, secret| {
         t.replace(secret.as_str(), "***")
     })
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Untrusted(String),
+}
+
+/// Reads a config file, refusing one that others may write (group- or world-writable,
+/// or owned by someone other than the user or root), as plugin files are refused. The
+/// checks and the read use one open descriptor.
+fn read_trusted(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    if meta.is_file() {
+        crate::discovery::check_ownership(path, &meta, "the config")
+            .map_err(|r| ReadError::Untrusted(r.0))?;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(ReadError::Io)?;
+    Ok(text)
+}
+
+/// A number as a person wrote it: `1e300`, not three hundred digits.
+pub(crate) fn show_number(x: f64) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-4..1e9).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
 }
 
 /// `$VAR`, or `$HOME/fallback` when unset or empty.

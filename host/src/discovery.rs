@@ -1,8 +1,9 @@
 //! Where plugins are looked for, and the checks a file passes before it is opened.
 //!
-//! Invariant: this module never calls `dlopen`. [`check_before_open`] reads file
-//! metadata and the object file's headers and symbol table only; a file it refuses is
-//! never mapped as code.
+//! Invariant: this module never calls `dlopen`. [`check_before_open`] opens a file
+//! once and reads its metadata, headers and symbol table through that descriptor
+//! only; a file it refuses is never mapped as code, and the loader maps the very
+//! descriptor it checked.
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +17,31 @@ use crate::config::xdg_dir;
 pub struct PluginDir {
     /// The directory.
     pub path: PathBuf,
-    /// Which rule put it there (`plugin_dirs`, `STAGEHOST_PLUGIN_PATH`, ...).
-    pub origin: &'static str,
+    /// Which rule put it there (`plugin_dirs in <config>`, `STAGEHOST_PLUGIN_PATH`,
+    /// ...).
+    pub origin: String,
+    /// Whether the config named it (then a missing directory is worth a warning).
+    pub configured: bool,
+}
+
+impl PluginDir {
+    /// Why a configured directory cannot be searched: missing, or not a directory.
+    pub fn problem(&self) -> Option<String> {
+        if !self.configured {
+            return None;
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some(format!(
+                "plugin_dirs entry {} is not a directory",
+                self.path.display()
+            )),
+            Err(e) => Some(format!(
+                "plugin_dirs entry {} cannot be searched: {e}",
+                self.path.display()
+            )),
+        }
+    }
 }
 
 /// The plugin directories in search order:
@@ -29,19 +53,21 @@ pub struct PluginDir {
 /// 6. `/usr/lib/stagehost/plugins`.
 ///
 /// A directory listed twice keeps its first place.
-pub fn plugin_dirs(config_dirs: &[PathBuf]) -> Vec<PluginDir> {
+pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir> {
     let mut dirs = Vec::new();
     for d in config_dirs {
         dirs.push(PluginDir {
             path: d.clone(),
-            origin: "plugin_dirs",
+            origin: format!("plugin_dirs in {config_name}"),
+            configured: true,
         });
     }
     if let Some(var) = std::env::var_os("STAGEHOST_PLUGIN_PATH") {
         for d in std::env::split_paths(&var).filter(|d| !d.as_os_str().is_empty()) {
             dirs.push(PluginDir {
                 path: d,
-                origin: "STAGEHOST_PLUGIN_PATH",
+                origin: "STAGEHOST_PLUGIN_PATH".into(),
+                configured: false,
             });
         }
     }
@@ -51,17 +77,20 @@ pub fn plugin_dirs(config_dirs: &[PathBuf]) -> Vec<PluginDir> {
     {
         dirs.push(PluginDir {
             path: exe_dir.join("plugins"),
-            origin: "<exe dir>/plugins",
+            origin: "<exe dir>/plugins".into(),
+            configured: false,
         });
         dirs.push(PluginDir {
             path: exe_dir,
-            origin: "<exe dir>",
+            origin: "<exe dir>".into(),
+            configured: false,
         });
     }
     if let Some(data) = xdg_dir("XDG_DATA_HOME", ".local/share") {
         dirs.push(PluginDir {
             path: data.join("stagehost/plugins"),
-            origin: "XDG_DATA_HOME",
+            origin: "XDG_DATA_HOME".into(),
+            configured: false,
         });
     }
     for fixed in [
@@ -70,7 +99,8 @@ pub fn plugin_dirs(config_dirs: &[PathBuf]) -> Vec<PluginDir> {
     ] {
         dirs.push(PluginDir {
             path: PathBuf::from(fixed),
-            origin: "system",
+            origin: "system".into(),
+            configured: false,
         });
     }
     let mut seen = std::collections::HashSet::new();
@@ -99,63 +129,99 @@ pub fn plugin_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Why a file was refused before it was opened.
+/// Why a file was refused before it was loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Refusal(pub String);
 
-/// The checks made before `dlopen`, in order: a regular file; neither it nor its
-/// directory group- or world-writable; owned by the current user or root; an object
-/// file for this machine's architecture; exporting the root-module symbol.
-///
-/// Returns the canonical path to open.
-pub fn check_before_open(path: &Path) -> Result<PathBuf, Refusal> {
+/// A plugin file opened once and checked through that open descriptor: the same
+/// descriptor is what the loader maps, so a file swapped between the checks and the
+/// load is never loaded.
+#[derive(Debug)]
+pub struct CheckedFile {
+    /// The canonical path (for messages and the loader's cache).
+    pub real: PathBuf,
+    /// The open file the checks read.
+    pub file: std::fs::File,
+}
+
+/// The checks made before `dlopen`, in order, on one open descriptor: a regular file;
+/// neither it nor its directory group- or world-writable; owned by the current user or
+/// root; an object file for this machine's architecture; exporting the root-module
+/// symbol.
+pub fn check_before_open(path: &Path) -> Result<CheckedFile, Refusal> {
     let real = std::fs::canonicalize(path)
         .map_err(|e| Refusal(format!("cannot resolve the path: {e}")))?;
-    let meta = std::fs::metadata(&real).map_err(|e| Refusal(format!("cannot stat: {e}")))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never follow a link planted after canonicalize; never block on a FIFO.
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let file = options
+        .open(&real)
+        .map_err(|e| Refusal(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Refusal(format!("cannot stat: {e}")))?;
     if !meta.is_file() {
         return Err(Refusal("not a regular file".into()));
     }
-    check_ownership(&real, &meta)?;
-    check_object(&real)?;
-    Ok(real)
-}
-
-#[cfg(unix)]
-fn check_ownership(real: &Path, meta: &std::fs::Metadata) -> Result<(), Refusal> {
-    use std::os::unix::fs::MetadataExt;
-    let writable_by_others = |mode: u32| mode & 0o022 != 0;
-    if writable_by_others(meta.mode()) {
-        return Err(Refusal(format!(
-            "refused: the file is group- or world-writable (mode {:o}); run `chmod go-w {}`",
-            meta.mode() & 0o7777,
-            real.display()
-        )));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(Refusal(format!(
-            "refused: owned by uid {}, not by you (uid {me}) or root",
-            meta.uid()
-        )));
-    }
+    check_ownership(&real, &meta, "the file")?;
     if let Some(dir) = real.parent() {
         let dir_meta = std::fs::metadata(dir)
             .map_err(|e| Refusal(format!("cannot stat its directory: {e}")))?;
-        if writable_by_others(dir_meta.mode()) {
+        if writable_by_others(&dir_meta) {
             return Err(Refusal(format!(
                 "refused: its directory {} is group- or world-writable (mode {:o})",
                 dir.display(),
-                dir_meta.mode() & 0o7777
+                mode(&dir_meta) & 0o7777
             )));
         }
     }
-    Ok(())
+    check_object(&file)?;
+    Ok(CheckedFile { real, file })
+}
+
+#[cfg(unix)]
+fn mode(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mode()
 }
 
 #[cfg(not(unix))]
-fn check_ownership(_real: &Path, _meta: &std::fs::Metadata) -> Result<(), Refusal> {
+fn mode(_meta: &std::fs::Metadata) -> u32 {
+    0o644
+}
+
+fn writable_by_others(meta: &std::fs::Metadata) -> bool {
+    mode(meta) & 0o022 != 0
+}
+
+/// Refuses a file (`what`: "the file", "the config") that others may write: group- or
+/// world-writable, or owned by someone other than the current user or root.
+pub fn check_ownership(real: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), Refusal> {
+    if writable_by_others(meta) {
+        return Err(Refusal(format!(
+            "refused: {what} is group- or world-writable (mode {:o}); run `chmod go-w {}`",
+            mode(meta) & 0o7777,
+            real.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(Refusal(format!(
+                "refused: {what} is owned by uid {}, not by you (uid {me}) or root",
+                meta.uid()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -175,8 +241,7 @@ fn host_architecture() -> Option<object::Architecture> {
     })
 }
 
-fn check_object(real: &Path) -> Result<(), Refusal> {
-    let file = std::fs::File::open(real).map_err(|e| Refusal(format!("cannot open: {e}")))?;
+fn check_object(file: &std::fs::File) -> Result<(), Refusal> {
     let cache = object::ReadCache::new(file);
     let obj = object::File::parse(&cache)
         .map_err(|_| Refusal("not a shared library (no ELF or Mach-O header)".into()))?;
@@ -221,8 +286,12 @@ mod tests {
 
     #[test]
     fn plugin_path_entries_come_after_config_dirs() {
-        let dirs = plugin_dirs(&[PathBuf::from("/nonexistent/config-dir")]);
-        assert_eq!(dirs[0].origin, "plugin_dirs");
+        let dirs = plugin_dirs(&[PathBuf::from("/nonexistent/config-dir")], "site.toml");
+        assert_eq!(dirs[0].origin, "plugin_dirs in site.toml");
+        assert!(dirs[0]
+            .problem()
+            .unwrap()
+            .starts_with("plugin_dirs entry /nonexistent/config-dir cannot be searched: "));
         assert!(dirs.iter().any(|d| d.origin == "<exe dir>"));
         assert_eq!(
             dirs.last().unwrap().path,
@@ -235,7 +304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("libx.so");
         std::fs::write(&p, "not a library\n").unwrap();
-        let err = check_before_open(&p).unwrap_err();
+        let err = check_before_open(&p).map(|c| c.real).unwrap_err();
         assert_eq!(err.0, "not a shared library (no ELF or Mach-O header)");
     }
 }

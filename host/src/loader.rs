@@ -1,23 +1,34 @@
-//! Opening a plugin library: the pre-open checks, `dlopen`, the plugin-api version
-//! check and the metadata.
+//! Opening a plugin library: the pre-open checks, `dlopen` of the checked descriptor,
+//! the plugin-api version check and the metadata.
 //!
 //! Invariants:
-//! - every library goes through [`crate::discovery::check_before_open`] first;
-//! - libraries load with `lib_header_from_path(..).init_root_module()`, never
-//!   `RootModule::load_from_file` (which caches the first module per type);
+//! - every library goes through [`crate::discovery::check_before_open`] first, and the
+//!   descriptor those checks read is the one `dlopen` maps (`/proc/self/fd/N` on
+//!   Linux): a file swapped after the checks is never loaded;
+//! - libraries load with `RTLD_NOW | RTLD_LOCAL`: a library with an undefined symbol
+//!   is refused at load, naming the symbol, instead of failing when first called;
+//! - the root module is read from the loaded library and initialised with
+//!   `init_root_module`, never `RootModule::load_from_file` (which caches the first
+//!   module per type);
 //! - a library is opened at most once per process ([`PluginLoader`] caches by
-//!   canonical path) and never unloaded;
+//!   canonical path) and never unloaded, and the descriptor of a mapped library stays
+//!   open for the life of the process (so `/proc/self/fd/N` never names two
+//!   libraries);
 //! - every failure is one line.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{
+    AbiHeaderRef, LibHeader, LibraryError, ROOT_MODULE_LOADER_NAME_WITH_NUL,
+};
+use sha2::{Digest, Sha256};
 use stagehost_plugin_api::abi::{PluginModRef, ProviderBox, API_VERSION};
 use stagehost_plugin_api::StageError;
 
-use crate::discovery::check_before_open;
+use crate::discovery::{check_before_open, CheckedFile};
 
 /// A plugin library that loaded.
 pub struct LoadedPlugin {
@@ -35,6 +46,9 @@ pub struct LoadedPlugin {
     pub description: String,
     /// Settings keys it declares secret (masked wherever settings are shown).
     pub secret_settings: Vec<String>,
+    /// The descriptor the library was mapped from; never closed.
+    file: ManuallyDrop<std::fs::File>,
+    sha256: OnceLock<Result<String, String>>,
     module: PluginModRef,
 }
 
@@ -56,6 +70,38 @@ impl LoadedPlugin {
             .into_result()
             .map_err(StageError::from)
     }
+
+    /// The SHA-256 of the bytes that were loaded (read from the descriptor that was
+    /// mapped), lower-case hex. Computed once, on first use.
+    pub fn sha256(&self) -> Result<&str, String> {
+        self.sha256
+            .get_or_init(|| sha256_of(&self.file))
+            .as_deref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// The SHA-256 of everything in `file`, read from its start without moving its offset.
+fn sha256_of(file: &std::fs::File) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file
+            .read_at(&mut buf, offset)
+            .map_err(|e| format!("cannot read it to hash it: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Why a library did not load, as one line.
@@ -78,14 +124,15 @@ pub fn api_compatible(plugin_api: &semver::Version) -> bool {
     req.matches(&plugin_base)
 }
 
-/// The first line of an abi_stable error: its layout errors run to thousands of lines.
-fn first_line(e: &LibraryError) -> String {
-    e.to_string()
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_owned()
+/// An abi_stable error on one line. Layout mismatches are reported by the caller in
+/// its own words (abi_stable's report runs to thousands of lines); any other error is
+/// kept whole, its lines joined.
+fn one_line(text: &str) -> String {
+    text.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Opens libraries, once each.
@@ -97,21 +144,95 @@ pub struct PluginLoader {
 impl PluginLoader {
     /// Checks and opens `path`, or returns what happened the first time.
     pub fn load(&self, path: &Path) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let real = check_before_open(path).map_err(|r| LoadError(r.0))?;
+        self.load_pinned(path, None)
+    }
+
+    /// As [`PluginLoader::load`]; when `sha256` is given, the file's bytes must have
+    /// that digest, checked on the open descriptor before anything is mapped.
+    pub fn load_pinned(
+        &self,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let checked = check_before_open(path).map_err(|r| LoadError(r.0))?;
+        if let Some(expected) = sha256 {
+            let actual = sha256_of(&checked.file).map_err(LoadError)?;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(pin_mismatch(expected, &actual));
+            }
+        }
+        self.load_checked(path, checked)
+    }
+
+    /// Loads the file `checked` holds open (from [`check_before_open`] on `path`):
+    /// whatever `path` names by now, the bytes checked are the bytes loaded.
+    pub fn load_checked(
+        &self,
+        path: &Path,
+        checked: CheckedFile,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let mut opened = self
             .opened
             .lock()
             .expect("the loader lock is never poisoned: no code panics under it");
         opened
-            .entry(real.clone())
-            .or_insert_with(|| open(path, &real).map(Arc::new))
+            .entry(checked.real.clone())
+            .or_insert_with(|| open(path, checked).map(Arc::new))
             .clone()
     }
 }
 
-fn open(path: &Path, real: &Path) -> Result<LoadedPlugin, LoadError> {
-    let header = lib_header_from_path(real)
-        .map_err(|e| LoadError(format!("cannot open: {}", first_line(&e))))?;
+/// The refusal of a plugin whose bytes are not the pinned ones.
+pub fn pin_mismatch(expected: &str, actual: &str) -> LoadError {
+    LoadError(format!(
+        "refused: its sha256 is {actual}, the config pins {}",
+        expected.to_ascii_lowercase()
+    ))
+}
+
+/// Maps the checked descriptor with `RTLD_NOW | RTLD_LOCAL` and returns the library's
+/// abi_stable header. The library is never unloaded.
+fn map(checked: &CheckedFile) -> Result<&'static LibHeader, LoadError> {
+    use std::os::fd::AsRawFd;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", checked.file.as_raw_fd()));
+    // Without /proc (macOS), the canonical path the checks resolved is mapped instead.
+    let target = if by_fd.exists() {
+        by_fd
+    } else {
+        checked.real.clone()
+    };
+    let flags = libc::RTLD_NOW | libc::RTLD_LOCAL;
+    // SAFETY: loading a library runs its initialisers; the file passed every pre-open
+    // check (owner, mode, architecture, root symbol) on this very descriptor.
+    let library =
+        unsafe { libloading::os::unix::Library::open(Some(&target), flags) }.map_err(|e| {
+            let text = e.to_string().replace(&*target.to_string_lossy(), "");
+            let text = text.trim_start_matches([':', ' ']);
+            LoadError(format!("cannot load: {}", one_line(text)))
+        })?;
+    // SAFETY: the root-module symbol is a `LibHeader` static exported by
+    // `export_provider!` (checked by name before loading); it lives as long as the
+    // library, which is never unloaded (forgotten below).
+    let header = unsafe {
+        library
+            .get::<AbiHeaderRef>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes())
+            .map(|symbol| *symbol)
+    };
+    std::mem::forget(library);
+    let header = header.map_err(|e| LoadError(format!("cannot find its root module: {e}")))?;
+    header.upgrade().map_err(|e| {
+        LoadError(format!(
+            "cannot read its header: {}",
+            one_line(&e.to_string())
+        ))
+    })
+}
+
+fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
+    let header = map(&checked);
+    // Once mapped, the descriptor stays open for good (see the invariants).
+    let file = ManuallyDrop::new(checked.file);
+    let header = header?;
     let strings = header.version_strings();
     let built_against = semver::Version::parse(strings.version.as_str()).map_err(|e| {
         LoadError(format!(
@@ -128,7 +249,7 @@ fn open(path: &Path, real: &Path) -> Result<LoadedPlugin, LoadError> {
         LibraryError::AbiInstability(_) => LoadError(format!(
             "its ABI does not match plugin-api {API_VERSION} although it claims {built_against}; rebuild it"
         )),
-        other => LoadError(format!("cannot initialise: {}", first_line(&other))),
+        other => LoadError(format!("cannot initialise: {}", one_line(&other.to_string()))),
     })?;
     let meta = module.metadata();
     let version = semver::Version::parse(meta.version.as_str()).map_err(|e| {
@@ -150,6 +271,8 @@ fn open(path: &Path, real: &Path) -> Result<LoadedPlugin, LoadError> {
             .secret_settings()
             .map(|keys| keys.iter().map(|k| k.as_str().to_owned()).collect())
             .unwrap_or_default(),
+        file,
+        sha256: OnceLock::new(),
         module,
     })
 }

@@ -16,7 +16,7 @@ use stagehost_plugin_api::{ErrorKind, File, StageError};
 
 use crate::config::{line_column, scrub, secret_values, Config, ConfigError, ProviderConfig};
 use crate::discovery::{plugin_dirs, plugin_files, PluginDir};
-use crate::loader::{LoadedPlugin, PluginLoader};
+use crate::loader::{pin_mismatch, LoadedPlugin, PluginLoader};
 
 /// A plugin file found in a plugin directory.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct PluginRecord {
     /// The file.
     pub path: PathBuf,
     /// The rule that put its directory on the search list.
-    pub origin: &'static str,
+    pub origin: String,
     /// What happened when it was loaded.
     pub status: PluginStatus,
 }
@@ -203,7 +203,7 @@ impl Registry {
             .iter()
             .map(|d| resolve(&base, d))
             .collect();
-        let dirs = plugin_dirs(&config_dirs);
+        let dirs = plugin_dirs(&config_dirs, &config.source.name());
         let mut plugins: Vec<PluginRecord> = Vec::new();
         for dir in &dirs {
             for path in plugin_files(&dir.path) {
@@ -220,7 +220,7 @@ impl Registry {
                 };
                 plugins.push(PluginRecord {
                     path,
-                    origin: dir.origin,
+                    origin: dir.origin.clone(),
                     status,
                 });
             }
@@ -432,9 +432,11 @@ fn build_instance(
     base: &Path,
 ) -> Result<Arc<ProviderInstance>, InstanceFailure> {
     let who = format!("provider {:?} ({})", pc.name, pc.describe_source());
+    let pin = pc.sha256.as_deref();
     let plugin = match (&pc.plugin, &pc.library) {
+        // A pinned library is hashed on its open descriptor before it is mapped.
         (_, Some(lib)) => loader
-            .load(&resolve(base, lib))
+            .load_pinned(&resolve(base, lib), pin)
             .map_err(|e| format!("{who}: {}: {e}", resolve(base, lib).display()))?,
         (Some(name), None) => {
             match first_loaded(plugins, name) {
@@ -458,6 +460,20 @@ fn build_instance(
         }
         (None, None) => unreachable!("Config::validate requires plugin or library"),
     };
+    if let Some(expected) = pin {
+        // A plugin found by name: the digest of the bytes that were mapped.
+        let actual = plugin
+            .sha256()
+            .map_err(|e| format!("{who}: {}: {e}", plugin.path.display()))?;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(format!(
+                "{who}: {}: {}",
+                plugin.path.display(),
+                pin_mismatch(expected, actual)
+            )
+            .into());
+        }
+    }
     if let Some(req) = &pc.version {
         let req = semver::VersionReq::parse(req).expect("Config::validate checked the requirement");
         if !req.matches(&plugin.version) {

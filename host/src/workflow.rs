@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use stagehost_plugin_api::File;
 
-use crate::config::{line_column, toml_error_line};
+use crate::config::{line_column, show_number, toml_error_line, MAX_SECONDS};
 use crate::engine::{check_command, Engine, Input, SubmitError, TaskHandle, TaskSpec};
 
 /// A `[[task]]` table.
@@ -46,16 +46,12 @@ pub struct TaskDef {
     pub timeout_secs: Option<f64>,
 }
 
-/// The longest time limit a task may set: about 31 years.
-const MAX_SECONDS: f64 = 1e9;
-
 fn default_executor() -> String {
     crate::config::DEFAULT_EXECUTOR.to_owned()
 }
 
 /// One input of a task.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum InputDef {
     /// A URL or path.
     Url(String),
@@ -64,9 +60,43 @@ pub enum InputDef {
         /// The producing task.
         task: String,
         /// Which of its outputs (default 0).
-        #[serde(default)]
         output: usize,
     },
+}
+
+/// `{ task = "name", output = i }`: a typo in a key is an error, never a default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputRef {
+    task: String,
+    #[serde(default)]
+    output: usize,
+}
+
+impl<'de> Deserialize<'de> for InputDef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = InputDef;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a URL or a table `{ task = \"name\", output = N }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<InputDef, E> {
+                Ok(InputDef::Url(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<InputDef, E> {
+                Ok(InputDef::Url(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<InputDef, A::Error> {
+                let r = OutputRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(InputDef::Output {
+                    task: r.task,
+                    output: r.output,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +208,7 @@ impl Workflow {
             }
         }
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
+        let mut writers: HashMap<String, usize> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
             if !executors.contains(&t.executor.as_str()) {
                 return Err(self.err(
@@ -211,13 +242,33 @@ impl Workflow {
                 }
             }
             for url in t.outputs.iter().chain(&t.stdout).chain(&t.stderr) {
-                self.file(url).map_err(|e| self.err(i, e))?;
+                let file = self.file(url).map_err(|e| self.err(i, e))?;
+                if let Some(first) = writers.insert(file.url().to_owned(), i) {
+                    let what = if first == i {
+                        "itself".to_owned()
+                    } else {
+                        format!(
+                            "task {:?} (at {})",
+                            self.tasks[first].name, self.locations[first]
+                        )
+                    };
+                    return Err(self.err(
+                        i,
+                        format!(
+                            "it writes {}, which {what} writes too; two writers of one output would overwrite each other",
+                            file.redacted_url()
+                        ),
+                    ));
+                }
             }
             if let Some(secs) = t.timeout_secs {
                 if !(secs > 0.0 && secs <= MAX_SECONDS) {
                     return Err(self.err(
                         i,
-                        format!("timeout_secs must be a number of seconds above 0 and at most {MAX_SECONDS}, not {secs}"),
+                        format!(
+                            "timeout_secs must be a number of seconds above 0 and at most {MAX_SECONDS}, not {}",
+                            show_number(secs)
+                        ),
                     ));
                 }
             }

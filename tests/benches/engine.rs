@@ -61,7 +61,8 @@ fn run_case(name: &str, inputs: usize, outputs: usize) {
         .map(|round| {
             let files = files.clone();
             let (seconds, ok) = rt.block_on(async {
-                let engine = Engine::new(&registry, EngineOptions::default());
+                let engine =
+                    Engine::new(&registry, EngineOptions::default()).expect("the engine starts");
                 let start = Instant::now();
                 for (t, (ins, outs)) in files.into_iter().enumerate() {
                     let mut spec = TaskSpec::closure(format!("t{t}"), |_| Ok(()));

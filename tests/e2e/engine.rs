@@ -66,7 +66,8 @@ fn engine_for(text: &str) -> (Engine, Registry) {
             transfers: config.transfers.clone(),
             ..EngineOptions::default()
         },
-    );
+    )
+    .unwrap();
     (engine, registry)
 }
 

@@ -693,3 +693,344 @@ fn a_wrong_typed_secret_setting_is_a_config_error_that_does_not_quote_it() {
         )
     );
 }
+
+// ---------------------------------------------------------------------------------
+// 5. Config and workflow input
+
+#[test]
+fn a_typo_in_an_input_table_is_an_error_with_its_place() {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"echo > {outputs[0]}; echo > {outputs[1]}\"\noutputs = [\"x\", \"y\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"a\", outptu = 1 }]\n",
+    );
+    let out = sandbox.run(&["run", flow.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "stagehost: error: {}:9:25: unknown field `outptu`, expected `task` or `output`\n",
+            flow.display()
+        )
+    );
+}
+
+#[test]
+fn two_tasks_writing_one_output_are_an_error_before_anything_runs() {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"touch ran-a; echo a > {outputs[0]}\"\noutputs = [\"out/x.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"touch ran-b\"\nstdout = \"out/x.txt\"\n",
+    );
+    let out = sandbox.run(&["run", flow.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "stagehost: error: {f}:6:1: task \"b\": it writes {x}, which task \"a\" (at {f}:1:1) writes too; two writers of one output would overwrite each other\n",
+            f = flow.display(),
+            x = sandbox.join("out/x.txt").display()
+        )
+    );
+    assert!(!sandbox.join("work/ran-a").exists() && !sandbox.join("work/ran-b").exists());
+}
+
+#[test]
+fn a_command_that_does_not_write_its_output_fails_and_its_consumer_never_runs() {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"lazy\"\ncommand = \"true\"\noutputs = [\"out/never.txt\", \"out/made.txt\"]\n\n[[task]]\nname = \"reader\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [{ task = \"lazy\" }]\noutputs = [\"out/copy.txt\"]\n",
+    );
+    std::fs::create_dir_all(sandbox.join("out")).unwrap();
+    let out = sandbox.run(&["run", flow.to_str().unwrap(), "--report", "-"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let report = out.json();
+    let lazy = &report["tasks"][0];
+    assert_eq!(lazy["status"], "failed");
+    assert_eq!(
+        lazy["error"],
+        format!(
+            "missing outputs: the command exited 0 but did not write {}, {}",
+            sandbox.join("out/never.txt").display(),
+            sandbox.join("out/made.txt").display()
+        )
+    );
+    assert_eq!(report["tasks"][1]["status"], "dependency-failed");
+    assert!(!sandbox.join("out/copy.txt").exists());
+}
+
+#[test]
+fn out_of_range_numbers_are_config_errors_never_panics() {
+    let sandbox = Sandbox::new();
+    let cases = [
+        ("[transfers]\nmax_concurrent = 9223372036854775807\n", "2:1: [transfers] max_concurrent must be between 1 and 1000000, not 9223372036854775807"),
+        ("[transfers]\nper_host = 0\n", "2:1: [transfers] per_host must be between 1 and 1000000, not 0"),
+        ("[transfers]\ntimeout_secs = 1e300\n", "2:1: [transfers] timeout_secs must be a number of seconds from 0 to 1000000000, not 1e300"),
+        ("[transfers]\ntimeout_secs = nan\n", "2:1: [transfers] timeout_secs must be a number of seconds from 0 to 1000000000, not NaN"),
+        ("[executor.local]\nworkers = 100000000\n", "2:1: executor \"local\": workers must be between 1 and 4096, not 100000000"),
+        ("[transfers]\nmax_concurrent = -1\n", "2:18: invalid value: integer `-1`, expected usize"),
+    ];
+    for (text, expected) in cases {
+        let cfg = sandbox.write("site.toml", text);
+        let out = sandbox.run(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            "/etc/hostname",
+        ]);
+        assert_eq!(out.code, Some(2), "{text}: {}", out.stderr);
+        assert_eq!(
+            out.stderr,
+            format!("stagehost: error: {}:{expected}\n", cfg.display()),
+            "{text}"
+        );
+    }
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"true\"\ntimeout_secs = 1e300\n",
+    );
+    let out = sandbox.run(&["run", flow.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "timeout_secs must be a number of seconds above 0 and at most 1000000000, not 1e300"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_checksum_of_an_unknown_algorithm_is_an_error_and_sha1_is_verified() {
+    let sandbox = Sandbox::new();
+    let input = sandbox.write("data/in.txt", "hello world");
+    let url = |fragment: &str| format!("file://{}#{fragment}", input.display());
+    let out = sandbox.run(&["stage", "in", &url("sha384=00")]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("checksum: invalid URL: the URL asks for a sha384 checksum, which stagehost cannot verify (it knows sha256, sha512, sha1, md5, adler32)"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&[
+        "stage",
+        "in",
+        &url("sha1=2aae6c35c94fcfb415dbe95f408b9ce91ee846ed"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = sandbox.run(&[
+        "stage",
+        "in",
+        &url("sha1=0000000000000000000000000000000000000000"),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("integrity: checksum mismatch"),
+        "{}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Trust
+
+#[test]
+fn a_config_others_may_write_is_refused() {
+    let sandbox = Sandbox::new();
+    let local = sandbox.write("work/stagehost.toml", "[executor.local]\n");
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = sandbox.run(&["stage", "in", "/etc/hostname"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "stagehost: error: stagehost.toml: refused: the config is group- or world-writable (mode 666); run `chmod go-w stagehost.toml` (config found by ./stagehost.toml; a config names code to load, so only you or root may write it)\n"
+    );
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sandbox.run(&["stage", "in", "/etc/hostname"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // Owned by another user (root can hand it over; others cannot make such a file).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = std::ffi::CString::new(local.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path; uid/gid 65534 is `nobody`.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        let out = sandbox.run(&["stage", "in", "/etc/hostname"]);
+        assert_eq!(out.code, Some(2), "{}", out.stderr);
+        assert!(out.stderr.contains("refused: the config is owned by uid 65534, not by you (uid 0) or root (config found by ./stagehost.toml;"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn relative_plugin_dirs_resolve_against_the_config_and_each_directory_says_where_it_came_from() {
+    let sandbox = Sandbox::new();
+    sandbox.plugin_dir("conf/plugins", &[&fixture("probe")]);
+    let cfg = sandbox.write(
+        "conf/site.toml",
+        "plugin_dirs = [\"plugins\", \"missing\", \"site.toml\"]\n",
+    );
+    let out = sandbox.run(&["--config", cfg.to_str().unwrap(), "plugins", "list"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let conf = sandbox.join("conf");
+    for line in [
+        format!("  {}/plugins (plugin_dirs in {})", conf.display(), cfg.display()),
+        format!("  warning: plugin_dirs entry {}/missing cannot be searched: No such file or directory (os error 2)", conf.display()),
+        format!("  warning: plugin_dirs entry {}/site.toml is not a directory", conf.display()),
+        "  /work/main/target/debug (<exe dir>)".replace("/work/main", &workspace_root().display().to_string()),
+    ] {
+        assert!(out.stdout.lines().any(|l| l == line), "{line:?} missing:\n{}", out.stdout);
+    }
+    let json = sandbox
+        .run(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "plugins",
+            "list",
+            "--json",
+        ])
+        .json();
+    let probe = json["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "probe")
+        .unwrap()
+        .clone();
+    assert_eq!(probe["status"], "loaded");
+    assert_eq!(
+        probe["directory_origin"],
+        format!("plugin_dirs in {}", cfg.display())
+    );
+    assert_eq!(json["warnings"].as_array().unwrap().len(), 2);
+}
+
+fn sha256_file(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_pinned_plugin_loads_only_with_the_pinned_bytes() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let lib = plugins.join(fixture("probe").file_name().unwrap());
+    let good = sha256_file(&lib);
+    let bad = "0".repeat(64);
+    let config = |pin: &str, how: &str| {
+        sandbox.write(
+            "site.toml",
+            format!(
+                "plugin_dirs = [{}]\n[[provider]]\nname = \"p\"\n{how}\nsha256 = \"{pin}\"\nsettings = {{ schemes = [\"probe\"] }}\n",
+                toml_path(&plugins)
+            ),
+        )
+    };
+    for how in [
+        "plugin = \"probe\"".to_owned(),
+        format!("library = {}", toml_path(&lib)),
+    ] {
+        let cfg = config(&good, &how);
+        let json = sandbox
+            .run(&[
+                "--config",
+                cfg.to_str().unwrap(),
+                "plugins",
+                "list",
+                "--json",
+            ])
+            .json();
+        assert_eq!(json["providers"][0]["status"], "ready", "{how}: {json:#}");
+        let row = json["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "probe")
+            .unwrap()
+            .clone();
+        assert_eq!(row["sha256"], good.as_str());
+
+        let cfg = config(&bad, &how);
+        let json = sandbox
+            .run(&[
+                "--config",
+                cfg.to_str().unwrap(),
+                "plugins",
+                "list",
+                "--json",
+            ])
+            .json();
+        assert_eq!(json["providers"][0]["status"], "failed", "{how}");
+        let reason = json["providers"][0]["reason"].as_str().unwrap().to_owned();
+        assert!(
+            reason.ends_with(&format!(
+                "{}: refused: its sha256 is {good}, the config pins {bad}",
+                lib.display()
+            )),
+            "{how}: {reason}"
+        );
+    }
+}
+
+#[test]
+fn a_plugin_with_an_undefined_symbol_is_refused_at_load_naming_it() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.plugin_dir("plugins", &[&fixture("undefined_symbol")]);
+    let out = sandbox.run_env(
+        &["plugins", "list", "--json"],
+        &[("STAGEHOST_PLUGIN_PATH", dir.to_str().unwrap())],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let json = out.json();
+    let row = json["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("libundefined_symbol.so")
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "failed");
+    assert_eq!(
+        row["reason"],
+        "cannot load: undefined symbol: stagehost_fixture_symbol_defined_nowhere"
+    );
+    // The host goes on with the others.
+    let out = sandbox.run_env(
+        &["stage", "in", "/etc/hostname"],
+        &[("STAGEHOST_PLUGIN_PATH", dir.to_str().unwrap())],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn a_plugin_file_swapped_after_its_checks_is_never_the_one_loaded() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.plugin_dir("plugins", &[]);
+    let path = dir.join("libswap.so");
+    std::fs::copy(fixture("probe"), &path).unwrap();
+    let checked = stagehost::discovery::check_before_open(&path).unwrap();
+    // An attacker renames another library over the checked path.
+    let other = dir.join("other.tmp");
+    std::fs::copy(example_data_plugin(), &other).unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    let loader = stagehost::PluginLoader::default();
+    let loaded = loader.load_checked(&path, checked).unwrap();
+    assert_eq!(
+        loaded.name, "probe",
+        "the checked bytes are the loaded bytes"
+    );
+    assert_eq!(loaded.sha256().unwrap(), sha256_file(&fixture("probe")));
+}

@@ -147,6 +147,9 @@ pub fn on_ctrl_c(cancel: impl FnOnce() + Send + 'static) {
 /// Loads the config and builds the registry, logging what failed to load.
 fn load(config: &Config, loader: &PluginLoader) -> Result<Registry, CliError> {
     let registry = Registry::build(config, loader)?;
+    for problem in registry.dirs.iter().filter_map(|d| d.problem()) {
+        tracing::warn!("{problem}");
+    }
     for p in &registry.plugins {
         if let stagehost::registry::PluginStatus::Failed(reason) = &p.status {
             tracing::warn!("plugin file {}: {reason}", p.path.display());

@@ -10,7 +10,8 @@ use super::CliError;
 #[derive(Serialize)]
 struct PluginRow {
     file: String,
-    directory_origin: &'static str,
+    directory_origin: String,
+    sha256: Option<String>,
     name: Option<String>,
     version: Option<String>,
     api_version: Option<String>,
@@ -47,12 +48,14 @@ struct ExecutorRow {
 #[derive(Serialize)]
 struct Listing {
     plugin_dirs: Vec<String>,
+    warnings: Vec<String>,
     plugins: Vec<PluginRow>,
     providers: Vec<ProviderRow>,
     executors: Vec<ExecutorRow>,
 }
 
-fn listing(registry: &Registry) -> Listing {
+/// The listing; `digests` adds each loaded plugin file's sha256 (it reads the file).
+fn listing(registry: &Registry, digests: bool) -> Listing {
     let plugins = registry
         .plugins
         .iter()
@@ -71,7 +74,11 @@ fn listing(registry: &Registry) -> Listing {
             };
             PluginRow {
                 file: r.path.display().to_string(),
-                directory_origin: r.origin,
+                directory_origin: r.origin.clone(),
+                sha256: plugin
+                    .filter(|_| digests)
+                    .and_then(|p| p.sha256().ok())
+                    .map(str::to_owned),
                 name: plugin.map(|p| p.name.clone()),
                 version: plugin.map(|p| p.version.to_string()),
                 api_version: plugin.map(|p| p.api_version.clone()),
@@ -128,6 +135,7 @@ fn listing(registry: &Registry) -> Listing {
             .iter()
             .map(|d| format!("{} ({})", d.path.display(), d.origin))
             .collect(),
+        warnings: registry.dirs.iter().filter_map(|d| d.problem()).collect(),
         plugins,
         providers,
         executors,
@@ -135,7 +143,7 @@ fn listing(registry: &Registry) -> Listing {
 }
 
 pub fn list(registry: &Registry, json: bool) {
-    let l = listing(registry);
+    let l = listing(registry, json);
     if json {
         println!(
             "{}",
@@ -146,6 +154,9 @@ pub fn list(registry: &Registry, json: bool) {
     println!("Plugin directories, in search order:");
     for d in &l.plugin_dirs {
         println!("  {d}");
+    }
+    for w in &l.warnings {
+        println!("  warning: {w}");
     }
     println!("\nPlugins:");
     if l.plugins.is_empty() {

@@ -100,7 +100,8 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
                 transfers,
                 observer: super::progress::observer(args.quiet),
             },
-        );
+        )
+        .map_err(|e| CliError::Staging(e.to_string()))?;
         let canceller = engine.clone();
         super::on_ctrl_c(move || canceller.cancel());
         workflow

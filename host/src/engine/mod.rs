@@ -113,6 +113,11 @@ pub struct Engine {
     handles: Arc<Mutex<Vec<ReportReceiver>>>,
 }
 
+/// The engine could not start (its worker threads).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
+
 /// A task that could not be submitted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -138,19 +143,17 @@ pub enum SubmitError {
 
 impl Engine {
     /// An engine over the registry's executors. Call from within a tokio runtime.
-    pub fn new(registry: &Registry, options: EngineOptions) -> Engine {
+    /// Fails when an executor's worker threads cannot be started.
+    pub fn new(registry: &Registry, options: EngineOptions) -> Result<Engine, EngineError> {
         let dm = Arc::new(DataManager::new(registry));
-        let executors = registry
-            .executors
-            .iter()
-            .map(|e| {
-                let rt = ExecutorRuntime {
-                    working_dir: e.working_dir.clone(),
-                    workers: WorkerPool::new(&e.label, e.workers),
-                };
-                (e.label.clone(), rt)
-            })
-            .collect();
+        let mut executors = HashMap::new();
+        for e in &registry.executors {
+            let rt = ExecutorRuntime {
+                working_dir: e.working_dir.clone(),
+                workers: WorkerPool::new(&e.label, e.workers).map_err(EngineError)?,
+            };
+            executors.insert(e.label.clone(), rt);
+        }
         let cancel = CancelFlag::new();
         let token = CancellationToken::new();
         let transfers = Transfers::new(
@@ -160,7 +163,7 @@ impl Engine {
             cancel,
             token,
         );
-        Engine {
+        Ok(Engine {
             inner: Arc::new(Inner {
                 dm,
                 executors,
@@ -170,7 +173,7 @@ impl Engine {
                 runtime: tokio::runtime::Handle::current(),
             }),
             handles: Arc::new(Mutex::new(Vec::new())),
-        }
+        })
     }
 
     /// The data manager the engine stages through.

@@ -27,8 +27,9 @@ pub(crate) struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `workers` threads named `stagehost-<label>-<n>`.
-    pub fn new(label: &str, workers: usize) -> WorkerPool {
+    /// Starts `workers` threads named `stagehost-<label>-<n>`; fails when the OS
+    /// refuses a thread (the threads already started end with the pool).
+    pub fn new(label: &str, workers: usize) -> Result<WorkerPool, String> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
@@ -36,14 +37,17 @@ impl WorkerPool {
             }),
             ready: Condvar::new(),
         });
+        let pool = WorkerPool { shared };
         for n in 0..workers.max(1) {
-            let shared = shared.clone();
+            let shared = pool.shared.clone();
             std::thread::Builder::new()
                 .name(format!("stagehost-{label}-{n}"))
                 .spawn(move || worker(&shared))
-                .expect("the OS starts a worker thread");
+                .map_err(|e| {
+                    format!("executor {label:?}: cannot start worker thread {n} of {workers}: {e}")
+                })?;
         }
-        WorkerPool { shared }
+        Ok(pool)
     }
 
     /// Runs `f` on a worker and waits for its result; `Err` with the panic message if
