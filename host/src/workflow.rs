@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use stagehost_plugin_api::File;
 
-use crate::config::{line_column, show_number, toml_error_line, MAX_SECONDS};
+use crate::config::{show_number, toml_error_line, MAX_SECONDS};
 use crate::engine::{check_command, Engine, Input, SubmitError, TaskHandle, TaskSpec};
 
 /// A `[[task]]` table.
@@ -118,9 +118,75 @@ pub struct Workflow {
     pub path: PathBuf,
     /// Its tasks, as written.
     pub tasks: Vec<TaskDef>,
-    /// Where each task's table starts, as `file:line:column`.
-    locations: Vec<String>,
+    /// Where each task's table starts: line and column (1-based).
+    positions: Vec<(u32, u32)>,
+    /// The file's name as errors show it.
+    shown_path: String,
     text_dir: PathBuf,
+}
+
+/// Line starts of a text, for turning byte offsets into lines and columns in
+/// O(log lines) each (a workflow may hold 100,000 tasks).
+struct LineIndex<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    fn new(text: &'t str) -> LineIndex<'t> {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, starts }
+    }
+
+    /// 1-based line and column (in characters) of byte `offset`.
+    fn position(&self, offset: usize) -> (u32, u32) {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset) - 1;
+        let column = self.text[self.starts[line]..offset].chars().count() + 1;
+        (
+            u32::try_from(line + 1).unwrap_or(u32::MAX),
+            u32::try_from(column).unwrap_or(u32::MAX),
+        )
+    }
+}
+
+/// Where each top-level `[[task]]` header line starts, when the text is a plain list
+/// of task tables (only blank lines and comments before the first header).
+fn task_table_starts(text: &str) -> Option<Vec<usize>> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let code = line.split('#').next().unwrap_or_default();
+        let bare: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        if bare == "[[task]]" {
+            starts.push(offset);
+        } else if starts.is_empty() && !bare.is_empty() {
+            return None;
+        }
+        offset += line.len();
+    }
+    Some(starts)
+}
+
+/// Tasks and the line and column each is written at.
+type Parsed = (Vec<TaskDef>, Vec<(u32, u32)>);
+
+/// The tasks and their positions, parsed one `[[task]]` table at a time; `None` when
+/// the text is not a plain list of tables or a table does not parse on its own.
+fn parse_by_table(text: &str, lines: &LineIndex<'_>) -> Option<Parsed> {
+    let starts = task_table_starts(text)?;
+    let mut tasks = Vec::with_capacity(starts.len());
+    let mut positions = Vec::with_capacity(starts.len());
+    for (k, &start) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(text.len());
+        let file: WorkflowFile = toml::from_str(&text[start..end]).ok()?;
+        for t in file.task {
+            positions.push(lines.position(start + t.span().start));
+            tasks.push(t.into_inner());
+        }
+    }
+    Some((tasks, positions))
 }
 
 impl Workflow {
@@ -134,17 +200,27 @@ impl Workflow {
 
     /// Parses `text`, which came from `path` (relative paths in it are resolved against
     /// `path`'s directory).
+    ///
+    /// A workflow may hold 100,000 tasks: a file that is a plain list of `[[task]]`
+    /// tables is parsed one table at a time, so memory holds the text and the tasks,
+    /// never a document tree of the whole file. Anything else (or a table that does not
+    /// parse alone, such as a multi-line string holding a `[[task]]` line) is parsed
+    /// whole, which also gives the exact error.
     pub fn parse(text: &str, path: &Path) -> Result<Workflow, WorkflowError> {
-        let file: WorkflowFile = toml::from_str(text)
-            .map_err(|e| WorkflowError(toml_error_line(&path.display().to_string(), text, &e)))?;
-        let locations = file
-            .task
-            .iter()
-            .map(|t| {
-                let (l, c) = line_column(text, t.span().start);
-                format!("{}:{l}:{c}", path.display())
-            })
-            .collect();
+        let lines = LineIndex::new(text);
+        let (tasks, positions) = match parse_by_table(text, &lines) {
+            Some(parsed) => parsed,
+            None => {
+                let file: WorkflowFile = toml::from_str(text).map_err(|e| {
+                    WorkflowError(toml_error_line(&path.display().to_string(), text, &e))
+                })?;
+                file.task
+                    .into_iter()
+                    .map(|t| (lines.position(t.span().start), t.into_inner()))
+                    .map(|(p, t)| (t, p))
+                    .unzip()
+            }
+        };
         let text_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -152,20 +228,24 @@ impl Workflow {
         let text_dir = std::path::absolute(&text_dir).unwrap_or(text_dir);
         Ok(Workflow {
             path: path.to_path_buf(),
-            tasks: file
-                .task
-                .into_iter()
-                .map(toml::Spanned::into_inner)
-                .collect(),
-            locations,
+            tasks,
+            positions,
+            shown_path: path.display().to_string(),
             text_dir,
         })
+    }
+
+    /// Where task `index` is written, as `file:line:column`.
+    pub fn location(&self, index: usize) -> String {
+        let (line, column) = self.positions[index];
+        format!("{}:{line}:{column}", self.shown_path)
     }
 
     fn err(&self, index: usize, message: String) -> WorkflowError {
         WorkflowError(format!(
             "{}: task {:?}: {message}",
-            self.locations[index], self.tasks[index].name
+            self.location(index),
+            self.tasks[index].name
         ))
     }
 
@@ -200,10 +280,7 @@ impl Workflow {
             if let Some(first) = by_name.insert(&t.name, i) {
                 return Err(self.err(
                     i,
-                    format!(
-                        "the name is used twice (first at {})",
-                        self.locations[first]
-                    ),
+                    format!("the name is used twice (first at {})", self.location(first)),
                 ));
             }
         }
@@ -249,7 +326,8 @@ impl Workflow {
                     } else {
                         format!(
                             "task {:?} (at {})",
-                            self.tasks[first].name, self.locations[first]
+                            self.tasks[first].name,
+                            self.location(first)
                         )
                     };
                     return Err(self.err(
@@ -290,6 +368,15 @@ impl Workflow {
         })
     }
 
+    /// Each task's index by name.
+    pub fn name_index(&self) -> HashMap<&str, usize> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect()
+    }
+
     /// Submits every task in `order` (from [`Workflow::check`]) to `engine`.
     pub fn submit(
         &self,
@@ -297,12 +384,7 @@ impl Workflow {
         order: &[usize],
     ) -> Result<Vec<Option<TaskHandle>>, WorkflowError> {
         let mut handles: Vec<Option<TaskHandle>> = (0..self.tasks.len()).map(|_| None).collect();
-        let index: HashMap<&str, usize> = self
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i))
-            .collect();
+        let index = self.name_index();
         for &i in order {
             let spec = self.spec(i, &handles, &index)?;
             let handle = engine
@@ -357,7 +439,11 @@ impl Workflow {
 
     /// The files of task `i` for a dry run: inputs (producers' outputs included), then
     /// outputs, stdout, stderr.
-    pub fn files(&self, i: usize) -> Result<(Vec<File>, Vec<File>), WorkflowError> {
+    pub fn files(
+        &self,
+        i: usize,
+        index: &HashMap<&str, usize>,
+    ) -> Result<(Vec<File>, Vec<File>), WorkflowError> {
         let t = &self.tasks[i];
         let file = |url: &str| self.file(url).map_err(|e| self.err(i, e));
         let mut ins = Vec::new();
@@ -365,11 +451,7 @@ impl Workflow {
             ins.push(match input {
                 InputDef::Url(url) => file(url)?,
                 InputDef::Output { task, output } => {
-                    let producer = self
-                        .tasks
-                        .iter()
-                        .find(|p| &p.name == task)
-                        .expect("check() verified the name");
+                    let producer = &self.tasks[index[task.as_str()]];
                     file(&producer.outputs[*output])?
                 }
             });
@@ -470,6 +552,22 @@ mod tests {
         assert_eq!(w.file("out/a.txt").unwrap().path(), "/w/out/a.txt");
         assert_eq!(w.file("http://h/x").unwrap().path(), "/x");
         assert_eq!(w.file("file:///abs").unwrap().path(), "/abs");
+    }
+
+    #[test]
+    fn a_plain_list_of_tables_parses_table_by_table_with_exact_positions() {
+        let text = "# a comment\n\n[[task]]\nname = \"a\"\ncommand = \"true\"\n\n  [[ task ]] # b\nname = \"b\"\ncommand = \"x\"\ninputs = [{ task = \"a\" }]\n";
+        assert_eq!(task_table_starts(text), Some(vec![13, 51]));
+        let w = wf(text);
+        assert_eq!(w.tasks.len(), 2);
+        assert_eq!(w.location(1), "/w/flow.toml:7:3");
+        // A multi-line string holding a header line: the whole text is parsed at once.
+        let tricky = "[[task]]\nname = \"a\"\ncommand = '''\n[[task]]\n'''\n";
+        let w = wf(tricky);
+        assert_eq!(w.tasks.len(), 1);
+        assert_eq!(w.tasks[0].command, "[[task]]\n");
+        // Top-level content before the first table: parsed whole, with the exact error.
+        assert!(task_table_starts("x = 1\n[[task]]\n").is_none());
     }
 
     #[test]

@@ -1034,3 +1034,36 @@ fn a_plugin_file_swapped_after_its_checks_is_never_the_one_loaded() {
     );
     assert_eq!(loaded.sha256().unwrap(), sha256_file(&fixture("probe")));
 }
+
+// ---------------------------------------------------------------------------------
+// 7. Scale
+
+#[test]
+fn a_workflow_of_50000_chained_tasks_is_checked_in_bounded_memory() {
+    let sandbox = Sandbox::new();
+    let mut text = String::new();
+    for c in 0..500 {
+        for k in 0..100 {
+            text.push_str(&format!(
+                "[[task]]\nname = \"c{c}-{k}\"\ncommand = \": > {{outputs[0]}}\"\noutputs = [\"out/c{c}-{k}.txt\"]\n"
+            ));
+            if k > 0 {
+                text.push_str(&format!("inputs = [{{ task = \"c{c}-{}\" }}]\n", k - 1));
+            }
+            text.push('\n');
+        }
+    }
+    let flow = sandbox.write("flow.toml", &text);
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args(["run", flow.to_str().unwrap(), "--dry-run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, peak_kib) = run_measured(child);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.matches("task c").count(), 50_000);
+    // The text is 5.8 MB; a document tree of it took over 250 MB.
+    assert!(peak_kib < 120 * 1024, "peak RSS {peak_kib} KiB");
+}

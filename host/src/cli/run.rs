@@ -146,11 +146,12 @@ fn dry_run(
     let dm = DataManager::new(registry);
     let opts = StageOptions::default();
     let mut problems = 0;
+    let index = workflow.name_index();
     for &i in order {
         let task = &workflow.tasks[i];
         println!("task {} (executor {}):", task.name, task.executor);
         let (ins, outs) = workflow
-            .files(i)
+            .files(i, &index)
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
         let all = ins
             .iter()

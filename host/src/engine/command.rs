@@ -269,7 +269,8 @@ pub(crate) async fn run(
                 .map_err(|e| format!("cannot create {}: {e}", display::path(parent)))?;
         }
     }
-    let mut cmd = tokio::process::Command::new("sh");
+    // An absolute path: no PATH walk of failed execs per task.
+    let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
         .current_dir(&files.working_dir)

@@ -1,0 +1,198 @@
+//! Scale: workflows of 10,000 and 100,000 shell tasks, flat and in chains of 100, run
+//! by the release `stagehost` binary. For each it prints the time from launch to the
+//! first task's start, the tasks per second, the peak RSS of the run and of a dry run
+//! (parse, check and plan, nothing run), per task. Beside them, the spawn floor: a
+//! plain loop spawning `/bin/sh -c true` on 2 threads, `xargs -P 2`, and stagehost
+//! running the same 1,000 `true` tasks on 2 workers, with the ratio. Prints figures;
+//! asserts nothing about time.
+//!
+//! Run: `cargo build --release --workspace && cargo bench -p stagehost-tests --bench scale`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime};
+
+use stagehost_tests::{stagehost_bin_in, Sandbox};
+
+const ROUNDS: usize = 3;
+const FLOOR_TASKS: usize = 1000;
+const WORKERS: usize = 2;
+
+/// A flat workflow of `n` tasks; the first marks its start in `started` (in the
+/// working directory).
+fn flat(n: usize) -> String {
+    let mut text = String::with_capacity(n * 48);
+    for i in 0..n {
+        let command = if i == 0 { ": > started" } else { "true" };
+        text.push_str(&format!(
+            "[[task]]\nname = \"t{i}\"\ncommand = \"{command}\"\n\n"
+        ));
+    }
+    text
+}
+
+/// `n` tasks in chains of 100: each writes an output its successor reads.
+fn chains(n: usize) -> String {
+    let mut text = String::with_capacity(n * 120);
+    for c in 0..n / 100 {
+        for k in 0..100 {
+            text.push_str(&format!(
+                "[[task]]\nname = \"c{c}-{k}\"\ncommand = \": > {{outputs[0]}}\"\noutputs = [\"out/c{c}-{k}.txt\"]\n"
+            ));
+            if k > 0 {
+                text.push_str(&format!("inputs = [{{ task = \"c{c}-{}\" }}]\n", k - 1));
+            }
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// Runs `cmd` to its end; wall seconds and peak RSS in KiB (wait4).
+// The child is reaped by wait4, which std's `Child` does not see.
+#[allow(clippy::zombie_processes)]
+fn measure(mut cmd: Command) -> (f64, f64, i64, i32) {
+    let launched = SystemTime::now();
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid out-parameters.
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let launched = launched
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    (
+        launched,
+        start.elapsed().as_secs_f64(),
+        usage.ru_maxrss,
+        status,
+    )
+}
+
+fn mtime(path: &Path) -> f64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .expect("the first task wrote its mark")
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+fn config(sandbox: &Sandbox) -> PathBuf {
+    sandbox.write(
+        "site.toml",
+        format!("[executor.local]\nworking_dir = \"wd\"\nworkers = {WORKERS}\n"),
+    )
+}
+
+fn stagehost(sandbox: &Sandbox, flow: &Path, extra: &[&str]) -> Command {
+    let mut c = sandbox.command(&stagehost_bin_in("release"));
+    c.arg("--config")
+        .arg(config(sandbox))
+        .arg("run")
+        .arg(flow)
+        .arg("-q")
+        .args(extra);
+    c
+}
+
+fn scale_case(name: &str, n: usize, text: &str, mark: &str) {
+    let sandbox = Sandbox::new();
+    let flow = sandbox.write("flow.toml", text);
+    let (_, _, dry_rss, status) = measure(stagehost(&sandbox, &flow, &["--dry-run"]));
+    assert_eq!(status, 0, "{name}: the dry run failed");
+    let (launched, seconds, rss, status) = measure(stagehost(&sandbox, &flow, &[]));
+    assert_eq!(status, 0, "{name}: the run failed");
+    let first = mtime(&sandbox.join(mark)) - launched;
+    println!(
+        "{name:<14} {n:>7} tasks  first task at {first:>6.3}s  {seconds:>7.2}s  {:>7.0} tasks/s  peak RSS {:>6.1} MiB ({:>5.2} KiB/task)  dry-run RSS {:>6.1} MiB ({:>5.2} KiB/task)",
+        n as f64 / seconds,
+        rss as f64 / 1024.0,
+        rss as f64 / n as f64,
+        dry_rss as f64 / 1024.0,
+        dry_rss as f64 / n as f64,
+    );
+}
+
+/// Tasks per second of a plain loop spawning `/bin/sh -c true` on `WORKERS` threads.
+fn spawn_floor() -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..WORKERS {
+            s.spawn(move || {
+                for _ in (w..FLOOR_TASKS).step_by(WORKERS) {
+                    let ok = Command::new("/bin/sh")
+                        .args(["-c", "true"])
+                        .status()
+                        .expect("sh");
+                    assert!(ok.success());
+                }
+            });
+        }
+    });
+    FLOOR_TASKS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn xargs() -> f64 {
+    let start = Instant::now();
+    let mut child = Command::new("xargs")
+        .args([
+            "-P",
+            &WORKERS.to_string(),
+            "-n",
+            "1",
+            "/bin/sh",
+            "-c",
+            "true",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("xargs");
+    let input: String = (0..FLOOR_TASKS).map(|i| format!("{i}\n")).collect();
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input.as_bytes())
+        .expect("write");
+    drop(child.stdin.take());
+    assert!(child.wait().expect("xargs runs").success());
+    FLOOR_TASKS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn stagehost_true() -> f64 {
+    let sandbox = Sandbox::new();
+    let text: String = (0..FLOOR_TASKS)
+        .map(|i| format!("[[task]]\nname = \"t{i}\"\ncommand = \"true\"\n\n"))
+        .collect();
+    let flow = sandbox.write("flow.toml", text);
+    let (_, seconds, _, status) = measure(stagehost(&sandbox, &flow, &[]));
+    assert_eq!(status, 0);
+    FLOOR_TASKS as f64 / seconds
+}
+
+fn best(f: impl Fn() -> f64) -> f64 {
+    (0..ROUNDS).map(|_| f()).fold(0.0, f64::max)
+}
+
+fn main() {
+    println!("spawn floor, {FLOOR_TASKS} `sh -c true` on {WORKERS} workers (best of {ROUNDS}):");
+    let floor = best(spawn_floor);
+    let xargs = best(xargs);
+    let ours = best(stagehost_true);
+    println!("  posix_spawn loop  {floor:>7.0} tasks/s");
+    println!("  xargs -P {WORKERS}        {xargs:>7.0} tasks/s");
+    println!(
+        "  stagehost run     {ours:>7.0} tasks/s  = {:.0}% of the spawn floor, {:.0}% of xargs",
+        100.0 * ours / floor,
+        100.0 * ours / xargs
+    );
+    println!("\nscale (one run each, {WORKERS} workers):");
+    for n in [10_000, 100_000] {
+        scale_case("flat", n, &flat(n), "wd/started");
+        scale_case("chains of 100", n, &chains(n), "out/c0-0.txt");
+    }
+}
