@@ -15,15 +15,14 @@
 //! - captured stderr is bounded: only its tail is kept, for the error line.
 
 use std::ffi::{OsStr, OsString};
-use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
-use tokio::io::AsyncReadExt;
 
 use super::task::TaskFiles;
 
@@ -178,29 +177,6 @@ pub fn expand(command: &str, files: &TaskFiles) -> Result<OsString, String> {
     Ok(unsafe { OsString::from_encoded_bytes_unchecked(out) })
 }
 
-/// Sends `signal` to process group `pgid`; whether the group still existed.
-pub(crate) fn signal_group(pgid: i32, signal: i32) -> bool {
-    // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
-    pgid > 1 && unsafe { libc::kill(-pgid, signal) } == 0
-}
-
-/// SIGTERM to the group, then SIGKILL once `grace` has passed if anything is left.
-pub(crate) async fn terminate_group(pgid: i32, grace: Duration) {
-    if !signal_group(pgid, libc::SIGTERM) {
-        return;
-    }
-    let step = Duration::from_millis(20);
-    let mut waited = Duration::ZERO;
-    while waited < grace {
-        tokio::time::sleep(step).await;
-        waited += step;
-        if !signal_group(pgid, 0) {
-            return;
-        }
-    }
-    signal_group(pgid, libc::SIGKILL);
-}
-
 /// The last bytes of a stream, kept while the rest is read and dropped.
 #[derive(Default)]
 struct Tail(Vec<u8>);
@@ -240,22 +216,179 @@ fn output_file(path: &Path) -> Result<(AtomicFile, Stdio), String> {
     Ok((file, Stdio::from(handle)))
 }
 
-/// How a command run ended badly.
-pub(crate) enum Stop {
-    /// The run was cancelled.
+/// Sends `signal` to process group `pgid`; whether the group still existed.
+pub(crate) fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+    pgid > 1 && unsafe { libc::kill(-pgid, signal) } == 0
+}
+
+/// A flag that wakes every blocked command runner when raised: the read end of a
+/// pipe that becomes readable, for good, once [`CancelSignal::raise`] writes to it.
+pub(crate) struct CancelSignal {
+    reader: OwnedFd,
+    // Kept open for the signal's life, so the reader never sees end-of-file.
+    writer: OwnedFd,
+    raised: std::sync::atomic::AtomicBool,
+}
+
+impl CancelSignal {
+    pub fn new() -> std::io::Result<CancelSignal> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two descriptors into a valid array.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are ours alone.
+        let (reader, writer) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        for fd in [&reader, &writer] {
+            // SAFETY: fcntl on a descriptor we own: children must not inherit it.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        Ok(CancelSignal {
+            reader,
+            writer,
+            raised: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Raises the flag: one byte, never read, keeps the read end readable for good.
+    pub fn raise(&self) {
+        if !self.raised.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: writing one byte from a valid buffer to a descriptor we own.
+            let _ = unsafe { libc::write(self.writer.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        self.reader.as_raw_fd()
+    }
+}
+
+/// A descriptor that becomes readable when the child exits (Linux 5.3+ pidfd), if
+/// the kernel offers one.
+fn exit_fd(pid: i32) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a non-negative result is a descriptor we now own.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes (None: forever). Returns
+/// the `revents` of each.
+fn wait_readable(fds: &[i32], timeout: Option<Duration>) -> Vec<i16> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| {
+        i32::try_from(t.as_millis().max(1)).unwrap_or(i32::MAX)
+    });
+    // SAFETY: `polled` is a valid array of pollfd for its length.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+    if n <= 0 {
+        return vec![0; fds.len()];
+    }
+    polled.iter().map(|p| p.revents).collect()
+}
+
+/// Reads what `pipe` has now into `tail`; false once it reached end-of-file or failed.
+fn drain(pipe: &mut std::process::ChildStderr, tail: &mut Tail) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => tail.push(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor we own; flags are read then written back.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// The child's exit status if it has exited; it stays unreaped (a zombie keeps its
+/// process group id reserved) unless `reap`.
+fn exited(pid: i32, reap: bool) -> Option<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | if reap { 0 } else { libc::WNOWAIT };
+    // SAFETY: waitid on our own child with a valid out-parameter.
+    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    // SAFETY: si_pid is valid to read once waitid returned 0.
+    if r != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: as above; si_status and si_code describe the exit.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    Some(if code == libc::CLD_EXITED {
+        std::process::ExitStatus::from_raw((status & 0xff) << 8)
+    } else {
+        std::process::ExitStatus::from_raw(status & 0x7f)
+    })
+}
+
+/// SIGTERM to the group, then SIGKILL once `grace` has passed if anything is left;
+/// reaps the leader `pid` meanwhile, so its zombie does not keep the group alive.
+fn terminate_group(pgid: i32, pid: i32, grace: Duration) {
+    if !signal_group(pgid, libc::SIGTERM) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        exited(pid, true);
+        if !signal_group(pgid, 0) {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            signal_group(pgid, libc::SIGKILL);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Why a command was stopped before its shell exited.
+enum Stop {
     Cancelled,
-    /// The task's time limit passed.
     TimedOut(Duration),
 }
 
-/// Runs `command` (already expanded) with `sh -c` in the working directory, in a
+/// Runs `command` (already expanded) with `/bin/sh -c` in the working directory, in a
 /// process group of its own, sending stdout/stderr to their files when given.
-/// Creates the outputs' directories first. Returns when the shell exits; when `stop`
-/// resolves first, the whole group is terminated and waited for.
-pub(crate) async fn run(
+/// Creates the outputs' directories first. Blocks this thread (a worker's) until the
+/// shell exits; when `cancel` is raised or `timeout` passes first, the whole group is
+/// terminated and its leader reaped before returning. `runtime` stops, after a grace
+/// period, whatever the shell left behind.
+pub(crate) fn run(
     command: &OsStr,
     files: &TaskFiles,
-    stop: impl Future<Output = Stop>,
+    cancel: &CancelSignal,
+    timeout: Option<Duration>,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<(), String> {
     std::fs::create_dir_all(&files.working_dir).map_err(|e| {
         format!(
@@ -269,14 +402,14 @@ pub(crate) async fn run(
                 .map_err(|e| format!("cannot create {}: {e}", display::path(parent)))?;
         }
     }
-    // An absolute path: no PATH walk of failed execs per task.
-    let mut cmd = tokio::process::Command::new("/bin/sh");
+    // An absolute path: no PATH walk of failed execs per task. `process_group` keeps
+    // std's posix_spawn fast path (a pre_exec hook would force fork + exec).
+    let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
         .current_dir(&files.working_dir)
         .stdin(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     let mut written = Vec::new();
     match &files.stdout {
         Some(p) => {
@@ -298,35 +431,55 @@ pub(crate) async fn run(
             cmd.stderr(Stdio::piped());
         }
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
     drop(cmd); // closes our copies of the output files' descriptors
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .expect("a child that was just spawned has a pid");
-    let tail = Arc::new(Mutex::new(Tail::default()));
-    let reader = child.stderr.take().map(|mut pipe| {
-        let tail = tail.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 << 10];
-            while let Ok(n) = pipe.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                tail.lock()
-                    .expect("the tail lock is never poisoned")
-                    .push(&buf[..n]);
+    let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
+    let pgid = pid;
+    let exit = exit_fd(pid);
+    let mut stderr = child.stderr.take();
+    if let Some(pipe) = &stderr {
+        set_nonblocking(pipe.as_raw_fd());
+    }
+    let mut tail = Tail::default();
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let stop = loop {
+        if let Some(status) = exited(pid, false) {
+            break Ok(status);
+        }
+        let now = std::time::Instant::now();
+        if let (Some(limit), Some(at)) = (timeout, deadline) {
+            if now >= at {
+                break Err(Stop::TimedOut(limit));
             }
-        })
-    });
-    let status = tokio::select! {
-        status = child.wait() => status.map_err(|e| format!("waiting for the command: {e}"))?,
-        why = stop => {
-            terminate_group(pgid, KILL_GRACE).await;
-            let _ = child.wait().await;
-            if let Some(r) = reader {
-                r.abort();
+        }
+        let mut fds = vec![cancel.fd()];
+        fds.extend(stderr.as_ref().map(|p| p.as_raw_fd()));
+        fds.extend(exit.as_ref().map(|fd| fd.as_raw_fd()));
+        // Without a pidfd, look again every few milliseconds.
+        let wait = match (deadline, &exit) {
+            (Some(at), Some(_)) => Some(at - now),
+            (Some(at), None) => Some((at - now).min(Duration::from_millis(5))),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_millis(5)),
+        };
+        let ready = wait_readable(&fds, wait);
+        if ready[0] != 0 {
+            break Err(Stop::Cancelled);
+        }
+        if stderr.is_some() && ready[1] != 0 {
+            let open = stderr.as_mut().is_some_and(|p| drain(p, &mut tail));
+            if !open {
+                stderr = None;
             }
+        }
+    };
+    let status = match stop {
+        Ok(status) => status,
+        Err(why) => {
+            terminate_group(pgid, pid, KILL_GRACE);
+            let _ = child.wait();
             return Err(match why {
                 Stop::Cancelled => "cancelled".to_owned(),
                 Stop::TimedOut(t) => format!(
@@ -336,14 +489,26 @@ pub(crate) async fn run(
             });
         }
     };
-    // The shell is gone: whatever it left running in its group is stopped, so no
-    // background child outlives its task or holds the task open.
-    if signal_group(pgid, 0) {
-        tokio::spawn(terminate_group(pgid, KILL_GRACE));
+    let _ = child.wait();
+    // Whatever the shell left running in its group is stopped, so no background child
+    // outlives its task. (A group id is not reused while the group has members; once
+    // the shell is reaped, a group that still answers holds only what it left behind.)
+    if signal_group(pgid, libc::SIGTERM) {
+        runtime.spawn(async move {
+            tokio::time::sleep(KILL_GRACE).await;
+            signal_group(pgid, libc::SIGKILL);
+        });
     }
-    if let Some(r) = reader {
-        // The pipe closes when the last writer is gone; a straggler gets a moment.
-        let _ = tokio::time::timeout(Duration::from_millis(100), r).await;
+    if let Some(mut pipe) = stderr {
+        // The pipe closes when its last writer is gone; a straggler gets a moment.
+        let until = std::time::Instant::now() + Duration::from_millis(100);
+        while drain(&mut pipe, &mut tail) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            wait_readable(&[pipe.as_raw_fd()], Some(left));
+        }
     }
     for file in written {
         file.commit().map_err(|e| e.to_string())?;
@@ -355,12 +520,7 @@ pub(crate) async fn run(
         Some(code) => format!("exit status {code}"),
         None => "killed by a signal".to_owned(),
     };
-    let excerpt = tail
-        .lock()
-        .expect("the tail lock is never poisoned")
-        .excerpt()
-        .map(|l| format!(": {l}"))
-        .unwrap_or_default();
+    let excerpt = tail.excerpt().map(|l| format!(": {l}")).unwrap_or_default();
     Err(format!("the command failed with {status}{excerpt}"))
 }
 

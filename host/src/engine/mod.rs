@@ -101,6 +101,8 @@ struct Inner {
     observer: Arc<dyn Observer>,
     start: Instant,
     runtime: tokio::runtime::Handle,
+    /// Raised on cancel: wakes every command runner blocked on a worker.
+    stop_commands: command::CancelSignal,
 }
 
 /// Where a task's report arrives.
@@ -171,6 +173,8 @@ impl Engine {
                 observer: options.observer,
                 start: Instant::now(),
                 runtime: tokio::runtime::Handle::current(),
+                stop_commands: command::CancelSignal::new()
+                    .map_err(|e| EngineError(format!("cannot create a pipe: {e}")))?,
             }),
             handles: Arc::new(Mutex::new(Vec::new())),
         })
@@ -230,11 +234,25 @@ impl Engine {
             .expect("the handles lock is never poisoned")
             .push(report_rx);
         let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let report = Arc::new(Inner::run_task(&inner, Arc::new(spec), senders).await);
-            inner.observer.task_finished(&report);
+        let outputs = Outputs { senders };
+        let observer = inner.observer.clone();
+        let deliver = move |report: TaskReport| {
+            let report = Arc::new(report);
+            observer.task_finished(&report);
             let _ = report_tx.send(Some(report));
-        });
+        };
+        let spec = Arc::new(spec);
+        if spec.staged_ins().all(|i| matches!(i, Input::File(_))) {
+            // Nothing to wait for: straight to a worker.
+            let worker_inner = inner.clone();
+            inner.executors[&spec.executor]
+                .workers
+                .execute(move || Inner::run_on_worker(&worker_inner, spec, outputs, deliver));
+        } else {
+            tokio::spawn(async move {
+                deliver(Inner::run_task(&inner, spec, outputs).await);
+            });
+        }
         Ok(handle)
     }
 
@@ -243,6 +261,7 @@ impl Engine {
     pub fn cancel(&self) {
         self.inner.transfers.cancel.cancel();
         self.inner.transfers.token.cancel();
+        self.inner.stop_commands.raise();
     }
 
     /// Whether [`Engine::cancel`] was called.
@@ -395,29 +414,36 @@ impl Inner {
         }
     }
 
-    async fn run_task(
-        this: &Arc<Inner>,
-        spec: Arc<TaskSpec>,
-        senders: Vec<watch::Sender<FutureState>>,
+    /// Fails every output of the task and builds its report.
+    #[allow(clippy::too_many_arguments)]
+    fn end(
+        &self,
+        spec: &TaskSpec,
+        outputs: &Outputs,
+        start: Instant,
+        status: TaskStatus,
+        attempts: u32,
+        error: String,
+        files: Vec<FileReport>,
     ) -> TaskReport {
-        let outputs = Outputs { senders };
-        let token = this.transfers.token.clone();
-        let end = |start, status, attempts, error: String, files: Vec<FileReport>| {
-            outputs.fail_all(&format!(
-                "task {:?} {}: {error}",
-                spec.name,
-                status_word(status)
-            ));
-            this.report(&spec, start, status, attempts, Some(error), files)
-        };
+        outputs.fail_all(&format!(
+            "task {:?} {}: {error}",
+            spec.name,
+            status_word(status)
+        ));
+        self.report(spec, start, status, attempts, Some(error), files)
+    }
 
+    /// The whole task on tokio: waits for its inputs from other tasks, then runs.
+    async fn run_task(this: &Arc<Inner>, spec: Arc<TaskSpec>, outputs: Outputs) -> TaskReport {
+        let token = this.transfers.token.clone();
         // 1. Dependencies.
         for input in spec.staged_ins() {
             if let Input::Future(future) = input {
                 let waited = tokio::select! {
                     r = future.wait() => r,
                     () = token.cancelled() => {
-                        return end(Instant::now(), TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
+                        return this.end(&spec, &outputs, Instant::now(), TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
                     }
                 };
                 if let Err(reason) = waited {
@@ -426,7 +452,9 @@ impl Inner {
                         future.file().redacted_url(),
                         future.producer()
                     );
-                    return end(
+                    return this.end(
+                        &spec,
+                        &outputs,
                         Instant::now(),
                         TaskStatus::DependencyFailed,
                         0,
@@ -439,19 +467,91 @@ impl Inner {
         // The task starts once its inputs exist.
         let start = Instant::now();
         if token.is_cancelled() {
-            return end(start, TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
+            return this.end(
+                &spec,
+                &outputs,
+                start,
+                TaskStatus::Cancelled,
+                0,
+                "cancelled".into(),
+                vec![],
+            );
         }
+        // 2. On a worker: plan every file before the body starts; with no separate
+        //    stage-in job, go straight on to the in-task steps and the body.
+        let pool = &this.executors[&spec.executor].workers;
+        let (inner, task) = (this.clone(), spec.clone());
+        let first = pool.run(move || inner.plan_and_maybe_run(&task)).await;
+        Inner::after_first_phase(this, spec, outputs, start, first).await
+    }
+
+    /// A task whose inputs are all files, run from a worker: planning and the body
+    /// here, and, when no separate job is left to run, the whole task, without a hop
+    /// through tokio. Otherwise what is left continues on tokio. Calls `deliver` with
+    /// the report either way.
+    fn run_on_worker(
+        this: &Arc<Inner>,
+        spec: Arc<TaskSpec>,
+        outputs: Outputs,
+        deliver: impl FnOnce(TaskReport) + Send + 'static,
+    ) {
+        let start = Instant::now();
+        if this.transfers.token.is_cancelled() {
+            let report = this.end(
+                &spec,
+                &outputs,
+                start,
+                TaskStatus::Cancelled,
+                0,
+                "cancelled".into(),
+                vec![],
+            );
+            return deliver(report);
+        }
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            this.plan_and_maybe_run(&spec)
+        }))
+        .map_err(|payload| pool::panic_message(&*payload));
+        let n_in = spec.inputs.len() + spec.args.len();
+        let nothing_left = match &first {
+            Ok(FirstPhase::Ran(files, ..)) => files[n_in..]
+                .iter()
+                .all(|f| f.staging.as_ref().is_none_or(|s| s.separate_job.is_none())),
+            Ok(FirstPhase::NeedsJobs(_)) => false,
+            Ok(FirstPhase::PlanningFailed(..)) | Err(_) => true,
+        };
+        if nothing_left {
+            // Nothing left waits on anything: the rest completes in one poll.
+            deliver(
+                this.runtime
+                    .block_on(Inner::after_first_phase(this, spec, outputs, start, first)),
+            );
+        } else {
+            let owned = this.clone();
+            this.runtime.spawn(async move {
+                deliver(Inner::after_first_phase(&owned, spec, outputs, start, first).await);
+            });
+        }
+    }
+
+    /// Everything after the first worker phase: separate stage-in jobs and the body
+    /// (when they had to wait), then the stage-outs and the report.
+    async fn after_first_phase(
+        this: &Arc<Inner>,
+        spec: Arc<TaskSpec>,
+        outputs: Outputs,
+        start: Instant,
+        first: Result<FirstPhase, String>,
+    ) -> TaskReport {
+        let token = this.transfers.token.clone();
         let reports =
             |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
         let n_in = spec.inputs.len() + spec.args.len();
         let pool = &this.executors[&spec.executor].workers;
-
-        // 2. On a worker: plan every file before the body starts; with no separate
-        //    stage-in job, go straight on to the in-task steps and the body.
-        let (inner, task) = (this.clone(), spec.clone());
-        let first = pool.run(move || inner.plan_and_maybe_run(&task)).await;
         let panicked = |panic: String| {
-            end(
+            this.end(
+                &spec,
+                &outputs,
                 start,
                 TaskStatus::Failed,
                 0,
@@ -462,7 +562,15 @@ impl Inner {
         let (mut files, body_result, attempts) = match first {
             Err(panic) => return panicked(panic),
             Ok(FirstPhase::PlanningFailed(files, error)) => {
-                return end(start, TaskStatus::Failed, 0, error, reports(&files));
+                return this.end(
+                    &spec,
+                    &outputs,
+                    start,
+                    TaskStatus::Failed,
+                    0,
+                    error,
+                    reports(&files),
+                );
             }
             Ok(FirstPhase::Ran(files, result, attempts)) => (files, result, attempts),
             Ok(FirstPhase::NeedsJobs(mut files)) => {
@@ -475,7 +583,9 @@ impl Inner {
                 }
                 if let Some(line) = failure {
                     let status = this.status_after_failure();
-                    return end(
+                    return this.end(
+                        &spec,
+                        &outputs,
                         start,
                         status,
                         0,
@@ -499,7 +609,9 @@ impl Inner {
             }
         };
         if let Err(error) = body_result {
-            return end(
+            return this.end(
+                &spec,
+                &outputs,
                 start,
                 this.status_after_failure(),
                 attempts,
@@ -538,9 +650,11 @@ impl Inner {
         for i in (n_in..files.len()).filter(|i| !with_job.contains(i)) {
             settle(&mut files, i, None);
         }
-        let len = files.len();
-        for (i, outcome) in this.run_separate_jobs(&mut files, n_in..len).await {
-            settle(&mut files, i, Some(outcome));
+        if !with_job.is_empty() {
+            let len = files.len();
+            for (i, outcome) in this.run_separate_jobs(&mut files, n_in..len).await {
+                settle(&mut files, i, Some(outcome));
+            }
         }
         match stage_out_failure {
             None => this.report(
@@ -685,21 +799,13 @@ impl Inner {
             Body::Closure(f) => f(&task_files)?,
             Body::Command(cmd) => {
                 let expanded = expand_command(cmd, &task_files)?;
-                let token = &self.transfers.token;
-                let stop = async {
-                    match spec.timeout {
-                        Some(limit) => tokio::select! {
-                            () = token.cancelled() => command::Stop::Cancelled,
-                            () = tokio::time::sleep(limit) => command::Stop::TimedOut(limit),
-                        },
-                        None => {
-                            token.cancelled().await;
-                            command::Stop::Cancelled
-                        }
-                    }
-                };
-                self.runtime
-                    .block_on(command::run(&expanded, &task_files, stop))?;
+                command::run(
+                    &expanded,
+                    &task_files,
+                    &self.stop_commands,
+                    spec.timeout,
+                    &self.runtime,
+                )?;
                 // As Parsl's bash_app raises MissingOutputs: a declared output the
                 // command did not write fails the task.
                 let missing: Vec<String> = task_files

@@ -50,6 +50,22 @@ impl WorkerPool {
         Ok(pool)
     }
 
+    /// Queues `f` for a worker and returns at once. `f` must not panic (the worker
+    /// survives a panic, but nobody hears of it): catch what it calls.
+    pub fn execute(&self, f: impl FnOnce() + Send + 'static) {
+        {
+            let mut q = self
+                .shared
+                .queue
+                .lock()
+                .expect("the pool lock is never poisoned");
+            q.jobs.push_back(Box::new(move || {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            }));
+        }
+        self.shared.ready.notify_one();
+    }
+
     /// Runs `f` on a worker and waits for its result; `Err` with the panic message if
     /// `f` panicked (the worker survives).
     pub async fn run<T: Send + 'static>(
@@ -64,14 +80,8 @@ impl WorkerPool {
                 .lock()
                 .expect("the pool lock is never poisoned");
             q.jobs.push_back(Box::new(move || {
-                let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
-                        payload
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| payload.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "a non-string panic payload".to_owned())
-                    });
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                    .map_err(|payload| panic_message(&*payload));
                 let _ = tx.send(result);
             }));
         }
@@ -79,6 +89,15 @@ impl WorkerPool {
         rx.await
             .expect("a worker runs every job it takes, and jobs catch their panics")
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned())
 }
 
 fn worker(shared: &Shared) {
