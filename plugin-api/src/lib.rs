@@ -16,7 +16,8 @@
 //! # Writing a provider, from an empty directory to a dropped-in plugin
 //!
 //! **1. `Cargo.toml`.** A provider is a `cdylib` crate that depends on this crate alone
-//! (add `serde` if it has settings):
+//! (add `serde` if it has settings). The crate is not on a registry: depend on it by
+//! path (a checkout of the stagehost repository) or by git:
 //!
 //! ```toml
 //! [package]
@@ -28,8 +29,16 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! stagehost-plugin-api = "0.1"      # or { path = ".../plugin-api" }
+//! stagehost-plugin-api = { path = "../stagehost/plugin-api" }
+//! # or: stagehost-plugin-api = { git = "https://<your stagehost repository>", tag = "v0.1.1" }
 //! serde = { version = "1", features = ["derive"] }
+//!
+//! # The test kit (step 4), for `cargo test` only:
+//! [dev-dependencies]
+//! stagehost-plugin-api = { path = "../stagehost/plugin-api", features = ["testing"] }
+//!
+//! # A plugin crate outside a workspace says so:
+//! [workspace]
 //! ```
 //!
 //! **2. `src/lib.rs`.** This provider serves `hello:` URLs: `hello:///world.txt`
@@ -98,6 +107,13 @@
 //! #     let p = Hello::new(&Settings::from_toml("greeting = \"hi\"")).unwrap();
 //! #     assert!(p.can_stage_in(&File::parse("hello:///world.txt").unwrap()));
 //! #     assert!(!p.can_stage_in(&File::parse("/etc/hostname").unwrap()));
+//! #     #[cfg(feature = "testing")]
+//! #     {
+//! #         let host = stagehost_plugin_api::testing::TestHost::new();
+//! #         let staged = host.stage_in(&p, "hello:///world.txt").unwrap();
+//! #         let text = std::fs::read_to_string(staged.file.filepath().unwrap()).unwrap();
+//! #         assert_eq!(text, "hi, world.txt\n");
+//! #     }
 //! # }
 //! ```
 //!
@@ -111,6 +127,25 @@
 //! stagehost plugins list            # shows `hello`, loaded, appended to the default order
 //! stagehost stage in hello:///world.txt
 //! ```
+//!
+//! **4. Test it in-process.** With the `testing` feature (a dev-dependency, above),
+//! [`testing::TestHost`] gives your calls the context the host would: a temporary
+//! working directory, captured log lines and progress, cancellation and deadline
+//! switches. It runs the planning calls and the jobs they return in the host's order:
+//!
+//! ```text
+//! #[test]
+//! fn stages_a_greeting() {
+//!     let host = stagehost_plugin_api::testing::TestHost::new();
+//!     let hello = Hello::new(&Settings::from_toml("greeting = \"hi\"")).unwrap();
+//!     let staged = host.stage_in(&hello, "hello:///world.txt").unwrap();
+//!     let text = std::fs::read_to_string(staged.file.filepath().unwrap()).unwrap();
+//!     assert_eq!(text, "hi, world.txt\n");
+//! }
+//! ```
+//!
+//! (The walkthrough's doctest runs this very test when the feature is on, and the
+//! [`testing`] module's own example is a doctest too.)
 //!
 //! The host finds the plugin with no config change: a plugin in a plugin directory that
 //! no `[[provider]]` names gets an instance of its own (named after the plugin, with
@@ -162,6 +197,8 @@ mod file;
 pub mod fs;
 mod provider;
 mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ErrorKind, StageError};
 pub use file::{redact_url, File};

@@ -140,9 +140,19 @@ impl<'a> Context<'a> {
     pub fn instance(&self) -> &str {
         &self.abi.instance
     }
-    /// Where the host wants this file placed on the task's side: the file's
-    /// `local_path` if the caller set one, else `<working_dir>/<filename>`, moved to a
-    /// subdirectory when another URL with the same basename already claimed that path.
+    /// Where the host wants this file placed on the task's side. Always an absolute
+    /// path:
+    /// - the file's `local_path`, if the caller set one (a stage-out of an output that
+    ///   already exists);
+    /// - else `<working_dir>/<filename>`, with `index` as the name when the URL's
+    ///   basename is empty, `.` or `..` (`http://h/`, `http://h/a/..`), so a file never
+    ///   lands outside the working directory;
+    /// - when another URL with the same basename already claimed that path in this run,
+    ///   `<working_dir>/.stagehost/<16 hex digits>/<filename>`, the digits a hash of the
+    ///   URL: two URLs never share a destination, and one URL always gets the same one.
+    ///
+    /// The directory may not exist yet; [`fs::AtomicFile`](crate::fs::AtomicFile)
+    /// creates it.
     pub fn destination(&self) -> &Path {
         Path::new(self.abi.destination.as_str())
     }

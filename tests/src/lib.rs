@@ -7,6 +7,8 @@
 //! default plugin discovery looks; test plugins go to `target/fixtures`,
 //! `target/fixture-api-0.2` and `target/example-data-provider`.
 
+pub mod props;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

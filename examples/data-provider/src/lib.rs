@@ -162,4 +162,30 @@ mod tests {
         );
         assert!(decode("data:nocomma").is_err());
     }
+
+    #[test]
+    fn a_data_url_stages_in_as_a_separate_job_through_the_test_kit() {
+        use stagehost_plugin_api::testing::TestHost;
+        let host = TestHost::new();
+        let provider = DataProvider::new(&Settings::from_toml("")).unwrap();
+        let staged = host
+            .stage_in(&provider, "data:text/plain;base64,aGVsbG8=")
+            .unwrap();
+        assert_eq!(staged.ran, ["separate job"]);
+        let path = staged.file.filepath().unwrap();
+        assert!(path.starts_with(host.working_dir()), "{}", path.display());
+        assert_eq!(path.extension().and_then(|e| e.to_str()), Some("txt"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        assert_eq!(host.progress().last(), Some(&(5, Some(5))));
+    }
+
+    #[test]
+    fn a_malformed_data_url_is_an_invalid_url_and_writes_nothing() {
+        use stagehost_plugin_api::testing::TestHost;
+        let host = TestHost::new();
+        let provider = DataProvider::new(&Settings::from_toml("")).unwrap();
+        let err = host.stage_in(&provider, "data:nocomma").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+        assert_eq!(std::fs::read_dir(host.working_dir()).unwrap().count(), 0);
+    }
 }

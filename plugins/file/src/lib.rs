@@ -127,3 +127,122 @@ stagehost_plugin_api::export_provider! {
     schemes: ["file"],
     description: "Local files: in place, or copied/linked into the working directory",
 }
+
+#[cfg(test)]
+mod tests {
+    //! The provider's calls and jobs run in-process with plugin-api's test kit.
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use stagehost_plugin_api::testing::TestHost;
+    use stagehost_plugin_api::{ErrorKind, Settings};
+
+    use super::*;
+
+    fn provider(mode: &str) -> FileProvider {
+        FileProvider::new(&Settings::from_toml(format!("mode = {mode:?}"))).unwrap()
+    }
+
+    fn source(host: &TestHost, name: &str, text: &str, mode: u32) -> PathBuf {
+        let dir = host.working_dir().join("src");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn mode_none_stages_in_place_with_nothing_to_do() {
+        let host = TestHost::new();
+        let src = source(&host, "a.txt", "A", 0o644);
+        let staged = host
+            .stage_in(&provider("none"), src.to_str().unwrap())
+            .unwrap();
+        assert!(staged.ran.is_empty());
+        assert_eq!(staged.file.filepath().unwrap(), src);
+    }
+
+    #[test]
+    fn copy_mode_copies_into_the_working_dir_in_task_keeping_the_mode() {
+        let host = TestHost::new();
+        let src = source(&host, "key.pem", "secret", 0o600);
+        let staged = host
+            .stage_in(&provider("copy"), src.to_str().unwrap())
+            .unwrap();
+        assert_eq!(staged.ran, ["in-task step"]);
+        let dest = host.working_dir().join("key.pem");
+        assert_eq!(staged.file.filepath().unwrap(), dest);
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "secret");
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(host.progress().last(), Some(&(6, Some(6))));
+    }
+
+    #[test]
+    fn symlink_and_hardlink_modes_link() {
+        let host = TestHost::new();
+        let src = source(&host, "s.txt", "S", 0o644);
+        host.stage_in(&provider("symlink"), src.to_str().unwrap())
+            .unwrap();
+        let link = host.working_dir().join("s.txt");
+        assert_eq!(std::fs::read_link(&link).unwrap(), src);
+        let other = TestHost::new();
+        let src = source(&other, "h.txt", "H", 0o644);
+        other
+            .stage_in(&provider("hardlink"), src.to_str().unwrap())
+            .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let dest = other.working_dir().join("h.txt");
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().ino(),
+            std::fs::metadata(&src).unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn a_cancelled_copy_fails_and_leaves_nothing() {
+        let host = TestHost::new();
+        let src = source(&host, "big.bin", "x", 0o644);
+        host.cancel();
+        let err = host
+            .stage_in(&provider("copy"), src.to_str().unwrap())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled);
+        assert!(!host.working_dir().join("big.bin").exists());
+        let names: Vec<_> = std::fs::read_dir(host.working_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["src"], "no temporary file is left");
+    }
+
+    #[test]
+    fn stage_out_copies_the_output_and_keeps_it() {
+        let host = TestHost::new();
+        let local = source(&host, "result.txt", "R", 0o640);
+        let dest = host.working_dir().join("published/result.txt");
+        let staged = host
+            .stage_out(&provider("copy"), &local, dest.to_str().unwrap())
+            .unwrap();
+        assert_eq!(staged.ran, ["in-task step"]);
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "R");
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(std::fs::read_to_string(&local).unwrap(), "R");
+    }
+
+    #[test]
+    fn only_local_file_urls_are_claimed() {
+        let p = provider("copy");
+        assert!(p.can_stage_in(&File::parse("/x").unwrap()));
+        assert!(p.can_stage_in(&File::parse("file://localhost/x").unwrap()));
+        assert!(!p.can_stage_in(&File::parse("file://elsewhere/x").unwrap()));
+        assert!(!p.can_stage_out(&File::parse("http://h/x").unwrap()));
+    }
+}
