@@ -93,12 +93,14 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         .build()
         .expect("a tokio runtime builds");
     let start = Instant::now();
-    let reports = rt.block_on(async {
+    let workflow_name = workflow.path.display().to_string();
+    let quiet = args.quiet;
+    let reports = rt.block_on(async move {
         let engine = Engine::new(
             registry,
             EngineOptions {
                 transfers,
-                observer: super::progress::observer(args.quiet),
+                observer: super::progress::observer(quiet),
             },
         )
         .map_err(|e| CliError::Staging(e.to_string()))?;
@@ -107,12 +109,15 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         workflow
             .submit(&engine, &order)
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+        // The engine holds what it needs; the parsed tables go before the run does.
+        drop(workflow);
+        drop(order);
         Ok::<_, CliError>(engine.wait_all().await)
     })?;
     let summary = summarise(&reports, start.elapsed().as_secs_f64());
     if let Some(path) = &args.report {
         let report = Report {
-            workflow: workflow.path.display().to_string(),
+            workflow: workflow_name,
             summary: &summary,
             tasks: &reports,
         };

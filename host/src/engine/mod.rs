@@ -482,7 +482,9 @@ impl Inner {
         let pool = &this.executors[&spec.executor].workers;
         let (inner, task) = (this.clone(), spec.clone());
         let first = pool.run(move || inner.plan_and_maybe_run(&task)).await;
-        Inner::after_first_phase(this, spec, outputs, start, first).await
+        // Boxed: a task still waiting for its inputs holds only the small state above,
+        // not this one (a chained workflow has most of its tasks waiting).
+        Box::pin(Inner::after_first_phase(this, spec, outputs, start, first)).await
     }
 
     /// A task whose inputs are all files, run from a worker: planning and the body
