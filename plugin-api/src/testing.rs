@@ -321,17 +321,13 @@ impl TestContext {
 fn guarded<T>(call: &str, f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(result) => result,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string payload".to_owned());
-            Err(StageError::new(
-                ErrorKind::Panicked,
-                format!("plugin panicked in {call}: {message}"),
-            ))
-        }
+        Err(payload) => Err(StageError::new(
+            ErrorKind::Panicked,
+            format!(
+                "plugin panicked in {call}: {}",
+                crate::abi::panic_message(&*payload)
+            ),
+        )),
     }
 }
 

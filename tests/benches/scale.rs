@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use stagehost_tests::{stagehost_bin_in, Sandbox};
+use stagehost_tests::{chained_workflow, stagehost_bin_in, Sandbox};
 
 const FLOOR_ROUNDS: usize = 5;
 const FLOOR_TASKS: usize = 1000;
@@ -28,23 +28,6 @@ fn flat(n: usize) -> String {
         text.push_str(&format!(
             "[[task]]\nname = \"t{i}\"\ncommand = \"{command}\"\n\n"
         ));
-    }
-    text
-}
-
-/// `n` tasks in chains of 100: each writes an output its successor reads.
-fn chains(n: usize) -> String {
-    let mut text = String::with_capacity(n * 120);
-    for c in 0..n / 100 {
-        for k in 0..100 {
-            text.push_str(&format!(
-                "[[task]]\nname = \"c{c}-{k}\"\ncommand = \": > {{outputs[0]}}\"\noutputs = [\"out/c{c}-{k}.txt\"]\n"
-            ));
-            if k > 0 {
-                text.push_str(&format!("inputs = [{{ task = \"c{c}-{}\" }}]\n", k - 1));
-            }
-            text.push('\n');
-        }
     }
     text
 }
@@ -214,6 +197,6 @@ fn scale_part() {
     println!("\nscale (one run each, {WORKERS} workers):");
     for n in [10_000, 100_000] {
         scale_case("flat", n, &flat(n), "wd/started");
-        scale_case("chains of 100", n, &chains(n), "out/c0-0.txt");
+        scale_case("chains of 100", n, &chained_workflow(n), "out/c0-0.txt");
     }
 }

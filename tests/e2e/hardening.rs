@@ -1041,18 +1041,7 @@ fn a_plugin_file_swapped_after_its_checks_is_never_the_one_loaded() {
 #[test]
 fn a_workflow_of_50000_chained_tasks_is_checked_in_bounded_memory() {
     let sandbox = Sandbox::new();
-    let mut text = String::new();
-    for c in 0..500 {
-        for k in 0..100 {
-            text.push_str(&format!(
-                "[[task]]\nname = \"c{c}-{k}\"\ncommand = \": > {{outputs[0]}}\"\noutputs = [\"out/c{c}-{k}.txt\"]\n"
-            ));
-            if k > 0 {
-                text.push_str(&format!("inputs = [{{ task = \"c{c}-{}\" }}]\n", k - 1));
-            }
-            text.push('\n');
-        }
-    }
+    let text = chained_workflow(50_000);
     let flow = sandbox.write("flow.toml", &text);
     let child = sandbox
         .command(&stagehost_bin())

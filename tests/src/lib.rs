@@ -385,3 +385,21 @@ pub fn partial_files(dir: &Path) -> Vec<String> {
 pub fn toml_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
+
+/// A workflow of `n` shell tasks in chains of 100: each touches its output, which the
+/// next task of its chain takes as input.
+pub fn chained_workflow(n: usize) -> String {
+    let mut text = String::with_capacity(n * 120);
+    for c in 0..n / 100 {
+        for k in 0..100 {
+            text.push_str(&format!(
+                "[[task]]\nname = \"c{c}-{k}\"\ncommand = \": > {{outputs[0]}}\"\noutputs = [\"out/c{c}-{k}.txt\"]\n"
+            ));
+            if k > 0 {
+                text.push_str(&format!("inputs = [{{ task = \"c{c}-{}\" }}]\n", k - 1));
+            }
+            text.push('\n');
+        }
+    }
+    text
+}

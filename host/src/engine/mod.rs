@@ -434,6 +434,20 @@ impl Inner {
         self.report(spec, start, status, attempts, Some(error), files)
     }
 
+    /// A task that was cancelled before its body ran.
+    fn end_cancelled(&self, spec: &TaskSpec, outputs: &Outputs, start: Instant) -> TaskReport {
+        let error = "cancelled".to_owned();
+        self.end(
+            spec,
+            outputs,
+            start,
+            TaskStatus::Cancelled,
+            0,
+            error,
+            vec![],
+        )
+    }
+
     /// The whole task on tokio: waits for its inputs from other tasks, then runs.
     async fn run_task(this: &Arc<Inner>, spec: Arc<TaskSpec>, outputs: Outputs) -> TaskReport {
         let token = this.transfers.token.clone();
@@ -443,7 +457,7 @@ impl Inner {
                 let waited = tokio::select! {
                     r = future.wait() => r,
                     () = token.cancelled() => {
-                        return this.end(&spec, &outputs, Instant::now(), TaskStatus::Cancelled, 0, "cancelled".into(), vec![]);
+                        return this.end_cancelled(&spec, &outputs, Instant::now());
                     }
                 };
                 if let Err(reason) = waited {
@@ -467,15 +481,7 @@ impl Inner {
         // The task starts once its inputs exist.
         let start = Instant::now();
         if token.is_cancelled() {
-            return this.end(
-                &spec,
-                &outputs,
-                start,
-                TaskStatus::Cancelled,
-                0,
-                "cancelled".into(),
-                vec![],
-            );
+            return this.end_cancelled(&spec, &outputs, start);
         }
         // 2. On a worker: plan every file before the body starts; with no separate
         //    stage-in job, go straight on to the in-task steps and the body.
@@ -499,15 +505,7 @@ impl Inner {
     ) {
         let start = Instant::now();
         if this.transfers.token.is_cancelled() {
-            let report = this.end(
-                &spec,
-                &outputs,
-                start,
-                TaskStatus::Cancelled,
-                0,
-                "cancelled".into(),
-                vec![],
-            );
+            let report = this.end_cancelled(&spec, &outputs, start);
             return deliver(report);
         }
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

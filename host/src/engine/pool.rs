@@ -50,20 +50,23 @@ impl WorkerPool {
         Ok(pool)
     }
 
+    /// Queues `job` and wakes one worker.
+    fn push(&self, job: Job) {
+        self.shared
+            .queue
+            .lock()
+            .expect("the pool lock is never poisoned")
+            .jobs
+            .push_back(job);
+        self.shared.ready.notify_one();
+    }
+
     /// Queues `f` for a worker and returns at once. `f` must not panic (the worker
     /// survives a panic, but nobody hears of it): catch what it calls.
     pub fn execute(&self, f: impl FnOnce() + Send + 'static) {
-        {
-            let mut q = self
-                .shared
-                .queue
-                .lock()
-                .expect("the pool lock is never poisoned");
-            q.jobs.push_back(Box::new(move || {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            }));
-        }
-        self.shared.ready.notify_one();
+        self.push(Box::new(move || {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        }));
     }
 
     /// Runs `f` on a worker and waits for its result; `Err` with the panic message if
@@ -73,19 +76,11 @@ impl WorkerPool {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut q = self
-                .shared
-                .queue
-                .lock()
-                .expect("the pool lock is never poisoned");
-            q.jobs.push_back(Box::new(move || {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-                    .map_err(|payload| panic_message(&*payload));
-                let _ = tx.send(result);
-            }));
-        }
-        self.shared.ready.notify_one();
+        self.push(Box::new(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .map_err(|payload| panic_message(&*payload));
+            let _ = tx.send(result);
+        }));
         rx.await
             .expect("a worker runs every job it takes, and jobs catch their panics")
     }
