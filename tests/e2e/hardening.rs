@@ -1056,3 +1056,27 @@ fn a_workflow_of_50000_chained_tasks_is_checked_in_bounded_memory() {
     // The text is 5.8 MB; a document tree of it took over 250 MB.
     assert!(peak_kib < 120 * 1024, "peak RSS {peak_kib} KiB");
 }
+
+#[test]
+fn a_straggler_that_ignores_sigterm_is_killed_by_the_end_of_the_run() {
+    let sandbox = Sandbox::new();
+    // The background shell and its sleep ignore SIGTERM; the task ends at once.
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"(trap '' TERM; echo $$ > /dev/null; exec sleep 600) & echo $! > bg.pid\"\n",
+    );
+    let child = spawn_run(&sandbox, &["run", flow.to_str().unwrap()]);
+    let out = wait_or_hang(child, Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let bg: i32 = std::fs::read_to_string(sandbox.join("work/bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // stagehost has exited: nothing it started may be left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(bg) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(bg), "the straggler outlived the run");
+}

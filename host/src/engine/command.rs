@@ -222,9 +222,69 @@ pub(crate) fn signal_group(pgid: i32, signal: i32) -> bool {
     pgid > 1 && unsafe { libc::kill(-pgid, signal) } == 0
 }
 
+/// What the engine's command runners share: the cancel pipe that wakes every runner
+/// blocked on a worker, and the process groups a finished shell left behind, stopped
+/// after a grace period or, at the latest, when the engine goes (the end of the run).
+pub(crate) struct Commands {
+    cancel: CancelSignal,
+    stragglers: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<i32>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Commands {
+    pub fn new(runtime: tokio::runtime::Handle) -> std::io::Result<Commands> {
+        Ok(Commands {
+            cancel: CancelSignal::new()?,
+            stragglers: Default::default(),
+            runtime,
+        })
+    }
+
+    /// Wakes every runner: their commands' groups are terminated.
+    pub fn cancel(&self) {
+        self.cancel.raise();
+    }
+
+    /// Stops what a finished shell left in its group `pgid`, if anything: SIGTERM now,
+    /// SIGKILL after the grace period (or when the engine goes, if sooner).
+    fn stop_stragglers(&self, pgid: i32) {
+        if !signal_group(pgid, libc::SIGTERM) {
+            return;
+        }
+        self.stragglers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pgid);
+        let stragglers = self.stragglers.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(KILL_GRACE).await;
+            let mut groups = stragglers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if groups.remove(&pgid) {
+                signal_group(pgid, libc::SIGKILL);
+            }
+        });
+    }
+}
+
+impl Drop for Commands {
+    fn drop(&mut self) {
+        let groups = std::mem::take(
+            &mut *self
+                .stragglers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for pgid in groups {
+            signal_group(pgid, libc::SIGKILL);
+        }
+    }
+}
+
 /// A flag that wakes every blocked command runner when raised: the read end of a
 /// pipe that becomes readable, for good, once [`CancelSignal::raise`] writes to it.
-pub(crate) struct CancelSignal {
+struct CancelSignal {
     reader: OwnedFd,
     // Kept open for the signal's life, so the reader never sees end-of-file.
     writer: OwnedFd,
@@ -381,14 +441,13 @@ enum Stop {
 /// process group of its own, sending stdout/stderr to their files when given.
 /// Creates the outputs' directories first. Blocks this thread (a worker's) until the
 /// shell exits; when `cancel` is raised or `timeout` passes first, the whole group is
-/// terminated and its leader reaped before returning. `runtime` stops, after a grace
-/// period, whatever the shell left behind.
+/// terminated and its leader reaped before returning. Whatever the shell leaves
+/// behind is stopped through `commands`.
 pub(crate) fn run(
     command: &OsStr,
     files: &TaskFiles,
-    cancel: &CancelSignal,
+    commands: &Commands,
     timeout: Option<Duration>,
-    runtime: &tokio::runtime::Handle,
 ) -> Result<(), String> {
     std::fs::create_dir_all(&files.working_dir).map_err(|e| {
         format!(
@@ -454,7 +513,7 @@ pub(crate) fn run(
                 break Err(Stop::TimedOut(limit));
             }
         }
-        let mut fds = vec![cancel.fd()];
+        let mut fds = vec![commands.cancel.fd()];
         fds.extend(stderr.as_ref().map(|p| p.as_raw_fd()));
         fds.extend(exit.as_ref().map(|fd| fd.as_raw_fd()));
         // Without a pidfd, look again every few milliseconds.
@@ -493,12 +552,7 @@ pub(crate) fn run(
     // Whatever the shell left running in its group is stopped, so no background child
     // outlives its task. (A group id is not reused while the group has members; once
     // the shell is reaped, a group that still answers holds only what it left behind.)
-    if signal_group(pgid, libc::SIGTERM) {
-        runtime.spawn(async move {
-            tokio::time::sleep(KILL_GRACE).await;
-            signal_group(pgid, libc::SIGKILL);
-        });
-    }
+    commands.stop_stragglers(pgid);
     if let Some(mut pipe) = stderr {
         // The pipe closes when its last writer is gone; a straggler gets a moment.
         let until = std::time::Instant::now() + Duration::from_millis(100);

@@ -101,8 +101,8 @@ struct Inner {
     observer: Arc<dyn Observer>,
     start: Instant,
     runtime: tokio::runtime::Handle,
-    /// Raised on cancel: wakes every command runner blocked on a worker.
-    stop_commands: command::CancelSignal,
+    /// The command runners' cancel pipe and the process groups left to stop.
+    commands: command::Commands,
 }
 
 /// Where a task's report arrives.
@@ -173,7 +173,7 @@ impl Engine {
                 observer: options.observer,
                 start: Instant::now(),
                 runtime: tokio::runtime::Handle::current(),
-                stop_commands: command::CancelSignal::new()
+                commands: command::Commands::new(tokio::runtime::Handle::current())
                     .map_err(|e| EngineError(format!("cannot create a pipe: {e}")))?,
             }),
             handles: Arc::new(Mutex::new(Vec::new())),
@@ -261,7 +261,7 @@ impl Engine {
     pub fn cancel(&self) {
         self.inner.transfers.cancel.cancel();
         self.inner.transfers.token.cancel();
-        self.inner.stop_commands.raise();
+        self.inner.commands.cancel();
     }
 
     /// Whether [`Engine::cancel`] was called.
@@ -799,13 +799,7 @@ impl Inner {
             Body::Closure(f) => f(&task_files)?,
             Body::Command(cmd) => {
                 let expanded = expand_command(cmd, &task_files)?;
-                command::run(
-                    &expanded,
-                    &task_files,
-                    &self.stop_commands,
-                    spec.timeout,
-                    &self.runtime,
-                )?;
+                command::run(&expanded, &task_files, &self.commands, spec.timeout)?;
                 // As Parsl's bash_app raises MissingOutputs: a declared output the
                 // command did not write fails the task.
                 let missing: Vec<String> = task_files
