@@ -431,6 +431,31 @@ fn terminate_group(pgid: i32, pid: i32, grace: Duration) {
     }
 }
 
+/// Creates `dir` unless it is a directory already (one `stat` in the usual case).
+fn ensure_dir(dir: &Path, what: &str) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create {what}{}: {e}", display::path(dir)))
+}
+
+/// `/dev/null` for a child: a copy of one descriptor opened once, instead of opening
+/// the device again for every command.
+fn null() -> Stdio {
+    static NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .ok()
+    })
+    .as_ref()
+    .and_then(|f| f.try_clone().ok())
+    .map_or_else(Stdio::null, Stdio::from)
+}
+
 /// Why a command was stopped before its shell exited.
 enum Stop {
     Cancelled,
@@ -449,16 +474,10 @@ pub(crate) fn run(
     commands: &Commands,
     timeout: Option<Duration>,
 ) -> Result<(), String> {
-    std::fs::create_dir_all(&files.working_dir).map_err(|e| {
-        format!(
-            "cannot create working_dir {}: {e}",
-            display::path(&files.working_dir)
-        )
-    })?;
+    ensure_dir(&files.working_dir, "working_dir ")?;
     for out in &files.outputs {
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", display::path(parent)))?;
+            ensure_dir(parent, "")?;
         }
     }
     // An absolute path: no PATH walk of failed execs per task. `process_group` keeps
@@ -467,7 +486,7 @@ pub(crate) fn run(
     cmd.arg("-c")
         .arg(command)
         .current_dir(&files.working_dir)
-        .stdin(Stdio::null())
+        .stdin(null())
         .process_group(0);
     let mut written = Vec::new();
     match &files.stdout {
@@ -477,7 +496,7 @@ pub(crate) fn run(
             cmd.stdout(stdio);
         }
         None => {
-            cmd.stdout(Stdio::null());
+            cmd.stdout(null());
         }
     }
     match &files.stderr {
