@@ -402,6 +402,25 @@ impl Workflow {
         handles: &[Option<TaskHandle>],
         index: &HashMap<&str, usize>,
     ) -> Result<TaskSpec, WorkflowError> {
+        let producers: Vec<usize> = self.tasks[i]
+            .inputs
+            .iter()
+            .filter_map(|input| match input {
+                InputDef::Output { task, .. } => Some(index[task.as_str()]),
+                InputDef::Url(_) => None,
+            })
+            .collect();
+        self.spec_with(i, &producers, |p| handles[p].as_ref())
+    }
+
+    /// The engine task for task `i`, whose `InputDef::Output` inputs come, in order,
+    /// from the tasks `producers` names; their handles must exist.
+    fn spec_with<'h>(
+        &self,
+        i: usize,
+        producers: &[usize],
+        handle: impl Fn(usize) -> Option<&'h TaskHandle>,
+    ) -> Result<TaskSpec, WorkflowError> {
         let t = &self.tasks[i];
         let file = |url: &str| self.file(url).map_err(|e| self.err(i, e));
         let mut spec = TaskSpec::command(&t.name, &t.command)
@@ -414,13 +433,15 @@ impl Workflow {
         // tasks is most of their memory.
         spec.inputs.reserve_exact(t.inputs.len());
         spec.outputs.reserve_exact(t.outputs.len());
+        let mut producers = producers.iter();
         for input in &t.inputs {
             spec = spec.input(match input {
                 InputDef::Url(url) => Input::File(file(url)?),
-                InputDef::Output { task, output } => {
-                    let producer = handles[index[task.as_str()]]
-                        .as_ref()
-                        .expect("check() ordered producers first");
+                InputDef::Output { output, .. } => {
+                    let producer = producers
+                        .next()
+                        .and_then(|&p| handle(p))
+                        .expect("producers are submitted before their consumers");
                     Input::Future(
                         producer
                             .output(*output)
@@ -439,6 +460,94 @@ impl Workflow {
             spec = spec.stderr(file(url)?);
         }
         Ok(spec)
+    }
+
+    /// Submits every task to `engine`, each only once the tasks whose outputs it reads
+    /// have finished, and waits until all are submitted; returns the task indices in
+    /// submission order (the order of `Engine::wait_all`'s reports).
+    ///
+    /// A task waiting for its producers holds its parsed table only, never an engine
+    /// task, and a table is released once submitted: a workflow of 100,000 chained
+    /// tasks keeps its memory near its running frontier. Call after [`Workflow::check`].
+    pub async fn submit_as_ready(mut self, engine: &Engine) -> Result<Vec<usize>, WorkflowError> {
+        let n = self.tasks.len();
+        let (producers, mut waiting, consumers) = {
+            let index = self.name_index();
+            let producers: Vec<Vec<usize>> = self
+                .tasks
+                .iter()
+                .map(|t| {
+                    t.inputs
+                        .iter()
+                        .filter_map(|input| match input {
+                            InputDef::Output { task, .. } => Some(index[task.as_str()]),
+                            InputDef::Url(_) => None,
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut waiting = vec![0u32; n];
+            let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+            for (i, ps) in producers.iter().enumerate() {
+                let mut unique = ps.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                waiting[i] = u32::try_from(unique.len()).unwrap_or(u32::MAX);
+                for p in unique {
+                    consumers[p].push(i);
+                }
+            }
+            (producers, waiting, consumers)
+        };
+        // A producer's handle is kept until its last consumer is submitted.
+        let mut unsubmitted_consumers: Vec<usize> = consumers.iter().map(Vec::len).collect();
+        // Only producers whose consumers are not all submitted yet: the frontier.
+        let mut handles: HashMap<usize, TaskHandle> = HashMap::new();
+        let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).rev().collect();
+        let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let mut submitted = Vec::with_capacity(n);
+        while submitted.len() < n {
+            while let Some(i) = ready.pop() {
+                let spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
+                let handle = engine
+                    .submit(spec)
+                    .map_err(|e: SubmitError| self.err(i, e.to_string()))?;
+                submitted.push(i);
+                let t = &mut self.tasks[i];
+                (t.command, t.inputs, t.outputs, t.stdout, t.stderr) = Default::default();
+                let mut unique = producers[i].clone();
+                unique.sort_unstable();
+                unique.dedup();
+                for p in unique {
+                    unsubmitted_consumers[p] -= 1;
+                    if unsubmitted_consumers[p] == 0 {
+                        handles.remove(&p);
+                    }
+                }
+                if !consumers[i].is_empty() {
+                    let mut report = handle.report.clone();
+                    let tx = finished_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = report.wait_for(Option::is_some).await;
+                        let _ = tx.send(i);
+                    });
+                    handles.insert(i, handle);
+                }
+            }
+            if submitted.len() == n {
+                break;
+            }
+            let Some(done) = finished.recv().await else {
+                break;
+            };
+            for &c in &consumers[done] {
+                waiting[c] -= 1;
+                if waiting[c] == 0 {
+                    ready.push(c);
+                }
+            }
+        }
+        Ok(submitted)
     }
 
     /// The files of task `i` for a dry run: inputs (producers' outputs included), then

@@ -26,6 +26,8 @@ struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
     transfers: Mutex<HashMap<u64, ProgressBar>>,
+    /// Set once the run said how many tasks it has: submissions no longer count.
+    total_known: std::sync::atomic::AtomicBool,
 }
 
 struct BarSink(ProgressBar);
@@ -55,13 +57,21 @@ impl Bars {
             multi,
             overall,
             transfers: Mutex::new(HashMap::new()),
+            total_known: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl Observer for Bars {
+    fn tasks_expected(&self, tasks: usize) {
+        self.overall.set_length(tasks as u64);
+        self.total_known
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     fn task_submitted(&self, _name: &str) {
-        self.overall.inc_length(1);
+        if !self.total_known.load(std::sync::atomic::Ordering::Relaxed) {
+            self.overall.inc_length(1);
+        }
     }
     fn task_finished(&self, report: &TaskReport) {
         self.overall.inc(1);

@@ -95,24 +95,34 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     let start = Instant::now();
     let workflow_name = workflow.path.display().to_string();
     let quiet = args.quiet;
+    let tasks = workflow.tasks.len();
     let reports = rt.block_on(async move {
+        let observer = super::progress::observer(quiet);
+        observer.tasks_expected(tasks);
         let engine = Engine::new(
             registry,
             EngineOptions {
                 transfers,
-                observer: super::progress::observer(quiet),
+                observer,
             },
         )
         .map_err(|e| CliError::Staging(e.to_string()))?;
         let canceller = engine.clone();
         super::on_ctrl_c(move || canceller.cancel());
-        workflow
-            .submit(&engine, &order)
-            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
-        // The engine holds what it needs; the parsed tables go before the run does.
-        drop(workflow);
         drop(order);
-        Ok::<_, CliError>(engine.wait_all().await)
+        // Each task is submitted once its producers have finished; the parsed tables go
+        // as their tasks are submitted.
+        let submitted = workflow
+            .submit_as_ready(&engine)
+            .await
+            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+        let reports = engine.wait_all().await;
+        // Back to the workflow file's order.
+        let mut ordered: Vec<Option<Arc<TaskReport>>> = vec![None; reports.len()];
+        for (report, i) in reports.into_iter().zip(submitted) {
+            ordered[i] = Some(report);
+        }
+        Ok::<_, CliError>(ordered.into_iter().flatten().collect::<Vec<_>>())
     })?;
     let summary = summarise(&reports, start.elapsed().as_secs_f64());
     if let Some(path) = &args.report {

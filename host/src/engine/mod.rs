@@ -50,6 +50,8 @@ use transfer::{Outcome, Transfers};
 /// Hears what the engine does, for progress displays. Every method has a default
 /// that does nothing.
 pub trait Observer: Send + Sync {
+    /// The run will have `tasks` tasks in all (when it knows before submitting them).
+    fn tasks_expected(&self, _tasks: usize) {}
     /// A task was submitted.
     fn task_submitted(&self, _name: &str) {}
     /// A task ended (stage-outs included).
