@@ -244,7 +244,11 @@ impl Engine {
             let _ = report_tx.send(Some(report));
         };
         let spec = Arc::new(spec);
-        if spec.staged_ins().all(|i| matches!(i, Input::File(_))) {
+        let ready = spec.staged_ins().all(|i| match i {
+            Input::File(_) => true,
+            Input::Future(f) => f.is_ready(),
+        });
+        if ready {
             // Nothing to wait for: straight to a worker.
             let worker_inner = inner.clone();
             inner.executors[&spec.executor]
@@ -495,7 +499,8 @@ impl Inner {
         Box::pin(Inner::after_first_phase(this, spec, outputs, start, first)).await
     }
 
-    /// A task whose inputs are all files, run from a worker: planning and the body
+    /// A task whose inputs are all files or outputs already staged out, run from a
+    /// worker: planning and the body
     /// here, and, when no separate job is left to run, the whole task, without a hop
     /// through tokio. Otherwise what is left continues on tokio. Calls `deliver` with
     /// the report either way.

@@ -231,6 +231,11 @@ impl DataFuture {
     pub fn producer(&self) -> &str {
         &self.producer
     }
+    /// Whether the output is already staged out (without waiting).
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.state.borrow(), FutureState::Ready)
+    }
+
     /// Waits for the output: `Ok` once it is staged out, `Err` with the reason if it
     /// never will be.
     pub async fn wait(&self) -> Result<(), String> {
