@@ -33,6 +33,15 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// Whether `pid` is gone, allowing a signal already sent a moment to be delivered.
+fn gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
 fn wait_for_file(path: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -352,7 +361,7 @@ fn a_signal_cancels_like_ctrl_c(signal: i32, word: &str) {
         "{}",
         out.stderr
     );
-    assert!(!alive(pid), "the task's shell is gone");
+    assert!(gone(pid), "the task's shell is gone");
     assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
 }
 
@@ -390,8 +399,8 @@ fn cancelling_a_run_kills_the_whole_process_group() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = wait_or_hang(child, Duration::from_secs(60));
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    assert!(!alive(bg), "the background sleep was killed");
-    assert!(!alive(fg), "the foreground sleep was killed");
+    assert!(gone(bg), "the background sleep was killed");
+    assert!(gone(fg), "the foreground sleep was killed");
 }
 
 #[test]
@@ -410,7 +419,7 @@ fn a_background_child_holding_stderr_does_not_hang_its_task() {
         .parse()
         .unwrap();
     assert!(
-        !alive(bg),
+        gone(bg),
         "what the shell left behind is stopped with its task"
     );
 }
@@ -436,7 +445,7 @@ fn a_task_past_its_time_limit_is_killed_with_its_group() {
         .trim()
         .parse()
         .unwrap();
-    assert!(!alive(bg));
+    assert!(gone(bg));
 }
 
 /// Runs `child` to its end and returns its output and peak RSS in KiB (wait4).
@@ -1074,9 +1083,5 @@ fn a_straggler_that_ignores_sigterm_is_killed_by_the_end_of_the_run() {
         .parse()
         .unwrap();
     // stagehost has exited: nothing it started may be left.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(bg) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(bg), "the straggler outlived the run");
+    assert!(gone(bg), "the straggler outlived the run");
 }
