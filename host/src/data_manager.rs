@@ -188,26 +188,6 @@ impl StagingWork {
     /// progress sink and a deadline of `opts.timeout` from now.
     pub fn run(self, opts: &StageOptions) -> Result<(), StagingError> {
         let call = self.mode.as_str();
-        let ctx = abi_context(
-            call_services(&self.provider, &self.executor, &self.file, opts),
-            &self.working_dir,
-            &self.destination,
-            opts.timeout.map(|t| SystemTime::now() + t),
-        )
-        .map_err(|e| {
-            provider_error(
-                self.direction,
-                &self.file,
-                &self.provider,
-                &self.executor,
-                call,
-                e,
-            )
-        })?;
-        let mut job = self
-            .job
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fail = |call, e| {
             provider_error(
                 self.direction,
@@ -218,6 +198,17 @@ impl StagingWork {
                 e,
             )
         };
+        let ctx = abi_context(
+            call_services(&self.provider, &self.executor, &self.file, opts),
+            &self.working_dir,
+            &self.destination,
+            opts.timeout.map(|t| SystemTime::now() + t),
+        )
+        .map_err(|e| fail(call, e))?;
+        let mut job = self
+            .job
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         job.run(&ctx)
             .into_result()
             .map_err(|e| fail(call, e.into()))?;
