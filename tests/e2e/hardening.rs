@@ -595,8 +595,9 @@ fn userinfo_and_credential_parameters_never_reach_any_output() {
             "URL http://user:***@host/a\\nb holds the control character \\n",
         ),
         (
-            vec!["stage", "in", "https://h/x?sig=hunter2&X-Amz-Signature=hunter2&X-Goog-Signature=hunter2&access_token=hunter2&v=1"],
-            "Executor local cannot stage file https://h/x?sig=***&X-Amz-Signature=***&X-Goog-Signature=***&access_token=***&v=1",
+            // A closed loopback port: the http provider fails at once.
+            vec!["stage", "in", "https://127.0.0.1:9/x?sig=hunter2&X-Amz-Signature=hunter2&X-Goog-Signature=hunter2&access_token=hunter2&v=1"],
+            "cannot stage in https://127.0.0.1:9/x?sig=***&X-Amz-Signature=***&X-Goog-Signature=***&access_token=***&v=1: provider \"http\"",
         ),
         (
             vec!["stage", "in", "--json", "ftp://me:hunter2@h/f?X-Amz-Credential=hunter2"],
@@ -619,7 +620,7 @@ fn userinfo_and_credential_parameters_never_reach_any_output() {
     // In a workflow: the error line and the report.
     let flow = sandbox.write(
         "flow.toml",
-        "[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [\"https://u:hunter2@h/in?token=hunter2\"]\n",
+        "[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [\"https://u:hunter2@127.0.0.1:9/in?token=hunter2\"]\n",
     );
     let out = sandbox.run(&["run", flow.to_str().unwrap(), "--report", "-"]);
     assert_eq!(out.code, Some(1));
@@ -627,7 +628,7 @@ fn userinfo_and_credential_parameters_never_reach_any_output() {
     assert!(!all.contains("hunter2"), "{all}");
     assert_eq!(
         out.json()["tasks"][0]["files"][0]["url"],
-        "https://u:***@h/in?token=***"
+        "https://u:***@127.0.0.1:9/in?token=***"
     );
 }
 

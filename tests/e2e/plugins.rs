@@ -488,7 +488,11 @@ fn version_requirements_and_plugins_check() {
     );
     let out = sandbox.run(&["--config", ok.to_str().unwrap(), "plugins", "check"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.stdout.trim(), "ok: 1 provider(s) ready");
+    // The configured instance, plus one dropped-in instance per other shipped plugin.
+    assert_eq!(
+        out.stdout.trim(),
+        format!("ok: {} provider(s) ready", shipped_plugin_names().len())
+    );
 
     let bad = sandbox.write(
         "bad.toml",

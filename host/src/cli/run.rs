@@ -117,6 +117,8 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             .await
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
         let reports = engine.wait_all().await;
+        // The run is over: nothing a command left behind outlives it.
+        engine.kill_leftovers();
         // Back to the workflow file's order.
         let mut ordered: Vec<Option<Arc<TaskReport>>> = vec![None; reports.len()];
         for (report, i) in reports.into_iter().zip(submitted) {

@@ -268,8 +268,9 @@ impl Commands {
     }
 }
 
-impl Drop for Commands {
-    fn drop(&mut self) {
+impl Commands {
+    /// SIGKILL to every group still in its grace period.
+    pub fn kill_leftovers(&self) {
         let groups = std::mem::take(
             &mut *self
                 .stragglers
@@ -279,6 +280,12 @@ impl Drop for Commands {
         for pgid in groups {
             signal_group(pgid, libc::SIGKILL);
         }
+    }
+}
+
+impl Drop for Commands {
+    fn drop(&mut self) {
+        self.kill_leftovers();
     }
 }
 

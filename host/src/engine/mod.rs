@@ -270,6 +270,13 @@ impl Engine {
         self.inner.commands.cancel();
     }
 
+    /// Kills (SIGKILL) whatever finished commands left running whose grace period is
+    /// not over yet. Call at the end of a run: dropping the engine does the same, but
+    /// a process may exit before its last worker lets go of the engine.
+    pub fn kill_leftovers(&self) {
+        self.inner.commands.kill_leftovers();
+    }
+
     /// Whether [`Engine::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.inner.transfers.token.is_cancelled()

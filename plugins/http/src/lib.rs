@@ -1,0 +1,613 @@
+//! The `http` provider: stages `http://` and `https://` URLs.
+//!
+//! Stage-in GETs the URL into the host's destination (by default
+//! `<working_dir>/<filename>`), streamed to a temporary file, synced and renamed, so a
+//! task never sees a partial or wrong file: an error status is an error (never the
+//! file's content), and a body shorter than its `Content-Length` is an error. Stage-out
+//! PUTs the task's output to the URL (WebDAV-style servers) and never touches the local
+//! file. As Parsl's `HTTPSeparateTaskStaging` (`mode = "separate"`, the default) the
+//! work is a separate job; as `HTTPInTaskStaging` (`mode = "in-task"`) it is an in-task
+//! step.
+//!
+//! Errors carry the kind the host's retries need: 5xx, 408, 429, a reset or refused
+//! connection, a timeout, a body cut short are transient; a 4xx, a bad certificate, a
+//! redirect loop are not. Credentials (URL userinfo, settings, a bearer token from the
+//! environment, extra headers) are sent, never shown.
+//!
+//! Invariant: a job writes only through `AtomicFile`; a failed, cancelled or timed-out
+//! transfer leaves nothing at the destination.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use stagehost_plugin_api::fs::AtomicFile;
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
+use ureq::Agent;
+
+/// Where the work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    /// A separate job, as Parsl's HTTPSeparateTaskStaging.
+    #[default]
+    Separate,
+    /// An in-task step, as Parsl's HTTPInTaskStaging.
+    InTask,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HttpSettings {
+    mode: Mode,
+    /// Seconds to connect (TCP and TLS).
+    connect_timeout_secs: f64,
+    /// Seconds a read may wait for the next bytes.
+    read_timeout_secs: f64,
+    /// Redirects followed; more is an error.
+    max_redirects: u32,
+    /// Host patterns this instance claims (`example.org`, `*.example.org`,
+    /// `host:8080`); empty claims every host.
+    hosts: Vec<String>,
+    /// A PEM file of CA certificates to trust instead of the built-in web roots.
+    ca_file: Option<PathBuf>,
+    /// Basic-auth user (the URL's userinfo wins).
+    username: Option<String>,
+    /// Basic-auth password.
+    password: Option<String>,
+    /// The name of an environment variable holding a bearer token.
+    bearer_token_env: Option<String>,
+    /// Extra request headers; their values are treated as secrets.
+    headers: BTreeMap<String, String>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            mode: Mode::Separate,
+            connect_timeout_secs: 30.0,
+            read_timeout_secs: 60.0,
+            max_redirects: 10,
+            hosts: Vec::new(),
+            ca_file: None,
+            username: None,
+            password: None,
+            bearer_token_env: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// See the crate docs.
+pub struct HttpProvider {
+    mode: Mode,
+    hosts: Vec<String>,
+    shared: Arc<Shared>,
+}
+
+/// What every job of an instance uses: the pooled agent and the credentials.
+struct Shared {
+    agent: Agent,
+    username: Option<String>,
+    password: Option<String>,
+    bearer_token_env: Option<String>,
+    headers: BTreeMap<String, String>,
+}
+
+fn seconds(name: &str, value: f64) -> Result<Duration, StageError> {
+    if value > 0.0 && value <= 1e9 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(StageError::invalid_settings(format!(
+            "invalid settings: {name} must be a number of seconds above 0 and at most 1e9, not {value}"
+        )))
+    }
+}
+
+fn load_roots(path: &PathBuf) -> Result<ureq::tls::RootCerts, StageError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        StageError::invalid_settings(format!("invalid settings: ca_file {}: {e}", path.display()))
+    })?;
+    let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(StageError::invalid_settings(format!(
+                    "invalid settings: ca_file {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(StageError::invalid_settings(format!(
+            "invalid settings: ca_file {} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
+impl Provider for HttpProvider {
+    fn new(settings: &Settings) -> Result<Self, StageError> {
+        let s: HttpSettings = settings.parse()?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &s.ca_file {
+            tls = tls.root_certs(load_roots(ca)?);
+        }
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(seconds(
+                "connect_timeout_secs",
+                s.connect_timeout_secs,
+            )?))
+            .timeout_per_read(Some(seconds("read_timeout_secs", s.read_timeout_secs)?))
+            .max_redirects(s.max_redirects)
+            .max_idle_connections_per_host(16)
+            .tls_config(tls.build())
+            .build();
+        Ok(HttpProvider {
+            mode: s.mode,
+            hosts: s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            shared: Arc::new(Shared {
+                agent: Agent::new_with_config(config),
+                username: s.username,
+                password: s.password,
+                bearer_token_env: s.bearer_token_env,
+                headers: s.headers,
+            }),
+        })
+    }
+
+    fn can_stage_in(&self, file: &File) -> bool {
+        self.claims(file)
+    }
+
+    fn can_stage_out(&self, file: &File) -> bool {
+        self.claims(file)
+    }
+
+    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        file.set_local_path(ctx.destination());
+        Ok((self.mode == Mode::Separate).then(|| self.get_job(file)))
+    }
+
+    fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        Ok((self.mode == Mode::InTask).then(|| self.get_job(file)))
+    }
+
+    fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        if file.local_path().is_none() {
+            file.set_local_path(ctx.destination());
+        }
+        Ok((self.mode == Mode::Separate).then(|| self.put_job(file)))
+    }
+
+    fn replace_task_stage_out(
+        &self,
+        _ctx: &Context<'_>,
+        file: &mut File,
+    ) -> Result<Option<Job>, StageError> {
+        Ok((self.mode == Mode::InTask).then(|| self.put_job(file)))
+    }
+}
+
+/// `host` (without userinfo, with any port) matches `pattern`: equal, or
+/// `*.suffix` matching a subdomain; a pattern without a port ignores the port.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let host = if pattern.contains(':') && !pattern.starts_with('[') || pattern.contains("]:") {
+        host
+    } else {
+        strip_port(host)
+    };
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|head| head.ends_with('.')),
+        None => host == pattern,
+    }
+}
+
+/// `host:port` without the port (`[::1]:80` keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+impl HttpProvider {
+    fn claims(&self, file: &File) -> bool {
+        if !matches!(file.scheme(), "http" | "https") {
+            return false;
+        }
+        let host = file
+            .netloc()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        self.hosts.is_empty() || self.hosts.iter().any(|p| host_matches(p, &host))
+    }
+
+    fn get_job(&self, file: &File) -> Job {
+        let shared = self.shared.clone();
+        let file = file.clone();
+        Job::new(move |ctx| shared.get(ctx, &file))
+    }
+
+    fn put_job(&self, file: &File) -> Job {
+        let shared = self.shared.clone();
+        let file = file.clone();
+        Job::new(move |ctx| shared.put(ctx, &file))
+    }
+}
+
+/// The URL without its userinfo, and the user and password it held.
+fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return (url.to_owned(), None);
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => {
+            let info = &url[start..start + at];
+            let (user, password) = info.split_once(':').unwrap_or((info, ""));
+            let bare = format!("{}{}", &url[..start], &url[start + at + 1..]);
+            (bare, Some((percent_decode(user), percent_decode(password))))
+        }
+        None => (url.to_owned(), None),
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn base64(data: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(char::from(TABLE[((n >> (18 - 6 * k)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Reads `Retry-After` (seconds) from a response.
+fn retry_after(response: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
+    let value = response.headers().get("retry-after")?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The kind for an error status: 5xx, 408 and 429 may pass; 404 is not found; 401 and
+/// 403 are permissions; any other is permanent.
+fn status_kind(status: u16) -> ErrorKind {
+    match status {
+        404 | 410 => ErrorKind::NotFound,
+        401 | 403 => ErrorKind::Permission,
+        408 | 425 | 429 | 500..=599 => ErrorKind::Transient,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// A ureq error as a stage error of the right kind.
+fn classify(what: &str, url: &str, e: &ureq::Error) -> StageError {
+    use ureq::Error as E;
+    let kind = match e {
+        E::Timeout(_) => ErrorKind::TimedOut,
+        E::ConnectionFailed | E::Protocol(_) => ErrorKind::Transient,
+        E::Io(io) => io_kind(io),
+        E::HostNotFound => ErrorKind::NotFound,
+        E::TooManyRedirects | E::RedirectFailed => ErrorKind::Other,
+        // Certificates and TLS setup: retrying cannot help.
+        E::Tls(_) | E::Rustls(_) | E::Pem(_) => ErrorKind::Other,
+        _ => ErrorKind::Other,
+    };
+    let why = match e {
+        E::TooManyRedirects => "too many redirects (a redirect loop?)".to_owned(),
+        E::HostNotFound => "host not found".to_owned(),
+        other => other.to_string(),
+    };
+    StageError::new(kind, format!("{what} {url}: {why}"))
+}
+
+/// An I/O error's kind. A certificate failure reaches us as `InvalidData`: permanent.
+fn io_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+        return match inner {
+            ureq::Error::Timeout(_) => ErrorKind::TimedOut,
+            ureq::Error::Io(io) => io_kind(io),
+            ureq::Error::Protocol(_) | ureq::Error::ConnectionFailed => ErrorKind::Transient,
+            _ => ErrorKind::Other,
+        };
+    }
+    match e.kind() {
+        Io::TimedOut | Io::WouldBlock => ErrorKind::TimedOut,
+        Io::ConnectionReset
+        | Io::ConnectionAborted
+        | Io::ConnectionRefused
+        | Io::BrokenPipe
+        | Io::UnexpectedEof
+        | Io::Interrupted => ErrorKind::Transient,
+        Io::InvalidData => ErrorKind::Other,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// How much is read between two progress reports and cancellation checks.
+const CHUNK: usize = 256 << 10;
+
+impl Shared {
+    /// The request's authorization header value, if any credentials apply.
+    fn authorization(
+        &self,
+        userinfo: Option<(String, String)>,
+    ) -> Result<Option<String>, StageError> {
+        if let Some((user, password)) = userinfo {
+            return Ok(Some(format!(
+                "Basic {}",
+                base64(format!("{user}:{password}").as_bytes())
+            )));
+        }
+        if let Some(user) = &self.username {
+            let password = self.password.as_deref().unwrap_or("");
+            return Ok(Some(format!(
+                "Basic {}",
+                base64(format!("{user}:{password}").as_bytes())
+            )));
+        }
+        if let Some(var) = &self.bearer_token_env {
+            let token = std::env::var(var).map_err(|_| {
+                StageError::new(
+                    ErrorKind::Permission,
+                    format!("the bearer token variable {var} is not set"),
+                )
+            })?;
+            return Ok(Some(format!("Bearer {token}")));
+        }
+        Ok(None)
+    }
+
+    fn deadline(ctx: &Context<'_>) -> Option<Duration> {
+        ctx.remaining().map(|r| r.max(Duration::from_millis(1)))
+    }
+
+    fn get(&self, ctx: &Context<'_>, file: &File) -> Result<(), StageError> {
+        ctx.check()?;
+        let shown = file.redacted_url();
+        let dest = file.filepath()?;
+        let (url, userinfo) = split_userinfo(file.url());
+        let url = url.split('#').next().unwrap_or_default().to_owned();
+        let mut request = self.agent.get(&url);
+        if let Some(auth) = self.authorization(userinfo)? {
+            request = request.header("Authorization", auth);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request
+            .config()
+            .timeout_global(Self::deadline(ctx))
+            .build()
+            .call()
+            .map_err(|e| classify("cannot GET", &shown, &e))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            if status_kind(status) == ErrorKind::Transient {
+                if let Some(wait) = retry_after(&response) {
+                    wait_before_retry(ctx, wait);
+                }
+            }
+            return Err(StageError::new(
+                status_kind(status),
+                format!(
+                    "GET {shown}: HTTP {status}{}",
+                    response
+                        .status()
+                        .canonical_reason()
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        // With a Content-Encoding the length counts encoded bytes: only a plain body
+        // is checked against it (the decoder checks its own stream).
+        let encoded = response.headers().contains_key("content-encoding");
+        let expected = if encoded {
+            None
+        } else {
+            response
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let mut body = response.into_body().into_reader();
+        let mut out = AtomicFile::create(&dest)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut done = 0u64;
+        ctx.progress(0, expected);
+        loop {
+            ctx.check()?;
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(StageError::new(
+                        io_kind(&e),
+                        format!("GET {shown}: the body broke off after {done} bytes: {e}"),
+                    ))
+                }
+            };
+            out.write_all(&buf[..n]).map_err(|e| {
+                StageError::io(
+                    format_args!(
+                        "cannot write {}",
+                        stagehost_plugin_api::display::path(&dest)
+                    ),
+                    &e,
+                )
+            })?;
+            done += n as u64;
+            ctx.progress(done, expected);
+        }
+        if let Some(length) = expected {
+            if done != length {
+                return Err(StageError::new(
+                    ErrorKind::Transient,
+                    format!("GET {shown}: the body has {done} bytes, Content-Length said {length}"),
+                ));
+            }
+        }
+        out.commit()
+    }
+
+    fn put(&self, ctx: &Context<'_>, file: &File) -> Result<(), StageError> {
+        ctx.check()?;
+        let shown = file.redacted_url();
+        let local = file.filepath()?;
+        let (url, userinfo) = split_userinfo(file.url());
+        let url = url.split('#').next().unwrap_or_default().to_owned();
+        let (source, meta) = stagehost_plugin_api::fs::open_regular(&local)?;
+        let total = meta.len();
+        let mut request = self.agent.put(&url);
+        if let Some(auth) = self.authorization(userinfo)? {
+            request = request.header("Authorization", auth);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        ctx.progress(0, Some(total));
+        let response = request
+            .config()
+            .timeout_global(Self::deadline(ctx))
+            .build()
+            .send(&source)
+            .map_err(|e| classify("cannot PUT", &shown, &e))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(StageError::new(
+                status_kind(status),
+                format!(
+                    "PUT {shown}: HTTP {status}{} (the local file {} is kept)",
+                    response
+                        .status()
+                        .canonical_reason()
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default(),
+                    stagehost_plugin_api::display::path(&local)
+                ),
+            ));
+        }
+        ctx.progress(total, Some(total));
+        Ok(())
+    }
+}
+
+/// Waits out a server's `Retry-After` (at most 30 s, and never past the deadline),
+/// waking for cancellation.
+fn wait_before_retry(ctx: &Context<'_>, wait: Duration) {
+    let mut left = wait.min(Duration::from_secs(30));
+    if let Some(remaining) = ctx.remaining() {
+        left = left.min(remaining);
+    }
+    let step = Duration::from_millis(50);
+    while !left.is_zero() && !ctx.is_cancelled() {
+        let nap = left.min(step);
+        std::thread::sleep(nap);
+        left -= nap;
+    }
+}
+
+stagehost_plugin_api::export_provider! {
+    provider: HttpProvider,
+    name: "http",
+    schemes: ["http", "https"],
+    description: "HTTP(S): GET into the working directory, PUT for stage-out; no error page or short body ever handed to a task",
+    secret_settings: ["password", "headers"],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"user:pass word"), "dXNlcjpwYXNzIHdvcmQ=");
+    }
+
+    #[test]
+    fn userinfo_is_taken_out_of_the_url() {
+        let (url, info) = split_userinfo("https://me:s%40cret@h:8443/a?b#c");
+        assert_eq!(url, "https://h:8443/a?b#c");
+        assert_eq!(info, Some(("me".into(), "s@cret".into())));
+        assert_eq!(split_userinfo("http://h/x@y").1, None);
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("example.org", "example.org"));
+        assert!(host_matches("example.org", "example.org:8080"));
+        assert!(!host_matches("example.org", "www.example.org"));
+        assert!(host_matches("*.example.org", "data.example.org:443"));
+        assert!(!host_matches("*.example.org", "example.org"));
+        assert!(host_matches("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(!host_matches("127.0.0.1:8080", "127.0.0.1:9090"));
+    }
+
+    #[test]
+    fn statuses_have_kinds() {
+        assert_eq!(status_kind(404), ErrorKind::NotFound);
+        assert_eq!(status_kind(503), ErrorKind::Transient);
+        assert_eq!(status_kind(429), ErrorKind::Transient);
+        assert_eq!(status_kind(403), ErrorKind::Permission);
+        assert_eq!(status_kind(400), ErrorKind::Other);
+    }
+}

@@ -1,0 +1,318 @@
+//! The `http` provider, loaded from the built `.so`, against real servers on loopback:
+//! nginx from the Debian packages (GET, WebDAV PUT) and a fault-injecting server of our
+//! own (error statuses, retries, short bodies, stalls, redirects, gzip, chunks, auth).
+
+use std::path::{Path, PathBuf};
+
+use stagehost_tests::httpd::{pattern, FaultServer, Nginx};
+use stagehost_tests::*;
+
+/// A config with one `http` instance (`settings` as inline TOML) working in `wd/`,
+/// with fast retries.
+fn http_config(sandbox: &Sandbox, settings: &str) -> PathBuf {
+    sandbox.write(
+        "site.toml",
+        format!(
+            "[[provider]]\nname = \"web\"\nplugin = \"http\"\nsettings = {{ {settings} }}\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"web\"]\n[transfers]\nretries = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
+        ),
+    )
+}
+
+fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {
+    sandbox.run(&["--config", cfg.to_str().unwrap(), "stage", "in", url])
+}
+
+fn no_file_left(sandbox: &Sandbox, name: &str) {
+    assert!(
+        !sandbox.join("wd").join(name).exists(),
+        "{name} was written"
+    );
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn nginx_serves_get_and_takes_a_webdav_put() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let data = pattern(3 << 20);
+    std::fs::write(root.join("big.bin"), &data).unwrap();
+    let nginx = Nginx::start(&root);
+    let cfg = http_config(&sandbox, "");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        &nginx.url("/big.bin"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read(sandbox.join("wd/big.bin")).unwrap(), data);
+    let json = out.json();
+    assert_eq!(json[0]["provider"], "web");
+    assert_eq!(json[0]["modes"], serde_json::json!(["separate job"]));
+    assert_eq!(json[0]["bytes"], 3 << 20);
+
+    // A missing file is an error, and nginx's 404 page never becomes the file.
+    let out = stage_in(&sandbox, &cfg, &nginx.url("/missing.bin"));
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains(&format!(
+            "separate job: not found: GET {}: HTTP 404 Not Found",
+            nginx.url("/missing.bin")
+        )),
+        "{}",
+        out.stderr
+    );
+    no_file_left(&sandbox, "missing.bin");
+
+    // Stage-out with PUT.
+    let local = sandbox.write("result.bin", &data[..1 << 20]);
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        local.to_str().unwrap(),
+        &nginx.url("/dav/sub/result.bin"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(root.join("dav/sub/result.bin")).unwrap(),
+        &data[..1 << 20]
+    );
+    // A PUT nginx refuses (no WebDAV outside /dav/) fails and keeps the local file.
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        local.to_str().unwrap(),
+        &nginx.url("/plain/result.bin"),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("HTTP 405"), "{}", out.stderr);
+    assert!(out.stderr.contains("is kept"), "{}", out.stderr);
+    assert!(local.exists());
+}
+
+#[test]
+fn error_statuses_are_errors_never_files_and_only_5xx_is_retried() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = http_config(&sandbox, "");
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"gone\"\ncommand = \"true\"\ninputs = [\"{}\"]\n\n[[task]]\nname = \"broken\"\ncommand = \"true\"\ninputs = [\"{}\"]\n\n[[task]]\nname = \"flaky\"\ncommand = \"cat {{inputs[0]}}\"\ninputs = [\"{}\"]\n",
+            server.url("/status/404"),
+            server.url("/status/500"),
+            server.url("/flaky/a")
+        ),
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        "-",
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let report = out.json();
+    let task = |name: &str| {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(task("gone")["status"], "failed");
+    assert_eq!(
+        task("gone")["files"][0]["attempts"],
+        1,
+        "a 404 is not retried"
+    );
+    assert_eq!(server.hits("/status/404"), 1);
+    assert_eq!(
+        task("broken")["files"][0]["attempts"],
+        3,
+        "a 500 is retried"
+    );
+    assert_eq!(server.hits("/status/500"), 3);
+    assert!(
+        task("broken")["error"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(
+                "separate job: transient: GET {}: HTTP 500 Internal Server Error",
+                server.url("/status/500")
+            )),
+        "{}",
+        task("broken")["error"]
+    );
+    assert_eq!(task("flaky")["status"], "succeeded");
+    assert_eq!(task("flaky")["files"][0]["attempts"], 2);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/a")).unwrap(),
+        "recovered\n"
+    );
+    no_file_left(&sandbox, "404");
+    no_file_left(&sandbox, "500");
+}
+
+#[test]
+fn a_short_body_a_stall_and_a_redirect_loop_fail_and_leave_nothing() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = http_config(&sandbox, "read_timeout_secs = 1");
+    let out = stage_in(&sandbox, &cfg, &server.url("/short"));
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains(": transient: GET "), "{}", out.stderr);
+    assert!(out.stderr.contains("/short"), "{}", out.stderr);
+    no_file_left(&sandbox, "short");
+
+    let out = stage_in(&sandbox, &cfg, &server.url("/stall"));
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains(": timed out: GET "), "{}", out.stderr);
+    no_file_left(&sandbox, "stall");
+
+    let out = stage_in(&sandbox, &cfg, &server.url("/loop"));
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("too many redirects"), "{}", out.stderr);
+    no_file_left(&sandbox, "loop");
+}
+
+#[test]
+fn redirects_gzip_and_chunked_bodies_arrive_whole() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = http_config(&sandbox, "");
+    for (path, name, text) in [
+        ("/redirect/3", "3", "landed\n"),
+        ("/gzip", "gzip", "hello, gzip\n"),
+        ("/chunked", "chunked", "hello chunked\n"),
+    ] {
+        let out = stage_in(&sandbox, &cfg, &server.url(path));
+        assert_eq!(out.code, Some(0), "{path}: {}", out.stderr);
+        assert_eq!(
+            std::fs::read_to_string(sandbox.join("wd").join(name)).unwrap(),
+            text,
+            "{path}"
+        );
+    }
+    assert_eq!(server.hits("/redirect/0"), 1);
+}
+
+#[test]
+fn credentials_are_sent_and_never_shown() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = http_config(&sandbox, "");
+    let url = server
+        .url("/basic")
+        .replace("http://", "http://user:hunter2@");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        &url,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/basic")).unwrap(),
+        "basic ok\n"
+    );
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains("hunter2"));
+    // A wrong password: a permission error that does not show it.
+    let bad = server
+        .url("/basic")
+        .replace("http://", "http://user:wrong-secret@");
+    let out = stage_in(&sandbox, &cfg, &bad);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("permission denied: GET http://user:***@"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("wrong-secret"));
+
+    // Settings credentials and a bearer token from the environment.
+    let cfg = http_config(&sandbox, "username = \"user\", password = \"hunter2\"");
+    let out = stage_in(&sandbox, &cfg, &server.url("/basic"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let cfg = http_config(&sandbox, "bearer_token_env = \"STAGEHOST_TEST_TOKEN\"");
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            &server.url("/bearer"),
+        ],
+        &[("STAGEHOST_TEST_TOKEN", "tok-123")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/bearer")).unwrap(),
+        "bearer ok\n"
+    );
+    let shown = sandbox.run(&["--config", cfg.to_str().unwrap(), "config", "show"]);
+    assert!(!shown.stdout.contains("hunter2"));
+}
+
+#[test]
+fn in_task_mode_and_host_scoping_in_a_workflow_with_put_stage_out() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = sandbox.write(
+        "site.toml",
+        format!(
+            "[[provider]]\nname = \"private\"\nplugin = \"http\"\nsettings = {{ hosts = [\"{host}\"], username = \"user\", password = \"hunter2\", mode = \"in-task\" }}\n\n[[provider]]\nname = \"public\"\nplugin = \"http\"\n\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"private\", \"public\", \"file\"]\n",
+            host = server.host()
+        ),
+    );
+    let other = FaultServer::start();
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"join\"\ncommand = \"cat {{inputs[0]}} {{inputs[1]}} > {{outputs[0]}}\"\ninputs = [\"{}\", \"{}\"]\noutputs = [\"{}\"]\n",
+            server.url("/basic"),
+            other.url("/data/5"),
+            server.url("/put/joined.txt")
+        ),
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        "-",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let report = out.json();
+    let files = report["tasks"][0]["files"].as_array().unwrap().clone();
+    assert_eq!(files[0]["provider"], "private");
+    assert_eq!(files[0]["mode"], "in-task-step");
+    assert_eq!(
+        files[1]["provider"], "public",
+        "another host falls through to the general instance"
+    );
+    assert_eq!(files[1]["mode"], "separate-job");
+    assert_eq!(files[2]["provider"], "private");
+    let mut expected = b"basic ok\n".to_vec();
+    expected.extend(pattern(5));
+    assert_eq!(server.stored("joined.txt").unwrap(), expected);
+    assert!(
+        other.authorizations().is_empty(),
+        "credentials go only to their host"
+    );
+    assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
+}

@@ -1,0 +1,319 @@
+//! HTTP servers for the http provider's tests, on loopback: [`FaultServer`], a small
+//! server of our own that misbehaves on purpose (error statuses, short bodies, stalls,
+//! redirect loops, gzip, chunks, auth), and [`Nginx`], the stock server from the Debian
+//! packages, started with a config of its own and stopped by its pid.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The bytes `/data/<n>` serves: `i % 251` for each offset `i`.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[derive(Default)]
+struct State {
+    hits: HashMap<String, u32>,
+    stored: HashMap<String, Vec<u8>>,
+    authorizations: Vec<String>,
+}
+
+/// A fault-injecting HTTP/1.1 server on 127.0.0.1; one thread per connection, each
+/// response closes its connection.
+pub struct FaultServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultServer {
+    /// Starts the server on a free port.
+    pub fn start() -> FaultServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let st = st.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &st);
+                    });
+                }
+            }
+        });
+        FaultServer { addr, state, stop }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// How many requests `path` received.
+    pub fn hits(&self, path: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// What a PUT to `/put/<name>` stored.
+    pub fn stored(&self, name: &str) -> Option<Vec<u8>> {
+        self.state.lock().unwrap().stored.get(name).cloned()
+    }
+
+    /// Every Authorization header received.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.lock().unwrap().authorizations.clone()
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn respond(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    let mut has_length = false;
+    for (k, v) in headers {
+        has_length |=
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding");
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_length {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
+    conn.flush()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).expect("gzip in memory");
+    enc.finish().expect("gzip in memory")
+}
+
+fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let path = parts.next().unwrap_or("").to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let mut body = Vec::new();
+    if let Some(n) = headers
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        body.resize(n, 0);
+        reader.read_exact(&mut body)?;
+    }
+    let hit = {
+        let mut st = state.lock().unwrap();
+        let hit = st.hits.entry(path.clone()).or_default();
+        *hit += 1;
+        let hit = *hit;
+        if let Some(a) = headers.get("authorization") {
+            st.authorizations.push(a.clone());
+        }
+        hit
+    };
+    let auth = headers.get("authorization").cloned().unwrap_or_default();
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), seg.as_slice()) {
+        ("GET", ["data", n]) => respond(&mut conn, "200 OK", &[], &pattern(n.parse().unwrap_or(0))),
+        ("GET", ["status", code]) => respond(
+            &mut conn,
+            &format!("{code} Status"),
+            &[],
+            format!("error page {code}\n").as_bytes(),
+        ),
+        ("GET", ["flaky", _]) if hit == 1 => {
+            respond(&mut conn, "500 Internal Server Error", &[], b"try again\n")
+        }
+        ("GET", ["flaky", _]) => respond(&mut conn, "200 OK", &[], b"recovered\n"),
+        ("GET", ["retry-after"]) if hit == 1 => respond(
+            &mut conn,
+            "503 Service Unavailable",
+            &[("Retry-After", "1".into())],
+            b"busy\n",
+        ),
+        ("GET", ["retry-after"]) => respond(&mut conn, "200 OK", &[], b"served\n"),
+        ("GET", ["short"]) => {
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n",
+            )?;
+            conn.write_all(&pattern(400))?;
+            conn.flush()
+        }
+        ("GET", ["stall"]) => {
+            conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 100\r\n\r\n")?;
+            conn.write_all(&pattern(10))?;
+            conn.flush()?;
+            std::thread::sleep(Duration::from_secs(20));
+            Ok(())
+        }
+        ("GET", ["redirect", k]) => match k.parse::<u32>().unwrap_or(0) {
+            0 => respond(&mut conn, "200 OK", &[], b"landed\n"),
+            k => respond(
+                &mut conn,
+                "302 Found",
+                &[("Location", format!("/redirect/{}", k - 1))],
+                b"",
+            ),
+        },
+        ("GET", ["loop"]) => respond(&mut conn, "302 Found", &[("Location", "/loop".into())], b""),
+        ("GET", ["gzip"]) => respond(
+            &mut conn,
+            "200 OK",
+            &[("Content-Encoding", "gzip".into())],
+            &gzip(b"hello, gzip\n"),
+        ),
+        ("GET", ["chunked"]) => {
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )?;
+            conn.write_all(b"6\r\nhello \r\n8\r\nchunked\n\r\n0\r\n\r\n")?;
+            conn.flush()
+        }
+        ("GET", ["basic"]) if auth == "Basic dXNlcjpodW50ZXIy" => {
+            respond(&mut conn, "200 OK", &[], b"basic ok\n")
+        }
+        ("GET", ["bearer"]) if auth == "Bearer tok-123" => {
+            respond(&mut conn, "200 OK", &[], b"bearer ok\n")
+        }
+        ("GET", ["basic" | "bearer"]) => {
+            respond(&mut conn, "401 Unauthorized", &[], b"who are you\n")
+        }
+        ("PUT", ["put", name]) => {
+            state
+                .lock()
+                .unwrap()
+                .stored
+                .insert((*name).to_owned(), body);
+            respond(&mut conn, "201 Created", &[], b"")
+        }
+        ("PUT", ["forbidden", _]) => respond(&mut conn, "403 Forbidden", &[], b"no\n"),
+        _ => respond(&mut conn, "404 Not Found", &[], b"no such thing\n"),
+    }
+}
+
+/// The Debian nginx binary.
+fn nginx_bin() -> PathBuf {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("nginx is missing: scripts/install-test-deps installs it (apt-get install nginx)");
+}
+
+/// nginx on a free loopback port, serving `root` with WebDAV PUT under `/dav/`; stopped
+/// (by its pid) when dropped.
+pub struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx serving `root`.
+    pub fn start(root: &Path) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let d = dir.path().display();
+        for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        std::fs::create_dir_all(root.join("dav")).expect("mkdir dav");
+        let conf = format!(
+            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n    location /dav/ {{\n      dav_methods PUT DELETE;\n      create_full_put_path on;\n      client_max_body_size 0;\n    }}\n  }}\n}}\n",
+            root.display(),
+            // As root, the workers would run as nobody and not read a private tempdir.
+            // SAFETY: geteuid has no preconditions.
+            user = if unsafe { libc::geteuid() } == 0 { "user root;\n" } else { "" },
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nginx starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
