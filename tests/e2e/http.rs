@@ -316,3 +316,80 @@ fn in_task_mode_and_host_scoping_in_a_workflow_with_put_stage_out() {
     );
     assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
 }
+
+#[test]
+fn https_trusts_the_configured_ca_and_a_bad_certificate_is_not_retried() {
+    let sandbox = Sandbox::new();
+    let certs = sandbox.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = stagehost_tests::httpd::make_test_ca(&certs);
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("secure.bin"), pattern(100_000)).unwrap();
+    let nginx = Nginx::start_with_tls(&root, Some((&cert, &key)));
+    let trusted = http_config(&sandbox, &format!("ca_file = {}", toml_path(&ca)));
+    let out = stage_in(&sandbox, &trusted, &nginx.tls_url("/secure.bin"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(sandbox.join("wd/secure.bin")).unwrap(),
+        pattern(100_000)
+    );
+    std::fs::remove_file(sandbox.join("wd/secure.bin")).unwrap();
+
+    // Without the CA the certificate is unknown: a permanent error, tried once.
+    let untrusted = http_config(&sandbox, "");
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [\"{}\"]\n",
+            nginx.tls_url("/secure.bin")
+        ),
+    );
+    let out = sandbox.run(&[
+        "--config",
+        untrusted.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        "-",
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let file = out.json()["tasks"][0]["files"][0].clone();
+    assert_eq!(file["attempts"], 1, "{file:#}");
+    let error = file["error"].as_str().unwrap();
+    assert!(
+        error.contains("separate job: error: cannot GET https://127.0.0.1:"),
+        "{error}"
+    );
+    assert!(
+        error.to_ascii_lowercase().contains("certificate"),
+        "{error}"
+    );
+    no_file_left(&sandbox, "secure.bin");
+}
+
+#[test]
+fn a_body_that_breaks_off_resumes_with_a_range_and_ends_with_the_exact_bytes() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = http_config(&sandbox, "");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        &server.url("/drop/3000000"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(sandbox.join("wd/3000000")).unwrap(),
+        pattern(3_000_000)
+    );
+    assert_eq!(
+        server.hits("/drop/3000000"),
+        2,
+        "one full request, one ranged"
+    );
+    assert_eq!(out.json()[0]["bytes"], 3_000_000);
+}

@@ -186,6 +186,35 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             conn.write_all(&pattern(400))?;
             conn.flush()
         }
+        ("GET", ["drop", n]) => {
+            // The first answer breaks off halfway; a ranged request gets the rest.
+            let n: usize = n.parse().unwrap_or(0);
+            let data = pattern(n);
+            let range = headers
+                .get("range")
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|r| r.parse::<usize>().ok());
+            match range {
+                Some(start) if headers.get("if-range").map(String::as_str) == Some("\"v1\"") => {
+                    respond(
+                        &mut conn,
+                        "206 Partial Content",
+                        &[
+                            ("Content-Range", format!("bytes {start}-{}/{n}", n - 1)),
+                            ("ETag", "\"v1\"".into()),
+                        ],
+                        &data[start..],
+                    )
+                }
+                _ => {
+                    let head = format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {n}\r\nAccept-Ranges: bytes\r\nETag: \"v1\"\r\n\r\n");
+                    conn.write_all(head.as_bytes())?;
+                    conn.write_all(&data[..n / 2])?;
+                    conn.flush()
+                }
+            }
+        }
         ("GET", ["stall"]) => {
             conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 100\r\n\r\n")?;
             conn.write_all(&pattern(10))?;
@@ -253,24 +282,116 @@ fn nginx_bin() -> PathBuf {
 pub struct Nginx {
     child: Child,
     port: u16,
+    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
+}
+
+/// A test CA and a server certificate it signed for `127.0.0.1` and `localhost`, made
+/// with openssl in `dir`: (`ca.pem`, `server.pem`, `server.key`).
+pub fn make_test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (scripts/install-test-deps installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n",
+    )
+    .expect("write san.cnf");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stagehost test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl Nginx {
     /// Starts nginx serving `root`.
     pub fn start(root: &Path) -> Nginx {
+        Nginx::start_with_tls(root, None)
+    }
+
+    /// Starts nginx serving `root`, and with `tls` (certificate, key) also over HTTPS
+    /// on a second port.
+    pub fn start_with_tls(root: &Path, tls: Option<(&Path, &Path)>) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
+        let tls_port = tls.map(|_| free_port());
+        let tls_server = match (tls, tls_port) {
+            (Some((cert, key)), Some(p)) => format!(
+                "  server {{\n    listen 127.0.0.1:{p} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    root {};\n  }}\n",
+                cert.display(),
+                key.display(),
+                root.display()
+            ),
+            _ => String::new(),
+        };
         let d = dir.path().display();
         for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
         std::fs::create_dir_all(root.join("dav")).expect("mkdir dav");
         let conf = format!(
-            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n    location /dav/ {{\n      dav_methods PUT DELETE;\n      create_full_put_path on;\n      client_max_body_size 0;\n    }}\n  }}\n}}\n",
+            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n    location /dav/ {{\n      dav_methods PUT DELETE;\n      create_full_put_path on;\n      client_max_body_size 0;\n    }}\n  }}\n{tls_server}}}\n",
             root.display(),
             // As root, the workers would run as nobody and not read a private tempdir.
             // SAFETY: geteuid has no preconditions.
@@ -288,15 +409,26 @@ impl Nginx {
             .spawn()
             .expect("nginx starts");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
+        for p in std::iter::once(port).chain(tls_port) {
+            while TcpStream::connect(("127.0.0.1", p)).is_err() {
+                assert!(Instant::now() < deadline, "nginx did not listen on {p}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Nginx {
             child,
             port,
+            tls_port,
             _dir: dir,
         }
+    }
+
+    /// `https://127.0.0.1:<tls port><path>` (when started with TLS).
+    pub fn tls_url(&self, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}{path}",
+            self.tls_port.expect("nginx was started with TLS")
+        )
     }
 
     /// `http://127.0.0.1:<port><path>`.

@@ -376,8 +376,29 @@ fn io_kind(e: &std::io::Error) -> ErrorKind {
     }
 }
 
+/// Where a request goes: the URL without userinfo or fragment, the credentials the
+/// userinfo held, and the URL as messages show it.
+struct Target {
+    url: String,
+    userinfo: Option<(String, String)>,
+    shown: String,
+}
+
+impl Target {
+    fn of(file: &File) -> Target {
+        let (url, userinfo) = split_userinfo(file.url());
+        Target {
+            url: url.split('#').next().unwrap_or_default().to_owned(),
+            userinfo,
+            shown: file.redacted_url(),
+        }
+    }
+}
+
 /// How much is read between two progress reports and cancellation checks.
 const CHUNK: usize = 256 << 10;
+/// How often one transfer resumes a broken-off body before it gives up.
+const MAX_RESUMES: u32 = 3;
 
 impl Shared {
     /// The request's authorization header value, if any credentials apply.
@@ -414,25 +435,63 @@ impl Shared {
         ctx.remaining().map(|r| r.max(Duration::from_millis(1)))
     }
 
-    fn get(&self, ctx: &Context<'_>, file: &File) -> Result<(), StageError> {
-        ctx.check()?;
-        let shown = file.redacted_url();
-        let dest = file.filepath()?;
-        let (url, userinfo) = split_userinfo(file.url());
-        let url = url.split('#').next().unwrap_or_default().to_owned();
-        let mut request = self.agent.get(&url);
-        if let Some(auth) = self.authorization(userinfo)? {
+    /// A GET of `target` with the credentials and headers, and `extra` headers.
+    fn call_get(
+        &self,
+        ctx: &Context<'_>,
+        target: &Target,
+        extra: &[(&str, String)],
+    ) -> Result<ureq::http::Response<ureq::Body>, StageError> {
+        let mut request = self.agent.get(&target.url);
+        if let Some(auth) = self.authorization(target.userinfo.clone())? {
             request = request.header("Authorization", auth);
         }
-        for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.as_str());
+        for (name, value) in self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())) {
+            request = request.header(name, value);
         }
-        let response = request
+        for (name, value) in extra {
+            request = request.header(*name, value.as_str());
+        }
+        request
             .config()
             .timeout_global(Self::deadline(ctx))
             .build()
             .call()
-            .map_err(|e| classify("cannot GET", &shown, &e))?;
+            .map_err(|e| classify("cannot GET", &target.shown, &e))
+    }
+
+    /// After a body broke off at `done` of `total` bytes, asks for the rest (`Range`,
+    /// with `If-Range` on the validator so a changed file is never stitched together):
+    /// the rest's reader if the server answered 206 from exactly there.
+    fn resume(
+        &self,
+        ctx: &Context<'_>,
+        target: &Target,
+        validator: &str,
+        (done, total): (u64, u64),
+    ) -> Option<ureq::BodyReader<'static>> {
+        let extra = [
+            ("Range", format!("bytes={done}-")),
+            ("If-Range", validator.to_owned()),
+        ];
+        let response = self.call_get(ctx, target, &extra).ok()?;
+        let range = response
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let expected = format!("bytes {done}-{}/{total}", total.saturating_sub(1));
+        (response.status().as_u16() == 206 && range == expected)
+            .then(|| response.into_body().into_reader())
+    }
+
+    fn get(&self, ctx: &Context<'_>, file: &File) -> Result<(), StageError> {
+        ctx.check()?;
+        let dest = file.filepath()?;
+        let target = Target::of(file);
+        let shown = target.shown.clone();
+        let response = self.call_get(ctx, &target, &[])?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             if status_kind(status) == ErrorKind::Transient {
@@ -464,10 +523,23 @@ impl Shared {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
+        // A strong validator and byte ranges make a broken-off body resumable.
+        let ranges = response
+            .headers()
+            .get("accept-ranges")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
+        let validator = response
+            .headers()
+            .get("etag")
+            .or_else(|| response.headers().get("last-modified"))
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.starts_with("W/"))
+            .map(str::to_owned);
         let mut body = response.into_body().into_reader();
         let mut out = AtomicFile::create(&dest)?;
         let mut buf = vec![0u8; CHUNK];
         let mut done = 0u64;
+        let mut resumes = 0;
         ctx.progress(0, expected);
         loop {
             ctx.check()?;
@@ -476,10 +548,28 @@ impl Shared {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(StageError::new(
-                        io_kind(&e),
-                        format!("GET {shown}: the body broke off after {done} bytes: {e}"),
-                    ))
+                    let resumed = match (&validator, expected) {
+                        (Some(v), Some(total)) if ranges && resumes < MAX_RESUMES && done > 0 => {
+                            resumes += 1;
+                            ctx.info(&format!(
+                                "GET {shown}: the body broke off after {done} bytes ({e}); resuming"
+                            ));
+                            self.resume(ctx, &target, v, (done, total))
+                        }
+                        _ => None,
+                    };
+                    match resumed {
+                        Some(rest) => {
+                            body = rest;
+                            continue;
+                        }
+                        None => {
+                            return Err(StageError::new(
+                                io_kind(&e),
+                                format!("GET {shown}: the body broke off after {done} bytes: {e}"),
+                            ))
+                        }
+                    }
                 }
             };
             out.write_all(&buf[..n]).map_err(|e| {
@@ -507,10 +597,12 @@ impl Shared {
 
     fn put(&self, ctx: &Context<'_>, file: &File) -> Result<(), StageError> {
         ctx.check()?;
-        let shown = file.redacted_url();
         let local = file.filepath()?;
-        let (url, userinfo) = split_userinfo(file.url());
-        let url = url.split('#').next().unwrap_or_default().to_owned();
+        let Target {
+            url,
+            userinfo,
+            shown,
+        } = Target::of(file);
         let (source, meta) = stagehost_plugin_api::fs::open_regular(&local)?;
         let total = meta.len();
         let mut request = self.agent.put(&url);
