@@ -393,3 +393,36 @@ fn a_body_that_breaks_off_resumes_with_a_range_and_ends_with_the_exact_bytes() {
     );
     assert_eq!(out.json()[0]["bytes"], 3_000_000);
 }
+
+#[test]
+fn a_503_with_retry_after_is_waited_out_and_retried() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = http_config(&sandbox, "");
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"t\"\ncommand = \"cat {{inputs[0]}}\"\ninputs = [\"{}\"]\n",
+            server.url("/retry-after")
+        ),
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        "-",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let file = out.json()["tasks"][0]["files"][0].clone();
+    assert_eq!(file["attempts"], 2);
+    assert!(
+        file["seconds"].as_f64().unwrap() >= 1.0,
+        "the server asked for a second: {file:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/retry-after")).unwrap(),
+        "served\n"
+    );
+}
