@@ -426,3 +426,52 @@ fn a_503_with_retry_after_is_waited_out_and_retried() {
         "served\n"
     );
 }
+
+#[test]
+fn https_goes_through_the_environments_proxy_unless_no_proxy_names_the_host() {
+    let sandbox = Sandbox::new();
+    let certs = sandbox.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = stagehost_tests::httpd::make_test_ca(&certs);
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("p.bin"), pattern(50_000)).unwrap();
+    let nginx = Nginx::start_with_tls(&root, Some((&cert, &key)));
+    let proxy = stagehost_tests::httpd::ConnectProxy::start();
+    let cfg = http_config(&sandbox, &format!("ca_file = {}", toml_path(&ca)));
+    let url = nginx.tls_url("/p.bin");
+    let target = url
+        .trim_start_matches("https://")
+        .trim_end_matches("/p.bin")
+        .to_owned();
+    let run = |env: &[(&str, &str)]| {
+        let _ = std::fs::remove_file(sandbox.join("wd/p.bin"));
+        let out = sandbox.run_env(
+            &["--config", cfg.to_str().unwrap(), "stage", "in", &url],
+            env,
+        );
+        assert_eq!(out.code, Some(0), "{env:?}: {}", out.stderr);
+        assert_eq!(
+            std::fs::read(sandbox.join("wd/p.bin")).unwrap(),
+            pattern(50_000)
+        );
+    };
+    run(&[("HTTPS_PROXY", &proxy.url())]);
+    assert_eq!(
+        proxy.targets(),
+        vec![target.clone()],
+        "the https proxy tunnelled it"
+    );
+    // HTTP_PROXY is for http:// URLs only.
+    run(&[("HTTP_PROXY", &proxy.url())]);
+    // NO_PROXY names the host: straight there.
+    run(&[
+        ("HTTPS_PROXY", &proxy.url()),
+        ("NO_PROXY", "localhost,127.0.0.1"),
+    ]);
+    assert_eq!(
+        proxy.targets(),
+        vec![target],
+        "nothing else went through the proxy"
+    );
+}

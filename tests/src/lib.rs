@@ -344,6 +344,19 @@ impl Sandbox {
             .env_remove("STAGEHOST_CONFIG")
             .env_remove("STAGEHOST_PLUGIN_PATH")
             .env_remove("RUST_LOG");
+        // Loopback servers are reached directly unless a test names a proxy.
+        for var in [
+            "http_proxy",
+            "HTTP_PROXY",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            c.env_remove(var);
+        }
         c
     }
 

@@ -91,6 +91,7 @@ pub struct HttpProvider {
 /// What every job of an instance uses: the pooled agent and the credentials.
 struct Shared {
     agent: Agent,
+    proxies: Proxies,
     username: Option<String>,
     password: Option<String>,
     bearer_token_env: Option<String>,
@@ -140,7 +141,10 @@ impl Provider for HttpProvider {
         if let Some(ca) = &s.ca_file {
             tls = tls.root_certs(load_roots(ca)?);
         }
+        let proxies = Proxies::from_env()?;
         let config = Agent::config_builder()
+            // Proxies are chosen per request by scheme (see `Proxies`).
+            .proxy(None)
             .http_status_as_error(false)
             .timeout_connect(Some(seconds(
                 "connect_timeout_secs",
@@ -156,6 +160,7 @@ impl Provider for HttpProvider {
             hosts: s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             shared: Arc::new(Shared {
                 agent: Agent::new_with_config(config),
+                proxies,
                 username: s.username,
                 password: s.password,
                 bearer_token_env: s.bearer_token_env,
@@ -376,6 +381,70 @@ fn io_kind(e: &std::io::Error) -> ErrorKind {
     }
 }
 
+/// The proxies the environment names, by scheme, as curl reads them: `http_proxy` /
+/// `HTTP_PROXY` for `http://`, `https_proxy` / `HTTPS_PROXY` for `https://`, then
+/// `all_proxy` / `ALL_PROXY`; `no_proxy` / `NO_PROXY` lists hosts (or `.suffix`es, or
+/// `*`) reached directly.
+struct Proxies {
+    http: Option<ureq::Proxy>,
+    https: Option<ureq::Proxy>,
+    no_proxy: Vec<String>,
+}
+
+impl Proxies {
+    fn from_env() -> Result<Proxies, StageError> {
+        let var = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+        };
+        let parse = |value: Option<String>| -> Result<Option<ureq::Proxy>, StageError> {
+            value
+                .map(|v| {
+                    ureq::Proxy::new(&v).map_err(|e| {
+                        StageError::other(format!(
+                            "the proxy named in the environment is not usable: {e}"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let all = var(&["all_proxy", "ALL_PROXY"]);
+        Ok(Proxies {
+            http: parse(var(&["http_proxy", "HTTP_PROXY"]).or_else(|| all.clone()))?,
+            https: parse(var(&["https_proxy", "HTTPS_PROXY"]).or(all))?,
+            no_proxy: var(&["no_proxy", "NO_PROXY"])
+                .unwrap_or_default()
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        })
+    }
+
+    /// The proxy for `url`, if any.
+    fn for_url(&self, url: &str) -> Option<ureq::Proxy> {
+        let (scheme, rest) = url.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = strip_port(authority)
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
+        let bypass = self.no_proxy.iter().any(|entry| {
+            let entry = strip_port(entry).trim_matches(['[', ']']);
+            entry == "*"
+                || host == entry.trim_start_matches('.')
+                || host.ends_with(&format!(".{}", entry.trim_start_matches('.')))
+        });
+        if bypass {
+            return None;
+        }
+        match scheme {
+            "https" => self.https.clone(),
+            _ => self.http.clone(),
+        }
+    }
+}
+
 /// Where a request goes: the URL without userinfo or fragment, the credentials the
 /// userinfo held, and the URL as messages show it.
 struct Target {
@@ -454,6 +523,7 @@ impl Shared {
         }
         request
             .config()
+            .proxy(self.proxies.for_url(&target.url))
             .timeout_global(Self::deadline(ctx))
             .build()
             .call()
@@ -615,6 +685,7 @@ impl Shared {
         ctx.progress(0, Some(total));
         let response = request
             .config()
+            .proxy(self.proxies.for_url(&url))
             .timeout_global(Self::deadline(ctx))
             .build()
             .send(&source)
