@@ -18,6 +18,18 @@ fn http_config(sandbox: &Sandbox, settings: &str) -> PathBuf {
     )
 }
 
+/// nginx over HTTPS with a certificate from a fresh test CA, serving `name` (`size`
+/// pattern bytes); the CA's PEM file.
+fn nginx_with_tls(sandbox: &Sandbox, name: &str, size: usize) -> (Nginx, PathBuf) {
+    let certs = sandbox.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = stagehost_tests::httpd::make_test_ca(&certs);
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join(name), pattern(size)).unwrap();
+    (Nginx::start_with_tls(&root, Some((&cert, &key))), ca)
+}
+
 fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {
     sandbox.run(&["--config", cfg.to_str().unwrap(), "stage", "in", url])
 }
@@ -320,13 +332,7 @@ fn in_task_mode_and_host_scoping_in_a_workflow_with_put_stage_out() {
 #[test]
 fn https_trusts_the_configured_ca_and_a_bad_certificate_is_not_retried() {
     let sandbox = Sandbox::new();
-    let certs = sandbox.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let (ca, cert, key) = stagehost_tests::httpd::make_test_ca(&certs);
-    let root = sandbox.join("www");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("secure.bin"), pattern(100_000)).unwrap();
-    let nginx = Nginx::start_with_tls(&root, Some((&cert, &key)));
+    let (nginx, ca) = nginx_with_tls(&sandbox, "secure.bin", 100_000);
     let trusted = http_config(&sandbox, &format!("ca_file = {}", toml_path(&ca)));
     let out = stage_in(&sandbox, &trusted, &nginx.tls_url("/secure.bin"));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -430,13 +436,7 @@ fn a_503_with_retry_after_is_waited_out_and_retried() {
 #[test]
 fn https_goes_through_the_environments_proxy_unless_no_proxy_names_the_host() {
     let sandbox = Sandbox::new();
-    let certs = sandbox.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let (ca, cert, key) = stagehost_tests::httpd::make_test_ca(&certs);
-    let root = sandbox.join("www");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("p.bin"), pattern(50_000)).unwrap();
-    let nginx = Nginx::start_with_tls(&root, Some((&cert, &key)));
+    let (nginx, ca) = nginx_with_tls(&sandbox, "p.bin", 50_000);
     let proxy = stagehost_tests::httpd::ConnectProxy::start();
     let cfg = http_config(&sandbox, &format!("ca_file = {}", toml_path(&ca)));
     let url = nginx.tls_url("/p.bin");

@@ -39,19 +39,9 @@ impl FaultServer {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (state.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let st = st.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve(conn, &st);
-                    });
-                }
-            }
+        let st = state.clone();
+        accept_loop(listener, stop.clone(), move |conn| {
+            let _ = serve(conn, &st);
         });
         FaultServer { addr, state, stop }
     }
@@ -93,6 +83,27 @@ impl Drop for FaultServer {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
     }
+}
+
+/// Accepts connections on `listener` until `stop` is raised (and a connection wakes
+/// the loop), handling each on a thread of its own.
+fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) {
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Ok(conn) = conn {
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(conn));
+            }
+        }
+    });
 }
 
 fn respond(
@@ -465,19 +476,9 @@ impl ConnectProxy {
         let addr = listener.local_addr().expect("local addr");
         let targets = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (tg, sp) = (targets.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let tg = tg.clone();
-                    std::thread::spawn(move || {
-                        let _ = tunnel(conn, &tg);
-                    });
-                }
-            }
+        let tg = targets.clone();
+        accept_loop(listener, stop.clone(), move |conn| {
+            let _ = tunnel(conn, &tg);
         });
         ConnectProxy {
             addr,
