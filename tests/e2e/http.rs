@@ -475,3 +475,59 @@ fn https_goes_through_the_environments_proxy_unless_no_proxy_names_the_host() {
         "nothing else went through the proxy"
     );
 }
+
+#[test]
+fn a_rerun_revalidates_and_a_304_moves_no_bytes() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = http_config(&sandbox, "");
+    let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    let dest = sandbox.join("wd/etag");
+    assert_eq!(stage_in(&sandbox, &cfg, &server.url("/etag")).code, Some(0));
+    let first = inode(&dest);
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            &server.url("/etag"),
+        ],
+        &[("RUST_LOG", "stagehost::plugin=info")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(server.hits("/etag"), 2);
+    assert_eq!(inode(&dest), first, "a 304 leaves the file as it was");
+    assert!(out.stderr.contains("not modified"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "versioned\n");
+    // A file changed since it was fetched is fetched again, whatever its record says.
+    std::fs::write(&dest, "edited locally\n").unwrap();
+    assert_eq!(stage_in(&sandbox, &cfg, &server.url("/etag")).code, Some(0));
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "versioned\n");
+
+    // nginx answers the same question for a static file.
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("static.bin"), pattern(10_000)).unwrap();
+    let nginx = Nginx::start(&root);
+    assert_eq!(
+        stage_in(&sandbox, &cfg, &nginx.url("/static.bin")).code,
+        Some(0)
+    );
+    let first = inode(&sandbox.join("wd/static.bin"));
+    assert_eq!(
+        stage_in(&sandbox, &cfg, &nginx.url("/static.bin")).code,
+        Some(0)
+    );
+    assert_eq!(inode(&sandbox.join("wd/static.bin")), first);
+    // No record is left as a visible file beside the data.
+    let visible: Vec<String> = std::fs::read_dir(sandbox.join("wd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let mut visible = visible;
+    visible.sort();
+    assert_eq!(visible, ["etag", "static.bin"]);
+}

@@ -226,6 +226,20 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 }
             }
         }
+        ("GET", ["etag"]) if headers.get("if-none-match").map(String::as_str) == Some("\"e1\"") => {
+            respond(
+                &mut conn,
+                "304 Not Modified",
+                &[("ETag", "\"e1\"".into())],
+                b"",
+            )
+        }
+        ("GET", ["etag"]) => respond(
+            &mut conn,
+            "200 OK",
+            &[("ETag", "\"e1\"".into())],
+            b"versioned\n",
+        ),
         ("GET", ["stall"]) => {
             conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 100\r\n\r\n")?;
             conn.write_all(&pattern(10))?;

@@ -28,6 +28,8 @@ use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
 use ureq::Agent;
 
+mod revalidate;
+
 /// Where the work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -561,8 +563,23 @@ impl Shared {
         let dest = file.filepath()?;
         let target = Target::of(file);
         let shown = target.shown.clone();
-        let response = self.call_get(ctx, &target, &[])?;
+        // What we fetched before, if it is still there unchanged: ask whether it changed.
+        let record = revalidate::load(&dest, ctx.working_dir());
+        let condition: Vec<(&str, String)> = record
+            .iter()
+            .map(|r| revalidate::condition(&r.validator))
+            .collect();
+        let response = self.call_get(ctx, &target, &condition)?;
         let status = response.status().as_u16();
+        if status == 304 && record.is_some() {
+            let size = std::fs::metadata(&dest).map_or(0, |m| m.len());
+            ctx.info(&format!(
+                "GET {shown}: not modified; {} is current (cached)",
+                stagehost_plugin_api::display::path(&dest)
+            ));
+            ctx.progress(size, Some(size));
+            return Ok(());
+        }
         if !(200..300).contains(&status) {
             if status_kind(status) == ErrorKind::Transient {
                 if let Some(wait) = retry_after(&response) {
@@ -593,6 +610,13 @@ impl Shared {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
+        // Recorded after the write, for the next run's revalidation.
+        let revalidator = response
+            .headers()
+            .get("etag")
+            .or_else(|| response.headers().get("last-modified"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         // A strong validator and byte ranges make a broken-off body resumable.
         let ranges = response
             .headers()
@@ -662,7 +686,11 @@ impl Shared {
                 ));
             }
         }
-        out.commit()
+        out.commit()?;
+        if let Some(v) = revalidator {
+            revalidate::store(&dest, ctx.working_dir(), &v);
+        }
+        Ok(())
     }
 
     fn put(&self, ctx: &Context<'_>, file: &File) -> Result<(), StageError> {
