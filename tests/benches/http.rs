@@ -13,13 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use stagehost_tests::httpd::Nginx;
-use stagehost_tests::{stagehost_bin_in, Sandbox};
+use stagehost_tests::{stagehost_bin_in, wait_with_peak_rss, Sandbox};
 
 const PARALLEL: usize = 8;
 
 /// Runs `cmd`; wall seconds and peak RSS (KiB), asserting success.
-// The child is reaped by wait4, which std's `Child` does not see.
-#[allow(clippy::zombie_processes)]
 fn measure(mut cmd: Command, what: &str) -> (f64, i64) {
     let start = Instant::now();
     let child = cmd
@@ -27,16 +25,9 @@ fn measure(mut cmd: Command, what: &str) -> (f64, i64) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child with valid out-parameters.
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{what} failed"
-    );
-    (start.elapsed().as_secs_f64(), usage.ru_maxrss)
+    let (run, rss) = wait_with_peak_rss(child);
+    assert_eq!(run.code, Some(0), "{what} failed: {}", run.stderr);
+    (start.elapsed().as_secs_f64(), rss)
 }
 
 fn write_file(path: &Path, size: usize) {

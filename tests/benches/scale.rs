@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use stagehost_tests::{chained_workflow, stagehost_bin_in, Sandbox};
+use stagehost_tests::{chained_workflow, stagehost_bin_in, wait_with_peak_rss, Sandbox};
 
 const FLOOR_ROUNDS: usize = 5;
 const FLOOR_TASKS: usize = 1000;
@@ -32,32 +32,21 @@ fn flat(n: usize) -> String {
     text
 }
 
-/// Runs `cmd` to its end; wall seconds and peak RSS in KiB (wait4).
-// The child is reaped by wait4, which std's `Child` does not see.
-#[allow(clippy::zombie_processes)]
-fn measure(mut cmd: Command) -> (f64, f64, i64, i32) {
-    let launched = SystemTime::now();
+/// Runs `cmd` to its end: when it was launched (seconds since 1970), wall seconds,
+/// peak RSS in KiB, and its exit code.
+fn measure(mut cmd: Command) -> (f64, f64, i64, Option<i32>) {
+    let launched = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
     let start = Instant::now();
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child with valid out-parameters.
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let launched = launched
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64();
-    (
-        launched,
-        start.elapsed().as_secs_f64(),
-        usage.ru_maxrss,
-        status,
-    )
+    let (run, rss) = wait_with_peak_rss(child);
+    (launched, start.elapsed().as_secs_f64(), rss, run.code)
 }
 
 fn mtime(path: &Path) -> f64 {
@@ -91,9 +80,9 @@ fn scale_case(name: &str, n: usize, text: &str, mark: &str) {
     let sandbox = Sandbox::new();
     let flow = sandbox.write("flow.toml", text);
     let (_, _, dry_rss, status) = measure(stagehost(&sandbox, &flow, &["--dry-run"]));
-    assert_eq!(status, 0, "{name}: the dry run failed");
+    assert_eq!(status, Some(0), "{name}: the dry run failed");
     let (launched, seconds, rss, status) = measure(stagehost(&sandbox, &flow, &[]));
-    assert_eq!(status, 0, "{name}: the run failed");
+    assert_eq!(status, Some(0), "{name}: the run failed");
     let first = mtime(&sandbox.join(mark)) - launched;
     println!(
         "{name:<14} {n:>7} tasks  first task at {first:>6.3}s  {seconds:>7.2}s  {:>7.0} tasks/s  peak RSS {:>6.1} MiB ({:>5.2} KiB/task)  dry-run RSS {:>6.1} MiB ({:>5.2} KiB/task)",
@@ -154,7 +143,7 @@ fn stagehost_true() -> f64 {
         .collect();
     let flow = sandbox.write("flow.toml", text);
     let (_, seconds, _, status) = measure(stagehost(&sandbox, &flow, &[]));
-    assert_eq!(status, 0);
+    assert_eq!(status, Some(0));
     FLOOR_TASKS as f64 / seconds
 }
 

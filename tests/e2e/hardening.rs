@@ -448,34 +448,6 @@ fn a_task_past_its_time_limit_is_killed_with_its_group() {
     assert!(gone(bg));
 }
 
-/// Runs `child` to its end and returns its output and peak RSS in KiB (wait4).
-fn run_measured(child: Child) -> (Run, i64) {
-    let pid = child.id() as i32;
-    let (mut stdout, mut stderr) = (child.stdout.unwrap(), child.stderr.unwrap());
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-        s
-    });
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid out-parameter.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, with valid out-parameters.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    let run = Run {
-        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    };
-    (run, usage.ru_maxrss)
-}
-
 #[test]
 fn stderr_that_is_not_staged_is_bounded_in_memory_and_in_the_error_line() {
     let sandbox = Sandbox::new();
@@ -485,7 +457,7 @@ fn stderr_that_is_not_staged_is_bounded_in_memory_and_in_the_error_line() {
         "[[task]]\nname = \"noisy\"\ncommand = \"head -c 536870912 /dev/zero | tr '\\\\0' x >&2; echo >&2; echo the real reason >&2; exit 3\"\n",
     );
     let child = spawn_run(&sandbox, &["run", flow.to_str().unwrap(), "--report", "-"]);
-    let (out, peak_kib) = run_measured(child);
+    let (out, peak_kib) = wait_with_peak_rss(child);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let report = out.json();
     assert_eq!(
@@ -1060,7 +1032,7 @@ fn a_workflow_of_50000_chained_tasks_is_checked_in_bounded_memory() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (out, peak_kib) = run_measured(child);
+    let (out, peak_kib) = wait_with_peak_rss(child);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout.matches("task c").count(), 50_000);
     // The text is 5.8 MB; a document tree of it took over 250 MB.

@@ -30,6 +30,23 @@ fn nginx_with_tls(sandbox: &Sandbox, name: &str, size: usize) -> (Nginx, PathBuf
     (Nginx::start_with_tls(&root, Some((&cert, &key))), ca)
 }
 
+/// `stagehost run` of one task `t` running `command` with `url` as its input; the
+/// JSON report is on stdout.
+fn run_one_task(sandbox: &Sandbox, cfg: &Path, command: &str, url: &str) -> Run {
+    let flow = sandbox.write(
+        "flow.toml",
+        format!("[[task]]\nname = \"t\"\ncommand = {command:?}\ninputs = [{url:?}]\n"),
+    );
+    sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        "-",
+    ])
+}
+
 fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {
     sandbox.run(&["--config", cfg.to_str().unwrap(), "stage", "in", url])
 }
@@ -344,21 +361,7 @@ fn https_trusts_the_configured_ca_and_a_bad_certificate_is_not_retried() {
 
     // Without the CA the certificate is unknown: a permanent error, tried once.
     let untrusted = http_config(&sandbox, "");
-    let flow = sandbox.write(
-        "flow.toml",
-        format!(
-            "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [\"{}\"]\n",
-            nginx.tls_url("/secure.bin")
-        ),
-    );
-    let out = sandbox.run(&[
-        "--config",
-        untrusted.to_str().unwrap(),
-        "run",
-        flow.to_str().unwrap(),
-        "--report",
-        "-",
-    ]);
+    let out = run_one_task(&sandbox, &untrusted, "true", &nginx.tls_url("/secure.bin"));
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let file = out.json()["tasks"][0]["files"][0].clone();
     assert_eq!(file["attempts"], 1, "{file:#}");
@@ -405,21 +408,12 @@ fn a_503_with_retry_after_is_waited_out_and_retried() {
     let sandbox = Sandbox::new();
     let server = FaultServer::start();
     let cfg = http_config(&sandbox, "");
-    let flow = sandbox.write(
-        "flow.toml",
-        format!(
-            "[[task]]\nname = \"t\"\ncommand = \"cat {{inputs[0]}}\"\ninputs = [\"{}\"]\n",
-            server.url("/retry-after")
-        ),
+    let out = run_one_task(
+        &sandbox,
+        &cfg,
+        "cat {inputs[0]}",
+        &server.url("/retry-after"),
     );
-    let out = sandbox.run(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "run",
-        flow.to_str().unwrap(),
-        "--report",
-        "-",
-    ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let file = out.json()["tasks"][0]["files"][0].clone();
     assert_eq!(file["attempts"], 2);

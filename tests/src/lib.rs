@@ -417,3 +417,45 @@ pub fn chained_workflow(n: usize) -> String {
     }
     text
 }
+
+/// Waits for `child`, reaping it with `wait4`, and returns what it printed (its piped
+/// stdout and stderr, read to their end; empty when not piped), its exit code and its
+/// peak RSS in KiB.
+// The child is reaped by wait4, which std's `Child` does not see.
+#[allow(clippy::zombie_processes)]
+pub fn wait_with_peak_rss(mut child: std::process::Child) -> (Run, i64) {
+    let pid = child.id() as i32;
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid out-parameters.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 on our own child");
+    let run = Run {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        stdout: out.join().expect("reader thread"),
+        stderr: err.join().expect("reader thread"),
+    };
+    (run, usage.ru_maxrss)
+}

@@ -327,6 +327,15 @@ fn retry_after(response: &ureq::http::Response<ureq::Body>) -> Option<Duration> 
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// `HTTP 404 Not Found`.
+fn status_line(response: &ureq::http::Response<ureq::Body>) -> String {
+    let status = response.status();
+    match status.canonical_reason() {
+        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
 /// The kind for an error status: 5xx, 408 and 429 may pass; 404 is not found; 401 and
 /// 403 are permissions; any other is permanent.
 fn status_kind(status: u16) -> ErrorKind {
@@ -506,28 +515,39 @@ impl Shared {
         ctx.remaining().map(|r| r.max(Duration::from_millis(1)))
     }
 
-    /// A GET of `target` with the credentials and headers, and `extra` headers.
+    /// `request` for `target` with the credentials, the configured headers, the
+    /// proxy for its scheme and the deadline of `ctx`.
+    fn prepare<B>(
+        &self,
+        ctx: &Context<'_>,
+        mut request: ureq::RequestBuilder<B>,
+        target: &Target,
+    ) -> Result<ureq::RequestBuilder<B>, StageError> {
+        if let Some(auth) = self.authorization(target.userinfo.clone())? {
+            request = request.header("Authorization", auth);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        Ok(request
+            .config()
+            .proxy(self.proxies.for_url(&target.url))
+            .timeout_global(Self::deadline(ctx))
+            .build())
+    }
+
+    /// A GET of `target`, with `extra` headers.
     fn call_get(
         &self,
         ctx: &Context<'_>,
         target: &Target,
         extra: &[(&str, String)],
     ) -> Result<ureq::http::Response<ureq::Body>, StageError> {
-        let mut request = self.agent.get(&target.url);
-        if let Some(auth) = self.authorization(target.userinfo.clone())? {
-            request = request.header("Authorization", auth);
-        }
-        for (name, value) in self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())) {
-            request = request.header(name, value);
-        }
+        let mut request = self.prepare(ctx, self.agent.get(&target.url), target)?;
         for (name, value) in extra {
             request = request.header(*name, value.as_str());
         }
         request
-            .config()
-            .proxy(self.proxies.for_url(&target.url))
-            .timeout_global(Self::deadline(ctx))
-            .build()
             .call()
             .map_err(|e| classify("cannot GET", &target.shown, &e))
     }
@@ -588,14 +608,7 @@ impl Shared {
             }
             return Err(StageError::new(
                 status_kind(status),
-                format!(
-                    "GET {shown}: HTTP {status}{}",
-                    response
-                        .status()
-                        .canonical_reason()
-                        .map(|r| format!(" {r}"))
-                        .unwrap_or_default()
-                ),
+                format!("GET {shown}: {}", status_line(&response)),
             ));
         }
         // With a Content-Encoding the length counts encoded bytes: only a plain body
@@ -696,39 +709,22 @@ impl Shared {
     fn put(&self, ctx: &Context<'_>, file: &File) -> Result<(), StageError> {
         ctx.check()?;
         let local = file.filepath()?;
-        let Target {
-            url,
-            userinfo,
-            shown,
-        } = Target::of(file);
+        let target = Target::of(file);
+        let shown = &target.shown;
         let (source, meta) = stagehost_plugin_api::fs::open_regular(&local)?;
         let total = meta.len();
-        let mut request = self.agent.put(&url);
-        if let Some(auth) = self.authorization(userinfo)? {
-            request = request.header("Authorization", auth);
-        }
-        for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
+        let request = self.prepare(ctx, self.agent.put(&target.url), &target)?;
         ctx.progress(0, Some(total));
         let response = request
-            .config()
-            .proxy(self.proxies.for_url(&url))
-            .timeout_global(Self::deadline(ctx))
-            .build()
             .send(&source)
-            .map_err(|e| classify("cannot PUT", &shown, &e))?;
+            .map_err(|e| classify("cannot PUT", shown, &e))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(StageError::new(
                 status_kind(status),
                 format!(
-                    "PUT {shown}: HTTP {status}{} (the local file {} is kept)",
-                    response
-                        .status()
-                        .canonical_reason()
-                        .map(|r| format!(" {r}"))
-                        .unwrap_or_default(),
+                    "PUT {shown}: {} (the local file {} is kept)",
+                    status_line(&response),
                     stagehost_plugin_api::display::path(&local)
                 ),
             ));
