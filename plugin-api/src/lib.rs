@@ -195,6 +195,7 @@ pub mod display;
 mod error;
 mod file;
 pub mod fs;
+pub mod net;
 mod provider;
 mod settings;
 #[cfg(feature = "testing")]

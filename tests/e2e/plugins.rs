@@ -75,7 +75,8 @@ fn plugins_list_shows_file_name_versions_schemes_and_order() {
     assert_eq!(file["version"], "0.1.0");
     assert_eq!(file["api_version"], stagehost_plugin_api::abi::API_VERSION);
     assert_eq!(file["schemes"], serde_json::json!(["file"]));
-    // The embedded default is Parsl's default_staging; plugins not built yet are missing, not fatal.
+    // The embedded default is Parsl's default_staging; a plugin not built yet is
+    // missing, not fatal.
     let providers = listing["providers"].as_array().unwrap();
     let names: Vec<&str> = providers
         .iter()
@@ -89,6 +90,13 @@ fn plugins_list_shows_file_name_versions_schemes_and_order() {
         local["order"][0],
         serde_json::json!({"provider": "file", "ready": true})
     );
+    // Every built-in provider of the default order but zip is built and loads.
+    for (i, name) in ["file", "ftp", "http"].into_iter().enumerate() {
+        assert_eq!(
+            local["order"][i],
+            serde_json::json!({"provider": name, "ready": true})
+        );
+    }
 
     let text = sandbox.run(&["plugins", "list"]);
     assert!(

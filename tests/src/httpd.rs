@@ -382,7 +382,8 @@ pub fn make_test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

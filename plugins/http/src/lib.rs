@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use stagehost_plugin_api::fs::AtomicFile;
+use stagehost_plugin_api::net::{seconds, split_userinfo, strip_port, HostPatterns};
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
 use ureq::Agent;
 
@@ -86,7 +87,7 @@ impl Default for HttpSettings {
 /// See the crate docs.
 pub struct HttpProvider {
     mode: Mode,
-    hosts: Vec<String>,
+    hosts: HostPatterns,
     shared: Arc<Shared>,
 }
 
@@ -98,16 +99,6 @@ struct Shared {
     password: Option<String>,
     bearer_token_env: Option<String>,
     headers: BTreeMap<String, String>,
-}
-
-fn seconds(name: &str, value: f64) -> Result<Duration, StageError> {
-    if value > 0.0 && value <= 1e9 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(StageError::invalid_settings(format!(
-            "invalid settings: {name} must be a number of seconds above 0 and at most 1e9, not {value}"
-        )))
-    }
 }
 
 fn load_roots(path: &PathBuf) -> Result<ureq::tls::RootCerts, StageError> {
@@ -159,7 +150,7 @@ impl Provider for HttpProvider {
             .build();
         Ok(HttpProvider {
             mode: s.mode,
-            hosts: s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            hosts: HostPatterns::new(&s.hosts),
             shared: Arc::new(Shared {
                 agent: Agent::new_with_config(config),
                 proxies,
@@ -204,45 +195,12 @@ impl Provider for HttpProvider {
     }
 }
 
-/// `host` (without userinfo, with any port) matches `pattern`: equal, or
-/// `*.suffix` matching a subdomain; a pattern without a port ignores the port.
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let host = if pattern.contains(':') && !pattern.starts_with('[') || pattern.contains("]:") {
-        host
-    } else {
-        strip_port(host)
-    };
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .strip_suffix(suffix)
-            .is_some_and(|head| head.ends_with('.')),
-        None => host == pattern,
-    }
-}
-
-/// `host:port` without the port (`[::1]:80` keeps its brackets).
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
-}
-
 impl HttpProvider {
     fn claims(&self, file: &File) -> bool {
         if !matches!(file.scheme(), "http" | "https") {
             return false;
         }
-        let host = file
-            .netloc()
-            .rsplit('@')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        self.hosts.is_empty() || self.hosts.iter().any(|p| host_matches(p, &host))
+        self.hosts.claims(file.netloc())
     }
 
     fn get_job(&self, file: &File) -> Job {
@@ -256,48 +214,6 @@ impl HttpProvider {
         let file = file.clone();
         Job::new(move |ctx| shared.put(ctx, &file))
     }
-}
-
-/// The URL without its userinfo, and the user and password it held.
-fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return (url.to_owned(), None);
-    };
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
-        Some(at) => {
-            let info = &url[start..start + at];
-            let (user, password) = info.split_once(':').unwrap_or((info, ""));
-            let bare = format!("{}{}", &url[..start], &url[start + at + 1..]);
-            (bare, Some((percent_decode(user), percent_decode(password))))
-        }
-        None => (url.to_owned(), None),
-    }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn base64(data: &[u8]) -> String {
@@ -768,25 +684,6 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"user:pass word"), "dXNlcjpwYXNzIHdvcmQ=");
-    }
-
-    #[test]
-    fn userinfo_is_taken_out_of_the_url() {
-        let (url, info) = split_userinfo("https://me:s%40cret@h:8443/a?b#c");
-        assert_eq!(url, "https://h:8443/a?b#c");
-        assert_eq!(info, Some(("me".into(), "s@cret".into())));
-        assert_eq!(split_userinfo("http://h/x@y").1, None);
-    }
-
-    #[test]
-    fn host_patterns() {
-        assert!(host_matches("example.org", "example.org"));
-        assert!(host_matches("example.org", "example.org:8080"));
-        assert!(!host_matches("example.org", "www.example.org"));
-        assert!(host_matches("*.example.org", "data.example.org:443"));
-        assert!(!host_matches("*.example.org", "example.org"));
-        assert!(host_matches("127.0.0.1:8080", "127.0.0.1:8080"));
-        assert!(!host_matches("127.0.0.1:8080", "127.0.0.1:9090"));
     }
 
     #[test]

@@ -1,0 +1,719 @@
+//! The `ftp` provider: stages `ftp://` URLs, and `ftps://` with explicit TLS
+//! (`AUTH TLS`, then a private data channel).
+//!
+//! Stage-in `RETR`s the file into the host's destination (by default
+//! `<working_dir>/<filename>`), streamed to a temporary file, synced and renamed, and
+//! checked against the size the server's `SIZE` reported: a task never sees a partial
+//! file. A transfer that breaks off resumes with `REST` where it stopped. Stage-out
+//! `STOR`s the task's output under a temporary name beside the target, checks its size,
+//! then renames it with `RNFR`/`RNTO`, so a reader of the server never sees half a
+//! file; the local file is never touched. As Parsl's FTP staging, `mode = "separate"`
+//! (the default) makes the work a separate job and `mode = "in-task"` an in-task step.
+//!
+//! Transfers are always binary (`TYPE I`): the protocol's default ASCII type rewrites
+//! line endings. Data connections use `EPSV`, falling back to `PASV` for a server that
+//! refuses it; the address a `PASV` reply names is ignored for the control
+//! connection's, as curl does, so a server cannot point the client elsewhere.
+//!
+//! Paths are relative to the login directory, as RFC 1738 and curl read them:
+//! `ftp://host/pub/a.txt` is `pub/a.txt`; `%2F` starts an absolute path
+//! (`ftp://host/%2Ftmp/a.txt` is `/tmp/a.txt`). With an anonymous login, whose
+//! directory is the server's root, both read the same.
+//!
+//! Invariant: a job writes locally only through `AtomicFile`, and remotely only to a
+//! temporary name it deletes on failure.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use stagehost_plugin_api::display;
+use stagehost_plugin_api::fs::AtomicFile;
+use stagehost_plugin_api::net::{host_port, percent_decode, seconds, split_userinfo, HostPatterns};
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, Mode as DataMode, RustlsConnector, RustlsFtpStream};
+
+/// Where the work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    /// A separate job.
+    #[default]
+    Separate,
+    /// An in-task step.
+    InTask,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FtpSettings {
+    mode: Mode,
+    /// Seconds to connect.
+    connect_timeout_secs: f64,
+    /// Seconds a read (a reply, or the next bytes of a file) may wait.
+    read_timeout_secs: f64,
+    /// Host patterns this instance claims; empty claims every host.
+    hosts: Vec<String>,
+    /// A PEM file of CA certificates to trust, for `ftps`, instead of the built-in
+    /// web roots.
+    ca_file: Option<PathBuf>,
+    /// The login user (the URL's userinfo wins); none logs in anonymously.
+    username: Option<String>,
+    /// The password.
+    password: Option<String>,
+    /// The name of an environment variable holding the password.
+    password_env: Option<String>,
+}
+
+impl Default for FtpSettings {
+    fn default() -> Self {
+        FtpSettings {
+            mode: Mode::Separate,
+            connect_timeout_secs: 30.0,
+            read_timeout_secs: 60.0,
+            hosts: Vec::new(),
+            ca_file: None,
+            username: None,
+            password: None,
+            password_env: None,
+        }
+    }
+}
+
+/// See the crate docs.
+pub struct FtpProvider {
+    mode: Mode,
+    hosts: HostPatterns,
+    shared: Arc<Shared>,
+}
+
+/// What every job of an instance uses.
+struct Shared {
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    /// Servers (`host:port`) that refused `EPSV`: they get `PASV` straight away.
+    no_epsv: Mutex<Vec<String>>,
+}
+
+fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, StageError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |why: String| {
+                StageError::invalid_settings(format!(
+                    "invalid settings: ca_file {}: {why}",
+                    path.display()
+                ))
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                roots
+                    .add(cert.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("it holds no certificate".into()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StageError::other(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl Provider for FtpProvider {
+    fn new(settings: &Settings) -> Result<Self, StageError> {
+        let s: FtpSettings = settings.parse()?;
+        if s.password.is_some() && s.password_env.is_some() {
+            return Err(StageError::invalid_settings(
+                "invalid settings: password and password_env exclude each other",
+            ));
+        }
+        Ok(FtpProvider {
+            mode: s.mode,
+            hosts: HostPatterns::new(&s.hosts),
+            shared: Arc::new(Shared {
+                connect_timeout: seconds("connect_timeout_secs", s.connect_timeout_secs)?,
+                read_timeout: seconds("read_timeout_secs", s.read_timeout_secs)?,
+                tls: tls_config(s.ca_file.as_ref())?,
+                username: s.username,
+                password: s.password,
+                password_env: s.password_env,
+                no_epsv: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn can_stage_in(&self, file: &File) -> bool {
+        self.claims(file)
+    }
+
+    fn can_stage_out(&self, file: &File) -> bool {
+        self.claims(file)
+    }
+
+    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        let target = Target::of(file)?;
+        file.set_local_path(ctx.destination());
+        Ok((self.mode == Mode::Separate).then(|| self.job(file, target, Direction::Get)))
+    }
+
+    fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        let target = Target::of(file)?;
+        Ok((self.mode == Mode::InTask).then(|| self.job(file, target, Direction::Get)))
+    }
+
+    fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        let target = Target::of(file)?;
+        if file.local_path().is_none() {
+            file.set_local_path(ctx.destination());
+        }
+        Ok((self.mode == Mode::Separate).then(|| self.job(file, target, Direction::Put)))
+    }
+
+    fn replace_task_stage_out(
+        &self,
+        _ctx: &Context<'_>,
+        file: &mut File,
+    ) -> Result<Option<Job>, StageError> {
+        let target = Target::of(file)?;
+        Ok((self.mode == Mode::InTask).then(|| self.job(file, target, Direction::Put)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Get,
+    Put,
+}
+
+impl FtpProvider {
+    fn claims(&self, file: &File) -> bool {
+        matches!(file.scheme(), "ftp" | "ftps") && self.hosts.claims(file.netloc())
+    }
+
+    fn job(&self, file: &File, target: Target, direction: Direction) -> Job {
+        let shared = self.shared.clone();
+        let file = file.clone();
+        Job::new(move |ctx| {
+            let local = file.filepath()?;
+            match direction {
+                Direction::Get => shared.get(ctx, &target, &local),
+                Direction::Put => shared.put(ctx, &target, &local),
+            }
+        })
+    }
+}
+
+/// Where a transfer goes, read from the URL when the file is planned, so a bad URL is
+/// an error before any task runs.
+struct Target {
+    host: String,
+    port: u16,
+    tls: bool,
+    /// The remote path, decoded: relative to the login directory unless it starts
+    /// with `/`.
+    path: String,
+    userinfo: Option<(String, String)>,
+    /// The URL as messages show it.
+    shown: String,
+}
+
+impl Target {
+    fn of(file: &File) -> Result<Target, StageError> {
+        let shown = file.redacted_url();
+        let invalid = |why: &str| StageError::new(ErrorKind::InvalidUrl, format!("{shown}: {why}"));
+        let (host, port) = host_port(file.netloc(), 21)
+            .ok_or_else(|| invalid("it names no valid host and port"))?;
+        let raw = file.path().strip_prefix('/').unwrap_or(file.path());
+        if raw.is_empty() || raw.ends_with('/') {
+            return Err(invalid("it names a directory, not a file"));
+        }
+        let path = percent_decode(raw);
+        if path.contains(['\r', '\n', '\0']) {
+            return Err(invalid("its path holds a line break or NUL"));
+        }
+        Ok(Target {
+            host,
+            port,
+            tls: file.scheme() == "ftps",
+            path,
+            userinfo: split_userinfo(file.url()).1,
+            shown,
+        })
+    }
+
+    fn server(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// A name beside the target for an upload in progress.
+    fn temporary(&self) -> String {
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let (dir, name) = match self.path.rsplit_once('/') {
+            Some((dir, name)) => (format!("{dir}/"), name),
+            None => (String::new(), self.path.as_str()),
+        };
+        let name: String = name.chars().take(120).collect();
+        format!(
+            "{dir}.{name}.stagehost-{}-{}.part",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// How much is moved between two progress reports and cancellation checks.
+const CHUNK: usize = 256 << 10;
+/// How often one transfer resumes a broken-off file before it gives up.
+const MAX_RESUMES: u32 = 3;
+
+type Ftp = RustlsFtpStream;
+
+/// A reply's code and its text, control characters escaped and cut short.
+fn reply(response: &suppaftp::types::Response) -> String {
+    let text = String::from_utf8_lossy(&response.body);
+    let text: String = text
+        .trim()
+        .chars()
+        .flat_map(char::escape_default)
+        .take(200)
+        .collect();
+    let code = response.status.code();
+    if text.starts_with(&code.to_string()) {
+        text
+    } else {
+        format!("{code} {text}")
+    }
+}
+
+/// The kind for a refusing reply. 4xx replies are transient by definition (421 the
+/// server is closing, 425 no data connection, 426 aborted, 450/451/452 busy or
+/// short of space); 530 and 532 are logins; 550 is a missing file for a read and a
+/// refusal for a write; 553 a name not allowed.
+fn reply_kind(code: u32, writing: bool) -> ErrorKind {
+    match code {
+        400..=499 => ErrorKind::Transient,
+        530 | 532 | 553 => ErrorKind::Permission,
+        550 if writing => ErrorKind::Permission,
+        550 => ErrorKind::NotFound,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// An I/O error's kind.
+fn io_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    match e.kind() {
+        Io::TimedOut | Io::WouldBlock => ErrorKind::TimedOut,
+        Io::ConnectionReset
+        | Io::ConnectionAborted
+        | Io::ConnectionRefused
+        | Io::BrokenPipe
+        | Io::UnexpectedEof
+        | Io::Interrupted
+        | Io::NotConnected => ErrorKind::Transient,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// `error` as a stage error saying `what` failed on `shown`.
+fn classify(what: &str, shown: &str, error: FtpError, writing: bool) -> StageError {
+    let (kind, why) = match &error {
+        FtpError::ConnectionError(io) => (io_kind(io), io.to_string()),
+        FtpError::UnexpectedResponse(r) => (
+            reply_kind(r.status.code(), writing),
+            format!("the server replied {}", reply(r)),
+        ),
+        // Certificates and TLS setup: retrying cannot help.
+        FtpError::SecureError(e) => (ErrorKind::Other, format!("TLS: {e}")),
+        FtpError::BadResponse => (ErrorKind::Transient, "a malformed reply".to_owned()),
+        other => (ErrorKind::Other, other.to_string()),
+    };
+    StageError::new(kind, format!("{what} {shown}: {why}"))
+}
+
+/// Whether a reply refuses a command as unknown or not implemented.
+fn unknown_command(error: &FtpError) -> bool {
+    matches!(error, FtpError::UnexpectedResponse(r) if matches!(r.status.code(), 500..=502))
+}
+
+impl Shared {
+    /// The user and password to log in with: the URL's, the settings', or anonymous.
+    fn credentials(&self, target: &Target) -> Result<(String, String), StageError> {
+        if let Some(info) = &target.userinfo {
+            return Ok(info.clone());
+        }
+        let Some(user) = &self.username else {
+            return Ok(("anonymous".to_owned(), "anonymous@".to_owned()));
+        };
+        let password = match &self.password_env {
+            Some(var) => std::env::var(var).map_err(|_| {
+                StageError::new(
+                    ErrorKind::Permission,
+                    format!("the password variable {var} is not set"),
+                )
+            })?,
+            None => self.password.clone().unwrap_or_default(),
+        };
+        Ok((user.clone(), password))
+    }
+
+    /// `limit`, cut to what is left before the deadline of `ctx`.
+    fn within(ctx: &Context<'_>, limit: Duration) -> Duration {
+        ctx.remaining()
+            .map_or(limit, |r| limit.min(r.max(Duration::from_millis(1))))
+    }
+
+    /// A logged-in session in binary type, its data connections passive.
+    fn connect(&self, ctx: &Context<'_>, target: &Target) -> Result<Ftp, StageError> {
+        ctx.check()?;
+        let shown = &target.shown;
+        let addresses: Vec<SocketAddr> = (target.host.as_str(), target.port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                StageError::new(
+                    ErrorKind::NotFound,
+                    format!("cannot connect to {shown}: host not found ({e})"),
+                )
+            })?
+            .collect();
+        let mut failure = None;
+        let mut control = None;
+        for address in &addresses {
+            match TcpStream::connect_timeout(address, Self::within(ctx, self.connect_timeout)) {
+                Ok(stream) => {
+                    control = Some(stream);
+                    break;
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        let control = control.ok_or_else(|| {
+            let e = failure.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into());
+            StageError::new(io_kind(&e), format!("cannot connect to {shown}: {e}"))
+        })?;
+        let read_timeout = self.read_timeout;
+        let setup = move |stream: &TcpStream| -> std::io::Result<()> {
+            stream.set_read_timeout(Some(read_timeout))?;
+            stream.set_write_timeout(Some(read_timeout))?;
+            stream.set_nodelay(true)
+        };
+        setup(&control)
+            .map_err(|e| StageError::io(format_args!("cannot connect to {shown}"), &e))?;
+        let connect_timeout = self.connect_timeout;
+        let fail = |what: &str, e: FtpError| classify(what, shown, e, false);
+        let mut ftp = Ftp::connect_with_stream(control)
+            .map_err(|e| fail("cannot connect to", e))?
+            .passive_stream_builder(move |address| {
+                let stream = TcpStream::connect_timeout(&address, connect_timeout)
+                    .map_err(FtpError::ConnectionError)?;
+                setup(&stream).map_err(FtpError::ConnectionError)?;
+                Ok(stream)
+            });
+        ftp.set_passive_nat_workaround(true);
+        let epsv = !self.no_epsv.lock().unwrap().contains(&target.server());
+        ftp.set_mode(if epsv {
+            DataMode::ExtendedPassive
+        } else {
+            DataMode::Passive
+        });
+        if target.tls {
+            // The name the certificate must carry is the bare host, never `host:port`.
+            ftp = ftp
+                .into_secure(RustlsConnector::from(self.tls.clone()), &target.host)
+                .map_err(|e| fail("cannot secure the connection to", e))?;
+        }
+        let (user, password) = self.credentials(target)?;
+        ftp.login(user.as_str(), password.as_str())
+            .map_err(|e| match e {
+                FtpError::UnexpectedResponse(r) => StageError::new(
+                    // A refused login is about credentials, unless the server is busy.
+                    match reply_kind(r.status.code(), false) {
+                        ErrorKind::Transient => ErrorKind::Transient,
+                        _ => ErrorKind::Permission,
+                    },
+                    format!(
+                        "cannot log in to {shown} as {user}: the server replied {}",
+                        reply(&r)
+                    ),
+                ),
+                other => fail("cannot log in to", other),
+            })?;
+        ftp.transfer_type(FileType::Binary)
+            .map_err(|e| fail("cannot set binary type on", e))?;
+        Ok(ftp)
+    }
+
+    /// Opens a data command with `open`, starting at `offset`: by `EPSV`, or by `PASV`
+    /// when the server refuses `EPSV` (remembered for the instance's next sessions).
+    fn open<R>(
+        &self,
+        ftp: &mut Ftp,
+        target: &Target,
+        offset: u64,
+        open: impl Fn(&mut Ftp) -> Result<R, FtpError>,
+    ) -> Result<R, FtpError> {
+        let arm = |ftp: &mut Ftp| {
+            if offset > 0 {
+                ftp.resume_transfer(usize::try_from(offset).unwrap_or(usize::MAX))?;
+            }
+            Ok::<(), FtpError>(())
+        };
+        arm(ftp)?;
+        match open(ftp) {
+            Err(e) if unknown_command(&e) && self.uses_epsv(target) => {
+                self.no_epsv.lock().unwrap().push(target.server());
+                ftp.set_mode(DataMode::Passive);
+                arm(ftp)?;
+                open(ftp)
+            }
+            other => other,
+        }
+    }
+
+    fn uses_epsv(&self, target: &Target) -> bool {
+        !self.no_epsv.lock().unwrap().contains(&target.server())
+    }
+
+    /// The file's size by `SIZE`: `None` when the server does not say.
+    fn size(
+        &self,
+        ftp: &mut Ftp,
+        target: &Target,
+        writing: bool,
+    ) -> Result<Option<u64>, StageError> {
+        match ftp.size(&target.path) {
+            Ok(n) => Ok(Some(n as u64)),
+            Err(e @ FtpError::UnexpectedResponse(_)) if unknown_command(&e) => Ok(None),
+            Err(e) => Err(classify("cannot SIZE", &target.shown, e, writing)),
+        }
+    }
+
+    fn get(
+        &self,
+        ctx: &Context<'_>,
+        target: &Target,
+        dest: &std::path::Path,
+    ) -> Result<(), StageError> {
+        let shown = &target.shown;
+        let mut ftp = self.connect(ctx, target)?;
+        let expected = self.size(&mut ftp, target, false)?;
+        let mut out = AtomicFile::create(dest)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut done = 0u64;
+        let mut resumes = 0;
+        ctx.progress(0, expected);
+        loop {
+            let mut stream = self
+                .open(&mut ftp, target, done, |f| f.retr_as_stream(&target.path))
+                .map_err(|e| classify("cannot RETR", shown, e, false))?;
+            // Why this pass ended short, if it did.
+            let broke = loop {
+                if let Err(e) = ctx.check() {
+                    let _ = ftp.get_ref().shutdown(Shutdown::Both);
+                    return Err(e);
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => {
+                        break stream
+                            .finish()
+                            .err()
+                            .map(|e| classify("RETR", shown, e, false))
+                    }
+                    Ok(n) => {
+                        out.write_all(&buf[..n]).map_err(|e| {
+                            StageError::io(format_args!("cannot write {}", display::path(dest)), &e)
+                        })?;
+                        done += n as u64;
+                        ctx.progress(done, expected);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // The session is spent: close it so dropping the transfer does
+                        // not wait for a reply.
+                        let _ = ftp.get_ref().shutdown(Shutdown::Both);
+                        drop(stream);
+                        break Some(StageError::new(
+                            io_kind(&e),
+                            format!("RETR {shown}: the transfer broke off after {done} bytes: {e}"),
+                        ));
+                    }
+                }
+            };
+            let short = expected.is_some_and(|n| done < n);
+            if broke.is_none() && !short {
+                break;
+            }
+            let why = broke.unwrap_or_else(|| {
+                StageError::transient(format!(
+                    "RETR {shown}: the transfer ended after {done} bytes, SIZE said {}",
+                    expected.unwrap_or_default()
+                ))
+            });
+            if !(short && done > 0 && resumes < MAX_RESUMES && why.kind().is_transient()) {
+                return Err(why);
+            }
+            resumes += 1;
+            ctx.info(&format!("{}; resuming with REST {done}", why.message()));
+            let _ = ftp.get_ref().shutdown(Shutdown::Both);
+            ftp = self.connect(ctx, target)?;
+            // A file that changed meanwhile is never stitched together.
+            if self.size(&mut ftp, target, false)? != expected {
+                return Err(StageError::transient(format!(
+                    "RETR {shown}: the file changed while it was fetched"
+                )));
+            }
+        }
+        if let Some(n) = expected.filter(|&n| n != done) {
+            return Err(StageError::transient(format!(
+                "RETR {shown}: the transfer has {done} bytes, SIZE said {n}"
+            )));
+        }
+        out.commit()?;
+        let _ = ftp.quit();
+        Ok(())
+    }
+
+    fn put(
+        &self,
+        ctx: &Context<'_>,
+        target: &Target,
+        local: &std::path::Path,
+    ) -> Result<(), StageError> {
+        let (mut source, meta) = stagehost_plugin_api::fs::open_regular(local)?;
+        let total = meta.len();
+        let kept = || format!("(the local file {} is kept)", display::path(local));
+        let mut ftp = self.connect(ctx, target)?;
+        let temporary = target.temporary();
+        let result = self.upload(ctx, &mut ftp, target, &temporary, &mut source, total);
+        if let Err(e) = result {
+            // Best effort: the temporary name goes, on this session or a fresh one.
+            if ftp.rm(&temporary).is_err() {
+                if let Ok(mut fresh) = self.connect(ctx, target) {
+                    let _ = fresh.rm(&temporary);
+                    let _ = fresh.quit();
+                }
+            }
+            return Err(StageError::new(
+                e.kind(),
+                format!("{} {}", e.message(), kept()),
+            ));
+        }
+        let _ = ftp.quit();
+        ctx.progress(total, Some(total));
+        Ok(())
+    }
+
+    /// `STOR` to `temporary`, a size check, then `RNFR`/`RNTO` onto the target.
+    fn upload(
+        &self,
+        ctx: &Context<'_>,
+        ftp: &mut Ftp,
+        target: &Target,
+        temporary: &str,
+        source: &mut std::fs::File,
+        total: u64,
+    ) -> Result<(), StageError> {
+        let shown = &target.shown;
+        let mut sink = self
+            .open(ftp, target, 0, |f| f.put_with_stream(temporary))
+            .map_err(|e| classify("cannot STOR", shown, e, true))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut done = 0u64;
+        ctx.progress(0, Some(total));
+        loop {
+            if let Err(e) = ctx.check() {
+                let _ = ftp.abort(sink);
+                return Err(e);
+            }
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StageError::io("cannot read the local file", &e)),
+            };
+            if let Err(e) = sink.write_all(&buf[..n]) {
+                let _ = ftp.get_ref().shutdown(Shutdown::Both);
+                return Err(StageError::new(
+                    io_kind(&e),
+                    format!("STOR {shown}: the transfer broke off after {done} bytes: {e}"),
+                ));
+            }
+            done += n as u64;
+            ctx.progress(done, Some(total));
+        }
+        sink.finish()
+            .map_err(|e| classify("STOR", shown, e, true))?;
+        let stored = match ftp.size(temporary) {
+            Ok(n) => Some(n as u64),
+            Err(e) if unknown_command(&e) => None,
+            Err(e) => return Err(classify("cannot SIZE the upload of", shown, e, true)),
+        };
+        if let Some(n) = stored.filter(|&n| n != done || done != total) {
+            return Err(StageError::transient(format!(
+                "STOR {shown}: the server holds {n} bytes of {total}"
+            )));
+        }
+        ftp.rename(temporary, target.path.as_str())
+            .map_err(|e| classify("cannot rename the upload onto", shown, e, true))
+    }
+}
+
+stagehost_plugin_api::export_provider! {
+    provider: FtpProvider,
+    name: "ftp",
+    schemes: ["ftp", "ftps"],
+    description: "FTP and FTPS (explicit TLS): binary RETR into the working directory with resume, STOR to a temporary name then rename for stage-out",
+    secret_settings: ["password"],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Result<Target, StageError> {
+        Target::of(&File::parse(url).unwrap())
+    }
+
+    #[test]
+    fn urls_give_host_port_and_path() {
+        let t = target("ftp://me:pw@[::1]:2121/pub/a%20b.txt").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.tls), ("::1", 2121, false));
+        assert_eq!(t.path, "pub/a b.txt");
+        assert_eq!(t.userinfo, Some(("me".into(), "pw".into())));
+        assert!(!t.shown.contains("pw"), "{}", t.shown);
+        let t = target("ftps://h/%2Ftmp/x").unwrap();
+        assert_eq!((t.port, t.tls, t.path.as_str()), (21, true, "/tmp/x"));
+        assert!(t.temporary().starts_with("/tmp/.x.stagehost-"));
+        for bad in ["ftp://h/", "ftp:///x", "ftp://h:x/y", "ftp://h/a%0Ab"] {
+            let e = target(bad).err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn replies_have_kinds() {
+        assert_eq!(reply_kind(550, false), ErrorKind::NotFound);
+        assert_eq!(reply_kind(550, true), ErrorKind::Permission);
+        assert_eq!(reply_kind(421, false), ErrorKind::Transient);
+        assert_eq!(reply_kind(530, false), ErrorKind::Permission);
+        assert_eq!(reply_kind(504, false), ErrorKind::Other);
+    }
+}
