@@ -186,7 +186,7 @@ pub struct StagingWork {
 impl StagingWork {
     /// Runs the work on this thread (it blocks), with `opts`' cancellation flag,
     /// progress sink and a deadline of `opts.timeout` from now.
-    pub fn run(self, opts: &StageOptions) -> Result<(), StagingError> {
+    pub fn run(self, opts: &StageOptions) -> Result<WorkDone, StagingError> {
         let call = self.mode.as_str();
         let fail = |call, e| {
             provider_error(
@@ -198,8 +198,10 @@ impl StagingWork {
                 e,
             )
         };
+        let services = call_services(&self.provider, &self.executor, &self.file, opts);
+        let cached = services.cached.clone();
         let ctx = abi_context(
-            call_services(&self.provider, &self.executor, &self.file, opts),
+            services,
             &self.working_dir,
             &self.destination,
             opts.timeout.map(|t| SystemTime::now() + t),
@@ -212,11 +214,20 @@ impl StagingWork {
         job.run(&ctx)
             .into_result()
             .map_err(|e| fail(call, e.into()))?;
-        match (&self.verify, self.file.filepath()) {
-            (Some(checksum), Ok(path)) => checksum.verify(&path).map_err(|e| fail("checksum", e)),
-            _ => Ok(()),
+        if let (Some(checksum), Ok(path)) = (&self.verify, self.file.filepath()) {
+            checksum.verify(&path).map_err(|e| fail("checksum", e))?;
         }
+        Ok(WorkDone {
+            cached: cached.load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
+}
+
+/// What a piece of work that succeeded did, beyond writing the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkDone {
+    /// The destination already held the current file; no bytes moved.
+    pub cached: bool,
 }
 
 /// One file's staging, planned: the task's copy of the file, the provider, and the
@@ -249,21 +260,23 @@ impl Staging {
     }
 
     /// Runs the separate job, if any (blocking).
-    pub fn run_separate_job(&mut self, opts: &StageOptions) -> Result<(), StagingError> {
+    pub fn run_separate_job(&mut self, opts: &StageOptions) -> Result<WorkDone, StagingError> {
+        let mut done = WorkDone::default();
         if let Some(work) = self.separate_job.take() {
-            work.run(opts)?;
+            done = work.run(opts)?;
             self.ran.push(WorkMode::SeparateJob);
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Runs the in-task step, if any (blocking).
-    pub fn run_in_task_step(&mut self, opts: &StageOptions) -> Result<(), StagingError> {
+    pub fn run_in_task_step(&mut self, opts: &StageOptions) -> Result<WorkDone, StagingError> {
+        let mut done = WorkDone::default();
         if let Some(work) = self.in_task_step.take() {
-            work.run(opts)?;
+            done = work.run(opts)?;
             self.ran.push(WorkMode::InTaskStep);
         }
-        Ok(())
+        Ok(done)
     }
 }
 
@@ -279,6 +292,7 @@ fn call_services(
         url: file.redacted_url().into(),
         cancel: opts.cancel.clone(),
         progress: opts.progress.clone(),
+        cached: Arc::default(),
     }
 }
 

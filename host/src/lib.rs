@@ -54,7 +54,8 @@ pub mod workflow;
 
 pub use config::{Config, ConfigError};
 pub use data_manager::{
-    DataManager, Direction, ProviderFailure, StageOptions, Staging, StagingError, WorkMode,
+    DataManager, Direction, ProviderFailure, StageOptions, Staging, StagingError, WorkDone,
+    WorkMode,
 };
 pub use loader::{LoadedPlugin, PluginLoader};
 pub use registry::{ProviderInstance, Registry};

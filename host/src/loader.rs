@@ -246,9 +246,13 @@ fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
         )));
     }
     let module = header.init_root_module::<PluginModRef>().map_err(|e| match e {
-        LibraryError::AbiInstability(_) => LoadError(format!(
-            "its ABI does not match plugin-api {API_VERSION} although it claims {built_against}; rebuild it"
-        )),
+        LibraryError::AbiInstability(detail) => {
+            // The layout comparison runs to tens of kilobytes: for RUST_LOG=debug only.
+            tracing::debug!("{}: {}", path.display(), one_line(&detail.to_string()));
+            LoadError(format!(
+                "its ABI does not match plugin-api {API_VERSION} although it claims {built_against}; rebuild it"
+            ))
+        }
         other => LoadError(format!("cannot initialise: {}", one_line(&other.to_string()))),
     })?;
     let meta = module.metadata();

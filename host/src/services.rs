@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RStr};
-use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO};
+use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO, NOTICE_CACHED};
 use stagehost_plugin_api::{ErrorKind, LogLevel, StageError};
 
 /// Receives progress of one transfer.
@@ -61,10 +61,16 @@ pub(crate) struct CallServices {
     pub url: Arc<str>,
     pub cancel: CancelFlag,
     pub progress: Option<Arc<dyn ProgressSink>>,
+    /// Raised when the provider says the destination already held the file.
+    pub cached: Arc<AtomicBool>,
 }
 
 impl HostServices for CallServices {
     fn log(&self, level: u8, message: RStr<'_>) {
+        if level == NOTICE_CACHED {
+            self.cached.store(true, Ordering::Relaxed);
+            return;
+        }
         let (provider, executor, file, message) = (
             &*self.instance,
             &*self.executor,

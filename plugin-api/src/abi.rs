@@ -66,7 +66,8 @@ impl From<AbiError> for StageError {
 /// The host's side of a call: logger, progress sink and cancellation flag.
 #[sabi_trait]
 pub trait HostServices: Send + Sync {
-    /// Logs `message` at a [`LogLevel`](crate::LogLevel) given as its `u8` value.
+    /// Logs `message` at a [`LogLevel`](crate::LogLevel) given as its `u8` value, or
+    /// sends a notice ([`NOTICE_CACHED`]).
     fn log(&self, level: u8, message: RStr<'_>);
     /// Bytes done, and the total if known.
     fn progress(&self, done: u64, total: ROption<u64>);
@@ -74,6 +75,13 @@ pub trait HostServices: Send + Sync {
     #[sabi(last_prefix_field)]
     fn is_cancelled(&self) -> bool;
 }
+
+/// A `log` level that is a notice to the host, not a log line: the destination
+/// already held the current file and the work moved no bytes. Added in 0.1.2 as a
+/// level (levels from 128 up are notices) because `HostServices` is implemented by
+/// the host: a method added to it would change the layout that plugins built
+/// against 0.1.1 were checked with. An older host logs the notice at trace level.
+pub const NOTICE_CACHED: u8 = 128;
 
 /// The host's services as an owned trait object.
 pub type HostServicesBox = HostServices_TO<'static, RBox<()>>;

@@ -30,7 +30,7 @@
 //!
 //! [dependencies]
 //! stagehost-plugin-api = { path = "../stagehost/plugin-api" }
-//! # or: stagehost-plugin-api = { git = "https://<your stagehost repository>", tag = "v0.1.1" }
+//! # or: stagehost-plugin-api = { git = "https://<your stagehost repository>", tag = "v0.1.2" }
 //! serde = { version = "1", features = ["derive"] }
 //!
 //! # The test kit (step 4), for `cargo test` only:

@@ -172,6 +172,15 @@ impl<'a> Context<'a> {
     pub fn progress(&self, done: u64, total: Option<u64>) {
         self.abi.services.progress(done, total.into());
     }
+    /// Tells the host that the destination already held the current file and no
+    /// bytes moved (a revalidation that found it unchanged); the host's report then
+    /// says `cached`. Call it only when the work succeeds that way.
+    pub fn cached(&self) {
+        self.abi.services.log(
+            crate::abi::NOTICE_CACHED,
+            "the destination already holds the current file (cached)".into(),
+        );
+    }
     /// Whether the host asked this work to stop.
     pub fn is_cancelled(&self) -> bool {
         self.abi.services.is_cancelled()

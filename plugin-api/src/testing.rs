@@ -62,12 +62,17 @@ struct Captured {
     logs: Mutex<Vec<(LogLevel, String)>>,
     progress: Mutex<Vec<(u64, Option<u64>)>>,
     cancelled: AtomicBool,
+    cached: AtomicBool,
 }
 
 struct Services(Arc<Captured>);
 
 impl HostServices for Services {
     fn log(&self, level: u8, message: RStr<'_>) {
+        if level == crate::abi::NOTICE_CACHED {
+            self.0.cached.store(true, Ordering::SeqCst);
+            return;
+        }
         let mut logs = self.0.logs.lock().unwrap_or_else(|p| p.into_inner());
         logs.push((LogLevel::from_u8(level), message.as_str().to_owned()));
     }
@@ -170,6 +175,11 @@ impl TestHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether a job called [`Context::cached`]: the host's report would say `cached`.
+    pub fn was_cached(&self) -> bool {
+        self.captured.cached.load(Ordering::SeqCst)
     }
 
     /// Every progress report so far: bytes done and the total, if known.
@@ -363,6 +373,32 @@ mod tests {
             host.stage_in(&Slow, "/x").unwrap_err().kind(),
             ErrorKind::Cancelled
         );
+    }
+
+    struct Current;
+    impl Provider for Current {
+        fn new(_: &crate::Settings) -> Result<Self, StageError> {
+            Ok(Current)
+        }
+        fn can_stage_in(&self, _: &File) -> bool {
+            true
+        }
+        fn replace_task(&self, _: &Context<'_>, _: &mut File) -> Result<Option<Job>, StageError> {
+            Ok(Some(Job::new(|ctx| {
+                ctx.cached();
+                Ok(())
+            })))
+        }
+    }
+
+    #[test]
+    fn a_cached_notice_is_recorded_and_never_logged() {
+        let host = TestHost::new();
+        host.stage_in(&Slow, "/x").unwrap();
+        assert!(!host.was_cached());
+        host.stage_in(&Current, "/x").unwrap();
+        assert!(host.was_cached());
+        assert!(host.logs().is_empty(), "{:?}", host.logs());
     }
 
     #[test]

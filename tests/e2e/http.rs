@@ -478,26 +478,41 @@ fn a_rerun_revalidates_and_a_304_moves_no_bytes() {
     let cfg = http_config(&sandbox, "");
     let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
     let dest = sandbox.join("wd/etag");
-    assert_eq!(stage_in(&sandbox, &cfg, &server.url("/etag")).code, Some(0));
+    let stage_in_logged = |url: &str| {
+        sandbox.run_env(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "stage",
+                "in",
+                "--json",
+                url,
+            ],
+            &[("RUST_LOG", "stagehost::plugin=info")],
+        )
+    };
+    let out = stage_in_logged(&server.url("/etag"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()[0]["cached"], false);
     let first = inode(&dest);
-    let out = sandbox.run_env(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "in",
-            &server.url("/etag"),
-        ],
-        &[("RUST_LOG", "stagehost::plugin=info")],
-    );
+    let out = stage_in_logged(&server.url("/etag"));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(server.hits("/etag"), 2);
     assert_eq!(inode(&dest), first, "a 304 leaves the file as it was");
     assert!(out.stderr.contains("not modified"), "{}", out.stderr);
+    assert_eq!(out.json()[0]["cached"], true, "the report says cached");
+    assert_eq!(out.json()[0]["bytes"], "versioned\n".len());
+    // In a workflow's report too.
+    let run = run_one_task(&sandbox, &cfg, "cat {inputs[0]}", &server.url("/etag"));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.json()["tasks"][0]["files"][0]["cached"], true);
+    assert_eq!(server.hits("/etag"), 3);
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "versioned\n");
     // A file changed since it was fetched is fetched again, whatever its record says.
     std::fs::write(&dest, "edited locally\n").unwrap();
-    assert_eq!(stage_in(&sandbox, &cfg, &server.url("/etag")).code, Some(0));
+    let out = stage_in_logged(&server.url("/etag"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()[0]["cached"], false);
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "versioned\n");
 
     // nginx answers the same question for a static file.

@@ -599,3 +599,48 @@ fn a_staging_list_naming_no_provider_is_a_config_error() {
         out.stderr
     );
 }
+
+#[test]
+fn a_plugin_built_against_plugin_api_0_1_1_still_loads_and_stages() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("old", &[&plugin_built_against_api_0_1_1()]);
+    let config = sandbox.write(
+        "site.toml",
+        format!(
+            "plugin_dirs = [{}]\n\n[[provider]]\nname = \"old\"\nplugin = \"old\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"old\"]\n",
+            toml_path(&plugins)
+        ),
+    );
+    let listing = sandbox.run(&["--config", config.to_str().unwrap(), "plugins", "list"]);
+    assert!(
+        listing
+            .stdout
+            .contains("old 0.1.0 (plugin-api 0.1.1, schemes: old): loaded"),
+        "{}\n{}",
+        listing.stdout,
+        listing.stderr
+    );
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "stage",
+            "in",
+            "--json",
+            "old:greeting",
+        ],
+        &[("RUST_LOG", "stagehost::plugin=info")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/greeting")).unwrap(),
+        "old plugin\n"
+    );
+    assert!(
+        out.stderr
+            .contains("written by a plugin built against plugin-api 0.1.1"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.json()[0]["cached"], false);
+}

@@ -5,7 +5,7 @@
 //!
 //! Invariant: nothing here builds into `target/debug` or `target/release`, where the
 //! default plugin discovery looks; test plugins go to `target/fixtures`,
-//! `target/fixture-api-0.2` and `target/example-data-provider`.
+//! `target/fixture-api-*` and `target/example-data-provider`.
 
 pub mod ftpd;
 pub mod httpd;
@@ -171,57 +171,170 @@ pub fn incompatible_api_version() -> String {
 }
 
 /// A plugin built against [`incompatible_api_version`] (0.2.0 while the host is 0.1):
-/// a copy of `plugin-api` with its version bumped, in a workspace and target directory
-/// of its own.
+/// a copy of `plugin-api` with its version bumped, in a workspace of its own.
 pub fn plugin_built_against_api_0_2() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let root = target_root().join("fixture-api-0.2");
-            let src = root.join("src");
-            let api = src.join("plugin-api");
-            let plugin = src.join("plugin");
-            copy_dir(&workspace_root().join("plugin-api/src"), &api.join("src"));
-            let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).expect("read plugin-api manifest");
-            let manifest = manifest
-                .replacen(
-                    &format!("version = \"{}\"", stagehost_plugin_api::abi::API_VERSION),
-                    &format!("version = \"{}\"", incompatible_api_version()),
-                    1,
-                )
-                .replace("edition.workspace = true", "edition = \"2021\"")
-                .replace("license.workspace = true\n", "")
-                .replace("rust-version.workspace = true\n", "")
-                .replace("abi_stable.workspace = true", "abi_stable = \"0.11.3\"")
-                .replace("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }")
-                .replace("toml.workspace = true", "toml = \"0.8\"")
-                .replace("thiserror.workspace = true", "thiserror = \"2\"")
-                .replace("libc.workspace = true", "libc = \"0.2\"");
-            assert!(
-                manifest.contains(&format!("version = \"{}\"", incompatible_api_version())),
-                "plugin-api's version line moved: {manifest}"
-            );
-            write_if_changed(&api.join("Cargo.toml"), &manifest);
-            write_if_changed(
-                &src.join("Cargo.toml"),
-                "[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"plugin\"]\n",
-            );
-            write_if_changed(
-                &plugin.join("Cargo.toml"),
-                "[package]\nname = \"stagehost-fixture-future\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\nname = \"future_api\"\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nstagehost-plugin-api = { path = \"../plugin-api\" }\n",
-            );
-            write_if_changed(
-                &plugin.join("src/lib.rs"),
+            build_against_api(
+                "api-0.2",
+                ApiSource::WorkingTree {
+                    version: incompatible_api_version(),
+                },
+                "future_api",
                 "use stagehost_plugin_api::{Provider, Settings, StageError};\npub struct Future;\nimpl Provider for Future {\n    fn new(_: &Settings) -> Result<Self, StageError> { Ok(Future) }\n}\nstagehost_plugin_api::export_provider! { provider: Future, name: \"future\", schemes: [\"file\"], description: \"built against plugin-api 0.2\" }\n",
-            );
-            let lock = workspace_root().join("Cargo.lock");
-            if lock.exists() && !src.join("Cargo.lock").exists() {
-                std::fs::copy(&lock, src.join("Cargo.lock")).expect("copy Cargo.lock");
-            }
-            cargo_build(&src.join("Cargo.toml"), &root.join("target"));
-            root.join("target/debug").join(format!("libfuture_api.{}", dylib_ext()))
+            )
         })
         .clone()
+}
+
+/// The last commit whose `plugin-api` was 0.1.1 as released.
+const API_0_1_1_COMMIT: &str = "57ce5b4479693f31f00098272d4c3724a8d9c2d9";
+
+/// A plugin built against plugin-api 0.1.1 as released (its source taken from the
+/// repository's history): the provider `old` stages `old:<name>` by writing
+/// `old plugin\n`, logging a line and reporting progress on the way, so every channel
+/// of the host's services is used through 0.1.1's layout.
+pub fn plugin_built_against_api_0_1_1() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build_against_api(
+                "api-0.1.1",
+                ApiSource::GitCommit(API_0_1_1_COMMIT),
+                "old_api",
+                r#"use std::io::Write;
+use stagehost_plugin_api::fs::AtomicFile;
+use stagehost_plugin_api::{Context, File, Job, Provider, Settings, StageError};
+pub struct Old;
+impl Provider for Old {
+    fn new(_: &Settings) -> Result<Self, StageError> { Ok(Old) }
+    fn can_stage_in(&self, file: &File) -> bool { file.scheme() == "old" }
+    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        file.set_local_path(ctx.destination());
+        let dest = ctx.destination().to_path_buf();
+        Ok(Some(Job::new(move |ctx| {
+            ctx.info("written by a plugin built against plugin-api 0.1.1");
+            ctx.check()?;
+            let mut out = AtomicFile::create(&dest)?;
+            out.write_all(b"old plugin
+").map_err(|e| StageError::io("cannot write", &e))?;
+            ctx.progress(11, Some(11));
+            out.commit()
+        })))
+    }
+}
+stagehost_plugin_api::export_provider! { provider: Old, name: "old", schemes: ["old"], description: "built against plugin-api 0.1.1" }
+"#,
+            )
+        })
+        .clone()
+}
+
+/// Where a fixture's copy of `plugin-api` comes from.
+enum ApiSource {
+    /// This checkout's, with its version set to `version`.
+    WorkingTree { version: String },
+    /// The repository's history at a commit, unchanged.
+    GitCommit(&'static str),
+}
+
+/// Builds a `cdylib` named `lib_name` from `plugin_src` against `api`, in a workspace
+/// `target/fixture-<name>/src` of its own; the fixtures share one target directory,
+/// so their dependencies build once. Returns the library's path.
+fn build_against_api(name: &str, api: ApiSource, lib_name: &str, plugin_src: &str) -> PathBuf {
+    let root = target_root().join(format!("fixture-{name}"));
+    let src = root.join("src");
+    let api_dir = src.join("plugin-api");
+    let plugin = src.join("plugin");
+    let (manifest, version) = match api {
+        ApiSource::WorkingTree { version } => {
+            copy_dir(
+                &workspace_root().join("plugin-api/src"),
+                &api_dir.join("src"),
+            );
+            let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml"))
+                .expect("read plugin-api manifest");
+            let line = format!("version = \"{}\"", stagehost_plugin_api::abi::API_VERSION);
+            assert!(
+                manifest.contains(&line),
+                "plugin-api's version line moved: {manifest}"
+            );
+            (
+                manifest.replacen(&line, &format!("version = \"{version}\""), 1),
+                version,
+            )
+        }
+        ApiSource::GitCommit(commit) => {
+            let _ = std::fs::remove_dir_all(&api_dir);
+            std::fs::create_dir_all(&api_dir).expect("mkdir");
+            let archive = Command::new("git")
+                .arg("-C")
+                .arg(workspace_root())
+                .args(["archive", "--format=tar", commit, "plugin-api"])
+                .output()
+                .expect("git runs");
+            assert!(
+                archive.status.success(),
+                "plugin-api at {commit} is not in this clone's history (a shallow clone?): {}",
+                String::from_utf8_lossy(&archive.stderr)
+            );
+            let mut tar = Command::new("tar")
+                .args(["-x", "--strip-components=1", "-C"])
+                .arg(&api_dir)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("tar runs");
+            std::io::Write::write_all(tar.stdin.as_mut().expect("stdin"), &archive.stdout)
+                .expect("feed tar");
+            drop(tar.stdin.take());
+            assert!(tar.wait().expect("tar ends").success(), "tar failed");
+            let manifest =
+                std::fs::read_to_string(api_dir.join("Cargo.toml")).expect("read manifest");
+            let version = manifest
+                .lines()
+                .find_map(|l| l.strip_prefix("version = \""))
+                .and_then(|v| v.strip_suffix('"'))
+                .expect("a version line")
+                .to_owned();
+            (manifest, version)
+        }
+    };
+    let manifest = manifest
+        .replace("edition.workspace = true", "edition = \"2021\"")
+        .replace("license.workspace = true\n", "")
+        .replace("rust-version.workspace = true\n", "")
+        .replace("abi_stable.workspace = true", "abi_stable = \"0.11.3\"")
+        .replace(
+            "serde.workspace = true",
+            "serde = { version = \"1\", features = [\"derive\"] }",
+        )
+        .replace("toml.workspace = true", "toml = \"0.8\"")
+        .replace("thiserror.workspace = true", "thiserror = \"2\"")
+        .replace("libc.workspace = true", "libc = \"0.2\"");
+    assert!(
+        !manifest.contains(".workspace = true"),
+        "a workspace dependency of plugin-api {version} is not mapped: {manifest}"
+    );
+    write_if_changed(&api_dir.join("Cargo.toml"), &manifest);
+    write_if_changed(
+        &src.join("Cargo.toml"),
+        "[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"plugin\"]\n",
+    );
+    write_if_changed(
+        &plugin.join("Cargo.toml"),
+        &format!("[package]\nname = \"stagehost-fixture-{lib_name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\nname = \"{lib_name}\"\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nstagehost-plugin-api = {{ path = \"../plugin-api\" }}\n"),
+    );
+    write_if_changed(&plugin.join("src/lib.rs"), plugin_src);
+    let lock = workspace_root().join("Cargo.lock");
+    if lock.exists() && !src.join("Cargo.lock").exists() {
+        std::fs::copy(&lock, src.join("Cargo.lock")).expect("copy Cargo.lock");
+    }
+    let target = target_root().join("fixture-api-target");
+    cargo_build(&src.join("Cargo.toml"), &target);
+    target
+        .join("debug")
+        .join(format!("lib{lib_name}.{}", dylib_ext()))
 }
 
 fn write_if_changed(path: &Path, text: &str) {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use stagehost::config::DEFAULT_EXECUTOR;
 use stagehost::{
     ConfigError, DataManager, Direction, File, Registry, StageOptions, Staging, StagingError,
+    WorkDone,
 };
 
 use stagehost_plugin_api::display;
@@ -61,6 +62,8 @@ struct FileResult {
     plugin: Option<String>,
     modes: Vec<&'static str>,
     bytes: Option<u64>,
+    /// The destination already held the current file; no bytes moved.
+    cached: bool,
     seconds: f64,
     error: Option<String>,
 }
@@ -69,11 +72,11 @@ fn result(
     url: &str,
     direction: Direction,
     executor: &str,
-    outcome: &Result<Staging, StagingError>,
+    outcome: &Result<(Staging, WorkDone), StagingError>,
     seconds: f64,
 ) -> FileResult {
     match outcome {
-        Ok(s) => {
+        Ok((s, done)) => {
             let local = s.file.filepath().ok();
             FileResult {
                 url: s.file.redacted_url(),
@@ -92,6 +95,7 @@ fn result(
                     s.provider.plugin.name, s.provider.plugin.version
                 )),
                 modes: s.ran.iter().map(|m| m.as_str()).collect(),
+                cached: done.cached,
                 seconds,
                 error: None,
             }
@@ -109,6 +113,7 @@ fn result(
             plugin: None,
             modes: vec![],
             bytes: None,
+            cached: false,
             seconds,
             error: Some(e.to_string()),
         },
@@ -126,11 +131,14 @@ fn print(results: &[FileResult], json: bool) -> Result<ExitCode, CliError> {
             match (&r.error, &r.local_path) {
                 (Some(e), _) => eprintln!("stagehost: error: {e}"),
                 (None, local) => {
-                    let how = if r.modes.is_empty() {
+                    let mut how = if r.modes.is_empty() {
                         "nothing to do".to_owned()
                     } else {
                         r.modes.join(" + ")
                     };
+                    if r.cached {
+                        how.push_str(", cached");
+                    }
                     println!(
                         "{} -> {} [provider {}, {how}]",
                         r.url,
@@ -197,9 +205,10 @@ pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliE
                     .expect("the semaphore is never closed");
                 let outcome = match planned {
                     Ok(mut staging) => tokio::task::spawn_blocking(move || {
-                        staging.run_separate_job(&opts)?;
-                        staging.run_in_task_step(&opts)?;
-                        Ok(staging)
+                        let job = staging.run_separate_job(&opts)?;
+                        let step = staging.run_in_task_step(&opts)?;
+                        let cached = job.cached || step.cached;
+                        Ok((staging, WorkDone { cached }))
                     })
                     .await
                     .expect(
@@ -279,9 +288,10 @@ pub fn stage_out(registry: &Registry, args: StageOutArgs) -> Result<ExitCode, Cl
             // The output already exists: the provider publishes it from where it is.
             file.set_local_path(local);
             let mut staging = dm.plan_stage_out(&args.executor, &file, &opts)?;
-            staging.run_in_task_step(&opts)?;
-            staging.run_separate_job(&opts)?;
-            Ok(staging)
+            let step = staging.run_in_task_step(&opts)?;
+            let job = staging.run_separate_job(&opts)?;
+            let cached = job.cached || step.cached;
+            Ok((staging, WorkDone { cached }))
         });
     let r = result(
         &args.url,

@@ -325,6 +325,7 @@ impl FileState {
             seconds: 0.0,
             attempts: 0,
             deduplicated: false,
+            cached: false,
             error: None,
         };
         let staging = match planned {
@@ -354,6 +355,7 @@ impl FileState {
         self.report.attempts += outcome.attempts;
         self.report.seconds += outcome.seconds;
         self.report.deduplicated |= outcome.deduplicated;
+        self.report.cached |= outcome.cached;
         if outcome.bytes.is_some() {
             self.report.bytes = outcome.bytes;
         }

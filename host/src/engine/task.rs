@@ -294,6 +294,9 @@ pub struct FileReport {
     pub attempts: u32,
     /// Whether another task's transfer of the same URL to the same place served it.
     pub deduplicated: bool,
+    /// Whether the destination already held the current file, so no bytes moved (a
+    /// revalidation found it unchanged).
+    pub cached: bool,
     /// The error, if it failed.
     pub error: Option<String>,
 }

@@ -35,12 +35,21 @@ pub(crate) struct Outcome {
     pub seconds: f64,
     pub deduplicated: bool,
     pub bytes: Option<u64>,
+    /// The destination already held the current file; no bytes moved.
+    pub cached: bool,
     pub result: Result<(), StagingError>,
+}
+
+/// What an attempt that succeeded left: the file's size, and whether it was cached.
+#[derive(Debug, Clone, Copy)]
+struct Landed {
+    bytes: Option<u64>,
+    cached: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Done {
-    bytes: Option<u64>,
+    landed: Landed,
     attempts: u32,
 }
 
@@ -156,7 +165,7 @@ impl Transfers {
         };
         let Some(key) = key else {
             let (attempts, result) = match self.attempts(work, original).await {
-                Ok(done) => (done.attempts, Ok(done.bytes)),
+                Ok(done) => (done.attempts, Ok(done.landed)),
                 Err((e, attempts)) => (attempts, Err(e)),
             };
             return Outcome::new(start, attempts, false, result);
@@ -184,8 +193,8 @@ impl Transfers {
             })
             .await;
         match result {
-            Ok(done) if ran_here => Outcome::new(start, done.attempts, false, Ok(done.bytes)),
-            Ok(done) => Outcome::new(start, 0, true, Ok(done.bytes)),
+            Ok(done) if ran_here => Outcome::new(start, done.attempts, false, Ok(done.landed)),
+            Ok(done) => Outcome::new(start, 0, true, Ok(done.landed)),
             Err(e) => Outcome::new(start, failed_attempts, false, Err(e)),
         }
     }
@@ -200,9 +209,9 @@ impl Transfers {
         loop {
             attempt += 1;
             match self.attempt_once(work, &info).await {
-                Ok(bytes) => {
+                Ok(landed) => {
                     return Ok(Done {
-                        bytes,
+                        landed,
                         attempts: attempt,
                     })
                 }
@@ -270,7 +279,7 @@ impl Transfers {
         &self,
         work: StagingWork,
         info: &WorkInfo,
-    ) -> Result<Option<u64>, StagingError> {
+    ) -> Result<Landed, StagingError> {
         let cancelled = || info.error(ErrorKind::Cancelled, "cancelled".into());
         let host_limit = self.host_limit(&info.host);
         let _permits = tokio::select! {
@@ -315,15 +324,17 @@ impl Transfers {
         };
         let result = joined
             .expect("staging work never panics: provider panics are caught at the plugin boundary");
-        let result = result.map(|()| {
-            info.local
+        let result = result.map(|done| Landed {
+            bytes: info
+                .local
                 .as_ref()
                 .and_then(|p| std::fs::metadata(p).ok())
                 .filter(|m| m.is_file())
-                .map(|m| m.len())
+                .map(|m| m.len()),
+            cached: done.cached,
         });
         match &result {
-            Ok(bytes) => self.observer.transfer_finished(id, Ok(*bytes)),
+            Ok(landed) => self.observer.transfer_finished(id, Ok(landed.bytes)),
             Err(e) => self.observer.transfer_finished(id, Err(&e.to_string())),
         }
         result
@@ -335,17 +346,18 @@ impl Outcome {
         start: Instant,
         attempts: u32,
         deduplicated: bool,
-        result: Result<Option<u64>, StagingError>,
+        result: Result<Landed, StagingError>,
     ) -> Outcome {
-        let (bytes, result) = match result {
-            Ok(bytes) => (bytes, Ok(())),
+        let (landed, result) = match result {
+            Ok(landed) => (Some(landed), Ok(())),
             Err(e) => (None, Err(e)),
         };
         Outcome {
             attempts,
             seconds: start.elapsed().as_secs_f64(),
             deduplicated,
-            bytes,
+            bytes: landed.and_then(|l| l.bytes),
+            cached: landed.is_some_and(|l| l.cached),
             result,
         }
     }

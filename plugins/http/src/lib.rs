@@ -514,6 +514,7 @@ impl Shared {
                 stagehost_plugin_api::display::path(&dest)
             ));
             ctx.progress(size, Some(size));
+            ctx.cached();
             return Ok(());
         }
         if !(200..300).contains(&status) {
