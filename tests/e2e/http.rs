@@ -540,3 +540,81 @@ fn a_rerun_revalidates_and_a_304_moves_no_bytes() {
     visible.sort();
     assert_eq!(visible, ["etag", "static.bin"]);
 }
+
+#[test]
+fn plain_http_goes_through_a_stock_proxy_that_tunnels_only_to_443() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let data = pattern(2 << 20);
+    std::fs::write(root.join("big.bin"), &data).unwrap();
+    let nginx = Nginx::start(&root);
+    let proxy = stagehost_tests::httpd::Tinyproxy::start(None);
+    let cfg = http_config(&sandbox, "");
+    let url = nginx.url("/big.bin");
+    let env = [("http_proxy", proxy.url(None))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = sandbox.run_env(
+        &["--config", cfg.to_str().unwrap(), "stage", "in", &url],
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read(sandbox.join("wd/big.bin")).unwrap(), data);
+    // A PUT's body passes through unchanged.
+    let local = sandbox.write("up.bin", &data[..300_000]);
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "out",
+            local.to_str().unwrap(),
+            &nginx.url("/dav/up.bin"),
+        ],
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(root.join("dav/up.bin")).unwrap(),
+        &data[..300_000]
+    );
+    let requests = proxy.requests();
+    assert!(
+        requests.contains(&format!("GET {url} HTTP/1.1")),
+        "tinyproxy forwarded the GET in absolute form: {requests:?}"
+    );
+    assert!(
+        requests.contains(&format!("PUT {} HTTP/1.1", nginx.url("/dav/up.bin"))),
+        "{requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.starts_with("CONNECT")),
+        "no tunnel was asked for: {requests:?}"
+    );
+
+    // A proxy that wants credentials gets them from the proxy URL, and they are
+    // never shown.
+    let guarded = stagehost_tests::httpd::Tinyproxy::start(Some(("px", "proxy-pw")));
+    let _ = std::fs::remove_file(sandbox.join("wd/big.bin"));
+    let with = guarded.url(Some("px:proxy-pw"));
+    let out = sandbox.run_env(
+        &["--config", cfg.to_str().unwrap(), "stage", "in", &url],
+        &[("http_proxy", with.as_str())],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read(sandbox.join("wd/big.bin")).unwrap(), data);
+    let without = guarded.url(None);
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            &nginx.url("/other.bin"),
+        ],
+        &[("http_proxy", without.as_str())],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("HTTP 407"), "{}", out.stderr);
+    assert!(!out.stderr.contains("proxy-pw"));
+}

@@ -552,3 +552,84 @@ fn tunnel(mut client: TcpStream, targets: &Mutex<Vec<String>>) -> std::io::Resul
     let _ = forward.join();
     Ok(())
 }
+
+/// tinyproxy from the Debian packages on a free loopback port, as sites run it:
+/// `CONNECT` allowed to port 443 only, plain `http://` forwarded, and with `auth`
+/// (user, password) basic proxy authentication required. Stopped by its pid.
+pub struct Tinyproxy {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    /// Starts tinyproxy.
+    pub fn start(auth: Option<(&str, &str)>) -> Tinyproxy {
+        let bin = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("tinyproxy is missing: scripts/install-test-deps installs it (apt-get install tinyproxy)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let d = dir.path().display();
+        let auth = auth
+            .map(|(user, password)| format!("BasicAuth {user} {password}\n"))
+            .unwrap_or_default();
+        let conf = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nConnectPort 443\nMaxClients 50\nLogLevel Info\nLogFile \"{d}/tinyproxy.log\"\nPidFile \"{d}/tinyproxy.pid\"\nDisableViaHeader Yes\n{auth}"
+        );
+        let conf_path = dir.path().join("tinyproxy.conf");
+        std::fs::write(&conf_path, conf).expect("write tinyproxy.conf");
+        let mut child = Command::new(bin)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tinyproxy starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("tinyproxy exited at start ({status})");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tinyproxy did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tinyproxy { child, port, dir }
+    }
+
+    /// `http://[userinfo@]127.0.0.1:<port>`.
+    pub fn url(&self, userinfo: Option<&str>) -> String {
+        let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("http://{userinfo}127.0.0.1:{}", self.port)
+    }
+
+    /// The request lines tinyproxy logged (`GET http://… HTTP/1.1`, `CONNECT …`).
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("tinyproxy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once("): ").map(|(_, r)| r.to_owned()))
+            .filter(|r| r.contains(" HTTP/1."))
+            .collect()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -29,6 +29,7 @@ use stagehost_plugin_api::net::{seconds, split_userinfo, strip_port, HostPattern
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
 use ureq::Agent;
 
+mod forward;
 mod revalidate;
 
 /// Where the work runs.
@@ -82,6 +83,21 @@ impl Default for HttpSettings {
             headers: BTreeMap::new(),
         }
     }
+}
+
+/// ureq's own connector chain with `ForwardConnector` first: plain `http://` through
+/// an HTTP proxy goes in absolute form, everything else as ureq sends it.
+fn agent(config: ureq::config::Config) -> Agent {
+    use ureq::unversioned::resolver::DefaultResolver;
+    use ureq::unversioned::transport::{
+        ConnectProxyConnector, Connector, RustlsConnector, TcpConnector,
+    };
+    let connector =
+        ().chain(forward::ForwardConnector)
+            .chain(ConnectProxyConnector::default())
+            .chain(TcpConnector::default())
+            .chain(RustlsConnector::default());
+    Agent::with_parts(config, connector, DefaultResolver::default())
 }
 
 /// See the crate docs.
@@ -152,7 +168,7 @@ impl Provider for HttpProvider {
             mode: s.mode,
             hosts: HostPatterns::new(&s.hosts),
             shared: Arc::new(Shared {
-                agent: Agent::new_with_config(config),
+                agent: agent(config),
                 proxies,
                 username: s.username,
                 password: s.password,
