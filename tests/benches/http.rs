@@ -8,108 +8,13 @@
 //! (needs nginx and curl: `bash scripts/install-test-deps`; `-- small` or `-- big` runs
 //! one case).
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
-
+use stagehost_tests::bench::{compare_with_curl, write_file, PARALLEL};
 use stagehost_tests::httpd::Nginx;
-use stagehost_tests::{stagehost_bin_in, wait_with_peak_rss, Sandbox};
-
-const PARALLEL: usize = 8;
-
-/// Runs `cmd`; wall seconds and peak RSS (KiB), asserting success.
-fn measure(mut cmd: Command, what: &str) -> (f64, i64) {
-    let start = Instant::now();
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let (run, rss) = wait_with_peak_rss(child);
-    assert_eq!(run.code, Some(0), "{what} failed: {}", run.stderr);
-    (start.elapsed().as_secs_f64(), rss)
-}
-
-fn write_file(path: &Path, size: usize) {
-    use std::io::Write;
-    let block: Vec<u8> = (0..1 << 20).map(|i: usize| (i % 251) as u8).collect();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(block.len());
-        f.write_all(&block[..n]).expect("write");
-        left -= n;
-    }
-}
-
-fn fresh(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).expect("mkdir");
-}
-
-/// Best of this many interleaved rounds.
-const ROUNDS: usize = 3;
+use stagehost_tests::Sandbox;
 
 fn case(sandbox: &Sandbox, nginx: &Nginx, name: &str, files: &[String]) {
     let urls: Vec<String> = files.iter().map(|f| nginx.url(f)).collect();
-    let config = sandbox.write(
-        "site.toml",
-        format!("[executor.local]\nworking_dir = \"wd\"\n[transfers]\nmax_concurrent = {PARALLEL}\nper_host = {PARALLEL}\n"),
-    );
-    let bin = stagehost_bin_in("release");
-    let inputs: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
-    let flow = sandbox.write(
-        "flow.toml",
-        format!(
-            "[[task]]\nname = \"fetch\"\ncommand = \"true\"\ninputs = [{}]\n",
-            inputs.join(", ")
-        ),
-    );
-    let curl_dir = sandbox.join("curl");
-    let best = |a: (f64, i64), b: (f64, i64)| if b.0 < a.0 { b } else { a };
-    let (mut curl, mut stage, mut run) = ((f64::MAX, 0), (f64::MAX, 0), (f64::MAX, 0));
-    for _ in 0..ROUNDS {
-        fresh(&curl_dir);
-        let mut c = Command::new("curl");
-        c.args([
-            "-sS",
-            "--fail",
-            "--parallel",
-            "--parallel-max",
-            &PARALLEL.to_string(),
-            "--output-dir",
-        ])
-        .arg(&curl_dir);
-        for u in &urls {
-            c.arg("-O").arg(u);
-        }
-        curl = best(curl, measure(c, "curl"));
-
-        fresh(&sandbox.join("wd"));
-        let mut c = sandbox.command(&bin);
-        c.arg("--config")
-            .arg(&config)
-            .args(["stage", "in", "-j", &PARALLEL.to_string()])
-            .args(&urls);
-        stage = best(stage, measure(c, "stagehost stage in"));
-
-        fresh(&sandbox.join("wd"));
-        let mut c = sandbox.command(&bin);
-        c.arg("--config")
-            .arg(&config)
-            .args(["run", "-q"])
-            .arg(&flow);
-        run = best(run, measure(c, "stagehost run"));
-    }
-    let ((curl_s, curl_rss), (stage_s, stage_rss), (run_s, run_rss)) = (curl, stage, run);
-    println!(
-        "{name:<14} curl {curl_s:>6.2}s ({:>5.1} MiB RSS) | stage in {stage_s:>6.2}s = {:.2}x curl ({:>5.1} MiB RSS) | run {run_s:>6.2}s = {:.2}x curl ({:>5.1} MiB RSS)",
-        curl_rss as f64 / 1024.0,
-        stage_s / curl_s,
-        stage_rss as f64 / 1024.0,
-        run_s / curl_s,
-        run_rss as f64 / 1024.0,
-    );
+    compare_with_curl(sandbox, name, &urls);
 }
 
 fn main() {

@@ -228,6 +228,31 @@ fn vsftpd_serves_anonymous_get_and_stor_over_ftp_and_ftps() {
     );
     assert_eq!(leftovers(&root.join("incoming")), Vec::<String>::new());
 
+    // Sessions are reused across the transfers of one process: eight files, two at
+    // a time, over at most two control connections (a missing file costs none).
+    for i in 0..8 {
+        std::fs::write(root.join(format!("pub/s{i}.txt")), format!("small {i}\n")).unwrap();
+    }
+    let before = plain.connections();
+    let urls: Vec<String> = (0..8)
+        .map(|i| plain.url("ftp", &format!("pub/s{i}.txt")))
+        .collect();
+    let mut args = vec!["--config", cfg.to_str().unwrap(), "stage", "in", "-j", "2"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = sandbox.run(&args);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for i in 0..8 {
+        assert_eq!(
+            std::fs::read_to_string(sandbox.join(format!("wd/s{i}.txt"))).unwrap(),
+            format!("small {i}\n")
+        );
+    }
+    let used = plain.connections() - before;
+    assert!(
+        (1..=2).contains(&used),
+        "{used} control connections for 8 files"
+    );
+
     let out = stage_in(&sandbox, &cfg, &plain.url("ftp", "pub/missing.bin"));
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(

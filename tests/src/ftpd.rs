@@ -200,7 +200,7 @@ fn stop(child: &mut Child) {
 pub struct Vsftpd {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Vsftpd {
@@ -241,7 +241,7 @@ impl Vsftpd {
             None => String::new(),
         };
         let conf = format!(
-            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\nanonymous_enable=YES\nlocal_enable=NO\nanon_root={}\nno_anon_password=YES\nwrite_enable=YES\nanon_upload_enable=YES\nanon_mkdir_write_enable=YES\nanon_other_write_enable=YES\nanon_umask=022\nseccomp_sandbox=NO\nsecure_chroot_dir={}\nxferlog_enable=NO\nvsftpd_log_file={}/vsftpd.log\nconnect_from_port_20=NO\n{tls_lines}",
+            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\nanonymous_enable=YES\nlocal_enable=NO\nanon_root={}\nno_anon_password=YES\nwrite_enable=YES\nanon_upload_enable=YES\nanon_mkdir_write_enable=YES\nanon_other_write_enable=YES\nanon_umask=022\nseccomp_sandbox=NO\nsecure_chroot_dir={}\nxferlog_enable=YES\nxferlog_std_format=NO\nlog_ftp_protocol=YES\nvsftpd_log_file={}/vsftpd.log\nconnect_from_port_20=NO\n{tls_lines}",
             root.display(),
             empty.display(),
             dir.path().display()
@@ -267,16 +267,22 @@ impl Vsftpd {
             assert!(Instant::now() < deadline, "vsftpd did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Vsftpd {
-            child,
-            port,
-            _dir: dir,
-        }
+        Vsftpd { child, port, dir }
     }
 
     /// `<scheme>://127.0.0.1:<port>/<path>`.
     pub fn url(&self, scheme: &str, path: &str) -> String {
         format!("{scheme}://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// How many control connections vsftpd has accepted so far (its log's `CONNECT`
+    /// lines).
+    pub fn connections(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("vsftpd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("] CONNECT: Client"))
+            .count()
     }
 }
 

@@ -7,6 +7,7 @@
 //! default plugin discovery looks; test plugins go to `target/fixtures`,
 //! `target/fixture-api-*` and `target/example-data-provider`.
 
+pub mod bench;
 pub mod ftpd;
 pub mod httpd;
 pub mod props;

@@ -28,7 +28,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use stagehost_plugin_api::display;
@@ -102,7 +102,32 @@ struct Shared {
     password_env: Option<String>,
     /// Servers (`host:port`) that refused `EPSV`: they get `PASV` straight away.
     no_epsv: Mutex<Vec<String>>,
+    /// Logged-in sessions between transfers, for the next transfer to the same server
+    /// as the same user.
+    idle: Mutex<Vec<Idle>>,
 }
+
+/// Who a session is logged in as, and where: sessions are reused only for an equal key.
+#[derive(Clone, PartialEq, Eq)]
+struct SessionKey {
+    tls: bool,
+    server: String,
+    user: String,
+    password: String,
+}
+
+/// A pooled session and when it was returned.
+struct Idle {
+    key: SessionKey,
+    ftp: Ftp,
+    since: Instant,
+}
+
+/// Idle sessions kept per instance; more are closed.
+const MAX_IDLE: usize = 16;
+/// How long an idle session is kept: well inside servers' idle timeouts (vsftpd's
+/// default is 300 s).
+const IDLE_FOR: Duration = Duration::from_secs(60);
 
 fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, StageError> {
     use rustls::pki_types::pem::PemObject;
@@ -156,6 +181,7 @@ impl Provider for FtpProvider {
                 password: s.password,
                 password_env: s.password_env,
                 no_epsv: Mutex::new(Vec::new()),
+                idle: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -381,6 +407,54 @@ impl Shared {
             .map_or(limit, |r| limit.min(r.max(Duration::from_millis(1))))
     }
 
+    /// The key of the session a transfer of `target` needs.
+    fn key(&self, target: &Target) -> Result<SessionKey, StageError> {
+        let (user, password) = self.credentials(target)?;
+        Ok(SessionKey {
+            tls: target.tls,
+            server: target.server(),
+            user,
+            password,
+        })
+    }
+
+    /// An idle session for `target` that still answers (`NOOP`), else a new one.
+    fn session(&self, ctx: &Context<'_>, target: &Target) -> Result<(Ftp, SessionKey), StageError> {
+        let key = self.key(target)?;
+        loop {
+            let idle = {
+                let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                pool.retain(|i| i.since.elapsed() < IDLE_FOR);
+                pool.iter()
+                    .rposition(|i| i.key == key)
+                    .map(|at| pool.swap_remove(at))
+            };
+            match idle {
+                Some(mut idle) => {
+                    if idle.ftp.noop().is_ok() {
+                        return Ok((idle.ftp, key));
+                    }
+                }
+                None => return Ok((self.connect(ctx, target)?, key)),
+            }
+        }
+    }
+
+    /// Keeps `ftp`, after a transfer that ended cleanly, for the next one.
+    fn give_back(&self, key: SessionKey, mut ftp: Ftp) {
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_IDLE {
+            pool.push(Idle {
+                key,
+                ftp,
+                since: Instant::now(),
+            });
+        } else {
+            drop(pool);
+            let _ = ftp.quit();
+        }
+    }
+
     /// A logged-in session in binary type, its data connections passive.
     fn connect(&self, ctx: &Context<'_>, target: &Target) -> Result<Ftp, StageError> {
         ctx.check()?;
@@ -513,8 +587,15 @@ impl Shared {
         dest: &std::path::Path,
     ) -> Result<(), StageError> {
         let shown = &target.shown;
-        let mut ftp = self.connect(ctx, target)?;
-        let expected = self.size(&mut ftp, target, false)?;
+        let (mut ftp, key) = self.session(ctx, target)?;
+        let expected = match self.size(&mut ftp, target, false) {
+            // An answer, not a broken session: it serves the next transfer.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.give_back(key, ftp);
+                return Err(e);
+            }
+            other => other?,
+        };
         let mut out = AtomicFile::create(dest)?;
         let mut buf = vec![0u8; CHUNK];
         let mut done = 0u64;
@@ -587,7 +668,7 @@ impl Shared {
             )));
         }
         out.commit()?;
-        let _ = ftp.quit();
+        self.give_back(key, ftp);
         Ok(())
     }
 
@@ -600,7 +681,7 @@ impl Shared {
         let (mut source, meta) = stagehost_plugin_api::fs::open_regular(local)?;
         let total = meta.len();
         let kept = || format!("(the local file {} is kept)", display::path(local));
-        let mut ftp = self.connect(ctx, target)?;
+        let (mut ftp, key) = self.session(ctx, target)?;
         let temporary = target.temporary();
         let result = self.upload(ctx, &mut ftp, target, &temporary, &mut source, total);
         if let Err(e) = result {
@@ -616,7 +697,7 @@ impl Shared {
                 format!("{} {}", e.message(), kept()),
             ));
         }
-        let _ = ftp.quit();
+        self.give_back(key, ftp);
         ctx.progress(total, Some(total));
         Ok(())
     }
