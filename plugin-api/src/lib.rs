@@ -204,4 +204,4 @@ pub mod testing;
 pub use error::{ErrorKind, StageError};
 pub use file::{redact_url, File};
 pub use provider::{Context, Job, LogLevel, Provider};
-pub use settings::Settings;
+pub use settings::{Settings, WorkPlace};

@@ -58,3 +58,40 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
 }
+
+/// Where a provider's work runs, read from a `mode` setting: `"separate"` (a separate
+/// job, the default) or `"in-task"` (an in-task step). Parsl ships some providers in
+/// both kinds (`HTTPSeparateTaskStaging`, `HTTPInTaskStaging`); a setting lets a site
+/// choose.
+///
+/// ```
+/// use stagehost_plugin_api::{Settings, WorkPlace};
+/// #[derive(serde::Deserialize, Default)]
+/// #[serde(default)]
+/// struct S { mode: WorkPlace }
+/// let s: S = Settings::from_toml("mode = \"in-task\"").parse().unwrap();
+/// assert_eq!(s.mode, WorkPlace::InTask);
+/// assert_eq!(S::default().mode, WorkPlace::Separate);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkPlace {
+    /// A separate job, run by the host as a task of its own.
+    #[default]
+    Separate,
+    /// An in-task step, run inside the task just before or after its body.
+    InTask,
+}
+
+impl WorkPlace {
+    /// What `stage_in`/`stage_out` return: the job when the work is separate.
+    pub fn separate_job(self, job: impl FnOnce() -> crate::Job) -> Option<crate::Job> {
+        (self == WorkPlace::Separate).then(job)
+    }
+
+    /// What `replace_task`/`replace_task_stage_out` return: the job when the work is
+    /// an in-task step.
+    pub fn in_task_step(self, job: impl FnOnce() -> crate::Job) -> Option<crate::Job> {
+        (self == WorkPlace::InTask).then(job)
+    }
+}

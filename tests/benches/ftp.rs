@@ -8,26 +8,21 @@
 //! (needs vsftpd and curl, and root for vsftpd: `bash scripts/install-test-deps`;
 //! `-- small` or `-- big` runs one case).
 
-use stagehost_tests::bench::{compare_with_curl, write_file, PARALLEL};
+use stagehost_tests::bench::{compare_with_curl, wanted, write_file, PARALLEL};
 use stagehost_tests::ftpd::Vsftpd;
 use stagehost_tests::Sandbox;
 
 fn main() {
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |case: &str| only.is_empty() || only.iter().any(|o| o == case);
     let sandbox = Sandbox::new();
     let root = sandbox.join("anon");
     std::fs::create_dir_all(root.join("small")).expect("mkdir");
     std::fs::create_dir_all(root.join("big")).expect("mkdir");
     let small: Vec<String> = (0..200).map(|i| format!("small/f{i:03}.bin")).collect();
-    for f in small.iter().filter(|_| wants("small")) {
+    for f in small.iter().filter(|_| wanted("small")) {
         write_file(&root.join(f), 1 << 20);
     }
     let big = vec!["big/g0.bin".to_owned()];
-    for f in big.iter().filter(|_| wants("big")) {
+    for f in big.iter().filter(|_| wanted("big")) {
         write_file(&root.join(f), 1 << 30);
     }
     // Written back before anything is timed, so no one pays for the generation.
@@ -37,10 +32,10 @@ fn main() {
     let urls =
         |files: &[String]| -> Vec<String> { files.iter().map(|f| server.url("ftp", f)).collect() };
     println!("ftp provider vs curl, vsftpd on loopback, {PARALLEL} at once:");
-    if wants("small") {
+    if wanted("small") {
         compare_with_curl(&sandbox, "200 x 1 MiB", &urls(&small));
     }
-    if wants("big") {
+    if wanted("big") {
         compare_with_curl(&sandbox, "1 x 1 GiB", &urls(&big));
     }
 }

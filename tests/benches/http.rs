@@ -8,7 +8,7 @@
 //! (needs nginx and curl: `bash scripts/install-test-deps`; `-- small` or `-- big` runs
 //! one case).
 
-use stagehost_tests::bench::{compare_with_curl, write_file, PARALLEL};
+use stagehost_tests::bench::{compare_with_curl, wanted, write_file, PARALLEL};
 use stagehost_tests::httpd::Nginx;
 use stagehost_tests::Sandbox;
 
@@ -18,22 +18,16 @@ fn case(sandbox: &Sandbox, nginx: &Nginx, name: &str, files: &[String]) {
 }
 
 fn main() {
-    // `-- small` or `-- big` runs one case.
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |case: &str| only.is_empty() || only.iter().any(|o| o == case);
     let sandbox = Sandbox::new();
     let root = sandbox.join("www");
     std::fs::create_dir_all(root.join("small")).expect("mkdir");
     std::fs::create_dir_all(root.join("big")).expect("mkdir");
     let small: Vec<String> = (0..1000).map(|i| format!("/small/f{i:04}.bin")).collect();
-    for f in small.iter().filter(|_| wants("small")) {
+    for f in small.iter().filter(|_| wanted("small")) {
         write_file(&root.join(f.trim_start_matches('/')), 1 << 20);
     }
     let big: Vec<String> = (0..2).map(|i| format!("/big/g{i}.bin")).collect();
-    for f in big.iter().filter(|_| wants("big")) {
+    for f in big.iter().filter(|_| wanted("big")) {
         write_file(&root.join(f.trim_start_matches('/')), 1 << 30);
     }
     // Written back before anything is timed, so no one pays for the generation.
@@ -43,10 +37,10 @@ fn main() {
     println!(
         "http provider vs curl, nginx on loopback, {PARALLEL} at once (per-host limit {PARALLEL}):"
     );
-    if wants("small") {
+    if wanted("small") {
         case(&sandbox, &nginx, "1000 x 1 MiB", &small);
     }
-    if wants("big") {
+    if wanted("big") {
         case(&sandbox, &nginx, "2 x 1 GiB", &big);
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
+use stagehost_tests::bench::wanted;
 use stagehost_tests::{chained_workflow, stagehost_bin_in, wait_with_peak_rss, Sandbox};
 
 const FLOOR_ROUNDS: usize = 5;
@@ -149,15 +150,10 @@ fn stagehost_true() -> f64 {
 
 fn main() {
     // `cargo bench --bench scale -- floor` (or `-- scale`) runs one part.
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
-    if wants("floor") {
+    if wanted("floor") {
         floor_part();
     }
-    if wants("scale") {
+    if wanted("scale") {
         scale_part();
     }
 }

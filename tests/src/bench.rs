@@ -108,3 +108,13 @@ pub fn compare_with_curl(sandbox: &Sandbox, name: &str, urls: &[String]) {
         run_rss as f64 / 1024.0,
     );
 }
+
+/// Whether the case `name` was asked for: `cargo bench ... -- small` runs the cases
+/// named, and no name runs them all.
+pub fn wanted(name: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|n| n == name)
+}

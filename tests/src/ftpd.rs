@@ -179,20 +179,8 @@ impl PyFtpd {
 
 impl Drop for PyFtpd {
     fn drop(&mut self) {
-        stop(&mut self.child);
+        crate::stop_child(&mut self.child, libc::SIGTERM);
     }
-}
-
-/// SIGTERM to `child` by its pid, then SIGKILL if it lingers.
-fn stop(child: &mut Child) {
-    // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// vsftpd from the Debian packages on a loopback port, anonymous only: it reads
@@ -288,6 +276,6 @@ impl Vsftpd {
 
 impl Drop for Vsftpd {
     fn drop(&mut self) {
-        stop(&mut self.child);
+        crate::stop_child(&mut self.child, libc::SIGTERM);
     }
 }

@@ -574,3 +574,16 @@ pub fn wait_with_peak_rss(mut child: std::process::Child) -> (Run, i64) {
     };
     (run, usage.ru_maxrss)
 }
+
+/// Stops a server the tests started: `signal` to it by its pid, then SIGKILL if it is
+/// still there after 10 s; reaped either way.
+pub fn stop_child(child: &mut std::process::Child, signal: i32) {
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

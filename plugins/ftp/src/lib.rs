@@ -34,25 +34,16 @@ use serde::Deserialize;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::net::{host_port, percent_decode, seconds, split_userinfo, HostPatterns};
-use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
+use stagehost_plugin_api::{
+    Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
+};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode as DataMode, RustlsConnector, RustlsFtpStream};
-
-/// Where the work runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-enum Mode {
-    /// A separate job.
-    #[default]
-    Separate,
-    /// An in-task step.
-    InTask,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FtpSettings {
-    mode: Mode,
+    mode: WorkPlace,
     /// Seconds to connect.
     connect_timeout_secs: f64,
     /// Seconds a read (a reply, or the next bytes of a file) may wait.
@@ -73,7 +64,7 @@ struct FtpSettings {
 impl Default for FtpSettings {
     fn default() -> Self {
         FtpSettings {
-            mode: Mode::Separate,
+            mode: WorkPlace::Separate,
             connect_timeout_secs: 30.0,
             read_timeout_secs: 60.0,
             hosts: Vec::new(),
@@ -87,7 +78,7 @@ impl Default for FtpSettings {
 
 /// See the crate docs.
 pub struct FtpProvider {
-    mode: Mode,
+    mode: WorkPlace,
     hosts: HostPatterns,
     shared: Arc<Shared>,
 }
@@ -197,12 +188,16 @@ impl Provider for FtpProvider {
     fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
         let target = Target::of(file)?;
         file.set_local_path(ctx.destination());
-        Ok((self.mode == Mode::Separate).then(|| self.job(file, target, Direction::Get)))
+        Ok(self
+            .mode
+            .separate_job(|| self.job(file, target, Direction::Get)))
     }
 
     fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
         let target = Target::of(file)?;
-        Ok((self.mode == Mode::InTask).then(|| self.job(file, target, Direction::Get)))
+        Ok(self
+            .mode
+            .in_task_step(|| self.job(file, target, Direction::Get)))
     }
 
     fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
@@ -210,7 +205,9 @@ impl Provider for FtpProvider {
         if file.local_path().is_none() {
             file.set_local_path(ctx.destination());
         }
-        Ok((self.mode == Mode::Separate).then(|| self.job(file, target, Direction::Put)))
+        Ok(self
+            .mode
+            .separate_job(|| self.job(file, target, Direction::Put)))
     }
 
     fn replace_task_stage_out(
@@ -219,7 +216,9 @@ impl Provider for FtpProvider {
         file: &mut File,
     ) -> Result<Option<Job>, StageError> {
         let target = Target::of(file)?;
-        Ok((self.mode == Mode::InTask).then(|| self.job(file, target, Direction::Put)))
+        Ok(self
+            .mode
+            .in_task_step(|| self.job(file, target, Direction::Put)))
     }
 }
 

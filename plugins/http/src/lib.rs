@@ -26,27 +26,18 @@ use std::time::Duration;
 use serde::Deserialize;
 use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::net::{seconds, split_userinfo, strip_port, HostPatterns};
-use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
+use stagehost_plugin_api::{
+    Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
+};
 use ureq::Agent;
 
 mod forward;
 mod revalidate;
 
-/// Where the work runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-enum Mode {
-    /// A separate job, as Parsl's HTTPSeparateTaskStaging.
-    #[default]
-    Separate,
-    /// An in-task step, as Parsl's HTTPInTaskStaging.
-    InTask,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct HttpSettings {
-    mode: Mode,
+    mode: WorkPlace,
     /// Seconds to connect (TCP and TLS).
     connect_timeout_secs: f64,
     /// Seconds a read may wait for the next bytes.
@@ -71,7 +62,7 @@ struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
-            mode: Mode::Separate,
+            mode: WorkPlace::Separate,
             connect_timeout_secs: 30.0,
             read_timeout_secs: 60.0,
             max_redirects: 10,
@@ -102,7 +93,7 @@ fn agent(config: ureq::config::Config) -> Agent {
 
 /// See the crate docs.
 pub struct HttpProvider {
-    mode: Mode,
+    mode: WorkPlace,
     hosts: HostPatterns,
     shared: Arc<Shared>,
 }
@@ -188,18 +179,18 @@ impl Provider for HttpProvider {
 
     fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
         file.set_local_path(ctx.destination());
-        Ok((self.mode == Mode::Separate).then(|| self.get_job(file)))
+        Ok(self.mode.separate_job(|| self.get_job(file)))
     }
 
     fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        Ok((self.mode == Mode::InTask).then(|| self.get_job(file)))
+        Ok(self.mode.in_task_step(|| self.get_job(file)))
     }
 
     fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
         if file.local_path().is_none() {
             file.set_local_path(ctx.destination());
         }
-        Ok((self.mode == Mode::Separate).then(|| self.put_job(file)))
+        Ok(self.mode.separate_job(|| self.put_job(file)))
     }
 
     fn replace_task_stage_out(
@@ -207,7 +198,7 @@ impl Provider for HttpProvider {
         _ctx: &Context<'_>,
         file: &mut File,
     ) -> Result<Option<Job>, StageError> {
-        Ok((self.mode == Mode::InTask).then(|| self.put_job(file)))
+        Ok(self.mode.in_task_step(|| self.put_job(file)))
     }
 }
 
