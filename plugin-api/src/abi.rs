@@ -279,10 +279,10 @@ impl<P: Provider> ProviderAdapter<P> {
 
 impl<P: Provider> AbiProvider for ProviderAdapter<P> {
     fn can_stage_in(&self, file: &File) -> RResult<bool, AbiError> {
-        guarded("can_stage_in", || Ok(self.0.can_stage_in(file)))
+        guarded("can_stage_in", || self.0.try_can_stage_in(file))
     }
     fn can_stage_out(&self, file: &File) -> RResult<bool, AbiError> {
-        guarded("can_stage_out", || Ok(self.0.can_stage_out(file)))
+        guarded("can_stage_out", || self.0.try_can_stage_out(file))
     }
     fn stage_in(&self, ctx: &AbiContext, file: File) -> RResult<AbiPlan, AbiError> {
         self.planning("stage_in", P::stage_in, ctx, file)

@@ -43,6 +43,19 @@ pub trait Provider: Send + Sync + 'static {
     fn can_stage_out(&self, _file: &File) -> bool {
         false
     }
+    /// [`Provider::can_stage_in`] that may also refuse a URL of its scheme that it
+    /// will never stage, as Parsl's `ZipFileStaging` raises for a `zip:` URL with a
+    /// netloc: the error ends the file's planning with one clear line, naming the
+    /// provider, instead of passing the file on to the next provider. The host calls
+    /// this one; the default asks `can_stage_in`. (Added in 0.1.2.)
+    fn try_can_stage_in(&self, file: &File) -> Result<bool, StageError> {
+        Ok(self.can_stage_in(file))
+    }
+    /// [`Provider::can_stage_out`] that may refuse, as
+    /// [`Provider::try_can_stage_in`]. (Added in 0.1.2.)
+    fn try_can_stage_out(&self, file: &File) -> Result<bool, StageError> {
+        Ok(self.can_stage_out(file))
+    }
     /// Plans a stage-in; may return a separate job.
     fn stage_in(&self, _ctx: &Context<'_>, _file: &mut File) -> Result<Option<Job>, StageError> {
         Ok(None)

@@ -239,7 +239,7 @@ impl TestHost {
     /// job runs, then the in-task step.
     pub fn stage_in<P: Provider>(&self, provider: &P, url: &str) -> Result<Staged, StageError> {
         let file = File::parse(url)?;
-        if !guarded("can_stage_in", || Ok(provider.can_stage_in(&file)))? {
+        if !guarded("can_stage_in", || provider.try_can_stage_in(&file))? {
             return Err(StageError::other(format!(
                 "the provider does not claim {url} for stage-in"
             )));
@@ -264,7 +264,7 @@ impl TestHost {
     ) -> Result<Staged, StageError> {
         let mut file = File::parse(url)?;
         file.set_local_path(local);
-        if !guarded("can_stage_out", || Ok(provider.can_stage_out(&file)))? {
+        if !guarded("can_stage_out", || provider.try_can_stage_out(&file))? {
             return Err(StageError::other(format!(
                 "the provider does not claim {url} for stage-out"
             )));

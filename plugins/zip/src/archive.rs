@@ -1,0 +1,662 @@
+//! One archive on disk: its sidecar lock and journal, crash recovery, group commits
+//! of new members, and extraction.
+//!
+//! **Locking.** `<archive>.lock` is locked with `flock`: exclusively by a writer,
+//! shared by a reader, always with a deadline (`try_lock` with backoff). Within one
+//! process, the jobs adding members to one archive queue up: the first becomes the
+//! leader and commits everything queued in one update (a group commit), the others
+//! wait for their result.
+//!
+//! **Crash safety.** An update writes new members over the old central directory and
+//! then a new directory. Before it touches the archive it saves the old directory and
+//! end records (`archive[cd_offset..len]`) with `len` and `cd_offset` in
+//! `<archive>.journal` and syncs it; it syncs the archive after the update, then
+//! empties the journal and syncs that. Whoever locks the archive next and finds a
+//! journal that is not empty rolls the archive back to exactly its old bytes. A journal
+//! whose checksum fails was cut short before the archive was touched, and is only
+//! emptied. A new archive is first created empty (its end record alone) under a
+//! temporary name and renamed, so there is always a readable archive to roll back to.
+//!
+//! **Speed.** The parsed directory is kept between updates while the archive's size,
+//! mtime and inode are what this process left, so an update reads nothing back.
+//!
+//! Invariant: the archive is changed only while its exclusive lock is held and a synced
+//! journal describes how to undo the change.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use stagehost_plugin_api::display;
+use stagehost_plugin_api::fs::AtomicFile;
+use stagehost_plugin_api::{Context, ErrorKind, StageError};
+
+use crate::format::{self, Directory, Member};
+
+/// How members are written.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub overwrite: bool,
+    pub lock_timeout: Duration,
+    pub deflate: bool,
+}
+
+/// The archives this process writes, by path, for the queue of each.
+static ARCHIVES: LazyLock<Mutex<HashMap<PathBuf, Arc<Archive>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// One archive's queue and what this process knows of it.
+pub struct Archive {
+    path: PathBuf,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    queue: Vec<Arc<Pending>>,
+    committing: bool,
+    cache: Option<Cached>,
+}
+
+/// The directory as this process left the archive, and how to tell it is unchanged.
+struct Cached {
+    signature: Signature,
+    directory: Directory,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Signature {
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl Signature {
+    fn of(meta: &std::fs::Metadata) -> Signature {
+        Signature {
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+/// A member waiting to be added, and its outcome once an update ran.
+struct Pending {
+    member: String,
+    source: PathBuf,
+    options: Options,
+    outcome: Mutex<Option<Result<u64, StageError>>>,
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The archive at `path` (absolute), shared by every job of this process.
+pub fn archive(path: &Path) -> Arc<Archive> {
+    ARCHIVES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(path.to_path_buf())
+        .or_insert_with(|| {
+            Arc::new(Archive {
+                path: path.to_path_buf(),
+                state: Mutex::new(State::default()),
+                wake: Condvar::new(),
+            })
+        })
+        .clone()
+}
+
+/// Takes `lock` (exclusive or shared) within `limit` and the deadline of `ctx`.
+fn take_lock(
+    ctx: &Context<'_>,
+    lock: &File,
+    lock_path: &Path,
+    exclusive: bool,
+    limit: Duration,
+) -> Result<(), StageError> {
+    let start = Instant::now();
+    let mut nap = Duration::from_millis(1);
+    loop {
+        let attempt = if exclusive {
+            lock.try_lock()
+        } else {
+            lock.try_lock_shared()
+        };
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => {
+                return Err(StageError::io(
+                    format_args!("cannot lock {}", display::path(lock_path)),
+                    &e,
+                ))
+            }
+        }
+        ctx.check()?;
+        if start.elapsed() >= limit {
+            return Err(StageError::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "cannot lock {} within {:.1}s: another process holds it (raise lock_timeout_secs, or look for a stuck writer)",
+                    display::path(lock_path),
+                    limit.as_secs_f64()
+                ),
+            ));
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(50));
+    }
+}
+
+const JOURNAL_MAGIC: &[u8; 8] = b"SHZJNL01";
+
+fn fnv64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The sidecar files of an archive, opened under its lock.
+struct Sidecars {
+    lock: File,
+    lock_path: PathBuf,
+    journal_path: PathBuf,
+}
+
+impl Sidecars {
+    /// Opens (creating) `<archive>.lock`.
+    fn open(path: &Path) -> Result<Sidecars, StageError> {
+        let lock_path = sidecar(path, ".lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&lock_path)
+            .map_err(|e| {
+                StageError::io(
+                    format_args!("cannot open the lock file {}", display::path(&lock_path)),
+                    &e,
+                )
+            })?;
+        Ok(Sidecars {
+            lock,
+            lock_path,
+            journal_path: sidecar(path, ".journal"),
+        })
+    }
+
+    fn journal(&self, create: bool) -> Result<Option<File>, StageError> {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(0o644)
+            .open(&self.journal_path)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
+            Err(e) => Err(StageError::io(
+                format_args!(
+                    "cannot open the journal {}",
+                    display::path(&self.journal_path)
+                ),
+                &e,
+            )),
+        }
+    }
+
+    /// Whether a journal with content is waiting.
+    fn pending_journal(&self) -> bool {
+        std::fs::metadata(&self.journal_path).is_ok_and(|m| m.len() > 0)
+    }
+
+    /// Rolls `archive` back from a journal that is not empty. Holds the exclusive lock.
+    fn recover(&self, archive: &Path) -> Result<bool, StageError> {
+        let Some(journal) = self.journal(false)? else {
+            return Ok(false);
+        };
+        let io = |what: &str, e: std::io::Error| {
+            StageError::io(format_args!("cannot {what} {}", display::path(archive)), &e)
+        };
+        let mut bytes = Vec::new();
+        (&journal)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io("read the journal of", e))?;
+        if bytes.is_empty() {
+            return Ok(false);
+        }
+        let valid = bytes.len() >= 40
+            && &bytes[..8] == JOURNAL_MAGIC
+            && fnv64(&bytes[..bytes.len() - 8])
+                == u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("8 bytes"));
+        if valid {
+            let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+            let (old_len, cd_offset, tail_len) = (word(8), word(16), word(24) as usize);
+            let tail = &bytes[32..32 + tail_len.min(bytes.len() - 40)];
+            let file = OpenOptions::new()
+                .write(true)
+                .open(archive)
+                .map_err(|e| io("open", e))?;
+            file.write_all_at(tail, cd_offset)
+                .map_err(|e| io("roll back", e))?;
+            file.set_len(old_len).map_err(|e| io("roll back", e))?;
+            file.sync_all().map_err(|e| io("sync", e))?;
+        }
+        journal
+            .set_len(0)
+            .map_err(|e| io("empty the journal of", e))?;
+        journal
+            .sync_all()
+            .map_err(|e| io("sync the journal of", e))?;
+        Ok(valid)
+    }
+}
+
+/// Creates an empty archive (its end record alone) at `path` atomically, unless one
+/// exists.
+fn ensure_exists(path: &Path) -> Result<(), StageError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut empty = AtomicFile::create(path)?;
+    use std::io::Write;
+    let mut record = vec![0x50, 0x4b, 0x05, 0x06];
+    record.extend_from_slice(&[0u8; 18]);
+    empty
+        .write_all(&record)
+        .map_err(|e| StageError::io(format_args!("cannot create {}", display::path(path)), &e))?;
+    empty.commit()
+}
+
+impl Archive {
+    /// Adds `source` as `member`, in the next group commit; blocks until it is durable.
+    /// Returns the bytes read from `source`.
+    pub fn add(
+        &self,
+        ctx: &Context<'_>,
+        member: &str,
+        source: &Path,
+        options: Options,
+    ) -> Result<u64, StageError> {
+        let pending = Arc::new(Pending {
+            member: member.to_owned(),
+            source: source.to_path_buf(),
+            options,
+            outcome: Mutex::new(None),
+        });
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.queue.push(pending.clone());
+        loop {
+            if let Some(outcome) = pending
+                .outcome
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                return outcome;
+            }
+            if !state.committing {
+                break;
+            }
+            if let Err(e) = ctx.check() {
+                // Still queued: withdraw. Taken: the update is under way; wait for it.
+                if let Some(at) = state.queue.iter().position(|p| Arc::ptr_eq(p, &pending)) {
+                    state.queue.remove(at);
+                    return Err(e);
+                }
+            }
+            state = self
+                .wake
+                .wait_timeout(state, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        // This job leads: it commits everything queued now.
+        state.committing = true;
+        let batch = std::mem::take(&mut state.queue);
+        let mut cache = state.cache.take();
+        drop(state);
+        let outcomes = self.commit(ctx, &batch, &mut cache);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.cache = cache;
+        state.committing = false;
+        for (p, outcome) in batch.iter().zip(outcomes) {
+            *p.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        }
+        drop(state);
+        self.wake.notify_all();
+        let outcome = pending
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        outcome.unwrap_or_else(|| Err(StageError::other("the member was not committed")))
+    }
+
+    /// One update: every member of `batch` that may be added, under the exclusive
+    /// lock, journaled. One outcome per member, in order.
+    fn commit(
+        &self,
+        ctx: &Context<'_>,
+        batch: &[Arc<Pending>],
+        cache: &mut Option<Cached>,
+    ) -> Vec<Result<u64, StageError>> {
+        match self.try_commit(ctx, batch, cache) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                *cache = None;
+                batch.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
+    }
+
+    fn try_commit(
+        &self,
+        ctx: &Context<'_>,
+        batch: &[Arc<Pending>],
+        cache: &mut Option<Cached>,
+    ) -> Result<Vec<Result<u64, StageError>>, StageError> {
+        let path = &self.path;
+        let shown = display::path(path);
+        let io = |what: &str, e: std::io::Error| {
+            StageError::io(format_args!("cannot {what} {shown}"), &e)
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+        }
+        let sidecars = Sidecars::open(path)?;
+        let limit = batch
+            .iter()
+            .map(|p| p.options.lock_timeout)
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        take_lock(ctx, &sidecars.lock, &sidecars.lock_path, true, limit)?;
+        // The lock goes with `sidecars` when this returns.
+        if sidecars.recover(path)? {
+            *cache = None;
+        }
+        ensure_exists(path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io("open", e))?;
+        let meta = file.metadata().map_err(|e| io("read", e))?;
+        let signature = Signature::of(&meta);
+        let mut directory = match cache.take() {
+            Some(c) if c.signature == signature => c.directory,
+            _ => Directory::read(&file, meta.len()).map_err(|e| {
+                StageError::other(format!(
+                    "{shown} is not a zip archive stagehost can add to: {e}"
+                ))
+            })?,
+        };
+        let old_len = meta.len();
+        let cd_offset = directory.cd_offset;
+
+        // Which members go in: no name twice, and an existing name only with overwrite.
+        let mut outcomes: Vec<Option<Result<u64, StageError>>> = vec![None; batch.len()];
+        let mut names: Vec<&str> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            let taken = directory.contains(&p.member) || names.contains(&p.member.as_str());
+            if taken && !p.options.overwrite {
+                outcomes[i] = Some(Err(StageError::other(format!(
+                    "{shown} already holds a member {}; set overwrite = true to replace it",
+                    p.member
+                ))));
+            } else {
+                names.push(&p.member);
+            }
+        }
+        if outcomes.iter().all(Option::is_some) {
+            *cache = Some(Cached {
+                signature,
+                directory,
+            });
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+
+        // The journal first: the old directory and end records, synced.
+        let mut tail = vec![0u8; (old_len - cd_offset) as usize];
+        file.read_exact_at(&mut tail, cd_offset)
+            .map_err(|e| io("read", e))?;
+        let mut record = Vec::with_capacity(tail.len() + 40);
+        record.extend_from_slice(JOURNAL_MAGIC);
+        record.extend_from_slice(&old_len.to_le_bytes());
+        record.extend_from_slice(&cd_offset.to_le_bytes());
+        record.extend_from_slice(&(tail.len() as u64).to_le_bytes());
+        record.extend_from_slice(&tail);
+        record.extend_from_slice(&fnv64(&record).to_le_bytes());
+        let journal = sidecars.journal(true)?.expect("created");
+        journal
+            .set_len(0)
+            .and_then(|()| journal.write_all_at(&record, 0))
+            .and_then(|()| journal.sync_data())
+            .map_err(|e| io("write the journal of", e))?;
+
+        // The members, over the old directory, then the new directory.
+        let mut at = cd_offset;
+        for (i, p) in batch.iter().enumerate() {
+            if outcomes[i].is_some() {
+                continue;
+            }
+            match self.write_one(ctx, &mut file, at, p) {
+                Ok((entry, end, bytes)) => {
+                    directory.insert(entry);
+                    at = end;
+                    outcomes[i] = Some(Ok(bytes));
+                }
+                Err(Failure::Source(e)) => outcomes[i] = Some(Err(e)),
+                Err(Failure::Archive(e)) => {
+                    self.undo(&sidecars);
+                    return Err(e);
+                }
+            }
+        }
+        let written = directory
+            .write_at(&mut file, at)
+            .and_then(|end| file.set_len(end).map(|()| end))
+            .and_then(|end| file.sync_data().map(|()| end));
+        if let Err(e) = written {
+            self.undo(&sidecars);
+            return Err(io("write", e));
+        }
+        journal
+            .set_len(0)
+            .and_then(|()| journal.sync_data())
+            .map_err(|e| io("empty the journal of", e))?;
+        let meta = file.metadata().map_err(|e| io("read", e))?;
+        *cache = Some(Cached {
+            signature: Signature::of(&meta),
+            directory,
+        });
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Rolls back a failed update at once (best effort; the next writer would too).
+    fn undo(&self, sidecars: &Sidecars) {
+        let _ = sidecars.recover(&self.path);
+    }
+
+    /// Writes `p` at `at`: its entry, where it ends and its size.
+    fn write_one(
+        &self,
+        ctx: &Context<'_>,
+        file: &mut File,
+        at: u64,
+        p: &Pending,
+    ) -> Result<(format::Entry, u64, u64), Failure> {
+        let source_error = |e: &std::io::Error| {
+            Failure::Source(StageError::io(
+                format_args!(
+                    "cannot add {} to {}",
+                    display::path(&p.source),
+                    display::path(&self.path)
+                ),
+                e,
+            ))
+        };
+        // Never through a symbolic link: the task's output is the file itself.
+        let mut source = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&p.source)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Failure::Source(StageError::new(
+                    ErrorKind::Permission,
+                    format!(
+                        "{} is a symbolic link; stagehost adds only regular files to an archive",
+                        display::path(&p.source)
+                    ),
+                )),
+                _ => source_error(&e),
+            })?;
+        let meta = source.metadata().map_err(|e| source_error(&e))?;
+        if !meta.is_file() {
+            return Err(Failure::Source(StageError::other(format!(
+                "{} is not a regular file",
+                display::path(&p.source)
+            ))));
+        }
+        let member = Member {
+            name: &p.member,
+            mode: meta.mode(),
+            modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            size: meta.len(),
+            deflate: p.options.deflate,
+        };
+        let total = meta.len();
+        let mut progress = |done: u64| ctx.progress(done, Some(total));
+        match format::write_member(file, at, &member, &mut source, &mut progress) {
+            Ok((entry, end)) => Ok((entry, end, total)),
+            // A read of the source failed, or it changed size: this member only.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(source_error(&e)),
+            Err(e) => Err(Failure::Archive(StageError::io(
+                format_args!("cannot write {}", display::path(&self.path)),
+                &e,
+            ))),
+        }
+    }
+}
+
+/// Why a member was not written: its source (the others go on) or the archive (the
+/// update is rolled back).
+enum Failure {
+    Source(StageError),
+    Archive(StageError),
+}
+
+/// Extracts `member` of the archive at `path` to `dest` under a shared lock, rolling
+/// back a crashed writer's update first.
+pub fn extract(
+    ctx: &Context<'_>,
+    path: &Path,
+    member: &str,
+    dest: &Path,
+    lock_timeout: Duration,
+) -> Result<u64, StageError> {
+    let shown = display::path(path);
+    if !path.exists() {
+        return Err(StageError::not_found(format!(
+            "there is no archive {shown}"
+        )));
+    }
+    let sidecars = Sidecars::open(path)?;
+    take_lock(
+        ctx,
+        &sidecars.lock,
+        &sidecars.lock_path,
+        false,
+        lock_timeout,
+    )?;
+    if sidecars.pending_journal() {
+        sidecars
+            .lock
+            .unlock()
+            .map_err(|e| StageError::io("cannot unlock", &e))?;
+        take_lock(ctx, &sidecars.lock, &sidecars.lock_path, true, lock_timeout)?;
+        sidecars.recover(path)?;
+        sidecars
+            .lock
+            .unlock()
+            .map_err(|e| StageError::io("cannot unlock", &e))?;
+        take_lock(
+            ctx,
+            &sidecars.lock,
+            &sidecars.lock_path,
+            false,
+            lock_timeout,
+        )?;
+    }
+    let file =
+        File::open(path).map_err(|e| StageError::io(format_args!("cannot open {shown}"), &e))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| StageError::other(format!("{shown} is not a readable zip archive: {e}")))?;
+    let mut entry = match archive.by_name(member) {
+        Ok(entry) => entry,
+        Err(zip::result::ZipError::FileNotFound) => {
+            return Err(StageError::not_found(format!(
+                "{shown} holds no member {member}"
+            )))
+        }
+        Err(e) => {
+            return Err(StageError::other(format!(
+                "cannot read {member} in {shown}: {e}"
+            )))
+        }
+    };
+    let mode = entry.unix_mode().unwrap_or(0o100_644);
+    if entry.is_dir() || mode & 0o170_000 == 0o040_000 {
+        return Err(StageError::other(format!(
+            "{member} in {shown} is a directory, not a file"
+        )));
+    }
+    if mode & 0o170_000 == 0o120_000 {
+        return Err(StageError::new(
+            ErrorKind::Permission,
+            format!("{member} in {shown} is a symbolic link; stagehost does not extract links"),
+        ));
+    }
+    let total = entry.size();
+    let mut out = AtomicFile::create(dest)?;
+    out.set_mode(mode & 0o777)?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut done = 0u64;
+    loop {
+        ctx.check()?;
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(StageError::new(
+                    ErrorKind::Integrity,
+                    format!("cannot read {member} in {shown}: {e}"),
+                ))
+            }
+        };
+        use std::io::Write;
+        out.write_all(&buf[..n]).map_err(|e| {
+            StageError::io(format_args!("cannot write {}", display::path(dest)), &e)
+        })?;
+        done += n as u64;
+        ctx.progress(done, Some(total));
+    }
+    out.commit()?;
+    Ok(done)
+}

@@ -1,0 +1,242 @@
+//! The `zip` provider: Parsl's `ZipFileStaging`, for URLs
+//! `zip:/path/to/archive.zip/inner/path` (the archive is everything up to the first
+//! `.zip/`; the rest names the member).
+//!
+//! As in Parsl, both directions are separate jobs: stage-in extracts the member to
+//! `<working_dir>/<inner/path>` (through a temporary name, so a task never sees half a
+//! member); stage-out points the task at `<working_dir>/<inner/path>` and then adds
+//! that file to the archive as the member, and removes the local copy once the
+//! archive holds it (as Parsl does; `keep_local = true` keeps it). `stdout` and
+//! `stderr` can be members too.
+//!
+//! Unlike Parsl, a URL with a netloc, without `.zip/`, or with a member path that is
+//! empty, absolute or holds `..` is refused when the file is planned, before the task
+//! runs; a member that exists already is an error unless `overwrite = true` replaces
+//! it (an archive never holds a name twice); locks have a deadline; and an update
+//! that is killed halfway is rolled back by whoever opens the archive next (see
+//! `archive`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use stagehost_plugin_api::display;
+use stagehost_plugin_api::net::seconds;
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
+
+mod archive;
+mod format;
+
+/// How members are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum Compression {
+    /// Deflate, as Parsl writes (`ZIP_DEFLATED`).
+    #[default]
+    Deflate,
+    /// No compression.
+    Stored,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ZipSettings {
+    /// Replace a member that exists already, instead of failing.
+    overwrite: bool,
+    /// Seconds to wait for the archive's lock.
+    lock_timeout_secs: f64,
+    compression: Compression,
+    /// Keep the task's local output after it went into the archive.
+    keep_local: bool,
+}
+
+impl Default for ZipSettings {
+    fn default() -> Self {
+        ZipSettings {
+            overwrite: false,
+            lock_timeout_secs: 60.0,
+            compression: Compression::Deflate,
+            keep_local: false,
+        }
+    }
+}
+
+/// See the crate docs.
+pub struct ZipProvider {
+    options: archive::Options,
+    keep_local: bool,
+}
+
+/// A `zip:` URL, read: the archive (absolute) and the member.
+#[derive(Debug, Clone, PartialEq)]
+struct ZipUrl {
+    archive: PathBuf,
+    member: String,
+}
+
+impl ZipUrl {
+    /// Reads `file`'s URL, or says in one line what is wrong with it.
+    fn parse(file: &File) -> Result<ZipUrl, StageError> {
+        let url = file.redacted_url();
+        let invalid = |why: String| StageError::new(ErrorKind::InvalidUrl, format!("{url}: {why}"));
+        if !file.netloc().is_empty() {
+            return Err(invalid(format!(
+                "a zip: URL names a local archive and has no netloc, but this one has {:?} (write zip:/path/to/archive.zip/member)",
+                file.netloc()
+            )));
+        }
+        let path = file.path();
+        let Some(at) = path.find(".zip/") else {
+            return Err(invalid(
+                "no `.zip/` in the path: write zip:/path/to/archive.zip/member".to_owned(),
+            ));
+        };
+        let (archive, member) = (&path[..at + 4], &path[at + 5..]);
+        if member.is_empty() {
+            return Err(invalid("it names the archive but no member".to_owned()));
+        }
+        if member.starts_with('/') {
+            return Err(invalid(format!("the member path {member} is absolute")));
+        }
+        if member.split('/').any(|c| c == "..") {
+            return Err(invalid(format!(
+                "the member path {member} holds `..`, which could reach outside the working directory"
+            )));
+        }
+        if member.split('/').any(|c| c.is_empty() || c == ".") {
+            return Err(invalid(format!(
+                "the member path {member} has an empty or `.` component"
+            )));
+        }
+        let archive = Path::new(archive);
+        let archive = if archive.is_absolute() {
+            archive.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| StageError::io("cannot read the current directory", &e))?
+                .join(archive)
+        };
+        Ok(ZipUrl {
+            archive,
+            member: member.to_owned(),
+        })
+    }
+}
+
+impl Provider for ZipProvider {
+    fn new(settings: &Settings) -> Result<Self, StageError> {
+        let s: ZipSettings = settings.parse()?;
+        Ok(ZipProvider {
+            options: archive::Options {
+                overwrite: s.overwrite,
+                lock_timeout: seconds("lock_timeout_secs", s.lock_timeout_secs)?,
+                deflate: s.compression == Compression::Deflate,
+            },
+            keep_local: s.keep_local,
+        })
+    }
+
+    fn can_stage_in(&self, file: &File) -> bool {
+        file.scheme() == "zip"
+    }
+
+    fn can_stage_out(&self, file: &File) -> bool {
+        file.scheme() == "zip"
+    }
+
+    fn try_can_stage_in(&self, file: &File) -> Result<bool, StageError> {
+        if !self.can_stage_in(file) {
+            return Ok(false);
+        }
+        ZipUrl::parse(file)?;
+        Ok(true)
+    }
+
+    fn try_can_stage_out(&self, file: &File) -> Result<bool, StageError> {
+        if !self.can_stage_out(file) {
+            return Ok(false);
+        }
+        ZipUrl::parse(file)?;
+        Ok(true)
+    }
+
+    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        let url = ZipUrl::parse(file)?;
+        let dest = ctx.working_dir().join(&url.member);
+        file.set_local_path(&dest);
+        let lock_timeout = self.options.lock_timeout;
+        Ok(Some(Job::new(move |ctx| {
+            archive::extract(ctx, &url.archive, &url.member, &dest, lock_timeout).map(drop)
+        })))
+    }
+
+    fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+        let url = ZipUrl::parse(file)?;
+        let local = match file.local_path() {
+            Some(local) => local.to_path_buf(),
+            None => {
+                let local = ctx.working_dir().join(&url.member);
+                // The task writes there: its directories must exist, as Parsl makes them.
+                if let Some(dir) = local.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StageError::io(format_args!("cannot create {}", display::path(dir)), &e)
+                    })?;
+                }
+                file.set_local_path(&local);
+                local
+            }
+        };
+        let (options, keep_local) = (self.options, self.keep_local);
+        Ok(Some(Job::new(move |ctx| {
+            archive::archive(&url.archive).add(ctx, &url.member, &local, options)?;
+            if !keep_local {
+                // In the archive now, as Parsl's ZipFileStaging removes it.
+                let _ = std::fs::remove_file(&local);
+            }
+            Ok(())
+        })))
+    }
+}
+
+stagehost_plugin_api::export_provider! {
+    provider: ZipProvider,
+    name: "zip",
+    schemes: ["zip"],
+    description: "zip:/path/archive.zip/member: members extracted for stage-in and added for stage-out, under a lock, crash-safe",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<ZipUrl, StageError> {
+        ZipUrl::parse(&File::parse(url).unwrap())
+    }
+
+    #[test]
+    fn urls_split_at_the_first_zip_component() {
+        let u = parse("zip:/tmp/foo/this.zip/inside/here.txt").unwrap();
+        assert_eq!(u.archive, Path::new("/tmp/foo/this.zip"));
+        assert_eq!(u.member, "inside/here.txt");
+        let u = parse("zip:///tmp/a.zip/b.zip/c").unwrap();
+        assert_eq!(u.archive, Path::new("/tmp/a.zip"));
+        assert_eq!(u.member, "b.zip/c");
+        assert!(parse("zip:rel/a.zip/x").unwrap().archive.is_absolute());
+    }
+
+    #[test]
+    fn bad_urls_are_refused_each_with_its_reason() {
+        for (url, why) in [
+            ("zip://host/tmp/a.zip/x", "netloc"),
+            ("zip:/tmp/a.tar/x", "no `.zip/`"),
+            ("zip:/tmp/a.zip/", "no member"),
+            ("zip:/tmp/a.zip//etc/passwd", "absolute"),
+            ("zip:/tmp/a.zip/../x", "`..`"),
+            ("zip:/tmp/a.zip/a/../../x", "`..`"),
+            ("zip:/tmp/a.zip/a/./x", "empty or `.`"),
+        ] {
+            let e = parse(url).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url}");
+            assert!(e.message().contains(why), "{url}: {e}");
+        }
+    }
+}
