@@ -390,46 +390,82 @@ impl Archive {
         if sidecars.recover(path)? {
             *cache = None;
         }
-        ensure_exists(path)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| io("open", e))?;
-        let meta = file.metadata().map_err(|e| io("read", e))?;
-        let signature = Signature::of(&meta);
-        let mut directory = match cache.take() {
-            Some(c) if c.signature == signature => c.directory,
-            _ => Directory::read(&file, meta.len()).map_err(|e| {
-                StageError::other(format!(
-                    "{shown} is not a zip archive stagehost can add to: {e}"
-                ))
-            })?,
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| io("open", e))
         };
-        let old_len = meta.len();
-        let cd_offset = directory.cd_offset;
+        let read = |file: &File, cache: &mut Option<Cached>| {
+            let meta = file.metadata().map_err(|e| io("read", e))?;
+            let signature = Signature::of(&meta);
+            let directory = match cache.take() {
+                Some(c) if c.signature == signature => c.directory,
+                _ => Directory::read(file, meta.len()).map_err(|e| {
+                    StageError::other(format!(
+                        "{shown} is not a zip archive stagehost can add to: {e}"
+                    ))
+                })?,
+            };
+            Ok::<_, StageError>((meta.len(), signature, directory))
+        };
+        let existing = if path.exists() {
+            let file = open()?;
+            let (len, signature, directory) = read(&file, cache)?;
+            Some((file, len, signature, directory))
+        } else {
+            None
+        };
 
-        // Which members go in: no name twice, and an existing name only with overwrite.
+        // Which members go in: no name twice, an existing name only with overwrite, and
+        // only a source that opens as a regular file.
         let mut outcomes: Vec<Option<Result<u64, StageError>>> = vec![None; batch.len()];
+        let mut sources: Vec<Option<(File, std::fs::Metadata)>> = Vec::new();
         let mut names: Vec<&str> = Vec::new();
         for (i, p) in batch.iter().enumerate() {
-            let taken = directory.contains(&p.member) || names.contains(&p.member.as_str());
-            if taken && !p.options.overwrite {
-                outcomes[i] = Some(Err(StageError::other(format!(
+            let taken = existing
+                .as_ref()
+                .is_some_and(|(.., d)| d.contains(&p.member))
+                || names.contains(&p.member.as_str());
+            let source = if taken && !p.options.overwrite {
+                Err(StageError::other(format!(
                     "{shown} already holds a member {}; set overwrite = true to replace it",
                     p.member
-                ))));
+                )))
             } else {
-                names.push(&p.member);
+                self.open_source(p)
+            };
+            match source {
+                Ok(source) => {
+                    names.push(&p.member);
+                    sources.push(Some(source));
+                }
+                Err(e) => {
+                    outcomes[i] = Some(Err(e));
+                    sources.push(None);
+                }
             }
         }
         if outcomes.iter().all(Option::is_some) {
-            *cache = Some(Cached {
-                signature,
-                directory,
-            });
+            if let Some((_, _, signature, directory)) = existing {
+                *cache = Some(Cached {
+                    signature,
+                    directory,
+                });
+            }
             return Ok(outcomes.into_iter().flatten().collect());
         }
+        let (mut file, old_len, mut directory) = match existing {
+            Some((file, len, _, directory)) => (file, len, directory),
+            None => {
+                ensure_exists(path)?;
+                let file = open()?;
+                let (len, _, directory) = read(&file, cache)?;
+                (file, len, directory)
+            }
+        };
+        let cd_offset = directory.cd_offset;
 
         // The journal first: the old directory and end records, synced.
         let mut tail = vec![0u8; (old_len - cd_offset) as usize];
@@ -451,11 +487,11 @@ impl Archive {
 
         // The members, over the old directory, then the new directory.
         let mut at = cd_offset;
-        for (i, p) in batch.iter().enumerate() {
-            if outcomes[i].is_some() {
+        for (i, (p, source)) in batch.iter().zip(sources).enumerate() {
+            let Some(source) = source else {
                 continue;
-            }
-            match self.write_one(ctx, &mut file, at, p) {
+            };
+            match self.write_one(ctx, &mut file, at, p, source) {
                 Ok((entry, end, bytes)) => {
                     directory.insert(entry);
                     at = end;
@@ -493,46 +529,51 @@ impl Archive {
         let _ = sidecars.recover(&self.path);
     }
 
-    /// Writes `p` at `at`: its entry, where it ends and its size.
-    fn write_one(
-        &self,
-        ctx: &Context<'_>,
-        file: &mut File,
-        at: u64,
-        p: &Pending,
-    ) -> Result<(format::Entry, u64, u64), Failure> {
-        let source_error = |e: &std::io::Error| {
-            Failure::Source(StageError::io(
+    /// `p`'s source, opened: a regular file, never through a symbolic link.
+    fn open_source(&self, p: &Pending) -> Result<(File, std::fs::Metadata), StageError> {
+        let failed = |e: &std::io::Error| {
+            StageError::io(
                 format_args!(
                     "cannot add {} to {}",
                     display::path(&p.source),
                     display::path(&self.path)
                 ),
                 e,
-            ))
+            )
         };
-        // Never through a symbolic link: the task's output is the file itself.
-        let mut source = OpenOptions::new()
+        let source = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&p.source)
             .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => Failure::Source(StageError::new(
+                Some(libc::ELOOP) => StageError::new(
                     ErrorKind::Permission,
                     format!(
                         "{} is a symbolic link; stagehost adds only regular files to an archive",
                         display::path(&p.source)
                     ),
-                )),
-                _ => source_error(&e),
+                ),
+                _ => failed(&e),
             })?;
-        let meta = source.metadata().map_err(|e| source_error(&e))?;
+        let meta = source.metadata().map_err(|e| failed(&e))?;
         if !meta.is_file() {
-            return Err(Failure::Source(StageError::other(format!(
+            return Err(StageError::other(format!(
                 "{} is not a regular file",
                 display::path(&p.source)
-            ))));
+            )));
         }
+        Ok((source, meta))
+    }
+
+    /// Writes `p` from `source` at `at`: its entry, where it ends and its size.
+    fn write_one(
+        &self,
+        ctx: &Context<'_>,
+        file: &mut File,
+        at: u64,
+        p: &Pending,
+        (mut source, meta): (File, std::fs::Metadata),
+    ) -> Result<(format::Entry, u64, u64), Failure> {
         let member = Member {
             name: &p.member,
             mode: meta.mode(),
@@ -545,7 +586,16 @@ impl Archive {
         match format::write_member(file, at, &member, &mut source, &mut progress) {
             Ok((entry, end)) => Ok((entry, end, total)),
             // A read of the source failed, or it changed size: this member only.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(source_error(&e)),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(Failure::Source(StageError::io(
+                    format_args!(
+                        "cannot add {} to {}",
+                        display::path(&p.source),
+                        display::path(&self.path)
+                    ),
+                    &e,
+                )))
+            }
             Err(e) => Err(Failure::Archive(StageError::io(
                 format_args!("cannot write {}", display::path(&self.path)),
                 &e,
