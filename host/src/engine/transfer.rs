@@ -281,11 +281,16 @@ impl Transfers {
         info: &WorkInfo,
     ) -> Result<Landed, StagingError> {
         let cancelled = || info.error(ErrorKind::Cancelled, "cancelled".into());
-        let host_limit = self.host_limit(&info.host);
+        // A URL without a netloc (a local file, a zip member) names no server to spare:
+        // only the global limit applies to it.
+        let host_limit = (!info.host.is_empty()).then(|| self.host_limit(&info.host));
         let _permits = tokio::select! {
             permits = async {
                 let g = self.global.clone().acquire_owned().await;
-                let h = host_limit.acquire_owned().await;
+                let h = match host_limit {
+                    Some(limit) => Some(limit.acquire_owned().await),
+                    None => None,
+                };
                 (g, h)
             } => permits,
             () = self.token.cancelled() => return Err(cancelled()),

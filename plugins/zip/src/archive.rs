@@ -11,10 +11,11 @@
 //! then a new directory. Before it touches the archive it saves the old directory and
 //! end records (`archive[cd_offset..len]`) with `len` and `cd_offset` in
 //! `<archive>.journal` and syncs it; it syncs the archive after the update, then
-//! empties the journal and syncs that. Whoever locks the archive next and finds a
-//! journal that is not empty rolls the archive back to exactly its old bytes. A journal
-//! whose checksum fails was cut short before the archive was touched, and is only
-//! emptied. A new archive is first created empty (its end record alone) under a
+//! empties the journal (two syncs an update). Whoever locks the archive next and finds
+//! a journal that is not empty keeps the archive if the update finished (it opens and
+//! every member written from `cd_offset` on reads back with its CRC: only the emptying
+//! was lost) and otherwise rolls it back to exactly its old bytes. A journal whose
+//! checksum fails was cut short before the archive was touched, and is only emptied. A new archive is first created empty (its end record alone) under a
 //! temporary name and renamed, so there is always a readable archive to roll back to.
 //!
 //! **Speed.** The parsed directory is kept between updates while the archive's size,
@@ -162,6 +163,13 @@ fn take_lock(
 
 const JOURNAL_MAGIC: &[u8; 8] = b"SHZJNL01";
 
+/// How long a leader waits for more members when fewer than `LINGER_UNTIL` are
+/// queued: at most `LINGER`, and no longer than `LINGER_GAP` after the last arrival
+/// (when the host's transfer limits let no more come, waiting is in vain).
+const LINGER: Duration = Duration::from_millis(5);
+const LINGER_GAP: Duration = Duration::from_millis(1);
+const LINGER_UNTIL: usize = 16;
+
 fn fnv64(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -244,18 +252,24 @@ impl Sidecars {
             && &bytes[..8] == JOURNAL_MAGIC
             && fnv64(&bytes[..bytes.len() - 8])
                 == u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("8 bytes"));
+        let mut rolled_back = false;
         if valid {
             let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
             let (old_len, cd_offset, tail_len) = (word(8), word(16), word(24) as usize);
-            let tail = &bytes[32..32 + tail_len.min(bytes.len() - 40)];
-            let file = OpenOptions::new()
-                .write(true)
-                .open(archive)
-                .map_err(|e| io("open", e))?;
-            file.write_all_at(tail, cd_offset)
-                .map_err(|e| io("roll back", e))?;
-            file.set_len(old_len).map_err(|e| io("roll back", e))?;
-            file.sync_all().map_err(|e| io("sync", e))?;
+            // An update that finished (its members all read back with the right CRC)
+            // stays: only its journal was left to empty.
+            if !update_finished(archive, cd_offset) {
+                let tail = &bytes[32..32 + tail_len.min(bytes.len() - 40)];
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(archive)
+                    .map_err(|e| io("open", e))?;
+                file.write_all_at(tail, cd_offset)
+                    .map_err(|e| io("roll back", e))?;
+                file.set_len(old_len).map_err(|e| io("roll back", e))?;
+                file.sync_all().map_err(|e| io("sync", e))?;
+                rolled_back = true;
+            }
         }
         journal
             .set_len(0)
@@ -263,8 +277,26 @@ impl Sidecars {
         journal
             .sync_all()
             .map_err(|e| io("sync the journal of", e))?;
-        Ok(valid)
+        Ok(rolled_back)
     }
+}
+
+/// Whether the archive at `path` is whole after an update that wrote from
+/// `cd_offset`: it opens, and every member from there on reads back with its CRC.
+fn update_finished(path: &Path, cd_offset: u64) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let Ok(mut archive) = zip::ZipArchive::new(file) else {
+        return false;
+    };
+    (0..archive.len()).all(|i| match archive.by_index(i) {
+        Ok(mut entry) if entry.header_start() >= cd_offset => {
+            std::io::copy(&mut entry, &mut std::io::sink()).is_ok()
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    })
 }
 
 /// Creates an empty archive (its end record alone) at `path` atomically, unless one
@@ -301,6 +333,10 @@ impl Archive {
         });
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.queue.push(pending.clone());
+        if state.committing {
+            // A lingering leader counts the queue.
+            self.wake.notify_all();
+        }
         loop {
             if let Some(outcome) = pending
                 .outcome
@@ -326,12 +362,36 @@ impl Archive {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        // This job leads: it commits everything queued now.
+        // This job leads: it commits everything queued. Members arrive while an
+        // update runs; a short wait for more, when few are queued, makes updates fewer
+        // and larger (each rewrites the whole directory).
         state.committing = true;
+        let lingering = Instant::now();
+        let (mut seen, mut grew) = (state.queue.len(), Instant::now());
+        while state.queue.len() < LINGER_UNTIL
+            && lingering.elapsed() < LINGER
+            && grew.elapsed() < LINGER_GAP
+        {
+            state = self
+                .wake
+                .wait_timeout(state, LINGER_GAP)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if state.queue.len() > seen {
+                (seen, grew) = (state.queue.len(), Instant::now());
+            }
+        }
         let batch = std::mem::take(&mut state.queue);
         let mut cache = state.cache.take();
         drop(state);
+        let started = Instant::now();
         let outcomes = self.commit(ctx, &batch, &mut cache);
+        ctx.debug(&format!(
+            "updated {} with {} member(s) in {:.2} ms",
+            display::path(&self.path),
+            batch.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        ));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.cache = cache;
         state.committing = false;
@@ -512,9 +572,10 @@ impl Archive {
             self.undo(&sidecars);
             return Err(io("write", e));
         }
+        // Not synced: should the emptying be lost, recovery finds the update whole
+        // and keeps it.
         journal
             .set_len(0)
-            .and_then(|()| journal.sync_data())
             .map_err(|e| io("empty the journal of", e))?;
         let meta = file.metadata().map_err(|e| io("read", e))?;
         *cache = Some(Cached {

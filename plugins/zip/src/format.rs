@@ -291,7 +291,8 @@ pub fn write_member(
     let mut crc = flate2::Crc::new();
     let mut read = 0u64;
     let mut copy = |sink: &mut dyn Write| -> io::Result<()> {
-        let mut buf = vec![0u8; 256 << 10];
+        // Small members are the common case: buffers no larger than the member.
+        let mut buf = vec![0u8; (member.size as usize).clamp(8 << 10, 256 << 10)];
         loop {
             let n = match source.read(&mut buf) {
                 Ok(0) => return Ok(()),
@@ -307,7 +308,10 @@ pub fn write_member(
     };
     let compressed = {
         let mut out = Counting {
-            inner: BufWriter::with_capacity(1 << 20, &mut *file),
+            inner: BufWriter::with_capacity(
+                (member.size as usize + header.len()).clamp(8 << 10, 1 << 20),
+                &mut *file,
+            ),
             written: 0,
         };
         out.inner.write_all(&header)?;
