@@ -255,6 +255,23 @@ impl Workflow {
         let shown = || stagehost_plugin_api::redact_url(url);
         let file = File::parse(url).map_err(|e| format!("invalid URL {}: {e}", shown()))?;
         let bare = !url.contains(':') || file.scheme() == "file" && !url.starts_with("file:");
+        // A zip: URL names a local archive too; a relative one is read from here.
+        let zip_relative = file.scheme() == "zip"
+            && file.netloc().is_empty()
+            && !url.starts_with("zip://")
+            && !file.path().starts_with('/');
+        if zip_relative {
+            let abs = self.text_dir.join(file.path());
+            let Some(abs) = abs.to_str() else {
+                return Err(format!(
+                    "{} resolves to {}, which is not valid UTF-8; stagehost refuses it rather than alter it",
+                    shown(),
+                    stagehost_plugin_api::display::path(&abs)
+                ));
+            };
+            return File::parse(&format!("zip:{abs}"))
+                .map_err(|e| format!("invalid URL {}: {e}", shown()));
+        }
         if bare && !Path::new(url).is_absolute() {
             let abs = self.text_dir.join(url);
             let Some(abs) = abs.to_str() else {
@@ -665,6 +682,14 @@ mod tests {
         assert_eq!(w.file("out/a.txt").unwrap().path(), "/w/out/a.txt");
         assert_eq!(w.file("http://h/x").unwrap().path(), "/x");
         assert_eq!(w.file("file:///abs").unwrap().path(), "/abs");
+        assert_eq!(
+            w.file("zip:out/a.zip/m.txt").unwrap().url(),
+            "zip:/w/out/a.zip/m.txt"
+        );
+        assert_eq!(
+            w.file("zip:/abs/a.zip/m").unwrap().url(),
+            "zip:/abs/a.zip/m"
+        );
     }
 
     #[test]

@@ -586,7 +586,18 @@ fn the_example_pipeline_runs_offline_on_the_embedded_default() {
         report.to_str().unwrap(),
     ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let text = read(sandbox.join("pipeline/out/report.txt"));
+    let unzip = std::process::Command::new("unzip")
+        .arg("-p")
+        .arg(sandbox.join("pipeline/out/report.zip"))
+        .arg("report.txt")
+        .output()
+        .expect("unzip runs");
+    assert!(
+        unzip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unzip.stderr)
+    );
+    let text = String::from_utf8(unzip.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "parsl: 32 distinct words");
     assert_eq!(lines[1], "stagehost: 30 distinct words");
@@ -601,6 +612,7 @@ fn the_example_pipeline_runs_offline_on_the_embedded_default() {
     let report: serde_json::Value = serde_json::from_str(&read(&report)).unwrap();
     assert_eq!(report["summary"]["succeeded"], 4);
     assert_eq!(task(&report, "common")["files"][0]["provider"], "file");
+    assert_eq!(task(&report, "report")["files"][3]["provider"], "zip");
 }
 
 #[test]

@@ -310,6 +310,19 @@ impl Transfers {
                 .observer
                 .transfer_started(id, &info.url, info.direction, info.mode),
         };
+        let local_size = || {
+            info.local
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+        };
+        // A stage-out's bytes are the output's, measured before the provider may
+        // remove it (as zip does once the archive holds it).
+        let sent = match info.direction {
+            Direction::Out => local_size(),
+            Direction::In => None,
+        };
         let mut handle = tokio::task::spawn_blocking(move || work.run(&opts));
         let joined = match timeout {
             None => handle.await,
@@ -330,12 +343,7 @@ impl Transfers {
         let result = joined
             .expect("staging work never panics: provider panics are caught at the plugin boundary");
         let result = result.map(|done| Landed {
-            bytes: info
-                .local
-                .as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len()),
+            bytes: sent.or_else(local_size),
             cached: done.cached,
         });
         match &result {
