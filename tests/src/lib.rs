@@ -11,6 +11,7 @@ pub mod bench;
 pub mod ftpd;
 pub mod httpd;
 pub mod props;
+pub mod rsyncd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,294 @@
+//! The `rsync` provider, loaded from the built `.so`, against servers from the Debian
+//! packages on loopback: sshd (the `file` form, as Parsl's RSyncStaging) and an rsync
+//! daemon with an open and a password-protected module.
+
+use std::path::{Path, PathBuf};
+
+use stagehost_tests::httpd::pattern;
+use stagehost_tests::rsyncd::{RsyncDaemon, Sshd};
+use stagehost_tests::*;
+
+/// A config with one `rsync` instance (`settings` inline) before `file`, in `wd/`.
+fn rsync_config(sandbox: &Sandbox, name: &str, settings: &str, retries: u32) -> PathBuf {
+    sandbox.write(
+        name,
+        format!(
+            "[[provider]]\nname = \"remote\"\nplugin = \"rsync\"\nsettings = {{ {settings} }}\n\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"remote\", \"file\"]\n\n[transfers]\nretries = {retries}\nbackoff_initial_ms = 300\nbackoff_max_ms = 600\n"
+        ),
+    )
+}
+
+/// `stagehost run` of `flow`, with its JSON report on stdout.
+fn run(sandbox: &Sandbox, cfg: &Path, flow: &str) -> Run {
+    let flow = sandbox.write("flow.toml", flow);
+    sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        "-",
+    ])
+}
+
+#[test]
+fn over_ssh_file_urls_stage_in_and_out_as_parsl_rsync_staging() {
+    let sandbox = Sandbox::new();
+    let sshd = Sshd::start();
+    let remote = sandbox.join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+    std::fs::write(remote.join("in.txt"), "one\ntwo\nthree\n").unwrap();
+    let cfg = rsync_config(
+        &sandbox,
+        "ssh.toml",
+        &format!(
+            "host = {:?}, ssh_command = {:?}",
+            sshd.host(),
+            sshd.ssh_command()
+        ),
+        0,
+    );
+    let out = run(
+        &sandbox,
+        &cfg,
+        &format!(
+            "[[task]]\nname = \"count\"\ncommand = \"wc -l < {{inputs[0]}} | tr -d ' ' > {{outputs[0]}}\"\ninputs = [{:?}]\noutputs = [{:?}]\n",
+            remote.join("in.txt").display().to_string(),
+            remote.join("count.txt").display().to_string(),
+        ),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(remote.join("count.txt")).unwrap(),
+        "3\n"
+    );
+    // In the working directory, as Parsl puts it: <working_dir>/<filename>.
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/in.txt")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    let report = out.json();
+    for file in report["tasks"][0]["files"].as_array().unwrap() {
+        assert_eq!(file["provider"], "remote", "{file:#}");
+        assert_eq!(file["mode"], "in-task-step", "{file:#}");
+    }
+
+    // A missing remote file: not found, and nothing left in the working directory.
+    let out = run(
+        &sandbox,
+        &cfg,
+        &format!(
+            "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{:?}]\n",
+            remote.join("missing.txt").display().to_string()
+        ),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()["tasks"][0]["files"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains("in-task step: not found: cannot stage in")
+            && error.contains("rsync exited with code 23")
+            && error.contains("No such file or directory"),
+        "{error}"
+    );
+    assert!(!sandbox.join("wd/missing.txt").exists());
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn daemon_modules_open_and_with_a_password_that_is_never_shown() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("daemon");
+    let daemon = RsyncDaemon::start(&root);
+    std::fs::write(root.join("open/data.bin"), pattern(1 << 20)).unwrap();
+    std::fs::write(root.join("secret/private.txt"), "for alice\n").unwrap();
+    let cfg = rsync_config(&sandbox, "open.toml", "mode = \"separate\"", 0);
+    let stage_in = |cfg: &Path, url: &str, env: &[(&str, &str)]| {
+        sandbox.run_env(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "stage",
+                "in",
+                "--json",
+                url,
+            ],
+            env,
+        )
+    };
+    let out = stage_in(&cfg, &daemon.url(None, "open", "data.bin"), &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(sandbox.join("wd/data.bin")).unwrap(),
+        pattern(1 << 20)
+    );
+    assert_eq!(out.json()[0]["bytes"], 1 << 20);
+    let local = sandbox.write("up.txt", "uploaded\n");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        local.to_str().unwrap(),
+        &daemon.url(None, "open", "up.txt"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(root.join("open/up.txt")).unwrap(),
+        "uploaded\n"
+    );
+
+    // The protected module, the password from a variable the settings name.
+    let secret = rsync_config(
+        &sandbox,
+        "secret.toml",
+        "mode = \"separate\", password_env = \"SITE_RSYNC_PW\"",
+        2,
+    );
+    let url = daemon.url(Some("alice"), "secret", "private.txt");
+    let out = stage_in(&secret, &url, &[("SITE_RSYNC_PW", RsyncDaemon::PASSWORD)]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/private.txt")).unwrap(),
+        "for alice\n"
+    );
+    // A wrong password: permission denied at once (no retry), and never shown.
+    std::fs::remove_file(sandbox.join("wd/private.txt")).unwrap();
+    let out = stage_in(&secret, &url, &[("SITE_RSYNC_PW", "guessed-wrong")]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("permission denied") && error.contains("rsync exited with code 5"),
+        "{error}"
+    );
+    assert!(!out.stdout.contains("guessed-wrong") && !out.stderr.contains("guessed-wrong"));
+    assert!(!sandbox.join("wd/private.txt").exists());
+    // A missing file on the daemon.
+    let out = stage_in(&cfg, &daemon.url(None, "open", "absent.bin"), &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.json()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_daemon_killed_mid_transfer_is_retried_and_a_silent_one_times_out() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("daemon");
+    let mut daemon = RsyncDaemon::start(&root);
+    let data = pattern(24 << 20);
+    std::fs::write(root.join("open/big.bin"), &data).unwrap();
+    // Slowed to about 4 s, so the kill lands mid-transfer.
+    let cfg = rsync_config(
+        &sandbox,
+        "slow.toml",
+        "extra_args = [\"--bwlimit=6000\"]",
+        2,
+    );
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"t\"\ncommand = \"cmp {{inputs[0]}} {}\"\ninputs = [{:?}]\n",
+            root.join("open/big.bin").display(),
+            daemon.url(None, "open", "big.bin")
+        ),
+    );
+    let child = sandbox
+        .command(&stagehost_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--report", "-"])
+        .arg(&flow)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    daemon.crash_and_restart();
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let file = out.json()["tasks"][0]["files"][0].clone();
+    assert_eq!(
+        file["attempts"], 2,
+        "one broken attempt, one whole: {file:#}"
+    );
+    assert!(
+        out.stderr.contains("attempt failed") && out.stderr.contains("transient"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(sandbox.join("wd/big.bin")).unwrap(), data);
+    // Nothing of rsync's is left beside the file or in the working directory.
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+    let stray: Vec<String> = std::fs::read_dir(sandbox.join("wd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".big.bin."))
+        .collect();
+    assert_eq!(stray, Vec::<String>::new());
+    assert!(!sandbox
+        .join("wd/.stagehost/rsync-partial")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some()));
+
+    // A daemon that accepts and never answers: rsync's own timeout ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            if let Ok((c, _)) = silent.accept() {
+                conns.push(c);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(4));
+    });
+    let cfg = rsync_config(
+        &sandbox,
+        "silent.toml",
+        "mode = \"separate\", timeout_secs = 1, connect_timeout_secs = 1",
+        0,
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        &format!("rsync://127.0.0.1:{port}/open/x.bin"),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("timed out") && error.contains("code 30"),
+        "{error}"
+    );
+    drop(held);
+}
+
+#[test]
+fn a_missing_rsync_or_a_disallowed_argument_is_a_config_error_naming_the_setting() {
+    let sandbox = Sandbox::new();
+    for (settings, expected) in [
+        (
+            "rsync_binary = \"/nonexistent/rsync\"",
+            "rsync_binary \"/nonexistent/rsync\" is not installed",
+        ),
+        (
+            "extra_args = [\"--remove-source-files\"]",
+            "extra_args may not hold \"--remove-source-files\"",
+        ),
+    ] {
+        let cfg = rsync_config(&sandbox, "bad.toml", settings, 0);
+        let out = sandbox.run(&["--config", cfg.to_str().unwrap(), "plugins", "check"]);
+        assert_eq!(out.code, Some(2), "{settings}: {}", out.stderr);
+        assert!(out.stderr.contains(expected), "{settings}: {}", out.stderr);
+    }
+}
