@@ -292,3 +292,48 @@ fn a_missing_rsync_or_a_disallowed_argument_is_a_config_error_naming_the_setting
         assert!(out.stderr.contains(expected), "{settings}: {}", out.stderr);
     }
 }
+
+#[test]
+fn past_its_deadline_rsync_is_killed_with_its_group_and_leaves_nothing() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("daemon");
+    let daemon = RsyncDaemon::start(&root);
+    std::fs::write(root.join("open/slow.bin"), pattern(16 << 20)).unwrap();
+    // About 8 s at this rate; the host's per-attempt timeout stops it after 1 s.
+    let cfg = sandbox.write(
+        "deadline.toml",
+        "[[provider]]\nname = \"remote\"\nplugin = \"rsync\"\nsettings = { mode = \"separate\", extra_args = [\"--bwlimit=2000\"] }\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"remote\"]\n[transfers]\nretries = 0\ntimeout_secs = 1\n",
+    );
+    let url = daemon.url(None, "open", "slow.bin");
+    let out = run(
+        &sandbox,
+        &cfg,
+        &format!("[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{url:?}]\n"),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()["tasks"][0]["files"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("timed out"), "{error}");
+    // Stopped, not waited out: had rsync run to its end, the file would be there.
+    assert!(!sandbox.join("wd/slow.bin").exists());
+    // No rsync of ours is still running, and nothing is left in the working directory.
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &url])
+        .output()
+        .unwrap();
+    assert!(
+        running.stdout.is_empty(),
+        "rsync still runs: {}",
+        String::from_utf8_lossy(&running.stdout)
+    );
+    let left: Vec<String> = std::fs::read_dir(sandbox.join("wd"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".stagehost")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(left, Vec::<String>::new());
+}
