@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::error::StageError;
+use crate::error::{ErrorKind, StageError};
 
 /// `url` without its userinfo, and the user and password the userinfo held
 /// (percent-decoded; a user without `:` has the empty password).
@@ -141,6 +141,24 @@ fn host_matches(pattern: &str, host: &str) -> bool {
             .strip_suffix(suffix)
             .is_some_and(|head| head.ends_with('.')),
         None => host == pattern,
+    }
+}
+
+/// The kind of a network I/O error: a timed-out read (`TimedOut`, or `WouldBlock`
+/// from a socket read timeout) timed out; a refused, reset, aborted or cut connection
+/// transient (the host retries it); anything else, such as bad data, permanent.
+pub fn io_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    match e.kind() {
+        Io::TimedOut | Io::WouldBlock => ErrorKind::TimedOut,
+        Io::ConnectionReset
+        | Io::ConnectionAborted
+        | Io::ConnectionRefused
+        | Io::BrokenPipe
+        | Io::UnexpectedEof
+        | Io::Interrupted
+        | Io::NotConnected => ErrorKind::Transient,
+        _ => ErrorKind::Other,
     }
 }
 

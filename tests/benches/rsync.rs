@@ -8,26 +8,13 @@
 //! runs one case).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
-use stagehost_tests::bench::{wanted, write_file};
+use stagehost_tests::bench::{measure, wanted, write_file};
 use stagehost_tests::rsyncd::{RsyncDaemon, Sshd};
-use stagehost_tests::{stagehost_bin_in, wait_with_peak_rss, Sandbox};
+use stagehost_tests::{stagehost_bin_in, Sandbox};
 
 const ROUNDS: usize = 3;
-
-fn measure(mut cmd: Command, what: &str) -> (f64, i64) {
-    let start = Instant::now();
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let (run, rss) = wait_with_peak_rss(child);
-    assert_eq!(run.code, Some(0), "{what} failed: {}", run.stderr);
-    (start.elapsed().as_secs_f64(), rss)
-}
 
 /// Best of `ROUNDS`: plain rsync (`plain` builds its command into a fresh directory)
 /// and `stagehost stage in url` with `settings`.

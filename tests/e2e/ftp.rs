@@ -55,18 +55,10 @@ fn error_of(out: &Run) -> String {
 /// `stagehost run` of one task with `url` as its input: the file's entry of the
 /// report.
 fn run_one(sandbox: &Sandbox, cfg: &Path, url: &str) -> (Run, serde_json::Value) {
-    let flow = sandbox.write(
-        "one.toml",
-        format!("[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{url:?}]\n"),
+    let out = sandbox.run_workflow(
+        cfg,
+        &format!("[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{url:?}]\n"),
     );
-    let out = sandbox.run(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "run",
-        flow.to_str().unwrap(),
-        "--report",
-        "-",
-    ]);
     let file = out.json()["tasks"][0]["files"][0].clone();
     (out, file)
 }

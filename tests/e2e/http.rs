@@ -33,18 +33,10 @@ fn nginx_with_tls(sandbox: &Sandbox, name: &str, size: usize) -> (Nginx, PathBuf
 /// `stagehost run` of one task `t` running `command` with `url` as its input; the
 /// JSON report is on stdout.
 fn run_one_task(sandbox: &Sandbox, cfg: &Path, command: &str, url: &str) -> Run {
-    let flow = sandbox.write(
-        "flow.toml",
-        format!("[[task]]\nname = \"t\"\ncommand = {command:?}\ninputs = [{url:?}]\n"),
-    );
-    sandbox.run(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "run",
-        flow.to_str().unwrap(),
-        "--report",
-        "-",
-    ])
+    sandbox.run_workflow(
+        cfg,
+        &format!("[[task]]\nname = \"t\"\ncommand = {command:?}\ninputs = [{url:?}]\n"),
+    )
 }
 
 fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {

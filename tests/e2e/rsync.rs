@@ -18,19 +18,6 @@ fn rsync_config(sandbox: &Sandbox, name: &str, settings: &str, retries: u32) -> 
     )
 }
 
-/// `stagehost run` of `flow`, with its JSON report on stdout.
-fn run(sandbox: &Sandbox, cfg: &Path, flow: &str) -> Run {
-    let flow = sandbox.write("flow.toml", flow);
-    sandbox.run(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "run",
-        flow.to_str().unwrap(),
-        "--report",
-        "-",
-    ])
-}
-
 #[test]
 fn over_ssh_file_urls_stage_in_and_out_as_parsl_rsync_staging() {
     let sandbox = Sandbox::new();
@@ -48,9 +35,7 @@ fn over_ssh_file_urls_stage_in_and_out_as_parsl_rsync_staging() {
         ),
         0,
     );
-    let out = run(
-        &sandbox,
-        &cfg,
+    let out = sandbox.run_workflow(&cfg,
         &format!(
             "[[task]]\nname = \"count\"\ncommand = \"wc -l < {{inputs[0]}} | tr -d ' ' > {{outputs[0]}}\"\ninputs = [{:?}]\noutputs = [{:?}]\n",
             remote.join("in.txt").display().to_string(),
@@ -74,8 +59,7 @@ fn over_ssh_file_urls_stage_in_and_out_as_parsl_rsync_staging() {
     }
 
     // A missing remote file: not found, and nothing left in the working directory.
-    let out = run(
-        &sandbox,
+    let out = sandbox.run_workflow(
         &cfg,
         &format!(
             "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{:?}]\n",
@@ -305,8 +289,7 @@ fn past_its_deadline_rsync_is_killed_with_its_group_and_leaves_nothing() {
         "[[provider]]\nname = \"remote\"\nplugin = \"rsync\"\nsettings = { mode = \"separate\", extra_args = [\"--bwlimit=2000\"] }\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"remote\"]\n[transfers]\nretries = 0\ntimeout_secs = 1\n",
     );
     let url = daemon.url(None, "open", "slow.bin");
-    let out = run(
-        &sandbox,
+    let out = sandbox.run_workflow(
         &cfg,
         &format!("[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{url:?}]\n"),
     );

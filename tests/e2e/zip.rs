@@ -17,22 +17,9 @@ fn zip_config(sandbox: &Sandbox, settings: &str) -> PathBuf {
     )
 }
 
-fn run(sandbox: &Sandbox, cfg: &Path, flow: &str) -> Run {
-    let flow = sandbox.write("flow.toml", flow);
-    sandbox.run(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "run",
-        flow.to_str().unwrap(),
-        "--report",
-        "-",
-    ])
-}
-
-/// The members of `archive` with their contents, read by Python's `zipfile` after
-/// its `testzip()` found every CRC right; and `unzip -t` agrees the archive is whole.
-fn members(archive: &Path) -> Vec<(String, String)> {
-    let script = "import json, sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nbad = z.testzip()\nassert bad is None, bad\nprint(json.dumps([[n, z.read(n).decode()] for n in z.namelist()]))\n";
+/// Runs the Python `script` on `archive` (it must pass, after `testzip()` found every
+/// CRC right) and `unzip -t` (unless the archive is empty); the script's stdout.
+fn check_archive(archive: &Path, script: &str) -> Vec<u8> {
     let out = Command::new("python3")
         .args(["-c", script])
         .arg(archive)
@@ -44,24 +31,28 @@ fn members(archive: &Path) -> Vec<(String, String)> {
         archive.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let listed: Vec<(String, String)> = serde_json::from_slice(&out.stdout).expect("json");
-    if listed.is_empty() {
-        // unzip warns about an empty archive; zipfile read it.
-        return listed;
+    let empty = out.stdout.starts_with(b"[]");
+    if !empty {
+        let unzip = Command::new("unzip")
+            .arg("-tq")
+            .arg(archive)
+            .output()
+            .expect("unzip runs (scripts/install-test-deps installs it)");
+        assert!(
+            unzip.status.success(),
+            "unzip -t rejects {}: {}{}",
+            archive.display(),
+            String::from_utf8_lossy(&unzip.stdout),
+            String::from_utf8_lossy(&unzip.stderr)
+        );
     }
-    let unzip = Command::new("unzip")
-        .arg("-tq")
-        .arg(archive)
-        .output()
-        .expect("unzip runs (scripts/install-test-deps installs it)");
-    assert!(
-        unzip.status.success(),
-        "unzip -t rejects {}: {}{}",
-        archive.display(),
-        String::from_utf8_lossy(&unzip.stdout),
-        String::from_utf8_lossy(&unzip.stderr)
-    );
-    listed
+    out.stdout
+}
+
+/// The members of `archive` with their contents, read by Python's `zipfile`.
+fn members(archive: &Path) -> Vec<(String, String)> {
+    let script = "import json, sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nbad = z.testzip()\nassert bad is None, bad\nprint(json.dumps([[n, z.read(n).decode()] for n in z.namelist()]))\n";
+    serde_json::from_slice(&check_archive(archive, script)).expect("json")
 }
 
 fn zip_url(archive: &Path, member: &str) -> String {
@@ -73,8 +64,7 @@ fn parsl_zip_out_cases_one_member_and_three_across_two_archives() {
     let sandbox = Sandbox::new();
     let cfg = zip_config(&sandbox, "");
     let one = sandbox.join("container.zip");
-    let out = run(
-        &sandbox,
+    let out = sandbox.run_workflow(
         &cfg,
         &format!(
             "[[task]]\nname = \"one\"\ncommand = \"echo 0 > {{outputs[0]}}\"\noutputs = [{:?}]\n",
@@ -90,9 +80,7 @@ fn parsl_zip_out_cases_one_member_and_three_across_two_archives() {
         sandbox.join("container1.zip"),
         sandbox.join("container2.zip"),
     );
-    let out = run(
-        &sandbox,
-        &cfg,
+    let out = sandbox.run_workflow(&cfg,
         &format!(
             "[[task]]\nname = \"multi\"\ncommand = \"echo 0 > {{outputs[0]}}; echo 1 > {{outputs[1]}}; echo 2 > {{outputs[2]}}\"\noutputs = [{:?}, {:?}, {:?}]\n",
             zip_url(&c1, "a/b/c/data.txt"),
@@ -142,8 +130,7 @@ fn a_netloc_or_a_bad_member_path_fails_the_task_before_it_runs() {
     ] {
         for direction in ["inputs", "outputs"] {
             let marker = sandbox.join("ran");
-            let out = run(
-                &sandbox,
+            let out = sandbox.run_workflow(
                 &cfg,
                 &format!(
                     "[[task]]\nname = \"t\"\ncommand = \"touch {}\"\n{direction} = [{url:?}]\n",
@@ -188,7 +175,7 @@ fn zip_inputs_count_lines_and_a_zip_to_zip_chain_with_stdout_and_stderr_as_membe
         zip_url(&results, "logs/speak.out"),
         zip_url(&results, "logs/speak.err"),
     ));
-    let out = run(&sandbox, &cfg, &flow);
+    let out = sandbox.run_workflow(&cfg, &flow);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let got = members(&results);
     let find = |name: &str| {
@@ -203,9 +190,7 @@ fn zip_inputs_count_lines_and_a_zip_to_zip_chain_with_stdout_and_stderr_as_membe
     assert_eq!(find("logs/speak.out"), "out\n");
     assert_eq!(find("logs/speak.err"), "err\n");
     // A later run reads those members into another archive.
-    let out = run(
-        &sandbox,
-        &cfg,
+    let out = sandbox.run_workflow(&cfg,
         &format!(
             "[[task]]\nname = \"join\"\ncommand = \"cat {{inputs[0]}} {{inputs[1]}} > {{outputs[0]}}\"\ninputs = [{:?}, {:?}]\noutputs = [{:?}]\n",
             zip_url(&results, "logs/speak.out"),
@@ -317,9 +302,7 @@ fn links_are_refused_as_members_and_as_outputs_and_a_held_lock_times_out() {
 
     // A task's output that is a link to a secret is not added.
     let archive = sandbox.join("out.zip");
-    let out = run(
-        &sandbox,
-        &cfg,
+    let out = sandbox.run_workflow(&cfg,
         &format!(
             "[[task]]\nname = \"t\"\ncommand = \"ln -s /etc/passwd {{outputs[0]}}\"\noutputs = [{:?}]\n",
             zip_url(&archive, "stolen.txt")
@@ -430,28 +413,8 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 /// `zipfile` reads them (every CRC checked), after `unzip -t` passed.
 fn member_hashes(archive: &Path) -> Vec<(String, u64)> {
     let script = "import json, sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nbad = z.testzip()\nassert bad is None, bad\ndef fnv(b):\n    h = 0xcbf29ce484222325\n    for x in b:\n        h = ((h ^ x) * 0x100000001b3) & 0xffffffffffffffff\n    return h\nprint(json.dumps([[n, fnv(z.read(n)[:4096]), len(z.read(n))] for n in z.namelist()]))\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(archive)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "zipfile rejects {}: {}",
-        archive.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let unzip = Command::new("unzip")
-        .arg("-tq")
-        .arg(archive)
-        .output()
-        .unwrap();
-    assert!(
-        unzip.status.success(),
-        "{}",
-        String::from_utf8_lossy(&unzip.stdout)
-    );
-    let rows: Vec<(String, u64, u64)> = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(String, u64, u64)> =
+        serde_json::from_slice(&check_archive(archive, script)).expect("json");
     rows.into_iter().map(|(n, h, len)| (n, h ^ len)).collect()
 }
 

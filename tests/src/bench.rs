@@ -12,7 +12,7 @@ use crate::{stagehost_bin_in, wait_with_peak_rss, Sandbox};
 pub const PARALLEL: usize = 8;
 
 /// Runs `cmd`; wall seconds and peak RSS (KiB), asserting success.
-fn measure(mut cmd: Command, what: &str) -> (f64, i64) {
+pub fn measure(mut cmd: Command, what: &str) -> (f64, i64) {
     let start = Instant::now();
     let child = cmd
         .stdout(Stdio::null())

@@ -493,6 +493,20 @@ impl Sandbox {
         }
         c.args(args).output().expect("stagehost runs").into()
     }
+
+    /// `stagehost --config CFG run flow.toml --report -` for the workflow text `flow`
+    /// (written as `flow.toml`): the JSON report is on stdout.
+    pub fn run_workflow(&self, cfg: &Path, flow: &str) -> Run {
+        let flow = self.write("flow.toml", flow);
+        self.run(&[
+            "--config",
+            cfg.to_str().expect("UTF-8 config path"),
+            "run",
+            flow.to_str().expect("UTF-8 workflow path"),
+            "--report",
+            "-",
+        ])
+    }
 }
 
 /// Every temporary staging file (`*.part`) left anywhere under `dir`.

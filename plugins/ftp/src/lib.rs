@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
-use stagehost_plugin_api::net::{host_port, percent_decode, seconds, split_userinfo, HostPatterns};
+use stagehost_plugin_api::net::{
+    host_port, io_kind, percent_decode, seconds, split_userinfo, HostPatterns,
+};
 use stagehost_plugin_api::{
     Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
 };
@@ -338,22 +340,6 @@ fn reply_kind(code: u32, writing: bool) -> ErrorKind {
         530 | 532 | 553 => ErrorKind::Permission,
         550 if writing => ErrorKind::Permission,
         550 => ErrorKind::NotFound,
-        _ => ErrorKind::Other,
-    }
-}
-
-/// An I/O error's kind.
-fn io_kind(e: &std::io::Error) -> ErrorKind {
-    use std::io::ErrorKind as Io;
-    match e.kind() {
-        Io::TimedOut | Io::WouldBlock => ErrorKind::TimedOut,
-        Io::ConnectionReset
-        | Io::ConnectionAborted
-        | Io::ConnectionRefused
-        | Io::BrokenPipe
-        | Io::UnexpectedEof
-        | Io::Interrupted
-        | Io::NotConnected => ErrorKind::Transient,
         _ => ErrorKind::Other,
     }
 }

@@ -293,7 +293,6 @@ fn classify(what: &str, url: &str, e: &ureq::Error) -> StageError {
 
 /// An I/O error's kind. A certificate failure reaches us as `InvalidData`: permanent.
 fn io_kind(e: &std::io::Error) -> ErrorKind {
-    use std::io::ErrorKind as Io;
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
         return match inner {
             ureq::Error::Timeout(_) => ErrorKind::TimedOut,
@@ -302,17 +301,7 @@ fn io_kind(e: &std::io::Error) -> ErrorKind {
             _ => ErrorKind::Other,
         };
     }
-    match e.kind() {
-        Io::TimedOut | Io::WouldBlock => ErrorKind::TimedOut,
-        Io::ConnectionReset
-        | Io::ConnectionAborted
-        | Io::ConnectionRefused
-        | Io::BrokenPipe
-        | Io::UnexpectedEof
-        | Io::Interrupted => ErrorKind::Transient,
-        Io::InvalidData => ErrorKind::Other,
-        _ => ErrorKind::Other,
-    }
+    stagehost_plugin_api::net::io_kind(e)
 }
 
 /// The proxies the environment names, by scheme, as curl reads them: `http_proxy` /
