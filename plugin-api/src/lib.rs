@@ -200,6 +200,7 @@ mod provider;
 mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod validators;
 
 pub use error::{ErrorKind, StageError};
 pub use file::{redact_url, File};

@@ -12,6 +12,7 @@ pub mod ftpd;
 pub mod httpd;
 pub mod props;
 pub mod rsyncd;
+pub mod s3d;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -496,11 +496,9 @@ impl Shared {
         let target = Target::of(file);
         let shown = target.shown.clone();
         // What we fetched before, if it is still there unchanged: ask whether it changed.
-        let record = revalidate::load(&dest, ctx.working_dir());
-        let condition: Vec<(&str, String)> = record
-            .iter()
-            .map(|r| revalidate::condition(&r.validator))
-            .collect();
+        let record = stagehost_plugin_api::validators::load(&dest, ctx.working_dir());
+        let condition: Vec<(&str, String)> =
+            record.iter().map(|v| revalidate::condition(v)).collect();
         let response = self.call_get(ctx, &target, &condition)?;
         let status = response.status().as_u16();
         if status == 304 && record.is_some() {
@@ -614,7 +612,7 @@ impl Shared {
         }
         out.commit()?;
         if let Some(v) = revalidator {
-            revalidate::store(&dest, ctx.working_dir(), &v);
+            stagehost_plugin_api::validators::store(&dest, ctx.working_dir(), &v);
         }
         Ok(())
     }

@@ -1,0 +1,196 @@
+//! The `object-store` provider, loaded from the built `.so`, against moto_server on
+//! loopback (and a throttling proxy of our own in front of it).
+
+use std::path::{Path, PathBuf};
+
+use stagehost_tests::httpd::pattern;
+use stagehost_tests::s3d::{Moto, ThrottlingProxy};
+use stagehost_tests::*;
+
+/// The environment every run gets: moto's test credentials, as the aws CLI reads them.
+const ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test-secret-key"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// A config with one `object-store` instance for `endpoint` (more settings inline).
+fn s3_config(sandbox: &Sandbox, name: &str, endpoint: &str, settings: &str) -> PathBuf {
+    sandbox.write(
+        name,
+        format!(
+            "[[provider]]\nname = \"s3\"\nplugin = \"object-store\"\nsettings = {{ endpoint = {endpoint:?}, part_size_mib = 5{settings} }}\n\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"s3\", \"file\"]\n\n[transfers]\nretries = 1\nbackoff_initial_ms = 50\n"
+        ),
+    )
+}
+
+fn stagehost(sandbox: &Sandbox, args: &[&str]) -> Run {
+    sandbox.run_env(args, &ENV)
+}
+
+fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {
+    stagehost(
+        sandbox,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            "--json",
+            url,
+        ],
+    )
+}
+
+fn stage_out(sandbox: &Sandbox, cfg: &Path, local: &Path, url: &str) -> Run {
+    stagehost(
+        sandbox,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "out",
+            "--json",
+            local.to_str().unwrap(),
+            url,
+        ],
+    )
+}
+
+#[test]
+fn objects_small_and_multipart_go_out_and_come_back_and_a_rerun_moves_nothing() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\n");
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    for (name, size) in [("small.bin", 100_000usize), ("big.bin", 12 << 20)] {
+        let data = pattern(size);
+        let local = sandbox.write(format!("out/{name}"), &data);
+        let url = format!("s3://data/results/{name}");
+        let out = stage_out(&sandbox, &cfg, &local, &url);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(local.exists(), "the local file is kept");
+        // What the store holds, seen by boto3: the bytes, and for the big one the
+        // multipart ETag (12 MiB in 5 MiB parts: 3).
+        let seen = moto.boto(&format!(
+            "o = s3.get_object(Bucket='data', Key='results/{name}')\nb = o['Body'].read()\nprint(len(b), o['ETag'])\n"
+        ));
+        let (len, etag) = seen.trim().split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), size);
+        assert_eq!(etag.ends_with("-3\""), size > 5 << 20, "{name}: {etag}");
+
+        let out = stage_in(&sandbox, &cfg, &url);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
+        assert_eq!(out.json()[0]["cached"], false);
+        // Again: the same ETag, no bytes moved.
+        let out = stage_in(&sandbox, &cfg, &url);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert_eq!(out.json()[0]["cached"], true, "{name}");
+    }
+    // A changed object is fetched again.
+    moto.boto("s3.put_object(Bucket='data', Key='results/small.bin', Body=b'changed')\n");
+    let out = stage_in(&sandbox, &cfg, "s3://data/results/small.bin");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()[0]["cached"], false);
+    assert_eq!(
+        std::fs::read(sandbox.join("wd/small.bin")).unwrap(),
+        b"changed"
+    );
+    assert!(!out.stdout.contains("test-secret-key") && !out.stderr.contains("test-secret-key"));
+}
+
+#[test]
+fn a_missing_key_and_a_missing_bucket_are_told_apart() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\n");
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    let out = stage_in(&sandbox, &cfg, "s3://data/absent.bin");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("separate job: not found:") && error.contains("no such object"),
+        "{error}"
+    );
+    let out = stage_in(&sandbox, &cfg, "s3://nobucket/absent.bin");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("the bucket nobucket does not exist"),
+        "{error}"
+    );
+    let local = sandbox.write("x.bin", "x");
+    let out = stage_out(&sandbox, &cfg, &local, "s3://nobucket/x.bin");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("the bucket nobucket does not exist") && error.contains("is kept"),
+        "{error}"
+    );
+    assert!(!sandbox.join("wd/absent.bin").exists());
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn throttled_parts_fail_the_upload_and_leave_no_parts_behind() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\n");
+    let port: u16 = moto.endpoint().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = ThrottlingProxy::start(port);
+    let cfg = s3_config(
+        &sandbox,
+        "throttled.toml",
+        &proxy.endpoint(),
+        ", max_retries = 0",
+    );
+    let local = sandbox.write("big.bin", pattern(11 << 20));
+    let out = stage_out(&sandbox, &cfg, &local, "s3://data/big.bin");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("transient") && error.contains("throttling") && error.contains("is kept"),
+        "{error}"
+    );
+    assert!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(local.exists());
+    // Aborted: no multipart upload is left open, and no object was made.
+    let left = moto.boto(
+        "print(len(s3.list_multipart_uploads(Bucket='data').get('Uploads', [])), s3.list_objects_v2(Bucket='data').get('KeyCount', 0))\n",
+    );
+    assert_eq!(left.trim(), "0 0");
+}
+
+#[test]
+fn a_workflow_reads_from_s3_and_writes_back_to_s3() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto(
+        "s3.create_bucket(Bucket='data')\ns3.put_object(Bucket='data', Key='in/words.txt', Body=b'b\\na\\nc\\n')\n",
+    );
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"sort\"\ncommand = \"sort {inputs[0]} > {outputs[0]}\"\ninputs = [\"s3://data/in/words.txt\"]\noutputs = [\"s3://data/out/sorted.txt\"]\n",
+    );
+    let out = stagehost(
+        &sandbox,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+            "--report",
+            "-",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let sorted = moto.boto(
+        "print(s3.get_object(Bucket='data', Key='out/sorted.txt')['Body'].read().decode(), end='')\n",
+    );
+    assert_eq!(sorted, "a\nb\nc\n");
+    for file in out.json()["tasks"][0]["files"].as_array().unwrap() {
+        assert_eq!(file["provider"], "s3", "{file:#}");
+    }
+}
