@@ -194,3 +194,49 @@ fn a_workflow_reads_from_s3_and_writes_back_to_s3() {
         assert_eq!(file["provider"], "s3", "{file:#}");
     }
 }
+
+#[test]
+fn credentials_region_and_endpoint_come_from_a_profile_of_the_shared_aws_files() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\ns3.put_object(Bucket='data', Key='p.txt', Body=b'from a profile')\n");
+    // No endpoint in the settings and no AWS_* keys: only the profile names them.
+    sandbox.write(
+        "home/.aws/credentials",
+        "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[site]\naws_access_key_id = test\naws_secret_access_key = profile-secret\n",
+    );
+    sandbox.write(
+        "home/.aws/config",
+        format!(
+            "[profile site]\nregion = us-east-1\nendpoint_url = {}\n",
+            moto.endpoint()
+        ),
+    );
+    let cfg = sandbox.write(
+        "profile.toml",
+        "[[provider]]\nname = \"s3\"\nplugin = \"object-store\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"s3\"]\n",
+    );
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            "--json",
+            "s3://data/p.txt",
+        ],
+        &[("AWS_PROFILE", "site")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/p.txt")).unwrap(),
+        "from a profile"
+    );
+    assert!(!out.stdout.contains("profile-secret") && !out.stderr.contains("profile-secret"));
+    // `config show` names the provider's settings, never the profile's keys.
+    let shown = sandbox.run_env(
+        &["--config", cfg.to_str().unwrap(), "config", "show"],
+        &[("AWS_PROFILE", "site")],
+    );
+    assert!(!shown.stdout.contains("profile-secret"), "{}", shown.stdout);
+}

@@ -289,6 +289,9 @@ impl Shared {
         let s = &self.settings;
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
         let env_has = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        let mut endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|e| !e.is_empty());
         // The shared files, unless the environment already names the keys.
         if !env_has("AWS_ACCESS_KEY_ID") && s.access_key_id_env.is_none() {
             if let Some(p) = profile::load(s.profile.as_deref()) {
@@ -303,8 +306,9 @@ impl Shared {
                 if let (Some(region), false) = (p.region, env_has("AWS_REGION")) {
                     builder = builder.with_region(region);
                 }
-                if let (Some(endpoint), false) = (p.endpoint_url, env_has("AWS_ENDPOINT_URL")) {
-                    builder = builder.with_endpoint(endpoint);
+                if let (Some(url), None) = (p.endpoint_url, &endpoint) {
+                    builder = builder.with_endpoint(&url);
+                    endpoint = Some(url);
                 }
             }
         }
@@ -333,13 +337,9 @@ impl Shared {
         if let Some(region) = &s.region {
             builder = builder.with_region(region);
         }
-        let endpoint = s.endpoint.clone().or_else(|| {
-            std::env::var("AWS_ENDPOINT_URL")
-                .ok()
-                .filter(|e| !e.is_empty())
-        });
-        if let Some(endpoint) = &s.endpoint {
-            builder = builder.with_endpoint(endpoint);
+        if let Some(url) = &s.endpoint {
+            builder = builder.with_endpoint(url);
+            endpoint = Some(url.clone());
         }
         let plain = endpoint
             .as_deref()
