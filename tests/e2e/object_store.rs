@@ -63,7 +63,11 @@ fn objects_small_and_multipart_go_out_and_come_back_and_a_rerun_moves_nothing() 
     let moto = Moto::start();
     moto.boto("s3.create_bucket(Bucket='data')\n");
     let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
-    for (name, size) in [("small.bin", 100_000usize), ("big.bin", 12 << 20)] {
+    for (name, size) in [
+        ("empty.bin", 0usize),
+        ("small.bin", 100_000),
+        ("big.bin", 12 << 20),
+    ] {
         let data = pattern(size);
         let local = sandbox.write(format!("out/{name}"), &data);
         let url = format!("s3://data/results/{name}");

@@ -26,7 +26,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
 use serde::Deserialize;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
@@ -370,9 +372,41 @@ impl Shared {
         url: &str,
     ) -> Result<(), StageError> {
         ctx.check()?;
-        let meta = match store.head(&target.key).await {
-            Ok(meta) => meta,
-            // A HEAD's 404 has no body: a listing tells a missing bucket apart.
+        let part = self.part_size as u64;
+        // The version fetched before, if the file is still as it was then: the first
+        // GET asks only for a change (one request when there is none).
+        let suffix = format!(" {url}");
+        let recorded = stagehost_plugin_api::validators::load(dest, ctx.working_dir())
+            .and_then(|v| v.strip_suffix(&suffix).map(str::to_owned));
+        let ask = |range: Option<GetRange>| GetOptions {
+            if_none_match: recorded.clone(),
+            range,
+            ..GetOptions::default()
+        };
+        // The first part, and with it the object's size and ETag.
+        let first = match store
+            .get_opts(&target.key, ask(Some(GetRange::Bounded(0..part))))
+            .await
+        {
+            // An empty object has no byte 0 to ask for.
+            Err(e) if e.to_string().contains("416") => store.get_opts(&target.key, ask(None)).await,
+            other => other,
+        };
+        let first = match first {
+            Ok(first) => first,
+            Err(object_store::Error::NotModified { .. }) => {
+                let size = std::fs::metadata(dest).map_or(0, |m| m.len());
+                ctx.info(&format!(
+                    "{}: not modified (same ETag); {} is current (cached)",
+                    target.shown,
+                    display::path(dest)
+                ));
+                ctx.progress(size, Some(size));
+                ctx.cached();
+                return Ok(());
+            }
+            // A 404 of a missing key and of a missing bucket read the same to
+            // object_store: a listing tells them apart.
             Err(e @ object_store::Error::NotFound { .. }) => {
                 let probe = store.list(Some(&target.key)).next().await;
                 return Err(match probe {
@@ -382,43 +416,33 @@ impl Shared {
             }
             Err(e) => return Err(classify("cannot stage in", target, &e)),
         };
+        let meta = first.meta.clone();
         let size = meta.size;
-        // The version fetched before, still there unchanged: nothing to move.
-        let validator = meta.e_tag.as_ref().map(|t| format!("{t} {url}"));
-        if let Some(v) = &validator {
-            if stagehost_plugin_api::validators::load(dest, ctx.working_dir()).as_ref() == Some(v) {
-                ctx.info(&format!(
-                    "{}: unchanged (same ETag); {} is current (cached)",
-                    target.shown,
-                    display::path(dest)
-                ));
-                ctx.progress(size, Some(size));
-                ctx.cached();
-                return Ok(());
-            }
-        }
+        let validator = meta.e_tag.as_ref().map(|t| format!("{t}{suffix}"));
+        let first = first
+            .bytes()
+            .await
+            .map_err(|e| classify("cannot stage in", target, &e))?;
         let mut out = AtomicFile::create(dest)?;
         let write_error = |e: std::io::Error| {
             StageError::io(format_args!("cannot write {}", display::path(dest)), &e)
         };
         let mut md5 = md5::Md5::default();
-        let part = self.part_size as u64;
-        let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(part).max(1))
-            .map(|i| i * part..((i + 1) * part).min(size))
+        md5::Digest::update(&mut md5, &first);
+        out.write_all(&first).map_err(write_error)?;
+        let start = first.len() as u64;
+        let ranges: Vec<std::ops::Range<u64>> = (start..size)
+            .step_by(part as usize)
+            .map(|at| at..(at + part).min(size))
             .collect();
         let mut parts = futures::stream::iter(ranges.into_iter().map(|r| {
             let store = store.clone();
             let key = target.key.clone();
-            async move {
-                if r.is_empty() {
-                    return Ok(bytes::Bytes::new());
-                }
-                store.get_range(&key, r).await
-            }
+            async move { store.get_range(&key, r).await }
         }))
         .buffered(self.settings.concurrency);
-        let mut done = 0u64;
-        ctx.progress(0, Some(size));
+        let mut done = start;
+        ctx.progress(done, Some(size));
         while let Some(bytes) = parts.next().await {
             ctx.check()?;
             let bytes = bytes.map_err(|e| classify("cannot stage in", target, &e))?;
