@@ -244,3 +244,81 @@ fn credentials_region_and_endpoint_come_from_a_profile_of_the_shared_aws_files()
     );
     assert!(!shown.stdout.contains("profile-secret"), "{}", shown.stdout);
 }
+
+#[test]
+fn azure_blobs_go_out_and_come_back_through_azurite() {
+    let sandbox = Sandbox::new();
+    let azurite = stagehost_tests::s3d::Azurite::start();
+    azurite.python("blobs.create_container('data')\n");
+    let cfg = sandbox.write(
+        "az.toml",
+        "[[provider]]\nname = \"az\"\nplugin = \"object-store\"\nsettings = { use_emulator = true, part_size_mib = 5 }\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"az\"]\n",
+    );
+    let env = [("AZURITE_BLOB_STORAGE_URL", azurite.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (name, size) in [("small.bin", 70_000usize), ("big.bin", 11 << 20)] {
+        let data = pattern(size);
+        let local = sandbox.write(format!("out/{name}"), &data);
+        let url = format!("az://data/results/{name}");
+        let out = sandbox.run_env(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "stage",
+                "out",
+                local.to_str().unwrap(),
+                &url,
+            ],
+            &env,
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let seen = azurite.python(&format!(
+            "print(len(blobs.get_blob_client('data', 'results/{name}').download_blob().readall()))\n"
+        ));
+        assert_eq!(seen.trim().parse::<usize>().unwrap(), size);
+        let out = sandbox.run_env(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "stage",
+                "in",
+                "--json",
+                &url,
+            ],
+            &env,
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
+    }
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            "--json",
+            "az://data/absent.bin",
+        ],
+        &env,
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("not found") && error.contains("no such object"),
+        "{error}"
+    );
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            "--json",
+            "az://nocontainer/x.bin",
+        ],
+        &env,
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("does not exist"), "{error}");
+}

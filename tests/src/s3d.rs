@@ -1,4 +1,4 @@
-//! S3 on loopback for the `object-store` provider's tests: moto_server (PyPI
+//! Object stores on loopback for the `object-store` provider's tests: moto_server (PyPI
 //! `moto[server]`, in the test virtualenv), boto3 to look behind the provider's back,
 //! and a throttling proxy of our own in front of moto that answers `503 SlowDown` to
 //! the requests it is told to refuse. All are stopped when dropped.
@@ -183,5 +183,86 @@ fn serve(client: TcpStream, upstream: u16, refused: &AtomicUsize) -> std::io::Re
         let mut answer = Vec::new();
         up.read_to_end(&mut answer)?;
         client.write_all(&answer)?;
+    }
+}
+
+/// Azurite's blob service (npm `azurite`, installed in `target/test-node`) on
+/// 127.0.0.1, with the emulator's well-known account.
+pub struct Azurite {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// The emulator's account key, public by design.
+    const KEY: &'static str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    /// Starts Azurite's blob service on a free port, storing in a fresh directory.
+    pub fn start() -> Azurite {
+        let bin = crate::target_root().join("test-node/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing: scripts/install-test-deps installs azurite with npm",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(dir.path())
+            .args(["--silent", "--skipApiVersionCheck", "--loose"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("azurite starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("azurite exited at start ({status})");
+            }
+            assert!(Instant::now() < deadline, "azurite did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Azurite {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, what `AZURITE_BLOB_STORAGE_URL` is set to.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs Python with `blobs`, an azure-storage-blob `BlobServiceClient` of this
+    /// server, defined first; its stdout.
+    pub fn python(&self, script: &str) -> String {
+        let prelude = format!(
+            "from azure.storage.blob import BlobServiceClient\nblobs = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};BlobEndpoint={}/devstoreaccount1;')\n",
+            Azurite::KEY,
+            self.url()
+        );
+        let out = Command::new(test_python())
+            .arg("-c")
+            .arg(prelude + script)
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "azure-storage-blob script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, libc::SIGTERM);
     }
 }

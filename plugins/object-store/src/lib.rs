@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
@@ -75,6 +76,12 @@ struct StoreSettings {
     session_token_env: Option<String>,
     /// Retries object_store makes itself before an error reaches the host's retries.
     max_retries: usize,
+    /// The Azure storage account (else `AZURE_STORAGE_ACCOUNT_NAME`).
+    azure_account: Option<String>,
+    /// The name of an environment variable holding the Azure account key.
+    azure_access_key_env: Option<String>,
+    /// Use the Azure storage emulator (Azurite) at `AZURITE_BLOB_STORAGE_URL`.
+    use_emulator: bool,
 }
 
 impl Default for StoreSettings {
@@ -93,6 +100,9 @@ impl Default for StoreSettings {
             secret_access_key_env: None,
             session_token_env: None,
             max_retries: 2,
+            azure_account: None,
+            azure_access_key_env: None,
+            use_emulator: false,
         }
     }
 }
@@ -111,8 +121,9 @@ struct Shared {
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
-/// `s3://bucket/key`, read.
+/// `s3://bucket/key` or `az://container/blob`, read.
 struct Target {
+    scheme: String,
     bucket: String,
     key: ObjectPath,
     shown: String,
@@ -121,17 +132,23 @@ struct Target {
 impl Target {
     fn of(file: &File) -> Result<Target, StageError> {
         let shown = file.redacted_url();
+        let scheme = file.scheme().to_owned();
         let bucket = file.netloc().to_owned();
         let key = file.path().trim_start_matches('/');
         if bucket.is_empty() || key.is_empty() || key.ends_with('/') {
             return Err(StageError::new(
                 ErrorKind::InvalidUrl,
-                format!("{shown}: write s3://bucket/key, naming one object"),
+                format!("{shown}: write {scheme}://bucket/key, naming one object"),
             ));
         }
         let key = ObjectPath::parse(key)
             .map_err(|e| StageError::new(ErrorKind::InvalidUrl, format!("{shown}: {e}")))?;
-        Ok(Target { bucket, key, shown })
+        Ok(Target {
+            scheme,
+            bucket,
+            key,
+            shown,
+        })
     }
 }
 
@@ -198,7 +215,7 @@ impl Provider for ObjectStoreProvider {
 
 impl ObjectStoreProvider {
     fn claims(&self, file: &File) -> bool {
-        if file.scheme() != "s3" {
+        if !matches!(file.scheme(), "s3" | "az") {
             return false;
         }
         let object = format!("{}{}", file.netloc(), file.path());
@@ -218,7 +235,7 @@ impl ObjectStoreProvider {
         Job::new(move |ctx| {
             let target = Target::of(&file)?;
             let local = file.filepath()?;
-            let store = shared.store(&target.bucket)?;
+            let store = shared.store(&target)?;
             if fetch {
                 RUNTIME.block_on(shared.get(ctx, &store, &target, &local, file.url()))
             } else {
@@ -233,7 +250,7 @@ fn classify(what: &str, target: &Target, e: &object_store::Error) -> StageError 
     let text = e.to_string();
     let has = |s: &str| text.contains(s);
     let (kind, why) = match e {
-        _ if has("NoSuchBucket") => (
+        _ if has("NoSuchBucket") || has("ContainerNotFound") => (
             ErrorKind::NotFound,
             format!("the bucket {} does not exist", target.bucket),
         ),
@@ -283,11 +300,70 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Shared {
-    fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StageError> {
+    /// The client for `target`'s bucket or container, made on first use.
+    fn store(&self, target: &Target) -> Result<Arc<dyn ObjectStore>, StageError> {
+        let key = format!("{}://{}", target.scheme, target.bucket);
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = stores.get(bucket) {
+        if let Some(store) = stores.get(&key) {
             return Ok(store.clone());
         }
+        let store = match target.scheme.as_str() {
+            "az" => self.azure(&target.bucket)?,
+            _ => self.s3(&target.bucket)?,
+        };
+        stores.insert(key, store.clone());
+        Ok(store)
+    }
+
+    fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            max_retries: self.settings.max_retries,
+            retry_timeout: Duration::from_secs(60),
+            ..RetryConfig::default()
+        }
+    }
+
+    /// An Azure Blob client for `container`: the `AZURE_*` variables (among them
+    /// `AZURE_STORAGE_USE_EMULATOR` with `AZURITE_BLOB_STORAGE_URL`), then settings.
+    fn azure(&self, container: &str) -> Result<Arc<dyn ObjectStore>, StageError> {
+        let s = &self.settings;
+        let mut builder = MicrosoftAzureBuilder::from_env().with_container_name(container);
+        if let Some(account) = &s.azure_account {
+            builder = builder.with_account(account);
+        }
+        if let Some(var) = &s.azure_access_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                StageError::new(
+                    ErrorKind::Permission,
+                    format!("the variable {var} that azure_access_key_env names is not set"),
+                )
+            })?;
+            builder = builder.with_access_key(key);
+        }
+        if s.use_emulator {
+            builder = builder.with_use_emulator(true);
+        }
+        if let Some(url) = &s.endpoint {
+            builder = builder.with_endpoint(url.clone());
+        }
+        let plain = s
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        let store = builder
+            .with_allow_http(s.allow_http || plain)
+            .with_retry(self.retry())
+            .build()
+            .map_err(|e| {
+                StageError::invalid_settings(format!(
+                    "invalid settings: cannot set up Azure Blob for container {container}: {e}"
+                ))
+            })?;
+        Ok(Arc::new(store))
+    }
+
+    /// An S3 client for `bucket`.
+    fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StageError> {
         let s = &self.settings;
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
         let env_has = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
@@ -349,17 +425,12 @@ impl Shared {
         builder = builder
             .with_allow_http(s.allow_http || plain)
             .with_virtual_hosted_style_request(!s.path_style.unwrap_or(endpoint.is_some()))
-            .with_retry(RetryConfig {
-                max_retries: s.max_retries,
-                retry_timeout: Duration::from_secs(60),
-                ..RetryConfig::default()
-            });
+            .with_retry(self.retry());
         let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| {
             StageError::invalid_settings(format!(
                 "invalid settings: cannot set up S3 for bucket {bucket}: {e}"
             ))
         })?);
-        stores.insert(bucket.to_owned(), store.clone());
         Ok(store)
     }
 
@@ -563,7 +634,7 @@ impl Shared {
 stagehost_plugin_api::export_provider! {
     provider: ObjectStoreProvider,
     name: "object-store",
-    schemes: ["s3"],
+    schemes: ["s3", "az"],
     description: "s3:// objects: parallel ranged GETs, multipart uploads aborted on failure, MD5 ETags checked, unchanged objects not moved again",
 }
 
