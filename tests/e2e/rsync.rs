@@ -275,6 +275,32 @@ fn a_missing_rsync_or_a_disallowed_argument_is_a_config_error_naming_the_setting
         assert_eq!(out.code, Some(2), "{settings}: {}", out.stderr);
         assert!(out.stderr.contains(expected), "{settings}: {}", out.stderr);
     }
+    // An instance with nothing set (as when dropped in) on a machine without rsync
+    // loads quietly, and fails its rsync:// transfers with the same line.
+    let cfg = rsync_config(&sandbox, "plain.toml", "mode = \"separate\"", 0);
+    let no_rsync = [("PATH", "/nonexistent")];
+    let out = sandbox.run_env(
+        &["--config", cfg.to_str().unwrap(), "plugins", "check"],
+        &no_rsync,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            "rsync://127.0.0.1:1/m/x",
+        ],
+        &no_rsync,
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("rsync_binary \"rsync\" is not installed (not found on PATH)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

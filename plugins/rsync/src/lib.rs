@@ -138,7 +138,8 @@ pub struct RsyncProvider {
 
 /// How rsync is run: everything but the two ends of a transfer.
 struct Runner {
-    binary: PathBuf,
+    /// The rsync program, or why there is none.
+    binary: Result<PathBuf, StageError>,
     ssh: Option<Vec<String>>,
     rsync_path: Option<String>,
     extra: Vec<String>,
@@ -157,7 +158,15 @@ impl Provider for RsyncProvider {
                 s.rsync_binary,
                 if s.rsync_binary.contains('/') { "" } else { " on PATH" }
             ))
-        })?;
+        });
+        // A site that set the instance up needs rsync now. An instance with nothing
+        // set (dropped in, claiming only rsync:// URLs) fails those URLs instead, so a
+        // machine without rsync is not warned about a provider nobody asked for.
+        let configured = s.host.is_some() || s.rsync_binary != "rsync";
+        let binary = match binary {
+            Err(e) if configured => return Err(e),
+            other => other,
+        };
         if let Some(bad) = s.extra_args.iter().find(|a| !allowed(a)) {
             return Err(StageError::invalid_settings(format!(
                 "invalid settings: extra_args may not hold {bad:?}; allowed: {}",
@@ -382,8 +391,8 @@ fn progress_bytes(line: &str) -> Option<Progress> {
 }
 
 impl Runner {
-    fn base(&self, ctx: &Context<'_>, t: &Transfer<'_>) -> Command {
-        let mut cmd = Command::new(&self.binary);
+    fn base(&self, ctx: &Context<'_>, t: &Transfer<'_>) -> Result<Command, StageError> {
+        let mut cmd = Command::new(self.binary.as_ref().map_err(Clone::clone)?);
         cmd.arg("--times")
             .arg("--perms")
             .arg("--info=progress2")
@@ -424,7 +433,7 @@ impl Runner {
             }
         }
         cmd.args(&self.extra);
-        cmd
+        Ok(cmd)
     }
 
     /// Remote to `t.local`, through rsync's temporary name and a private partial
@@ -443,7 +452,7 @@ impl Runner {
             .join(".stagehost")
             .join("rsync-partial")
             .join(std::process::id().to_string());
-        let mut cmd = self.base(ctx, t);
+        let mut cmd = self.base(ctx, t)?;
         cmd.arg(format!("--partial-dir={}", partial.display()))
             .arg("--")
             .arg(t.remote)
@@ -461,7 +470,7 @@ impl Runner {
     /// `t.local` to the remote; the local file is never touched.
     fn send(&self, ctx: &Context<'_>, t: &Transfer<'_>) -> Result<(), StageError> {
         let (_, meta) = stagehost_plugin_api::fs::open_regular(t.local)?;
-        let mut cmd = self.base(ctx, t);
+        let mut cmd = self.base(ctx, t)?;
         cmd.arg("--").arg(t.local).arg(t.remote);
         self.run(ctx, cmd, &format!("cannot stage out to {}", t.shown))
             .map_err(|e| {
@@ -488,7 +497,7 @@ impl Runner {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| {
             StageError::io(
-                format_args!("{what}: cannot run {}", display::path(&self.binary)),
+                format_args!("{what}: cannot run {:?}", cmd.get_program()),
                 &e,
             )
         })?;
