@@ -26,9 +26,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 use serde::Deserialize;
 use stagehost_plugin_api::display;
@@ -82,6 +84,10 @@ struct StoreSettings {
     azure_access_key_env: Option<String>,
     /// Use the Azure storage emulator (Azurite) at `AZURITE_BLOB_STORAGE_URL`.
     use_emulator: bool,
+    /// Send no credentials (public buckets, emulators).
+    anonymous: bool,
+    /// GCS: the name of an environment variable holding an OAuth bearer token.
+    bearer_token_env: Option<String>,
 }
 
 impl Default for StoreSettings {
@@ -103,6 +109,8 @@ impl Default for StoreSettings {
             azure_account: None,
             azure_access_key_env: None,
             use_emulator: false,
+            anonymous: false,
+            bearer_token_env: None,
         }
     }
 }
@@ -215,7 +223,7 @@ impl Provider for ObjectStoreProvider {
 
 impl ObjectStoreProvider {
     fn claims(&self, file: &File) -> bool {
-        if !matches!(file.scheme(), "s3" | "az") {
+        if !matches!(file.scheme(), "s3" | "az" | "gs") {
             return false;
         }
         let object = format!("{}{}", file.netloc(), file.path());
@@ -309,6 +317,7 @@ impl Shared {
         }
         let store = match target.scheme.as_str() {
             "az" => self.azure(&target.bucket)?,
+            "gs" => self.gcs(&target.bucket)?,
             _ => self.s3(&target.bucket)?,
         };
         stores.insert(key, store.clone());
@@ -357,6 +366,43 @@ impl Shared {
             .map_err(|e| {
                 StageError::invalid_settings(format!(
                     "invalid settings: cannot set up Azure Blob for container {container}: {e}"
+                ))
+            })?;
+        Ok(Arc::new(store))
+    }
+
+    /// A Google Cloud Storage client for `bucket`: `GOOGLE_*` variables and
+    /// `SERVICE_ACCOUNT` (a key file), then settings (`endpoint` as the base URL of an
+    /// emulator, `anonymous` to send no credentials).
+    fn gcs(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StageError> {
+        let s = &self.settings;
+        let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+        if let Some(url) = &s.endpoint {
+            builder = builder.with_base_url(url);
+        }
+        if s.anonymous {
+            builder = builder.with_skip_signature(true);
+        }
+        if let Some(var) = &s.bearer_token_env {
+            let token = std::env::var(var).map_err(|_| {
+                StageError::new(
+                    ErrorKind::Permission,
+                    format!("the variable {var} that bearer_token_env names is not set"),
+                )
+            })?;
+            builder = builder.with_bearer_token(token);
+        }
+        let plain = s
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        let store = builder
+            .with_client_options(ClientOptions::new().with_allow_http(s.allow_http || plain))
+            .with_retry(self.retry())
+            .build()
+            .map_err(|e| {
+                StageError::invalid_settings(format!(
+                    "invalid settings: cannot set up Google Cloud Storage for bucket {bucket}: {e}"
                 ))
             })?;
         Ok(Arc::new(store))
@@ -634,7 +680,7 @@ impl Shared {
 stagehost_plugin_api::export_provider! {
     provider: ObjectStoreProvider,
     name: "object-store",
-    schemes: ["s3", "az"],
+    schemes: ["s3", "gs", "az"],
     description: "s3:// objects: parallel ranged GETs, multipart uploads aborted on failure, MD5 ETags checked, unchanged objects not moved again",
 }
 
