@@ -270,25 +270,24 @@ fn classify(what: &str, target: &Target, e: &object_store::Error) -> StageError 
         _ if has("AccessDenied")
             || has("InvalidAccessKeyId")
             || has("SignatureDoesNotMatch")
-            || has("403") =>
+            || has("status code: 403") =>
         {
             (ErrorKind::Permission, "access denied".to_owned())
         }
-        _ if has("SlowDown") || has("Throttl") || has("503") || has("429") => (
-            ErrorKind::Transient,
-            "the store is throttling requests".to_owned(),
-        ),
-        _ if has("500")
-            || has("502")
-            || has("504")
-            || has("error sending request")
-            || has("connection") =>
+        _ if has("SlowDown")
+            || has("Throttl")
+            || has("status code: 503")
+            || has("status code: 429") =>
         {
             (
                 ErrorKind::Transient,
-                "the store failed or is unreachable".to_owned(),
+                "the store is throttling requests".to_owned(),
             )
         }
+        _ if has("status code: 5") || has("error sending request") || has("connection") => (
+            ErrorKind::Transient,
+            "the store failed or is unreachable".to_owned(),
+        ),
         _ => (ErrorKind::Other, "the store refused".to_owned()),
     };
     // object_store's messages quote the request; they carry no credentials.
@@ -695,6 +694,42 @@ mod tests {
             Some("9e107d9d372bb6826bd81d3542a419d6")
         );
         assert_eq!(md5_etag("\"9e107d9d372bb6826bd81d3542a419d6-3\""), None);
+    }
+
+    #[test]
+    fn errors_are_read_by_their_status_not_by_digits_in_a_timing() {
+        let t = Target::of(&File::parse("s3://b/k").unwrap()).unwrap();
+        let kind = |m: &str| {
+            let e = object_store::Error::Generic {
+                store: "S3",
+                source: m.into(),
+            };
+            classify("x", &t, &e).kind()
+        };
+        let timing =
+            "Error performing PUT http://h/b/k in 14.403ms - Server returned non-2xx status code";
+        assert_eq!(
+            kind(&format!("{timing}: 400 Bad Request")),
+            ErrorKind::Other
+        );
+        assert_eq!(
+            kind(&format!("{timing}: 403 Forbidden")),
+            ErrorKind::Permission
+        );
+        assert_eq!(
+            kind(&format!("{timing}: 503 Slow Down: <Code>SlowDown</Code>")),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(&format!("{timing}: 502 Bad Gateway")),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(&format!(
+                "{timing}: 404 Not Found: <Code>NoSuchBucket</Code>"
+            )),
+            ErrorKind::NotFound
+        );
     }
 
     #[test]
