@@ -1,7 +1,7 @@
 //! The `object-store` provider against moto_server on loopback, beside the aws CLI
 //! (`aws s3 cp`, from PyPI `awscli` in the test virtualenv) on the same objects at the
 //! same concurrency (10, the CLI's default; stagehost's `concurrency` and transfers
-//! set to match): 1,000 objects of 1 MiB and one of 1 GiB, in and out. Prints times,
+//! set to match), each upload into a fresh server (moto slows as it fills): 1,000 objects of 1 MiB and one of 1 GiB, in and out. Prints times,
 //! the ratio to the CLI and our peak RSS; asserts nothing about time.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p stagehost-tests --bench object_store`
@@ -60,25 +60,39 @@ fn line(name: &str, theirs: (f64, i64), ours: (f64, i64)) {
 }
 
 /// Uploads then downloads `names` (files in `src`), each way by the CLI and by us.
-fn case(sandbox: &Sandbox, moto: &Moto, label: &str, src: &Path, names: &[String]) {
-    // The key prefix: the label without spaces.
-    let name = &label.replace(' ', "");
-    let config = sandbox.write(
+/// A fresh moto with the bucket `bench`: moto slows as it holds more, so each
+/// measured upload gets a server of its own.
+fn fresh_moto() -> Moto {
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='bench')\n");
+    moto
+}
+
+fn config(sandbox: &Sandbox, moto: &Moto) -> std::path::PathBuf {
+    sandbox.write(
         "site.toml",
         format!(
             "[[provider]]\nname = \"s3\"\nplugin = \"object-store\"\nsettings = {{ endpoint = {:?}, concurrency = {CONCURRENCY} }}\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"s3\"]\n[transfers]\nmax_concurrent = {CONCURRENCY}\nper_host = {CONCURRENCY}\n",
             moto.endpoint()
         ),
-    );
-    // Out: the CLI copies the directory; stagehost runs one task whose outputs they are.
-    let their_out = measure(
-        {
-            let mut c = aws(moto, &["cp", "--recursive"]);
-            c.arg(src).arg(format!("s3://bench/{name}-cli/"));
-            c
-        },
-        "aws s3 cp (out)",
-    );
+    )
+}
+
+/// Uploads then downloads `names` (files in `src`), each way by the CLI and by us.
+fn case(sandbox: &Sandbox, label: &str, src: &Path, names: &[String]) {
+    // The key prefix: the label without spaces.
+    let name = &label.replace(' ', "");
+    let upload = |moto: &Moto| {
+        let mut c = aws(moto, &["cp", "--recursive"]);
+        c.arg(src).arg(format!("s3://bench/{name}/"));
+        c
+    };
+    // Out: the CLI copies the directory; stagehost runs one task whose outputs they
+    // are. Each into a fresh server.
+    let moto = fresh_moto();
+    let their_out = measure(upload(&moto), "aws s3 cp (out)");
+    drop(moto);
+    let moto = fresh_moto();
     let wd = sandbox.join("wd");
     fresh(&wd);
     for n in names {
@@ -86,7 +100,7 @@ fn case(sandbox: &Sandbox, moto: &Moto, label: &str, src: &Path, names: &[String
     }
     let outputs: Vec<String> = names
         .iter()
-        .map(|n| format!("\"s3://bench/{name}-ours/{n}\""))
+        .map(|n| format!("\"s3://bench/{name}/{n}\""))
         .collect();
     let flow = sandbox.write(
         "flow.toml",
@@ -95,20 +109,22 @@ fn case(sandbox: &Sandbox, moto: &Moto, label: &str, src: &Path, names: &[String
             outputs.join(", ")
         ),
     );
+    let cfg = config(sandbox, &moto);
     let our_out = measure(
-        ours(sandbox, &config, &["run", "-q", flow.to_str().unwrap()]),
+        ours(sandbox, &cfg, &["run", "-q", flow.to_str().unwrap()]),
         "stagehost run (out)",
     );
     line(&format!("{label} out"), their_out, our_out);
 
-    // In: the CLI copies the prefix down; stagehost stages every object in.
+    // In, from the server our upload filled: the CLI copies the prefix down, and
+    // stagehost stages every object in.
     let dest = sandbox.join("cli-in");
     fresh(&dest);
     let their_in = measure(
         {
             let mut c = aws(
-                moto,
-                &["cp", "--recursive", &format!("s3://bench/{name}-cli/")],
+                &moto,
+                &["cp", "--recursive", &format!("s3://bench/{name}/")],
             );
             c.arg(&dest);
             c
@@ -118,11 +134,11 @@ fn case(sandbox: &Sandbox, moto: &Moto, label: &str, src: &Path, names: &[String
     fresh(&wd);
     let urls: Vec<String> = names
         .iter()
-        .map(|n| format!("s3://bench/{name}-cli/{n}"))
+        .map(|n| format!("s3://bench/{name}/{n}"))
         .collect();
     let mut args = vec!["stage", "in", "-j", "10"];
     args.extend(urls.iter().map(String::as_str));
-    let our_in = measure(ours(sandbox, &config, &args), "stagehost stage in");
+    let our_in = measure(ours(sandbox, &cfg, &args), "stagehost stage in");
     line(&format!("{label} in"), their_in, our_in);
 }
 
@@ -132,8 +148,6 @@ fn main() {
         return;
     }
     let sandbox = Sandbox::new();
-    let moto = Moto::start();
-    moto.boto("s3.create_bucket(Bucket='bench')\n");
     println!("object-store provider vs aws s3 cp, moto on loopback, {CONCURRENCY} at once:");
     if wanted("small") {
         let src = sandbox.join("small");
@@ -142,13 +156,13 @@ fn main() {
         for n in &names {
             write_file(&src.join(n), 1 << 20);
         }
-        case(&sandbox, &moto, "1000 x 1 MiB", &src, &names);
+        case(&sandbox, "1000 x 1 MiB", &src, &names);
     }
     if wanted("big") {
         let src = sandbox.join("big");
         fresh(&src);
         let names = vec!["g.bin".to_owned()];
         write_file(&src.join("g.bin"), 1 << 30);
-        case(&sandbox, &moto, "1 x 1 GiB", &src, &names);
+        case(&sandbox, "1 x 1 GiB", &src, &names);
     }
 }
