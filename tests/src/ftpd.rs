@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::httpd::free_port;
 use crate::target_root;
@@ -244,17 +243,7 @@ impl Vsftpd {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("vsftpd starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "vsftpd exited at start ({status}); its config: {}",
-                    conf_path.display()
-                );
-            }
-            assert!(Instant::now() < deadline, "vsftpd did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_for_port(&mut child, port, "vsftpd");
         Vsftpd { child, port, dir }
     }
 

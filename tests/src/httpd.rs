@@ -583,17 +583,7 @@ impl Tinyproxy {
             .stderr(Stdio::null())
             .spawn()
             .expect("tinyproxy starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("tinyproxy exited at start ({status})");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_for_port(&mut child, port, "tinyproxy");
         Tinyproxy { child, port, dir }
     }
 

@@ -603,3 +603,19 @@ pub fn stop_child(child: &mut std::process::Child, signal: i32) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Waits for a server the tests started to listen on `port` of 127.0.0.1, failing
+/// the test if `child` exits first or 30 s pass.
+pub fn wait_for_port(child: &mut std::process::Child, port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start ({status})");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -5,21 +5,9 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::httpd::free_port;
-use crate::stop_child;
-
-fn wait_for_port(child: &mut Child, port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited at start ({status})");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::{stop_child, wait_for_port};
 
 fn keygen(path: &Path) {
     let status = Command::new("ssh-keygen")

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ftpd::test_python;
 use crate::httpd::free_port;
@@ -37,14 +37,7 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("moto_server starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("moto_server exited at start ({status})");
-            }
-            assert!(Instant::now() < deadline, "moto_server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_for_port(&mut child, port, "moto_server");
         Moto { child, port }
     }
 
@@ -59,17 +52,7 @@ impl Moto {
             "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n",
             self.endpoint()
         );
-        let out = Command::new(test_python())
-            .arg("-c")
-            .arg(prelude + script)
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "boto3 script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_python(&(prelude + script), "boto3")
     }
 }
 
@@ -219,14 +202,7 @@ impl Azurite {
             .stderr(Stdio::null())
             .spawn()
             .expect("azurite starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("azurite exited at start ({status})");
-            }
-            assert!(Instant::now() < deadline, "azurite did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_for_port(&mut child, port, "azurite");
         Azurite {
             child,
             port,
@@ -247,17 +223,7 @@ impl Azurite {
             Azurite::KEY,
             self.url()
         );
-        let out = Command::new(test_python())
-            .arg("-c")
-            .arg(prelude + script)
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "azure-storage-blob script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_python(&(prelude + script), "azure-storage-blob")
     }
 }
 
@@ -265,4 +231,19 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         stop_child(&mut self.child, libc::SIGTERM);
     }
+}
+
+/// Runs `script` with the test virtualenv's Python, asserting it succeeds; its stdout.
+fn run_python(script: &str, what: &str) -> String {
+    let out = Command::new(test_python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{what} script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
