@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use stagehost_tests::httpd::pattern;
-use stagehost_tests::s3d::{Moto, ThrottlingProxy};
+use stagehost_tests::s3d::{Fault, FaultProxy, Moto, S3rver};
 use stagehost_tests::*;
 
 /// The environment every run gets: moto's test credentials, as the aws CLI reads them.
@@ -136,13 +136,220 @@ fn a_missing_key_and_a_missing_bucket_are_told_apart() {
     assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
 }
 
+/// `stage in --json URL` with `env` in place of the test credentials.
+fn stage_in_as(sandbox: &Sandbox, cfg: &Path, url: &str, env: &[(&str, &str)]) -> Run {
+    let args = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        url,
+    ];
+    sandbox.run_env(&args, env)
+}
+
+/// The `error` of a one-file `--json` report, after checking that it failed.
+fn error_of(out: &Run) -> String {
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    out.json()[0]["error"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn bad_credentials_are_refused_and_each_cause_is_named() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\ns3.create_bucket(Bucket='locked')\ns3.put_object(Bucket='data', Key='k', Body=b'payload')\n");
+    let (id, secret) = moto.iam_user("data");
+    moto.require_auth();
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    let region = ("AWS_REGION", "us-east-1");
+    let good = [
+        ("AWS_ACCESS_KEY_ID", id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+        region,
+    ];
+    // The user's own key works, for a single GET and for a signed multipart upload.
+    let out = stage_in_as(&sandbox, &cfg, "s3://data/k", &good);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read(sandbox.join("wd/k")).unwrap(), b"payload");
+    let big = sandbox.write("big.bin", pattern(11 << 20));
+    let args = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        "--json",
+        big.to_str().unwrap(),
+        "s3://data/big.bin",
+    ];
+    let out = sandbox.run_env(&args, &good);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The wrong secret for a real key.
+    let wrong_secret = "wrong-secret-0123456789";
+    let out = stage_in_as(
+        &sandbox,
+        &cfg,
+        "s3://data/k",
+        &[
+            ("AWS_ACCESS_KEY_ID", id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", wrong_secret),
+            region,
+        ],
+    );
+    let error = error_of(&out);
+    assert!(
+        error.contains("permission denied:")
+            && error.contains("the secret key does not match the access key ID")
+            && error.contains("SignatureDoesNotMatch"),
+        "{error}"
+    );
+    assert!(!out.stdout.contains(wrong_secret) && !out.stderr.contains(wrong_secret));
+    // A key the store has never issued.
+    let out = stage_in_as(
+        &sandbox,
+        &cfg,
+        "s3://data/k",
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000"),
+            ("AWS_SECRET_ACCESS_KEY", wrong_secret),
+            region,
+        ],
+    );
+    let error = error_of(&out);
+    assert!(
+        error.contains("the store does not know the access key ID")
+            && error.contains("InvalidAccessKeyId"),
+        "{error}"
+    );
+    // A good key on a bucket its policy does not cover, both ways; the local file kept.
+    let out = stage_in_as(&sandbox, &cfg, "s3://locked/k", &good);
+    let error = error_of(&out);
+    assert!(
+        error.contains("permission denied:") && error.contains("access denied (AccessDenied;"),
+        "{error}"
+    );
+    let args = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        "--json",
+        big.to_str().unwrap(),
+        "s3://locked/big.bin",
+    ];
+    let error = error_of(&sandbox.run_env(&args, &good));
+    assert!(
+        error.contains("access denied (AccessDenied;") && error.contains("is kept"),
+        "{error}"
+    );
+    assert!(big.exists());
+    assert!(!out.stdout.contains(&secret) && !out.stderr.contains(&secret));
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn checksums_the_store_gives_are_verified_and_a_corrupted_body_is_refused() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    // boto3 uploads with the checksum asked for; S3 (and moto) keep it with the object.
+    moto.boto(
+        "s3.create_bucket(Bucket='data')\nfor alg in ['CRC32', 'SHA1', 'SHA256']:\n    s3.put_object(Bucket='data', Key='o-' + alg, Body=b'checked ' * 1000, ChecksumAlgorithm=alg)\n",
+    );
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    let debug = [ENV[0], ENV[1], ENV[2], ("RUST_LOG", "debug")];
+    for alg in ["CRC32", "SHA1", "SHA256"] {
+        let url = format!("s3://data/o-{alg}");
+        let out = stage_in_as(&sandbox, &cfg, &url, &debug);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("{alg} checksum verified")),
+            "{alg}: {}",
+            out.stderr
+        );
+    }
+    // Through a proxy that flips the last byte of each body: refused, nothing left.
+    let port: u16 = moto.endpoint().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FaultProxy::start(port, Fault::CorruptBodies);
+    let cfg = s3_config(&sandbox, "corrupt.toml", &proxy.endpoint(), "");
+    std::fs::remove_dir_all(sandbox.join("wd")).unwrap();
+    let out = stage_in(&sandbox, &cfg, "s3://data/o-SHA256");
+    let error = error_of(&out);
+    assert!(
+        error.contains("integrity")
+            && error.contains("the bytes' SHA256 is")
+            && error.contains("the store says "),
+        "{error}"
+    );
+    assert!(proxy.injected.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(!sandbox.join("wd/o-SHA256").exists());
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_second_s3_server_s3rver_serves_round_trips_and_refuses_an_unknown_key() {
+    let sandbox = Sandbox::new();
+    let s3rver = S3rver::start("data");
+    let cfg = s3_config(&sandbox, "s3rver.toml", &s3rver.endpoint(), "");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", S3rver::KEY),
+        ("AWS_SECRET_ACCESS_KEY", S3rver::KEY),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    for (name, size) in [("small.bin", 70_000usize), ("big.bin", 12 << 20)] {
+        let data = pattern(size);
+        let local = sandbox.write(format!("out/{name}"), &data);
+        let url = format!("s3://data/{name}");
+        let args = [
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "out",
+            "--json",
+            local.to_str().unwrap(),
+            url.as_str(),
+        ];
+        let out = sandbox.run_env(&args, &env);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        // The big one went as a multipart upload (12 MiB in 5 MiB parts); s3rver
+        // gives the joined object the MD5 of all its bytes as its ETag.
+        let seen = s3rver.boto(&format!(
+            "import hashlib\no = s3.get_object(Bucket='data', Key='{name}')\nb = o['Body'].read()\nprint(len(b), o['ETag'].strip('\"') == hashlib.md5(b).hexdigest())\n"
+        ));
+        assert_eq!(seen.trim(), format!("{size} True"), "{name}");
+        let out = stage_in_as(&sandbox, &cfg, &url, &env);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
+        let out = stage_in_as(&sandbox, &cfg, &url, &env);
+        assert_eq!(out.json()[0]["cached"], true, "{name}: {}", out.stderr);
+    }
+    let error = error_of(&stage_in_as(&sandbox, &cfg, "s3://data/absent", &env));
+    assert!(error.contains("no such object"), "{error}");
+    let error = error_of(&stage_in_as(&sandbox, &cfg, "s3://nobucket/k", &env));
+    assert!(
+        error.contains("the bucket nobucket does not exist"),
+        "{error}"
+    );
+    let error = error_of(&stage_in_as(
+        &sandbox,
+        &cfg,
+        "s3://data/small.bin",
+        &[
+            ("AWS_ACCESS_KEY_ID", "NOTAKEY"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    ));
+    assert!(error.contains("InvalidAccessKeyId"), "{error}");
+}
+
 #[test]
 fn throttled_parts_fail_the_upload_and_leave_no_parts_behind() {
     let sandbox = Sandbox::new();
     let moto = Moto::start();
     moto.boto("s3.create_bucket(Bucket='data')\n");
     let port: u16 = moto.endpoint().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = ThrottlingProxy::start(port);
+    let proxy = FaultProxy::start(port, Fault::SlowDownParts);
     let cfg = s3_config(
         &sandbox,
         "throttled.toml",
@@ -157,7 +364,7 @@ fn throttled_parts_fail_the_upload_and_leave_no_parts_behind() {
         error.contains("transient") && error.contains("throttling") && error.contains("is kept"),
         "{error}"
     );
-    assert!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(proxy.injected.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert!(local.exists());
     // Aborted: no multipart upload is left open, and no object was made.
     let left = moto.boto(
@@ -289,7 +496,21 @@ fn azure_blobs_go_out_and_come_back_through_azurite() {
         );
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
+        assert_eq!(out.json()[0]["cached"], false);
+        // Again: the same ETag, no bytes moved.
+        let out = stage_in_as(&sandbox, &cfg, &url, &env);
+        assert_eq!(out.json()[0]["cached"], true, "{name}: {}", out.stderr);
     }
+    // A blob put in one request carries the Content-MD5 Azure computed; it is checked.
+    azurite.python("blobs.get_blob_client('data', 'sdk.bin').upload_blob(b'by the SDK ' * 500)\n");
+    let debug: Vec<(&str, &str)> = env.iter().copied().chain([("RUST_LOG", "debug")]).collect();
+    let out = stage_in_as(&sandbox, &cfg, "az://data/sdk.bin", &debug);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("MD5 checksum verified"),
+        "{}",
+        out.stderr
+    );
     let out = sandbox.run_env(
         &[
             "--config",

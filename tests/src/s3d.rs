@@ -1,7 +1,8 @@
 //! Object stores on loopback for the `object-store` provider's tests: moto_server (PyPI
-//! `moto[server]`, in the test virtualenv), boto3 to look behind the provider's back,
-//! and a throttling proxy of our own in front of moto that answers `503 SlowDown` to
-//! the requests it is told to refuse. All are stopped when dropped.
+//! `moto[server]`, in the test virtualenv), with boto3 to look behind the provider's
+//! back and moto's IAM authentication to turn on; s3rver (npm), a second S3-compatible
+//! server; Azurite (npm); and a fault-injecting proxy of our own in front of them. All
+//! are stopped when dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -54,6 +55,29 @@ impl Moto {
         );
         run_python(&(prelude + script), "boto3")
     }
+
+    /// Makes an IAM user allowed everything on `bucket` (and nothing else), and
+    /// returns its access key ID and secret key. Call before [`Moto::require_auth`].
+    pub fn iam_user(&self, bucket: &str) -> (String, String) {
+        let out = self.boto(&format!(
+            "import json\niam = boto3.client('iam', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\niam.create_user(UserName='runner')\niam.put_user_policy(UserName='runner', PolicyName='one-bucket', PolicyDocument=json.dumps({{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Action': 's3:*', 'Resource': ['arn:aws:s3:::{bucket}', 'arn:aws:s3:::{bucket}/*']}}]}}))\nk = iam.create_access_key(UserName='runner')['AccessKey']\nprint(k['AccessKeyId'], k['SecretAccessKey'])\n",
+            self.endpoint()
+        ));
+        let (id, secret) = out.trim().split_once(' ').expect("a key and a secret");
+        (id.to_owned(), secret.to_owned())
+    }
+
+    /// From now on, moto checks every request's signature against the IAM users' keys
+    /// and their policies, as S3 does (moto's `reset-auth`, with no free requests left).
+    pub fn require_auth(&self) {
+        run_python(
+            &format!(
+                "import urllib.request\nurllib.request.urlopen(urllib.request.Request('{}/moto-api/reset-auth', data=b'0', headers={{'Content-Type': 'text/plain'}}, method='POST')).read()\n",
+                self.endpoint()
+            ),
+            "moto reset-auth",
+        );
+    }
 }
 
 impl Drop for Moto {
@@ -62,18 +86,27 @@ impl Drop for Moto {
     }
 }
 
-/// A proxy in front of moto that refuses multipart part uploads (`PUT ...?partNumber=`)
-/// with `503 SlowDown` while `refuse_parts` is set, and forwards everything else.
-pub struct ThrottlingProxy {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    /// How many requests it refused.
-    pub refused: Arc<AtomicUsize>,
+/// What a [`FaultProxy`] does wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Refuses multipart part uploads (`PUT ...?partNumber=`) with `503 SlowDown`.
+    SlowDownParts,
+    /// Flips the last byte of every successful GET's body, headers untouched.
+    CorruptBodies,
 }
 
-impl ThrottlingProxy {
+/// A proxy in front of an object store that injects one [`Fault`] and forwards
+/// everything else.
+pub struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    /// How many faults it injected.
+    pub injected: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
     /// Starts the proxy in front of `upstream` (`127.0.0.1:<port>`).
-    pub fn start(upstream: u16) -> ThrottlingProxy {
+    pub fn start(upstream: u16, fault: Fault) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
@@ -86,17 +119,17 @@ impl ThrottlingProxy {
                     Ok((client, _)) => {
                         let refused = refused2.clone();
                         std::thread::spawn(move || {
-                            let _ = serve(client, upstream, &refused);
+                            let _ = serve(client, upstream, fault, &refused);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        ThrottlingProxy {
+        FaultProxy {
             port,
             stop,
-            refused,
+            injected: refused,
         }
     }
 
@@ -106,7 +139,7 @@ impl ThrottlingProxy {
     }
 }
 
-impl Drop for ThrottlingProxy {
+impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -114,7 +147,12 @@ impl Drop for ThrottlingProxy {
 
 /// One connection: each request read whole, then refused or forwarded (with
 /// `Connection: close` upstream, so the answer is read to its end).
-fn serve(client: TcpStream, upstream: u16, refused: &AtomicUsize) -> std::io::Result<()> {
+fn serve(
+    client: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    injected: &AtomicUsize,
+) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
@@ -148,8 +186,11 @@ fn serve(client: TcpStream, upstream: u16, refused: &AtomicUsize) -> std::io::Re
             .next()
             .unwrap_or("")
             .to_owned();
-        if request_line.starts_with("PUT ") && request_line.contains("partNumber=") {
-            refused.fetch_add(1, Ordering::Relaxed);
+        if fault == Fault::SlowDownParts
+            && request_line.starts_with("PUT ")
+            && request_line.contains("partNumber=")
+        {
+            injected.fetch_add(1, Ordering::Relaxed);
             let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
             write!(
                 client,
@@ -165,7 +206,83 @@ fn serve(client: TcpStream, upstream: u16, refused: &AtomicUsize) -> std::io::Re
         up.write_all(&body)?;
         let mut answer = Vec::new();
         up.read_to_end(&mut answer)?;
+        let ok = answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.1 206");
+        let body_at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| at + 4);
+        if let (Fault::CorruptBodies, true, true, Some(at)) =
+            (fault, request_line.starts_with("GET "), ok, body_at)
+        {
+            if answer.len() > at {
+                let last = answer.len() - 1;
+                answer[last] ^= 0x01;
+                injected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         client.write_all(&answer)?;
+    }
+}
+
+/// s3rver (npm `s3rver`, in `target/test-node`), a second S3-compatible server, on
+/// 127.0.0.1 with one bucket. It knows one access key, `S3RVER` (secret `S3RVER`),
+/// and refuses any other.
+pub struct S3rver {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl S3rver {
+    /// The one access key ID (and secret) s3rver knows.
+    pub const KEY: &'static str = "S3RVER";
+
+    /// Starts s3rver on a free port with `bucket` made, storing in a fresh directory.
+    pub fn start(bucket: &str) -> S3rver {
+        let bin = crate::target_root().join("test-node/node_modules/.bin/s3rver");
+        assert!(
+            bin.exists(),
+            "{} is missing: scripts/install-test-deps installs s3rver with npm",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent"])
+            .arg("-d")
+            .arg(dir.path())
+            .args(["--configure-bucket", bucket])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3rver starts");
+        crate::wait_for_port(&mut child, port, "s3rver");
+        S3rver {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs Python with `s3`, a boto3 client of this server, defined first; its stdout.
+    pub fn boto(&self, script: &str) -> String {
+        let prelude = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='S3RVER', aws_secret_access_key='S3RVER', region_name='us-east-1')\n",
+            self.endpoint()
+        );
+        run_python(&(prelude + script), "boto3")
+    }
+}
+
+impl Drop for S3rver {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, libc::SIGTERM);
     }
 }
 

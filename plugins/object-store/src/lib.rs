@@ -1,13 +1,14 @@
 //! The `object-store` provider: stages `s3://bucket/key` objects with the
 //! `object_store` crate, on a tokio runtime the plugin owns.
 //!
-//! Stage-in asks for the object's size and ETag, then fetches it: in one GET when it
-//! is no larger than a part, else in parallel ranged GETs (`concurrency` at once,
-//! consumed in order), streamed to a temporary file in the destination directory that
-//! is synced and renamed. Memory stays at most `concurrency` parts. A single-part
-//! object's MD5 ETag is checked against the bytes. When the destination already holds
-//! the object with the same ETag (recorded through `validators`), no bytes move and the
-//! report says `cached`.
+//! Stage-in asks for the whole object: the answer gives its size, ETag and the
+//! store's checksums (see [`checksum`]). The first part is read from it; a larger rest
+//! comes in parallel ranged GETs (`concurrency` at once, consumed in order, each only
+//! while the ETag is unchanged), streamed to a temporary file in the destination
+//! directory that is synced and renamed. Memory stays at most `concurrency` parts. The
+//! store's whole-object checksums and a single-part object's MD5 ETag are checked
+//! against the bytes. When the destination already holds the object with the same
+//! ETag (recorded through `validators`), no bytes move and the report says `cached`.
 //!
 //! Stage-out uploads a file no larger than a part in one PUT, else as a multipart
 //! upload with `concurrency` parts in flight; a failed or cancelled upload is aborted,
@@ -39,6 +40,7 @@ use stagehost_plugin_api::{
     Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
 };
 
+mod checksum;
 mod profile;
 
 /// The runtime every instance's transfers run on, called from the host's blocking
@@ -253,46 +255,72 @@ impl ObjectStoreProvider {
     }
 }
 
-/// An object_store error as a stage error of the right kind.
+/// The error code of a store's XML error body (`<Code>NoSuchBucket</Code>`).
+fn error_code(text: &str) -> Option<&str> {
+    let (_, rest) = text.split_once("<Code>")?;
+    let (code, _) = rest.split_once("</Code>")?;
+    (!code.is_empty() && code.len() < 64).then_some(code)
+}
+
+/// An object_store error as a stage error of the right kind, with the store's error
+/// code when it gave one.
 fn classify(what: &str, target: &Target, e: &object_store::Error) -> StageError {
     let text = e.to_string();
     let has = |s: &str| text.contains(s);
-    let (kind, why) = match e {
-        _ if has("NoSuchBucket") || has("ContainerNotFound") => (
+    let code = error_code(&text);
+    let (kind, why) = match (e, code.unwrap_or("")) {
+        (_, "NoSuchBucket" | "ContainerNotFound") => (
             ErrorKind::NotFound,
             format!("the bucket {} does not exist", target.bucket),
         ),
-        object_store::Error::NotFound { .. } => (ErrorKind::NotFound, "no such object".to_owned()),
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => {
-            (ErrorKind::Permission, "access denied".to_owned())
+        (_, "InvalidAccessKeyId") => (
+            ErrorKind::Permission,
+            "the store does not know the access key ID (check AWS_ACCESS_KEY_ID, the profile, or the setting that names the key)".to_owned(),
+        ),
+        (_, "SignatureDoesNotMatch" | "AuthenticationFailed") => (
+            ErrorKind::Permission,
+            "the secret key does not match the access key ID (the request's signature was refused)".to_owned(),
+        ),
+        (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => (
+            ErrorKind::Permission,
+            "the session token is expired or invalid".to_owned(),
+        ),
+        (_, "SlowDown" | "Throttling" | "ThrottlingException" | "ServerBusy" | "RequestLimitExceeded") => (
+            ErrorKind::Transient,
+            "the store is throttling requests".to_owned(),
+        ),
+        (object_store::Error::NotFound { .. }, _) => {
+            (ErrorKind::NotFound, "no such object".to_owned())
         }
-        _ if has("AccessDenied")
-            || has("InvalidAccessKeyId")
-            || has("SignatureDoesNotMatch")
-            || has("status code: 403") =>
-        {
-            (ErrorKind::Permission, "access denied".to_owned())
-        }
-        _ if has("SlowDown")
-            || has("Throttl")
-            || has("status code: 503")
-            || has("status code: 429") =>
-        {
-            (
-                ErrorKind::Transient,
-                "the store is throttling requests".to_owned(),
-            )
-        }
+        (object_store::Error::Precondition { .. }, _) => (
+            ErrorKind::Transient,
+            "the object changed while it was fetched".to_owned(),
+        ),
+        (
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. },
+            _,
+        ) => (ErrorKind::Permission, "access denied".to_owned()),
+        _ if has("status code: 403") => (ErrorKind::Permission, "access denied".to_owned()),
+        _ if has("status code: 503") || has("status code: 429") => (
+            ErrorKind::Transient,
+            "the store is throttling requests".to_owned(),
+        ),
         _ if has("status code: 5") || has("error sending request") || has("connection") => (
             ErrorKind::Transient,
             "the store failed or is unreachable".to_owned(),
         ),
         _ => (ErrorKind::Other, "the store refused".to_owned()),
     };
-    // object_store's messages quote the request; they carry no credentials.
-    let detail: String = display::escape(&text).chars().take(300).collect();
-    StageError::new(kind, format!("{what} {}: {why} ({detail})", target.shown))
+    // object_store's messages quote the request (never its credentials) and then the
+    // body; the code stands for the body.
+    let request = text.split(": <?xml").next().unwrap_or(&text);
+    let detail: String = display::escape(request).chars().take(240).collect();
+    let code = code.map(|c| format!("{c}; ")).unwrap_or_default();
+    StageError::new(
+        kind,
+        format!("{what} {}: {why} ({code}{detail})", target.shown),
+    )
 }
 
 /// Whether `etag` is a single-part upload's MD5 (32 hex digits, quoted or not).
@@ -360,6 +388,7 @@ impl Shared {
             .is_some_and(|e| e.starts_with("http://"));
         let store = builder
             .with_allow_http(s.allow_http || plain)
+            .with_http_connector(checksum::Connector)
             .with_retry(self.retry())
             .build()
             .map_err(|e| {
@@ -397,6 +426,7 @@ impl Shared {
             .is_some_and(|e| e.starts_with("http://"));
         let store = builder
             .with_client_options(ClientOptions::new().with_allow_http(s.allow_http || plain))
+            .with_http_connector(checksum::Connector)
             .with_retry(self.retry())
             .build()
             .map_err(|e| {
@@ -467,8 +497,19 @@ impl Shared {
         let plain = endpoint
             .as_deref()
             .is_some_and(|e| e.starts_with("http://"));
+        // Ask for the objects' checksums on every request, so that the header is signed.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            checksum::MODE_HEADER,
+            http::HeaderValue::from_static("ENABLED"),
+        );
         builder = builder
-            .with_allow_http(s.allow_http || plain)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(s.allow_http || plain)
+                    .with_default_headers(headers),
+            )
+            .with_http_connector(checksum::Connector)
             .with_virtual_hosted_style_request(!s.path_style.unwrap_or(endpoint.is_some()))
             .with_retry(self.retry());
         let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| {
@@ -499,16 +540,10 @@ impl Shared {
             range,
             ..GetOptions::default()
         };
-        // The first part, and with it the object's size and ETag.
-        let first = match store
-            .get_opts(&target.key, ask(Some(GetRange::Bounded(0..part))))
-            .await
-        {
-            // An empty object has no byte 0 to ask for.
-            Err(e) if e.to_string().contains("416") => store.get_opts(&target.key, ask(None)).await,
-            other => other,
-        };
-        let first = match first {
+        // The whole object is asked for first: a store sends its checksums only then.
+        // Its first part is read from this response; a larger rest is fetched in
+        // parallel ranges, each only if the object is still the version begun with.
+        let first = match store.get_opts(&target.key, ask(None)).await {
             Ok(first) => first,
             Err(object_store::Error::NotModified { .. }) => {
                 let size = std::fs::metadata(dest).map_or(0, |m| m.len());
@@ -535,35 +570,68 @@ impl Shared {
         let meta = first.meta.clone();
         let size = meta.size;
         let validator = meta.e_tag.as_ref().map(|t| format!("{t}{suffix}"));
-        let first = first
-            .bytes()
-            .await
-            .map_err(|e| classify("cannot stage in", target, &e))?;
+        let given = first
+            .extensions
+            .get::<checksum::Checksums>()
+            .cloned()
+            .unwrap_or_default();
+        let mut checks: Vec<(checksum::Given, checksum::Running)> = given
+            .given
+            .iter()
+            .filter_map(|g| Some((g.clone(), checksum::Running::for_given(g)?)))
+            .collect();
+        let etag_md5 = meta
+            .e_tag
+            .as_deref()
+            .and_then(md5_etag)
+            .filter(|_| !given.etag_not_md5);
+        let mut md5 = etag_md5.as_ref().map(|_| md5::Md5::default());
         let mut out = AtomicFile::create(dest)?;
         let write_error = |e: std::io::Error| {
             StageError::io(format_args!("cannot write {}", display::path(dest)), &e)
         };
-        let mut md5 = md5::Md5::default();
-        md5::Digest::update(&mut md5, &first);
-        out.write_all(&first).map_err(write_error)?;
-        let start = first.len() as u64;
-        let ranges: Vec<std::ops::Range<u64>> = (start..size)
+        let mut take = |bytes: &[u8], out: &mut AtomicFile| -> Result<(), StageError> {
+            if let Some(md5) = md5.as_mut() {
+                md5::Digest::update(md5, bytes);
+            }
+            for (_, running) in checks.iter_mut() {
+                running.update(bytes);
+            }
+            out.write_all(bytes).map_err(write_error)
+        };
+        let mut done = 0u64;
+        ctx.progress(done, Some(size));
+        let mut stream = first.into_stream();
+        while done < part.min(size) {
+            ctx.check()?;
+            let Some(bytes) = stream.next().await else {
+                break;
+            };
+            let bytes = bytes.map_err(|e| classify("cannot stage in", target, &e))?;
+            take(&bytes, &mut out)?;
+            done += bytes.len() as u64;
+            ctx.progress(done, Some(size));
+        }
+        drop(stream);
+        let ranges: Vec<std::ops::Range<u64>> = (done..size)
             .step_by(part as usize)
             .map(|at| at..(at + part).min(size))
             .collect();
         let mut parts = futures::stream::iter(ranges.into_iter().map(|r| {
             let store = store.clone();
             let key = target.key.clone();
-            async move { store.get_range(&key, r).await }
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(r)),
+                if_match: meta.e_tag.clone(),
+                ..GetOptions::default()
+            };
+            async move { store.get_opts(&key, options).await?.bytes().await }
         }))
         .buffered(self.settings.concurrency);
-        let mut done = start;
-        ctx.progress(done, Some(size));
         while let Some(bytes) = parts.next().await {
             ctx.check()?;
             let bytes = bytes.map_err(|e| classify("cannot stage in", target, &e))?;
-            md5::Digest::update(&mut md5, &bytes);
-            out.write_all(&bytes).map_err(write_error)?;
+            take(&bytes, &mut out)?;
             done += bytes.len() as u64;
             ctx.progress(done, Some(size));
         }
@@ -573,7 +641,23 @@ impl Shared {
                 format!("{}: received {done} bytes of {size}", target.shown),
             ));
         }
-        if let Some(expected) = meta.e_tag.as_deref().and_then(md5_etag) {
+        for (given, running) in checks {
+            let got = running.finish();
+            if got != given.value {
+                return Err(StageError::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "{}: the bytes' {} is {got}, the store says {}",
+                        target.shown, given.algorithm, given.value
+                    ),
+                ));
+            }
+            ctx.debug(&format!(
+                "{}: {} checksum verified",
+                target.shown, given.algorithm
+            ));
+        }
+        if let (Some(expected), Some(md5)) = (etag_md5, md5) {
             let got = hex(&md5::Digest::finalize(md5));
             if got != expected {
                 return Err(StageError::new(
@@ -584,6 +668,12 @@ impl Shared {
                     ),
                 ));
             }
+        }
+        for g in given.given.iter().filter(|g| g.value.contains('-')) {
+            ctx.debug(&format!(
+                "{}: its {} checksum is composite ({}), of the parts of its upload; not checked",
+                target.shown, g.algorithm, g.value
+            ));
         }
         out.commit()?;
         if let Some(v) = validator {
@@ -680,7 +770,7 @@ stagehost_plugin_api::export_provider! {
     provider: ObjectStoreProvider,
     name: "object-store",
     schemes: ["s3", "gs", "az"],
-    description: "s3:// objects: parallel ranged GETs, multipart uploads aborted on failure, MD5 ETags checked, unchanged objects not moved again",
+    description: "s3://, gs:// and az:// objects: parallel ranged GETs, multipart uploads aborted on failure, checksums and MD5 ETags checked, unchanged objects not moved again",
 }
 
 #[cfg(test)]
