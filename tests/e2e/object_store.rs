@@ -254,11 +254,11 @@ fn checksums_the_store_gives_are_verified_and_a_corrupted_body_is_refused() {
     let moto = Moto::start();
     // boto3 uploads with the checksum asked for; S3 (and moto) keep it with the object.
     moto.boto(
-        "s3.create_bucket(Bucket='data')\nfor alg in ['CRC32', 'SHA1', 'SHA256']:\n    s3.put_object(Bucket='data', Key='o-' + alg, Body=b'checked ' * 1000, ChecksumAlgorithm=alg)\n",
+        "s3.create_bucket(Bucket='data')\nfor alg in ['CRC32', 'CRC32C', 'CRC64NVME', 'SHA1', 'SHA256']:\n    s3.put_object(Bucket='data', Key='o-' + alg, Body=b'checked ' * 1000, ChecksumAlgorithm=alg)\n",
     );
     let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
     let debug = [ENV[0], ENV[1], ENV[2], ("RUST_LOG", "debug")];
-    for alg in ["CRC32", "SHA1", "SHA256"] {
+    for alg in ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"] {
         let url = format!("s3://data/o-{alg}");
         let out = stage_in_as(&sandbox, &cfg, &url, &debug);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -267,6 +267,43 @@ fn checksums_the_store_gives_are_verified_and_a_corrupted_body_is_refused() {
             "{alg}: {}",
             out.stderr
         );
+    }
+    // A multipart upload of stagehost's declares its checksum (SHA-256 unless set
+    // otherwise), so the store keeps one: composite for SHA-256 (of the parts' own;
+    // not checkable whole), whole-object for CRC64NVME, which the next stage-in checks.
+    for (setting, alg, seen) in [
+        ("", "SHA256", "composite"),
+        (", upload_checksum = \"crc64nvme\"", "CRC64NVME", "verified"),
+    ] {
+        let cfg = s3_config(&sandbox, "up.toml", &moto.endpoint(), setting);
+        let local = sandbox.write("up.bin", pattern(12 << 20));
+        let key = format!("up-{alg}");
+        let url = format!("s3://data/{key}");
+        let args = [
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "out",
+            local.to_str().unwrap(),
+            url.as_str(),
+        ];
+        let out = sandbox.run_env(&args, &ENV);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let kept = moto.boto(&format!(
+            "h = s3.head_object(Bucket='data', Key='{key}', ChecksumMode='ENABLED')\nprint(h.get('Checksum{alg}') is not None)\n"
+        ));
+        assert_eq!(kept.trim(), "True", "{alg}");
+        let out = stage_in_as(&sandbox, &cfg, &url, &debug);
+        assert_eq!(out.code, Some(0), "{}", out.stdout);
+        assert_eq!(
+            std::fs::read(sandbox.join("wd").join(&key)).unwrap(),
+            pattern(12 << 20)
+        );
+        let line = match seen {
+            "verified" => format!("{alg} checksum verified"),
+            _ => format!("its {alg} checksum is composite"),
+        };
+        assert!(out.stderr.contains(&line), "{alg}: {}", out.stderr);
     }
     // Through a proxy that flips the last byte of each body: refused, nothing left.
     let port: u16 = moto.endpoint().rsplit(':').next().unwrap().parse().unwrap();

@@ -25,7 +25,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, Checksum};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjectPath;
@@ -70,6 +70,8 @@ struct StoreSettings {
     part_size_mib: u64,
     /// Parts in flight at once, per transfer.
     concurrency: usize,
+    /// S3: the checksum each upload carries, for the store to check and keep.
+    upload_checksum: UploadChecksum,
     /// Buckets (or `bucket/prefix`es) this instance claims; empty claims all.
     buckets: Vec<String>,
     /// The profile of the shared AWS files (else `AWS_PROFILE`, else `default`).
@@ -102,6 +104,7 @@ impl Default for StoreSettings {
             allow_http: false,
             part_size_mib: 8,
             concurrency: 8,
+            upload_checksum: UploadChecksum::Sha256,
             buckets: Vec::new(),
             profile: None,
             access_key_id_env: None,
@@ -115,6 +118,19 @@ impl Default for StoreSettings {
             bearer_token_env: None,
         }
     }
+}
+
+/// The checksum an S3 upload (each PUT, each part) carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum UploadChecksum {
+    /// `x-amz-checksum-sha256`: the SHA-256 computed for the request's signature
+    /// anyway; the object keeps it (composite for a multipart upload).
+    Sha256,
+    /// `x-amz-checksum-crc64nvme`.
+    Crc64nvme,
+    /// None sent; the store chooses (S3 computes a CRC64NVME of the whole object).
+    None,
 }
 
 /// See the crate docs.
@@ -503,6 +519,13 @@ impl Shared {
             checksum::MODE_HEADER,
             http::HeaderValue::from_static("ENABLED"),
         );
+        match s.upload_checksum {
+            UploadChecksum::Sha256 => builder = builder.with_checksum_algorithm(Checksum::SHA256),
+            UploadChecksum::Crc64nvme => {
+                builder = builder.with_checksum_algorithm(Checksum::CRC64NVME)
+            }
+            UploadChecksum::None => {}
+        }
         builder = builder
             .with_client_options(
                 ClientOptions::new()
