@@ -162,6 +162,16 @@ pub enum ConfigSource {
         /// Its text, kept to point at lines in later errors.
         text: String,
     },
+    /// Text handed over by a program (such as `StagehostStaging(config=...)`), not
+    /// read from a file.
+    Inline {
+        /// What to call it in messages.
+        name: String,
+        /// The directory its relative paths are resolved against.
+        base: PathBuf,
+        /// Its text.
+        text: String,
+    },
 }
 
 impl ConfigSource {
@@ -170,13 +180,14 @@ impl ConfigSource {
         match self {
             ConfigSource::Embedded => "<embedded default config>".to_owned(),
             ConfigSource::File { path, .. } => path.display().to_string(),
+            ConfigSource::Inline { name, .. } => name.clone(),
         }
     }
     /// The config's text (the embedded default's for `Embedded`).
     pub fn text(&self) -> &str {
         match self {
             ConfigSource::Embedded => EMBEDDED_DEFAULT,
-            ConfigSource::File { text, .. } => text,
+            ConfigSource::File { text, .. } | ConfigSource::Inline { text, .. } => text,
         }
     }
     /// `name:line:column` of the first place where `key` is written as a TOML key, at or
@@ -308,6 +319,7 @@ impl Config {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            ConfigSource::Inline { base, .. } => base.clone(),
             ConfigSource::Embedded => PathBuf::from("."),
         }
     }

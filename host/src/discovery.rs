@@ -47,10 +47,12 @@ impl PluginDir {
 /// The plugin directories in search order:
 /// 1. `plugin_dirs` from the config;
 /// 2. `STAGEHOST_PLUGIN_PATH` (`:`-separated);
-/// 3. `<exe dir>/plugins`, then `<exe dir>`;
-/// 4. `$XDG_DATA_HOME/stagehost/plugins`;
-/// 5. `/usr/local/lib/stagehost/plugins`;
-/// 6. `/usr/lib/stagehost/plugins`.
+/// 3. the bundled directory, if the embedding program set one
+///    ([`set_bundled_plugin_dir`]);
+/// 4. `<exe dir>/plugins`, then `<exe dir>`;
+/// 5. `$XDG_DATA_HOME/stagehost/plugins`;
+/// 6. `/usr/local/lib/stagehost/plugins`;
+/// 7. `/usr/lib/stagehost/plugins`.
 ///
 /// A directory listed twice keeps its first place.
 pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir> {
@@ -70,6 +72,13 @@ pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir>
                 configured: false,
             });
         }
+    }
+    if let Some(dir) = BUNDLED.get() {
+        dirs.push(PluginDir {
+            path: dir.clone(),
+            origin: "bundled".into(),
+            configured: false,
+        });
     }
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
@@ -106,6 +115,15 @@ pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir>
     let mut seen = std::collections::HashSet::new();
     dirs.retain(|d| seen.insert(std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone())));
     dirs
+}
+
+static BUNDLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Names the directory of plugins shipped with a program that embeds the host (the
+/// Python package's own `plugins/`), searched after `STAGEHOST_PLUGIN_PATH` and before
+/// the executable's directories. Set once per process; returns whether this call set it.
+pub fn set_bundled_plugin_dir(dir: PathBuf) -> bool {
+    BUNDLED.set(dir).is_ok()
 }
 
 /// Whether `path` is named like a plugin: `*.so` or `*.dylib`.

@@ -47,6 +47,7 @@ pub mod config;
 pub mod data_manager;
 pub mod discovery;
 pub mod engine;
+pub mod listing;
 pub mod loader;
 pub mod registry;
 pub mod services;

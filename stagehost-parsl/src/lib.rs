@@ -1,0 +1,348 @@
+//! `stagehost_parsl._native`: stagehost's host for Python.
+//!
+//! A [`Host`] is one config's registry and data manager, built once per process (the
+//! Python side caches it) in the Parsl main process and in each worker. It answers
+//! whether an executor's providers can stage a URL, and plans a file's staging into a
+//! [`Plan`] whose separate job and in-task step run on the calling thread. Every call
+//! that can block (planning, staging, loading plugins) releases the GIL. A stagehost
+//! error is raised as `stagehost_parsl.StagingError(message, kind)`, its message the
+//! one line the CLI prints, with URLs redacted.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Once};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use stagehost::config::ConfigSource;
+use stagehost::{
+    Config, DataManager, PluginLoader, Registry, StageOptions, Staging, StagingError, WorkMode,
+};
+use stagehost_plugin_api::File;
+
+/// Raises `stagehost_parsl.StagingError(message, kind)`.
+fn staging_error(message: String, kind: Option<String>) -> PyErr {
+    Python::attach(|py| {
+        let made = py
+            .import("stagehost_parsl._errors")
+            .and_then(|m| m.getattr("StagingError"))
+            .and_then(|class| class.call1((message.clone(), kind)));
+        match made {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(e) => e,
+        }
+    })
+}
+
+fn from_staging(e: StagingError) -> PyErr {
+    let kind = e.kind().map(|k| k.to_string());
+    staging_error(e.to_string(), kind)
+}
+
+fn from_stage(url: &str, e: stagehost_plugin_api::StageError) -> PyErr {
+    staging_error(
+        format!("{}: {}: {}", url, e.kind(), e.message()),
+        Some(e.kind().to_string()),
+    )
+}
+
+/// Logs of the host and its plugins go to stderr, filtered by `RUST_LOG` (default:
+/// warnings), as the CLI's do.
+fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    });
+}
+
+/// The config a spec names: `("embedded",)`, `("path", PATH)` or
+/// `("text", TEXT, BASE_DIR)`.
+fn config_of(kind: &str, value: Option<String>, base: Option<String>) -> Result<Config, PyErr> {
+    let bad = |e: stagehost::ConfigError| staging_error(e.to_string(), Some("config".into()));
+    match (kind, value) {
+        ("embedded", _) => Ok(Config::embedded()),
+        ("path", Some(path)) => Config::locate(Some(&PathBuf::from(path))).map_err(bad),
+        ("text", Some(text)) => {
+            let base = base.map_or_else(|| PathBuf::from("."), PathBuf::from);
+            let source = ConfigSource::Inline {
+                name: "<StagehostStaging config>".into(),
+                base,
+                text: text.clone(),
+            };
+            Config::parse(&text, source).map_err(bad)
+        }
+        (other, _) => Err(PyRuntimeError::new_err(format!(
+            "unknown config spec kind {other:?}"
+        ))),
+    }
+}
+
+/// The config stagehost itself would use: the path of the file its search order finds
+/// (`STAGEHOST_CONFIG`, `./stagehost.toml`, `$XDG_CONFIG_HOME/stagehost/config.toml`,
+/// `/etc/stagehost/config.toml`), absolute, or `None` for the embedded default.
+#[pyfunction]
+fn locate_config(py: Python<'_>) -> PyResult<Option<String>> {
+    let config = py
+        .detach(|| Config::locate(None))
+        .map_err(|e| staging_error(e.to_string(), Some("config".into())))?;
+    Ok(match config.source {
+        ConfigSource::File { path, .. } => Some(
+            std::path::absolute(&path)
+                .unwrap_or(path)
+                .display()
+                .to_string(),
+        ),
+        _ => None,
+    })
+}
+
+/// Names the directory of the plugins shipped in the package, searched after
+/// `STAGEHOST_PLUGIN_PATH` and before the standard directories. The first call wins.
+#[pyfunction]
+fn set_bundled_plugin_dir(dir: String) -> bool {
+    stagehost::discovery::set_bundled_plugin_dir(PathBuf::from(dir))
+}
+
+/// One config's plugins, provider instances and data manager.
+#[pyclass(module = "stagehost_parsl._native", frozen)]
+struct Host {
+    registry: Arc<Registry>,
+    dm: Arc<DataManager>,
+}
+
+#[pymethods]
+impl Host {
+    /// Builds the host for a config spec (see `config_of`): loads the plugins and
+    /// makes every instance. Fails only as `stagehost plugins check` would.
+    #[new]
+    #[pyo3(signature = (kind, value=None, base=None))]
+    fn new(
+        py: Python<'_>,
+        kind: &str,
+        value: Option<String>,
+        base: Option<String>,
+    ) -> PyResult<Host> {
+        init_logging();
+        let config = config_of(kind, value, base)?;
+        let registry = py
+            .detach(|| {
+                let loader = PluginLoader::default();
+                Registry::build(&config, &loader)
+            })
+            .map_err(|e| staging_error(e.to_string(), Some("config".into())))?;
+        for problem in registry.dirs.iter().filter_map(|d| d.problem()) {
+            tracing::warn!("{problem}");
+        }
+        for (_, reason) in registry.failed_instances() {
+            if config.source != ConfigSource::Embedded || !reason.contains(": missing: ") {
+                tracing::warn!("{reason}");
+            }
+        }
+        let dm = DataManager::new(&registry);
+        Ok(Host {
+            registry: Arc::new(registry),
+            dm: Arc::new(dm),
+        })
+    }
+
+    /// The executor labels of the config, sorted.
+    fn executors(&self) -> Vec<String> {
+        self.dm
+            .executor_labels()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether a provider of `executor`'s order claims `url` for `direction` (`"in"`
+    /// or `"out"`): the name of the first that does, or `None`. A provider that fails
+    /// while asked raises, as Parsl's providers do.
+    fn choose(
+        &self,
+        py: Python<'_>,
+        direction: &str,
+        executor: &str,
+        url: &str,
+    ) -> PyResult<Option<String>> {
+        let file = File::parse(url).map_err(|e| from_stage(url, e))?;
+        let outbound = direction_is_out(direction)?;
+        let dm = self.dm.clone();
+        let chosen = py.detach(|| {
+            let chosen = if outbound {
+                dm.choose_stage_out_provider(executor, &file)
+            } else {
+                dm.choose_stage_in_provider(executor, &file)
+            };
+            chosen.map(|p| p.name.clone())
+        });
+        match chosen {
+            Ok(name) => Ok(Some(name)),
+            Err(StagingError::NoProvider { .. }) => Ok(None),
+            Err(e) => Err(from_staging(e)),
+        }
+    }
+
+    /// Plans the staging of `url` on `executor`: the provider's `stage_in` and
+    /// `replace_task` (or the stage-out pair) on a fresh copy of the file, whose
+    /// `local_path` is preset when `local_path` is given (a worker re-planning what
+    /// the main process planned).
+    #[pyo3(signature = (direction, executor, url, local_path=None))]
+    fn plan(
+        &self,
+        py: Python<'_>,
+        direction: &str,
+        executor: &str,
+        url: &str,
+        local_path: Option<String>,
+    ) -> PyResult<Plan> {
+        let mut file = File::parse(url).map_err(|e| from_stage(url, e))?;
+        if let Some(path) = local_path {
+            file.set_local_path(PathBuf::from(path));
+        }
+        let outbound = direction_is_out(direction)?;
+        let dm = self.dm.clone();
+        let staging = py
+            .detach(|| {
+                let opts = StageOptions::default();
+                if outbound {
+                    dm.plan_stage_out(executor, &file, &opts)
+                } else {
+                    dm.plan_stage_in(executor, &file, &opts)
+                }
+            })
+            .map_err(from_staging)?;
+        let local_path = staging.file.local_path().map(|p| p.display().to_string());
+        let modes = staging
+            .modes()
+            .into_iter()
+            .map(|m| m.as_str().to_owned())
+            .collect();
+        Ok(Plan {
+            staging: Mutex::new(Some(staging)),
+            local_path,
+            modes,
+            url: url.to_owned(),
+        })
+    }
+
+    /// What `stagehost plugins list` prints for this config.
+    fn plugins_text(&self) -> String {
+        stagehost::listing::render_text(&self.registry)
+    }
+
+    /// What `stagehost plugins list --json` prints for this config.
+    fn plugins_json(&self, py: Python<'_>) -> String {
+        let registry = self.registry.clone();
+        py.detach(|| stagehost::listing::render_json(&registry))
+    }
+}
+
+fn direction_is_out(direction: &str) -> PyResult<bool> {
+    match direction {
+        "in" => Ok(false),
+        "out" => Ok(true),
+        other => Err(PyRuntimeError::new_err(format!(
+            "direction must be \"in\" or \"out\", not {other:?}"
+        ))),
+    }
+}
+
+/// One file's planned staging: where the task sees the file, and the work left (a
+/// separate job, an in-task step), each run once on the calling thread.
+#[pyclass(module = "stagehost_parsl._native", frozen)]
+struct Plan {
+    staging: Mutex<Option<Staging>>,
+    /// Where the task sees the file, if the provider set it.
+    #[pyo3(get)]
+    local_path: Option<String>,
+    /// `"separate job"` and/or `"in-task step"`, in the order they run.
+    #[pyo3(get)]
+    modes: Vec<String>,
+    /// The file's URL.
+    #[pyo3(get)]
+    url: String,
+}
+
+impl Plan {
+    fn run(&self, py: Python<'_>, mode: WorkMode) -> PyResult<bool> {
+        let taken = {
+            let mut slot = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+            slot.take()
+        };
+        let Some(mut staging) = taken else {
+            return Err(PyRuntimeError::new_err(format!(
+                "the staging of {} is already running or done",
+                self.url
+            )));
+        };
+        let (outcome, staging) = py.detach(move || {
+            let opts = StageOptions::default();
+            let outcome = match mode {
+                WorkMode::SeparateJob => staging.run_separate_job(&opts),
+                WorkMode::InTaskStep => staging.run_in_task_step(&opts),
+            };
+            (outcome, staging)
+        });
+        *self.staging.lock().unwrap_or_else(|p| p.into_inner()) = Some(staging);
+        outcome.map(|done| done.cached).map_err(from_staging)
+    }
+}
+
+#[pymethods]
+impl Plan {
+    /// Whether there is a separate job to run.
+    #[getter]
+    fn has_separate_job(&self) -> bool {
+        self.modes
+            .iter()
+            .any(|m| m == WorkMode::SeparateJob.as_str())
+    }
+
+    /// Whether there is an in-task step to run.
+    #[getter]
+    fn has_in_task_step(&self) -> bool {
+        self.modes
+            .iter()
+            .any(|m| m == WorkMode::InTaskStep.as_str())
+    }
+
+    /// Runs the separate job (if any), blocking with the GIL released; whether the
+    /// destination already held the file (`cached`).
+    fn run_separate_job(&self, py: Python<'_>) -> PyResult<bool> {
+        self.run(py, WorkMode::SeparateJob)
+    }
+
+    /// Runs the in-task step (if any), blocking with the GIL released; whether the
+    /// destination already held the file (`cached`).
+    fn run_in_task_step(&self, py: Python<'_>) -> PyResult<bool> {
+        self.run(py, WorkMode::InTaskStep)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<stagehost plan of {} ({})>",
+            self.url,
+            if self.modes.is_empty() {
+                "nothing to run".to_owned()
+            } else {
+                self.modes.join(", ")
+            }
+        )
+    }
+}
+
+/// The Python module `stagehost_parsl._native`.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Host>()?;
+    m.add_class::<Plan>()?;
+    m.add_function(wrap_pyfunction!(locate_config, m)?)?;
+    m.add_function(wrap_pyfunction!(set_bundled_plugin_dir, m)?)?;
+    m.add("PLUGIN_API_VERSION", stagehost_plugin_api::abi::API_VERSION)?;
+    Ok(())
+}

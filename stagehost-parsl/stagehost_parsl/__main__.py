@@ -1,0 +1,43 @@
+"""``python -m stagehost_parsl plugins``: what ``stagehost plugins list`` prints, for
+the plugins this package finds (its own first, then the site's)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ._errors import StagingError
+from ._host import host_for, resolve_config
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m stagehost_parsl",
+        description="stagehost for Parsl: inspect the plugins and providers it uses.",
+    )
+    parser.add_argument(
+        "--config",
+        help="a stagehost config file (default: stagehost's own search order, then its embedded default)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    plugins = commands.add_parser(
+        "plugins", help="list plugin directories, plugins, providers and executors"
+    )
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    try:
+        host = host_for(resolve_config(args.config))
+    except StagingError as e:
+        print(f"stagehost: error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "plugins":
+        if args.json:
+            print(host.plugins_json())
+        else:
+            sys.stdout.write(host.plugins_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``StagehostStaging``: Parsl's ``Staging`` interface over stagehost's data manager."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from parsl.app.app import python_app
+from parsl.app.futures import DataFuture
+from parsl.data_provider.files import File
+from parsl.data_provider.staging import Staging
+from parsl.utils import RepresentationMixin
+
+from . import _native
+from ._errors import StagingError
+from ._host import ConfigArg, ConfigSpec, host_for, resolve_config
+
+if TYPE_CHECKING:
+    from parsl.data_provider.data_manager import DataManager
+    from parsl.dataflow.dflow import DataFlowKernel
+
+# Parsl calls stage_in (or stage_out) and then replace_task (or
+# replace_task_stage_out) with the same fresh copy of a File; the plan made by the
+# first is kept here, by the copy's identity, until the second takes it.
+_planned: dict[int, _native.Plan] = {}
+_planned_lock = threading.Lock()
+
+
+def _keep(file: File, plan: _native.Plan) -> None:
+    with _planned_lock:
+        _planned[id(file)] = plan
+
+
+def _take(file: File) -> Optional[_native.Plan]:
+    with _planned_lock:
+        return _planned.pop(id(file), None)
+
+
+class StagehostStaging(Staging, RepresentationMixin):
+    """Stages Parsl ``File``\\ s with stagehost's providers.
+
+    ``config`` is a stagehost config: a path, TOML text, or ``None`` for stagehost's
+    own search order and embedded default. ``executor`` is the label of the stagehost
+    executor whose provider order is used (``[executor.<label>]`` in the config).
+
+    For each file Parsl asks about, stagehost's data manager asks the executor's
+    providers in order, as Parsl asks its own. A provider's separate job runs as a
+    Parsl task on the ``_parsl_internal`` executor; its in-task steps run inside the
+    app's task, wherever Parsl runs it (re-planned there from the config, the
+    executor label and the URL). The object holds only picklable state.
+    """
+
+    def __init__(self, config: ConfigArg = None, executor: str = "local") -> None:
+        self.config = config
+        self.executor = executor
+        self._spec: ConfigSpec = resolve_config(config)
+        known = host_for(self._spec).executors()
+        if executor not in known:
+            raise StagingError(
+                f"unknown stagehost executor {executor!r} (configured: {', '.join(known)})",
+                "config",
+            )
+
+    # Parsl's questions.
+
+    def can_stage_in(self, file: File) -> bool:
+        return host_for(self._spec).choose("in", self.executor, file.url) is not None
+
+    def can_stage_out(self, file: File) -> bool:
+        return host_for(self._spec).choose("out", self.executor, file.url) is not None
+
+    # Stage-in.
+
+    def stage_in(
+        self, dm: "DataManager", executor: str, file: File, parent_fut: Optional[Future]
+    ) -> Optional[DataFuture]:
+        plan = host_for(self._spec).plan("in", self.executor, file.url)
+        if plan.local_path is not None:
+            file.local_path = plan.local_path
+        _keep(file, plan)
+        if not plan.has_separate_job:
+            return None
+        app = _internal_app(dm.dfk, _stage_in_job)
+        app_fut = app(plan, outputs=[file], _parsl_staging_inhibit=True, parent_fut=parent_fut)
+        return app_fut._outputs[0]
+
+    def replace_task(
+        self, dm: "DataManager", executor: str, file: File, func: Callable
+    ) -> Optional[Callable]:
+        plan = _take(file)
+        if plan is None or not plan.has_in_task_step:
+            return None
+        return InTaskStaging(func, self._spec, self.executor, "in", file.url, file.local_path)
+
+    # Stage-out.
+
+    def stage_out(
+        self, dm: "DataManager", executor: str, file: File, app_fu: Future
+    ) -> Optional[Future]:
+        plan = host_for(self._spec).plan("out", self.executor, file.url)
+        if plan.local_path is not None:
+            file.local_path = plan.local_path
+        _keep(file, plan)
+        if not plan.has_separate_job:
+            return None
+        app = _internal_app(dm.dfk, _stage_out_job)
+        return app(plan, _parsl_staging_inhibit=True, parent_fut=app_fu)
+
+    def replace_task_stage_out(
+        self, dm: "DataManager", executor: str, file: File, func: Callable
+    ) -> Optional[Callable]:
+        plan = _take(file)
+        if plan is None or not plan.has_in_task_step:
+            return None
+        return InTaskStaging(func, self._spec, self.executor, "out", file.url, file.local_path)
+
+
+class InTaskStaging:
+    """An app function wrapped with one file's in-task step: a stage-in just before
+    it, or a stage-out just after it. It pickles to Parsl's workers as plain data and
+    re-plans the file there, in that process's own host."""
+
+    def __init__(
+        self,
+        func: Callable,
+        spec: ConfigSpec,
+        executor: str,
+        direction: str,
+        url: str,
+        local_path: Optional[str],
+    ) -> None:
+        self.func = func
+        self.spec = spec
+        self.executor = executor
+        self.direction = direction
+        self.url = url
+        self.local_path = local_path
+        self.__name__ = getattr(func, "__name__", "task")
+
+    def _plan(self) -> _native.Plan:
+        return host_for(self.spec).plan(self.direction, self.executor, self.url, self.local_path)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.direction == "in":
+            self._plan().run_in_task_step()
+            return self.func(*args, **kwargs)
+        plan = self._plan()
+        result = self.func(*args, **kwargs)
+        plan.run_in_task_step()
+        return result
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__} with the in-task stage-{self.direction} of {self.url}>"
+
+
+def _stage_in_job(
+    plan: _native.Plan,
+    parent_fut: Any = None,
+    outputs: Any = (),
+    _parsl_staging_inhibit: bool = True,
+) -> None:
+    """A file's separate stage-in job, as a Parsl task."""
+    plan.run_separate_job()
+
+
+def _stage_out_job(
+    plan: _native.Plan, parent_fut: Any = None, _parsl_staging_inhibit: bool = True
+) -> None:
+    """A file's separate stage-out job, as a Parsl task after the app's."""
+    plan.run_separate_job()
+
+
+_apps: "weakref.WeakKeyDictionary[DataFlowKernel, dict[Callable, Any]]" = (
+    weakref.WeakKeyDictionary()
+)
+_apps_lock = threading.Lock()
+
+
+def _internal_app(dfk: "DataFlowKernel", func: Callable) -> Any:
+    """``func`` as a Parsl app of ``dfk`` on its ``_parsl_internal`` executor, made
+    once per DataFlowKernel."""
+    with _apps_lock:
+        made = _apps.setdefault(dfk, {})
+        app = made.get(func)
+        if app is None:
+            app = python_app(executors=["_parsl_internal"], data_flow_kernel=dfk)(func)
+            made[func] = app
+        return app
