@@ -1,0 +1,72 @@
+"""The package's own surface: configs, errors, pickling and the plugins listing."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, stagehost_config
+from stagehost_parsl import PLUGIN_DIR, InTaskStaging, StagehostStaging, StagingError
+
+
+def test_the_plugins_listing_is_the_clis(tmp_path: Path) -> None:
+    cfg = tmp_path / "stagehost.toml"
+    cfg.write_text(stagehost_config(tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "STAGEHOST_PLUGIN_PATH"}
+    ours = subprocess.run(
+        [sys.executable, "-m", "stagehost_parsl", "--config", str(cfg), "plugins"],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout
+    cli = subprocess.run(
+        [str(ROOT / "target" / "release" / "stagehost"), "--config", str(cfg), "plugins", "list"],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout
+    # The same providers and executor orders, in the same words; the plugins come
+    # from the package's own directory, searched first.
+    assert ours.split("\nProviders:")[1] == cli.split("\nProviders:")[1]
+    assert ours.splitlines()[1] == f"  {PLUGIN_DIR} (bundled)"
+    for name in ["file", "http", "ftp", "zip", "rsync", "object-store"]:
+        assert f"  {name} 0.1.0 (plugin-api" in ours
+
+
+def test_a_bad_config_is_one_line_naming_the_place() -> None:
+    with pytest.raises(StagingError) as raised:
+        StagehostStaging('[[provider]]\nname = "x"\nplugin = "file"\nbogus = 1\n')
+    assert raised.value.kind == "config"
+    assert "<StagehostStaging config>:4" in raised.value.message
+    assert "\n" not in raised.value.message
+
+
+def test_an_unknown_executor_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(StagingError) as raised:
+        StagehostStaging(stagehost_config(tmp_path), executor="nowhere")
+    assert "unknown stagehost executor 'nowhere'" in raised.value.message
+    assert "copying, intask, local" in raised.value.message
+
+
+def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(StagingError) as raised:
+        StagehostStaging(tmp_path / "absent.toml")
+    assert "absent.toml" in raised.value.message
+
+
+def test_what_crosses_to_workers_pickles(tmp_path: Path) -> None:
+    staging = StagehostStaging(stagehost_config(tmp_path))
+    again = pickle.loads(pickle.dumps(staging))
+    assert (again.executor, again._spec) == (staging.executor, staging._spec)
+    wrapper = InTaskStaging(len, staging._spec, "local", "in", "http://h/x", "/w/x")
+    back = pickle.loads(pickle.dumps(wrapper))
+    assert (back.func, back.spec, back.direction, back.url, back.local_path) == (
+        len,
+        staging._spec,
+        "in",
+        "http://h/x",
+        "/w/x",
+    )
+    error = pickle.loads(pickle.dumps(StagingError("cannot stage in x", "not found")))
+    assert (error.message, error.kind) == ("cannot stage in x", "not found")
