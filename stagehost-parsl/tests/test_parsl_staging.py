@@ -194,3 +194,23 @@ def test_copy_mode_stages_file_inputs_in_the_task(dfk: Any, tmp_path: Path, work
     [(seen, text)] = read_inputs["copying"](inputs=[File(str(source))]).result()
     assert text == "copied in\n"
     assert seen == str(workdir / "copies" / source.name)
+
+
+def test_an_in_task_stage_out_copies_the_output_back_after_the_app(
+    dfk: Any, tmp_path: Path, workdir: Path
+) -> None:
+    # The copy-mode file provider points the task at the working directory and, as an
+    # in-task step after the app (in the worker, on HTEX), copies the file out.
+    target = tmp_path / f"result-{tmp_path.name}.txt"
+    fut = write_outputs["copying"]("written in the working directory\n", outputs=[File(str(target))])
+    fut.outputs[0].result()
+    assert target.read_text() == "written in the working directory\n"
+    assert (workdir / "copies" / target.name).read_text() == "written in the working directory\n"
+
+
+def test_a_password_in_a_url_never_reaches_the_error(dfk: Any, nginx: Any) -> None:
+    url = nginx.url("absent-secret.txt").replace("http://", "http://user:hunter2-secret@")
+    with pytest.raises(StagingError) as raised:
+        read_inputs["intask"](inputs=[File(url)]).result()
+    assert "hunter2-secret" not in raised.value.message
+    assert "absent-secret.txt" in raised.value.message
