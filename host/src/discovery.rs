@@ -49,7 +49,8 @@ impl PluginDir {
 /// 2. `STAGEHOST_PLUGIN_PATH` (`:`-separated);
 /// 3. the bundled directory, if the embedding program set one
 ///    ([`set_bundled_plugin_dir`]);
-/// 4. `<exe dir>/plugins`, then `<exe dir>`;
+/// 4. `<exe dir>/plugins`, `<exe dir>/../lib/stagehost/plugins` (a tree installed by
+///    `scripts/install`, wherever it is mounted), then `<exe dir>`;
 /// 5. `$XDG_DATA_HOME/stagehost/plugins`;
 /// 6. `/usr/local/lib/stagehost/plugins`;
 /// 7. `/usr/lib/stagehost/plugins`.
@@ -89,6 +90,13 @@ pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir>
             origin: "<exe dir>/plugins".into(),
             configured: false,
         });
+        if let Some(prefix) = exe_dir.parent() {
+            dirs.push(PluginDir {
+                path: prefix.join("lib/stagehost/plugins"),
+                origin: "<exe dir>/../lib/stagehost/plugins".into(),
+                configured: false,
+            });
+        }
         dirs.push(PluginDir {
             path: exe_dir,
             origin: "<exe dir>".into(),

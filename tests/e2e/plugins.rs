@@ -649,3 +649,58 @@ fn a_plugin_built_against_plugin_api_0_1_1_still_loads_and_stages() {
     );
     assert_eq!(out.json()[0]["cached"], false);
 }
+
+#[test]
+fn an_installed_tree_finds_its_plugins_wherever_it_is_mounted() {
+    let sandbox = Sandbox::new();
+    let prefix = sandbox.join("opt/stagehost");
+    let out = std::process::Command::new("bash")
+        .arg(workspace_root().join("scripts/install"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .args(["--profile", "debug", "--no-build"])
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Mounted somewhere else, and reached through a symbolic link on PATH.
+    let mounted = sandbox.join("mnt/site-tools");
+    std::fs::create_dir_all(mounted.parent().unwrap()).unwrap();
+    std::fs::rename(&prefix, &mounted).unwrap();
+    let link = sandbox.join("bin/stagehost");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(mounted.join("bin/stagehost"), &link).unwrap();
+    let out: Run = sandbox
+        .command(&link)
+        .args(["plugins", "list", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listing = out.json();
+    assert_eq!(loaded_names(&listing), shipped_plugin_names());
+    let plugin_dir = mounted.join("lib/stagehost/plugins");
+    for plugin in listing["plugins"].as_array().unwrap() {
+        if plugin["status"] == "loaded" {
+            let file = std::path::PathBuf::from(plugin["file"].as_str().unwrap());
+            assert_eq!(file.parent(), Some(plugin_dir.as_path()), "{plugin}");
+            assert_eq!(
+                plugin["directory_origin"],
+                "<exe dir>/../lib/stagehost/plugins"
+            );
+        }
+    }
+    // And it stages with them.
+    sandbox.write("work/in.txt", "installed\n");
+    let out: Run = sandbox
+        .command(&link)
+        .args(["stage", "in", "--json", "in.txt"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()[0]["provider"], "file");
+}
