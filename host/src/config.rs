@@ -97,9 +97,86 @@ pub struct ExecutorConfig {
     /// be staged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<Vec<String>>,
-    /// How many task bodies run at once (default: the number of CPUs).
+    /// How many task bodies run at once (default: the number of CPUs); for `slurm`,
+    /// per node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Where task bodies run: `local` (this machine's worker threads) or `slurm`
+    /// (pilot jobs whose workers pull tasks from this run).
+    #[serde(default, skip_serializing_if = "ExecutorKind::is_local")]
+    pub kind: ExecutorKind,
+    /// The `[executor.NAME.slurm]` table, for `kind = "slurm"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmConfig>,
+}
+
+/// An executor's kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// Worker threads of this process.
+    #[default]
+    Local,
+    /// Pilot jobs (blocks) submitted with `sbatch`, each running `stagehost worker`.
+    Slurm,
+}
+
+impl ExecutorKind {
+    /// Whether this is the default, `local`.
+    pub fn is_local(&self) -> bool {
+        *self == ExecutorKind::Local
+    }
+}
+
+/// The `[executor.NAME.slurm]` table: how blocks are submitted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// `--partition`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `--account`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `--qos`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// `--time` of each block (`HH:MM:SS`, or any form sbatch takes).
+    pub walltime: String,
+    /// Blocks at most at once: started on demand, ended when idle.
+    pub blocks: usize,
+    /// `--nodes` of each block.
+    pub nodes_per_block: usize,
+    /// Extra `#SBATCH` options, each as sbatch takes it (`--mem=4G`).
+    pub sbatch_options: Vec<String>,
+    /// Shell lines run on the node before the worker starts (module loads, a venv).
+    pub worker_init: Vec<String>,
+    /// The address workers connect back to (default: 127.0.0.1 when every node is
+    /// this host; set it to an address the nodes reach).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Seconds a block may stay idle before it is ended.
+    pub max_idle_secs: f64,
+    /// Seconds between heartbeats; a peer silent for three is lost.
+    pub heartbeat_secs: f64,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: None,
+            account: None,
+            qos: None,
+            walltime: "01:00:00".into(),
+            blocks: 1,
+            nodes_per_block: 1,
+            sbatch_options: Vec::new(),
+            worker_init: Vec::new(),
+            address: None,
+            max_idle_secs: 120.0,
+            heartbeat_secs: 5.0,
+        }
+    }
 }
 
 /// The `[transfers]` table: bounds on staging work (separate jobs and in-task steps).
@@ -143,6 +220,8 @@ impl Default for ExecutorConfig {
             working_dir: default_working_dir(),
             staging: None,
             workers: None,
+            kind: ExecutorKind::Local,
+            slurm: None,
         }
     }
 }
@@ -437,6 +516,54 @@ impl Config {
                     "workers",
                     format!("executor {label:?}: workers must be between 1 and {MAX_WORKERS}, not {workers}"),
                 ));
+            }
+            match (&executor.kind, &executor.slurm) {
+                (ExecutorKind::Local, Some(_)) => {
+                    return Err(self.error_at(
+                        "slurm",
+                        format!("executor {label:?}: a [executor.{label}.slurm] table needs kind = \"slurm\""),
+                    ))
+                }
+                (ExecutorKind::Slurm, slurm) => {
+                    let slurm = slurm.clone().unwrap_or_default();
+                    for (key, value, max) in [
+                        ("blocks", slurm.blocks, 1024),
+                        ("nodes_per_block", slurm.nodes_per_block, 4096),
+                    ] {
+                        if !(1..=max).contains(&value) {
+                            return Err(self.error_at(
+                                key,
+                                format!("executor {label:?}: slurm {key} must be between 1 and {max}, not {value}"),
+                            ));
+                        }
+                    }
+                    for (key, value) in [
+                        ("heartbeat_secs", slurm.heartbeat_secs),
+                        ("max_idle_secs", slurm.max_idle_secs),
+                    ] {
+                        if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+                            return Err(self.error_at(
+                                key,
+                                format!("executor {label:?}: slurm {key} must be above 0 and at most 86400, not {value}"),
+                            ));
+                        }
+                    }
+                    if slurm.walltime.trim().is_empty() {
+                        return Err(self.error_at(
+                            "walltime",
+                            format!("executor {label:?}: slurm walltime is empty"),
+                        ));
+                    }
+                    for line in slurm.sbatch_options.iter().chain(&slurm.worker_init) {
+                        if line.contains('\n') {
+                            return Err(self.error_at(
+                                "sbatch_options",
+                                format!("executor {label:?}: slurm sbatch_options and worker_init hold one line each, not {line:?}"),
+                            ));
+                        }
+                    }
+                }
+                _ => {}
             }
             for name in executor.staging.iter().flatten() {
                 let known_plugin = self.providers.iter().any(|p| &p.name == name);

@@ -26,7 +26,7 @@ use crate::registry::{PlanningCall, ProviderInstance, Registry};
 use crate::services::{abi_context, CallServices, CancelFlag, ProgressSink};
 
 /// Stage-in or stage-out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Direction {
     /// Before the task.

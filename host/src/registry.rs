@@ -152,8 +152,12 @@ pub struct ExecutorRecord {
     pub order: Vec<String>,
     /// Whether the order came from a `staging` list (else the default order).
     pub explicit: bool,
-    /// How many task bodies run at once.
+    /// How many task bodies run at once (for `slurm`, per node).
     pub workers: usize,
+    /// Where task bodies run.
+    pub kind: crate::config::ExecutorKind,
+    /// How blocks are submitted, for `slurm`.
+    pub slurm: Option<crate::config::SlurmConfig>,
 }
 
 /// Everything discovered and built for one config.
@@ -343,6 +347,13 @@ impl Registry {
                 workers: ec
                     .workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                kind: ec.kind,
+                slurm: match ec.kind {
+                    crate::config::ExecutorKind::Slurm => {
+                        Some(ec.slurm.clone().unwrap_or_default())
+                    }
+                    crate::config::ExecutorKind::Local => None,
+                },
             });
         }
         Ok(Registry {

@@ -6,6 +6,7 @@ mod plugins;
 mod progress;
 mod run;
 mod stage;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     /// Inspect the config
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Serve a run's tasks on this node (started by a `slurm` executor's blocks)
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +196,10 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         Command::Run(a) => {
             let registry = load(&config, &loader)?;
             run::run(&config, &registry, a)
+        }
+        Command::Worker(a) => {
+            let registry = load(&config, &loader)?;
+            worker::worker(&config, &registry, a)
         }
         Command::Stage(StageCommand::Out(a)) => {
             let registry = load(&config, &loader)?;

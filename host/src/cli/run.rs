@@ -96,6 +96,13 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     let workflow_name = workflow.path.display().to_string();
     let quiet = args.quiet;
     let tasks = workflow.tasks.len();
+    // The workers of `slurm` executors read the same config file on the nodes.
+    let config_file = match &config.source {
+        stagehost::config::ConfigSource::File { path, .. } => {
+            Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+        }
+        _ => None,
+    };
     let reports = rt.block_on(async move {
         let observer = super::progress::observer(quiet);
         observer.tasks_expected(tasks);
@@ -104,6 +111,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             EngineOptions {
                 transfers,
                 observer,
+                config_file,
             },
         )
         .map_err(|e| CliError::Staging(e.to_string()))?;
@@ -117,8 +125,11 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             .await
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
         let reports = engine.wait_all().await;
-        // The run is over: nothing a command left behind outlives it.
+        // The run is over: nothing a command left behind outlives it, and no Slurm
+        // block it submitted stays queued or running.
         engine.kill_leftovers();
+        let ender = engine.clone();
+        let _ = tokio::task::spawn_blocking(move || ender.shutdown()).await;
         // Back to the workflow file's order.
         let mut ordered: Vec<Option<Arc<TaskReport>>> = vec![None; reports.len()];
         for (report, i) in reports.into_iter().zip(submitted) {

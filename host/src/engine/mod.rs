@@ -21,6 +21,8 @@
 
 mod command;
 mod pool;
+mod remote;
+mod slurm;
 mod task;
 mod transfer;
 
@@ -34,6 +36,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use command::{check as check_command, expand as expand_command, shell_quote};
+pub use remote::{serve_worker, WorkerOptions, PROTOCOL_VERSION};
 pub use task::{
     Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec,
     TaskStatus,
@@ -80,6 +83,9 @@ pub struct EngineOptions {
     pub transfers: TransferConfig,
     /// Progress observer.
     pub observer: Arc<dyn Observer>,
+    /// The config file, for the workers of `slurm` executors to read on the nodes
+    /// (`None`: they use the embedded default).
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -87,6 +93,7 @@ impl Default for EngineOptions {
         EngineOptions {
             transfers: TransferConfig::default(),
             observer: Arc::new(Silent),
+            config_file: None,
         }
     }
 }
@@ -94,6 +101,73 @@ impl Default for EngineOptions {
 struct ExecutorRuntime {
     working_dir: PathBuf,
     workers: WorkerPool,
+    /// For an executor whose bodies run elsewhere: where its tasks go.
+    remote: Option<Remote>,
+}
+
+/// The submit side of a `slurm` executor.
+struct Remote {
+    dispatcher: Arc<remote::Dispatcher>,
+    blocks: Arc<slurm::Blocks>,
+}
+
+/// Sets up a `slurm` executor: its run directory (scripts, logs, the secret only the
+/// user can read), the listener its workers connect to, and its blocks.
+fn start_remote(
+    e: &crate::registry::ExecutorRecord,
+    options: &EngineOptions,
+) -> Result<Remote, EngineError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let config = e.slurm.clone().unwrap_or_default();
+    let fail = |what: &str, err: std::io::Error| {
+        EngineError(format!("executor {:?}: {what}: {err}", e.label))
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let run_dir = e.working_dir.join(".stagehost").join("slurm").join(format!(
+        "{}-{}-{stamp}",
+        e.label,
+        std::process::id()
+    ));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run_dir)
+        .map_err(|err| fail(&format!("cannot create {}", run_dir.display()), err))?;
+    let secret = remote::new_secret().map_err(|err| fail("cannot make a secret", err))?;
+    let secret_file = run_dir.join("secret");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret_file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, secret.as_bytes()))
+        .map_err(|err| fail(&format!("cannot write {}", secret_file.display()), err))?;
+    let address = config.address.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let dispatcher = remote::Dispatcher::start(
+        &e.label,
+        &address,
+        secret,
+        std::time::Duration::from_secs_f64(config.heartbeat_secs),
+    )
+    .map_err(|err| fail(&format!("cannot listen on {address}"), err))?;
+    let connect = format!("{address}:{}", dispatcher.address().port());
+    let exe = std::env::current_exe().map_err(|err| fail("cannot find this executable", err))?;
+    let blocks = slurm::Blocks::start(
+        &e.label,
+        config,
+        dispatcher.clone(),
+        run_dir,
+        slurm::WorkerLaunch {
+            exe,
+            config_file: options.config_file.clone(),
+            secret_file,
+            slots: e.workers,
+        },
+        connect,
+    );
+    Ok(Remote { dispatcher, blocks })
 }
 
 struct Inner {
@@ -152,9 +226,19 @@ impl Engine {
         let dm = Arc::new(DataManager::new(registry));
         let mut executors = HashMap::new();
         for e in &registry.executors {
+            let (remote, threads) = match e.kind {
+                crate::config::ExecutorKind::Local => (None, e.workers),
+                crate::config::ExecutorKind::Slurm => {
+                    let c = e.slurm.clone().unwrap_or_default();
+                    // Submit-side threads, each waiting on one task running on a node.
+                    let slots = c.blocks * c.nodes_per_block * e.workers;
+                    (Some(start_remote(e, &options)?), slots)
+                }
+            };
             let rt = ExecutorRuntime {
                 working_dir: e.working_dir.clone(),
-                workers: WorkerPool::new(&e.label, e.workers).map_err(EngineError)?,
+                workers: WorkerPool::new(&e.label, threads).map_err(EngineError)?,
+                remote,
             };
             executors.insert(e.label.clone(), rt);
         }
@@ -275,6 +359,17 @@ impl Engine {
     /// a process may exit before its last worker lets go of the engine.
     pub fn kill_leftovers(&self) {
         self.inner.commands.kill_leftovers();
+    }
+
+    /// Ends the executors whose bodies run elsewhere: their workers are told to stop
+    /// and every Slurm block this run submitted is cancelled. Call at the end of a run
+    /// (dropping the engine does it too).
+    pub fn shutdown(&self) {
+        for rt in self.inner.executors.values() {
+            if let Some(remote) = &rt.remote {
+                remote.blocks.shutdown();
+            }
+        }
     }
 
     /// Whether [`Engine::cancel`] was called.
@@ -790,6 +885,9 @@ impl Inner {
             self.replan_steps(spec, files)?;
         }
         let (n_inputs, n_in) = (spec.inputs.len(), spec.inputs.len() + spec.args.len());
+        if let Some(remote) = &self.executors[&spec.executor].remote {
+            return self.attempt_remote(spec, files, remote);
+        }
         for file in files[..n_in].iter_mut() {
             if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
                 let outcome = self
@@ -842,6 +940,92 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// One attempt on a node: the in-task steps and the command go to a worker, which
+    /// plans the steps again there; their outcomes come back into the reports.
+    fn attempt_remote(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+        remote: &Remote,
+    ) -> Result<(), String> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let (n_inputs, n_in) = (spec.inputs.len(), spec.inputs.len() + spec.args.len());
+        let n_out = spec.outputs.len();
+        let task_files = TaskFiles {
+            working_dir: self.executors[&spec.executor].working_dir.clone(),
+            inputs: files[..n_inputs].iter().map(FileState::path).collect(),
+            args: files[n_inputs..n_in].iter().map(FileState::path).collect(),
+            outputs: files[n_in..n_in + n_out]
+                .iter()
+                .map(FileState::path)
+                .collect(),
+            stdout: spec.stdout.as_ref().map(|_| files[n_in + n_out].path()),
+            stderr: spec.stderr.as_ref().map(|_| files[files.len() - 1].path()),
+        };
+        let command = match &spec.body {
+            Body::Command(cmd) => expand_command(cmd, &task_files)?,
+            Body::Closure(_) => {
+                return Err(format!(
+                    "executor {:?} runs bodies on other nodes, where a Rust closure cannot go; give the task a command",
+                    spec.executor
+                ))
+            }
+        };
+        let command = command.into_string().map_err(|c| {
+            format!(
+                "the command {} is not UTF-8 and cannot be sent to a node",
+                display::escape(&c.to_string_lossy())
+            )
+        })?;
+        let mut sent = Vec::new();
+        let mut staged = Vec::new();
+        for (i, f) in files.iter_mut().enumerate() {
+            if let Some(s) = f.staging.as_mut() {
+                if s.in_task_step.take().is_some() {
+                    sent.push(i);
+                    staged.push(remote::NodeFile {
+                        url: f.original.url().to_owned(),
+                        direction: f.report.direction,
+                        local_path: s.file.local_path().map(std::path::Path::to_path_buf),
+                    });
+                }
+            }
+        }
+        let task = remote::NodeTask {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            name: spec.name.clone(),
+            executor: spec.executor.clone(),
+            command,
+            files: task_files,
+            timeout_secs: spec.timeout.map(|t| t.as_secs_f64()),
+            staged,
+        };
+        remote.blocks.scale();
+        let result = remote.dispatcher.run(task)?;
+        let mut stage_in_failure = None;
+        for (k, &i) in sent.iter().enumerate() {
+            if let Some(r) = result.staged.get(k).filter(|r| r.ran) {
+                let f = &mut files[i];
+                f.report.attempts += r.attempts;
+                f.report.seconds += r.seconds;
+                f.report.cached |= r.cached;
+                if r.bytes.is_some() {
+                    f.report.bytes = r.bytes;
+                }
+                if let Some(e) = &r.error {
+                    f.report.error = Some(e.clone());
+                    if f.report.direction == Direction::In {
+                        stage_in_failure.get_or_insert(e.clone());
+                    }
+                }
+            }
+        }
+        match result.error {
+            Some(e) => Err(format!("{e} (on {})", result.place)),
+            None => Ok(()),
+        }
     }
 
     /// Plans every file again to get fresh in-task steps for a retry.

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::data_manager::{Direction, WorkMode};
 
 /// The files a closure body sees: the `filepath()` of each staged copy.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TaskFiles {
     /// The executor's working directory.
     pub working_dir: PathBuf,
