@@ -261,7 +261,7 @@ impl Blocks {
             for (job, since) in idle {
                 if since.is_some_and(|t| t.elapsed() > limit) {
                     tracing::info!("executor {:?}: block {job} idle, ending it", self.label);
-                    scancel(&[job.clone()]);
+                    scancel(std::slice::from_ref(&job));
                 }
             }
         }
