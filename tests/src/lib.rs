@@ -13,6 +13,7 @@ pub mod httpd;
 pub mod props;
 pub mod rsyncd;
 pub mod s3d;
+pub mod slurmd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

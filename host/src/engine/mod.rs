@@ -352,6 +352,16 @@ impl Engine {
         self.inner.transfers.cancel.cancel();
         self.inner.transfers.token.cancel();
         self.inner.commands.cancel();
+        // Bodies on other nodes: their workers stop and their blocks are cancelled
+        // (on a thread of its own: cancelling blocks waits for the scheduler).
+        for rt in self.inner.executors.values() {
+            if let Some(remote) = &rt.remote {
+                let blocks = remote.blocks.clone();
+                let _ = std::thread::Builder::new()
+                    .name("stagehost-cancel-blocks".into())
+                    .spawn(move || blocks.shutdown());
+            }
+        }
     }
 
     /// Kills (SIGKILL) whatever finished commands left running whose grace period is

@@ -168,9 +168,13 @@ struct State {
     closed: bool,
 }
 
+/// Explains why a block's worker went away: `Some(cause)` once the block has ended.
+pub type Explain = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Hands tasks to the workers that connected with the run's secret.
 pub struct Dispatcher {
     label: String,
+    explain: Mutex<Option<Explain>>,
     secret: String,
     heartbeat: Duration,
     address: std::net::SocketAddr,
@@ -191,6 +195,7 @@ impl Dispatcher {
         let address = listener.local_addr()?;
         let dispatcher = Arc::new(Dispatcher {
             label: label.to_owned(),
+            explain: Mutex::new(None),
             secret,
             heartbeat,
             address,
@@ -214,6 +219,11 @@ impl Dispatcher {
                 }
             })?;
         Ok(dispatcher)
+    }
+
+    /// Sets how a lost worker's block is explained (asking the scheduler).
+    pub fn set_explain(&self, explain: Explain) {
+        *self.explain.lock().unwrap_or_else(|p| p.into_inner()) = Some(explain);
     }
 
     /// Where workers connect.
@@ -487,6 +497,28 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .shutdown(Shutdown::Both);
+        // A worker whose connection broke: its block may have just ended (cancelled,
+        // out of time); the scheduler tells, a moment later at most.
+        let explain = self
+            .explain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let cause = match (cause, explain, worker.busy.is_empty()) {
+            (None, Some(explain), false) => {
+                let deadline = Instant::now() + Duration::from_secs(6);
+                loop {
+                    if let Some(c) = explain(&worker.block) {
+                        break Some(c);
+                    }
+                    if Instant::now() > deadline {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            (cause, _, _) => cause,
+        };
         let reason = match (cause, why) {
             (Some(cause), _) => cause,
             (None, Some(why)) => format!("{} (block {})", why, worker.block),

@@ -85,6 +85,13 @@ impl Blocks {
             slots_per_block,
             state: Mutex::new(State::default()),
         });
+        blocks.dispatcher.set_explain(Arc::new(|job: &str| {
+            let state = job_state(job);
+            let word = state.split(',').next().unwrap_or("");
+            TERMINAL
+                .contains(&word)
+                .then(|| format!("Slurm job {job} ended ({state})"))
+        }));
         let watcher = Arc::downgrade(&blocks);
         let _ = std::thread::Builder::new()
             .name(format!("stagehost-{label}-blocks"))
@@ -297,6 +304,19 @@ impl Drop for Blocks {
         self.shutdown();
     }
 }
+
+/// The states of a job that has ended.
+const TERMINAL: [&str; 9] = [
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+];
 
 /// `(job id, state)` of those of `ids` that Slurm still lists; `None` if squeue
 /// failed.

@@ -1,0 +1,246 @@
+//! The `slurm` executor against a real Slurm cluster of one node (slurmctld, slurmd
+//! and munged from Debian's packages, started per test on loopback ports and stopped
+//! by their pids): tasks run inside pilot jobs, in-task steps on the node, separate
+//! jobs on the submit side, lost blocks retried elsewhere, and no block left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use stagehost_tests::slurmd::SlurmCluster;
+use stagehost_tests::*;
+
+/// A config with a `cluster` executor of kind slurm (copy-mode files, zip) and more
+/// `[executor.cluster.slurm]` settings.
+fn config(sandbox: &Sandbox, slurm: &str) -> PathBuf {
+    let wd = sandbox.join("wd");
+    sandbox.write(
+        "stagehost.toml",
+        format!(
+            "[[provider]]\nname = \"copy\"\nplugin = \"file\"\nsettings = {{ mode = \"copy\" }}\n\n[[provider]]\nname = \"zip\"\nplugin = \"zip\"\n\n[executor.cluster]\nkind = \"slurm\"\nworking_dir = {:?}\nstaging = [\"copy\", \"zip\"]\nworkers = 2\n\n[executor.cluster.slurm]\nwalltime = \"00:10:00\"\nheartbeat_secs = 1\n{slurm}\n",
+            wd.display().to_string()
+        ),
+    )
+}
+
+fn run(sandbox: &Sandbox, cluster: &SlurmCluster, cfg: &Path, flow: &str) -> Run {
+    let flow = sandbox.write("flow.toml", flow);
+    let conf = cluster.conf();
+    sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+            "--report",
+            "-",
+        ],
+        &[("SLURM_CONF", conf.to_str().unwrap()), ("RUST_LOG", "warn")],
+    )
+}
+
+/// The run's block scripts (one per block submitted).
+fn block_scripts(sandbox: &Sandbox) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(runs) = std::fs::read_dir(sandbox.join("wd/.stagehost/slurm")) {
+        for run in runs.flatten() {
+            for f in std::fs::read_dir(run.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with("block-") && name.ends_with(".sh") {
+                    found.push(f.path());
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn tasks_run_in_slurm_jobs_with_in_task_staging_on_the_node_and_separate_jobs_here() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 1");
+    sandbox.write("data/in.txt", "hello slurm\n");
+    // A zip member: the zip provider stages it in as a separate job, on this side.
+    let archive = sandbox.join("data/inputs.zip");
+    let status = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import zipfile\nwith zipfile.ZipFile({:?}, 'w') as z: z.writestr('member.txt', 'from the archive\\n')",
+            archive.display().to_string()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = run(
+        &sandbox,
+        &cluster,
+        &cfg,
+        &format!(
+            "[[task]]\nname = \"first\"\nexecutor = \"cluster\"\ncommand = \"echo job=$SLURM_JOB_ID > {{outputs[1]}}; cat {{inputs[0]}} {{inputs[1]}} > {{outputs[0]}}\"\ninputs = [\"data/in.txt\", \"zip:{}/member.txt\"]\noutputs = [\"out/first.txt\", \"out/job.txt\"]\n\n[[task]]\nname = \"second\"\nexecutor = \"cluster\"\ncommand = \"tr a-z A-Z < {{inputs[0]}} > {{outputs[0]}}\"\ninputs = [{{ task = \"first\", output = 0 }}]\noutputs = [\"out/second.txt\"]\n",
+            archive.display()
+        ),
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    // The body ran in a Slurm job; its outputs were staged out (copied) from the node.
+    let job = std::fs::read_to_string(sandbox.join("out/job.txt")).unwrap();
+    let id = job.trim().strip_prefix("job=").unwrap();
+    assert!(id.parse::<u64>().is_ok(), "{job}");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("out/second.txt")).unwrap(),
+        "HELLO SLURM\nFROM THE ARCHIVE\n"
+    );
+    let report = out.json();
+    let files = report["tasks"][0]["files"].as_array().unwrap();
+    // The copy-mode input ran as an in-task step (on the node), the zip member as a
+    // separate job (here); both landed in the working directory.
+    assert_eq!(files[0]["mode"], "in-task-step");
+    assert_eq!(files[0]["attempts"], 1);
+    assert_eq!(files[1]["mode"], "separate-job");
+    assert_eq!(files[2]["mode"], "in-task-step");
+    assert!(sandbox.join("wd/in.txt").exists());
+    assert!(sandbox.join("wd/member.txt").exists());
+    // One block served both tasks, and no block is left.
+    assert_eq!(block_scripts(&sandbox).len(), 1);
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+    // The run's secret is readable by its owner only.
+    let secret = block_scripts(&sandbox)[0].with_file_name("secret");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn a_block_cancelled_mid_task_is_retried_on_another_block_and_a_wrong_secret_is_refused() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 1");
+    let attempts = sandbox.join("work/attempts.txt");
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"slow\"\nexecutor = \"cluster\"\nretries = 1\ncommand = \"echo $SLURM_JOB_ID >> {}; sleep 3; echo done > {{outputs[0]}}\"\noutputs = [\"out/slow.txt\"]\n",
+            attempts.display()
+        ),
+    );
+    let conf = cluster.conf();
+    let mut child = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .arg(&flow)
+        .args(["--report", "-"])
+        .env("SLURM_CONF", &conf)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the task has started in the first block: a worker with the wrong secret
+    // tries the run's address, then the block is cancelled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !attempts.exists() {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_job = std::fs::read_to_string(&attempts)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let script = std::fs::read_to_string(&block_scripts(&sandbox)[0]).unwrap();
+    let connect = script
+        .split_whitespace()
+        .skip_while(|w| *w != "--connect")
+        .nth(1)
+        .unwrap()
+        .trim_matches('\'')
+        .to_owned();
+    let wrong = sandbox.write("wrong-secret", "0000");
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let intruder = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "worker",
+        "--connect",
+        &connect,
+        "--secret-file",
+        wrong.to_str().unwrap(),
+        "--executor",
+        "cluster",
+    ]);
+    assert_eq!(intruder.code, Some(1), "{}", intruder.stderr);
+    assert!(
+        intruder
+            .stderr
+            .contains("the run refused this worker: wrong secret"),
+        "{}",
+        intruder.stderr
+    );
+    let cancelled = cluster.client("scancel").arg(&first_job).status().unwrap();
+    assert!(cancelled.success());
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("refused a worker"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("Slurm job {first_job} ended (CANCELLED")),
+        "{}",
+        out.stderr
+    );
+    let jobs: Vec<String> = std::fs::read_to_string(&attempts)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_ne!(jobs[0], jobs[1], "the retry ran in another block");
+    assert_eq!(out.json()["tasks"][0]["attempts"], 2);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("out/slow.txt")).unwrap(),
+        "done\n"
+    );
+    assert_eq!(block_scripts(&sandbox).len(), 2);
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_on_the_run_leaves_no_block_in_the_queue() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 2");
+    let started = sandbox.join("work/started");
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"long-a\"\nexecutor = \"cluster\"\ncommand = \"touch {}; sleep 60\"\n\n[[task]]\nname = \"long-b\"\nexecutor = \"cluster\"\ncommand = \"sleep 60\"\n\n[[task]]\nname = \"long-c\"\nexecutor = \"cluster\"\ncommand = \"sleep 60\"\n",
+            started.display()
+        ),
+    );
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .arg(&flow)
+        .env("SLURM_CONF", cluster.conf())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "no task started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!cluster.jobs().is_empty());
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("interrupted: cancelling"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+}
