@@ -127,7 +127,7 @@ fn a_block_cancelled_mid_task_is_retried_on_another_block_and_a_wrong_secret_is_
         ),
     );
     let conf = cluster.conf();
-    let mut child = sandbox
+    let child = sandbox
         .command(&stagehost_bin())
         .args(["--config", cfg.to_str().unwrap(), "run"])
         .arg(&flow)
