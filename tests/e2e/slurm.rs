@@ -244,3 +244,28 @@ fn ctrl_c_on_the_run_leaves_no_block_in_the_queue() {
     );
     assert_eq!(cluster.jobs(), Vec::<String>::new());
 }
+
+#[test]
+fn a_walltime_shorter_than_the_task_fails_it_with_the_cause_named() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    // Five seconds; Slurm enforces limits on its own timer (within half a minute).
+    let cfg = config(&sandbox, "blocks = 1\nwalltime = \"0:05\"");
+    let cfg_text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("walltime = \"00:10:00\"\n", "");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let out = run(
+        &sandbox,
+        &cluster,
+        &cfg,
+        "[[task]]\nname = \"too-long\"\nexecutor = \"cluster\"\ncommand = \"sleep 300\"\n",
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = out.json()["tasks"][0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("worker lost: Slurm job") && error.contains("ended (TIMEOUT"),
+        "{error}"
+    );
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+}
