@@ -269,3 +269,39 @@ fn a_walltime_shorter_than_the_task_fails_it_with_the_cause_named() {
     );
     assert_eq!(cluster.jobs(), Vec::<String>::new());
 }
+
+#[test]
+fn the_dry_run_shows_what_runs_on_the_submit_side_and_what_on_the_node() {
+    // No cluster: a dry run submits nothing.
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 1");
+    sandbox.write("data/in.txt", "x\n");
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"t\"\nexecutor = \"cluster\"\ncommand = \"cat {inputs[0]} {inputs[1]} > {outputs[0]}\"\ninputs = [\"data/in.txt\", \"zip:data/a.zip/m.txt\"]\noutputs = [\"out/t.txt\"]\n",
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        "--dry-run",
+        flow.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("task t (executor cluster, slurm: the body runs on a node):"),
+        "{}",
+        out.stdout
+    );
+    let line = |needle: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}: {}", out.stdout))
+            .to_owned()
+    };
+    assert!(line("data/in.txt").ends_with("[provider copy, in-task step on the node]"));
+    assert!(line("m.txt").ends_with("[provider zip, separate job on the submit side]"));
+    assert!(line("out/t.txt").ends_with("[provider copy, in-task step on the node]"));
+}

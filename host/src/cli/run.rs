@@ -177,7 +177,18 @@ fn dry_run(
     let index = workflow.name_index();
     for &i in order {
         let task = &workflow.tasks[i];
-        println!("task {} (executor {}):", task.name, task.executor);
+        let remote = registry
+            .executors
+            .iter()
+            .any(|e| e.label == task.executor && e.kind == stagehost::config::ExecutorKind::Slurm);
+        if remote {
+            println!(
+                "task {} (executor {}, slurm: the body runs on a node):",
+                task.name, task.executor
+            );
+        } else {
+            println!("task {} (executor {}):", task.name, task.executor);
+        }
         let (ins, outs) = workflow
             .files(i, &index)
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
@@ -197,7 +208,19 @@ fn dry_run(
             };
             match planned {
                 Ok(s) => {
-                    let modes: Vec<&str> = s.modes().iter().map(|m| m.as_str()).collect();
+                    let modes: Vec<String> = s
+                        .modes()
+                        .iter()
+                        .map(|m| match (remote, m) {
+                            (false, m) => m.as_str().to_owned(),
+                            (true, stagehost::WorkMode::SeparateJob) => {
+                                "separate job on the submit side".to_owned()
+                            }
+                            (true, stagehost::WorkMode::InTaskStep) => {
+                                "in-task step on the node".to_owned()
+                            }
+                        })
+                        .collect();
                     let how = if modes.is_empty() {
                         "nothing to do".to_owned()
                     } else {
