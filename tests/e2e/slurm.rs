@@ -305,3 +305,28 @@ fn the_dry_run_shows_what_runs_on_the_submit_side_and_what_on_the_node() {
     assert!(line("m.txt").ends_with("[provider zip, separate job on the submit side]"));
     assert!(line("out/t.txt").ends_with("[provider copy, in-task step on the node]"));
 }
+
+#[test]
+fn a_task_consumes_outputs_of_tasks_that_ran_on_different_blocks() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    // One slot per block and two tasks at once: two blocks.
+    let cfg = config(&sandbox, "blocks = 2");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("workers = 2", "workers = 1");
+    std::fs::write(&cfg, text).unwrap();
+    let out = run(
+        &sandbox,
+        &cluster,
+        &cfg,
+        "[[task]]\nname = \"left\"\nexecutor = \"cluster\"\ncommand = \"sleep 1; echo $SLURM_JOB_ID > {outputs[0]}\"\noutputs = [\"out/left.txt\"]\n\n[[task]]\nname = \"right\"\nexecutor = \"cluster\"\ncommand = \"sleep 1; echo $SLURM_JOB_ID > {outputs[0]}\"\noutputs = [\"out/right.txt\"]\n\n[[task]]\nname = \"join\"\nexecutor = \"cluster\"\ncommand = \"cat {inputs[0]} {inputs[1]} > {outputs[0]}\"\ninputs = [{ task = \"left\", output = 0 }, { task = \"right\", output = 0 }]\noutputs = [\"out/join.txt\"]\n",
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let joined = std::fs::read_to_string(sandbox.join("out/join.txt")).unwrap();
+    let jobs: Vec<&str> = joined.lines().collect();
+    assert_eq!(jobs.len(), 2, "{joined}");
+    assert_ne!(jobs[0], jobs[1], "left and right ran on different blocks");
+    assert_eq!(block_scripts(&sandbox).len(), 2);
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+}
