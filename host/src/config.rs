@@ -159,6 +159,9 @@ pub struct SlurmConfig {
     pub max_idle_secs: f64,
     /// Seconds between heartbeats; a peer silent for three is lost.
     pub heartbeat_secs: f64,
+    /// Tasks sent to each worker beyond its free slots, queued on the node to hide
+    /// the round trip (Parsl's `prefetch_capacity`); 0 keeps work for idle blocks.
+    pub prefetch: usize,
 }
 
 impl Default for SlurmConfig {
@@ -175,6 +178,7 @@ impl Default for SlurmConfig {
             address: None,
             max_idle_secs: 120.0,
             heartbeat_secs: 5.0,
+            prefetch: 0,
         }
     }
 }
@@ -536,6 +540,12 @@ impl Config {
                                 format!("executor {label:?}: slurm {key} must be between 1 and {max}, not {value}"),
                             ));
                         }
+                    }
+                    if slurm.prefetch > 4096 {
+                        return Err(self.error_at(
+                            "prefetch",
+                            format!("executor {label:?}: slurm prefetch must be at most 4096, not {}", slurm.prefetch),
+                        ));
                     }
                     for (key, value) in [
                         ("heartbeat_secs", slurm.heartbeat_secs),

@@ -330,3 +330,32 @@ fn a_task_consumes_outputs_of_tasks_that_ran_on_different_blocks() {
     assert_eq!(block_scripts(&sandbox).len(), 2);
     assert_eq!(cluster.jobs(), Vec::<String>::new());
 }
+
+#[test]
+fn many_tasks_at_once_get_no_more_blocks_than_allowed() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 2");
+    let flow: String = (0..60)
+        .map(|n| {
+            format!("[[task]]\nname = \"t{n}\"\nexecutor = \"cluster\"\ncommand = \"echo {n} > {{outputs[0]}}\"\noutputs = [\"out/t{n}.txt\"]\n\n")
+        })
+        .collect();
+    let out = run(&sandbox, &cluster, &cfg, &flow);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()["summary"]["succeeded"], 60);
+    // Submitted concurrently by many tasks, yet each block script is whole and there
+    // are at most `blocks` of them.
+    let scripts = block_scripts(&sandbox);
+    assert!((1..=2).contains(&scripts.len()), "{scripts:?}");
+    for s in &scripts {
+        assert!(std::fs::read_to_string(s).unwrap().contains(" worker "));
+    }
+    for n in [0, 59] {
+        assert_eq!(
+            std::fs::read_to_string(sandbox.join(format!("out/t{n}.txt"))).unwrap(),
+            format!("{n}\n")
+        );
+    }
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+}

@@ -150,6 +150,7 @@ fn start_remote(
         &address,
         secret,
         std::time::Duration::from_secs_f64(config.heartbeat_secs),
+        config.prefetch,
     )
     .map_err(|err| fail(&format!("cannot listen on {address}"), err))?;
     let connect = format!("{address}:{}", dispatcher.address().port());
@@ -230,9 +231,11 @@ impl Engine {
                 crate::config::ExecutorKind::Local => (None, e.workers),
                 crate::config::ExecutorKind::Slurm => {
                     let c = e.slurm.clone().unwrap_or_default();
-                    // Submit-side threads, each waiting on one task running on a node.
-                    let slots = c.blocks * c.nodes_per_block * e.workers;
-                    (Some(start_remote(e, &options)?), slots)
+                    // Submit-side threads, each waiting on one task running or queued on
+                    // a node (see `Dispatcher::feed`), plus two for planning.
+                    let per_node = e.workers + c.prefetch;
+                    let threads = c.blocks * c.nodes_per_block * per_node + 2;
+                    (Some(start_remote(e, &options)?), threads)
                 }
             };
             let rt = ExecutorRuntime {

@@ -174,6 +174,7 @@ pub type Explain = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// Hands tasks to the workers that connected with the run's secret.
 pub struct Dispatcher {
     label: String,
+    prefetch: usize,
     explain: Mutex<Option<Explain>>,
     secret: String,
     heartbeat: Duration,
@@ -190,11 +191,13 @@ impl Dispatcher {
         bind: &str,
         secret: String,
         heartbeat: Duration,
+        prefetch: usize,
     ) -> std::io::Result<Arc<Dispatcher>> {
         let listener = TcpListener::bind((bind, 0))?;
         let address = listener.local_addr()?;
         let dispatcher = Arc::new(Dispatcher {
             label: label.to_owned(),
+            prefetch,
             explain: Mutex::new(None),
             secret,
             heartbeat,
@@ -320,6 +323,7 @@ impl Dispatcher {
             .peer_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let _ = stream.set_read_timeout(Some(self.heartbeat * 3));
+        let _ = stream.set_nodelay(true);
         let Ok(read_half) = stream.try_clone() else {
             return;
         };
@@ -456,7 +460,10 @@ impl Dispatcher {
             let Some(worker) = state.workers.get(&id) else {
                 return;
             };
-            if worker.busy.len() < worker.slots && !state.pending.is_empty() {
+            // `prefetch` tasks more than its slots, queued on the node, hide the round
+            // trip between one task's end and the next one's start (HTEX's
+            // prefetch_capacity); by default none, so idle blocks get the work.
+            if worker.busy.len() < worker.slots + self.prefetch && !state.pending.is_empty() {
                 let p = state.pending.pop_front().expect("not empty");
                 let worker = state.workers.get_mut(&id).expect("present");
                 let stream = worker.stream.clone();

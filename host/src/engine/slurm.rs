@@ -40,6 +40,8 @@ pub struct Blocks {
     worker: Vec<String>,
     slots_per_block: usize,
     state: Mutex<State>,
+    /// Held while deciding on and submitting blocks: one submitter at a time.
+    scaling: Mutex<()>,
 }
 
 /// How to start the worker on a node: this executable, with these arguments.
@@ -84,6 +86,7 @@ impl Blocks {
             worker,
             slots_per_block,
             state: Mutex::new(State::default()),
+            scaling: Mutex::new(()),
         });
         blocks.dispatcher.set_explain(Arc::new(|job: &str| {
             let state = job_state(job);
@@ -116,6 +119,7 @@ impl Blocks {
     /// Submits blocks while the tasks waiting and running need more slots than the
     /// blocks submitted give, up to `blocks`.
     pub fn scale(&self) {
+        let _one_at_a_time = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
         let (pending, busy, _) = self.dispatcher.load();
         let needed = pending + busy;
         loop {
