@@ -359,3 +359,145 @@ fn many_tasks_at_once_get_no_more_blocks_than_allowed() {
     }
     assert_eq!(cluster.jobs(), Vec::<String>::new());
 }
+
+#[test]
+fn an_idle_block_is_ended_and_a_new_one_comes_when_work_does() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 1\nmax_idle_secs = 1");
+    // A local executor too: the middle task runs here while the block has nothing.
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + &format!(
+            "\n[executor.here]\nworking_dir = {:?}\n",
+            sandbox.join("wd-here").display().to_string()
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let out = run(
+        &sandbox,
+        &cluster,
+        &cfg,
+        "[[task]]\nname = \"first\"\nexecutor = \"cluster\"\ncommand = \"echo $SLURM_JOB_ID > {outputs[0]}\"\noutputs = [\"out/first.txt\"]\n\n[[task]]\nname = \"pause\"\nexecutor = \"here\"\ncommand = \"sleep 4; cp {inputs[0]} {outputs[0]}\"\ninputs = [{ task = \"first\", output = 0 }]\noutputs = [\"out/pause.txt\"]\n\n[[task]]\nname = \"last\"\nexecutor = \"cluster\"\ncommand = \"echo $SLURM_JOB_ID > {outputs[0]}\"\ninputs = [{ task = \"pause\", output = 0 }]\noutputs = [\"out/last.txt\"]\n",
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let first = std::fs::read_to_string(sandbox.join("out/first.txt")).unwrap();
+    let last = std::fs::read_to_string(sandbox.join("out/last.txt")).unwrap();
+    assert_ne!(
+        first, last,
+        "the idle block was ended; a new one ran the last task"
+    );
+    assert_eq!(block_scripts(&sandbox).len(), 2);
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+}
+
+/// The pid of the `stagehost worker` process serving `sandbox`'s run.
+fn worker_pid(sandbox: &Sandbox) -> i32 {
+    let script = std::fs::read_to_string(&block_scripts(sandbox)[0]).unwrap();
+    let secret = script
+        .split_whitespace()
+        .skip_while(|w| *w != "--secret-file")
+        .nth(1)
+        .unwrap()
+        .trim_matches('\'')
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(" worker ") && cmdline.contains(&secret) {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no worker process found");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_silent_worker_is_lost_after_three_heartbeats_and_its_task_retried() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 1");
+    let attempts = sandbox.join("attempts.txt");
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"t\"\nexecutor = \"cluster\"\nretries = 1\ncommand = \"echo $SLURM_JOB_ID >> {}; sleep 2\"\n",
+            attempts.display()
+        ),
+    );
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .arg(&flow)
+        .args(["--report", "-"])
+        .env("SLURM_CONF", cluster.conf())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !attempts.exists() {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The worker stops answering (its block still runs): the run hears nothing.
+    let pid = worker_pid(&sandbox);
+    // SAFETY: signalling a process of this test's run.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out: Run = child.wait_with_output().unwrap().into();
+    // SAFETY: as above; it is cancelled with its block anyway.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no heartbeat for 3s"), "{}", out.stderr);
+    assert_eq!(out.json()["tasks"][0]["attempts"], 2);
+    let jobs = std::fs::read_to_string(&attempts).unwrap();
+    assert_eq!(jobs.lines().count(), 2, "{jobs}");
+    assert_eq!(cluster.jobs(), Vec::<String>::new());
+}
+
+#[test]
+fn a_worker_that_loses_its_run_exits_and_its_block_ends() {
+    let cluster = SlurmCluster::start();
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "blocks = 1");
+    let started = sandbox.join("started");
+    let flow = sandbox.write(
+        "flow.toml",
+        format!(
+            "[[task]]\nname = \"t\"\nexecutor = \"cluster\"\ncommand = \"touch {}; sleep 60\"\n",
+            started.display()
+        ),
+    );
+    let mut child = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .arg(&flow)
+        .env("SLURM_CONF", cluster.conf())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The run dies without a word: no scancel from it.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The worker notices, stops its task and exits; its block ends with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.jobs().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the block outlived its run: {:?}",
+            cluster.jobs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

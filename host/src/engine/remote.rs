@@ -171,11 +171,16 @@ struct State {
 /// Explains why a block's worker went away: `Some(cause)` once the block has ended.
 pub type Explain = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Gives up on a block whose worker was lost while the block still runs (a hung
+/// node): it is cancelled, so that another can take its place.
+pub type Abandon = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Hands tasks to the workers that connected with the run's secret.
 pub struct Dispatcher {
     label: String,
     prefetch: usize,
     explain: Mutex<Option<Explain>>,
+    abandon: Mutex<Option<Abandon>>,
     secret: String,
     heartbeat: Duration,
     address: std::net::SocketAddr,
@@ -199,6 +204,7 @@ impl Dispatcher {
             label: label.to_owned(),
             prefetch,
             explain: Mutex::new(None),
+            abandon: Mutex::new(None),
             secret,
             heartbeat,
             address,
@@ -227,6 +233,11 @@ impl Dispatcher {
     /// Sets how a lost worker's block is explained (asking the scheduler).
     pub fn set_explain(&self, explain: Explain) {
         *self.explain.lock().unwrap_or_else(|p| p.into_inner()) = Some(explain);
+    }
+
+    /// Sets how a block whose worker was lost, but which still runs, is given up.
+    pub fn set_abandon(&self, abandon: Abandon) {
+        *self.abandon.lock().unwrap_or_else(|p| p.into_inner()) = Some(abandon);
     }
 
     /// Where workers connect.
@@ -526,6 +537,16 @@ impl Dispatcher {
             }
             (cause, _, _) => cause,
         };
+        if cause.is_none() && !self.lock().closed {
+            let abandon = self
+                .abandon
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(abandon) = abandon {
+                abandon(&worker.block);
+            }
+        }
         let reason = match (cause, why) {
             (Some(cause), _) => cause,
             (None, Some(why)) => format!("{} (block {})", why, worker.block),

@@ -95,6 +95,12 @@ impl Blocks {
                 .contains(&word)
                 .then(|| format!("Slurm job {job} ended ({state})"))
         }));
+        let weak = Arc::downgrade(&blocks);
+        blocks.dispatcher.set_abandon(Arc::new(move |job: &str| {
+            if let Some(blocks) = weak.upgrade() {
+                blocks.abandon(job);
+            }
+        }));
         let watcher = Arc::downgrade(&blocks);
         let _ = std::thread::Builder::new()
             .name(format!("stagehost-{label}-blocks"))
@@ -275,6 +281,22 @@ impl Blocks {
                     scancel(std::slice::from_ref(&job));
                 }
             }
+        }
+    }
+
+    /// Cancels a block whose worker was lost while Slurm still runs it (a hung node),
+    /// so that another block can take its place.
+    fn abandon(&self, job: &str) {
+        let mut state = self.lock();
+        let before = state.active.len();
+        state.active.retain(|b| b.job != job);
+        if state.active.len() < before {
+            drop(state);
+            tracing::warn!(
+                "executor {:?}: block {job} lost its worker but still runs; cancelling it",
+                self.label
+            );
+            scancel(&[job.to_owned()]);
         }
     }
 
