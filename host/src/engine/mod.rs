@@ -233,7 +233,7 @@ impl Engine {
                     let c = e.slurm.clone().unwrap_or_default();
                     // Submit-side threads, each waiting on one task running or queued on
                     // a node (see `Dispatcher::feed`), plus two for planning.
-                    let per_node = e.workers + c.prefetch;
+                    let per_node = e.workers + c.prefetch.max(e.workers);
                     let threads = c.blocks * c.nodes_per_block * per_node + 2;
                     (Some(start_remote(e, &options)?), threads)
                 }

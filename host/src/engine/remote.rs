@@ -179,6 +179,9 @@ pub type Abandon = Arc<dyn Fn(&str) + Send + Sync>;
 pub struct Dispatcher {
     label: String,
     prefetch: usize,
+    /// Every block that may run is up: no other block will come for queued work, so
+    /// each worker also queues as many tasks as it has slots.
+    saturated: std::sync::atomic::AtomicBool,
     explain: Mutex<Option<Explain>>,
     abandon: Mutex<Option<Abandon>>,
     secret: String,
@@ -203,6 +206,7 @@ impl Dispatcher {
         let dispatcher = Arc::new(Dispatcher {
             label: label.to_owned(),
             prefetch,
+            saturated: std::sync::atomic::AtomicBool::new(false),
             explain: Mutex::new(None),
             abandon: Mutex::new(None),
             secret,
@@ -238,6 +242,14 @@ impl Dispatcher {
     /// Sets how a block whose worker was lost, but which still runs, is given up.
     pub fn set_abandon(&self, abandon: Abandon) {
         *self.abandon.lock().unwrap_or_else(|p| p.into_inner()) = Some(abandon);
+    }
+
+    /// Says whether every block that may run is up (see `saturated`).
+    pub fn set_saturated(&self, saturated: bool) {
+        let was = self.saturated.swap(saturated, Ordering::Relaxed);
+        if saturated && !was {
+            self.changed.notify_all();
+        }
     }
 
     /// Where workers connect.
@@ -473,8 +485,14 @@ impl Dispatcher {
             };
             // `prefetch` tasks more than its slots, queued on the node, hide the round
             // trip between one task's end and the next one's start (HTEX's
-            // prefetch_capacity); by default none, so idle blocks get the work.
-            if worker.busy.len() < worker.slots + self.prefetch && !state.pending.is_empty() {
+            // prefetch_capacity). While more blocks may come, none by default, so they
+            // get the work; once all are up, as many as the worker's slots.
+            let queued = if self.saturated.load(Ordering::Relaxed) {
+                self.prefetch.max(worker.slots)
+            } else {
+                self.prefetch
+            };
+            if worker.busy.len() < worker.slots + queued && !state.pending.is_empty() {
                 let p = state.pending.pop_front().expect("not empty");
                 let worker = state.workers.get_mut(&id).expect("present");
                 let stream = worker.stream.clone();

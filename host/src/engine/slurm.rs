@@ -236,6 +236,7 @@ impl Blocks {
     fn watch(&self) {
         let ids: Vec<String> = self.lock().active.iter().map(|b| b.job.clone()).collect();
         if ids.is_empty() {
+            self.dispatcher.set_saturated(false);
             return;
         }
         let Some(queued) = squeue(&ids) else { return };
@@ -270,8 +271,16 @@ impl Blocks {
             tracing::info!("executor {:?}: {cause}", self.label);
             self.dispatcher.block_ended(&job, cause);
         }
+        // Saturated: as many blocks as allowed, every one with its workers connected.
+        let connected = self.dispatcher.blocks();
+        {
+            let state = self.lock();
+            let all_up = state.active.len() >= self.config.blocks
+                && state.active.iter().all(|b| connected.contains_key(&b.job));
+            self.dispatcher.set_saturated(all_up);
+        }
         // Idle blocks.
-        let idle = self.dispatcher.blocks();
+        let idle = connected;
         let (pending, _, _) = self.dispatcher.load();
         if pending == 0 {
             let limit = Duration::from_secs_f64(self.config.max_idle_secs);
