@@ -105,10 +105,11 @@ struct ExecutorRuntime {
     remote: Option<Remote>,
 }
 
-/// The submit side of a `slurm` executor.
+/// The submit side of an executor whose bodies run elsewhere: the dispatcher its
+/// workers connect to, and what starts their blocks (for `slurm`, `slurm::Blocks`).
 struct Remote {
     dispatcher: Arc<remote::Dispatcher>,
-    blocks: Arc<slurm::Blocks>,
+    blocks: Arc<dyn remote::Provisioner>,
 }
 
 /// Sets up a `slurm` executor: its run directory (scripts, logs, the secret only the

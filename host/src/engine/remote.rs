@@ -143,6 +143,16 @@ pub fn new_secret() -> std::io::Result<String> {
 // ---------------------------------------------------------------------------------
 // The run's side.
 
+/// Starts and ends the pilot jobs whose workers connect to a [`Dispatcher`]: the part
+/// of an executor kind that knows its scheduler (`slurm::Blocks` for Slurm; a
+/// Kubernetes kind would start pods).
+pub trait Provisioner: Send + Sync {
+    /// Starts more blocks if the work waiting needs them (called as tasks arrive).
+    fn scale(&self);
+    /// Ends every block this run started and closes the dispatcher.
+    fn shutdown(&self);
+}
+
 type Reply = mpsc::Sender<Result<NodeResult, String>>;
 
 struct Pending {

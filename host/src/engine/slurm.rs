@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::SlurmConfig;
 
-use super::remote::Dispatcher;
+use super::remote::{Dispatcher, Provisioner};
 
 /// A submitted block.
 struct Block {
@@ -331,6 +331,15 @@ impl Blocks {
                 _ => break,
             }
         }
+    }
+}
+
+impl Provisioner for Blocks {
+    fn scale(&self) {
+        Blocks::scale(self);
+    }
+    fn shutdown(&self) {
+        Blocks::shutdown(self);
     }
 }
 
