@@ -39,6 +39,35 @@ fn run(sandbox: &Sandbox, cluster: &SlurmCluster, cfg: &Path, flow: &str) -> Run
     )
 }
 
+/// `stagehost run FLOW --report -` started in the background (warnings logged).
+fn spawn_run(
+    sandbox: &Sandbox,
+    cluster: &SlurmCluster,
+    cfg: &Path,
+    flow: &Path,
+) -> std::process::Child {
+    sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .arg(flow)
+        .args(["--report", "-"])
+        .env("SLURM_CONF", cluster.conf())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to a minute) for a task to create `marker`.
+fn wait_for(marker: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "no task started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The run's block scripts (one per block submitted).
 fn block_scripts(sandbox: &Sandbox) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -126,25 +155,10 @@ fn a_block_cancelled_mid_task_is_retried_on_another_block_and_a_wrong_secret_is_
             attempts.display()
         ),
     );
-    let conf = cluster.conf();
-    let child = sandbox
-        .command(&stagehost_bin())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .arg(&flow)
-        .args(["--report", "-"])
-        .env("SLURM_CONF", &conf)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&sandbox, &cluster, &cfg, &flow);
     // Once the task has started in the first block: a worker with the wrong secret
     // tries the run's address, then the block is cancelled.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !attempts.exists() {
-        assert!(Instant::now() < deadline, "the task never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&attempts);
     let first_job = std::fs::read_to_string(&attempts)
         .unwrap()
         .trim()
@@ -218,20 +232,8 @@ fn ctrl_c_on_the_run_leaves_no_block_in_the_queue() {
             started.display()
         ),
     );
-    let child = sandbox
-        .command(&stagehost_bin())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .arg(&flow)
-        .env("SLURM_CONF", cluster.conf())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "no task started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = spawn_run(&sandbox, &cluster, &cfg, &flow);
+    wait_for(&started);
     assert!(!cluster.jobs().is_empty());
     // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -429,22 +431,8 @@ fn a_silent_worker_is_lost_after_three_heartbeats_and_its_task_retried() {
             attempts.display()
         ),
     );
-    let child = sandbox
-        .command(&stagehost_bin())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .arg(&flow)
-        .args(["--report", "-"])
-        .env("SLURM_CONF", cluster.conf())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !attempts.exists() {
-        assert!(Instant::now() < deadline, "the task never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = spawn_run(&sandbox, &cluster, &cfg, &flow);
+    wait_for(&attempts);
     // The worker stops answering (its block still runs): the run hears nothing.
     let pid = worker_pid(&sandbox);
     // SAFETY: signalling a process of this test's run.
@@ -473,20 +461,8 @@ fn a_worker_that_loses_its_run_exits_and_its_block_ends() {
             started.display()
         ),
     );
-    let mut child = sandbox
-        .command(&stagehost_bin())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .arg(&flow)
-        .env("SLURM_CONF", cluster.conf())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "the task never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_run(&sandbox, &cluster, &cfg, &flow);
+    wait_for(&started);
     // The run dies without a word: no scancel from it.
     child.kill().unwrap();
     child.wait().unwrap();

@@ -898,7 +898,7 @@ impl Inner {
         if retry {
             self.replan_steps(spec, files)?;
         }
-        let (n_inputs, n_in) = (spec.inputs.len(), spec.inputs.len() + spec.args.len());
+        let n_in = spec.inputs.len() + spec.args.len();
         if let Some(remote) = &self.executors[&spec.executor].remote {
             return self.attempt_remote(spec, files, remote);
         }
@@ -911,18 +911,7 @@ impl Inner {
                     .map_err(|line| format!("stage-in failed: {line}"))?;
             }
         }
-        let n_out = spec.outputs.len();
-        let task_files = TaskFiles {
-            working_dir: self.executors[&spec.executor].working_dir.clone(),
-            inputs: files[..n_inputs].iter().map(FileState::path).collect(),
-            args: files[n_inputs..n_in].iter().map(FileState::path).collect(),
-            outputs: files[n_in..n_in + n_out]
-                .iter()
-                .map(FileState::path)
-                .collect(),
-            stdout: spec.stdout.as_ref().map(|_| files[n_in + n_out].path()),
-            stderr: spec.stderr.as_ref().map(|_| files[files.len() - 1].path()),
-        };
+        let task_files = self.task_files(spec, files);
         match &spec.body {
             Body::Closure(f) => f(&task_files)?,
             Body::Command(cmd) => {
@@ -956,18 +945,11 @@ impl Inner {
         Ok(())
     }
 
-    /// One attempt on a node: the in-task steps and the command go to a worker, which
-    /// plans the steps again there; their outcomes come back into the reports.
-    fn attempt_remote(
-        &self,
-        spec: &TaskSpec,
-        files: &mut [FileState],
-        remote: &Remote,
-    ) -> Result<(), String> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    /// The paths the body sees: each staged file's `filepath()`, absolute.
+    fn task_files(&self, spec: &TaskSpec, files: &[FileState]) -> TaskFiles {
         let (n_inputs, n_in) = (spec.inputs.len(), spec.inputs.len() + spec.args.len());
         let n_out = spec.outputs.len();
-        let task_files = TaskFiles {
+        TaskFiles {
             working_dir: self.executors[&spec.executor].working_dir.clone(),
             inputs: files[..n_inputs].iter().map(FileState::path).collect(),
             args: files[n_inputs..n_in].iter().map(FileState::path).collect(),
@@ -977,7 +959,19 @@ impl Inner {
                 .collect(),
             stdout: spec.stdout.as_ref().map(|_| files[n_in + n_out].path()),
             stderr: spec.stderr.as_ref().map(|_| files[files.len() - 1].path()),
-        };
+        }
+    }
+
+    /// One attempt on a node: the in-task steps and the command go to a worker, which
+    /// plans the steps again there; their outcomes come back into the reports.
+    fn attempt_remote(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+        remote: &Remote,
+    ) -> Result<(), String> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let task_files = self.task_files(spec, files);
         let command = match &spec.body {
             Body::Command(cmd) => expand_command(cmd, &task_files)?,
             Body::Closure(_) => {

@@ -740,7 +740,16 @@ fn run_node_task(
             timeout,
         );
         match outcome {
-            Err(e) => error = Some(e),
+            Err(e) => {
+                // The scheduler ending the block signals the command and this worker
+                // alike; a command killed by a signal is reported only if this worker
+                // outlives it by a moment, so that the run blames the block's end
+                // (its cause asked of the scheduler), not the command.
+                if e.contains("killed by a signal") {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                error = Some(e);
+            }
             Ok(()) => {
                 let missing: Vec<String> = task
                     .files
