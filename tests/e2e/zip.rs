@@ -222,6 +222,14 @@ fn a_member_written_twice_is_an_error_unless_overwrite_and_never_a_duplicate() {
         ])
     };
     assert_eq!(stage_out(&cfg, &local).code, Some(0));
+    // The same bytes again (a workflow run a second time): nothing changes, no error.
+    let again = sandbox.write("v1-again.txt", "first\n");
+    let out = stage_out(&cfg, &again);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        members(&archive),
+        [("m.txt".to_owned(), "first\n".to_owned())]
+    );
     let local = sandbox.write("v2.txt", "second\n");
     let out = stage_out(&cfg, &local);
     assert_eq!(out.code, Some(1), "{}", out.stderr);

@@ -60,6 +60,14 @@ impl Directory {
         self.index.contains_key(name)
     }
 
+    /// The CRC-32 and size of member `name`, from its directory record (`None` for
+    /// a member whose size is in a zip64 field).
+    pub fn crc_and_size(&self, name: &str) -> Option<(u32, u64)> {
+        let raw = &self.entries[*self.index.get(name)?].raw;
+        let size = u32_at(raw, 24);
+        (size != 0xFFFF_FFFF).then(|| (u32_at(raw, 16), u64::from(size)))
+    }
+
     /// How many members there are.
     #[cfg(test)]
     pub fn len(&self) -> usize {
