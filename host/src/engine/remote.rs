@@ -327,6 +327,35 @@ impl Dispatcher {
         }
     }
 
+    /// Ends `block` if none of its workers has a task, atomically with respect to
+    /// handing out tasks; whether it did. Its workers are told to shut down.
+    pub fn retire_if_idle(&self, block: &str, cause: String) -> bool {
+        let retired: Vec<Worker> = {
+            let mut state = self.lock();
+            if state
+                .workers
+                .values()
+                .any(|w| w.block == block && !w.busy.is_empty())
+            {
+                return false;
+            }
+            state.ended.insert(block.to_owned(), cause);
+            let ids: Vec<u64> = state
+                .workers
+                .iter()
+                .filter(|(_, w)| w.block == block)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter()
+                .filter_map(|id| state.workers.remove(id))
+                .collect()
+        };
+        for w in retired {
+            let _ = send(&w.stream, &Message::Shutdown);
+        }
+        true
+    }
+
     /// Fails every waiting task with `reason` (no worker will come).
     pub fn fail_pending(&self, reason: &str) {
         let pending: Vec<Pending> = self.lock().pending.drain(..).collect();

@@ -285,8 +285,15 @@ impl Blocks {
         if pending == 0 {
             let limit = Duration::from_secs_f64(self.config.max_idle_secs);
             for (job, since) in idle {
-                if since.is_some_and(|t| t.elapsed() > limit) {
+                let cause = format!(
+                    "Slurm job {job} ended: idle for {}s",
+                    self.config.max_idle_secs
+                );
+                if since.is_some_and(|t| t.elapsed() > limit)
+                    && self.dispatcher.retire_if_idle(&job, cause)
+                {
                     tracing::info!("executor {:?}: block {job} idle, ending it", self.label);
+                    self.lock().active.retain(|b| b.job != job);
                     scancel(std::slice::from_ref(&job));
                 }
             }
