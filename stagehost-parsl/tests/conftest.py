@@ -201,10 +201,16 @@ def dfk(
         executor_kind("intask", [StagehostStaging(config, executor="intask")]),
         executor_kind("copying", [StagehostStaging(config, executor="copying")]),
     ]
+    yield from loaded(executors, tmp_path_factory)
+
+
+def loaded(executors: list, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Parsl loaded with ``executors`` (blocks started at once) until the caller is
+    done; then cleaned up."""
     run_dir = tmp_path_factory.mktemp("runinfo")
-    loaded = parsl.load(Config(executors=executors, run_dir=str(run_dir), strategy="none"))
+    dfk = parsl.load(Config(executors=executors, run_dir=str(run_dir), strategy="none"))
     try:
-        yield loaded
+        yield dfk
     finally:
-        loaded.cleanup()
+        dfk.cleanup()
         parsl.clear()

@@ -8,14 +8,12 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-import parsl
 import pytest
 from parsl.app.app import python_app
-from parsl.config import Config
 from parsl.data_provider.file_noop import NoOpFileStaging
 from parsl.data_provider.files import File
 
-from conftest import ROOT, MakeExecutor, stagehost_config
+from conftest import ROOT, MakeExecutor, loaded, stagehost_config
 from stagehost_parsl import StagehostStaging
 
 
@@ -69,13 +67,7 @@ def site_dfk(
         ),
         executor_kind("site", [StagehostStaging(site_config, executor="site")]),
     ]
-    run_dir = tmp_path_factory.mktemp("runinfo")
-    loaded = parsl.load(Config(executors=executors, run_dir=str(run_dir), strategy="none"))
-    try:
-        yield loaded
-    finally:
-        loaded.cleanup()
-        parsl.clear()
+    yield from loaded(executors, tmp_path_factory)
 
 
 def test_the_order_of_storage_access_decides(

@@ -29,32 +29,31 @@ fn stagehost(sandbox: &Sandbox, args: &[&str]) -> Run {
 }
 
 fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {
-    stagehost(
-        sandbox,
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "in",
-            "--json",
-            url,
-        ],
-    )
+    stage_in_as(sandbox, cfg, url, &ENV)
 }
 
 fn stage_out(sandbox: &Sandbox, cfg: &Path, local: &Path, url: &str) -> Run {
-    stagehost(
-        sandbox,
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "out",
-            "--json",
-            local.to_str().unwrap(),
-            url,
-        ],
-    )
+    stage_out_as(sandbox, cfg, local, url, &ENV)
+}
+
+/// `stage out --json LOCAL URL` with `env` in place of the test credentials.
+fn stage_out_as(
+    sandbox: &Sandbox,
+    cfg: &Path,
+    local: &Path,
+    url: &str,
+    env: &[(&str, &str)],
+) -> Run {
+    let args = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        "--json",
+        local.to_str().unwrap(),
+        url,
+    ];
+    sandbox.run_env(&args, env)
 }
 
 #[test]
@@ -174,16 +173,7 @@ fn bad_credentials_are_refused_and_each_cause_is_named() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(std::fs::read(sandbox.join("wd/k")).unwrap(), b"payload");
     let big = sandbox.write("big.bin", pattern(11 << 20));
-    let args = [
-        "--config",
-        cfg.to_str().unwrap(),
-        "stage",
-        "out",
-        "--json",
-        big.to_str().unwrap(),
-        "s3://data/big.bin",
-    ];
-    let out = sandbox.run_env(&args, &good);
+    let out = stage_out_as(&sandbox, &cfg, &big, "s3://data/big.bin", &good);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     // The wrong secret for a real key.
     let wrong_secret = "wrong-secret-0123456789";
@@ -229,16 +219,13 @@ fn bad_credentials_are_refused_and_each_cause_is_named() {
         error.contains("permission denied:") && error.contains("access denied (AccessDenied;"),
         "{error}"
     );
-    let args = [
-        "--config",
-        cfg.to_str().unwrap(),
-        "stage",
-        "out",
-        "--json",
-        big.to_str().unwrap(),
+    let error = error_of(&stage_out_as(
+        &sandbox,
+        &cfg,
+        &big,
         "s3://locked/big.bin",
-    ];
-    let error = error_of(&sandbox.run_env(&args, &good));
+        &good,
+    ));
     assert!(
         error.contains("access denied (AccessDenied;") && error.contains("is kept"),
         "{error}"
@@ -279,15 +266,7 @@ fn checksums_the_store_gives_are_verified_and_a_corrupted_body_is_refused() {
         let local = sandbox.write("up.bin", pattern(12 << 20));
         let key = format!("up-{alg}");
         let url = format!("s3://data/{key}");
-        let args = [
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "out",
-            local.to_str().unwrap(),
-            url.as_str(),
-        ];
-        let out = sandbox.run_env(&args, &ENV);
+        let out = stage_out_as(&sandbox, &cfg, &local, &url, &ENV);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         let kept = moto.boto(&format!(
             "h = s3.head_object(Bucket='data', Key='{key}', ChecksumMode='ENABLED')\nprint(h.get('Checksum{alg}') is not None)\n"
@@ -337,16 +316,7 @@ fn a_second_s3_server_s3rver_serves_round_trips_and_refuses_an_unknown_key() {
         let data = pattern(size);
         let local = sandbox.write(format!("out/{name}"), &data);
         let url = format!("s3://data/{name}");
-        let args = [
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "out",
-            "--json",
-            local.to_str().unwrap(),
-            url.as_str(),
-        ];
-        let out = sandbox.run_env(&args, &env);
+        let out = stage_out_as(&sandbox, &cfg, &local, &url, &env);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         // The big one went as a multipart upload (12 MiB in 5 MiB parts); s3rver
         // gives the joined object the MD5 of all its bytes as its ETag.
@@ -464,15 +434,10 @@ fn credentials_region_and_endpoint_come_from_a_profile_of_the_shared_aws_files()
         "profile.toml",
         "[[provider]]\nname = \"s3\"\nplugin = \"object-store\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"s3\"]\n",
     );
-    let out = sandbox.run_env(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "in",
-            "--json",
-            "s3://data/p.txt",
-        ],
+    let out = stage_in_as(
+        &sandbox,
+        &cfg,
+        "s3://data/p.txt",
         &[("AWS_PROFILE", "site")],
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -504,33 +469,13 @@ fn azure_blobs_go_out_and_come_back_through_azurite() {
         let data = pattern(size);
         let local = sandbox.write(format!("out/{name}"), &data);
         let url = format!("az://data/results/{name}");
-        let out = sandbox.run_env(
-            &[
-                "--config",
-                cfg.to_str().unwrap(),
-                "stage",
-                "out",
-                local.to_str().unwrap(),
-                &url,
-            ],
-            &env,
-        );
+        let out = stage_out_as(&sandbox, &cfg, &local, &url, &env);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         let seen = azurite.python(&format!(
             "print(len(blobs.get_blob_client('data', 'results/{name}').download_blob().readall()))\n"
         ));
         assert_eq!(seen.trim().parse::<usize>().unwrap(), size);
-        let out = sandbox.run_env(
-            &[
-                "--config",
-                cfg.to_str().unwrap(),
-                "stage",
-                "in",
-                "--json",
-                &url,
-            ],
-            &env,
-        );
+        let out = stage_in_as(&sandbox, &cfg, &url, &env);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
         assert_eq!(out.json()[0]["cached"], false);
@@ -548,34 +493,14 @@ fn azure_blobs_go_out_and_come_back_through_azurite() {
         "{}",
         out.stderr
     );
-    let out = sandbox.run_env(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "in",
-            "--json",
-            "az://data/absent.bin",
-        ],
-        &env,
-    );
+    let out = stage_in_as(&sandbox, &cfg, "az://data/absent.bin", &env);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let error = out.json()[0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("not found") && error.contains("no such object"),
         "{error}"
     );
-    let out = sandbox.run_env(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "stage",
-            "in",
-            "--json",
-            "az://nocontainer/x.bin",
-        ],
-        &env,
-    );
+    let out = stage_in_as(&sandbox, &cfg, "az://nocontainer/x.bin", &env);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let error = out.json()[0]["error"].as_str().unwrap().to_owned();
     assert!(error.contains("does not exist"), "{error}");
