@@ -24,10 +24,6 @@ fn s3_config(sandbox: &Sandbox, name: &str, endpoint: &str, settings: &str) -> P
     )
 }
 
-fn stagehost(sandbox: &Sandbox, args: &[&str]) -> Run {
-    sandbox.run_env(args, &ENV)
-}
-
 fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {
     stage_in_as(sandbox, cfg, url, &ENV)
 }
@@ -388,20 +384,10 @@ fn a_workflow_reads_from_s3_and_writes_back_to_s3() {
         "s3.create_bucket(Bucket='data')\ns3.put_object(Bucket='data', Key='in/words.txt', Body=b'b\\na\\nc\\n')\n",
     );
     let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
-    let flow = sandbox.write(
-        "flow.toml",
+    let out = sandbox.run_workflow_env(
+        &cfg,
         "[[task]]\nname = \"sort\"\ncommand = \"sort {inputs[0]} > {outputs[0]}\"\ninputs = [\"s3://data/in/words.txt\"]\noutputs = [\"s3://data/out/sorted.txt\"]\n",
-    );
-    let out = stagehost(
-        &sandbox,
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "run",
-            flow.to_str().unwrap(),
-            "--report",
-            "-",
-        ],
+        &ENV,
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let sorted = moto.boto(

@@ -24,19 +24,9 @@ fn config(sandbox: &Sandbox, slurm: &str) -> PathBuf {
 }
 
 fn run(sandbox: &Sandbox, cluster: &SlurmCluster, cfg: &Path, flow: &str) -> Run {
-    let flow = sandbox.write("flow.toml", flow);
     let conf = cluster.conf();
-    sandbox.run_env(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "run",
-            flow.to_str().unwrap(),
-            "--report",
-            "-",
-        ],
-        &[("SLURM_CONF", conf.to_str().unwrap()), ("RUST_LOG", "warn")],
-    )
+    let env = [("SLURM_CONF", conf.to_str().unwrap()), ("RUST_LOG", "warn")];
+    sandbox.run_workflow_env(cfg, flow, &env)
 }
 
 /// `stagehost run FLOW --report -` started in the background (warnings logged).

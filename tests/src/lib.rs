@@ -499,15 +499,23 @@ impl Sandbox {
     /// `stagehost --config CFG run flow.toml --report -` for the workflow text `flow`
     /// (written as `flow.toml`): the JSON report is on stdout.
     pub fn run_workflow(&self, cfg: &Path, flow: &str) -> Run {
+        self.run_workflow_env(cfg, flow, &[])
+    }
+
+    /// [`Sandbox::run_workflow`] with `env` set for the run.
+    pub fn run_workflow_env(&self, cfg: &Path, flow: &str, env: &[(&str, &str)]) -> Run {
         let flow = self.write("flow.toml", flow);
-        self.run(&[
-            "--config",
-            cfg.to_str().expect("UTF-8 config path"),
-            "run",
-            flow.to_str().expect("UTF-8 workflow path"),
-            "--report",
-            "-",
-        ])
+        self.run_env(
+            &[
+                "--config",
+                cfg.to_str().expect("UTF-8 config path"),
+                "run",
+                flow.to_str().expect("UTF-8 workflow path"),
+                "--report",
+                "-",
+            ],
+            env,
+        )
     }
 }
 
