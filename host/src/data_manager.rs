@@ -178,6 +178,9 @@ pub struct StagingWork {
     pub executor: String,
     working_dir: PathBuf,
     destination: PathBuf,
+    /// Whether this is the last work of the file (what it leaves is what the task
+    /// gets).
+    last: bool,
     /// The checksum the URL asks for, verified after this work when it is the last
     /// work of a stage-in.
     verify: Option<Checksum>,
@@ -214,6 +217,12 @@ impl StagingWork {
         job.run(&ctx)
             .into_result()
             .map_err(|e| fail(call, e.into()))?;
+        if self.last && self.direction == Direction::In {
+            if let Ok(path) = self.file.filepath() {
+                stagehost_plugin_api::landing::check_staged_in(&self.file, &path)
+                    .map_err(|e| fail(call, e))?;
+            }
+        }
         if let (Some(checksum), Ok(path)) = (&self.verify, self.file.filepath()) {
             checksum.verify(&path).map_err(|e| fail("checksum", e))?;
         }
@@ -416,10 +425,13 @@ impl DataManager {
     }
 
     /// The default destination of `file`: its `local_path` if set, else
-    /// `<working_dir>/<filename>` unless another URL already claimed that path.
-    fn default_destination(&self, working_dir: &Path, file: &File) -> PathBuf {
+    /// `<working_dir>/<filename>` unless another URL already claimed that path. The
+    /// path is claimed for the file's URL in the same step, so two files planned at
+    /// once never get one destination; the flag says whether this call made the claim
+    /// (to be released if the provider leaves the file where it is).
+    fn default_destination(&self, working_dir: &Path, file: &File) -> (PathBuf, bool) {
         if let Some(local) = file.local_path() {
-            return local.to_path_buf();
+            return (local.to_path_buf(), false);
         }
         // A basename of "", "." or ".." would name the directory itself or its parent:
         // such a file lands under a plain name instead, never outside working_dir.
@@ -428,27 +440,40 @@ impl DataManager {
             name => name,
         };
         let plain = working_dir.join(name);
-        let claims = self
-            .destinations
-            .lock()
-            .expect("the claims lock is never poisoned");
-        match claims.get(&plain) {
-            Some(url) if url != file.url() => working_dir
-                .join(".stagehost")
-                .join(format!("{:016x}", fnv1a(file.url())))
-                .join(name),
-            _ => plain,
-        }
-    }
-
-    fn claim(&self, path: &Path, url: &str) {
         let mut claims = self
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
-        claims
-            .entry(path.to_path_buf())
-            .or_insert_with(|| url.to_owned());
+        match claims.get(&plain) {
+            Some(url) if url != file.url() => {
+                let hashed = working_dir
+                    .join(".stagehost")
+                    .join(format!("{:016x}", fnv1a(file.url())))
+                    .join(name);
+                let fresh = !claims.contains_key(&hashed);
+                claims
+                    .entry(hashed.clone())
+                    .or_insert_with(|| file.url().to_owned());
+                (hashed, fresh)
+            }
+            Some(_) => (plain, false),
+            None => {
+                claims.insert(plain.clone(), file.url().to_owned());
+                (plain, true)
+            }
+        }
+    }
+
+    /// Releases a claim made by [`DataManager::default_destination`] for a file that
+    /// was not placed there.
+    fn release(&self, path: &Path, url: &str) {
+        let mut claims = self
+            .destinations
+            .lock()
+            .expect("the claims lock is never poisoned");
+        if claims.get(path).is_some_and(|u| u == url) {
+            claims.remove(path);
+        }
     }
 
     /// Plans the stage-in of `file` on `executor`: chooses the provider, then calls its
@@ -487,7 +512,7 @@ impl DataManager {
             .working_dir
             .clone()
             .unwrap_or_else(|| staging.working_dir.clone());
-        let destination = self.default_destination(&working_dir, file);
+        let (destination, fresh_claim) = self.default_destination(&working_dir, file);
         let (first, second) = match direction {
             Direction::In => (PlanningCall::StageIn, PlanningCall::ReplaceTask),
             Direction::Out => (PlanningCall::StageOut, PlanningCall::ReplaceTaskStageOut),
@@ -510,14 +535,24 @@ impl DataManager {
         let mut jobs = Vec::with_capacity(2);
         for call in [first, second] {
             let (next, job) = provider.plan(call, &ctx, copy).map_err(|e| {
+                if fresh_claim {
+                    self.release(&destination, file.url());
+                }
                 provider_error(direction, file, &provider, executor, call.as_str(), e)
             })?;
             copy = next;
             jobs.push(job);
         }
-        if copy.local_path() == Some(destination.as_path()) {
-            self.claim(&destination, file.url());
+        // Where a staged file lands is the host's to decide: a provider may point the
+        // task at the destination it was given, or leave the file where it is, and
+        // nothing else. (A provider that picked a path of its own let two URLs share
+        // one file, so one task read the other's bytes.)
+        if fresh_claim && copy.local_path() != Some(destination.as_path()) {
+            self.release(&destination, file.url());
         }
+        stagehost_plugin_api::landing::check_placement(copy.local_path(), &destination).map_err(
+            |e| provider_error(direction, file, &provider, executor, second.as_str(), e),
+        )?;
         let (separate, in_task) = {
             let mut jobs = jobs.into_iter();
             (jobs.next().flatten(), jobs.next().flatten())
@@ -541,6 +576,7 @@ impl DataManager {
                 executor: executor.to_owned(),
                 working_dir: working_dir.clone(),
                 destination: destination.clone(),
+                last: verify,
                 verify: if verify { checksum.clone() } else { None },
             })
         };
@@ -590,9 +626,28 @@ mod tests {
             destinations: Mutex::new(HashMap::new()),
         };
         for url in ["http://h/a/..", "http://h/a/.", "http://h/", "http://h"] {
-            let dest = dm.default_destination(Path::new("/wd"), &File::parse(url).unwrap());
+            let (dest, fresh) =
+                dm.default_destination(Path::new("/wd"), &File::parse(url).unwrap());
             assert_eq!(dest, Path::new("/wd/index"), "{url}");
+            assert!(fresh);
+            dm.release(&dest, url);
         }
+    }
+
+    #[test]
+    fn two_urls_planned_at_once_never_share_a_destination() {
+        let dm = DataManager {
+            executors: HashMap::new(),
+            destinations: Mutex::new(HashMap::new()),
+        };
+        let a = File::parse("zip:/a.zip/data.txt").unwrap();
+        let b = File::parse("zip:/b.zip/data.txt").unwrap();
+        let (da, _) = dm.default_destination(Path::new("/wd"), &a);
+        let (db, _) = dm.default_destination(Path::new("/wd"), &b);
+        let (da2, again) = dm.default_destination(Path::new("/wd"), &a);
+        assert_eq!(da, Path::new("/wd/data.txt"));
+        assert_ne!(da, db);
+        assert_eq!((da2, again), (da, false), "one URL, one destination");
     }
 
     #[test]

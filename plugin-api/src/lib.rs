@@ -195,6 +195,8 @@ pub mod display;
 mod error;
 mod file;
 pub mod fs;
+#[cfg(unix)]
+pub mod landing;
 pub mod net;
 mod provider;
 mod settings;

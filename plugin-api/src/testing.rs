@@ -292,6 +292,8 @@ impl TestHost {
         let in_task = guarded("the second planning call", || {
             second(&ctx.context(), &mut copy)
         })?;
+        // The host's rules, checked as the host checks them.
+        crate::landing::check_placement(copy.local_path(), &self.destination(&file))?;
         let mut work = vec![(separate, "separate job"), (in_task, "in-task step")];
         if !separate_first {
             work.reverse();
@@ -301,6 +303,11 @@ impl TestHost {
             if let Some(job) = job {
                 self.run_job(job, &copy)?;
                 ran.push(name);
+            }
+        }
+        if separate_first && !ran.is_empty() {
+            if let Ok(path) = copy.filepath() {
+                crate::landing::check_staged_in(&copy, &path)?;
             }
         }
         Ok(Staged { file: copy, ran })
@@ -358,19 +365,28 @@ mod tests {
         }
     }
 
+    /// A local file to stage (a stage-in must leave a regular file).
+    fn local_file(host: &TestHost) -> String {
+        let path = host.working_dir().join("x");
+        std::fs::write(&path, b"x").unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
     #[test]
     fn cancellation_and_deadlines_reach_the_job() {
         let host = TestHost::new();
-        assert_eq!(host.stage_in(&Slow, "/x").unwrap().ran, ["in-task step"]);
+        let x = local_file(&host);
+        let x = x.as_str();
+        assert_eq!(host.stage_in(&Slow, x).unwrap().ran, ["in-task step"]);
         host.set_deadline(Some(UNIX_EPOCH));
         assert_eq!(
-            host.stage_in(&Slow, "/x").unwrap_err().kind(),
+            host.stage_in(&Slow, x).unwrap_err().kind(),
             ErrorKind::TimedOut
         );
         host.set_deadline(None);
         host.cancel();
         assert_eq!(
-            host.stage_in(&Slow, "/x").unwrap_err().kind(),
+            host.stage_in(&Slow, x).unwrap_err().kind(),
             ErrorKind::Cancelled
         );
     }
@@ -394,9 +410,10 @@ mod tests {
     #[test]
     fn a_cached_notice_is_recorded_and_never_logged() {
         let host = TestHost::new();
-        host.stage_in(&Slow, "/x").unwrap();
+        let x = local_file(&host);
+        host.stage_in(&Slow, &x).unwrap();
         assert!(!host.was_cached());
-        host.stage_in(&Current, "/x").unwrap();
+        host.stage_in(&Current, &x).unwrap();
         assert!(host.was_cached());
         assert!(host.logs().is_empty(), "{:?}", host.logs());
     }

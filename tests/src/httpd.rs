@@ -22,6 +22,8 @@ struct State {
     hits: HashMap<String, u32>,
     stored: HashMap<String, Vec<u8>>,
     authorizations: Vec<String>,
+    /// Every request: method, path and its headers (names lower-cased).
+    requests: Vec<(String, String, HashMap<String, String>)>,
 }
 
 /// A fault-injecting HTTP/1.1 server on 127.0.0.1; one thread per connection, each
@@ -35,7 +37,13 @@ pub struct FaultServer {
 impl FaultServer {
     /// Starts the server on a free port.
     pub fn start() -> FaultServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        FaultServer::start_on("127.0.0.1")
+    }
+
+    /// Starts the server on a free port of the loopback address `ip` (`127.0.0.2` is
+    /// another host as far as a client can tell).
+    pub fn start_on(ip: &str) -> FaultServer {
+        let listener = TcpListener::bind((ip, 0)).expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -70,6 +78,11 @@ impl FaultServer {
     /// What a PUT to `/put/<name>` stored.
     pub fn stored(&self, name: &str) -> Option<Vec<u8>> {
         self.state.lock().unwrap().stored.get(name).cloned()
+    }
+
+    /// Every request received: method, path and headers (names lower-cased).
+    pub fn requests(&self) -> Vec<(String, String, HashMap<String, String>)> {
+        self.state.lock().unwrap().requests.clone()
     }
 
     /// Every Authorization header received.
@@ -167,6 +180,8 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         if let Some(a) = headers.get("authorization") {
             st.authorizations.push(a.clone());
         }
+        st.requests
+            .push((method.clone(), path.clone(), headers.clone()));
         hit
     };
     let auth = headers.get("authorization").cloned().unwrap_or_default();
@@ -263,6 +278,14 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             &[("Content-Encoding", "gzip".into())],
             &gzip(b"hello, gzip\n"),
         ),
+        ("GET", ["gzip-cut"]) => {
+            // A gzip body that breaks off halfway, on every attempt.
+            let body = gzip(&pattern(64 << 10));
+            let head = format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", body.len());
+            conn.write_all(head.as_bytes())?;
+            conn.write_all(&body[..body.len() / 2])?;
+            conn.flush()
+        }
         ("GET", ["chunked"]) => {
             conn.write_all(
                 b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -399,12 +422,27 @@ impl Nginx {
     /// Starts nginx serving `root`, and with `tls` (certificate, key) also over HTTPS
     /// on a second port.
     pub fn start_with_tls(root: &Path, tls: Option<(&Path, &Path)>) -> Nginx {
+        Nginx::start_with(root, tls, "")
+    }
+
+    /// Starts nginx serving `root` with `extra` directives in its plain server block
+    /// (`location = /moved { return 302 http://...; }`).
+    pub fn start_with_conf(root: &Path, extra: &str) -> Nginx {
+        Nginx::start_with(root, None, extra)
+    }
+
+    /// Starts nginx over HTTP and HTTPS with `extra` directives in both server blocks.
+    pub fn start_with_tls_conf(root: &Path, tls: (&Path, &Path), extra: &str) -> Nginx {
+        Nginx::start_with(root, Some(tls), extra)
+    }
+
+    fn start_with(root: &Path, tls: Option<(&Path, &Path)>, extra: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let tls_port = tls.map(|_| free_port());
         let tls_server = match (tls, tls_port) {
             (Some((cert, key)), Some(p)) => format!(
-                "  server {{\n    listen 127.0.0.1:{p} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    root {};\n  }}\n",
+                "  server {{\n    listen 127.0.0.1:{p} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    root {};\n{extra}\n  }}\n",
                 cert.display(),
                 key.display(),
                 root.display()
@@ -417,7 +455,7 @@ impl Nginx {
         }
         std::fs::create_dir_all(root.join("dav")).expect("mkdir dav");
         let conf = format!(
-            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n    location /dav/ {{\n      dav_methods PUT DELETE;\n      create_full_put_path on;\n      client_max_body_size 0;\n    }}\n  }}\n{tls_server}}}\n",
+            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n    location /dav/ {{\n      dav_methods PUT DELETE;\n      create_full_put_path on;\n      client_max_body_size 0;\n    }}\n{extra}\n  }}\n{tls_server}}}\n",
             root.display(),
             // As root, the workers would run as nobody and not read a private tempdir.
             // SAFETY: geteuid has no preconditions.

@@ -1,8 +1,9 @@
 //! `data`: a third-party stagehost provider for `data:` URLs (RFC 2397).
 //!
-//! `data:,hello%20world` and `data:text/plain;base64,aGVsbG8=` stage in as files named
-//! `data-<hash>` (plus an extension for a few media types) in the working directory. The
-//! decoding runs as a separate staging job; it is written atomically.
+//! `data:,hello%20world` and `data:text/plain;base64,aGVsbG8=` stage in as files at the
+//! host's destination (`<working_dir>/<the URL's basename>`, as for every provider: the
+//! host decides where staged files land). The decoding runs as a separate staging job;
+//! it is written atomically.
 
 use std::io::Write;
 
@@ -25,12 +26,9 @@ impl Provider for DataProvider {
     }
 
     fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        let (media_type, bytes) = decode(file.url())?;
-        let dest = ctx.working_dir().join(format!(
-            "data-{:016x}{}",
-            fnv1a(file.url()),
-            extension(&media_type)
-        ));
+        let (_media_type, bytes) = decode(file.url())?;
+        // The host decides where a staged file lands; a provider never picks a path.
+        let dest = ctx.destination().to_path_buf();
         file.set_local_path(&dest);
         Ok(Some(Job::new(move |ctx| {
             ctx.check()?;
@@ -71,15 +69,6 @@ fn decode(url: &str) -> Result<(String, Vec<u8>), StageError> {
             .to_ascii_lowercase(),
         bytes,
     ))
-}
-
-fn extension(media_type: &str) -> &'static str {
-    match media_type {
-        "" | "text/plain" => ".txt",
-        "application/json" => ".json",
-        "text/csv" => ".csv",
-        _ => "",
-    }
 }
 
 fn percent_decode(s: &str) -> Result<Vec<u8>, StageError> {
@@ -133,12 +122,6 @@ fn base64_decode(input: &[u8]) -> Result<Vec<u8>, StageError> {
     Ok(out)
 }
 
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 stagehost_plugin_api::export_provider! {
     provider: DataProvider,
     name: "data",
@@ -173,8 +156,7 @@ mod tests {
             .unwrap();
         assert_eq!(staged.ran, ["separate job"]);
         let path = staged.file.filepath().unwrap();
-        assert!(path.starts_with(host.working_dir()), "{}", path.display());
-        assert_eq!(path.extension().and_then(|e| e.to_str()), Some("txt"));
+        assert_eq!(path, host.destination(&File::parse("data:text/plain;base64,aGVsbG8=").unwrap()));
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
         assert_eq!(host.progress().last(), Some(&(5, Some(5))));
     }

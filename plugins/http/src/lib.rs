@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use stagehost_plugin_api::fs::AtomicFile;
-use stagehost_plugin_api::net::{seconds, split_userinfo, strip_port, HostPatterns};
+use stagehost_plugin_api::net::{
+    seconds, split_userinfo, strip_port, HostPatterns, RedirectPolicy,
+};
 use stagehost_plugin_api::{
     Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
 };
@@ -57,6 +59,9 @@ struct HttpSettings {
     bearer_token_env: Option<String>,
     /// Extra request headers; their values are treated as secrets.
     headers: BTreeMap<String, String>,
+    /// Ask for a compressed body (`Accept-Encoding: gzip`), as curl's `--compressed`;
+    /// by default the body is asked for as it is (`identity`).
+    compressed: bool,
 }
 
 impl Default for HttpSettings {
@@ -72,6 +77,7 @@ impl Default for HttpSettings {
             password: None,
             bearer_token_env: None,
             headers: BTreeMap::new(),
+            compressed: false,
         }
     }
 }
@@ -106,6 +112,9 @@ struct Shared {
     password: Option<String>,
     bearer_token_env: Option<String>,
     headers: BTreeMap<String, String>,
+    /// The instance's `hosts`: credentials may follow a redirect to them.
+    hosts: HostPatterns,
+    max_redirects: u32,
 }
 
 fn load_roots(path: &PathBuf) -> Result<ureq::tls::RootCerts, StageError> {
@@ -146,12 +155,14 @@ impl Provider for HttpProvider {
             // Proxies are chosen per request by scheme (see `Proxies`).
             .proxy(None)
             .http_status_as_error(false)
+            .accept_encoding(if s.compressed { "gzip" } else { "identity" })
             .timeout_connect(Some(seconds(
                 "connect_timeout_secs",
                 s.connect_timeout_secs,
             )?))
             .timeout_per_read(Some(seconds("read_timeout_secs", s.read_timeout_secs)?))
-            .max_redirects(s.max_redirects)
+            // Redirects are followed by `Shared::exchange`, under plugin-api's policy.
+            .max_redirects(0)
             .max_idle_connections_per_host(16)
             .tls_config(tls.build())
             .build();
@@ -165,6 +176,8 @@ impl Provider for HttpProvider {
                 password: s.password,
                 bearer_token_env: s.bearer_token_env,
                 headers: s.headers,
+                hosts: HostPatterns::new(&s.hosts),
+                max_redirects: s.max_redirects,
             }),
         })
     }
@@ -276,7 +289,7 @@ fn classify(what: &str, url: &str, e: &ureq::Error) -> StageError {
     let kind = match e {
         E::Timeout(_) => ErrorKind::TimedOut,
         E::ConnectionFailed | E::Protocol(_) => ErrorKind::Transient,
-        E::Io(io) => io_kind(io),
+        E::Io(io) | E::Decompress(_, io) => io_kind(io),
         E::HostNotFound => ErrorKind::NotFound,
         E::TooManyRedirects | E::RedirectFailed => ErrorKind::Other,
         // Certificates and TLS setup: retrying cannot help.
@@ -291,15 +304,24 @@ fn classify(what: &str, url: &str, e: &ureq::Error) -> StageError {
     StageError::new(kind, format!("{what} {url}: {why}"))
 }
 
-/// An I/O error's kind. A certificate failure reaches us as `InvalidData`: permanent.
+/// An I/O error's kind, read through the whole chain of causes: a body cut inside a
+/// gzip stream reaches us as a decompression error around the read's own error, and is
+/// as transient as a cut plain body. A certificate failure reaches us as
+/// `InvalidData`: permanent.
 fn io_kind(e: &std::io::Error) -> ErrorKind {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
         return match inner {
             ureq::Error::Timeout(_) => ErrorKind::TimedOut,
-            ureq::Error::Io(io) => io_kind(io),
+            ureq::Error::Io(io) | ureq::Error::Decompress(_, io) => io_kind(io),
             ureq::Error::Protocol(_) | ureq::Error::ConnectionFailed => ErrorKind::Transient,
             _ => ErrorKind::Other,
         };
+    }
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<std::io::Error>()) {
+        let kind = io_kind(inner);
+        if kind != ErrorKind::Other {
+            return kind;
+        }
     }
     stagehost_plugin_api::net::io_kind(e)
 }
@@ -427,25 +449,90 @@ impl Shared {
         ctx.remaining().map(|r| r.max(Duration::from_millis(1)))
     }
 
-    /// `request` for `target` with the credentials, the configured headers, the
-    /// proxy for its scheme and the deadline of `ctx`.
+    /// `request` to `url` with, when `credentials` allows, the credentials and the
+    /// configured headers; with the proxy for its scheme and the deadline of `ctx`.
     fn prepare<B>(
         &self,
         ctx: &Context<'_>,
         mut request: ureq::RequestBuilder<B>,
+        url: &str,
         target: &Target,
+        credentials: bool,
     ) -> Result<ureq::RequestBuilder<B>, StageError> {
-        if let Some(auth) = self.authorization(target.userinfo.clone())? {
-            request = request.header("Authorization", auth);
-        }
-        for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.as_str());
+        if credentials {
+            if let Some(auth) = self.authorization(target.userinfo.clone())? {
+                request = request.header("Authorization", auth);
+            }
+            for (name, value) in &self.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
         }
         Ok(request
             .config()
-            .proxy(self.proxies.for_url(&target.url))
+            .proxy(self.proxies.for_url(url))
             .timeout_global(Self::deadline(ctx))
             .build())
+    }
+
+    /// Sends `method` (`GET` with `extra` headers, or `PUT` of the file at `body`) to
+    /// `target`, following redirects as plugin-api's `RedirectPolicy` allows:
+    /// credentials only to their origin, an upload only through 307 and 308 (its body
+    /// sent again). Returns the first answer that is not a redirect.
+    fn exchange(
+        &self,
+        ctx: &Context<'_>,
+        target: &Target,
+        method: &str,
+        extra: &[(&str, String)],
+        body: Option<&std::path::Path>,
+    ) -> Result<ureq::http::Response<ureq::Body>, StageError> {
+        let mut policy = RedirectPolicy::new(&target.url, &self.hosts, self.max_redirects);
+        let (mut url, mut method, mut credentials) = (target.url.clone(), method.to_owned(), true);
+        loop {
+            let sent = if method == "PUT" {
+                let path = body.ok_or_else(|| {
+                    StageError::new(
+                        ErrorKind::Other,
+                        format!("PUT {}: no file to send", target.shown),
+                    )
+                })?;
+                let (source, _) = stagehost_plugin_api::fs::open_regular(path)?;
+                self.prepare(ctx, self.agent.put(&url), &url, target, credentials)?
+                    .send(&source)
+            } else {
+                let mut request =
+                    self.prepare(ctx, self.agent.get(&url), &url, target, credentials)?;
+                for (name, value) in extra {
+                    request = request.header(*name, value.as_str());
+                }
+                request.call()
+            };
+            let response =
+                sent.map_err(|e| classify(&format!("cannot {method}"), &target.shown, &e))?;
+            let status = response.status().as_u16();
+            if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                return Ok(response);
+            }
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let next = policy.follow(&url, &method, status, location.as_deref(), &target.shown)?;
+            ctx.debug(&format!(
+                "{method} {}: HTTP {status} to {}{}",
+                target.shown,
+                stagehost_plugin_api::redact_url(&next.url),
+                if next.keep_credentials {
+                    ""
+                } else {
+                    " (without credentials: another origin)"
+                }
+            ));
+            url = next.url;
+            method = next.method;
+            credentials = next.keep_credentials;
+        }
     }
 
     /// A GET of `target`, with `extra` headers.
@@ -455,13 +542,7 @@ impl Shared {
         target: &Target,
         extra: &[(&str, String)],
     ) -> Result<ureq::http::Response<ureq::Body>, StageError> {
-        let mut request = self.prepare(ctx, self.agent.get(&target.url), target)?;
-        for (name, value) in extra {
-            request = request.header(*name, value.as_str());
-        }
-        request
-            .call()
-            .map_err(|e| classify("cannot GET", &target.shown, &e))
+        self.exchange(ctx, target, "GET", extra, None)
     }
 
     /// After a body broke off at `done` of `total` bytes, asks for the rest (`Range`,
@@ -496,7 +577,8 @@ impl Shared {
         let target = Target::of(file);
         let shown = target.shown.clone();
         // What we fetched before, if it is still there unchanged: ask whether it changed.
-        let record = stagehost_plugin_api::validators::load(&dest, ctx.working_dir());
+        let record =
+            stagehost_plugin_api::validators::load_for(file.url(), &dest, ctx.working_dir());
         let condition: Vec<(&str, String)> =
             record.iter().map(|v| revalidate::condition(v)).collect();
         let response = self.call_get(ctx, &target, &condition)?;
@@ -612,7 +694,7 @@ impl Shared {
         }
         out.commit()?;
         if let Some(v) = revalidator {
-            stagehost_plugin_api::validators::store(&dest, ctx.working_dir(), &v);
+            stagehost_plugin_api::validators::store_for(file.url(), &dest, ctx.working_dir(), &v);
         }
         Ok(())
     }
@@ -622,13 +704,10 @@ impl Shared {
         let local = file.filepath()?;
         let target = Target::of(file);
         let shown = &target.shown;
-        let (source, meta) = stagehost_plugin_api::fs::open_regular(&local)?;
+        let (_, meta) = stagehost_plugin_api::fs::open_regular(&local)?;
         let total = meta.len();
-        let request = self.prepare(ctx, self.agent.put(&target.url), &target)?;
         ctx.progress(0, Some(total));
-        let response = request
-            .send(&source)
-            .map_err(|e| classify("cannot PUT", shown, &e))?;
+        let response = self.exchange(ctx, &target, "PUT", &[], Some(&local))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(StageError::new(

@@ -555,9 +555,8 @@ impl Shared {
         let part = self.part_size as u64;
         // The version fetched before, if the file is still as it was then: the first
         // GET asks only for a change (one request when there is none).
-        let suffix = format!(" {url}");
-        let recorded = stagehost_plugin_api::validators::load(dest, ctx.working_dir())
-            .and_then(|v| v.strip_suffix(&suffix).map(str::to_owned));
+        // A record serves only the URL it was made for (plugin-api's rule).
+        let recorded = stagehost_plugin_api::validators::load_for(url, dest, ctx.working_dir());
         let ask = |range: Option<GetRange>| GetOptions {
             if_none_match: recorded.clone(),
             range,
@@ -592,7 +591,7 @@ impl Shared {
         };
         let meta = first.meta.clone();
         let size = meta.size;
-        let validator = meta.e_tag.as_ref().map(|t| format!("{t}{suffix}"));
+        let validator = meta.e_tag.clone();
         let given = first
             .extensions
             .get::<checksum::Checksums>()
@@ -700,7 +699,7 @@ impl Shared {
         }
         out.commit()?;
         if let Some(v) = validator {
-            stagehost_plugin_api::validators::store(dest, ctx.working_dir(), &v);
+            stagehost_plugin_api::validators::store_for(url, dest, ctx.working_dir(), &v);
         }
         Ok(())
     }

@@ -2,9 +2,10 @@
 //! `zip:/path/to/archive.zip/inner/path` (the archive is everything up to the first
 //! `.zip/`; the rest names the member).
 //!
-//! As in Parsl, both directions are separate jobs: stage-in extracts the member to
-//! `<working_dir>/<inner/path>` (through a temporary name, so a task never sees half a
-//! member); stage-out points the task at `<working_dir>/<inner/path>` and then adds
+//! As in Parsl, both directions are separate jobs: stage-in extracts the member to the
+//! host's destination (`<working_dir>/<member's file name>`, through a temporary name, so
+//! a task never sees half a member); stage-out points the task at the host's
+//! destination and then adds
 //! that file to the archive as the member, and removes the local copy once the
 //! archive holds it (as Parsl does; `keep_local = true` keeps it). `stdout` and
 //! `stderr` can be members too.
@@ -161,7 +162,8 @@ impl Provider for ZipProvider {
 
     fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
         let url = ZipUrl::parse(file)?;
-        let dest = ctx.working_dir().join(&url.member);
+        // The host's destination: two archives' `data.txt` never share a file.
+        let dest = ctx.destination().to_path_buf();
         file.set_local_path(&dest);
         let lock_timeout = self.options.lock_timeout;
         Ok(Some(Job::new(move |ctx| {
@@ -174,7 +176,7 @@ impl Provider for ZipProvider {
         let local = match file.local_path() {
             Some(local) => local.to_path_buf(),
             None => {
-                let local = ctx.working_dir().join(&url.member);
+                let local = ctx.destination().to_path_buf();
                 // The task writes there: its directories must exist, as Parsl makes them.
                 if let Some(dir) = local.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| {

@@ -1,0 +1,197 @@
+//! Where a staged file may land and what a stage-in must leave there: the host's rules,
+//! checked by the host after every planning and after the last work of every stage-in,
+//! whichever provider did it (ours or a third party's) and wherever it ran (`run`,
+//! `stage`, the node worker and the Python package all go through the host's
+//! `StagingWork::run`). The test kit ([`crate::testing`]) checks the same rules, so a
+//! provider's own tests fail where the host would refuse it.
+//! - a provider points the task only at the host's destination
+//!   ([`crate::Context::destination`]), or leaves the file where it is
+//!   ([`check_placement`]);
+//! - a regular file at the destination: nothing at all (a source skipped as a
+//!   symlink), a directory (a wildcard that matched one), a FIFO or a device is an
+//!   error, never a success. The one exception is the `file` scheme's own link modes:
+//!   a link to the URL's own path;
+//! - no set-id or sticky bits and no group/other write from the remote side: they are
+//!   taken off the staged file (on the descriptor, never through a symlink).
+//!
+//! Invariant: a file that is the source itself (a hard link or symlink to a local
+//! `file` URL's path) is never changed: it is the user's.
+
+use std::path::Path;
+
+use crate::display;
+use crate::{ErrorKind, File, StageError};
+
+/// Checks that a planning call left `placed` (the file's `local_path`, if any) at the
+/// host's `destination`: a provider never chooses a staged file's path by itself.
+pub fn check_placement(placed: Option<&Path>, destination: &Path) -> Result<(), StageError> {
+    match placed {
+        Some(local) if local != destination => Err(StageError::new(
+            ErrorKind::Other,
+            format!(
+                "the provider placed the file at {}, but the host's destination for it is {}; a provider sets local_path only to Context::destination()",
+                display::path(local),
+                display::path(destination)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The mode bits a staged file may not keep: set-user-id, set-group-id, sticky,
+/// group write, other write.
+pub const FORBIDDEN_MODE_BITS: u32 = 0o7022;
+
+/// Checks what the last work of a stage-in left at `path` (the file's `filepath()`),
+/// and takes forbidden mode bits off it. Unix only; elsewhere it checks nothing.
+pub fn check_staged_in(file: &File, path: &Path) -> Result<(), StageError> {
+    let shown = display::path(path);
+    let meta = std::fs::symlink_metadata(path).map_err(|e| {
+        StageError::new(
+            ErrorKind::Integrity,
+            format!("the stage-in reported success, but nothing is at {shown} ({e})"),
+        )
+    })?;
+    if meta.file_type().is_symlink() || is_link_to_source(file, path, &meta) {
+        return if is_link_to_source(file, path, &meta) {
+            Ok(())
+        } else {
+            Err(StageError::new(
+                ErrorKind::Integrity,
+                format!("the stage-in left a symbolic link at {shown}, not the file"),
+            ))
+        };
+    }
+    if !meta.is_file() {
+        return Err(StageError::new(
+            ErrorKind::Integrity,
+            format!(
+                "the stage-in left {} at {shown}, not a regular file",
+                kind_of(&meta)
+            ),
+        ));
+    }
+    strip_forbidden_bits(path, &meta)
+}
+
+/// Whether `path` is the `file` URL's own path reached by a link (the `file`
+/// provider's `symlink` and `hardlink` modes, or a file used where it is).
+fn is_link_to_source(file: &File, path: &Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if file.scheme() != "file" {
+        return false;
+    }
+    let Ok(source) = std::fs::metadata(file.path()) else {
+        return false;
+    };
+    if !source.is_file() {
+        return false;
+    }
+    let target = if meta.file_type().is_symlink() {
+        match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(_) => return false,
+        }
+    } else {
+        meta.clone()
+    };
+    target.dev() == source.dev() && target.ino() == source.ino()
+}
+
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "something other than a file"
+    }
+}
+
+/// Takes [`FORBIDDEN_MODE_BITS`] off the regular file at `path`, on a descriptor opened
+/// without following a symlink.
+fn strip_forbidden_bits(path: &Path, meta: &std::fs::Metadata) -> Result<(), StageError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = meta.permissions().mode();
+    if mode & FORBIDDEN_MODE_BITS == 0 {
+        return Ok(());
+    }
+    let shown = display::path(path);
+    let fail =
+        |e: std::io::Error| StageError::io(format_args!("cannot set the mode of {shown}"), &e);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(fail)?;
+    let now = file.metadata().map_err(fail)?;
+    if !now.is_file() {
+        return Err(StageError::new(
+            ErrorKind::Integrity,
+            format!("{shown} changed while it was checked"),
+        ));
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(
+        now.permissions().mode() & 0o7777 & !FORBIDDEN_MODE_BITS,
+    ))
+    .map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn set_id_bits_and_group_other_write_are_taken_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        std::fs::write(&path, b"x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o6777)).unwrap();
+        let file = File::parse("http://h/x").unwrap();
+        check_staged_in(&file, &path).unwrap();
+        assert_eq!(mode(&path), 0o755);
+    }
+
+    #[test]
+    fn nothing_a_directory_or_a_stray_symlink_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::parse("http://h/x").unwrap();
+        let e = check_staged_in(&file, &dir.path().join("missing")).unwrap_err();
+        assert!(e.message().contains("nothing is at"), "{e}");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = check_staged_in(&file, &sub).unwrap_err();
+        assert!(e.message().contains("a directory"), "{e}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        let e = check_staged_in(&file, &link).unwrap_err();
+        assert!(e.message().contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn a_link_to_a_local_source_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"x").unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o4775)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&src, &link).unwrap();
+        let hard = dir.path().join("hard");
+        std::fs::hard_link(&src, &hard).unwrap();
+        let file = File::parse(src.to_str().unwrap()).unwrap();
+        check_staged_in(&file, &link).unwrap();
+        check_staged_in(&file, &hard).unwrap();
+        assert_eq!(mode(&src), 0o4775, "the user's own file is never changed");
+    }
+}

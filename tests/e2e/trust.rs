@@ -1,0 +1,320 @@
+//! The host's rules of trust, through the built binary and `.so` files against real
+//! servers on loopback: where staged files land, what a cached copy may serve, when an
+//! upload counts, where credentials go, what a staged file may be.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stagehost_tests::httpd::{FaultServer, Nginx};
+use stagehost_tests::rsyncd::RsyncDaemon;
+use stagehost_tests::*;
+
+/// A config with one instance of `plugin` named `p` (`settings` inline) before `file`,
+/// working in `wd/`, with fast retries.
+fn config(sandbox: &Sandbox, plugin: &str, settings: &str) -> PathBuf {
+    sandbox.write(
+        "site.toml",
+        format!(
+            "[[provider]]\nname = \"p\"\nplugin = \"{plugin}\"\nsettings = {{ {settings} }}\n\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"p\", \"file\"]\n\n[transfers]\nretries = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
+        ),
+    )
+}
+
+fn stage_in(sandbox: &Sandbox, cfg: &Path, url: &str) -> Run {
+    sandbox.run(&["--config", cfg.to_str().unwrap(), "stage", "in", url])
+}
+
+/// Makes `archive` with one member `name` holding `text` (Python's `zipfile`).
+fn make_zip(archive: &Path, name: &str, text: &str) {
+    let script = "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    z.writestr(sys.argv[2], sys.argv[3])\n";
+    let ok = Command::new("python3")
+        .args(["-c", script])
+        .arg(archive)
+        .args([name, text])
+        .status()
+        .expect("python3 runs");
+    assert!(ok.success());
+}
+
+#[test]
+fn two_archives_with_one_member_name_give_each_task_its_own_bytes() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "zip", "");
+    let (a, b) = (sandbox.join("A.zip"), sandbox.join("B.zip"));
+    make_zip(&a, "data.txt", "from A\n");
+    make_zip(&b, "data.txt", "from B\n");
+    let out = sandbox.run_workflow(
+        &cfg,
+        &format!(
+            "[[task]]\nname = \"a\"\ncommand = \"cat {{inputs[0]}} > {}\"\ninputs = [\"zip:{}/data.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {{inputs[0]}} > {}\"\ninputs = [\"zip:{}/data.txt\"]\n",
+            sandbox.join("a.out").display(),
+            a.display(),
+            sandbox.join("b.out").display(),
+            b.display()
+        ),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("a.out")).unwrap(),
+        "from A\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("b.out")).unwrap(),
+        "from B\n"
+    );
+}
+
+#[test]
+fn a_provider_that_places_a_file_itself_is_refused() {
+    // The example third-party plugin is built against plugin-api as a third party
+    // would; the probe fixture can be told to set a local_path of its own choosing.
+    let sandbox = Sandbox::new();
+    let dir = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let cfg = sandbox.write(
+        "site.toml",
+        format!(
+            "plugin_dirs = [{:?}]\n[[provider]]\nname = \"probe\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], place_at = {:?} }}\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"probe\"]\n",
+            dir.display().to_string(),
+            sandbox.join("elsewhere.txt").display().to_string()
+        ),
+    );
+    let out = stage_in(&sandbox, &cfg, "probe://h/x.txt");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the provider placed the file at")
+            && out.stderr.contains("Context::destination()")
+            && out.stderr.contains("provider \"probe\""),
+        "{}",
+        out.stderr
+    );
+    assert!(!sandbox.join("elsewhere.txt").exists());
+}
+
+/// Sets `path`'s modification time to a fixed moment.
+fn set_mtime(path: &Path) {
+    let ok = Command::new("touch")
+        .args(["-d", "2020-01-02 03:04:05"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn a_cached_copy_revalidates_only_the_url_it_came_from() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    for (v, text) in [("v1", "version one\n"), ("v2", "version two\n")] {
+        let p = root.join(v).join("data.csv");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        // Same size and mtime: stock nginx gives both the same ETag.
+        set_mtime(&p);
+    }
+    let nginx = Nginx::start(&root);
+    let cfg = config(&sandbox, "http", "");
+    let out = stage_in(&sandbox, &cfg, &nginx.url("/v1/data.csv"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = stage_in(&sandbox, &cfg, &nginx.url("/v2/data.csv"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/data.csv")).unwrap(),
+        "version two\n"
+    );
+    assert!(!out.stdout.contains("cached"), "{}", out.stdout);
+    // The same URL again is revalidated, and moves nothing.
+    let out = stage_in(&sandbox, &cfg, &nginx.url("/v2/data.csv"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("cached"), "{}", out.stdout);
+}
+
+#[test]
+fn an_upload_redirected_by_302_fails_and_by_307_sends_the_bytes() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let nginx = Nginx::start_with_conf(
+        &root,
+        "    location /found/ { return 302 /dav/found.txt; }\n    location /temp/ { return 307 /dav/temp.txt; }\n",
+    );
+    let cfg = config(&sandbox, "http", "");
+    let local = sandbox.write("out.txt", "uploaded bytes\n");
+    let stage_out = |url: &str| {
+        sandbox.run(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "out",
+            local.to_str().unwrap(),
+            url,
+        ])
+    };
+    let out = stage_out(&nginx.url("/found/x.txt"));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("HTTP 302"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nothing would be uploaded"),
+        "{}",
+        out.stderr
+    );
+    assert!(!root.join("dav/found.txt").exists());
+    let out = stage_out(&nginx.url("/temp/x.txt"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(root.join("dav/temp.txt")).unwrap(),
+        "uploaded bytes\n"
+    );
+    assert_eq!(std::fs::read_to_string(&local).unwrap(), "uploaded bytes\n");
+}
+
+#[test]
+fn credentials_stay_with_their_origin_across_redirects() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    // Another host, as far as the client can tell.
+    let other = FaultServer::start_on("127.0.0.2");
+    let nginx = Nginx::start_with_conf(
+        &root,
+        &format!(
+            "    location = /away {{ return 302 {}; }}\n",
+            other.url("/data/10")
+        ),
+    );
+    let cfg = config(
+        &sandbox,
+        "http",
+        "username = \"alice\", password = \"s3cret-pw\", headers = { X-Api-Key = \"key-123\", Cookie = \"session=abc\" }",
+    );
+    let out = stage_in(&sandbox, &cfg, &nginx.url("/away"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let seen = other.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    for name in ["authorization", "x-api-key", "cookie"] {
+        assert!(
+            !seen[0].2.contains_key(name),
+            "{name} went to another host: {seen:?}"
+        );
+    }
+    // Basic credentials in the URL do not follow either.
+    let url = nginx
+        .url("/away")
+        .replace("http://", "http://bob:pw-in-url@");
+    let out = stage_in(&sandbox, &cfg, &url);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!other.requests()[1].2.contains_key("authorization"));
+    // A redirect within one origin keeps them.
+    let same = FaultServer::start();
+    let out = stage_in(&sandbox, &cfg, &same.url("/redirect/2"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let seen = same.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|r| r.2.get("x-api-key").map(String::as_str) == Some("key-123")));
+    assert_eq!(same.authorizations().len(), 3);
+    // The body is asked for as it is, as curl does without --compressed.
+    assert_eq!(
+        seen[0].2.get("accept-encoding").map(String::as_str),
+        Some("identity")
+    );
+}
+
+#[test]
+fn credentials_never_go_over_a_downgrade_to_plain_http_even_to_a_trusted_host() {
+    let sandbox = Sandbox::new();
+    let certs = sandbox.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = stagehost_tests::httpd::make_test_ca(&certs);
+    let plain = FaultServer::start();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let nginx = Nginx::start_with_tls_conf(
+        &root,
+        (&cert, &key),
+        &format!(
+            "    location = /down {{ return 302 {}; }}\n",
+            plain.url("/data/5")
+        ),
+    );
+    let cfg = config(
+        &sandbox,
+        "http",
+        &format!(
+            "ca_file = {:?}, hosts = [\"127.0.0.1\"], headers = {{ X-Api-Key = \"key-123\" }}",
+            ca.display().to_string()
+        ),
+    );
+    let out = stage_in(&sandbox, &cfg, &nginx.tls_url("/down"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let seen = plain.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(!seen[0].2.contains_key("x-api-key"), "{seen:?}");
+}
+
+#[test]
+fn a_cut_gzip_body_is_retried_as_a_cut_plain_body_is() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = config(&sandbox, "http", "");
+    let out = sandbox.run_workflow(
+        &cfg,
+        &format!(
+            "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{:?}]\n",
+            server.url("/gzip-cut")
+        ),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("transient"), "{}", out.stderr);
+    // One attempt and two retries.
+    assert_eq!(server.hits("/gzip-cut"), 3);
+    assert!(!sandbox.join("wd/gzip-cut").exists());
+}
+
+/// An rsync daemon serving `root`, and a config for it.
+fn rsync_setup(sandbox: &Sandbox, root: &Path) -> (RsyncDaemon, PathBuf) {
+    let daemon = RsyncDaemon::start(root);
+    let cfg = config(sandbox, "rsync", "");
+    (daemon, cfg)
+}
+
+#[test]
+fn a_stage_in_that_leaves_no_regular_file_fails_and_modes_are_tamed() {
+    let sandbox = Sandbox::new();
+    let module = sandbox.join("module");
+    let root = module.join("open");
+    std::fs::create_dir_all(root.join("dir")).unwrap();
+    std::fs::write(root.join("real.txt"), "real\n").unwrap();
+    std::os::unix::fs::symlink("real.txt", root.join("link.txt")).unwrap();
+    std::fs::write(root.join("dir/inner.txt"), "inner\n").unwrap();
+    let loud = root.join("loud.sh");
+    std::fs::write(&loud, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&loud, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    let (daemon, cfg) = rsync_setup(&sandbox, &module);
+
+    // rsync skips a symlink ("skipping non-regular file") and exits 0.
+    let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "link.txt"));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(out.stderr.contains("nothing is at"), "{}", out.stderr);
+    // A directory is not a file.
+    let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "dir"));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("not a regular file") || out.stderr.contains("nothing is at"),
+        "{}",
+        out.stderr
+    );
+    // A wildcard that matches a directory.
+    let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "di*"));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+
+    // Set-id bits and group/other write never come from the remote side.
+    let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "loud.sh"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mode = std::fs::metadata(sandbox.join("wd/loud.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7022, 0, "mode {mode:o}");
+}
