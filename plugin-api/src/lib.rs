@@ -198,6 +198,8 @@ pub mod fs;
 #[cfg(unix)]
 pub mod landing;
 pub mod net;
+#[cfg(unix)]
+pub mod process;
 mod provider;
 mod settings;
 #[cfg(feature = "testing")]

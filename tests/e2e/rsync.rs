@@ -218,7 +218,7 @@ fn a_daemon_killed_mid_transfer_is_retried_and_a_silent_one_times_out() {
         .collect();
     assert_eq!(stray, Vec::<String>::new());
     assert!(!sandbox
-        .join("wd/.stagehost/rsync-partial")
+        .join("wd/.stagehost/rsync")
         .read_dir()
         .is_ok_and(|mut d| d.next().is_some()));
 
@@ -345,4 +345,213 @@ fn past_its_deadline_rsync_is_killed_with_its_group_and_leaves_nothing() {
         })
         .unwrap_or_default();
     assert_eq!(left, Vec::<String>::new());
+}
+
+/// `stagehost ARGS` started in the sandbox, its output piped.
+fn spawn(sandbox: &Sandbox, args: &[&str]) -> std::process::Child {
+    sandbox
+        .command(&stagehost_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Every file under `dir`, with its size.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                found.extend(files_under(&e.path()));
+            } else {
+                found.push((e.path(), meta.len()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_failed_attempt_keeps_its_partial_data_for_the_next_and_a_success_cleans_up() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("daemon");
+    let mut daemon = RsyncDaemon::start(&root);
+    let data = pattern(24 << 20);
+    std::fs::write(root.join("open/big.bin"), &data).unwrap();
+    let cfg = rsync_config(
+        &sandbox,
+        "slow.toml",
+        "extra_args = [\"--bwlimit=6000\"]",
+        0,
+    );
+    let url = daemon.url(None, "open", "big.bin");
+    let child = spawn(
+        &sandbox,
+        &["--config", cfg.to_str().unwrap(), "stage", "in", &url],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    daemon.crash_and_restart();
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(!sandbox.join("wd/big.bin").exists());
+    // The bytes that arrived wait in stagehost's private directory, not beside the file.
+    let kept = files_under(&sandbox.join("wd/.stagehost/rsync"));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0].0.to_string_lossy().contains("/partial/"),
+        "{kept:?}"
+    );
+    assert!(kept[0].1 > 0 && kept[0].1 < data.len() as u64, "{kept:?}");
+    let beside: Vec<_> = std::fs::read_dir(sandbox.join("wd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".stagehost")
+        .collect();
+    assert_eq!(beside, Vec::<String>::new());
+    // The next attempt finishes it; nothing of rsync's stays.
+    let cfg = rsync_config(&sandbox, "fast.toml", "", 0);
+    let out = sandbox.run(&["--config", cfg.to_str().unwrap(), "stage", "in", &url]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read(sandbox.join("wd/big.bin")).unwrap(), data);
+    assert_eq!(files_under(&sandbox.join("wd/.stagehost/rsync")), vec![]);
+}
+
+#[test]
+fn a_path_with_shell_metacharacters_never_reaches_a_remote_shell() {
+    let sandbox = Sandbox::new();
+    let sshd = Sshd::start();
+    let pwned = sandbox.join("pwned");
+    let cfg = rsync_config(
+        &sandbox,
+        "ssh.toml",
+        &format!(
+            "host = {:?}, ssh_command = {:?}",
+            sshd.host(),
+            sshd.ssh_command()
+        ),
+        0,
+    );
+    let remote = sandbox.join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+    let url = format!("{}/x;touch${{IFS}}{}", remote.display(), pwned.display());
+    // As an rsync before 3.2.4 does by default: its remote shell parses the path.
+    let out = sandbox.run_env(
+        &["--config", cfg.to_str().unwrap(), "stage", "in", &url],
+        &[("RSYNC_OLD_ARGS", "1")],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        !pwned.exists(),
+        "the remote shell ran a command from the URL"
+    );
+    // A name with those characters is a file name like any other.
+    let odd = remote.join("a;b $(c).txt");
+    std::fs::write(&odd, "odd\n").unwrap();
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            odd.to_str().unwrap(),
+        ],
+        &[("RSYNC_OLD_ARGS", "1")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/a;b $(c).txt")).unwrap(),
+        "odd\n"
+    );
+}
+
+#[test]
+fn a_module_that_needs_a_password_fails_at_once_from_a_terminal_naming_what_is_missing() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("daemon");
+    let daemon = RsyncDaemon::start(&root);
+    std::fs::write(root.join("secret/s.txt"), "s\n").unwrap();
+    let cfg = rsync_config(&sandbox, "nopw.toml", "mode = \"separate\"", 0);
+    let url = daemon.url(Some("alice"), "secret", "s.txt");
+    // `script` gives stagehost a terminal, as a user at a prompt has.
+    let command = format!(
+        "{} --config {} stage in {}",
+        stagehost_bin().display(),
+        cfg.display(),
+        url
+    );
+    let mut child = sandbox
+        .command(std::path::Path::new("script"))
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs (util-linux)");
+    // A guard against the hang this test is about, not a measure of speed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            stop_child(&mut child, libc::SIGKILL);
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = status.expect("stagehost hung at a password prompt");
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("set password_env or password_file"), "{text}");
+    assert!(
+        !text.to_lowercase().contains("password:"),
+        "it prompted: {text}"
+    );
+}
+
+#[test]
+fn rsync_dies_with_stagehost_even_under_sigkill() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("daemon");
+    let daemon = RsyncDaemon::start(&root);
+    std::fs::write(root.join("open/slow.bin"), pattern(12 << 20)).unwrap();
+    // About 4 s at this rate.
+    let cfg = rsync_config(
+        &sandbox,
+        "slow.toml",
+        "mode = \"separate\", extra_args = [\"--bwlimit=3000\"]",
+        0,
+    );
+    let url = daemon.url(None, "open", "slow.bin");
+    let mut child = spawn(
+        &sandbox,
+        &["--config", cfg.to_str().unwrap(), "stage", "in", &url],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    stop_child(&mut child, libc::SIGKILL);
+    // Past the moment the transfer would have ended.
+    std::thread::sleep(std::time::Duration::from_millis(5000));
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &url])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&running.stdout).into_owned();
+    let ps = std::process::Command::new("ps")
+        .args(["-o", "pid,ppid,stat,args", "-p"])
+        .arg(pids.trim().replace('\n', ","))
+        .output()
+        .unwrap();
+    assert!(
+        running.stdout.is_empty(),
+        "rsync outlived stagehost: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    assert!(
+        !sandbox.join("wd/slow.bin").exists(),
+        "rsync wrote the destination after stagehost was killed"
+    );
 }

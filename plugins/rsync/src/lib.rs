@@ -12,17 +12,21 @@
 //! As in Parsl the work is an in-task step by default (`mode = "separate"` makes it a
 //! separate job). Stage-in lands at `<working_dir>/<filename>`.
 //!
-//! rsync runs with an argument vector (no shell), in a process group of its own that
-//! is killed (SIGTERM, then SIGKILL) when the host cancels or the deadline passes, with
-//! `--timeout` and `--contimeout`. rsync writes a file under a temporary name and
-//! renames it; a stage-in keeps an interrupted file's partial data in a private
-//! partial directory for the next attempt, and a failed job removes that directory and
-//! rsync's temporary files, so nothing is left beside the destination. Exit codes and
-//! stderr become typed errors; `--info=progress2` feeds the progress sink.
+//! rsync runs with an argument vector (no shell) and `--protect-args` (no remote shell
+//! parses a path either), in a session of its own tied to stagehost by plugin-api's
+//! `process::contain` (it can never prompt, and dies with stagehost, even under
+//! SIGKILL); its group is killed (SIGTERM, then SIGKILL) when the host cancels or the
+//! deadline passes, with `--timeout` and `--contimeout`. rsync writes a file under a
+//! temporary name in a private directory of the destination
+//! (`<working_dir>/.stagehost/rsync/<hash>/tmp`) and renames it into place; an
+//! interrupted file's data stays in that directory's `partial/` for the next attempt
+//! (rsync's `--partial-dir`), and a stage-in that succeeds removes the directory, so
+//! nothing is ever left beside the destination. No `--perms`: modes are the host's
+//! (no set-id bits, no group/other write). Exit codes and stderr become typed errors;
+//! `--info=progress2` feeds the progress sink.
 
 use std::collections::VecDeque;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -393,8 +397,13 @@ fn progress_bytes(line: &str) -> Option<Progress> {
 impl Runner {
     fn base(&self, ctx: &Context<'_>, t: &Transfer<'_>) -> Result<Command, StageError> {
         let mut cmd = Command::new(self.binary.as_ref().map_err(Clone::clone)?);
+        // `--protect-args`: the paths travel inside rsync's protocol, so no remote shell
+        // parses `;`, `$(...)` or spaces in a URL's path, with every rsync from 3.0 on
+        // (before 3.2.4 a remote shell parsed them by default). No `--perms`: a staged
+        // file never takes set-id bits or group/other write from the remote side (the
+        // host takes off whatever comes anyway).
         cmd.arg("--times")
-            .arg("--perms")
+            .arg("--protect-args")
             .arg("--info=progress2")
             .arg("--no-inc-recursive")
             .arg(format!("--timeout={}", self.timeout.as_secs().max(1)));
@@ -433,11 +442,21 @@ impl Runner {
             }
         }
         cmd.args(&self.extra);
+        // The environment must not turn the protection off, or make rsync ask a
+        // terminal for anything.
+        cmd.env_remove("RSYNC_OLD_ARGS")
+            .env_remove("RSYNC_PROTECT_ARGS")
+            .env_remove("SSH_ASKPASS")
+            .env("SSH_ASKPASS_REQUIRE", "never");
         Ok(cmd)
     }
 
-    /// Remote to `t.local`, through rsync's temporary name and a private partial
-    /// directory that a failure removes.
+    /// Remote to `t.local`. rsync writes under a temporary name in a private directory
+    /// of this destination (`<working_dir>/.stagehost/rsync/<hash>/tmp`, never beside
+    /// the destination, where a user's file could be) and renames it into place. An
+    /// interrupted transfer's data stays in that directory's `partial/`, so the next
+    /// attempt (a retry, or a later run) resumes from it, as `rsync --partial-dir`
+    /// does; a stage-in that succeeds removes the directory.
     fn fetch(&self, ctx: &Context<'_>, t: &Transfer<'_>) -> Result<(), StageError> {
         let dir = t
             .local
@@ -447,22 +466,26 @@ impl Runner {
         std::fs::create_dir_all(dir).map_err(|e| {
             StageError::io(format_args!("cannot create {}", display::path(dir)), &e)
         })?;
-        let partial = ctx
-            .working_dir()
-            .join(".stagehost")
-            .join("rsync-partial")
-            .join(std::process::id().to_string());
+        let private = private_dir(ctx.working_dir(), t.local);
+        let (partial, temp) = (private.join("partial"), private.join("tmp"));
+        for d in [&partial, &temp] {
+            make_private_dir(d)?;
+        }
         let mut cmd = self.base(ctx, t)?;
         cmd.arg(format!("--partial-dir={}", partial.display()))
+            .arg(format!("--temp-dir={}", temp.display()))
             .arg("--")
             .arg(t.remote)
             .arg(t.local);
         let result = self.run(ctx, cmd, &format!("cannot stage in {}", t.shown));
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&partial);
-            remove_rsync_temporaries(t.local);
-        } else {
-            let _ = std::fs::remove_dir(&partial);
+        match &result {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&private);
+            }
+            Err(_) => {
+                // The unfinished temporary goes; the partial data stays for a retry.
+                let _ = std::fs::remove_dir_all(&temp);
+            }
         }
         result
     }
@@ -491,8 +514,12 @@ impl Runner {
     /// host cancels or the deadline passes.
     fn run(&self, ctx: &Context<'_>, mut cmd: Command, what: &str) -> Result<(), StageError> {
         ctx.check()?;
-        cmd.process_group(0)
-            .stdin(Stdio::null())
+        // A session of its own (nothing can prompt; `stop` signals the group whole),
+        // tied to this process: the group dies with stagehost, even under SIGKILL, so
+        // no rsync writes the destination later.
+        let tether = stagehost_plugin_api::process::contain(&mut cmd)
+            .map_err(|e| StageError::io(format_args!("{what}: cannot prepare rsync"), &e))?;
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| {
@@ -548,8 +575,19 @@ impl Runner {
         for r in readers {
             let _ = r.join();
         }
+        drop(tether);
         match status.code() {
             Some(0) => Ok(()),
+            Some(5) if self.password_env.is_none() && self.password_file.is_none() => {
+                let e = exit_error(5, &tail.lock().unwrap_or_else(|e| e.into_inner()), what);
+                Err(StageError::new(
+                    e.kind(),
+                    format!(
+                        "{}; this instance has no password for the daemon (set password_env or password_file): rsync never asks for one",
+                        e.message()
+                    ),
+                ))
+            }
             Some(code) => Err(exit_error(
                 code,
                 &tail.lock().unwrap_or_else(|e| e.into_inner()),
@@ -614,28 +652,44 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Removes rsync's temporary files for `dest` (`.<name>.XXXXXX` beside it).
-fn remove_rsync_temporaries(dest: &Path) {
-    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
-        return;
+/// The private directory of one destination's transfers:
+/// `<working_dir>/.stagehost/rsync/<hash of the destination>`.
+fn private_dir(working_dir: &Path, dest: &Path) -> PathBuf {
+    let hash = dest
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    working_dir
+        .join(".stagehost")
+        .join("rsync")
+        .join(format!("{hash:016x}"))
+}
+
+/// Creates `dir` (mode 0700) and its parents; refuses a symlink in its place.
+fn make_private_dir(dir: &Path) -> Result<(), StageError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let fail = |e: std::io::Error| {
+        StageError::io(format_args!("cannot create {}", display::path(dir)), &e)
     };
-    let prefix = format!(".{}.", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    }) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        if let Some(suffix) = file_name.strip_prefix(&prefix) {
-            if suffix.len() == 6 && suffix.chars().all(|c| c.is_ascii_alphanumeric()) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(fail)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(fail)?;
+    if !meta.is_dir() {
+        return Err(StageError::new(
+            ErrorKind::Permission,
+            format!(
+                "{} is not a directory (a symlink?); refusing to use it",
+                display::path(dir)
+            ),
+        ));
     }
+    Ok(())
 }
 
 stagehost_plugin_api::export_provider! {
