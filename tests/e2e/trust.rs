@@ -318,3 +318,134 @@ fn a_stage_in_that_leaves_no_regular_file_fails_and_modes_are_tamed() {
         .mode();
     assert_eq!(mode & 0o7022, 0, "mode {mode:o}");
 }
+
+/// `stagehost --config CFG stage out LOCAL URL [extra]`.
+fn stage_out(sandbox: &Sandbox, cfg: &Path, local: &Path, url: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "out",
+        local.to_str().unwrap(),
+        url,
+    ];
+    args.extend_from_slice(extra);
+    sandbox.run(&args)
+}
+
+#[test]
+fn stage_out_copies_and_never_moves_unless_asked() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "zip", "");
+    let words = sandbox.write("words.txt", "one two\n");
+    let archive = sandbox.join("a.zip");
+    let out = stage_out(
+        &sandbox,
+        &cfg,
+        &words,
+        &format!("zip:{}/w.txt", archive.display()),
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&words).unwrap(),
+        "one two\n",
+        "the local file is kept"
+    );
+    // The arrow shows the way the bytes went.
+    let line = out.stdout.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        line.starts_with(&format!("{} -> zip:", words.display())),
+        "{line}"
+    );
+    let check = Command::new("python3")
+        .args(["-c", "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read('w.txt').decode(), end='')"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&check.stdout), "one two\n");
+
+    // A local path as the URL: a copy, not "nothing to do".
+    let copy = sandbox.join("copy/h.txt");
+    let out = stage_out(&sandbox, &cfg, &words, copy.to_str().unwrap(), &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "one two\n");
+    assert_eq!(std::fs::read_to_string(&words).unwrap(), "one two\n");
+
+    // --move removes the local file once the URL holds it.
+    let moved = sandbox.join("moved.txt");
+    let out = stage_out(&sandbox, &cfg, &words, moved.to_str().unwrap(), &["--move"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&moved).unwrap(), "one two\n");
+    assert!(!words.exists());
+}
+
+#[test]
+fn stage_in_follows_the_transfer_policy_of_a_run() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = config(&sandbox, "http", "");
+    // The first GET answers 500: a transient error, retried as `run` retries it.
+    let out = stage_in(&sandbox, &cfg, &server.url("/flaky/x"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/x")).unwrap(),
+        "recovered\n"
+    );
+    assert_eq!(server.hits("/flaky/x"), 2);
+    // A stalled body is ended by the per-attempt timeout, not waited on forever.
+    let slow = sandbox.write(
+        "slow.toml",
+        "[[provider]]\nname = \"p\"\nplugin = \"http\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"p\"]\n[transfers]\nretries = 0\ntimeout_secs = 1\n",
+    );
+    let out = stage_in(&sandbox, &slow, &server.url("/stall"));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("timed out"), "{}", out.stderr);
+    assert!(!sandbox.join("wd/stall").exists());
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_during_stage_out_leaves_nothing_on_the_ftp_server() {
+    use stagehost_tests::ftpd::{PyFtpd, PyFtpdOptions};
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("ftproot");
+    std::fs::create_dir_all(&root).unwrap();
+    let ftpd = PyFtpd::start(
+        &root,
+        PyFtpdOptions {
+            stor_limit: Some(256 << 10),
+            ..PyFtpdOptions::default()
+        },
+    );
+    let cfg = config(&sandbox, "ftp", "");
+    let local = sandbox.write("big.bin", vec![7u8; 4 << 20]);
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "stage", "out"])
+        .arg(&local)
+        .arg(ftpd.url("ftp", None, "/big.bin"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the upload has begun on the server.
+    for _ in 0..200 {
+        if std::fs::read_dir(&root).unwrap().next().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("terminated"), "{}", out.stderr);
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left on the server: {left:?}");
+    assert_eq!(std::fs::read(&local).unwrap().len(), 4 << 20);
+}

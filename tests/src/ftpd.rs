@@ -38,6 +38,7 @@ p.add_argument("--key")
 p.add_argument("--no-epsv", action="store_true")
 p.add_argument("--short-first-retr", type=int, default=0)
 p.add_argument("--stall-retr", action="store_true")
+p.add_argument("--stor-limit", type=int, default=0)
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -60,6 +61,12 @@ shortened = set()
 class Handler(base):
     authorizer = auth
     passive_ports = None
+    if a.stor_limit:
+        # Uploads arrive at most this many bytes a second.
+        from pyftpdlib.handlers import ThrottledDTPHandler
+        class Slow(ThrottledDTPHandler):
+            read_limit = a.stor_limit
+        dtp_handler = Slow
 
     def ftp_EPSV(self, line):
         if a.no_epsv:
@@ -99,6 +106,8 @@ pub struct PyFtpdOptions<'a> {
     pub short_first_retr: Option<u64>,
     /// `RETR` is never answered.
     pub stall_retr: bool,
+    /// Uploads arrive at most this many bytes a second.
+    pub stor_limit: Option<u64>,
 }
 
 /// pyftpdlib on a loopback port.
@@ -129,6 +138,9 @@ impl PyFtpd {
         }
         if let Some(n) = options.short_first_retr {
             cmd.args(["--short-first-retr", &n.to_string()]);
+        }
+        if let Some(n) = options.stor_limit {
+            cmd.args(["--stor-limit", &n.to_string()]);
         }
         if options.stall_retr {
             cmd.arg("--stall-retr");

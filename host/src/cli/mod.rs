@@ -191,7 +191,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         Command::Stage(StageCommand::In(a)) => {
             let registry = load(&config, &loader)?;
-            stage::stage_in(&registry, a)
+            stage::stage_in(&registry, config.transfers.clone(), a)
         }
         Command::Run(a) => {
             let registry = load(&config, &loader)?;
@@ -203,7 +203,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         Command::Stage(StageCommand::Out(a)) => {
             let registry = load(&config, &loader)?;
-            stage::stage_out(&registry, a)
+            stage::stage_out(&registry, config.transfers.clone(), a)
         }
     }
 }

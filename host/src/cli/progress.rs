@@ -1,4 +1,4 @@
-//! Progress for `stagehost run`: on a terminal, an overall bar and one bar per active
+//! Progress for `stagehost run` and `stagehost stage`: on a terminal, an overall bar and one bar per active
 //! transfer (indicatif); on a pipe, one plain line per finished transfer and per failed
 //! task.
 
@@ -13,7 +13,7 @@ use stagehost::{Direction, ProgressSink, WorkMode};
 /// Chooses bars or lines from whether stderr is a terminal.
 pub fn observer(quiet: bool) -> Arc<dyn Observer> {
     if std::io::stderr().is_terminal() && !quiet {
-        Arc::new(Bars::new())
+        Arc::new(Bars::new(true))
     } else {
         Arc::new(Lines {
             quiet,
@@ -41,10 +41,28 @@ impl ProgressSink for BarSink {
     }
 }
 
+/// Progress for `stagehost stage`: on a terminal, one bar per active transfer; on a
+/// pipe nothing (the command prints one line per file when it is done).
+pub fn transfer_observer() -> Arc<dyn Observer> {
+    if std::io::stderr().is_terminal() {
+        Arc::new(Bars::new(false))
+    } else {
+        Arc::new(Lines {
+            quiet: true,
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
 impl Bars {
-    fn new() -> Bars {
+    /// Bars, with the run's overall task bar when `tasks`.
+    fn new(tasks: bool) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let overall = multi.add(ProgressBar::new(0));
+        let overall = if tasks {
+            multi.add(ProgressBar::new(0))
+        } else {
+            ProgressBar::hidden()
+        };
         overall.set_style(
             ProgressStyle::with_template(
                 "{prefix:>9} [{bar:30}] {pos}/{len} tasks {elapsed_precise} {msg}",

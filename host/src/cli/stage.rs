@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use stagehost::config::DEFAULT_EXECUTOR;
-use stagehost::{
-    ConfigError, DataManager, Direction, File, Registry, StageOptions, Staging, StagingError,
-    WorkDone,
-};
+use stagehost::config::{TransferConfig, DEFAULT_EXECUTOR};
+use stagehost::engine::{StageOutcome, StageRunner};
+use stagehost::{ConfigError, DataManager, Direction, File, Registry, StagingError};
 
 use stagehost_plugin_api::display;
 
@@ -46,6 +44,10 @@ pub struct StageOutArgs {
     /// Executor whose provider order to use
     #[arg(long, short = 'e', default_value = DEFAULT_EXECUTOR)]
     executor: String,
+    /// Remove LOCAL_PATH once the URL holds its bytes (by default it is copied and
+    /// left as it is)
+    #[arg(long = "move")]
+    r#move: bool,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -72,22 +74,43 @@ fn result(
     url: &str,
     direction: Direction,
     executor: &str,
-    outcome: &Result<(Staging, WorkDone), StagingError>,
+    outcome: &Result<StageOutcome, StagingError>,
     seconds: f64,
 ) -> FileResult {
+    let failed = |e: &StagingError| FileResult {
+        url: stagehost_plugin_api::redact_url(url),
+        direction,
+        executor: executor.to_owned(),
+        ok: false,
+        local_path: None,
+        provider: match e {
+            StagingError::Provider(failure) => Some(failure.instance.clone()),
+            _ => None,
+        },
+        plugin: None,
+        modes: vec![],
+        bytes: None,
+        cached: false,
+        seconds,
+        error: Some(e.to_string()),
+    };
     match outcome {
-        Ok((s, done)) => {
+        Ok(StageOutcome { result: Err(e), .. }) | Err(e) => failed(e),
+        Ok(o) => {
+            let s = &o.staging;
             let local = s.file.filepath().ok();
             FileResult {
                 url: s.file.redacted_url(),
                 direction,
                 executor: executor.to_owned(),
                 ok: true,
-                bytes: local
-                    .as_ref()
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len()),
+                bytes: o.bytes.or_else(|| {
+                    local
+                        .as_ref()
+                        .and_then(|p| std::fs::metadata(p).ok())
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len())
+                }),
                 local_path: local.map(|p| p.display().to_string()),
                 provider: Some(s.provider.name.clone()),
                 plugin: Some(format!(
@@ -95,28 +118,11 @@ fn result(
                     s.provider.plugin.name, s.provider.plugin.version
                 )),
                 modes: s.ran.iter().map(|m| m.as_str()).collect(),
-                cached: done.cached,
+                cached: o.cached,
                 seconds,
                 error: None,
             }
         }
-        Err(e) => FileResult {
-            url: stagehost_plugin_api::redact_url(url),
-            direction,
-            executor: executor.to_owned(),
-            ok: false,
-            local_path: None,
-            provider: match e {
-                StagingError::Provider(failure) => Some(failure.instance.clone()),
-                _ => None,
-            },
-            plugin: None,
-            modes: vec![],
-            bytes: None,
-            cached: false,
-            seconds,
-            error: Some(e.to_string()),
-        },
     }
 }
 
@@ -139,10 +145,14 @@ fn print(results: &[FileResult], json: bool) -> Result<ExitCode, CliError> {
                     if r.cached {
                         how.push_str(", cached");
                     }
+                    let local = local.as_deref().unwrap_or("(no local path)");
+                    // The arrow shows which way the bytes went.
+                    let (from, to) = match r.direction {
+                        Direction::In => (r.url.as_str(), local),
+                        Direction::Out => (local, r.url.as_str()),
+                    };
                     println!(
-                        "{} -> {} [provider {}, {how}]",
-                        r.url,
-                        local.as_deref().unwrap_or("(no local path)"),
+                        "{from} -> {to} [provider {}, {how}]",
                         r.provider.as_deref().unwrap_or("?"),
                     );
                 }
@@ -167,53 +177,48 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime builds on any supported OS")
 }
 
-pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliError> {
-    let dm = DataManager::new(registry);
-    check_usage(&dm, &args.executor, &args.urls)?;
-    let opts = StageOptions {
-        working_dir: args
-            .dest
-            .as_ref()
-            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
-        ..StageOptions::default()
-    };
-    // Plan in the order given, so destinations are claimed in that order (the first of
-    // two URLs with one basename gets the plain name); then run the work concurrently.
-    let planned: Vec<(String, Instant, Result<Staging, StagingError>)> = args
-        .urls
-        .iter()
-        .map(|url| {
+pub fn stage_in(
+    registry: &Registry,
+    transfers: TransferConfig,
+    args: StageInArgs,
+) -> Result<ExitCode, CliError> {
+    let dest = args
+        .dest
+        .as_ref()
+        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+    let rt = runtime();
+    let results = rt.block_on(async {
+        let runner = Arc::new(StageRunner::new(
+            registry,
+            transfers,
+            super::progress::transfer_observer(),
+            dest,
+        ));
+        check_usage(runner.data_manager(), &args.executor, &args.urls)?;
+        let canceller = runner.clone();
+        super::on_ctrl_c(move || canceller.cancel());
+        // Plan in the order given, so destinations are claimed in that order (the first
+        // of two URLs with one basename gets the plain name); then run the work
+        // concurrently, `--jobs` at a time, under the transfer policy.
+        let limit = Arc::new(tokio::sync::Semaphore::new(usize::from(args.jobs)));
+        let mut handles = Vec::new();
+        for url in &args.urls {
             let start = Instant::now();
             let planned = File::parse(url)
                 .map_err(|e| invalid_url(url, &args.executor, Direction::In, e))
-                .and_then(|file| dm.plan_stage_in(&args.executor, &file, &opts));
-            (url.clone(), start, planned)
-        })
-        .collect();
-    let rt = runtime();
-    let results = rt.block_on(async {
-        let cancel = opts.cancel.clone();
-        super::on_ctrl_c(move || cancel.cancel());
-        let limit = Arc::new(tokio::sync::Semaphore::new(usize::from(args.jobs)));
-        let mut handles = Vec::new();
-        for (url, start, planned) in planned {
-            let (opts, limit, executor) = (opts.clone(), limit.clone(), args.executor.clone());
+                .and_then(|file| {
+                    let staging = runner.plan(&args.executor, &file, Direction::In)?;
+                    Ok((file, staging))
+                });
+            let (runner, limit, url) = (runner.clone(), limit.clone(), url.clone());
+            let executor = args.executor.clone();
             handles.push(tokio::spawn(async move {
                 let _permit = limit
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
                 let outcome = match planned {
-                    Ok(mut staging) => tokio::task::spawn_blocking(move || {
-                        let job = staging.run_separate_job(&opts)?;
-                        let step = staging.run_in_task_step(&opts)?;
-                        let cached = job.cached || step.cached;
-                        Ok((staging, WorkDone { cached }))
-                    })
-                    .await
-                    .expect(
-                        "staging never panics: provider panics are caught at the plugin boundary",
-                    ),
+                    Ok((file, staging)) => Ok(runner.run(staging, &file).await),
                     Err(e) => Err(e),
                 };
                 result(
@@ -229,8 +234,8 @@ pub fn stage_in(registry: &Registry, args: StageInArgs) -> Result<ExitCode, CliE
         for h in handles {
             results.push(h.await.expect("a staging task never panics"));
         }
-        results
-    });
+        Ok::<_, CliError>(results)
+    })?;
     print(&results, args.json)
 }
 
@@ -264,11 +269,12 @@ fn invalid_url(
     }
 }
 
-pub fn stage_out(registry: &Registry, args: StageOutArgs) -> Result<ExitCode, CliError> {
-    let dm = DataManager::new(registry);
-    let opts = StageOptions::default();
+pub fn stage_out(
+    registry: &Registry,
+    transfers: TransferConfig,
+    args: StageOutArgs,
+) -> Result<ExitCode, CliError> {
     let start = Instant::now();
-    check_usage(&dm, &args.executor, std::slice::from_ref(&args.url))?;
     let shown_url = stagehost_plugin_api::redact_url(&args.url);
     let Some(local) = args.local_path.to_str() else {
         return Err(CliError::Config(ConfigError(format!(
@@ -276,29 +282,67 @@ pub fn stage_out(registry: &Registry, args: StageOutArgs) -> Result<ExitCode, Cl
             display::path(&args.local_path)
         ))));
     };
-    if !args.local_path.exists() {
-        return Err(CliError::Staging(format!(
-            "cannot stage out {shown_url}: the local output {} does not exist",
-            display::path(&args.local_path)
-        )));
+    let local = std::path::absolute(local).unwrap_or_else(|_| PathBuf::from(local));
+    match std::fs::metadata(&local) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(CliError::Staging(format!(
+                "cannot stage out {shown_url}: the local output {} is not a regular file",
+                display::path(&local)
+            )))
+        }
+        Err(_) => {
+            return Err(CliError::Staging(format!(
+                "cannot stage out {shown_url}: the local output {} does not exist",
+                display::path(&local)
+            )))
+        }
     }
-    let outcome = File::parse(&args.url)
-        .map_err(|e| invalid_url(&args.url, &args.executor, Direction::Out, e))
-        .and_then(|mut file| {
-            // The output already exists: the provider publishes it from where it is.
-            file.set_local_path(local);
-            let mut staging = dm.plan_stage_out(&args.executor, &file, &opts)?;
-            let step = staging.run_in_task_step(&opts)?;
-            let job = staging.run_separate_job(&opts)?;
-            let cached = job.cached || step.cached;
-            Ok((staging, WorkDone { cached }))
-        });
-    let r = result(
-        &args.url,
-        Direction::Out,
-        &args.executor,
-        &outcome,
-        start.elapsed().as_secs_f64(),
-    );
+    let rt = runtime();
+    let r = rt.block_on(async {
+        let runner = Arc::new(StageRunner::new(
+            registry,
+            transfers,
+            super::progress::transfer_observer(),
+            None,
+        ));
+        check_usage(
+            runner.data_manager(),
+            &args.executor,
+            std::slice::from_ref(&args.url),
+        )?;
+        let canceller = runner.clone();
+        super::on_ctrl_c(move || canceller.cancel());
+        let planned = File::parse(&args.url)
+            .map_err(|e| invalid_url(&args.url, &args.executor, Direction::Out, e))
+            .and_then(|mut file| {
+                // The output exists: the provider publishes it from where it is, and a
+                // file the caller names is never removed by a provider (a copy, as
+                // curl, rclone and `aws s3 cp` make).
+                file.set_local_path(&local);
+                let staging = runner.plan(&args.executor, &file, Direction::Out)?;
+                Ok((file, staging))
+            });
+        let outcome = match planned {
+            Ok((file, staging)) => Ok(runner.run(staging, &file).await),
+            Err(e) => Err(e),
+        };
+        Ok::<_, CliError>(result(
+            &args.url,
+            Direction::Out,
+            &args.executor,
+            &outcome,
+            start.elapsed().as_secs_f64(),
+        ))
+    })?;
+    if r.ok && args.r#move {
+        // Only once the bytes arrived, as `rclone move` and `mv` do.
+        std::fs::remove_file(&local).map_err(|e| {
+            CliError::Staging(format!(
+                "staged out {shown_url}, but cannot remove {}: {e}",
+                display::path(&local)
+            ))
+        })?;
+    }
     print(&[r], args.json)
 }

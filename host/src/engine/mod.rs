@@ -22,6 +22,7 @@
 mod command;
 mod pool;
 mod remote;
+mod runner;
 mod slurm;
 mod task;
 mod transfer;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use command::{check as check_command, expand as expand_command, shell_quote};
 pub use remote::{serve_worker, WorkerOptions, PROTOCOL_VERSION};
+pub use runner::{StageOutcome, StageRunner};
 pub use task::{
     Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec,
     TaskStatus,

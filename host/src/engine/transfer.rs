@@ -107,6 +107,8 @@ pub(crate) struct Transfers {
     observer: Arc<dyn Observer>,
     dm: Arc<DataManager>,
     next_id: AtomicU64,
+    /// Overrides the executors' working directories when a retry plans again.
+    working_dir: Option<PathBuf>,
 }
 
 /// The delay before retry `attempt` (1-based): `initial * 2^(attempt-1)`, capped,
@@ -141,7 +143,15 @@ impl Transfers {
             observer,
             dm,
             next_id: AtomicU64::new(0),
+            working_dir: None,
         }
+    }
+
+    /// Plans retries in `dir` instead of the executors' working directories (what
+    /// `stagehost stage in --dest DIR` asks).
+    pub fn with_working_dir(mut self, dir: Option<PathBuf>) -> Transfers {
+        self.working_dir = dir;
+        self
     }
 
     fn host_limit(&self, host: &str) -> Arc<Semaphore> {
@@ -255,6 +265,7 @@ impl Transfers {
         );
         let opts = StageOptions {
             cancel: self.cancel.clone(),
+            working_dir: self.working_dir.clone(),
             ..StageOptions::default()
         };
         let staging = tokio::task::spawn_blocking(move || match direction {
@@ -303,7 +314,7 @@ impl Transfers {
         let timeout = (self.config.timeout_secs > 0.0)
             .then(|| Duration::from_secs_f64(self.config.timeout_secs));
         let opts = StageOptions {
-            working_dir: None,
+            working_dir: self.working_dir.clone(),
             timeout,
             cancel: cancel.clone(),
             progress: self

@@ -6,8 +6,9 @@
 //! stage-in places the file at the host's destination (by default
 //! `<working_dir>/<filename>`) by an atomic copy, a symlink or a hard link, in an
 //! in-task step; stage-out sets `local_path` to that destination before the task runs
-//! and copies it to the URL's path in an in-task step after the body. A stage-out never
-//! removes the local output.
+//! and copies it to the URL's path in an in-task step after the body. A local file the
+//! caller names for a stage-out (`stagehost stage out LOCAL URL`) is copied to the
+//! URL's path in every mode. A stage-out never removes the local output.
 
 use std::path::{Path, PathBuf};
 
@@ -105,7 +106,10 @@ impl Provider for FileProvider {
         _ctx: &Context<'_>,
         file: &mut File,
     ) -> Result<Option<Job>, StageError> {
-        if self.mode == Mode::None {
+        // In mode `none` a task writes the URL's path itself (Parsl's NoOp), unless the
+        // caller named a local file to publish (`stagehost stage out LOCAL URL`): that
+        // one is copied, as in every other mode.
+        if self.mode == Mode::None && file.local_path().is_none() {
             return Ok(None);
         }
         let local = file.filepath()?;

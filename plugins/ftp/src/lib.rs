@@ -442,7 +442,32 @@ impl Shared {
 
     /// A logged-in session in binary type, its data connections passive.
     fn connect(&self, ctx: &Context<'_>, target: &Target) -> Result<Ftp, StageError> {
-        ctx.check()?;
+        self.open_session(ctx, target, false)
+    }
+
+    /// A session to clean up after a transfer that failed, was cancelled or ran past
+    /// its deadline: opened whatever the context says, within the connect timeout
+    /// (at most 10 s).
+    fn connect_for_cleanup(&self, ctx: &Context<'_>, target: &Target) -> Result<Ftp, StageError> {
+        self.open_session(ctx, target, true)
+    }
+
+    fn open_session(
+        &self,
+        ctx: &Context<'_>,
+        target: &Target,
+        cleanup: bool,
+    ) -> Result<Ftp, StageError> {
+        if !cleanup {
+            ctx.check()?;
+        }
+        let within = |limit: Duration| {
+            if cleanup {
+                limit.min(Duration::from_secs(10))
+            } else {
+                Self::within(ctx, limit)
+            }
+        };
         let shown = &target.shown;
         let addresses: Vec<SocketAddr> = (target.host.as_str(), target.port)
             .to_socket_addrs()
@@ -456,7 +481,7 @@ impl Shared {
         let mut failure = None;
         let mut control = None;
         for address in &addresses {
-            match TcpStream::connect_timeout(address, Self::within(ctx, self.connect_timeout)) {
+            match TcpStream::connect_timeout(address, within(self.connect_timeout)) {
                 Ok(stream) => {
                     control = Some(stream);
                     break;
@@ -672,7 +697,7 @@ impl Shared {
         if let Err(e) = result {
             // Best effort: the temporary name goes, on this session or a fresh one.
             if ftp.rm(&temporary).is_err() {
-                if let Ok(mut fresh) = self.connect(ctx, target) {
+                if let Ok(mut fresh) = self.connect_for_cleanup(ctx, target) {
                     let _ = fresh.rm(&temporary);
                     let _ = fresh.quit();
                 }
@@ -698,6 +723,7 @@ impl Shared {
         total: u64,
     ) -> Result<(), StageError> {
         let shown = &target.shown;
+        let control = ftp.get_ref().try_clone().ok();
         let mut sink = self
             .open(ftp, target, 0, |f| f.put_with_stream(temporary))
             .map_err(|e| classify("cannot STOR", shown, e, true))?;
@@ -725,8 +751,34 @@ impl Shared {
             done += n as u64;
             ctx.progress(done, Some(total));
         }
-        sink.finish()
-            .map_err(|e| classify("STOR", shown, e, true))?;
+        // The last bytes may still sit in socket buffers, and the server's `226` only
+        // comes once it read them all (at a slow server's pace): that wait must still
+        // end on cancellation or the deadline, so a watcher shuts the control
+        // connection down then (the caller deletes the temporary name on a fresh
+        // session). The data connection is never duplicated: its close is what tells
+        // the server the upload ended.
+        let finishing = std::sync::atomic::AtomicBool::new(false);
+        let finished = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                while !finishing.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = ctx.check() {
+                        if let Some(control) = &control {
+                            let _ = control.shutdown(Shutdown::Both);
+                        }
+                        return Some(e);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                None
+            });
+            let finished = sink.finish();
+            finishing.store(true, std::sync::atomic::Ordering::Relaxed);
+            match watcher.join() {
+                Ok(Some(stopped)) => Err(stopped),
+                _ => finished.map_err(|e| classify("STOR", shown, e, true)),
+            }
+        });
+        finished?;
         let stored = match ftp.size(temporary) {
             Ok(n) => Some(n as u64),
             Err(e) if unknown_command(&e) => None,

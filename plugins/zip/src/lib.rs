@@ -6,8 +6,9 @@
 //! host's destination (`<working_dir>/<member's file name>`, through a temporary name, so
 //! a task never sees half a member); stage-out points the task at the host's
 //! destination and then adds
-//! that file to the archive as the member, and removes the local copy once the
-//! archive holds it (as Parsl does; `keep_local = true` keeps it). `stdout` and
+//! that file to the archive as the member, and removes that working copy once the
+//! archive holds it (as Parsl does; `keep_local = true` keeps it). A local file the
+//! caller named (`stagehost stage out LOCAL URL`) is never removed. `stdout` and
 //! `stderr` can be members too.
 //!
 //! Unlike Parsl, a URL with a netloc, without `.zip/`, or with a member path that is
@@ -173,8 +174,12 @@ impl Provider for ZipProvider {
 
     fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
         let url = ZipUrl::parse(file)?;
-        let local = match file.local_path() {
-            Some(local) => local.to_path_buf(),
+        // A working copy this provider asked the host for (the task writes it) goes once
+        // the archive holds it, as Parsl's ZipFileStaging removes it; a file the caller
+        // named (an output that already existed, `stagehost stage out LOCAL URL`) is the
+        // caller's and is never removed.
+        let (local, working_copy) = match file.local_path() {
+            Some(local) => (local.to_path_buf(), false),
             None => {
                 let local = ctx.destination().to_path_buf();
                 // The task writes there: its directories must exist, as Parsl makes them.
@@ -184,14 +189,13 @@ impl Provider for ZipProvider {
                     })?;
                 }
                 file.set_local_path(&local);
-                local
+                (local, true)
             }
         };
-        let (options, keep_local) = (self.options, self.keep_local);
+        let (options, remove_after) = (self.options, working_copy && !self.keep_local);
         Ok(Some(Job::new(move |ctx| {
             archive::archive(&url.archive).add(ctx, &url.member, &local, options)?;
-            if !keep_local {
-                // In the archive now, as Parsl's ZipFileStaging removes it.
+            if remove_after {
                 let _ = std::fs::remove_file(&local);
             }
             Ok(())

@@ -1,0 +1,142 @@
+//! The staging runner for files staged outside a workflow (`stagehost stage in` and
+//! `stage out`): the same transfer policy as a run (`[transfers]`: retries with backoff
+//! and jitter for transient errors, the per-attempt timeout, the global and per-host
+//! limits, cancellation, progress events), because it runs the work through the
+//! engine's own [`Transfers`].
+//!
+//! Invariant: when [`StageRunner::run`] returns, no plugin is still writing for that
+//! file (a cancelled or timed-out attempt's thread is awaited).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use stagehost_plugin_api::File;
+use tokio_util::sync::CancellationToken;
+
+use super::transfer::Transfers;
+use super::Observer;
+use crate::config::TransferConfig;
+use crate::data_manager::{DataManager, Direction, StageOptions, Staging, StagingError, WorkMode};
+use crate::registry::Registry;
+use crate::services::CancelFlag;
+
+/// Stages single files under a run's transfer policy. Call from within a tokio
+/// runtime.
+pub struct StageRunner {
+    dm: Arc<DataManager>,
+    transfers: Transfers,
+    working_dir: Option<PathBuf>,
+}
+
+/// What staging one file did.
+pub struct StageOutcome {
+    /// The file's planned staging (the work that ran is in `ran`).
+    pub staging: Staging,
+    /// Attempts of the last piece of work (1 when it succeeded at once).
+    pub attempts: u32,
+    /// Bytes of the local file, when there is one.
+    pub bytes: Option<u64>,
+    /// The destination already held the current file; no bytes moved.
+    pub cached: bool,
+    /// How it ended.
+    pub result: Result<(), StagingError>,
+}
+
+impl StageRunner {
+    /// A runner over the registry's executors with `config`'s policy, reporting
+    /// transfers to `observer`; `working_dir` overrides the executors' own.
+    pub fn new(
+        registry: &Registry,
+        config: TransferConfig,
+        observer: Arc<dyn Observer>,
+        working_dir: Option<PathBuf>,
+    ) -> StageRunner {
+        let dm = Arc::new(DataManager::new(registry));
+        let transfers = Transfers::new(
+            config,
+            dm.clone(),
+            observer,
+            CancelFlag::new(),
+            CancellationToken::new(),
+        )
+        .with_working_dir(working_dir.clone());
+        StageRunner {
+            dm,
+            transfers,
+            working_dir,
+        }
+    }
+
+    /// The data manager the runner plans with.
+    pub fn data_manager(&self) -> &DataManager {
+        &self.dm
+    }
+
+    /// Stops every transfer: each attempt's work is told to stop and is awaited, so
+    /// nothing partial is left here or on the server.
+    pub fn cancel(&self) {
+        self.transfers.cancel.cancel();
+        self.transfers.token.cancel();
+    }
+
+    /// Plans `file` on `executor` (blocks: call it on a blocking thread or before the
+    /// transfers start). Plan in the order the user gave, so destinations are claimed
+    /// in that order.
+    pub fn plan(
+        &self,
+        executor: &str,
+        file: &File,
+        direction: Direction,
+    ) -> Result<Staging, StagingError> {
+        let opts = StageOptions {
+            working_dir: self.working_dir.clone(),
+            cancel: self.transfers.cancel.clone(),
+            ..StageOptions::default()
+        };
+        match direction {
+            Direction::In => self.dm.plan_stage_in(executor, file, &opts),
+            Direction::Out => self.dm.plan_stage_out(executor, file, &opts),
+        }
+    }
+
+    /// Runs the planned work of `original` (a stage-in: the separate job, then the
+    /// in-task step; a stage-out: the in-task step, then the separate job), each under
+    /// the policy.
+    pub async fn run(&self, mut staging: Staging, original: &File) -> StageOutcome {
+        let order = match staging.direction {
+            Direction::In => [WorkMode::SeparateJob, WorkMode::InTaskStep],
+            Direction::Out => [WorkMode::InTaskStep, WorkMode::SeparateJob],
+        };
+        let (mut attempts, mut bytes, mut cached) = (1, None, false);
+        for mode in order {
+            let work = match mode {
+                WorkMode::SeparateJob => staging.separate_job.take(),
+                WorkMode::InTaskStep => staging.in_task_step.take(),
+            };
+            let Some(work) = work else {
+                continue;
+            };
+            let outcome = self.transfers.run(work, original).await;
+            attempts = outcome.attempts;
+            bytes = outcome.bytes.or(bytes);
+            cached |= outcome.cached;
+            if let Err(e) = outcome.result {
+                return StageOutcome {
+                    staging,
+                    attempts,
+                    bytes,
+                    cached: false,
+                    result: Err(e),
+                };
+            }
+            staging.ran.push(mode);
+        }
+        StageOutcome {
+            staging,
+            attempts,
+            bytes,
+            cached,
+            result: Ok(()),
+        }
+    }
+}
