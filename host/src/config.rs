@@ -615,8 +615,52 @@ fn redact_value(value: &mut toml::Value, declared: &[String]) {
     match value {
         toml::Value::Table(inner) => redact_table(inner, declared),
         toml::Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, declared)),
+        // A URL's credentials (an endpoint with `user:password@`) are shown as `***`
+        // whatever key holds it.
+        toml::Value::String(text) if text.contains("://") => {
+            *text = stagehost_plugin_api::redact_url(text);
+        }
         _ => {}
     }
+}
+
+/// The secrets a URL carries: its userinfo's password (as written and decoded), or
+/// its user name when that is a token rather than a name.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return out;
+    };
+    // The userinfo runs to the last `@` before the path, or, when a password holds an
+    // unencoded `/`, `?` or `#`, to the last `@` of the URL.
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let at = url[start..end]
+        .rfind('@')
+        .map(|i| start + i)
+        .or_else(|| url[start..].rfind('@').map(|i| start + i));
+    let Some(at) = at else {
+        return out;
+    };
+    let info = &url[start..at];
+    let (user, password) = match info.split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (info, None),
+    };
+    for secret in password
+        .into_iter()
+        .chain((!stagehost_plugin_api::display::is_plain_user_name(user)).then_some(user))
+    {
+        if !secret.is_empty() {
+            out.push(secret.to_owned());
+            let decoded = stagehost_plugin_api::net::percent_decode(secret);
+            if decoded != secret {
+                out.push(decoded);
+            }
+        }
+    }
+    out
 }
 
 /// Every string value held under a secret key of `table` (at any depth), longest
@@ -644,6 +688,7 @@ pub fn secret_values(table: &toml::Table, declared: &[String]) -> Vec<String> {
         match value {
             toml::Value::Table(t) => walk(t, declared, out),
             toml::Value::Array(a) => a.iter().for_each(|v| walk_value(v, declared, out)),
+            toml::Value::String(s) if s.contains("://") => out.extend(url_secrets(s)),
             _ => {}
         }
     }

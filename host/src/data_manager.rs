@@ -295,7 +295,11 @@ fn call_services(
     file: &File,
     opts: &StageOptions,
 ) -> CallServices {
+    let mut secrets: Vec<String> = provider.secrets.to_vec();
+    secrets.extend(crate::config::url_secrets(file.url()));
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     CallServices {
+        secrets: secrets.into(),
         instance: provider.name.as_str().into(),
         executor: executor.into(),
         url: file.redacted_url().into(),
@@ -313,6 +317,9 @@ fn provider_error(
     call: &'static str,
     error: StageError,
 ) -> StagingError {
+    // Whatever the plugin wrote, no secret of its settings and no credential of the
+    // URL reaches a line the host shows.
+    let error = scrub_error(error, provider, file);
     StagingError::Provider(Box::new(ProviderFailure {
         direction,
         url: file.redacted_url(),
@@ -322,6 +329,22 @@ fn provider_error(
         call,
         error,
     }))
+}
+
+/// `error` with every secret of `provider`'s settings and of `file`'s URL replaced by
+/// `***`.
+fn scrub_error(error: StageError, provider: &ProviderInstance, file: &File) -> StageError {
+    let mut secrets: Vec<String> = provider.secrets.to_vec();
+    secrets.extend(crate::config::url_secrets(file.url()));
+    if secrets.is_empty() {
+        return error;
+    }
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let message = crate::config::scrub(error.message(), &secrets);
+    if message == error.message() {
+        return error;
+    }
+    StageError::new(error.kind(), message)
 }
 
 /// A stable 64-bit FNV-1a hash, for destination subdirectories.

@@ -52,6 +52,9 @@ pub struct ProviderInstance {
     /// The plugin behind it.
     pub plugin: Arc<LoadedPlugin>,
     provider: ProviderBox,
+    /// Every secret of its settings (values under secret keys, passwords in URLs):
+    /// scrubbed from each of its error messages and log lines by the host.
+    pub secrets: Arc<[String]>,
 }
 
 impl std::fmt::Debug for ProviderInstance {
@@ -299,6 +302,7 @@ impl Registry {
                 .new_provider("")
                 .map(|provider| {
                     Arc::new(ProviderInstance {
+                        secrets: Arc::from(Vec::new()),
                         name: plugin.name.clone(),
                         plugin: plugin.clone(),
                         provider,
@@ -529,9 +533,11 @@ fn build_instance(
             InstanceFailure::Other(line)
         }
     })?;
+    let secrets = secret_values(&pc.settings, &plugin.secret_settings);
     Ok(Arc::new(ProviderInstance {
         name: pc.name.clone(),
         plugin,
         provider,
+        secrets: Arc::from(secrets),
     }))
 }

@@ -63,6 +63,9 @@ pub(crate) struct CallServices {
     pub progress: Option<Arc<dyn ProgressSink>>,
     /// Raised when the provider says the destination already held the file.
     pub cached: Arc<AtomicBool>,
+    /// Scrubbed from every log line (the instance's secret settings, the URL's
+    /// credentials).
+    pub secrets: Arc<[String]>,
 }
 
 impl HostServices for CallServices {
@@ -71,12 +74,14 @@ impl HostServices for CallServices {
             self.cached.store(true, Ordering::Relaxed);
             return;
         }
-        let (provider, executor, file, message) = (
-            &*self.instance,
-            &*self.executor,
-            &*self.url,
-            message.as_str(),
-        );
+        let scrubbed;
+        let message = if self.secrets.is_empty() {
+            message.as_str()
+        } else {
+            scrubbed = crate::config::scrub(message.as_str(), &self.secrets);
+            scrubbed.as_str()
+        };
+        let (provider, executor, file) = (&*self.instance, &*self.executor, &*self.url);
         match LogLevel::from_u8(level) {
             LogLevel::Error => {
                 tracing::error!(target: "stagehost::plugin", provider, executor, file, "{message}")

@@ -82,6 +82,10 @@ pub fn is_secret_name(name: &str) -> bool {
         .flat_map(char::to_lowercase)
         .collect();
     const WITHIN: &[&str] = &[
+        "jwt",
+        "hmac",
+        "authkey",
+        "bearer",
         "password",
         "passwd",
         "passphrase",
@@ -98,6 +102,25 @@ pub fn is_secret_name(name: &str) -> bool {
     ];
     const EXACT: &[&str] = &["pwd", "pw", "pass", "sig", "auth", "key", "sas", "code"];
     WITHIN.iter().any(|w| folded.contains(w)) || EXACT.contains(&folded.as_str())
+}
+
+/// Whether a URL's user name may be shown as it is: an ordinary account name
+/// (`anonymous`, `alice`, `svc-data.01`: at most 32 lower-case letters, digits, `.`,
+/// `_` or `-`, few digits). Anything else may be a token used as the user name (as
+/// GitHub's and many object stores' URLs carry them) and is shown as `***`.
+///
+/// ```
+/// use stagehost_plugin_api::display::is_plain_user_name;
+/// assert!(is_plain_user_name("anonymous") && is_plain_user_name("svc-data.01"));
+/// assert!(!is_plain_user_name("ghp_16C7e42F292c6912E7710c838347Ae178B4a"));
+/// assert!(!is_plain_user_name("AKIAIOSFODNN7EXAMPLE"));
+/// ```
+pub fn is_plain_user_name(user: &str) -> bool {
+    (1..=32).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && user.bytes().filter(u8::is_ascii_digit).count() <= 8
 }
 
 #[cfg(test)]

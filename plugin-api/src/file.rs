@@ -181,16 +181,44 @@ pub fn redact_url(url: &str) -> String {
             .find(['/', '?', '#'])
             .map_or(url.len(), |i| start + i);
         let authority = &url[start..authority_end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
+        // The userinfo ends at the authority's last `@`; when a password holds an
+        // unencoded `/`, `?` or `#` the authority seems to end early with a "port"
+        // that is no number, and the userinfo runs to the URL's last `@`.
+        let at = authority.rfind('@').map(|i| start + i).or_else(|| {
+            let bad_port = authority
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()));
+            bad_port
+                .then(|| url[authority_end..].rfind('@').map(|i| authority_end + i))
+                .flatten()
+        });
+        match at {
+            Some(at) => {
+                let info = &url[start..at];
+                let (user, password) = match info.split_once(':') {
+                    Some((user, _)) => (user, true),
+                    None => (info, false),
+                };
                 out.push_str(&url[..start]);
-                out.push_str(&authority[..colon]);
-                out.push_str(":***");
-                out.push_str(&authority[at..]);
+                if crate::display::is_plain_user_name(user) {
+                    out.push_str(user);
+                } else {
+                    out.push_str("***");
+                }
+                if password {
+                    out.push_str(":***");
+                }
+                let host_end = url[at..]
+                    .find(['/', '?', '#'])
+                    .map_or(url.len(), |i| at + i);
+                out.push_str(&url[at..host_end]);
+                rest = &url[host_end..];
             }
-            _ => out.push_str(&url[..authority_end]),
+            None => {
+                out.push_str(&url[..authority_end]);
+                rest = &url[authority_end..];
+            }
         }
-        rest = &url[authority_end..];
     }
     let (before_fragment, fragment) = match rest.find('#') {
         Some(i) => rest.split_at(i),
@@ -412,6 +440,31 @@ mod tests {
         assert_eq!(redact_url("ftp://u@h/x"), "ftp://u@h/x");
         assert_eq!(redact_url("/plain/path"), "/plain/path");
         assert_eq!(redact_url("http://h:80/x"), "http://h:80/x");
+        // A token as the user name.
+        assert_eq!(
+            redact_url("https://ghp_16C7e42F292c6912E7710c838347Ae178B4a@github.com/o/r"),
+            "https://***@github.com/o/r"
+        );
+        assert_eq!(
+            redact_url("https://x-access-token:ghs_abc@h/r"),
+            "https://x-access-token:***@h/r"
+        );
+        // Unencoded `/`, `#` and `?` in a password.
+        for url in [
+            "https://me:pa/ss@h/x",
+            "https://me:pa#ss@h/x",
+            "https://me:pa?ss@h/x",
+        ] {
+            let shown = redact_url(url);
+            assert_eq!(shown, "https://me:***@h/x", "{url}");
+        }
+        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+        assert_eq!(redact_url("http://h:8080/a@b"), "http://h:8080/a@b");
+        // Query parameters that carry credentials under other names.
+        assert_eq!(
+            redact_url("https://h/x?jwt=a.b.c&authkey=k&hmac=m&n=1"),
+            "https://h/x?jwt=***&authkey=***&hmac=***&n=1"
+        );
     }
 
     #[test]

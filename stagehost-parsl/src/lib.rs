@@ -40,7 +40,12 @@ fn from_staging(e: StagingError) -> PyErr {
 
 fn from_stage(url: &str, e: stagehost_plugin_api::StageError) -> PyErr {
     staging_error(
-        format!("{}: {}: {}", url, e.kind(), e.message()),
+        format!(
+            "{}: {}: {}",
+            stagehost_plugin_api::redact_url(url),
+            e.kind(),
+            e.message()
+        ),
         Some(e.kind().to_string()),
     )
 }
@@ -80,6 +85,13 @@ fn config_of(kind: &str, value: Option<String>, base: Option<String>) -> Result<
             "unknown config spec kind {other:?}"
         ))),
     }
+}
+
+/// `url` as stagehost shows URLs anywhere: passwords, tokens used as user names and
+/// credential-bearing query parameters as `***`, control characters escaped.
+#[pyfunction]
+fn redact_url(url: &str) -> String {
+    stagehost_plugin_api::redact_url(url)
 }
 
 /// The config stagehost itself would use: the path of the file its search order finds
@@ -226,7 +238,7 @@ impl Host {
             staging: Mutex::new(Some(staging)),
             local_path,
             modes,
-            url: url.to_owned(),
+            url: stagehost_plugin_api::redact_url(url),
         })
     }
 
@@ -263,7 +275,7 @@ struct Plan {
     /// `"separate job"` and/or `"in-task step"`, in the order they run.
     #[pyo3(get)]
     modes: Vec<String>,
-    /// The file's URL.
+    /// The file's URL as outputs may show it (credentials as `***`).
     #[pyo3(get)]
     url: String,
 }
@@ -342,6 +354,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Host>()?;
     m.add_class::<Plan>()?;
     m.add_function(wrap_pyfunction!(locate_config, m)?)?;
+    m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(set_bundled_plugin_dir, m)?)?;
     m.add("PLUGIN_API_VERSION", stagehost_plugin_api::abi::API_VERSION)?;
     Ok(())

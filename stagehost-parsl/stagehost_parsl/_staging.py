@@ -152,7 +152,8 @@ class InTaskStaging:
         return result
 
     def __repr__(self) -> str:
-        return f"<{self.__name__} with the in-task stage-{self.direction} of {self.url}>"
+        shown = _native.redact_url(self.url)
+        return f"<{self.__name__} with the in-task stage-{self.direction} of {shown}>"
 
 
 def _stage_in_job(

@@ -70,3 +70,23 @@ def test_what_crosses_to_workers_pickles(tmp_path: Path) -> None:
     )
     error = pickle.loads(pickle.dumps(StagingError("cannot stage in x", "not found")))
     assert (error.message, error.kind) == ("cannot stage in x", "not found")
+
+
+def test_secrets_never_reach_an_error_a_plan_or_a_repr(tmp_path: Path) -> None:
+    from stagehost_parsl._host import host_for
+
+    staging = StagehostStaging(stagehost_config(tmp_path))
+    secrets = ["pw-in-url", "pa/ss", "ghp_16C7e42F292c6912E7710c838347Ae178B4a", "jwt-value"]
+    # A URL stagehost cannot parse: the error shows it redacted.
+    with pytest.raises(StagingError) as raised:
+        host_for(staging._spec).plan("in", "local", "http://me:pw-in-url@h/x\n")
+    for s in secrets:
+        assert s not in raised.value.message
+    # A plan, and what a wrapped app shows.
+    url = "http://ghp_16C7e42F292c6912E7710c838347Ae178B4a@127.0.0.1:9/x.txt?jwt=jwt-value"
+    plan = host_for(staging._spec).plan("in", "local", url)
+    wrapped = InTaskStaging(len, staging._spec, "local", "in", url, None)
+    for shown in [repr(plan), plan.url, repr(wrapped), str(wrapped)]:
+        for s in secrets:
+            assert s not in shown, shown
+        assert "127.0.0.1:9/x.txt" in shown

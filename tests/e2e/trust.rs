@@ -449,3 +449,71 @@ fn sigterm_during_stage_out_leaves_nothing_on_the_ftp_server() {
     assert!(left.is_empty(), "left on the server: {left:?}");
     assert_eq!(std::fs::read(&local).unwrap().len(), 4 << 20);
 }
+
+#[test]
+fn credentials_of_every_shape_stay_out_of_errors_logs_and_config_show() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"web\"\nplugin = \"http\"\n[[provider]]\nname = \"store\"\nplugin = \"object-store\"\nsettings = { endpoint = \"http://minio:endpoint-pw@127.0.0.1:9\", allow_http = true }\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"web\", \"store\"]\n[transfers]\nretries = 0\n",
+    );
+    let port = server.host();
+    let urls = [
+        // A token as the user name.
+        format!("http://ghp_16C7e42F292c6912E7710c838347Ae178B4a@{port}/status/404"),
+        // Unencoded `/`, `#`, `?` in a password.
+        format!("http://me:pa/ss-word@{port}/status/404"),
+        format!("http://me:pa#ss-word@{port}/status/404"),
+        format!("http://me:pa?ss-word@{port}/status/404"),
+        // Query parameters that carry credentials under other names.
+        format!("http://{port}/status/404?jwt=jwt-secret&authkey=authkey-secret&hmac=hmac-secret"),
+        // The object store's endpoint holds a password.
+        "s3://bucket/key.txt".to_owned(),
+    ];
+    let secrets = [
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+        "pa/ss-word",
+        "ss-word",
+        "jwt-secret",
+        "authkey-secret",
+        "hmac-secret",
+        "endpoint-pw",
+    ];
+    for url in &urls {
+        for json in [false, true] {
+            let mut args = vec![
+                "--config",
+                cfg.to_str().unwrap(),
+                "stage",
+                "in",
+                url.as_str(),
+            ];
+            if json {
+                args.push("--json");
+            }
+            let out = sandbox.run_env(&args, &[("RUST_LOG", "trace")]);
+            assert_eq!(out.code, Some(1), "{url}: {}", out.stderr);
+            for s in secrets {
+                assert!(
+                    !out.stderr.contains(s),
+                    "{url}: {s} in stderr:\n{}",
+                    out.stderr
+                );
+                assert!(
+                    !out.stdout.contains(s),
+                    "{url}: {s} in stdout:\n{}",
+                    out.stdout
+                );
+            }
+        }
+    }
+    let out = sandbox.run(&["--config", cfg.to_str().unwrap(), "config", "show"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stdout.contains("endpoint-pw"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("http://minio:***@127.0.0.1:9"),
+        "{}",
+        out.stdout
+    );
+}

@@ -315,7 +315,8 @@ fn build_against_api(name: &str, api: ApiSource, lib_name: &str, plugin_src: &st
         )
         .replace("toml.workspace = true", "toml = \"0.8\"")
         .replace("thiserror.workspace = true", "thiserror = \"2\"")
-        .replace("libc.workspace = true", "libc = \"0.2\"");
+        .replace("libc.workspace = true", "libc = \"0.2\"")
+        .replace("tempfile.workspace = true", "tempfile = \"3\"");
     assert!(
         !manifest.contains(".workspace = true"),
         "a workspace dependency of plugin-api {version} is not mapped: {manifest}"
