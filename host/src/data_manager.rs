@@ -576,6 +576,14 @@ impl DataManager {
         stagehost_plugin_api::landing::check_placement(copy.local_path(), &destination).map_err(
             |e| provider_error(direction, file, &provider, executor, second.as_str(), e),
         )?;
+        if copy.local_path() == Some(destination.as_path()) && file.local_path().is_none() {
+            // The host's own directories (`.stagehost/<hash>/`) are real, private
+            // directories: a link planted there never sends a file elsewhere.
+            stagehost_plugin_api::landing::ensure_private_dirs(&working_dir, &destination)
+                .map_err(|e| {
+                    provider_error(direction, file, &provider, executor, second.as_str(), e)
+                })?;
+        }
         let (separate, in_task) = {
             let mut jobs = jobs.into_iter();
             (jobs.next().flatten(), jobs.next().flatten())

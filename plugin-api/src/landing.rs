@@ -42,6 +42,64 @@ pub fn check_placement(placed: Option<&Path>, destination: &Path) -> Result<(), 
 /// group write, other write.
 pub const FORBIDDEN_MODE_BITS: u32 = 0o7022;
 
+/// Makes the directories between `working_dir` and `dest`'s directory (the host's
+/// private `.stagehost/<hash>/`), mode 0700, and refuses any of them that is not a
+/// real directory (a planted symbolic link would send the file elsewhere).
+pub fn ensure_private_dirs(working_dir: &Path, dest: &Path) -> Result<(), StageError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(parent) = dest.parent() else {
+        return Ok(());
+    };
+    let Ok(inner) = parent.strip_prefix(working_dir) else {
+        return Ok(());
+    };
+    if inner.as_os_str().is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(working_dir).map_err(|e| {
+        StageError::io(
+            format_args!("cannot create {}", display::path(working_dir)),
+            &e,
+        )
+    })?;
+    let mut dir = working_dir.to_path_buf();
+    for part in inner.components() {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(StageError::new(
+                ErrorKind::Permission,
+                format!(
+                    "{} is not a directory (a symbolic link?); stagehost never writes through one",
+                    display::path(&dir)
+                ),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .or_else(|e| {
+                        if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| {
+                        StageError::io(format_args!("cannot create {}", display::path(&dir)), &e)
+                    })?;
+            }
+            Err(e) => {
+                return Err(StageError::io(
+                    format_args!("cannot read {}", display::path(&dir)),
+                    &e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks what the last work of a stage-in left at `path` (the file's `filepath()`),
 /// and takes forbidden mode bits off it. Unix only; elsewhere it checks nothing.
 pub fn check_staged_in(file: &File, path: &Path) -> Result<(), StageError> {

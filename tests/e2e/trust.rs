@@ -517,3 +517,205 @@ fn credentials_of_every_shape_stay_out_of_errors_logs_and_config_show() {
         out.stdout
     );
 }
+
+/// Makes `archive` whose members have these raw names (no UTF-8 flag: bytes as
+/// written, read by zip tools as code page 437), each holding its index as text.
+fn make_zip_with_raw_names(archive: &Path, names: &[&[u8]]) {
+    // Python writes ASCII placeholders of the same length; their bytes are then
+    // replaced in the local headers and the central directory.
+    let script = r#"
+import sys, zipfile
+path, names = sys.argv[1], [bytes.fromhex(h) for h in sys.argv[2:]]
+holders = ["%0*d" % (len(n), i) for i, n in enumerate(names)]
+with zipfile.ZipFile(path, "w") as z:
+    for i, h in enumerate(holders):
+        z.writestr(h, str(i))
+data = open(path, "rb").read()
+for h, n in zip(holders, names):
+    data = data.replace(h.encode(), n)
+open(path, "wb").write(data)
+"#;
+    let hex: Vec<String> = names
+        .iter()
+        .map(|n| n.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let ok = Command::new("python3")
+        .args(["-c", script])
+        .arg(archive)
+        .args(&hex)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// The raw names of `archive`'s members, hex-encoded, in order.
+fn raw_names(archive: &Path) -> Vec<String> {
+    let script = "import sys, zipfile\nfor i in zipfile.ZipFile(sys.argv[1]).infolist():\n    raw = i.orig_filename.encode('utf-8' if i.flag_bits & 0x800 else 'cp437')\n    print(raw.hex())\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn zip_member_names_stay_byte_exact_and_a_legacy_name_is_never_duplicated() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "zip", "");
+    let archive = sandbox.join("legacy.zip");
+    make_zip_with_raw_names(&archive, &[b"\xffA.txt", b"\xfeA.txt", b"\x82.txt"]);
+    let local = sandbox.write("new.txt", "new\n");
+    let out = stage_out(
+        &sandbox,
+        &cfg,
+        &local,
+        &format!("zip:{}/new.txt", archive.display()),
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // Both names that are not UTF-8 are still there, byte for byte.
+    assert_eq!(
+        raw_names(&archive),
+        [
+            "ff412e747874",
+            "fe412e747874",
+            "822e747874",
+            "6e65772e747874"
+        ]
+    );
+    // `\x82.txt` reads as `é.txt` to every zip tool: a second `é.txt` is refused.
+    let out = stage_out(
+        &sandbox,
+        &cfg,
+        &local,
+        &format!("zip:{}/é.txt", archive.display()),
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("already holds a member"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(raw_names(&archive).len(), 4);
+}
+
+#[test]
+fn zip_sidecars_are_never_opened_through_a_symlink() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "zip", "");
+    let archive = sandbox.join("data.zip");
+    make_zip(&archive, "m.txt", "member\n");
+    let victim = sandbox.write("victim.txt", "precious\n");
+    // A journal planted as a link to a victim: a read must not truncate it.
+    std::os::unix::fs::symlink(&victim, sandbox.join("data.zip.journal")).unwrap();
+    let out = stage_in(&sandbox, &cfg, &format!("zip:{}/m.txt", archive.display()));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    std::fs::remove_file(sandbox.join("data.zip.journal")).unwrap();
+    // A lock planted as a link creates nothing where it points.
+    let target = sandbox.join("created-through-link");
+    let _ = std::fs::remove_file(sandbox.join("data.zip.lock"));
+    std::os::unix::fs::symlink(&target, sandbox.join("data.zip.lock")).unwrap();
+    let out = stage_in(&sandbox, &cfg, &format!("zip:{}/m.txt", archive.display()));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
+    assert!(!target.exists());
+}
+
+#[test]
+fn a_read_only_archive_is_stageable_by_a_user_who_cannot_write_its_directory() {
+    // A shared dataset: a directory others can read and not write.
+    let shared = tempfile::Builder::new()
+        .prefix("stagehost-shared-")
+        .tempdir()
+        .unwrap();
+    let archive = shared.path().join("dataset.zip");
+    make_zip(&archive, "rows.csv", "a,b\n1,2\n");
+    for (path, mode) in [(shared.path(), 0o555), (archive.as_path(), 0o444)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // Someone else's working directory: as root the reader is `nobody`.
+    let home = tempfile::Builder::new()
+        .prefix("stagehost-reader-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg = home.path().join("site.toml");
+    std::fs::write(
+        &cfg,
+        "[[provider]]\nname = \"zip\"\nplugin = \"zip\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"zip\"]\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]);
+        c.arg(stagehost_bin());
+        c
+    } else {
+        Command::new(stagehost_bin())
+    };
+    let out: Run = cmd
+        .current_dir(home.path())
+        .env("HOME", home.path())
+        .env("STAGEHOST_PLUGIN_PATH", profile_dir())
+        .args(["--config", cfg.to_str().unwrap(), "stage", "in"])
+        .arg(format!("zip:{}/rows.csv", archive.display()))
+        .output()
+        .unwrap()
+        .into();
+    let _ = std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("wd/rows.csv")).unwrap(),
+        "a,b\n1,2\n"
+    );
+    assert!(!shared.path().join("dataset.zip.lock").exists());
+}
+
+#[test]
+fn a_symlink_planted_in_the_hosts_private_directory_sends_no_file_elsewhere() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "zip", "");
+    let (a, b) = (sandbox.join("A.zip"), sandbox.join("B.zip"));
+    make_zip(&a, "data.txt", "from A\n");
+    make_zip(&b, "data.txt", "from B\n");
+    let outside = sandbox.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(sandbox.join("wd")).unwrap();
+    std::os::unix::fs::symlink(&outside, sandbox.join("wd/.stagehost")).unwrap();
+    // The second URL with the name `data.txt` would go under `.stagehost/<hash>/`.
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "stage",
+        "in",
+        &format!("zip:{}/data.txt", a.display()),
+        &format!("zip:{}/data.txt", b.display()),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("not a directory (a symbolic link?)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/data.txt")).unwrap(),
+        "from A\n"
+    );
+}

@@ -178,45 +178,155 @@ fn fnv64(data: &[u8]) -> u64 {
 
 /// The sidecar files of an archive, opened under its lock.
 struct Sidecars {
-    lock: File,
+    /// `None` when the archive is only read by a user who cannot create its lock file
+    /// (a shared, read-only dataset): nobody who could write the archive holds one.
+    lock: Option<File>,
     lock_path: PathBuf,
     journal_path: PathBuf,
+    /// The archive's owner: a sidecar must belong to it or to this user.
+    archive_owner: u32,
+}
+
+/// Opens a sidecar file never through a symbolic link, and only if it is a regular
+/// file owned by this user or by the archive's owner: a planted link or someone
+/// else's file is refused, never truncated or written.
+fn open_sidecar(
+    path: &Path,
+    what: &str,
+    options: &mut OpenOptions,
+    archive_owner: u32,
+) -> std::io::Result<Result<File, StageError>> {
+    let file = match options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Err(StageError::new(
+                ErrorKind::Permission,
+                format!(
+                    "the {what} {} is a symbolic link; stagehost never opens one through a link",
+                    display::path(path)
+                ),
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        return Ok(Err(StageError::new(
+            ErrorKind::Permission,
+            format!("the {what} {} is not a regular file", display::path(path)),
+        )));
+    }
+    if meta.uid() != me && meta.uid() != archive_owner {
+        return Ok(Err(StageError::new(
+            ErrorKind::Permission,
+            format!(
+                "the {what} {} belongs to uid {}, neither this user nor the archive's owner; refusing it",
+                display::path(path),
+                meta.uid()
+            ),
+        )));
+    }
+    Ok(Ok(file))
 }
 
 impl Sidecars {
-    /// Opens (creating) `<archive>.lock`.
-    fn open(path: &Path) -> Result<Sidecars, StageError> {
+    /// Opens (creating) `<archive>.lock`; for a reader (`write` false) that may not
+    /// create it, an existing one read-only, else none.
+    fn open(path: &Path, write: bool) -> Result<Sidecars, StageError> {
         let lock_path = sidecar(path, ".lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&lock_path)
-            .map_err(|e| {
-                StageError::io(
-                    format_args!("cannot open the lock file {}", display::path(&lock_path)),
-                    &e,
-                )
-            })?;
+        // SAFETY: geteuid has no preconditions.
+        let archive_owner = std::fs::metadata(path).map_or(unsafe { libc::geteuid() }, |m| m.uid());
+        let failed = |e: std::io::Error| {
+            StageError::io(
+                format_args!("cannot open the lock file {}", display::path(&lock_path)),
+                &e,
+            )
+        };
+        let created = open_sidecar(
+            &lock_path,
+            "lock file",
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644),
+            archive_owner,
+        );
+        let lock = match created {
+            Ok(opened) => Some(opened?),
+            Err(e)
+                if !write
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EACCES | libc::EROFS | libc::EPERM)
+                    ) =>
+            {
+                match open_sidecar(
+                    &lock_path,
+                    "lock file",
+                    OpenOptions::new().read(true),
+                    archive_owner,
+                ) {
+                    Ok(opened) => Some(opened?),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+            Err(e) => return Err(failed(e)),
+        };
         Ok(Sidecars {
             lock,
             lock_path,
             journal_path: sidecar(path, ".journal"),
+            archive_owner,
         })
     }
 
+    /// Takes the lock, exclusive or shared (a reader without a lock file takes none).
+    fn take(&self, ctx: &Context<'_>, exclusive: bool, limit: Duration) -> Result<(), StageError> {
+        match &self.lock {
+            Some(lock) => take_lock(ctx, lock, &self.lock_path, exclusive, limit),
+            None if exclusive => Err(StageError::new(
+                ErrorKind::Permission,
+                format!(
+                    "cannot create the lock file {}: no write access to the archive's directory",
+                    display::path(&self.lock_path)
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Releases the lock.
+    fn release(&self) -> Result<(), StageError> {
+        match &self.lock {
+            Some(lock) => lock
+                .unlock()
+                .map_err(|e| StageError::io("cannot unlock", &e)),
+            None => Ok(()),
+        }
+    }
+
     fn journal(&self, create: bool) -> Result<Option<File>, StageError> {
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .mode(0o644)
-            .open(&self.journal_path)
-        {
-            Ok(f) => Ok(Some(f)),
+        let opened = open_sidecar(
+            &self.journal_path,
+            "journal",
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .mode(0o644),
+            self.archive_owner,
+        );
+        match opened {
+            Ok(file) => file.map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
             Err(e) => Err(StageError::io(
                 format_args!(
@@ -230,7 +340,9 @@ impl Sidecars {
 
     /// Whether a journal with content is waiting.
     fn pending_journal(&self) -> bool {
-        std::fs::metadata(&self.journal_path).is_ok_and(|m| m.len() > 0)
+        // A link in its place counts as pending: recovery then refuses it by name.
+        std::fs::symlink_metadata(&self.journal_path)
+            .is_ok_and(|m| m.len() > 0 || m.file_type().is_symlink())
     }
 
     /// Rolls `archive` back from a journal that is not empty. Holds the exclusive lock.
@@ -439,13 +551,13 @@ impl Archive {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
         }
-        let sidecars = Sidecars::open(path)?;
+        let sidecars = Sidecars::open(path, true)?;
         let limit = batch
             .iter()
             .map(|p| p.options.lock_timeout)
             .min()
             .unwrap_or(Duration::from_secs(60));
-        take_lock(ctx, &sidecars.lock, &sidecars.lock_path, true, limit)?;
+        sidecars.take(ctx, true, limit)?;
         // The lock goes with `sidecars` when this returns.
         if sidecars.recover(path)? {
             *cache = None;
@@ -702,32 +814,14 @@ pub fn extract(
             "there is no archive {shown}"
         )));
     }
-    let sidecars = Sidecars::open(path)?;
-    take_lock(
-        ctx,
-        &sidecars.lock,
-        &sidecars.lock_path,
-        false,
-        lock_timeout,
-    )?;
+    let sidecars = Sidecars::open(path, false)?;
+    sidecars.take(ctx, false, lock_timeout)?;
     if sidecars.pending_journal() {
-        sidecars
-            .lock
-            .unlock()
-            .map_err(|e| StageError::io("cannot unlock", &e))?;
-        take_lock(ctx, &sidecars.lock, &sidecars.lock_path, true, lock_timeout)?;
+        sidecars.release()?;
+        sidecars.take(ctx, true, lock_timeout)?;
         sidecars.recover(path)?;
-        sidecars
-            .lock
-            .unlock()
-            .map_err(|e| StageError::io("cannot unlock", &e))?;
-        take_lock(
-            ctx,
-            &sidecars.lock,
-            &sidecars.lock_path,
-            false,
-            lock_timeout,
-        )?;
+        sidecars.release()?;
+        sidecars.take(ctx, false, lock_timeout)?;
     }
     let file =
         File::open(path).map_err(|e| StageError::io(format_args!("cannot open {shown}"), &e))?;

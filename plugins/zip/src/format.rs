@@ -38,32 +38,59 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// One member: its name and its central-directory record, byte for byte.
+/// One member: its name's bytes exactly as the archive holds them (UTF-8 or not) and
+/// its central-directory record, byte for byte.
 #[derive(Clone)]
 pub struct Entry {
-    pub name: String,
+    pub name: Vec<u8>,
     pub raw: Vec<u8>,
+}
+
+/// The upper half of code page 437, which zip readers use for a name without the
+/// UTF-8 flag (general purpose bit 11).
+const CP437_HIGH: &str = "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u{a0}";
+
+/// `name` as a zip reader shows a name stored without the UTF-8 flag.
+fn from_cp437(name: &[u8]) -> String {
+    let high: Vec<char> = CP437_HIGH.chars().collect();
+    name.iter()
+        .map(|&b| {
+            if b < 0x80 {
+                char::from(b)
+            } else {
+                high[usize::from(b - 0x80)]
+            }
+        })
+        .collect()
 }
 
 /// An archive's central directory.
 #[derive(Clone, Default)]
 pub struct Directory {
     entries: Vec<Entry>,
-    index: HashMap<String, usize>,
+    /// By the name's exact bytes: two names that differ in any byte are two members.
+    index: HashMap<Vec<u8>, usize>,
     /// Where the directory starts: an update writes its members from here.
     pub cd_offset: u64,
 }
 
 impl Directory {
-    /// Whether a member of this name exists.
+    /// Whether a member of this name exists: the same bytes, or a name stored without
+    /// the UTF-8 flag that a zip reader shows as `name` (code page 437), which a
+    /// second member of that name would duplicate for every reader.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(name.as_bytes())
+            || (!name.is_ascii()
+                && self.entries.iter().any(|e| {
+                    let utf8_flag = u16_at(&e.raw, 8) & 0x0800 != 0;
+                    !utf8_flag && !e.name.is_ascii() && from_cp437(&e.name) == name
+                }))
     }
 
     /// The CRC-32 and size of member `name`, from its directory record (`None` for
     /// a member whose size is in a zip64 field).
     pub fn crc_and_size(&self, name: &str) -> Option<(u32, u64)> {
-        let raw = &self.entries[*self.index.get(name)?].raw;
+        let raw = &self.entries[*self.index.get(name.as_bytes())?].raw;
         let size = u32_at(raw, 24);
         (size != 0xFFFF_FFFF).then(|| (u32_at(raw, 16), u64::from(size)))
     }
@@ -149,7 +176,7 @@ impl Directory {
             if end > cd.len() {
                 return Err(bad("a central-directory record is cut short"));
             }
-            let name = String::from_utf8_lossy(&cd[at + 46..at + 46 + name_len]).into_owned();
+            let name = cd[at + 46..at + 46 + name_len].to_vec();
             dir.insert(Entry {
                 name,
                 raw: cd[at..end].to_vec(),
@@ -396,7 +423,7 @@ pub fn write_member(
     raw.extend_from_slice(&extra);
     Ok((
         Entry {
-            name: member.name.to_owned(),
+            name: member.name.as_bytes().to_vec(),
             raw,
         },
         end,
