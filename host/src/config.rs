@@ -108,6 +108,11 @@ pub struct ExecutorConfig {
     /// The `[executor.NAME.slurm]` table, for `kind = "slurm"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmConfig>,
+    /// Whether a staged file or a task's output may replace a file that stagehost did
+    /// not put at its destination (as `gfal-copy -f`). Off: such a file is never
+    /// overwritten, and the staging fails naming it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overwrite: bool,
 }
 
 /// An executor's kind.
@@ -226,6 +231,7 @@ impl Default for ExecutorConfig {
             workers: None,
             kind: ExecutorKind::Local,
             slurm: None,
+            overwrite: false,
         }
     }
 }

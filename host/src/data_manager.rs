@@ -150,6 +150,7 @@ pub struct StageOptions {
 
 struct ExecutorStaging {
     working_dir: PathBuf,
+    overwrite: bool,
     providers: Vec<Arc<ProviderInstance>>,
     unavailable: Vec<String>,
 }
@@ -178,6 +179,9 @@ pub struct StagingWork {
     pub executor: String,
     working_dir: PathBuf,
     destination: PathBuf,
+    /// Whether the file is at the host's destination (not a path the caller named):
+    /// what stagehost puts there is recorded as its own.
+    placed: bool,
     /// Whether this is the last work of the file (what it leaves is what the task
     /// gets).
     last: bool,
@@ -214,6 +218,13 @@ impl StagingWork {
             .job
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.placed && self.direction == Direction::Out {
+            // The task wrote its output at the host's destination: stagehost's own, so
+            // a later run may replace it (and a provider may remove it).
+            if let Ok(path) = self.file.filepath() {
+                stagehost_plugin_api::landing::mark_placed(&self.file, &path, &self.working_dir);
+            }
+        }
         job.run(&ctx)
             .into_result()
             .map_err(|e| fail(call, e.into()))?;
@@ -221,6 +232,13 @@ impl StagingWork {
             if let Ok(path) = self.file.filepath() {
                 stagehost_plugin_api::landing::check_staged_in(&self.file, &path)
                     .map_err(|e| fail(call, e))?;
+                if self.placed {
+                    stagehost_plugin_api::landing::mark_placed(
+                        &self.file,
+                        &path,
+                        &self.working_dir,
+                    );
+                }
             }
         }
         if let (Some(checksum), Ok(path)) = (&self.verify, self.file.filepath()) {
@@ -371,6 +389,7 @@ impl DataManager {
                 }
                 let staging = ExecutorStaging {
                     working_dir: e.working_dir.clone(),
+                    overwrite: e.overwrite,
                     providers,
                     unavailable,
                 };
@@ -576,13 +595,34 @@ impl DataManager {
         stagehost_plugin_api::landing::check_placement(copy.local_path(), &destination).map_err(
             |e| provider_error(direction, file, &provider, executor, second.as_str(), e),
         )?;
-        if copy.local_path() == Some(destination.as_path()) && file.local_path().is_none() {
+        let placed =
+            copy.local_path() == Some(destination.as_path()) && file.local_path().is_none();
+        if placed {
+            let refuse = |e| {
+                if fresh_claim {
+                    self.release(&destination, file.url());
+                }
+                provider_error(direction, file, &provider, executor, second.as_str(), e)
+            };
             // The host's own directories (`.stagehost/<hash>/`) are real, private
             // directories: a link planted there never sends a file elsewhere.
             stagehost_plugin_api::landing::ensure_private_dirs(&working_dir, &destination)
-                .map_err(|e| {
-                    provider_error(direction, file, &provider, executor, second.as_str(), e)
-                })?;
+                .map_err(refuse)?;
+            // A file stagehost did not put there is never replaced (by a download, or by
+            // a task writing its output), unless the executor allows it. A destination
+            // this URL already claimed in this process is this run's own.
+            if fresh_claim
+                && !staging.overwrite
+                && !stagehost_plugin_api::landing::may_place(file, &destination, &working_dir)
+            {
+                return Err(refuse(StageError::new(
+                    ErrorKind::Permission,
+                    format!(
+                        "{} already exists and stagehost did not put it there; it is never overwritten: move it away, or set overwrite = true in [executor.{executor}]",
+                        stagehost_plugin_api::display::path(&destination)
+                    ),
+                )));
+            }
         }
         let (separate, in_task) = {
             let mut jobs = jobs.into_iter();
@@ -607,6 +647,7 @@ impl DataManager {
                 executor: executor.to_owned(),
                 working_dir: working_dir.clone(),
                 destination: destination.clone(),
+                placed,
                 last: verify,
                 verify: if verify { checksum.clone() } else { None },
             })

@@ -161,6 +161,8 @@ pub struct ExecutorRecord {
     pub kind: crate::config::ExecutorKind,
     /// How blocks are submitted, for `slurm`.
     pub slurm: Option<crate::config::SlurmConfig>,
+    /// Whether staged files may replace files stagehost did not put there.
+    pub overwrite: bool,
 }
 
 /// Everything discovered and built for one config.
@@ -352,6 +354,7 @@ impl Registry {
                     .workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 kind: ec.kind,
+                overwrite: ec.overwrite,
                 slurm: match ec.kind {
                     crate::config::ExecutorKind::Slurm => {
                         Some(ec.slurm.clone().unwrap_or_default())

@@ -42,6 +42,85 @@ pub fn check_placement(placed: Option<&Path>, destination: &Path) -> Result<(), 
 /// group write, other write.
 pub const FORBIDDEN_MODE_BITS: u32 = 0o7022;
 
+const MADE_XATTR: &str = "user.stagehost.made";
+
+/// The device and inode of the regular file at `path` (not followed): what
+/// identifies the file stagehost made, whatever is later written into it.
+fn identity(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())?;
+    Some(format!("{} {}", meta.dev(), meta.ino()))
+}
+
+/// Where the record of `path` goes when extended attributes are not available.
+fn made_record(path: &Path, working_dir: &Path) -> std::path::PathBuf {
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    working_dir
+        .join(".stagehost")
+        .join("made")
+        .join(format!("{hash:016x}"))
+}
+
+/// Records that stagehost put the regular file at `path` there: an extended
+/// attribute of the file (it stays with the file, not with a new file saved in its
+/// place), else a record of its device and inode under
+/// `<working_dir>/.stagehost/made/`. Best effort.
+pub fn mark_made(path: &Path, working_dir: &Path) {
+    let Some(identity) = identity(path) else {
+        return;
+    };
+    if crate::xattr::set(path, MADE_XATTR, identity.as_bytes()) {
+        return;
+    }
+    let record = made_record(path, working_dir);
+    if let Ok(mut out) = crate::fs::AtomicFile::create(&record) {
+        if std::io::Write::write_all(&mut out, identity.as_bytes()).is_ok() {
+            let _ = out.commit();
+        }
+    }
+}
+
+/// Whether what is at `path` may be replaced by a staged file: nothing is there, or
+/// the file stagehost put there (a file a user made, or saved in its place, or
+/// anything that is not a regular file, is not stagehost's to replace).
+pub fn replaceable(path: &Path, working_dir: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => true,
+        Ok(meta) if !meta.is_file() => false,
+        Ok(_) => {
+            let Some(now) = identity(path) else {
+                return false;
+            };
+            crate::xattr::get(path, MADE_XATTR).is_some()
+                || std::fs::read(made_record(path, working_dir)).is_ok_and(|r| r == now.as_bytes())
+        }
+    }
+}
+
+/// Whether a staging of `file` may put a file at `dest`: [`replaceable`], or `dest` is
+/// the `file` URL's own path (a local file used where it already is).
+pub fn may_place(file: &File, dest: &Path, working_dir: &Path) -> bool {
+    replaceable(dest, working_dir)
+        || std::fs::symlink_metadata(dest).is_ok_and(|m| is_link_to_source(file, dest, &m))
+}
+
+/// Records, after a staging that put `file` at `dest`, that stagehost made it (never
+/// for the user's own source reached by a link).
+pub fn mark_placed(file: &File, dest: &Path, working_dir: &Path) {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_file() && !is_link_to_source(file, dest, &m) => mark_made(dest, working_dir),
+        _ => {}
+    }
+}
+
 /// Makes the directories between `working_dir` and `dest`'s directory (the host's
 /// private `.stagehost/<hash>/`), mode 0700, and refuses any of them that is not a
 /// real directory (a planted symbolic link would send the file elsewhere).
@@ -67,13 +146,15 @@ pub fn ensure_private_dirs(working_dir: &Path, dest: &Path) -> Result<(), StageE
         dir.push(part);
         match std::fs::symlink_metadata(&dir) {
             Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(StageError::new(
-                ErrorKind::Permission,
-                format!(
+            Ok(_) => {
+                return Err(StageError::new(
+                    ErrorKind::Permission,
+                    format!(
                     "{} is not a directory (a symbolic link?); stagehost never writes through one",
                     display::path(&dir)
                 ),
-            )),
+                ))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::DirBuilder::new()
                     .mode(0o700)

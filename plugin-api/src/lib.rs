@@ -205,6 +205,7 @@ mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod validators;
+mod xattr;
 
 pub use error::{ErrorKind, StageError};
 pub use file::{redact_url, File};

@@ -42,58 +42,6 @@ fn fallback(dest: &Path, working_dir: &Path) -> PathBuf {
         .join(format!("{hash:016x}"))
 }
 
-#[cfg(target_os = "linux")]
-fn get_xattr(path: &Path) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let c_name = std::ffi::CString::new(XATTR).ok()?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    (n >= 0).then(|| {
-        buf.truncate(n as usize);
-        buf
-    })
-}
-
-#[cfg(target_os = "linux")]
-fn set_xattr(path: &Path, value: &[u8]) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let (Ok(c_path), Ok(c_name)) = (
-        std::ffi::CString::new(path.as_os_str().as_bytes()),
-        std::ffi::CString::new(XATTR),
-    ) else {
-        return false;
-    };
-    // SAFETY: valid NUL-terminated strings and a value of the given length.
-    unsafe {
-        libc::setxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        ) == 0
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn get_xattr(_path: &Path) -> Option<Vec<u8>> {
-    None
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_xattr(_path: &Path, _value: &[u8]) -> bool {
-    false
-}
-
 /// The URL a record is bound to, as it is kept: the URL without its userinfo and
 /// fragment, hashed, so a record never holds a credential.
 fn url_key(url: &str) -> String {
@@ -118,7 +66,8 @@ fn url_key(url: &str) -> String {
 /// must not make v1's file pass for v2's.
 pub fn load_for(url: &str, dest: &Path, working_dir: &Path) -> Option<String> {
     let (size, mtime) = stamp(dest)?;
-    let raw = get_xattr(dest).or_else(|| std::fs::read(fallback(dest, working_dir)).ok())?;
+    let raw = crate::xattr::get(dest, XATTR)
+        .or_else(|| std::fs::read(fallback(dest, working_dir)).ok())?;
     let text = String::from_utf8(raw).ok()?;
     let mut lines = text.lines();
     let (validator, rec_size, rec_mtime, rec_url) =
@@ -140,7 +89,7 @@ pub fn store_for(url: &str, dest: &Path, working_dir: &Path, validator: &str) {
         return;
     }
     let value = format!("{validator}\n{size}\n{mtime}\n{}\n", url_key(url));
-    if set_xattr(dest, value.as_bytes()) {
+    if crate::xattr::set(dest, XATTR, value.as_bytes()) {
         return;
     }
     // A record file is replaced by a rename, never written through a symlink planted

@@ -165,6 +165,28 @@ fn a_failed_rename_leaves_no_temporary_file_and_names_the_destination() {
     ]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let dest = sandbox.join("wd/in.txt");
+    // Refused before anything is written: the directory is not stagehost's to replace.
+    assert_eq!(
+        out.stderr.lines().next().unwrap(),
+        format!(
+            "stagehost: error: cannot stage in {}: provider \"files\" (plugin file 0.1.0) on executor \"local\": replace_task: permission denied: {} already exists and stagehost did not put it there; it is never overwritten: move it away, or set overwrite = true in [executor.local]",
+            input.display(),
+            dest.display()
+        )
+    );
+    // Where replacing is allowed, the rename fails and names the destination.
+    let allowing = sandbox.write(
+        "allow.toml",
+        "[[provider]]\nname = \"files\"\nplugin = \"file\"\nsettings = { mode = \"copy\" }\n[executor.local]\nworking_dir = \"wd\"\noverwrite = true\n",
+    );
+    let out = sandbox.run(&[
+        "--config",
+        allowing.to_str().unwrap(),
+        "stage",
+        "in",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert_eq!(
         out.stderr.lines().next().unwrap(),
         format!(

@@ -719,3 +719,68 @@ fn a_symlink_planted_in_the_hosts_private_directory_sends_no_file_elsewhere() {
         "from A\n"
     );
 }
+
+#[test]
+fn a_users_own_file_at_a_destination_is_never_overwritten_or_deleted() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "zip", "");
+    let report = sandbox.write("wd/report.txt", "the user's own report\n");
+    let archive = sandbox.join("out.zip");
+    // A task whose zip output's working copy would land on the user's file.
+    let flow = format!(
+        "[[task]]\nname = \"t\"\ncommand = \"echo generated > {{outputs[0]}}\"\noutputs = [\"zip:{}/report.txt\"]\n",
+        archive.display()
+    );
+    let out = sandbox.run_workflow(&cfg, &flow);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("already exists and stagehost did not put it there")
+            && out.stderr.contains("report.txt")
+            && out.stderr.contains("provider \"p\"")
+            && out.stderr.contains("executor \"local\""),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap(),
+        "the user's own report\n"
+    );
+
+    // A download onto a user's file is refused too, as gfal-copy does without -f.
+    let server = FaultServer::start();
+    let web = sandbox.write(
+        "web.toml",
+        "[[provider]]\nname = \"web\"\nplugin = \"http\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"web\"]\n",
+    );
+    let out = stage_in(&sandbox, &web, &server.url("/data/report.txt"));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("overwrite = true"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap(),
+        "the user's own report\n"
+    );
+    // What stagehost staged itself it may replace on the next run.
+    let out = stage_in(&sandbox, &web, &server.url("/data/10"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = stage_in(&sandbox, &web, &server.url("/data/10"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // A file a user saved in its place (an editor writes a new file and renames it)
+    // is the user's now.
+    std::fs::write(sandbox.join("wd/10.new"), "edited by the user\n").unwrap();
+    std::fs::rename(sandbox.join("wd/10.new"), sandbox.join("wd/10")).unwrap();
+    let out = stage_in(&sandbox, &web, &server.url("/data/10"));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/10")).unwrap(),
+        "edited by the user\n"
+    );
+    // Unless the site allows replacing.
+    let allow = sandbox.write(
+        "allow.toml",
+        "[[provider]]\nname = \"web\"\nplugin = \"http\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"web\"]\noverwrite = true\n",
+    );
+    let out = stage_in(&sandbox, &allow, &server.url("/data/report.txt"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read(&report).unwrap(), b"");
+}
