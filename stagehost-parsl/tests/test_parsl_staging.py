@@ -162,7 +162,9 @@ def test_a_zip_input(dfk: Any, tmp_path: Path, workdir: Path) -> None:
         z.writestr("inside/here.txt", "from the archive\n")
     [(seen, text)] = read_inputs["sep"](inputs=[File(f"zip:{archive}/inside/here.txt")]).result()
     assert text == "from the archive\n"
-    assert seen == str(workdir / "inside/here.txt")
+    # Where the host puts every staged file (Parsl would use <working_dir>/inside/here.txt,
+    # where two archives' members of one name share a file).
+    assert seen == str(workdir / "here.txt")
 
 
 def test_a_separate_stage_in_error_names_the_file(dfk: Any, nginx: Any) -> None:

@@ -161,7 +161,14 @@ fn a_block_cancelled_mid_task_is_retried_on_another_block_and_a_wrong_secret_is_
         .unwrap()
         .trim_matches('\'')
         .to_owned();
-    let wrong = sandbox.write("wrong-secret", "0000");
+    // The run's certificate (so TLS succeeds), with a wrong secret.
+    let real =
+        std::fs::read_to_string(block_scripts(&sandbox)[0].with_file_name("secret")).unwrap();
+    let fingerprint = real.lines().nth(1).unwrap().to_owned();
+    let wrong = sandbox.write(
+        "wrong-secret",
+        format!("{}\n{fingerprint}\n", "00".repeat(32)),
+    );
     std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let intruder = sandbox.run(&[
         "--config",
@@ -176,9 +183,7 @@ fn a_block_cancelled_mid_task_is_retried_on_another_block_and_a_wrong_secret_is_
     ]);
     assert_eq!(intruder.code, Some(1), "{}", intruder.stderr);
     assert!(
-        intruder
-            .stderr
-            .contains("the run refused this worker: wrong secret"),
+        intruder.stderr.contains("the run did not prove the secret"),
         "{}",
         intruder.stderr
     );

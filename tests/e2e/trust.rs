@@ -784,3 +784,66 @@ fn a_users_own_file_at_a_destination_is_never_overwritten_or_deleted() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(std::fs::read(&report).unwrap(), b"");
 }
+
+#[test]
+fn a_worker_obeys_only_its_own_run() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let sandbox = Sandbox::new();
+    // Whoever holds the port now (the run is gone): it answers in the old plain
+    // protocol and sends a command.
+    let impostor = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = impostor.local_addr().unwrap().to_string();
+    let pwned = sandbox.join("pwned");
+    let task = format!(
+        "{{\"type\":\"task\",\"id\":1,\"name\":\"t\",\"executor\":\"local\",\"command\":\"touch {}\",\"files\":{{\"working_dir\":\"/tmp\",\"inputs\":[],\"args\":[],\"outputs\":[],\"stdout\":null,\"stderr\":null}},\"timeout_secs\":null,\"staged\":[]}}\n",
+        pwned.display()
+    );
+    let heard = std::thread::spawn(move || {
+        let (conn, _) = impostor.accept().unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut first = vec![0u8; 512];
+        let n = reader.read(&mut first).unwrap_or(0);
+        first.truncate(n);
+        let mut conn = conn;
+        let _ = conn.write_all(b"{\"type\":\"welcome\",\"version\":1,\"heartbeat_secs\":1.0}\n");
+        let _ = conn.write_all(task.as_bytes());
+        let mut rest = String::new();
+        let _ = reader.read_line(&mut rest);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        first
+    });
+    let secret = "3c".repeat(32);
+    let secret_file = sandbox.write("secret", format!("{secret}\nsha256:{}\n", "ab".repeat(32)));
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"file\"\nplugin = \"file\"\n[executor.local]\nworking_dir = \"wd\"\n",
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "worker",
+        "--connect",
+        &at,
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+        "--executor",
+        "local",
+        "--slots",
+        "1",
+    ]);
+    let first = heard.join().unwrap();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not this worker's run"),
+        "{}",
+        out.stderr
+    );
+    assert!(!pwned.exists(), "the worker ran the impostor's command");
+    assert!(
+        !String::from_utf8_lossy(&first).contains(&secret),
+        "the secret went to the impostor"
+    );
+}

@@ -1,5 +1,6 @@
 //! `stagehost worker`: the node side of a `slurm` executor. Started by a block's
-//! script; connects back to the run, proves the run's secret, and runs the tasks it
+//! script; connects back to the run over TLS pinned to the run's certificate, proves
+//! the run's secret (and checks the run's proof), and runs the tasks it
 //! is sent (their in-task steps planned here, from the same config) until the run
 //! tells it to stop or is lost.
 
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use stagehost::engine::{serve_worker, WorkerOptions};
+use stagehost::engine::{serve_worker, WorkerKey, WorkerOptions};
 use stagehost::{Config, DataManager, Registry};
 
 use super::CliError;
@@ -50,15 +51,14 @@ pub fn worker(
             meta.mode() & 0o777
         )));
     }
-    let secret = std::fs::read_to_string(&args.secret_file)
-        .map_err(|e| {
-            CliError::Staging(format!(
-                "cannot read the secret file {}: {e}",
-                args.secret_file.display()
-            ))
-        })?
-        .trim()
-        .to_owned();
+    let text = std::fs::read_to_string(&args.secret_file).map_err(|e| {
+        CliError::Staging(format!(
+            "cannot read the secret file {}: {e}",
+            args.secret_file.display()
+        ))
+    })?;
+    let key = WorkerKey::parse(&text)
+        .map_err(|e| CliError::Staging(format!("{}: {e}", args.secret_file.display())))?;
     let dm = Arc::new(DataManager::new(registry));
     if !dm.executor_labels().contains(&args.executor.as_str()) {
         return Err(CliError::Staging(format!(
@@ -75,7 +75,7 @@ pub fn worker(
         .expect("a tokio runtime builds");
     let options = WorkerOptions {
         connect: args.connect,
-        secret,
+        key,
         executor: args.executor,
         block: args.block,
         slots: args

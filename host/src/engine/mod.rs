@@ -19,6 +19,7 @@
 //!   settles every task and data future as cancelled; transfers are awaited, so no
 //!   partial file outlives the run.
 
+mod channel;
 mod command;
 mod pool;
 mod remote;
@@ -36,6 +37,7 @@ use stagehost_plugin_api::{display, File};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use channel::WorkerKey;
 pub use command::{check as check_command, expand as expand_command, shell_quote};
 pub use remote::{serve_worker, WorkerOptions, PROTOCOL_VERSION};
 pub use runner::{StageOutcome, StageRunner};
@@ -138,20 +140,22 @@ fn start_remote(
         .mode(0o700)
         .create(&run_dir)
         .map_err(|err| fail(&format!("cannot create {}", run_dir.display()), err))?;
-    let secret = remote::new_secret().map_err(|err| fail("cannot make a secret", err))?;
+    // The run's secret and the fingerprint of its TLS certificate: what a worker needs
+    // to tell its run from anyone else on that port.
+    let key = channel::RunKey::generate().map_err(|err| fail("cannot make the run's key", err))?;
     let secret_file = run_dir.join("secret");
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&secret_file)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, secret.as_bytes()))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, key.file_text().as_bytes()))
         .map_err(|err| fail(&format!("cannot write {}", secret_file.display()), err))?;
     let address = config.address.clone().unwrap_or_else(|| "127.0.0.1".into());
     let dispatcher = remote::Dispatcher::start(
         &e.label,
         &address,
-        secret,
+        key,
         std::time::Duration::from_secs_f64(config.heartbeat_secs),
         config.prefetch,
     )

@@ -2,24 +2,32 @@
 //! the run's side (a [`Dispatcher`] that hands tasks to connected workers), and the
 //! node's side ([`serve_worker`], behind `stagehost worker`).
 //!
-//! The protocol is one JSON message per line over TCP. A worker opens with `hello`
-//! (protocol version, the run's secret, its block and host, its slots); the run
-//! answers `welcome` or `refused` and closes. Then the run sends `task`s, the worker
-//! answers each with `done`, and both send `heartbeat`s; a peer silent for three
-//! heartbeat periods is lost. `shutdown` ends a worker.
+//! The protocol is one JSON message per line over TLS 1.3 pinned to the run's own
+//! certificate ([`super::channel`]). A worker opens with `hello` (protocol version, a
+//! nonce, its block and host, its slots); the run answers with a `challenge` (its own
+//! nonce and its proof of the secret); the worker checks that proof and answers with
+//! its own `proof`; the run answers `welcome` or `refused` and closes. Neither side
+//! ever sends the secret. Then the run sends `task`s, the worker answers each with
+//! `done`, and both send `heartbeat`s; a peer silent for three heartbeat periods is
+//! lost. `shutdown` ends a worker.
+//!
+//! Before a peer has proved itself everything read is bounded (a deadline, a few KiB
+//! per message), and at most [`MAX_UNAUTHENTICATED`] connections wait for their proof
+//! at once: a flood of idle or endless connections cannot exhaust the run's memory or
+//! threads, and the real workers still get in.
 //!
 //! The node re-plans each file that has an in-task step, from the same config, the
 //! executor label, the URL and the destination planned on the submit side (a plan
 //! holds plugin objects and cannot be shipped), and runs the steps and the command
 //! there. Separate jobs never reach the node.
 //!
-//! Invariants: a connection that has not presented the secret gets no task; a task
+//! Invariants: a connection that has not proved the secret gets no task, and a worker
+//! runs nothing from a peer that has not proved it; a task
 //! in flight on a worker that is lost fails with the cause, and the engine retries
 //! it within the task's retries.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -30,11 +38,19 @@ use serde::{Deserialize, Serialize};
 use crate::data_manager::{Direction, StageOptions};
 use crate::DataManager;
 
+use super::channel::{
+    proof, random_hex, same, Channel, RunKey, WorkerKey, HANDSHAKE_DEADLINE, LIMIT, PRE_AUTH_LIMIT,
+};
 use super::command::{self, Commands};
 use super::task::TaskFiles;
 
 /// The protocol's version; a worker of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Connections that may wait for their proof at once; a new one beyond closes the
+/// oldest waiting (which has had the most time), so a flood of silent connections
+/// neither exhausts threads nor keeps a real worker out.
+pub const MAX_UNAUTHENTICATED: usize = 64;
 
 /// One message, either way.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,11 +59,15 @@ pub enum Message {
     /// Worker → run, first.
     Hello {
         version: u32,
-        secret: String,
+        nonce: String,
         block: String,
         host: String,
         slots: usize,
     },
+    /// Run → worker: the run's nonce and its proof of the secret.
+    Challenge { nonce: String, proof: String },
+    /// Worker → run: the worker's proof of the secret.
+    Proof { proof: String },
     /// Run → worker: accepted.
     Welcome { version: u32, heartbeat_secs: f64 },
     /// Run → worker: refused, and why; the connection closes.
@@ -106,38 +126,30 @@ pub struct NodeFileResult {
     pub error: Option<String>,
 }
 
-fn send(stream: &Mutex<TcpStream>, message: &Message) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    let mut s = stream.lock().unwrap_or_else(|p| p.into_inner());
-    s.write_all(&line)
-}
-
-fn receive(reader: &mut impl BufRead) -> std::io::Result<Option<Message>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
+/// Logs at most one line a second about refused connections (a flood must not flood
+/// the log too), saying how many were left unsaid.
+fn log_refusal(label: &str, line: &str) {
+    static LAST: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    match &mut *last {
+        Some((at, unsaid)) if at.elapsed() < Duration::from_secs(1) => *unsaid += 1,
+        _ => {
+            let unsaid = last.map_or(0, |(_, n)| n);
+            if unsaid > 0 {
+                tracing::warn!("executor {label:?}: {line} ({unsaid} more refusals not logged)");
+            } else {
+                tracing::warn!("executor {label:?}: {line}");
+            }
+            *last = Some((Instant::now(), 0));
+        }
     }
-    serde_json::from_str(&line)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Constant-time comparison of two secrets.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-/// A fresh secret: 32 random bytes from the OS, as hex.
-pub fn new_secret() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+/// Time left before `deadline` (at least 1 ms).
+fn left(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
 }
 
 // ---------------------------------------------------------------------------------
@@ -165,7 +177,7 @@ struct Worker {
     host: String,
     slots: usize,
     busy: HashMap<u64, Reply>,
-    stream: Arc<Mutex<TcpStream>>,
+    channel: Arc<Channel>,
     idle_since: Instant,
 }
 
@@ -194,7 +206,9 @@ pub struct Dispatcher {
     saturated: std::sync::atomic::AtomicBool,
     explain: Mutex<Option<Explain>>,
     abandon: Mutex<Option<Abandon>>,
-    secret: String,
+    key: RunKey,
+    /// Connections still before their proof, oldest first (with a handle to close).
+    waiting: Mutex<VecDeque<(u64, TcpStream)>>,
     heartbeat: Duration,
     address: std::net::SocketAddr,
     state: Mutex<State>,
@@ -207,7 +221,7 @@ impl Dispatcher {
     pub fn start(
         label: &str,
         bind: &str,
-        secret: String,
+        key: RunKey,
         heartbeat: Duration,
         prefetch: usize,
     ) -> std::io::Result<Arc<Dispatcher>> {
@@ -219,7 +233,8 @@ impl Dispatcher {
             saturated: std::sync::atomic::AtomicBool::new(false),
             explain: Mutex::new(None),
             abandon: Mutex::new(None),
-            secret,
+            key,
+            waiting: Mutex::new(VecDeque::new()),
             heartbeat,
             address,
             state: Mutex::new(State::default()),
@@ -230,15 +245,54 @@ impl Dispatcher {
         std::thread::Builder::new()
             .name(format!("stagehost-{label}-accept"))
             .spawn(move || {
-                for stream in listener.incoming() {
+                let mut pause = Duration::from_millis(10);
+                loop {
+                    let accepted = listener.accept();
                     if d.lock().closed {
                         break;
                     }
-                    let Ok(stream) = stream else { continue };
-                    let d = d.clone();
-                    let _ = std::thread::Builder::new()
+                    let stream = match accepted {
+                        Ok((stream, _)) => {
+                            pause = Duration::from_millis(10);
+                            stream
+                        }
+                        Err(e) => {
+                            // Out of descriptors (EMFILE) or memory: back off instead
+                            // of spinning, and let the held connections go first.
+                            log_refusal(&d.label, &format!("cannot accept a connection: {e}"));
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_secs(1));
+                            continue;
+                        }
+                    };
+                    let Ok(handle) = stream.try_clone() else {
+                        continue;
+                    };
+                    let conn = d.next_conn.fetch_add(1, Ordering::Relaxed);
+                    {
+                        let mut waiting = d.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        if waiting.len() >= MAX_UNAUTHENTICATED {
+                            if let Some((_, oldest)) = waiting.pop_front() {
+                                let _ = oldest.shutdown(std::net::Shutdown::Both);
+                            }
+                            log_refusal(
+                                &d.label,
+                                &format!(
+                                    "closed the oldest of {MAX_UNAUTHENTICATED} connections still to prove the secret"
+                                ),
+                            );
+                        }
+                        waiting.push_back((conn, handle));
+                    }
+                    let spawned = std::thread::Builder::new()
                         .name(format!("stagehost-{}-conn", d.label))
-                        .spawn(move || d.serve_connection(stream));
+                        .spawn({
+                            let d = d.clone();
+                            move || d.serve_connection(stream, conn)
+                        });
+                    if spawned.is_err() {
+                        d.forget_waiting(conn);
+                    }
                 }
             })?;
         Ok(dispatcher)
@@ -351,7 +405,7 @@ impl Dispatcher {
                 .collect()
         };
         for w in retired {
-            let _ = send(&w.stream, &Message::Shutdown);
+            let _ = w.channel.send(&Message::Shutdown);
         }
         true
     }
@@ -366,13 +420,13 @@ impl Dispatcher {
 
     /// Ends the run's side: workers are told to shut down, waiting tasks fail.
     pub fn close(&self) {
-        let streams: Vec<Arc<Mutex<TcpStream>>> = {
+        let channels: Vec<Arc<Channel>> = {
             let mut state = self.lock();
             state.closed = true;
-            state.workers.values().map(|w| w.stream.clone()).collect()
+            state.workers.values().map(|w| w.channel.clone()).collect()
         };
-        for s in streams {
-            let _ = send(&s, &Message::Shutdown);
+        for c in channels {
+            let _ = c.send(&Message::Shutdown);
         }
         self.fail_pending("the run ended");
         self.changed.notify_all();
@@ -380,70 +434,97 @@ impl Dispatcher {
         let _ = TcpStream::connect(self.address);
     }
 
-    fn serve_connection(self: &Arc<Self>, stream: TcpStream) {
+    /// Takes connection `conn` off the list of those still to prove the secret.
+    fn forget_waiting(&self, conn: u64) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = waiting.iter().position(|(c, _)| *c == conn) {
+            waiting.remove(at);
+        }
+    }
+
+    fn serve_connection(self: &Arc<Self>, stream: TcpStream, conn: u64) {
+        let authenticated = self.authenticate(stream);
+        self.forget_waiting(conn);
+        if let Some((channel, block, host, slots)) = authenticated {
+            self.serve_worker_connection(channel, block, host, slots);
+        }
+    }
+
+    /// The TLS handshake and the mutual proof, bounded in time and bytes: the worker's
+    /// channel, block, host and slots, or `None` (refused, logged).
+    fn authenticate(&self, stream: TcpStream) -> Option<(Arc<Channel>, String, String, usize)> {
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        let _ = stream.set_read_timeout(Some(self.heartbeat * 3));
-        let _ = stream.set_nodelay(true);
-        let Ok(read_half) = stream.try_clone() else {
-            return;
+        let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+        let refuse = |why: &str| {
+            log_refusal(&self.label, &format!("refused a worker from {peer}: {why}"));
         };
-        let mut reader = BufReader::new(read_half);
-        let stream = Arc::new(Mutex::new(stream));
-        let hello = receive(&mut reader);
-        let (block, host, slots) = match hello {
-            Ok(Some(Message::Hello {
-                version,
-                secret,
-                block,
-                host,
-                slots,
-            })) => {
-                if version != PROTOCOL_VERSION {
-                    let reason =
-                        format!("protocol version {version}, this run speaks {PROTOCOL_VERSION}");
-                    tracing::warn!(
-                        "executor {:?}: refused a worker from {peer}: {reason}",
-                        self.label
-                    );
-                    let _ = send(&stream, &Message::Refused { reason });
-                    return;
-                }
-                if !same_secret(&secret, &self.secret) {
-                    tracing::warn!(
-                        "executor {:?}: refused a worker from {peer}: wrong secret",
-                        self.label
-                    );
-                    let _ = send(
-                        &stream,
-                        &Message::Refused {
-                            reason: "wrong secret".into(),
-                        },
-                    );
-                    return;
-                }
-                (block, host, slots.max(1))
+        let channel = match Channel::accept(stream, &self.key, deadline) {
+            Ok(channel) => Arc::new(channel),
+            Err(e) => {
+                refuse(&format!("no TLS handshake ({e})"));
+                return None;
             }
+        };
+        let hello = channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline)));
+        let Ok(Some(Message::Hello {
+            version,
+            nonce,
+            block,
+            host,
+            slots,
+        })) = hello
+        else {
+            refuse("no hello");
+            return None;
+        };
+        if version != PROTOCOL_VERSION {
+            let reason = format!("protocol version {version}, this run speaks {PROTOCOL_VERSION}");
+            refuse(&reason);
+            let _ = channel.send(&Message::Refused { reason });
+            return None;
+        }
+        let Ok(run_nonce) = random_hex(32) else {
+            return None;
+        };
+        let challenge = Message::Challenge {
+            proof: proof(&self.key.secret, "run", &nonce, &run_nonce),
+            nonce: run_nonce.clone(),
+        };
+        if channel.send(&challenge).is_err() {
+            return None;
+        }
+        let expected = proof(&self.key.secret, "worker", &nonce, &run_nonce);
+        match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline))) {
+            Ok(Some(Message::Proof { proof })) if same(&proof, &expected) => {}
             _ => {
-                tracing::warn!(
-                    "executor {:?}: refused a connection from {peer}: no hello",
-                    self.label
-                );
-                return;
+                refuse("wrong secret");
+                let _ = channel.send(&Message::Refused {
+                    reason: "wrong secret".into(),
+                });
+                return None;
             }
-        };
-        if send(
-            &stream,
-            &Message::Welcome {
+        }
+        if channel
+            .send(&Message::Welcome {
                 version: PROTOCOL_VERSION,
                 heartbeat_secs: self.heartbeat.as_secs_f64(),
-            },
-        )
-        .is_err()
+            })
+            .is_err()
         {
-            return;
+            return None;
         }
+        Some((channel, block, host, slots.max(1)))
+    }
+
+    fn serve_worker_connection(
+        self: &Arc<Self>,
+        channel: Arc<Channel>,
+        block: String,
+        host: String,
+        slots: usize,
+    ) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "executor {:?}: worker {id} connected from {host} (block {block}, {slots} slots)",
@@ -456,16 +537,16 @@ impl Dispatcher {
                 host,
                 slots,
                 busy: HashMap::new(),
-                stream: stream.clone(),
+                channel: channel.clone(),
                 idle_since: Instant::now(),
             },
         );
         // Heartbeats out, tasks out, results in.
         let beat = {
-            let (d, s) = (self.clone(), stream.clone());
+            let (d, c) = (self.clone(), channel.clone());
             std::thread::spawn(move || loop {
                 std::thread::sleep(d.heartbeat);
-                if !d.lock().workers.contains_key(&id) || send(&s, &Message::Heartbeat).is_err() {
+                if !d.lock().workers.contains_key(&id) || c.send(&Message::Heartbeat).is_err() {
                     break;
                 }
             })
@@ -475,7 +556,7 @@ impl Dispatcher {
             std::thread::spawn(move || d.feed(id))
         };
         let lost_because = loop {
-            match receive(&mut reader) {
+            match channel.receive::<Message>(LIMIT, Some(self.heartbeat * 3)) {
                 Ok(Some(Message::Done(result))) => {
                     let reply = {
                         let mut state = self.lock();
@@ -534,17 +615,14 @@ impl Dispatcher {
             if worker.busy.len() < worker.slots + queued && !state.pending.is_empty() {
                 let p = state.pending.pop_front().expect("not empty");
                 let worker = state.workers.get_mut(&id).expect("present");
-                let stream = worker.stream.clone();
+                let channel = worker.channel.clone();
                 worker.busy.insert(p.task.id, p.reply);
                 drop(state);
-                let sent = send(&stream, &Message::Task(p.task.clone()));
+                let sent = channel.send(&Message::Task(p.task.clone()));
                 state = self.lock();
                 if sent.is_err() {
                     // The reader sees the broken connection and fails the task.
-                    let _ = stream
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .shutdown(Shutdown::Both);
+                    channel.shutdown();
                 }
                 continue;
             }
@@ -567,11 +645,7 @@ impl Dispatcher {
             let cause = state.ended.get(&worker.block).cloned();
             (worker, cause)
         };
-        let _ = worker
-            .stream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .shutdown(Shutdown::Both);
+        worker.channel.shutdown();
         // A worker whose connection broke: its block may have just ended (cancelled,
         // out of time); the scheduler tells, a moment later at most.
         let explain = self
@@ -630,7 +704,8 @@ impl Dispatcher {
 /// How `stagehost worker` was asked to run.
 pub struct WorkerOptions {
     pub connect: String,
-    pub secret: String,
+    /// The run's secret and certificate fingerprint, from the secret file.
+    pub key: WorkerKey,
     pub executor: String,
     pub block: String,
     pub slots: usize,
@@ -645,44 +720,21 @@ pub fn serve_worker(
     options: WorkerOptions,
     runtime: tokio::runtime::Handle,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(&options.connect)
-        .map_err(|e| format!("cannot connect to the run at {}: {e}", options.connect))?;
-    let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let stream = Arc::new(Mutex::new(stream));
     let host = hostname();
-    send(
-        &stream,
-        &Message::Hello {
-            version: PROTOCOL_VERSION,
-            secret: options.secret.clone(),
-            block: options.block.clone(),
-            host: host.clone(),
-            slots: options.slots,
-        },
-    )
-    .map_err(|e| format!("cannot greet the run: {e}"))?;
-    let heartbeat = match receive(&mut reader) {
-        Ok(Some(Message::Welcome { heartbeat_secs, .. })) => {
-            Duration::from_secs_f64(heartbeat_secs.clamp(0.05, 86_400.0))
-        }
-        Ok(Some(Message::Refused { reason })) => {
-            return Err(format!("the run refused this worker: {reason}"))
-        }
-        Ok(_) => return Err("the run did not answer the hello".into()),
-        Err(e) => return Err(format!("the run did not answer the hello: {e}")),
-    };
-    reader
-        .get_ref()
-        .set_read_timeout(Some(heartbeat * 3))
-        .map_err(|e| e.to_string())?;
+    let (channel, heartbeat) = join_run(
+        &options.connect,
+        &options.key,
+        &options.block,
+        &host,
+        options.slots,
+    )?;
     let commands =
         Arc::new(Commands::new(runtime.clone()).map_err(|e| format!("cannot create a pipe: {e}"))?);
     {
-        let s = stream.clone();
+        let c = channel.clone();
         std::thread::spawn(move || loop {
             std::thread::sleep(heartbeat);
-            if send(&s, &Message::Heartbeat).is_err() {
+            if c.send(&Message::Heartbeat).is_err() {
                 break;
             }
         });
@@ -692,7 +744,7 @@ pub fn serve_worker(
     for n in 0..options.slots.max(1) {
         let (rx, s, dm, commands) = (
             tasks_rx.clone(),
-            stream.clone(),
+            channel.clone(),
             dm.clone(),
             commands.clone(),
         );
@@ -706,14 +758,14 @@ pub fn serve_worker(
                     Err(_) => break,
                 };
                 let result = run_node_task(&dm, &commands, task, &place, retries);
-                if send(&s, &Message::Done(result)).is_err() {
+                if s.send(&Message::Done(result)).is_err() {
                     break;
                 }
             })
             .map_err(|e| e.to_string())?;
     }
     loop {
-        match receive(&mut reader) {
+        match channel.receive::<Message>(LIMIT, Some(heartbeat * 3)) {
             Ok(Some(Message::Task(task))) => {
                 let _ = tasks_tx.send(task);
             }
@@ -733,6 +785,69 @@ pub fn serve_worker(
             }
         }
     }
+}
+
+/// The worker's side of the handshake: TLS pinned to the run's certificate, then the
+/// mutual proof. The channel and the heartbeat period the run asked for.
+fn join_run(
+    connect: &str,
+    key: &WorkerKey,
+    block: &str,
+    host: &str,
+    slots: usize,
+) -> Result<(Arc<Channel>, Duration), String> {
+    let sock = TcpStream::connect(connect)
+        .map_err(|e| format!("cannot connect to the run at {}: {e}", connect))?;
+    let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    // Only the run whose certificate the secret file names completes this: whoever
+    // holds the port after the run died does not, and this worker runs nothing.
+    let channel = Arc::new(Channel::connect(sock, key, deadline).map_err(|e| {
+        format!(
+            "no secure channel to the run at {} ({e}): it is not this worker's run, or the run is gone",
+            connect
+        )
+    })?);
+    let nonce = random_hex(32).map_err(|e| format!("cannot make a nonce: {e}"))?;
+    channel
+        .send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            nonce: nonce.clone(),
+            block: block.to_owned(),
+            host: host.to_owned(),
+            slots,
+        })
+        .map_err(|e| format!("cannot greet the run: {e}"))?;
+    let secret = &key.secret;
+    let run_nonce = match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline))) {
+        Ok(Some(Message::Challenge {
+            nonce: run_nonce,
+            proof: given,
+        })) if same(&given, &proof(secret, "run", &nonce, &run_nonce)) => run_nonce,
+        Ok(Some(Message::Challenge { .. })) => {
+            return Err("the run did not prove the secret: it is not this worker's run".into())
+        }
+        Ok(Some(Message::Refused { reason })) => {
+            return Err(format!("the run refused this worker: {reason}"))
+        }
+        Ok(_) => return Err("the run did not answer the hello".into()),
+        Err(e) => return Err(format!("the run did not answer the hello: {e}")),
+    };
+    channel
+        .send(&Message::Proof {
+            proof: proof(secret, "worker", &nonce, &run_nonce),
+        })
+        .map_err(|e| format!("cannot answer the run: {e}"))?;
+    let heartbeat = match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline))) {
+        Ok(Some(Message::Welcome { heartbeat_secs, .. })) => {
+            Duration::from_secs_f64(heartbeat_secs.clamp(0.05, 86_400.0))
+        }
+        Ok(Some(Message::Refused { reason })) => {
+            return Err(format!("the run refused this worker: {reason}"))
+        }
+        Ok(_) => return Err("the run did not welcome this worker".into()),
+        Err(e) => return Err(format!("the run did not welcome this worker: {e}")),
+    };
+    Ok((channel, heartbeat))
 }
 
 fn hostname() -> String {
@@ -861,4 +976,95 @@ fn run_step(dm: &DataManager, executor: &str, f: &NodeFile, retries: u32) -> Nod
     }
     result.seconds = start.elapsed().as_secs_f64();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn dispatcher() -> (Arc<Dispatcher>, WorkerKey) {
+        let key = RunKey::generate().unwrap();
+        let worker = WorkerKey::parse(&key.file_text()).unwrap();
+        let d = Dispatcher::start("t", "127.0.0.1", key, Duration::from_secs(5), 0).unwrap();
+        (d, worker)
+    }
+
+    fn threads() -> usize {
+        std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+    }
+
+    #[test]
+    fn only_a_worker_that_proves_the_secret_joins_and_it_joins_only_its_run() {
+        let (d, key) = dispatcher();
+        let at = d.address().to_string();
+        assert!(join_run(&at, &key, "b1", "h", 2).is_ok());
+        // The right certificate but a wrong secret: refused, by name.
+        let wrong = WorkerKey {
+            secret: "11".repeat(32),
+            ..key.clone()
+        };
+        let e = join_run(&at, &wrong, "b2", "h", 2).unwrap_err();
+        assert!(e.contains("did not prove the secret"), "{e}");
+        // Another run's key (what a process that took a dead run's port holds).
+        let (other, _) = dispatcher();
+        let e = join_run(&other.address().to_string(), &key, "b3", "h", 2).unwrap_err();
+        assert!(e.contains("not this worker's run"), "{e}");
+        // An impostor that speaks plain text gets nothing it can use: the first bytes
+        // a worker sends are a TLS ClientHello, never the secret.
+        let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fake_at = fake.local_addr().unwrap().to_string();
+        let heard = std::thread::spawn(move || {
+            let (mut c, _) = fake.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let _ = c.write_all(b"{\"type\":\"welcome\",\"version\":2,\"heartbeat_secs\":1}\n");
+            buf.truncate(n);
+            buf
+        });
+        assert!(join_run(&fake_at, &key, "b4", "h", 2).is_err());
+        let bytes = heard.join().unwrap();
+        assert_eq!(bytes.first(), Some(&0x16), "a TLS handshake record");
+        assert!(!String::from_utf8_lossy(&bytes).contains(&key.secret));
+        d.close();
+        other.close();
+    }
+
+    #[test]
+    fn silent_and_endless_peers_are_bounded_and_a_real_worker_still_joins() {
+        let (d, key) = dispatcher();
+        let at = d.address();
+        let before = threads();
+        // Hundreds of connections that never speak.
+        let silent: Vec<TcpStream> = (0..300)
+            .filter_map(|_| TcpStream::connect(at).ok())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let during = threads();
+        assert!(
+            during <= before + MAX_UNAUTHENTICATED + 8,
+            "{during} threads with 300 idle connections (from {before})"
+        );
+        // One that completes TLS, then sends an endless line: cut off after a few KiB.
+        let sock = TcpStream::connect(at).unwrap();
+        let fake = WorkerKey {
+            secret: "22".repeat(32),
+            ..key.clone()
+        };
+        let ch = Channel::connect(sock, &fake, Instant::now() + HANDSHAKE_DEADLINE).unwrap();
+        let chunk = "a".repeat(64 << 10);
+        let mut sent = 0usize;
+        while sent < (64 << 20) {
+            if ch.send(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        assert!(sent < (64 << 20), "the run kept reading an endless line");
+        // A real worker still gets in.
+        assert!(join_run(&at.to_string(), &key, "b", "h", 1).is_ok());
+        drop(silent);
+        d.close();
+    }
 }
