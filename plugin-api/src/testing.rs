@@ -314,6 +314,120 @@ impl TestHost {
     }
 }
 
+/// The host's rules, as one check every provider's tests can run (the shipped ones
+/// do): [`conformance`].
+#[derive(Debug, Clone, Copy)]
+pub struct Conformance<'a> {
+    /// A URL the provider stages in successfully.
+    pub good: &'a str,
+    /// A URL the provider fails to stage in (a missing file), if it has work that can
+    /// fail (a provider that uses files where they are has none).
+    pub missing: Option<&'a str>,
+    /// Secrets (passwords, tokens in settings or in the URLs) that must never appear in
+    /// a log line or an error.
+    pub secrets: &'a [&'a str],
+}
+
+/// Checks what the host requires of every provider, each in a fresh [`TestHost`]:
+/// - `good` lands at the host's destination (a provider never picks the path), as a
+///   regular file without set-id bits or group/other write;
+/// - staged in after the host cancelled, it fails as cancelled (or has no work) and
+///   leaves no file in the working directory, not even a temporary one;
+/// - `missing` fails with a kind other than `Panicked`, and neither that error nor
+///   any log line of the three stagings holds one of `secrets`.
+///
+/// Returns the first rule broken, in one line.
+pub fn conformance<P: Provider>(provider: &P, c: Conformance<'_>) -> Result<(), String> {
+    let leaks = |what: &str, text: &str| -> Result<(), String> {
+        match c
+            .secrets
+            .iter()
+            .find(|s| !s.is_empty() && text.contains(*s))
+        {
+            Some(_) => Err(format!("a secret appears in {what}: {text}")),
+            None => Ok(()),
+        }
+    };
+    let check_logs = |host: &TestHost| -> Result<(), String> {
+        for (_, line) in host.logs() {
+            leaks("a log line", &line)?;
+        }
+        Ok(())
+    };
+    // It lands where the host says, as the host requires (checked by `stage_in`).
+    let host = TestHost::new();
+    let staged = host
+        .stage_in(provider, c.good)
+        .map_err(|e| format!("{}: {e}", c.good))?;
+    if let Ok(path) = staged.file.filepath() {
+        if staged.file.local_path().is_some() {
+            let want = host.destination(&File::parse(c.good).map_err(|e| e.to_string())?);
+            if path != want {
+                return Err(format!(
+                    "{} landed at {}, not at the host's destination {}",
+                    c.good,
+                    path.display(),
+                    want.display()
+                ));
+            }
+        }
+    }
+    check_logs(&host)?;
+    // Cancelled: nothing is left.
+    let host = TestHost::new();
+    host.cancel();
+    match host.stage_in(provider, c.good) {
+        Err(e) if e.kind() == ErrorKind::Cancelled => {}
+        Err(e) => {
+            return Err(format!(
+                "cancelled, {} failed as {}, not cancelled: {e}",
+                c.good,
+                e.kind()
+            ))
+        }
+        Ok(staged) if staged.ran.is_empty() => {}
+        Ok(_) => return Err(format!("cancelled before it ran, {} still staged", c.good)),
+    }
+    let left = files_under(host.working_dir());
+    if !left.is_empty() {
+        return Err(format!("a cancelled stage-in left {left:?}"));
+    }
+    check_logs(&host)?;
+    // A failure is an error of its own kind, and shows no secret.
+    let Some(missing) = c.missing else {
+        return Ok(());
+    };
+    let host = TestHost::new();
+    match host.stage_in(provider, missing) {
+        Ok(_) => return Err(format!("{missing} was staged in, but it should not exist")),
+        Err(e) if e.kind() == ErrorKind::Panicked => {
+            return Err(format!("{missing} panicked: {e}"))
+        }
+        Err(e) => leaks("an error", &e.to_string())?,
+    }
+    check_logs(&host)?;
+    if !files_under(host.working_dir()).is_empty() {
+        return Err(format!("a failed stage-in of {missing} left a file"));
+    }
+    Ok(())
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => found.extend(files_under(&path)),
+                Ok(_) => found.push(path),
+                Err(_) => {}
+            }
+        }
+    }
+    found
+}
+
 impl Drop for TestHost {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

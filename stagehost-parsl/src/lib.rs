@@ -50,19 +50,76 @@ fn from_stage(url: &str, e: stagehost_plugin_api::StageError) -> PyErr {
     )
 }
 
-/// Logs of the host and its plugins go to stderr, filtered by `RUST_LOG` (default:
-/// warnings), as the CLI's do.
+/// Logs of the host and its plugins go to Python's `logging`, logger `stagehost` (so
+/// they reach Parsl's log and whatever handlers the application set), filtered first
+/// by `RUST_LOG` when it is set (else everything from `info` up is handed over, and the
+/// logger's own level decides).
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .try_init();
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(PythonLogging);
+        let _ = tracing::subscriber::set_global_default(subscriber);
     });
+}
+
+/// A `tracing` layer that hands each event to `logging.getLogger("stagehost")`.
+struct PythonLogging;
+
+/// An event's message and fields, as one line.
+#[derive(Default)]
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            self.0.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PythonLogging {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut line = Line::default();
+        event.record(&mut line);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => 40,
+            tracing::Level::WARN => 30,
+            tracing::Level::INFO => 20,
+            _ => 10,
+        };
+        // Not while the interpreter is going away: then the line is dropped.
+        let _ = Python::try_attach(|py| -> PyResult<()> {
+            let logger = py
+                .import("logging")?
+                .call_method1("getLogger", ("stagehost",))?;
+            if logger
+                .call_method1("isEnabledFor", (level,))?
+                .is_truthy()?
+            {
+                logger.call_method1("log", (level, line.0.as_str()))?;
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The config a spec names: `("embedded",)`, `("path", PATH)` or
@@ -203,7 +260,7 @@ impl Host {
     /// `replace_task` (or the stage-out pair) on a fresh copy of the file, whose
     /// `local_path` is preset when `local_path` is given (a worker re-planning what
     /// the main process planned).
-    #[pyo3(signature = (direction, executor, url, local_path=None))]
+    #[pyo3(signature = (direction, executor, url, local_path=None, working_dir=None))]
     fn plan(
         &self,
         py: Python<'_>,
@@ -211,6 +268,7 @@ impl Host {
         executor: &str,
         url: &str,
         local_path: Option<String>,
+        working_dir: Option<String>,
     ) -> PyResult<Plan> {
         let mut file = File::parse(url).map_err(|e| from_stage(url, e))?;
         if let Some(path) = local_path {
@@ -220,7 +278,12 @@ impl Host {
         let dm = self.dm.clone();
         let staging = py
             .detach(|| {
-                let opts = StageOptions::default();
+                // The Parsl executor's working_dir, when it has one, as Parsl's own
+                // providers use it.
+                let opts = StageOptions {
+                    working_dir: working_dir.map(PathBuf::from),
+                    ..StageOptions::default()
+                };
                 if outbound {
                     dm.plan_stage_out(executor, &file, &opts)
                 } else {

@@ -14,7 +14,7 @@ drops into stagehost's plugin directories, or names in ``plugin_dirs``, are foun
 the ``stagehost`` CLI finds them.
 """
 
-from ._errors import StagingError
+from ._errors import StagingError, ZipAuthorityError
 from ._host import PLUGIN_DIR, resolve_config
 from ._staging import InTaskStaging, StagehostStaging
 
@@ -23,5 +23,6 @@ __all__ = [
     "InTaskStaging",
     "StagehostStaging",
     "StagingError",
+    "ZipAuthorityError",
     "resolve_config",
 ]

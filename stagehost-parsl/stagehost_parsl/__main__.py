@@ -25,9 +25,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "plugins", help="list plugin directories, plugins, providers and executors"
     )
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    # Also after the command, as `stagehost plugins list --config FILE` users write it.
+    plugins.add_argument(
+        "--config", dest="command_config", help="a stagehost config file (as above)"
+    )
     args = parser.parse_args(argv)
     try:
-        host = host_for(resolve_config(args.config))
+        host = host_for(resolve_config(args.command_config or args.config))
     except StagingError as e:
         print(f"stagehost: error: {e}", file=sys.stderr)
         return 2

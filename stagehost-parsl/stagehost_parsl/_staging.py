@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from concurrent.futures import Future
@@ -14,7 +15,7 @@ from parsl.data_provider.staging import Staging
 from parsl.utils import RepresentationMixin
 
 from . import _native
-from ._errors import StagingError
+from ._errors import StagingError, as_parsl_error
 from ._host import ConfigArg, ConfigSpec, host_for, resolve_config
 
 if TYPE_CHECKING:
@@ -66,17 +67,25 @@ class StagehostStaging(Staging, RepresentationMixin):
     # Parsl's questions.
 
     def can_stage_in(self, file: File) -> bool:
-        return host_for(self._spec).choose("in", self.executor, file.url) is not None
+        try:
+            return host_for(self._spec).choose("in", self.executor, file.url) is not None
+        except StagingError as e:
+            raise as_parsl_error(e, file) from None
 
     def can_stage_out(self, file: File) -> bool:
-        return host_for(self._spec).choose("out", self.executor, file.url) is not None
+        try:
+            return host_for(self._spec).choose("out", self.executor, file.url) is not None
+        except StagingError as e:
+            raise as_parsl_error(e, file) from None
 
     # Stage-in.
 
     def stage_in(
         self, dm: "DataManager", executor: str, file: File, parent_fut: Optional[Future]
     ) -> Optional[DataFuture]:
-        plan = host_for(self._spec).plan("in", self.executor, file.url)
+        plan = host_for(self._spec).plan(
+            "in", self.executor, file.url, None, _working_dir(dm, executor)
+        )
         if plan.local_path is not None:
             file.local_path = plan.local_path
         _keep(file, plan)
@@ -99,7 +108,9 @@ class StagehostStaging(Staging, RepresentationMixin):
     def stage_out(
         self, dm: "DataManager", executor: str, file: File, app_fu: Future
     ) -> Optional[Future]:
-        plan = host_for(self._spec).plan("out", self.executor, file.url)
+        plan = host_for(self._spec).plan(
+            "out", self.executor, file.url, None, _working_dir(dm, executor)
+        )
         if plan.local_path is not None:
             file.local_path = plan.local_path
         _keep(file, plan)
@@ -115,6 +126,16 @@ class StagehostStaging(Staging, RepresentationMixin):
         if plan is None or not plan.has_in_task_step:
             return None
         return InTaskStaging(func, self._spec, self.executor, "out", file.url, file.local_path)
+
+
+def _working_dir(dm: "DataManager", executor: str) -> Optional[str]:
+    """The Parsl executor's ``working_dir``, absolute, where Parsl's own providers put
+    staged files; ``None`` when it has none (stagehost's executor's is used)."""
+    try:
+        working_dir = dm.dfk.executors[executor].working_dir
+    except (AttributeError, KeyError):
+        return None
+    return os.path.abspath(working_dir) if working_dir else None
 
 
 class InTaskStaging:

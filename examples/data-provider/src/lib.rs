@@ -162,6 +162,21 @@ mod tests {
     }
 
     #[test]
+    fn it_keeps_the_hosts_rules() {
+        use stagehost_plugin_api::testing::{conformance, Conformance};
+        let provider = DataProvider::new(&Settings::from_toml("")).unwrap();
+        conformance(
+            &provider,
+            Conformance {
+                good: "data:text/plain;base64,aGVsbG8=",
+                missing: Some("data:nocomma"),
+                secrets: &[],
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn a_malformed_data_url_is_an_invalid_url_and_writes_nothing() {
         use stagehost_plugin_api::testing::TestHost;
         let host = TestHost::new();

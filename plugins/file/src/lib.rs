@@ -82,6 +82,8 @@ impl Provider for FileProvider {
         let src = PathBuf::from(file.path());
         let dest = file.filepath()?;
         Ok(Some(Job::new(move |ctx| {
+            // Cancelled before it ran: it makes nothing, links included.
+            ctx.check()?;
             if same_file(&src, &dest) {
                 return Ok(());
             }
@@ -154,6 +156,35 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path
+    }
+
+    #[test]
+    fn every_mode_keeps_the_hosts_rules() {
+        let sources = tempfile_dir();
+        let good = sources.join("data.txt");
+        std::fs::write(&good, "data\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o6775)).unwrap();
+        let missing = sources.join("missing.txt");
+        for mode in ["none", "copy", "symlink", "hardlink"] {
+            stagehost_plugin_api::testing::conformance(
+                &provider(mode),
+                stagehost_plugin_api::testing::Conformance {
+                    good: good.to_str().unwrap(),
+                    missing: (mode != "none").then(|| missing.to_str().unwrap()),
+                    secrets: &[],
+                },
+            )
+            .unwrap_or_else(|e| panic!("mode {mode}: {e}"));
+        }
+        // Mode none uses a file where it is: a missing one is the task's to find.
+        let _ = std::fs::remove_dir_all(&sources);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("stagehost-file-conformance-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -230,6 +230,34 @@ mod tests {
     }
 
     #[test]
+    fn it_keeps_the_hosts_rules() {
+        use stagehost_plugin_api::testing::{conformance, Conformance, TestHost};
+        let provider = ZipProvider::new(&Settings::from_toml("")).unwrap();
+        let host = TestHost::new();
+        let local = host.working_dir().join("made.txt");
+        std::fs::write(&local, "member\n").unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("stagehost-zip-conformance-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let archive = dir.join("a.zip");
+        let _ = std::fs::remove_file(&archive);
+        let good = format!("zip:{}/data.txt", archive.display());
+        host.stage_out(&provider, &local, &good).unwrap();
+        assert!(local.exists(), "a file the caller named is never removed");
+        let missing = format!("zip:{}/absent.txt", archive.display());
+        conformance(
+            &provider,
+            Conformance {
+                good: &good,
+                missing: Some(&missing),
+                secrets: &[],
+            },
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn bad_urls_are_refused_each_with_its_reason() {
         for (url, why) in [
             ("zip://host/tmp/a.zip/x", "netloc"),
