@@ -111,10 +111,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PythonLogging {
             let logger = py
                 .import("logging")?
                 .call_method1("getLogger", ("stagehost",))?;
-            if logger
-                .call_method1("isEnabledFor", (level,))?
-                .is_truthy()?
-            {
+            if logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {
                 logger.call_method1("log", (level, line.0.as_str()))?;
             }
             Ok(())
