@@ -52,6 +52,9 @@ pub struct WorkerKey {
     pub fingerprint: String,
 }
 
+// Newer rustls releases prefer a post-quantum key exchange; ring's provider is kept
+// (both ends are ours, and the key is per run).
+#[allow(deprecated)]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
