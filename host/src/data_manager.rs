@@ -592,9 +592,8 @@ impl DataManager {
         if fresh_claim && copy.local_path() != Some(destination.as_path()) {
             self.release(&destination, file.url());
         }
-        stagehost_plugin_api::landing::check_placement(copy.local_path(), &destination).map_err(
-            |e| provider_error(direction, file, &provider, executor, second.as_str(), e),
-        )?;
+        stagehost_plugin_api::landing::check_placement(copy.local_path(), &destination)
+            .map_err(|e| provider_error(direction, file, &provider, executor, "planning", e))?;
         let placed =
             copy.local_path() == Some(destination.as_path()) && file.local_path().is_none();
         if placed {
@@ -602,7 +601,7 @@ impl DataManager {
                 if fresh_claim {
                     self.release(&destination, file.url());
                 }
-                provider_error(direction, file, &provider, executor, second.as_str(), e)
+                provider_error(direction, file, &provider, executor, "planning", e)
             };
             // The host's own directories (`.stagehost/<hash>/`) are real, private
             // directories: a link planted there never sends a file elsewhere.

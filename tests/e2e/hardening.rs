@@ -169,7 +169,7 @@ fn a_failed_rename_leaves_no_temporary_file_and_names_the_destination() {
     assert_eq!(
         out.stderr.lines().next().unwrap(),
         format!(
-            "stagehost: error: cannot stage in {}: provider \"files\" (plugin file 0.1.0) on executor \"local\": replace_task: permission denied: {} already exists and stagehost did not put it there; it is never overwritten: move it away, or set overwrite = true in [executor.local]",
+            "stagehost: error: cannot stage in {}: provider \"files\" (plugin file 0.1.0) on executor \"local\": planning: permission denied: {} already exists and stagehost did not put it there; it is never overwritten: move it away, or set overwrite = true in [executor.local]",
             input.display(),
             dest.display()
         )

@@ -847,3 +847,23 @@ fn a_worker_obeys_only_its_own_run() {
         "the secret went to the impostor"
     );
 }
+
+#[test]
+fn a_quiet_run_still_shows_its_failures() {
+    let sandbox = Sandbox::new();
+    let cfg = config(&sandbox, "http", "");
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"bad\"\ncommand = \"echo oops >&2; exit 3\"\n",
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("task \"bad\""), "{}", out.stderr);
+    assert!(out.stderr.contains("oops"), "{}", out.stderr);
+}

@@ -235,7 +235,7 @@ fn a_member_written_twice_is_an_error_unless_overwrite_and_never_a_duplicate() {
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("already holds a member m.txt; set overwrite = true"),
+            .contains("already holds a member m.txt; to replace it, set overwrite = true"),
         "{}",
         out.stderr
     );

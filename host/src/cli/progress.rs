@@ -150,7 +150,8 @@ struct Lines {
 
 impl Observer for Lines {
     fn task_finished(&self, report: &TaskReport) {
-        if report.status != TaskStatus::Succeeded && !self.quiet {
+        // Failures are shown even with -q ("only the summary and errors").
+        if report.status != TaskStatus::Succeeded {
             eprintln!(
                 "stagehost: task {:?} {}",
                 report.name,

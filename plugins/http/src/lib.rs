@@ -278,6 +278,8 @@ fn status_kind(status: u16) -> ErrorKind {
     match status {
         404 | 410 => ErrorKind::NotFound,
         401 | 403 => ErrorKind::Permission,
+        // 501 (the method is not implemented) and 505 do not change on a retry.
+        501 | 505 => ErrorKind::Other,
         408 | 425 | 429 | 500..=599 => ErrorKind::Transient,
         _ => ErrorKind::Other,
     }
@@ -764,6 +766,7 @@ mod tests {
     fn statuses_have_kinds() {
         assert_eq!(status_kind(404), ErrorKind::NotFound);
         assert_eq!(status_kind(503), ErrorKind::Transient);
+        assert_eq!(status_kind(501), ErrorKind::Other);
         assert_eq!(status_kind(429), ErrorKind::Transient);
         assert_eq!(status_kind(403), ErrorKind::Permission);
         assert_eq!(status_kind(400), ErrorKind::Other);

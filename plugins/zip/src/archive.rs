@@ -617,7 +617,7 @@ impl Archive {
             }
             let source = if taken && !p.options.overwrite {
                 Err(StageError::other(format!(
-                    "{shown} already holds a member {}; set overwrite = true to replace it",
+                    "{shown} already holds a member {}; to replace it, set overwrite = true in this zip provider's settings (settings = {{ overwrite = true }})",
                     p.member
                 )))
             } else {
