@@ -622,6 +622,13 @@ impl DataManager {
                     ),
                 )));
             }
+            // Where replacing is allowed, a link at an output's place is removed before
+            // the task runs: the task's writes never follow it elsewhere.
+            if direction == Direction::Out
+                && std::fs::symlink_metadata(&destination).is_ok_and(|m| m.file_type().is_symlink())
+            {
+                let _ = std::fs::remove_file(&destination);
+            }
         }
         let (separate, in_task) = {
             let mut jobs = jobs.into_iter();

@@ -867,3 +867,75 @@ fn a_quiet_run_still_shows_its_failures() {
     assert!(out.stderr.contains("task \"bad\""), "{}", out.stderr);
     assert!(out.stderr.contains("oops"), "{}", out.stderr);
 }
+
+#[test]
+fn what_the_attack_review_found_stays_fixed() {
+    let sandbox = Sandbox::new();
+    // A password with an unencoded `/` reads as another host to HTTP clients: refused,
+    // and no request goes anywhere.
+    let server = FaultServer::start();
+    let web = config(
+        &sandbox,
+        "http",
+        "username = \"bob\", password = \"set-pw\"",
+    );
+    let url = format!("http://evil:x/@{}/data/5", server.host());
+    let out = stage_in(&sandbox, &web, &url);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("names no valid host and port"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(server.requests().len(), 0);
+
+    // `stage out --move` onto the file itself: refused, the file kept.
+    let files = config(&sandbox, "zip", "");
+    let same = sandbox.write("same.txt", "SAME\n");
+    let out = stage_out(&sandbox, &files, &same, same.to_str().unwrap(), &["--move"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("itself"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&same).unwrap(), "SAME\n");
+    // An archive is never added into itself (and so never moved away).
+    let archive = sandbox.join("self.zip");
+    make_zip(&archive, "m.txt", "m\n");
+    let url = format!("zip:{}/self.zip", archive.display());
+    let out = stage_out(&sandbox, &files, &archive, &url, &["--move"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(archive.exists());
+
+    // A journal hard-linked to a victim is refused, the victim intact.
+    let victim = sandbox.write("victim2.txt", "PRECIOUS\n");
+    let target = sandbox.join("t.zip");
+    std::fs::hard_link(&victim, sandbox.join("t.zip.journal")).unwrap();
+    let local = sandbox.write("o.txt", "o\n");
+    let out = stage_out(
+        &sandbox,
+        &files,
+        &local,
+        &format!("zip:{}/new.txt", target.display()),
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("hard links"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "PRECIOUS\n");
+
+    // With overwrite = true, a link planted where an output's working copy goes is
+    // removed before the task runs: the task never writes through it.
+    let precious = sandbox.write("precious.txt", "PRECIOUS\n");
+    std::fs::create_dir_all(sandbox.join("wd")).unwrap();
+    std::os::unix::fs::symlink(&precious, sandbox.join("wd/data.txt")).unwrap();
+    let allow = sandbox.write(
+        "allow.toml",
+        "[[provider]]\nname = \"z\"\nplugin = \"zip\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"z\"]\noverwrite = true\n",
+    );
+    let out = sandbox.run_workflow(
+        &allow,
+        &format!(
+            "[[task]]\nname = \"t\"\ncommand = \"echo TASK > {{outputs[0]}}\"\noutputs = [\"zip:{}/data.txt\"]\n",
+            sandbox.join("out.zip").display()
+        ),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "PRECIOUS\n");
+}

@@ -298,6 +298,21 @@ pub fn stage_out(
             )))
         }
     }
+    // A URL that names LOCAL itself would publish nothing (and `--move` would remove
+    // the only copy).
+    if let Ok(target) = File::parse(&args.url) {
+        if target.scheme() == "file" && matches!(target.netloc(), "" | "localhost") {
+            use std::os::unix::fs::MetadataExt;
+            if let (Ok(a), Ok(b)) = (std::fs::metadata(&local), std::fs::metadata(target.path())) {
+                if a.dev() == b.dev() && a.ino() == b.ino() {
+                    return Err(CliError::Config(ConfigError(format!(
+                        "cannot stage out {shown_url}: it is the local file {} itself",
+                        display::path(&local)
+                    ))));
+                }
+            }
+        }
+    }
     let rt = runtime();
     let r = rt.block_on(async {
         let runner = Arc::new(StageRunner::new(

@@ -44,6 +44,12 @@ pub fn worker(
             args.secret_file.display()
         ))
     })?;
+    if !meta.is_file() {
+        return Err(CliError::Staging(format!(
+            "the secret file {} is not a regular file",
+            args.secret_file.display()
+        )));
+    }
     if meta.mode() & 0o077 != 0 {
         return Err(CliError::Staging(format!(
             "the secret file {} may be read by others (mode {:o}); it must be private to its owner",

@@ -190,6 +190,14 @@ impl Provider for HttpProvider {
         self.claims(file)
     }
 
+    fn try_can_stage_in(&self, file: &File) -> Result<bool, StageError> {
+        self.claims_checked(file)
+    }
+
+    fn try_can_stage_out(&self, file: &File) -> Result<bool, StageError> {
+        self.claims_checked(file)
+    }
+
     fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
         file.set_local_path(ctx.destination());
         Ok(self.mode.separate_job(|| self.get_job(file)))
@@ -216,6 +224,28 @@ impl Provider for HttpProvider {
 }
 
 impl HttpProvider {
+    /// [`HttpProvider::claims`], refusing a URL of its schemes whose host and port do
+    /// not read as a host and a number: with a password holding an unencoded `/`, `?`
+    /// or `#` (`http://u:p/w@h/x`), HTTP clients and stagehost would read different
+    /// hosts, and the request (with the instance's credentials) would go to the one
+    /// nobody shows.
+    fn claims_checked(&self, file: &File) -> Result<bool, StageError> {
+        if !matches!(file.scheme(), "http" | "https") {
+            return Ok(false);
+        }
+        let default = if file.scheme() == "https" { 443 } else { 80 };
+        if stagehost_plugin_api::net::host_port(file.netloc(), default).is_none() {
+            return Err(StageError::new(
+                ErrorKind::InvalidUrl,
+                format!(
+                    "{} names no valid host and port (a password holding `/`, `?` or `#` must be percent-encoded)",
+                    file.redacted_url()
+                ),
+            ));
+        }
+        Ok(self.claims(file))
+    }
+
     fn claims(&self, file: &File) -> bool {
         if !matches!(file.scheme(), "http" | "https") {
             return false;

@@ -221,6 +221,15 @@ fn open_sidecar(
             format!("the {what} {} is not a regular file", display::path(path)),
         )));
     }
+    if meta.nlink() > 1 {
+        return Ok(Err(StageError::new(
+            ErrorKind::Permission,
+            format!(
+                "the {what} {} has other hard links; stagehost never writes a file that is also elsewhere",
+                display::path(path)
+            ),
+        )));
+    }
     if meta.uid() != me && meta.uid() != archive_owner {
         return Ok(Err(StageError::new(
             ErrorKind::Permission,
@@ -744,6 +753,17 @@ impl Archive {
                 _ => failed(&e),
             })?;
         let meta = source.metadata().map_err(|e| failed(&e))?;
+        if let Ok(archive) = std::fs::metadata(&self.path) {
+            if archive.dev() == meta.dev() && archive.ino() == meta.ino() {
+                return Err(StageError::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "{} is the archive itself; it cannot be added to itself",
+                        display::path(&p.source)
+                    ),
+                ));
+            }
+        }
         if !meta.is_file() {
             return Err(StageError::other(format!(
                 "{} is not a regular file",

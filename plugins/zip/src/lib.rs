@@ -21,7 +21,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use stagehost_plugin_api::display;
 use stagehost_plugin_api::net::seconds;
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
 
@@ -181,11 +180,19 @@ impl Provider for ZipProvider {
         let (local, working_copy) = match file.local_path() {
             Some(local) => (local.to_path_buf(), false),
             None => {
+                // The task writes there. The working directory is made here (as Parsl
+                // makes it); the host's own subdirectories (`.stagehost/<hash>/`) only by
+                // the host, privately and never through a link.
                 let local = ctx.destination().to_path_buf();
-                // The task writes there: its directories must exist, as Parsl makes them.
-                if let Some(dir) = local.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StageError::io(format_args!("cannot create {}", display::path(dir)), &e)
+                if local.parent() == Some(ctx.working_dir()) {
+                    std::fs::create_dir_all(ctx.working_dir()).map_err(|e| {
+                        StageError::io(
+                            format_args!(
+                                "cannot create {}",
+                                stagehost_plugin_api::display::path(ctx.working_dir())
+                            ),
+                            &e,
+                        )
                     })?;
                 }
                 file.set_local_path(&local);
