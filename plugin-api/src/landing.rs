@@ -54,9 +54,12 @@ fn identity(path: &Path) -> Option<String> {
     Some(format!("{} {}", meta.dev(), meta.ino()))
 }
 
-/// Where the record of `path` goes when extended attributes are not available.
-fn made_record(path: &Path, working_dir: &Path) -> std::path::PathBuf {
-    let hash = path
+/// The place in the host's private directory that belongs to `key` (a destination):
+/// `<working_dir>/.stagehost/<area>/<16 hex digits of a hash of key>`. Records kept
+/// for a file (validators, marks) and a provider's working files (rsync's partial
+/// data) live there, never beside the file.
+pub fn private_path(working_dir: &Path, area: &str, key: &Path) -> std::path::PathBuf {
+    let hash = key
         .as_os_str()
         .as_encoded_bytes()
         .iter()
@@ -65,8 +68,13 @@ fn made_record(path: &Path, working_dir: &Path) -> std::path::PathBuf {
         });
     working_dir
         .join(".stagehost")
-        .join("made")
+        .join(area)
         .join(format!("{hash:016x}"))
+}
+
+/// Where the record of `path` goes when extended attributes are not available.
+fn made_record(path: &Path, working_dir: &Path) -> std::path::PathBuf {
+    private_path(working_dir, "made", path)
 }
 
 /// Records that stagehost put the regular file at `path` there: an extended

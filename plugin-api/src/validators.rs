@@ -29,17 +29,13 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
 
 /// Where the record of `dest` goes when extended attributes are not available.
 fn fallback(dest: &Path, working_dir: &Path) -> PathBuf {
-    let hash = dest
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    working_dir
+    #[cfg(unix)]
+    return crate::landing::private_path(working_dir, "validators", dest);
+    #[cfg(not(unix))]
+    return working_dir
         .join(".stagehost")
         .join("validators")
-        .join(format!("{hash:016x}"))
+        .join(dest.file_name().unwrap_or_default());
 }
 
 /// The URL a record is bound to, as it is kept: the URL without its userinfo and

@@ -655,17 +655,7 @@ fn stop(child: &mut Child) {
 /// The private directory of one destination's transfers:
 /// `<working_dir>/.stagehost/rsync/<hash of the destination>`.
 fn private_dir(working_dir: &Path, dest: &Path) -> PathBuf {
-    let hash = dest
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    working_dir
-        .join(".stagehost")
-        .join("rsync")
-        .join(format!("{hash:016x}"))
+    stagehost_plugin_api::landing::private_path(working_dir, "rsync", dest)
 }
 
 /// Creates `dir` (mode 0700) and its parents; refuses a symlink in its place.
