@@ -634,19 +634,8 @@ fn redact_value(value: &mut toml::Value, declared: &[String]) {
 /// its user name when that is a token rather than a name.
 pub fn url_secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return out;
-    };
-    // The userinfo runs to the last `@` before the path, or, when a password holds an
-    // unencoded `/`, `?` or `#`, to the last `@` of the URL.
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let at = url[start..end]
-        .rfind('@')
-        .map(|i| start + i)
-        .or_else(|| url[start..].rfind('@').map(|i| start + i));
-    let Some(at) = at else {
+    // Read as redaction reads it, so what is scrubbed is what would be shown.
+    let Some((start, at)) = stagehost_plugin_api::userinfo_span(url) else {
         return out;
     };
     let info = &url[start..at];

@@ -180,19 +180,7 @@ pub fn redact_url(url: &str) -> String {
         let authority_end = url[start..]
             .find(['/', '?', '#'])
             .map_or(url.len(), |i| start + i);
-        let authority = &url[start..authority_end];
-        // The userinfo ends at the authority's last `@`; when a password holds an
-        // unencoded `/`, `?` or `#` the authority seems to end early with a "port"
-        // that is no number, and the userinfo runs to the URL's last `@`.
-        let at = authority.rfind('@').map(|i| start + i).or_else(|| {
-            let bad_port = authority
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()));
-            bad_port
-                .then(|| url[authority_end..].rfind('@').map(|i| authority_end + i))
-                .flatten()
-        });
-        match at {
+        match userinfo_span(url).map(|(_, at)| at) {
             Some(at) => {
                 let info = &url[start..at];
                 let (user, password) = match info.split_once(':') {
@@ -245,6 +233,38 @@ pub fn redact_url(url: &str) -> String {
     }
     out.push_str(fragment);
     crate::display::escape(&out).into_owned()
+}
+
+/// Where the userinfo of `url` lies: `(start, at)`, the userinfo being `url[start..at]`
+/// and `url[at]` its `@`; `None` when there is none. The one reading of a userinfo
+/// that every output's redaction follows:
+/// - it ends at the authority's last `@`;
+/// - when a password holds an unencoded `/`, `?` or `#`, the authority seems to end
+///   early with a "port" that is no number, and the userinfo runs to the URL's last
+///   `@`.
+///
+/// ```
+/// use stagehost_plugin_api::userinfo_span;
+/// let url = "https://me:pa/ss@h/x";
+/// let (start, at) = userinfo_span(url).unwrap();
+/// assert_eq!(&url[start..at], "me:pa/ss");
+/// assert_eq!(userinfo_span("http://h:8080/a@b"), None);
+/// ```
+pub fn userinfo_span(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://")? + 3;
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..authority_end];
+    let at = authority.rfind('@').map(|i| start + i).or_else(|| {
+        let bad_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()));
+        bad_port
+            .then(|| url[authority_end..].rfind('@').map(|i| authority_end + i))
+            .flatten()
+    })?;
+    Some((start, at))
 }
 
 /// `%XX` sequences decoded (lossily), for comparing query keys.

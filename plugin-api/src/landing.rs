@@ -199,8 +199,9 @@ pub fn check_staged_in(file: &File, path: &Path) -> Result<(), StageError> {
             format!("the stage-in reported success, but nothing is at {shown} ({e})"),
         )
     })?;
-    if meta.file_type().is_symlink() || is_link_to_source(file, path, &meta) {
-        return if is_link_to_source(file, path, &meta) {
+    let own_source = is_link_to_source(file, path, &meta);
+    if meta.file_type().is_symlink() || own_source {
+        return if own_source {
             Ok(())
         } else {
             Err(StageError::new(

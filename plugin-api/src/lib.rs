@@ -208,6 +208,6 @@ pub mod validators;
 mod xattr;
 
 pub use error::{ErrorKind, StageError};
-pub use file::{redact_url, File};
+pub use file::{redact_url, userinfo_span, File};
 pub use provider::{Context, Job, LogLevel, Provider};
 pub use settings::{Settings, WorkPlace};
