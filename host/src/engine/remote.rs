@@ -889,7 +889,11 @@ fn run_node_task(
                 // alike; a command killed by a signal is reported only if this worker
                 // outlives it by a moment, so that the run blames the block's end
                 // (its cause asked of the scheduler), not the command.
-                if e.contains("killed by a signal") {
+                // (A shell that the signal ended reports 128 + its number: 143, 137.)
+                if e.contains("killed by a signal")
+                    || e.contains("exit status 143")
+                    || e.contains("exit status 137")
+                {
                     std::thread::sleep(Duration::from_secs(2));
                 }
                 error = Some(e);
