@@ -208,13 +208,48 @@ fn a_short_body_a_stall_and_a_redirect_loop_fail_and_leave_nothing() {
 }
 
 #[test]
-fn redirects_gzip_and_chunked_bodies_arrive_whole() {
+fn a_gzip_encoded_body_is_saved_as_sent_unless_compressed_is_set() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    // As curl without --compressed: the bytes the server sent (a `.tar.gz` served with
+    // `Content-Encoding: gzip` keeps its own bytes, and its checksum).
+    let out = stage_in(&sandbox, &http_config(&sandbox, ""), &server.url("/gzip"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let saved = std::fs::read(sandbox.join("wd/gzip")).unwrap();
+    assert_eq!(saved, stagehost_tests::httpd::gzip(b"hello, gzip\n"));
+    std::fs::remove_file(sandbox.join("wd/gzip")).unwrap();
+    // As curl --compressed: decoded.
+    let cfg = http_config(&sandbox, "compressed = true");
+    let out = stage_in(&sandbox, &cfg, &server.url("/gzip"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/gzip")).unwrap(),
+        "hello, gzip\n"
+    );
+    // Decoding is bounded: 64 KiB that decode to 64 MiB, with a bound of 1 MiB.
+    let cfg = http_config(
+        &sandbox,
+        "compressed = true, max_decompressed_bytes = 1048576",
+    );
+    let out = stage_in(&sandbox, &cfg, &server.url("/gzip-bomb"));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("decodes to more than 1048576 bytes (max_decompressed_bytes)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(server.hits("/gzip-bomb"), 1, "a refusal is not retried");
+    no_file_left(&sandbox, "gzip-bomb");
+}
+
+#[test]
+fn redirects_and_chunked_bodies_arrive_whole() {
     let sandbox = Sandbox::new();
     let server = FaultServer::start();
     let cfg = http_config(&sandbox, "");
     for (path, name, text) in [
         ("/redirect/3", "3", "landed\n"),
-        ("/gzip", "gzip", "hello, gzip\n"),
         ("/chunked", "chunked", "hello chunked\n"),
     ] {
         let out = stage_in(&sandbox, &cfg, &server.url(path));

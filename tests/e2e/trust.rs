@@ -257,7 +257,7 @@ fn credentials_never_go_over_a_downgrade_to_plain_http_even_to_a_trusted_host() 
 fn a_cut_gzip_body_is_retried_as_a_cut_plain_body_is() {
     let sandbox = Sandbox::new();
     let server = FaultServer::start();
-    let cfg = config(&sandbox, "http", "");
+    let cfg = config(&sandbox, "http", "compressed = true");
     let out = sandbox.run_workflow(
         &cfg,
         &format!(

@@ -141,7 +141,8 @@ fn respond(
     conn.flush()
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+/// `data` gzip-encoded, as a server with `Content-Encoding: gzip` sends it.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(data).expect("gzip in memory");
     enc.finish().expect("gzip in memory")
@@ -278,6 +279,16 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             &[("Content-Encoding", "gzip".into())],
             &gzip(b"hello, gzip\n"),
         ),
+        ("GET", ["gzip-bomb"]) => {
+            // 64 MiB of zeros in a body of about 64 KiB.
+            let body = gzip(&vec![0u8; 64 << 20]);
+            respond(
+                &mut conn,
+                "200 OK",
+                &[("Content-Encoding", "gzip".into())],
+                &body,
+            )
+        }
         ("GET", ["gzip-cut"]) => {
             // A gzip body that breaks off halfway, on every attempt.
             let body = gzip(&pattern(64 << 10));

@@ -59,9 +59,14 @@ struct HttpSettings {
     bearer_token_env: Option<String>,
     /// Extra request headers; their values are treated as secrets.
     headers: BTreeMap<String, String>,
-    /// Ask for a compressed body (`Accept-Encoding: gzip`), as curl's `--compressed`;
-    /// by default the body is asked for as it is (`identity`).
+    /// Ask for a compressed body (`Accept-Encoding: gzip`) and decode it, as curl's
+    /// `--compressed`. By default the body is asked for as it is (`identity`), and a
+    /// body the server encodes anyway is saved as sent, as curl without `--compressed`
+    /// saves it.
     compressed: bool,
+    /// With `compressed`, the most bytes a gzip-encoded body may decode to (16 GiB by
+    /// default): a small body that would fill the disk is refused.
+    max_decompressed_bytes: u64,
 }
 
 impl Default for HttpSettings {
@@ -78,6 +83,7 @@ impl Default for HttpSettings {
             bearer_token_env: None,
             headers: BTreeMap::new(),
             compressed: false,
+            max_decompressed_bytes: 16 << 30,
         }
     }
 }
@@ -115,6 +121,8 @@ struct Shared {
     /// The instance's `hosts`: credentials may follow a redirect to them.
     hosts: HostPatterns,
     max_redirects: u32,
+    /// `compressed`: a gzip-encoded body is decoded, to at most this many bytes.
+    decode_up_to: Option<u64>,
 }
 
 fn load_roots(path: &PathBuf) -> Result<ureq::tls::RootCerts, StageError> {
@@ -178,6 +186,7 @@ impl Provider for HttpProvider {
                 headers: s.headers,
                 hosts: HostPatterns::new(&s.hosts),
                 max_redirects: s.max_redirects,
+                decode_up_to: s.compressed.then_some(s.max_decompressed_bytes),
             }),
         })
     }
@@ -321,7 +330,7 @@ fn classify(what: &str, url: &str, e: &ureq::Error) -> StageError {
     let kind = match e {
         E::Timeout(_) => ErrorKind::TimedOut,
         E::ConnectionFailed | E::Protocol(_) => ErrorKind::Transient,
-        E::Io(io) | E::Decompress(_, io) => io_kind(io),
+        E::Io(io) => io_kind(io),
         E::HostNotFound => ErrorKind::NotFound,
         E::TooManyRedirects | E::RedirectFailed => ErrorKind::Other,
         // Certificates and TLS setup: retrying cannot help.
@@ -337,14 +346,14 @@ fn classify(what: &str, url: &str, e: &ureq::Error) -> StageError {
 }
 
 /// An I/O error's kind, read through the whole chain of causes: a body cut inside a
-/// gzip stream reaches us as a decompression error around the read's own error, and is
-/// as transient as a cut plain body. A certificate failure reaches us as
+/// gzip stream reaches us through the decoder, around the read's own error, and is as
+/// transient as a cut plain body. A certificate failure reaches us as
 /// `InvalidData`: permanent.
 fn io_kind(e: &std::io::Error) -> ErrorKind {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
         return match inner {
             ureq::Error::Timeout(_) => ErrorKind::TimedOut,
-            ureq::Error::Io(io) | ureq::Error::Decompress(_, io) => io_kind(io),
+            ureq::Error::Io(io) => io_kind(io),
             ureq::Error::Protocol(_) | ureq::Error::ConnectionFailed => ErrorKind::Transient,
             _ => ErrorKind::Other,
         };
@@ -636,10 +645,37 @@ impl Shared {
                 format!("GET {shown}: {}", status_line(&response)),
             ));
         }
-        // With a Content-Encoding the length counts encoded bytes: only a plain body
-        // is checked against it (the decoder checks its own stream).
-        let encoded = response.headers().contains_key("content-encoding");
-        let expected = if encoded {
+        // A body is decoded only when the user asked for `compressed` (ureq decodes
+        // nothing): otherwise it is saved as sent, as curl without `--compressed` does,
+        // and a `.tar.gz` served with `Content-Encoding: gzip` keeps its own bytes.
+        let encoding = response
+            .headers()
+            .get("content-encoding")
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|v| !v.is_empty() && v != "identity");
+        let decode = match (&encoding, self.decode_up_to) {
+            (Some(e), Some(limit)) if e == "gzip" || e == "x-gzip" => Some(limit),
+            (Some(e), Some(_)) => {
+                return Err(StageError::new(
+                    ErrorKind::Other,
+                    format!("GET {shown}: the server sent Content-Encoding: {e}, which is not gzip; set compressed = false to save the body as sent"),
+                ))
+            }
+            (Some(e), None) => {
+                ctx.info(&format!(
+                    "GET {shown}: saved as sent (Content-Encoding: {e}); set compressed = true to decode it"
+                ));
+                None
+            }
+            (None, _) => None,
+        };
+        // With decoding the length counts encoded bytes: only a body saved as sent is
+        // checked against it (gzip checks its own stream).
+        let expected = if decode.is_some() {
             None
         } else {
             response
@@ -667,7 +703,11 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.starts_with("W/"))
             .map(str::to_owned);
-        let mut body = response.into_body().into_reader();
+        let raw = response.into_body().into_reader();
+        let mut body: Box<dyn Read + Send> = match decode {
+            Some(_) => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+            None => Box::new(raw),
+        };
         let mut out = AtomicFile::create(&dest)?;
         let mut buf = vec![0u8; CHUNK];
         let mut done = 0u64;
@@ -692,7 +732,7 @@ impl Shared {
                     };
                     match resumed {
                         Some(rest) => {
-                            body = rest;
+                            body = Box::new(rest);
                             continue;
                         }
                         None => {
@@ -714,6 +754,12 @@ impl Shared {
                 )
             })?;
             done += n as u64;
+            if let Some(limit) = decode.filter(|limit| done > *limit) {
+                return Err(StageError::new(
+                    ErrorKind::Other,
+                    format!("GET {shown}: the gzip-encoded body decodes to more than {limit} bytes (max_decompressed_bytes)"),
+                ));
+            }
             ctx.progress(done, expected);
         }
         if let Some(length) = expected {
