@@ -806,6 +806,35 @@ stagehost_plugin_api::export_provider! {
 mod tests {
     use super::*;
 
+    #[test]
+    fn it_keeps_the_hosts_rules() {
+        use stagehost_plugin_api::testing::{conformance, Conformance};
+        use stagehost_tests::ftpd::{PyFtpd, PyFtpdOptions};
+        let root =
+            std::env::temp_dir().join(format!("stagehost-ftp-conformance-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("good.txt"), "over ftp\n").unwrap();
+        let server = PyFtpd::start(
+            &root,
+            PyFtpdOptions {
+                user: Some(("alice", "pw-ftp-conformance")),
+                ..PyFtpdOptions::default()
+            },
+        );
+        let provider = FtpProvider::new(&Settings::from_toml("")).unwrap();
+        conformance(
+            &provider,
+            Conformance {
+                good: &server.url("ftp", Some("alice:pw-ftp-conformance"), "good.txt"),
+                missing: Some(&server.url("ftp", Some("alice:pw-ftp-conformance"), "absent.txt")),
+                secrets: &["pw-ftp-conformance"],
+            },
+        )
+        .unwrap();
+        drop(server);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     fn target(url: &str) -> Result<Target, StageError> {
         Target::of(&File::parse(url).unwrap())
     }

@@ -830,6 +830,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn it_keeps_the_hosts_rules() {
+        use stagehost_plugin_api::testing::{conformance, Conformance};
+        let root =
+            std::env::temp_dir().join(format!("stagehost-http-conformance-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("good.txt"), "over http\n").unwrap();
+        let nginx = stagehost_tests::httpd::Nginx::start(&root);
+        let with_password = |path: &str| {
+            nginx
+                .url(path)
+                .replace("http://", "http://reader:pw-http-conformance@")
+        };
+        let provider = HttpProvider::new(&Settings::from_toml("")).unwrap();
+        conformance(
+            &provider,
+            Conformance {
+                good: &with_password("/good.txt"),
+                missing: Some(&with_password("/absent.txt")),
+                secrets: &["pw-http-conformance"],
+            },
+        )
+        .unwrap();
+        drop(nginx);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn base64_matches_rfc_4648() {
         assert_eq!(base64(b""), "");
         assert_eq!(base64(b"f"), "Zg==");

@@ -800,6 +800,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn it_keeps_the_hosts_rules() {
+        use stagehost_plugin_api::testing::{conformance, Conformance};
+        let moto = stagehost_tests::s3d::Moto::start();
+        moto.boto("s3.create_bucket(Bucket='conformance')\ns3.put_object(Bucket='conformance', Key='good.txt', Body=b'over s3\\n')\n");
+        std::env::set_var("STAGEHOST_S3_CONFORMANCE_ID", "conformance-key-id");
+        std::env::set_var("STAGEHOST_S3_CONFORMANCE_SECRET", "sk-s3-conformance");
+        let provider = ObjectStoreProvider::new(&Settings::from_toml(&format!(
+            "endpoint = {:?}\nregion = \"us-east-1\"\naccess_key_id_env = \"STAGEHOST_S3_CONFORMANCE_ID\"\nsecret_access_key_env = \"STAGEHOST_S3_CONFORMANCE_SECRET\"\n",
+            moto.endpoint()
+        )))
+        .unwrap();
+        conformance(
+            &provider,
+            Conformance {
+                good: "s3://conformance/good.txt",
+                missing: Some("s3://conformance/absent.txt"),
+                secrets: &["sk-s3-conformance"],
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn single_part_etags_are_md5s() {
         assert_eq!(
             md5_etag("\"9E107D9D372BB6826BD81D3542A419D6\"").as_deref(),

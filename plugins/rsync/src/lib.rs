@@ -694,6 +694,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn it_keeps_the_hosts_rules() {
+        use stagehost_plugin_api::testing::{conformance, Conformance};
+        use stagehost_tests::rsyncd::RsyncDaemon;
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!(
+            "stagehost-rsync-conformance-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(root.join("secret")).unwrap();
+        let good = root.join("secret/good.txt");
+        std::fs::write(&good, "over rsync\n").unwrap();
+        // Set-id and world-writable at the source: never on the staged copy.
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o6777)).unwrap();
+        let daemon = RsyncDaemon::start(&root);
+        std::env::set_var("STAGEHOST_RSYNC_CONFORMANCE_PW", RsyncDaemon::PASSWORD);
+        let provider = RsyncProvider::new(&Settings::from_toml(
+            "password_env = \"STAGEHOST_RSYNC_CONFORMANCE_PW\"",
+        ))
+        .unwrap();
+        conformance(
+            &provider,
+            Conformance {
+                good: &daemon.url(Some("alice"), "secret", "good.txt"),
+                missing: Some(&daemon.url(Some("alice"), "secret", "absent.txt")),
+                secrets: &[RsyncDaemon::PASSWORD],
+            },
+        )
+        .unwrap();
+        drop(daemon);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn progress_lines_give_bytes_and_total() {
         assert_eq!(
             progress_bytes("      1,234,567  12%    1.23MB/s    0:00:01 (xfr#0, to-chk=0/1)"),
