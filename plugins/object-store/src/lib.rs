@@ -806,7 +806,7 @@ mod tests {
         moto.boto("s3.create_bucket(Bucket='conformance')\ns3.put_object(Bucket='conformance', Key='good.txt', Body=b'over s3\\n')\n");
         std::env::set_var("STAGEHOST_S3_CONFORMANCE_ID", "conformance-key-id");
         std::env::set_var("STAGEHOST_S3_CONFORMANCE_SECRET", "sk-s3-conformance");
-        let provider = ObjectStoreProvider::new(&Settings::from_toml(&format!(
+        let provider = ObjectStoreProvider::new(&Settings::from_toml(format!(
             "endpoint = {:?}\nregion = \"us-east-1\"\naccess_key_id_env = \"STAGEHOST_S3_CONFORMANCE_ID\"\nsecret_access_key_env = \"STAGEHOST_S3_CONFORMANCE_SECRET\"\n",
             moto.endpoint()
         )))
