@@ -222,6 +222,58 @@ fn credentials_stay_with_their_origin_across_redirects() {
 }
 
 #[test]
+fn an_object_stores_credentials_do_not_follow_a_redirect_to_another_origin() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    // An S3 endpoint (path style) that sends every request of the bucket elsewhere.
+    let other = FaultServer::start_on("127.0.0.2");
+    let nginx = Nginx::start_with_conf(
+        &root,
+        &format!(
+            "    location /bucket/ {{ return 307 {}; }}\n",
+            other.url("/data/10")
+        ),
+    );
+    let cfg = config(
+        &sandbox,
+        "object-store",
+        &format!(
+            "endpoint = {:?}, region = \"us-east-1\", access_key_id_env = \"KEY_ID\", secret_access_key_env = \"SECRET_KEY\", session_token_env = \"SESSION_TOKEN\", max_retries = 0",
+            nginx.url("")
+        ),
+    );
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "stage",
+            "in",
+            "s3://bucket/data.bin",
+        ],
+        &[
+            ("KEY_ID", "AKIDCONFORMANCE"),
+            ("SECRET_KEY", "secret-key-value"),
+            ("SESSION_TOKEN", "session-token-value"),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("another origin"), "{}", out.stderr);
+    let seen = other.requests();
+    assert!(
+        seen.iter()
+            .all(|r| !r.2.contains_key("x-amz-security-token")),
+        "the session token went to another origin: {seen:?}"
+    );
+    assert!(seen.is_empty(), "{seen:?}");
+    assert!(
+        !out.stderr.contains("session-token-value"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn credentials_never_go_over_a_downgrade_to_plain_http_even_to_a_trusted_host() {
     let sandbox = Sandbox::new();
     let certs = sandbox.join("certs");

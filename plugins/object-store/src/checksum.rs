@@ -14,7 +14,7 @@
 use async_trait::async_trait;
 use base64::Engine;
 use object_store::client::{
-    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService,
 };
 use object_store::ClientOptions;
 use sha1::Digest as _;
@@ -47,13 +47,17 @@ const ALGORITHMS: [(&str, &str); 5] = [
     ("x-amz-checksum-sha256", "SHA256"),
 ];
 
-/// An object_store HTTP client that records the checksum headers of each response.
+/// An object_store HTTP client that records the checksum headers of each response,
+/// over the plugin's own client ([`crate::client::reqwest_client`]: plugin-api's
+/// redirect rule); `headers` go with every request.
 #[derive(Debug, Default)]
-pub struct Connector;
+pub struct Connector {
+    pub headers: http::HeaderMap,
+}
 
 impl HttpConnector for Connector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        let inner = ReqwestConnector::default().connect(options)?;
+        let inner = HttpClient::new(crate::client::reqwest_client(options, &self.headers)?);
         Ok(HttpClient::new(Recorder { inner }))
     }
 }

@@ -41,6 +41,7 @@ use stagehost_plugin_api::{
 };
 
 mod checksum;
+mod client;
 mod profile;
 
 /// The runtime every instance's transfers run on, called from the host's blocking
@@ -282,6 +283,9 @@ fn error_code(text: &str) -> Option<&str> {
 /// code when it gave one.
 fn classify(what: &str, target: &Target, e: &object_store::Error) -> StageError {
     let text = e.to_string();
+    if let Some(why) = client::redirect_refusal(e) {
+        return StageError::new(ErrorKind::Other, format!("{what} {}: {why}", target.shown));
+    }
     let has = |s: &str| text.contains(s);
     let code = error_code(&text);
     let (kind, why) = match (e, code.unwrap_or("")) {
@@ -404,7 +408,7 @@ impl Shared {
             .is_some_and(|e| e.starts_with("http://"));
         let store = builder
             .with_allow_http(s.allow_http || plain)
-            .with_http_connector(checksum::Connector)
+            .with_http_connector(checksum::Connector::default())
             .with_retry(self.retry())
             .build()
             .map_err(|e| {
@@ -442,7 +446,7 @@ impl Shared {
             .is_some_and(|e| e.starts_with("http://"));
         let store = builder
             .with_client_options(ClientOptions::new().with_allow_http(s.allow_http || plain))
-            .with_http_connector(checksum::Connector)
+            .with_http_connector(checksum::Connector::default())
             .with_retry(self.retry())
             .build()
             .map_err(|e| {
@@ -527,12 +531,8 @@ impl Shared {
             UploadChecksum::None => {}
         }
         builder = builder
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(s.allow_http || plain)
-                    .with_default_headers(headers),
-            )
-            .with_http_connector(checksum::Connector)
+            .with_client_options(ClientOptions::new().with_allow_http(s.allow_http || plain))
+            .with_http_connector(checksum::Connector { headers })
             .with_virtual_hosted_style_request(!s.path_style.unwrap_or(endpoint.is_some()))
             .with_retry(self.retry());
         let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| {
