@@ -32,6 +32,9 @@ pub struct AtomicFile {
     file: Option<std::fs::File>,
     temp: PathBuf,
     dest: PathBuf,
+    /// Nothing was at `dest` when the file was created: the rename must not replace
+    /// whatever appeared there since (a file a user saved meanwhile is theirs).
+    was_absent: bool,
 }
 
 /// The longest file name most file systems take (`NAME_MAX`).
@@ -186,10 +189,69 @@ fn check_destination(dest: &Path) -> Result<(), StageError> {
     }
 }
 
-/// Renames `temp` onto `dest`, removing `temp` if that fails.
-fn rename_into_place(temp: &Path, dest: &Path) -> Result<(), StageError> {
-    if let Err(e) = std::fs::rename(temp, dest) {
+/// Renames `temp` to `dest` only if nothing is at `dest`: `renameat2` with
+/// `RENAME_NOREPLACE`, else (a file system without it) a hard link, which fails as
+/// well when `dest` exists, else a check just before a plain rename.
+fn rename_noreplace(temp: &Path, dest: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        };
+        let (from, to) = (c(temp)?, c(dest)?);
+        // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as the
+        // process would.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+            return Err(e);
+        }
+    }
+    match std::fs::hard_link(temp, dest) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(temp);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if std::fs::symlink_metadata(dest).is_ok() => {
+            Err(io::Error::from(io::ErrorKind::AlreadyExists))
+        }
+        Err(_) => std::fs::rename(temp, dest),
+    }
+}
+
+/// Renames `temp` onto `dest` (only if `dest` is still absent when `was_absent`),
+/// removing `temp` if that fails.
+fn rename_into_place(temp: &Path, dest: &Path, was_absent: bool) -> Result<(), StageError> {
+    let renamed = if was_absent {
+        rename_noreplace(temp, dest)
+    } else {
+        std::fs::rename(temp, dest)
+    };
+    if let Err(e) = renamed {
         let _ = std::fs::remove_file(temp);
+        if was_absent && e.kind() == io::ErrorKind::AlreadyExists {
+            return Err(StageError::new(
+                ErrorKind::Other,
+                format!(
+                    "cannot write {}: something appeared there while it was being written; it is left as it is",
+                    display::path(dest)
+                ),
+            ));
+        }
         let why = if dest.is_dir() {
             "a directory is in the way".to_owned()
         } else {
@@ -220,6 +282,7 @@ impl AtomicFile {
             });
         }
         let temp = temp_name(&dest);
+        let was_absent = std::fs::symlink_metadata(&dest).is_err();
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -231,6 +294,7 @@ impl AtomicFile {
             file: Some(file),
             temp,
             dest,
+            was_absent,
         })
     }
 
@@ -281,7 +345,7 @@ impl AtomicFile {
                 &e,
             ));
         }
-        rename_into_place(&self.temp, &self.dest)
+        rename_into_place(&self.temp, &self.dest, self.was_absent)
     }
 }
 
@@ -435,6 +499,7 @@ pub fn link_atomically(src: &Path, dest: &Path, kind: LinkKind) -> Result<(), St
     check_destination(dest)?;
     ensure_parent(dest)?;
     let temp = temp_name(dest);
+    let was_absent = std::fs::symlink_metadata(dest).is_err();
     let made = match kind {
         LinkKind::Symlink => {
             let target = std::path::absolute(src).map_err(|e| {
@@ -457,7 +522,7 @@ pub fn link_atomically(src: &Path, dest: &Path, kind: LinkKind) -> Result<(), St
             &e,
         )
     })?;
-    rename_into_place(&temp, dest)
+    rename_into_place(&temp, dest, was_absent)
 }
 
 #[cfg(unix)]
@@ -482,6 +547,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_file_saved_at_the_destination_during_the_write_is_never_replaced() {
+        let dir = scratch("appeared");
+        let dest = dir.join("out.txt");
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.write_all(b"downloaded").unwrap();
+        // A user saves their own file there while the download runs.
+        std::fs::write(&dest, "the user's own").unwrap();
+        let e = f.commit().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Other);
+        assert!(e.message().contains("appeared there"), "{e}");
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "the user's own");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        // What was there when the write began is replaced, as before.
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.write_all(b"again").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "again");
+        // The no-replace rename itself, as every commit of a new file uses it.
+        let temp = dir.join("temp.txt");
+        std::fs::write(&temp, "t").unwrap();
+        let e = rename_noreplace(&temp, &dest).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
