@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use stagehost_plugin_api::display::is_secret_name;
 
+use crate::spans::At::{self, Index, Key};
+
 /// The embedded default: Parsl's `default_staging` (file, ftp, http, zip) and one
 /// executor, `local`, working in the current directory.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.toml");
@@ -279,28 +281,16 @@ impl ConfigSource {
             ConfigSource::File { text, .. } | ConfigSource::Inline { text, .. } => text,
         }
     }
-    /// `name:line:column` of the first place where `key` is written as a TOML key, at or
-    /// after byte `table_start` (the start of the table it belongs to), if found.
-    pub fn locate_key(&self, table_start: Option<usize>, key: &str) -> Option<String> {
-        let text = self.text();
-        let from = table_start.unwrap_or(0);
-        let mut offset = from;
-        for line in text[from..].split_inclusive('\n') {
-            let trimmed = line.trim_start();
-            let indent = line.len() - trimmed.len();
-            // `key =`, `key=`, `"key" =` and within inline tables `{ key = ...`.
-            for (i, _) in line.match_indices(key) {
-                let before = line[..i].trim_end_matches('"');
-                let after = line[i + key.len()..].trim_start_matches('"').trim_start();
-                let starts_key = i == indent || before.ends_with(['{', ',', ' ', '.']);
-                if starts_key && after.starts_with('=') {
-                    let (l, c) = line_column(text, offset + i);
-                    return Some(format!("{}:{l}:{c}", self.name()));
-                }
+    /// `name:line:column` of `path` in the config's text (the key itself, else the
+    /// nearest enclosing table written), or the name alone.
+    pub fn locate(&self, path: &[At<'_>]) -> String {
+        match crate::spans::offset_of(self.text(), path) {
+            Some(offset) => {
+                let (l, c) = line_column(self.text(), offset);
+                format!("{}:{l}:{c}", self.name())
             }
-            offset += line.len();
+            None => self.name(),
         }
-        None
     }
 }
 
@@ -426,22 +416,21 @@ impl Config {
         toml::to_string_pretty(&shown).expect("a Config always serialises: all keys are strings")
     }
 
-    fn error_at(&self, key: &str, message: String) -> ConfigError {
-        match self.source.locate_key(None, key) {
-            Some(at) => ConfigError(format!("{at}: {message}")),
-            None => ConfigError(format!("{}: {message}", self.source.name())),
-        }
+    /// `message` as one line, at the place `path` is written (see [`crate::spans`]).
+    fn error_at(&self, path: &[At<'_>], message: String) -> ConfigError {
+        ConfigError(format!("{}: {message}", self.source.locate(path)))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
-        for p in &self.providers {
+        for (index, p) in self.providers.iter().enumerate() {
+            let at = |key| [Key("provider"), Index(index), Key(key)];
             if p.name.is_empty() {
-                return Err(self.error_at("name", "a provider's name is empty".into()));
+                return Err(self.error_at(&at("name"), "a provider's name is empty".into()));
             }
             if !seen.insert(p.name.as_str()) {
                 return Err(self.error_at(
-                    "name",
+                    &at("name"),
                     format!(
                         "provider name {:?} is used twice; instance names must be unique",
                         p.name
@@ -451,7 +440,7 @@ impl Config {
             match (&p.plugin, &p.library) {
                 (Some(_), Some(_)) => {
                     return Err(self.error_at(
-                        "library",
+                        &at("library"),
                         format!(
                             "provider {:?} sets both `plugin` and `library`; set one",
                             p.name
@@ -460,7 +449,7 @@ impl Config {
                 }
                 (None, None) => {
                     return Err(self.error_at(
-                        "name",
+                        &at("name"),
                         format!("provider {:?} sets neither `plugin` nor `library`", p.name),
                     ))
                 }
@@ -469,7 +458,7 @@ impl Config {
             if let Some(pin) = &p.sha256 {
                 if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(self.error_at(
-                        "sha256",
+                        &at("sha256"),
                         format!("provider {:?}: sha256 must be 64 hex digits", p.name),
                     ));
                 }
@@ -477,7 +466,7 @@ impl Config {
             if let Some(req) = &p.version {
                 semver::VersionReq::parse(req).map_err(|e| {
                     self.error_at(
-                        "version",
+                        &at("version"),
                         format!(
                             "provider {:?}: version requirement {req:?} is not valid semver: {e}",
                             p.name
@@ -493,14 +482,14 @@ impl Config {
         ] {
             if !(1..=MAX_TRANSFERS).contains(&value) {
                 return Err(self.error_at(
-                    key,
+                    &[Key("transfers"), Key(key)],
                     format!("[transfers] {key} must be between 1 and {MAX_TRANSFERS}, not {value}"),
                 ));
             }
         }
         if !(t.timeout_secs >= 0.0 && t.timeout_secs <= MAX_SECONDS) {
             return Err(self.error_at(
-                "timeout_secs",
+                &[Key("transfers"), Key("timeout_secs")],
                 format!(
                     "[transfers] timeout_secs must be a number of seconds from 0 to {MAX_SECONDS}, not {}",
                     show_number(t.timeout_secs)
@@ -513,7 +502,7 @@ impl Config {
         ] {
             if value > MAX_BACKOFF_MS {
                 return Err(self.error_at(
-                    key,
+                    &[Key("transfers"), Key(key)],
                     format!(
                         "[transfers] {key} must be at most {MAX_BACKOFF_MS} (a day), not {value}"
                     ),
@@ -521,16 +510,18 @@ impl Config {
             }
         }
         for (label, executor) in &self.executors {
+            let at = |key| [Key("executor"), Key(label), Key(key)];
+            let slurm_at = |key| [Key("executor"), Key(label), Key("slurm"), Key(key)];
             if let Some(workers) = executor.workers.filter(|w| !(1..=MAX_WORKERS).contains(w)) {
                 return Err(self.error_at(
-                    "workers",
+                    &at("workers"),
                     format!("executor {label:?}: workers must be between 1 and {MAX_WORKERS}, not {workers}"),
                 ));
             }
             match (&executor.kind, &executor.slurm) {
                 (ExecutorKind::Local, Some(_)) => {
                     return Err(self.error_at(
-                        "slurm",
+                        &at("slurm"),
                         format!("executor {label:?}: a [executor.{label}.slurm] table needs kind = \"slurm\""),
                     ))
                 }
@@ -542,14 +533,14 @@ impl Config {
                     ] {
                         if !(1..=max).contains(&value) {
                             return Err(self.error_at(
-                                key,
+                                &slurm_at(key),
                                 format!("executor {label:?}: slurm {key} must be between 1 and {max}, not {value}"),
                             ));
                         }
                     }
                     if slurm.prefetch > 4096 {
                         return Err(self.error_at(
-                            "prefetch",
+                            &slurm_at("prefetch"),
                             format!("executor {label:?}: slurm prefetch must be at most 4096, not {}", slurm.prefetch),
                         ));
                     }
@@ -559,21 +550,22 @@ impl Config {
                     ] {
                         if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
                             return Err(self.error_at(
-                                key,
+                                &slurm_at(key),
                                 format!("executor {label:?}: slurm {key} must be above 0 and at most 86400, not {value}"),
                             ));
                         }
                     }
                     if slurm.walltime.trim().is_empty() {
                         return Err(self.error_at(
-                            "walltime",
+                            &slurm_at("walltime"),
                             format!("executor {label:?}: slurm walltime is empty"),
                         ));
                     }
-                    for line in slurm.sbatch_options.iter().chain(&slurm.worker_init) {
+                    let lines = [("sbatch_options", &slurm.sbatch_options), ("worker_init", &slurm.worker_init)];
+                    for (key, line) in lines.iter().flat_map(|(k, v)| v.iter().map(move |l| (*k, l))) {
                         if line.contains('\n') {
                             return Err(self.error_at(
-                                "sbatch_options",
+                                &slurm_at(key),
                                 format!("executor {label:?}: slurm sbatch_options and worker_init hold one line each, not {line:?}"),
                             ));
                         }
@@ -585,7 +577,7 @@ impl Config {
                 let known_plugin = self.providers.iter().any(|p| &p.name == name);
                 if !known_plugin && !is_plausible_dropin(name) {
                     return Err(self.error_at(
-                        "staging",
+                        &at("staging"),
                         format!("executor {label:?}: staging names {name:?}, which is not a valid provider name"),
                     ));
                 }
@@ -817,13 +809,30 @@ mod tests {
     }
 
     #[test]
-    fn locate_key_finds_inline_table_keys() {
+    fn locate_finds_inline_table_keys() {
         let text = "[[provider]]\nname = \"f\"\nplugin = \"file\"\nsettings = { mode = \"copy\", moed = 1 }\n";
         let src = ConfigSource::File {
             path: "c.toml".into(),
             found_by: "t",
             text: text.into(),
         };
-        assert_eq!(src.locate_key(None, "moed").as_deref(), Some("c.toml:4:29"));
+        let path = [Key("provider"), Index(0), Key("settings"), Key("moed")];
+        assert_eq!(src.locate(&path), "c.toml:4:29");
+    }
+
+    #[test]
+    fn an_error_points_at_its_own_executors_key() {
+        // Before: the first `workers` in the file, executor "a"'s.
+        let text = "[executor.a]\nworkers = 2\n\n[executor.b]\nworkers = 0\n";
+        let source = |text: &str| ConfigSource::File {
+            path: "c.toml".into(),
+            found_by: "t",
+            text: text.into(),
+        };
+        let e = Config::parse(text, source(text)).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:5:1: executor \"b\": workers"), "{e}");
+        let text = "[[provider]]\nname = \"a\"\nplugin = \"file\"\n[[provider]]\nname = \"b\"\nplugin = \"file\"\nsha256 = \"12\"\n";
+        let e = Config::parse(text, source(text)).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:7:1: provider \"b\": sha256"), "{e}");
     }
 }

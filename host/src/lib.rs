@@ -51,6 +51,7 @@ pub mod listing;
 pub mod loader;
 pub mod registry;
 pub mod services;
+pub mod spans;
 pub mod workflow;
 
 pub use config::{Config, ConfigError};

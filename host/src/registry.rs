@@ -14,9 +14,10 @@ use std::sync::Arc;
 use stagehost_plugin_api::abi::{AbiContext, AbiJobBox, AbiPlan, ProviderBox};
 use stagehost_plugin_api::{ErrorKind, File, StageError};
 
-use crate::config::{line_column, scrub, secret_values, Config, ConfigError, ProviderConfig};
+use crate::config::{scrub, secret_values, Config, ConfigError, ProviderConfig};
 use crate::discovery::{plugin_dirs, plugin_files, PluginDir};
 use crate::loader::{pin_mismatch, LoadedPlugin, PluginLoader};
+use crate::spans::At::{Index, Key};
 
 /// A plugin file found in a plugin directory.
 #[derive(Debug)]
@@ -337,12 +338,10 @@ impl Registry {
                     let msg = format!(
                         "executor {label:?}: staging names provider {name:?}, which is neither configured nor a dropped-in plugin (known: {known})"
                     );
-                    return Err(ConfigError(
-                        match config.source.locate_key(None, "staging") {
-                            Some(at) => format!("{at}: {msg}"),
-                            None => format!("{}: {msg}", config.source.name()),
-                        },
-                    ));
+                    let at = config
+                        .source
+                        .locate(&[Key("executor"), Key(label), Key("staging")]);
+                    return Err(ConfigError(format!("{at}: {msg}")));
                 }
             }
             executors.push(ExecutorRecord {
@@ -399,22 +398,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-/// The byte offset where the `index`-th `[[provider]]` table starts, if written so.
-fn provider_table_start(text: &str, index: usize) -> Option<usize> {
-    let mut offset = 0;
-    let mut seen = 0;
-    for line in text.split_inclusive('\n') {
-        if line.trim_start().starts_with("[[provider]]") {
-            if seen == index {
-                return Some(offset);
-            }
-            seen += 1;
-        }
-        offset += line.len();
-    }
-    None
 }
 
 /// The key written on the line of `settings` that an error's "(line L, column C of
@@ -512,21 +495,20 @@ fn build_instance(
         // Point at the offending key in the config file: the key on the settings line
         // the plugin's error names, else a key it quotes.
         let key = key_on_settings_line(&settings, &message).or_else(|| message.split('`').nth(1));
-        let table = provider_table_start(config.source.text(), index);
-        let line = match key.and_then(|k| config.source.locate_key(table, k)) {
-            Some(at) => {
+        let provider_at = [Key("provider"), Index(index), Key("settings")];
+        let line = match key {
+            Some(k) => {
+                let at = config
+                    .source
+                    .locate(&[provider_at.as_slice(), &[Key(k)]].concat());
                 let short = message.split(" (line ").next().unwrap_or(&message);
                 format!("{at}: {who}: {short}")
             }
             None if e.kind() == ErrorKind::InvalidSettings => {
-                let at = table.map_or_else(
-                    || config.source.name(),
-                    |start| {
-                        let (l, c) = line_column(config.source.text(), start);
-                        format!("{}:{l}:{c}", config.source.name())
-                    },
-                );
-                format!("{at}: {who}: {message}")
+                format!(
+                    "{}: {who}: {message}",
+                    config.source.locate(&provider_at[..2])
+                )
             }
             None => format!("{who}: {message}"),
         };
