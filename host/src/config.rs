@@ -664,6 +664,15 @@ pub fn secret_values(table: &toml::Table, declared: &[String]) -> Vec<String> {
     }
     fn walk(table: &toml::Table, declared: &[String], out: &mut Vec<String>) {
         for (key, value) in table {
+            // `token_env = "VAR"`: the value of VAR is what the plugin sends, and may
+            // come back quoted in a server's error.
+            if let (true, toml::Value::String(var)) = (key.ends_with("_env"), value) {
+                if let Some(v) = std::env::var_os(var).and_then(|v| v.into_string().ok()) {
+                    if v.len() >= 8 {
+                        out.push(v);
+                    }
+                }
+            }
             if is_secret_key(key, declared) {
                 all_strings(value, out);
             } else {
@@ -789,6 +798,19 @@ mod tests {
         let c = parse("[executor.a]\nstaging = []\n[executor.b]\n").unwrap();
         assert_eq!(c.executors["a"].staging, Some(vec![]));
         assert_eq!(c.executors["b"].staging, None);
+    }
+
+    #[test]
+    fn the_value_behind_an_env_setting_is_a_secret() {
+        std::env::set_var("STAGEHOST_TEST_TOKEN_VALUE", "tok-behind-the-variable");
+        let table: toml::Table =
+            toml::from_str("token_env = \"STAGEHOST_TEST_TOKEN_VALUE\"\nmode = \"x\"").unwrap();
+        let secrets = secret_values(&table, &[]);
+        assert!(
+            secrets.iter().any(|s| s == "tok-behind-the-variable"),
+            "{secrets:?}"
+        );
+        assert!(!secrets.iter().any(|s| s == "x"), "{secrets:?}");
     }
 
     #[test]

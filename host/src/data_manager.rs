@@ -182,6 +182,9 @@ pub struct StagingWork {
     /// Whether the file is at the host's destination (not a path the caller named):
     /// what stagehost puts there is recorded as its own.
     placed: bool,
+    /// The executor's `overwrite`: a file stagehost did not put at the destination
+    /// may be replaced.
+    overwrite: bool,
     /// Whether this is the last work of the file (what it leaves is what the task
     /// gets).
     last: bool,
@@ -223,6 +226,25 @@ impl StagingWork {
             // a later run may replace it (and a provider may remove it).
             if let Ok(path) = self.file.filepath() {
                 stagehost_plugin_api::landing::mark_placed(&self.file, &path, &self.working_dir);
+            }
+        }
+        if self.placed && self.direction == Direction::In && !self.overwrite {
+            // Checked again before every attempt, not only at planning: a file the
+            // user saved there since (during a wait, between retries) is theirs.
+            if let Ok(path) = self.file.filepath() {
+                if !stagehost_plugin_api::landing::may_place(&self.file, &path, &self.working_dir) {
+                    return Err(fail(
+                        call,
+                        StageError::new(
+                            ErrorKind::Permission,
+                            format!(
+                                "{} appeared after planning and stagehost did not put it there; it is never overwritten: move it away, or set overwrite = true in [executor.{}]",
+                                stagehost_plugin_api::display::path(&path),
+                                self.executor
+                            ),
+                        ),
+                    ));
+                }
             }
         }
         job.run(&ctx)
@@ -654,6 +676,7 @@ impl DataManager {
                 working_dir: working_dir.clone(),
                 destination: destination.clone(),
                 placed,
+                overwrite: staging.overwrite,
                 last: verify,
                 verify: if verify { checksum.clone() } else { None },
             })

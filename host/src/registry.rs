@@ -143,6 +143,9 @@ pub struct InstanceRecord {
     pub origin: InstanceOrigin,
     /// Ready, or why not.
     pub status: Result<Arc<ProviderInstance>, String>,
+    /// It failed because no plugin directory holds the plugin it names (a plugin
+    /// that is simply not installed, which the embedded default config may name).
+    pub plugin_missing: bool,
 }
 
 /// An executor's effective order.
@@ -269,8 +272,13 @@ impl Registry {
     ) -> Result<Registry, ConfigError> {
         let mut instances = Vec::new();
         for (index, pc) in config.providers.iter().enumerate() {
+            let mut plugin_missing = false;
             let status = match build_instance(config, index, pc, &plugins, loader, base) {
                 Ok(instance) => Ok(instance),
+                Err(InstanceFailure::Missing(reason)) => {
+                    plugin_missing = true;
+                    Err(reason)
+                }
                 // Settings the plugin rejects are a mistake in the config, like an
                 // unknown key in the host's own tables: every command stops on it.
                 Err(InstanceFailure::Settings(line)) => return Err(ConfigError(line)),
@@ -283,6 +291,7 @@ impl Registry {
                 name: pc.name.clone(),
                 origin: InstanceOrigin::Configured(index),
                 status,
+                plugin_missing,
             });
         }
         let named = |p: &LoadedPlugin| {
@@ -322,6 +331,7 @@ impl Registry {
                 name: plugin.name.clone(),
                 origin: InstanceOrigin::DroppedIn,
                 status,
+                plugin_missing: false,
             });
         }
 
@@ -376,13 +386,10 @@ impl Registry {
     }
 
     /// Instances that failed, with their reasons.
-    pub fn failed_instances(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.instances.iter().filter_map(|i| {
-            i.status
-                .as_ref()
-                .err()
-                .map(|r| (i.name.as_str(), r.as_str()))
-        })
+    pub fn failed_instances(&self) -> impl Iterator<Item = (&InstanceRecord, &str)> {
+        self.instances
+            .iter()
+            .filter_map(|i| i.status.as_ref().err().map(|r| (i, r.as_str())))
     }
 }
 
@@ -414,7 +421,9 @@ fn key_on_settings_line<'a>(settings: &'a str, message: &str) -> Option<&'a str>
 enum InstanceFailure {
     /// The plugin rejected its settings: a config error.
     Settings(String),
-    /// Anything else (missing or broken plugin, failing constructor): recorded.
+    /// No plugin directory holds the plugin it names: recorded.
+    Missing(String),
+    /// Anything else (a broken plugin, a failing constructor): recorded.
     Other(String),
 }
 
@@ -452,10 +461,9 @@ fn build_instance(
                     } else {
                         String::new()
                     };
-                    return Err(format!(
+                    return Err(InstanceFailure::Missing(format!(
                         "{who}: missing: no plugin named {name:?} in the plugin directories{hint}"
-                    )
-                    .into());
+                    )));
                 }
             }
         }

@@ -32,9 +32,25 @@ pub struct AtomicFile {
     file: Option<std::fs::File>,
     temp: PathBuf,
     dest: PathBuf,
-    /// Nothing was at `dest` when the file was created: the rename must not replace
-    /// whatever appeared there since (a file a user saved meanwhile is theirs).
-    was_absent: bool,
+    /// What was at `dest` when the file was created (device and inode), if anything:
+    /// the rename replaces only that, never what was saved there since (a file a user
+    /// saved meanwhile is theirs).
+    before: Option<(u64, u64)>,
+}
+
+/// Device and inode of what is at `path` (not following a link), if anything.
+fn identity_at(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::symlink_metadata(path).ok().map(|_| (0, 0))
+    }
 }
 
 /// The longest file name most file systems take (`NAME_MAX`).
@@ -233,17 +249,21 @@ fn rename_noreplace(temp: &Path, dest: &Path) -> io::Result<()> {
     }
 }
 
-/// Renames `temp` onto `dest` (only if `dest` is still absent when `was_absent`),
-/// removing `temp` if that fails.
-fn rename_into_place(temp: &Path, dest: &Path, was_absent: bool) -> Result<(), StageError> {
-    let renamed = if was_absent {
-        rename_noreplace(temp, dest)
-    } else {
-        std::fs::rename(temp, dest)
+/// Renames `temp` onto `dest`, only if what is at `dest` is still `before` (nothing,
+/// or that device and inode), removing `temp` if that fails.
+fn rename_into_place(
+    temp: &Path,
+    dest: &Path,
+    before: Option<(u64, u64)>,
+) -> Result<(), StageError> {
+    let renamed = match before {
+        None => rename_noreplace(temp, dest),
+        Some(id) if identity_at(dest) == Some(id) => std::fs::rename(temp, dest),
+        Some(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
     };
     if let Err(e) = renamed {
         let _ = std::fs::remove_file(temp);
-        if was_absent && e.kind() == io::ErrorKind::AlreadyExists {
+        if e.kind() == io::ErrorKind::AlreadyExists {
             return Err(StageError::new(
                 ErrorKind::Other,
                 format!(
@@ -282,7 +302,7 @@ impl AtomicFile {
             });
         }
         let temp = temp_name(&dest);
-        let was_absent = std::fs::symlink_metadata(&dest).is_err();
+        let before = identity_at(&dest);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -294,7 +314,7 @@ impl AtomicFile {
             file: Some(file),
             temp,
             dest,
-            was_absent,
+            before,
         })
     }
 
@@ -345,7 +365,7 @@ impl AtomicFile {
                 &e,
             ));
         }
-        rename_into_place(&self.temp, &self.dest, self.was_absent)
+        rename_into_place(&self.temp, &self.dest, self.before)
     }
 }
 
@@ -499,7 +519,7 @@ pub fn link_atomically(src: &Path, dest: &Path, kind: LinkKind) -> Result<(), St
     check_destination(dest)?;
     ensure_parent(dest)?;
     let temp = temp_name(dest);
-    let was_absent = std::fs::symlink_metadata(dest).is_err();
+    let before = identity_at(dest);
     let made = match kind {
         LinkKind::Symlink => {
             let target = std::path::absolute(src).map_err(|e| {
@@ -522,7 +542,7 @@ pub fn link_atomically(src: &Path, dest: &Path, kind: LinkKind) -> Result<(), St
             &e,
         )
     })?;
-    rename_into_place(&temp, dest, was_absent)
+    rename_into_place(&temp, dest, before)
 }
 
 #[cfg(unix)]
@@ -571,6 +591,13 @@ mod tests {
         f.write_all(b"again").unwrap();
         f.commit().unwrap();
         assert_eq!(std::fs::read_to_string(&dest).unwrap(), "again");
+        // But not a file saved in its place meanwhile (a new inode).
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.write_all(b"third").unwrap();
+        std::fs::write(dir.join("saved.tmp"), "saved by the user").unwrap();
+        std::fs::rename(dir.join("saved.tmp"), &dest).unwrap();
+        assert!(f.commit().unwrap_err().message().contains("appeared there"));
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "saved by the user");
         // The no-replace rename itself, as every commit of a new file uses it.
         let temp = dir.join("temp.txt");
         std::fs::write(&temp, "t").unwrap();

@@ -306,6 +306,48 @@ fn credentials_never_go_over_a_downgrade_to_plain_http_even_to_a_trusted_host() 
 }
 
 #[test]
+fn a_file_saved_at_the_destination_between_attempts_is_kept() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"p\"\nplugin = \"http\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"p\"]\n\n[transfers]\nretries = 2\nbackoff_initial_ms = 1500\nbackoff_max_ms = 1500\n",
+    );
+    let url = server.url("/flaky/kept.txt");
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args(["--config", cfg.to_str().unwrap(), "stage", "in", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first attempt is answered 500; during the backoff the user saves a file of
+    // their own at the destination.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.hits("/flaky/kept.txt") == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::create_dir_all(sandbox.join("wd")).unwrap();
+    std::fs::write(sandbox.join("wd/kept.txt"), "the user's own\n").unwrap();
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("appeared after planning"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/kept.txt")).unwrap(),
+        "the user's own\n"
+    );
+    assert_eq!(
+        server.hits("/flaky/kept.txt"),
+        1,
+        "no attempt after the file appeared"
+    );
+}
+
+#[test]
 fn a_cut_gzip_body_is_retried_as_a_cut_plain_body_is() {
     let sandbox = Sandbox::new();
     let server = FaultServer::start();

@@ -159,8 +159,8 @@ fn load(config: &Config, loader: &PluginLoader) -> Result<Registry, CliError> {
         }
     }
     let embedded = config.source == stagehost::config::ConfigSource::Embedded;
-    for (_, reason) in registry.failed_instances() {
-        if embedded && reason.contains(": missing: ") {
+    for (instance, reason) in registry.failed_instances() {
+        if embedded && instance.plugin_missing {
             tracing::debug!("{reason}");
         } else {
             tracing::warn!("{reason}");

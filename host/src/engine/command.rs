@@ -16,7 +16,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -469,6 +469,61 @@ enum Stop {
     TimedOut(Duration),
 }
 
+/// How a command that did not succeed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal ended it (the number).
+    Signal(i32),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Code(code) => write!(f, "exit status {code}"),
+            Ended::Signal(_) => f.write_str("killed by a signal"),
+        }
+    }
+}
+
+/// Why a task's command did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// It could not be started: its directories, its output files, the shell.
+    #[error("{0}")]
+    Setup(String),
+    /// The run was cancelled; the command's group was stopped.
+    #[error("cancelled")]
+    Cancelled,
+    /// It ran past its time limit; its group was killed.
+    #[error("the command ran past its time limit of {}s and was killed", .0.as_secs_f64())]
+    TimedOut(Duration),
+    /// It ended unsuccessfully; `excerpt` is the last line of its stderr, if captured.
+    #[error("the command failed with {end}{}", excerpt.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    Failed { end: Ended, excerpt: Option<String> },
+}
+
+impl CommandError {
+    /// Whether a signal ended the command, directly or through the shell that ran it
+    /// (which reports 128 + the signal: 143 for SIGTERM, 137 for SIGKILL).
+    pub fn by_signal(&self) -> bool {
+        matches!(
+            self,
+            CommandError::Failed {
+                end: Ended::Signal(_) | Ended::Code(143 | 137),
+                ..
+            }
+        )
+    }
+}
+
+impl From<CommandError> for String {
+    fn from(e: CommandError) -> String {
+        e.to_string()
+    }
+}
+
 /// Runs `command` (already expanded) with `/bin/sh -c` in the working directory, in a
 /// process group of its own, sending stdout/stderr to their files when given.
 /// Creates the outputs' directories first. Blocks this thread (a worker's) until the
@@ -480,11 +535,11 @@ pub(crate) fn run(
     files: &TaskFiles,
     commands: &Commands,
     timeout: Option<Duration>,
-) -> Result<(), String> {
-    ensure_dir(&files.working_dir, "working_dir ")?;
+) -> Result<(), CommandError> {
+    ensure_dir(&files.working_dir, "working_dir ").map_err(CommandError::Setup)?;
     for out in &files.outputs {
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            ensure_dir(parent, "")?;
+            ensure_dir(parent, "").map_err(CommandError::Setup)?;
         }
     }
     // An absolute path: no PATH walk of failed execs per task. `process_group` keeps
@@ -498,7 +553,7 @@ pub(crate) fn run(
     let mut written = Vec::new();
     match &files.stdout {
         Some(p) => {
-            let (file, stdio) = output_file(p)?;
+            let (file, stdio) = output_file(p).map_err(CommandError::Setup)?;
             written.push(file);
             cmd.stdout(stdio);
         }
@@ -508,7 +563,7 @@ pub(crate) fn run(
     }
     match &files.stderr {
         Some(p) => {
-            let (file, stdio) = output_file(p)?;
+            let (file, stdio) = output_file(p).map_err(CommandError::Setup)?;
             written.push(file);
             cmd.stderr(stdio);
         }
@@ -518,7 +573,7 @@ pub(crate) fn run(
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+        .map_err(|e| CommandError::Setup(format!("cannot start /bin/sh: {e}")))?;
     drop(cmd); // closes our copies of the output files' descriptors
     let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
     let pgid = pid;
@@ -566,11 +621,8 @@ pub(crate) fn run(
             terminate_group(pgid, pid, KILL_GRACE);
             let _ = child.wait();
             return Err(match why {
-                Stop::Cancelled => "cancelled".to_owned(),
-                Stop::TimedOut(t) => format!(
-                    "the command ran past its time limit of {}s and was killed",
-                    t.as_secs_f64()
-                ),
+                Stop::Cancelled => CommandError::Cancelled,
+                Stop::TimedOut(t) => CommandError::TimedOut(t),
             });
         }
     };
@@ -591,17 +643,20 @@ pub(crate) fn run(
         }
     }
     for file in written {
-        file.commit().map_err(|e| e.to_string())?;
+        file.commit()
+            .map_err(|e| CommandError::Setup(e.to_string()))?;
     }
     if status.success() {
         return Ok(());
     }
-    let status = match status.code() {
-        Some(code) => format!("exit status {code}"),
-        None => "killed by a signal".to_owned(),
+    let end = match (status.code(), status.signal()) {
+        (Some(code), _) => Ended::Code(code),
+        (None, signal) => Ended::Signal(signal.unwrap_or(0)),
     };
-    let excerpt = tail.excerpt().map(|l| format!(": {l}")).unwrap_or_default();
-    Err(format!("the command failed with {status}{excerpt}"))
+    Err(CommandError::Failed {
+        end,
+        excerpt: tail.excerpt(),
+    })
 }
 
 #[cfg(test)]
@@ -654,6 +709,48 @@ mod tests {
         );
         assert!(check("cat {stderr}", 0, 0, true, false).is_err());
         assert!(check("cat {stdout}", 0, 0, true, false).is_ok());
+    }
+
+    #[test]
+    fn how_a_command_ended_is_a_type_not_a_message() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let commands = Commands::new(rt.handle().clone()).unwrap();
+        let dir = std::env::temp_dir().join(format!("stagehost-cmd-end-{}", std::process::id()));
+        let files = TaskFiles {
+            working_dir: dir.clone(),
+            ..TaskFiles::default()
+        };
+        let run_sh = |cmd: &str| run(OsStr::new(cmd), &files, &commands, None);
+        let e = run_sh("echo oops >&2; exit 3").unwrap_err();
+        assert_eq!(
+            e,
+            CommandError::Failed {
+                end: Ended::Code(3),
+                excerpt: Some("oops".into())
+            }
+        );
+        assert!(!e.by_signal());
+        assert_eq!(e.to_string(), "the command failed with exit status 3: oops");
+        // The shell itself killed by a signal.
+        let e = run_sh("kill -TERM $$").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CommandError::Failed {
+                    end: Ended::Signal(15),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.by_signal());
+        // A command the signal ended, reported by its shell as 128 + 9.
+        let e = run_sh("sh -c 'kill -KILL $$'; exit $?").unwrap_err();
+        assert!(e.by_signal(), "{e:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -890,13 +890,10 @@ fn run_node_task(
                 // outlives it by a moment, so that the run blames the block's end
                 // (its cause asked of the scheduler), not the command.
                 // (A shell that the signal ended reports 128 + its number: 143, 137.)
-                if e.contains("killed by a signal")
-                    || e.contains("exit status 143")
-                    || e.contains("exit status 137")
-                {
+                if e.by_signal() {
                     std::thread::sleep(Duration::from_secs(2));
                 }
-                error = Some(e);
+                error = Some(e.to_string());
             }
             Ok(()) => {
                 let missing: Vec<String> = task

@@ -158,6 +158,11 @@ impl Provider for HttpProvider {
         if let Some(ca) = &s.ca_file {
             tls = tls.root_certs(load_roots(ca)?);
         }
+        if s.max_decompressed_bytes == 0 {
+            return Err(StageError::invalid_settings(
+                "invalid settings: max_decompressed_bytes must be at least 1",
+            ));
+        }
         let proxies = Proxies::from_env()?;
         let config = Agent::config_builder()
             // Proxies are chosen per request by scheme (see `Proxies`).
@@ -618,8 +623,14 @@ impl Shared {
         let target = Target::of(file);
         let shown = target.shown.clone();
         // What we fetched before, if it is still there unchanged: ask whether it changed.
+        // A copy saved as sent and a decoded copy are different bytes: each revalidates
+        // only a copy made the same way.
+        let cache_key = match self.decode_up_to {
+            Some(_) => format!("{} (decoded)", file.url()),
+            None => file.url().to_owned(),
+        };
         let record =
-            stagehost_plugin_api::validators::load_for(file.url(), &dest, ctx.working_dir());
+            stagehost_plugin_api::validators::load_for(&cache_key, &dest, ctx.working_dir());
         let condition: Vec<(&str, String)> =
             record.iter().map(|v| revalidate::condition(v)).collect();
         let response = self.call_get(ctx, &target, &condition)?;
@@ -648,15 +659,20 @@ impl Shared {
         // A body is decoded only when the user asked for `compressed` (ureq decodes
         // nothing): otherwise it is saved as sent, as curl without `--compressed` does,
         // and a `.tar.gz` served with `Content-Encoding: gzip` keeps its own bytes.
+        // Every Content-Encoding line, as one list (two `gzip` lines are two layers).
         let encoding = response
             .headers()
-            .get("content-encoding")
+            .get_all("content-encoding")
+            .iter()
             .map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
                     .trim()
                     .to_ascii_lowercase()
             })
-            .filter(|v| !v.is_empty() && v != "identity");
+            .filter(|v| !v.is_empty() && v != "identity")
+            .collect::<Vec<_>>()
+            .join(", ");
+        let encoding = (!encoding.is_empty()).then_some(encoding);
         let decode = match (&encoding, self.decode_up_to) {
             (Some(e), Some(limit)) if e == "gzip" || e == "x-gzip" => Some(limit),
             (Some(e), Some(_)) => {
@@ -772,7 +788,7 @@ impl Shared {
         }
         out.commit()?;
         if let Some(v) = revalidator {
-            stagehost_plugin_api::validators::store_for(file.url(), &dest, ctx.working_dir(), &v);
+            stagehost_plugin_api::validators::store_for(&cache_key, &dest, ctx.working_dir(), &v);
         }
         Ok(())
     }

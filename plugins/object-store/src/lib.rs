@@ -333,8 +333,17 @@ fn classify(what: &str, target: &Target, e: &object_store::Error) -> StageError 
         _ => (ErrorKind::Other, "the store refused".to_owned()),
     };
     // object_store's messages quote the request (never its credentials) and then the
-    // body; the code stands for the body.
-    let request = text.split(": <?xml").next().unwrap_or(&text);
+    // body, which a server may fill with anything (a token it echoes): the status and
+    // the code stand for it.
+    const STATUS: &str = "status code: ";
+    let request = match text.find(STATUS) {
+        Some(i) => {
+            let after = i + STATUS.len();
+            let end = text[after..].find(": ").map_or(text.len(), |j| after + j);
+            &text[..end]
+        }
+        None => text.split(": <?xml").next().unwrap_or(&text),
+    };
     let detail: String = display::escape(request).chars().take(240).collect();
     let code = code.map(|c| format!("{c}; ")).unwrap_or_default();
     StageError::new(
@@ -820,6 +829,23 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_body_a_server_echoes_is_never_quoted() {
+        let target = Target::of(&File::parse("s3://bucket/key").unwrap()).unwrap();
+        for body in [
+            "internal error token=tok-echoed-123",
+            "<Error><Code>Weird</Code><T>tok-echoed-123</T></Error>",
+        ] {
+            let e = object_store::Error::Generic {
+                store: "S3",
+                source: format!("Error performing GET http://127.0.0.1:1/bucket/key in 1ms - Server returned non-2xx status code: 500 Internal Server Error: {body}").into(),
+            };
+            let shown = classify("GET", &target, &e).to_string();
+            assert!(!shown.contains("tok-echoed"), "{shown}");
+            assert!(shown.contains("500 Internal Server Error"), "{shown}");
+        }
     }
 
     #[test]
