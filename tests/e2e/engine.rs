@@ -773,3 +773,55 @@ fn the_report_can_go_to_stdout() {
     assert_eq!(report["tasks"][0]["name"], "only");
     assert_eq!(report["tasks"][0]["status"], "succeeded");
 }
+
+#[test]
+fn a_pilot_executor_the_run_never_uses_starts_nothing() {
+    // The largest slurm executor the config allows beside a local one; the only task
+    // runs locally. Before: a thread per remote slot (16 x 8 x 64 + 2) and a run
+    // directory, made at start.
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\n\n[executor.big]\nkind = \"slurm\"\nworking_dir = \"wd\"\nworkers = 32\n\n[executor.big.slurm]\nblocks = 16\nnodes_per_block = 8\nprefetch = 32\n",
+    );
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"t\"\nexecutor = \"local\"\ncommand = \"sleep 1\"\n",
+    );
+    let mut child = sandbox
+        .command(&stagehost_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut most = 0;
+    let code = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit.code();
+        }
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            if let Some(n) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+            {
+                most = most.max(n);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    assert!(most > 0, "the run's threads were never seen");
+    assert!(most < 64, "{most} threads for one local task");
+    assert!(
+        !sandbox.join("wd/.stagehost/slurm").exists(),
+        "a run directory for an executor that was never used"
+    );
+}

@@ -21,6 +21,7 @@
 
 mod channel;
 mod command;
+mod executor;
 mod pool;
 mod remote;
 mod runner;
@@ -105,77 +106,8 @@ impl Default for EngineOptions {
 struct ExecutorRuntime {
     working_dir: PathBuf,
     workers: WorkerPool,
-    /// For an executor whose bodies run elsewhere: where its tasks go.
-    remote: Option<Remote>,
-}
-
-/// The submit side of an executor whose bodies run elsewhere: the dispatcher its
-/// workers connect to, and what starts their blocks (for `slurm`, `slurm::Blocks`).
-struct Remote {
-    dispatcher: Arc<remote::Dispatcher>,
-    blocks: Arc<dyn remote::Provisioner>,
-}
-
-/// Sets up a `slurm` executor: its run directory (scripts, logs, the secret only the
-/// user can read), the listener its workers connect to, and its blocks.
-fn start_remote(
-    e: &crate::registry::ExecutorRecord,
-    options: &EngineOptions,
-) -> Result<Remote, EngineError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let config = e.slurm.clone().unwrap_or_default();
-    let fail = |what: &str, err: std::io::Error| {
-        EngineError(format!("executor {:?}: {what}: {err}", e.label))
-    };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let run_dir = e.working_dir.join(".stagehost").join("slurm").join(format!(
-        "{}-{}-{stamp}",
-        e.label,
-        std::process::id()
-    ));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&run_dir)
-        .map_err(|err| fail(&format!("cannot create {}", run_dir.display()), err))?;
-    // The run's secret and the fingerprint of its TLS certificate: what a worker needs
-    // to tell its run from anyone else on that port.
-    let key = channel::RunKey::generate().map_err(|err| fail("cannot make the run's key", err))?;
-    let secret_file = run_dir.join("secret");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret_file)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, key.file_text().as_bytes()))
-        .map_err(|err| fail(&format!("cannot write {}", secret_file.display()), err))?;
-    let address = config.address.clone().unwrap_or_else(|| "127.0.0.1".into());
-    let dispatcher = remote::Dispatcher::start(
-        &e.label,
-        &address,
-        key,
-        std::time::Duration::from_secs_f64(config.heartbeat_secs),
-        config.prefetch,
-    )
-    .map_err(|err| fail(&format!("cannot listen on {address}"), err))?;
-    let connect = format!("{address}:{}", dispatcher.address().port());
-    let exe = std::env::current_exe().map_err(|err| fail("cannot find this executable", err))?;
-    let blocks = slurm::Blocks::start(
-        &e.label,
-        config,
-        dispatcher.clone(),
-        run_dir,
-        slurm::WorkerLaunch {
-            exe,
-            config_file: options.config_file.clone(),
-            secret_file,
-            slots: e.workers,
-        },
-        connect,
-    );
-    Ok(Remote { dispatcher, blocks })
+    /// Where the attempts of its tasks' bodies run.
+    executor: Arc<dyn executor::Executor>,
 }
 
 struct Inner {
@@ -234,21 +166,16 @@ impl Engine {
         let dm = Arc::new(DataManager::new(registry));
         let mut executors = HashMap::new();
         for e in &registry.executors {
-            let (remote, threads) = match e.kind {
-                crate::config::ExecutorKind::Local => (None, e.workers),
-                crate::config::ExecutorKind::Slurm => {
-                    let c = e.slurm.clone().unwrap_or_default();
-                    // Submit-side threads, each waiting on one task running or queued on
-                    // a node (see `Dispatcher::feed`), plus two for planning.
-                    let per_node = e.workers + c.prefetch.max(e.workers);
-                    let threads = c.blocks * c.nodes_per_block * per_node + 2;
-                    (Some(start_remote(e, &options)?), threads)
+            let executor: Arc<dyn executor::Executor> = match e.kind {
+                crate::config::ExecutorKind::Local => {
+                    Arc::new(executor::Local { workers: e.workers })
                 }
+                crate::config::ExecutorKind::Slurm => Arc::new(executor::Pilot::new(e, &options)),
             };
             let rt = ExecutorRuntime {
                 working_dir: e.working_dir.clone(),
-                workers: WorkerPool::new(&e.label, threads).map_err(EngineError)?,
-                remote,
+                workers: WorkerPool::new(&e.label, executor.threads()).map_err(EngineError)?,
+                executor,
             };
             executors.insert(e.label.clone(), rt);
         }
@@ -362,15 +289,9 @@ impl Engine {
         self.inner.transfers.cancel.cancel();
         self.inner.transfers.token.cancel();
         self.inner.commands.cancel();
-        // Bodies on other nodes: their workers stop and their blocks are cancelled
-        // (on a thread of its own: cancelling blocks waits for the scheduler).
+        // Bodies on other nodes: their workers stop and their blocks are cancelled.
         for rt in self.inner.executors.values() {
-            if let Some(remote) = &rt.remote {
-                let blocks = remote.blocks.clone();
-                let _ = std::thread::Builder::new()
-                    .name("stagehost-cancel-blocks".into())
-                    .spawn(move || blocks.shutdown());
-            }
+            rt.executor.cancel();
         }
     }
 
@@ -386,9 +307,7 @@ impl Engine {
     /// (dropping the engine does it too).
     pub fn shutdown(&self) {
         for rt in self.inner.executors.values() {
-            if let Some(remote) = &rt.remote {
-                remote.blocks.shutdown();
-            }
+            rt.executor.shutdown();
         }
     }
 
@@ -724,18 +643,26 @@ impl Inner {
                         reports(&files),
                     );
                 }
-                // 4. On a worker again: in-task steps and the body.
-                let (inner, task) = (this.clone(), spec.clone());
-                let ran = pool
-                    .run(move || {
-                        let mut files = files;
-                        let (result, attempts) = inner.run_body(&task, &mut files);
-                        (files, result, attempts)
-                    })
-                    .await;
-                match ran {
-                    Ok(ran) => ran,
-                    Err(panic) => return panicked(panic),
+                // 4. The body: on a worker again (in-task steps and the body), or
+                //    sent to the executor's workers elsewhere.
+                let executor = this.executors[&spec.executor].executor.clone();
+                if executor.runs_here() {
+                    let (inner, task) = (this.clone(), spec.clone());
+                    let ran = pool
+                        .run(move || {
+                            let mut files = files;
+                            let (result, attempts) = inner.run_body(&task, &mut files);
+                            (files, result, attempts)
+                        })
+                        .await;
+                    match ran {
+                        Ok(ran) => ran,
+                        Err(panic) => return panicked(panic),
+                    }
+                } else {
+                    let (result, attempts) =
+                        this.run_body_elsewhere(&spec, &mut files, &*executor).await;
+                    (files, result, attempts)
                 }
             }
         };
@@ -867,6 +794,10 @@ impl Inner {
                 return FirstPhase::NeedsJobs(files);
             }
         }
+        if !self.executors[&spec.executor].executor.runs_here() {
+            // The body goes elsewhere: awaited on tokio, not on this thread.
+            return FirstPhase::NeedsJobs(files);
+        }
         let (result, attempts) = self.run_body(spec, &mut files);
         FirstPhase::Ran(files, result, attempts)
     }
@@ -880,16 +811,84 @@ impl Inner {
             }
             attempts += 1;
             let result = self.attempt_body(spec, files, attempts > 1);
-            match result {
-                Err(e) if attempts <= spec.retries && !self.transfers.token.is_cancelled() => {
-                    tracing::info!(
-                        "task {:?} failed (attempt {attempts} of {}), retrying: {e}",
-                        spec.name,
-                        spec.retries + 1
-                    );
-                }
-                other => return (other, attempts),
+            if !self.retries_after(spec, attempts, &result) {
+                return (result, attempts);
             }
+        }
+    }
+
+    /// Whether a body's attempt that ended with `result` is tried again (and says so).
+    fn retries_after(&self, spec: &TaskSpec, attempts: u32, result: &Result<(), String>) -> bool {
+        match result {
+            Err(e) if attempts <= spec.retries && !self.transfers.token.is_cancelled() => {
+                tracing::info!(
+                    "task {:?} failed (attempt {attempts} of {}), retrying: {e}",
+                    spec.name,
+                    spec.retries + 1
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The body with its in-task steps, sent to `executor`'s workers, retried up to
+    /// `spec.retries` times; awaits each attempt without holding a thread.
+    async fn run_body_elsewhere(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+        executor: &dyn executor::Executor,
+    ) -> (Result<(), String>, u32) {
+        let mut attempts = 0;
+        loop {
+            if self.transfers.token.is_cancelled() {
+                return (Err("cancelled".to_owned()), attempts);
+            }
+            attempts += 1;
+            let result = self
+                .attempt_elsewhere(spec, files, executor, attempts > 1)
+                .await;
+            if !self.retries_after(spec, attempts, &result) {
+                return (result, attempts);
+            }
+        }
+    }
+
+    /// One attempt on a node: the in-task steps and the command go to a worker, which
+    /// plans the steps again there; their outcomes come back into the reports.
+    async fn attempt_elsewhere(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+        executor: &dyn executor::Executor,
+        retry: bool,
+    ) -> Result<(), String> {
+        if retry {
+            self.replan_steps(spec, files)?;
+        }
+        let (task, sent) = self.node_task(spec, files)?;
+        let receipt = executor.send(task)?;
+        let result = receipt
+            .await
+            .unwrap_or_else(|_| Err("the run ended before the task".into()))?;
+        for (k, &i) in sent.iter().enumerate() {
+            if let Some(r) = result.staged.get(k).filter(|r| r.ran) {
+                let f = &mut files[i];
+                f.report.attempts += r.attempts;
+                f.report.seconds += r.seconds;
+                f.report.cached |= r.cached;
+                if r.bytes.is_some() {
+                    f.report.bytes = r.bytes;
+                }
+                if let Some(e) = &r.error {
+                    f.report.error = Some(e.clone());
+                }
+            }
+        }
+        match result.error {
+            Some(e) => Err(format!("{e} (on {})", result.place)),
+            None => Ok(()),
         }
     }
 
@@ -905,9 +904,6 @@ impl Inner {
             self.replan_steps(spec, files)?;
         }
         let n_in = spec.inputs.len() + spec.args.len();
-        if let Some(remote) = &self.executors[&spec.executor].remote {
-            return self.attempt_remote(spec, files, remote);
-        }
         for file in files[..n_in].iter_mut() {
             if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
                 let outcome = self
@@ -968,14 +964,13 @@ impl Inner {
         }
     }
 
-    /// One attempt on a node: the in-task steps and the command go to a worker, which
-    /// plans the steps again there; their outcomes come back into the reports.
-    fn attempt_remote(
+    /// The task as a worker elsewhere runs it: the expanded command and the in-task
+    /// steps to plan again there; with the indices of the files whose steps it takes.
+    fn node_task(
         &self,
         spec: &TaskSpec,
         files: &mut [FileState],
-        remote: &Remote,
-    ) -> Result<(), String> {
+    ) -> Result<(remote::NodeTask, Vec<usize>), String> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let task_files = self.task_files(spec, files);
         let command = match &spec.body {
@@ -1016,30 +1011,7 @@ impl Inner {
             timeout_secs: spec.timeout.map(|t| t.as_secs_f64()),
             staged,
         };
-        remote.blocks.scale();
-        let result = remote.dispatcher.run(task)?;
-        let mut stage_in_failure = None;
-        for (k, &i) in sent.iter().enumerate() {
-            if let Some(r) = result.staged.get(k).filter(|r| r.ran) {
-                let f = &mut files[i];
-                f.report.attempts += r.attempts;
-                f.report.seconds += r.seconds;
-                f.report.cached |= r.cached;
-                if r.bytes.is_some() {
-                    f.report.bytes = r.bytes;
-                }
-                if let Some(e) = &r.error {
-                    f.report.error = Some(e.clone());
-                    if f.report.direction == Direction::In {
-                        stage_in_failure.get_or_insert(e.clone());
-                    }
-                }
-            }
-        }
-        match result.error {
-            Some(e) => Err(format!("{e} (on {})", result.place)),
-            None => Ok(()),
-        }
+        Ok((task, sent))
     }
 
     /// Plans every file again to get fresh in-task steps for a retry.

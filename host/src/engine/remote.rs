@@ -165,7 +165,11 @@ pub trait Provisioner: Send + Sync {
     fn shutdown(&self);
 }
 
-type Reply = mpsc::Sender<Result<NodeResult, String>>;
+/// Where a task's result goes: the submit side awaits it, holding no thread.
+type Reply = tokio::sync::oneshot::Sender<Result<NodeResult, String>>;
+
+/// What [`Dispatcher::submit`] returns: the task's result, once it arrives.
+pub type Receipt = tokio::sync::oneshot::Receiver<Result<NodeResult, String>>;
 
 struct Pending {
     task: NodeTask,
@@ -325,9 +329,10 @@ impl Dispatcher {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `task` on a worker, blocking until it ends or its worker is lost.
-    pub fn run(&self, task: NodeTask) -> Result<NodeResult, String> {
-        let (reply, result) = mpsc::channel();
+    /// Queues `task` for a worker; the receipt resolves when it ends or its worker is
+    /// lost.
+    pub fn submit(&self, task: NodeTask) -> Result<Receipt, String> {
+        let (reply, receipt) = tokio::sync::oneshot::channel();
         {
             let mut state = self.lock();
             if state.closed {
@@ -336,9 +341,7 @@ impl Dispatcher {
             state.pending.push_back(Pending { task, reply });
         }
         self.changed.notify_all();
-        result
-            .recv()
-            .unwrap_or_else(|_| Err("the run ended before the task".into()))
+        Ok(receipt)
     }
 
     /// Tasks waiting for a worker, and slots busy or free, for scaling.

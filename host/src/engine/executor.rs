@@ -1,0 +1,182 @@
+//! Executors: where the attempts of a task's body run.
+//!
+//! The task lifecycle (`engine/mod.rs`) plans every file, runs the separate jobs, then
+//! asks the task's [`Executor`] about each attempt of the body: `local` runs it here,
+//! on the executor's worker threads; a pilot executor ([`Pilot`]) sends it to a worker
+//! of its blocks and awaits the result, holding no thread while it runs. A pilot
+//! starts its run directory, its listener and its blocks on its first attempt, so an
+//! executor a run never uses costs nothing.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use super::remote::{self, NodeTask, Receipt};
+use super::{channel, slurm, EngineError, EngineOptions};
+use crate::registry::ExecutorRecord;
+
+/// Where a task's attempts run.
+pub(crate) trait Executor: Send + Sync {
+    /// How many threads the executor's pool needs: planning, and the bodies that run
+    /// in this process.
+    fn threads(&self) -> usize;
+    /// Whether attempts run here, on the pool; otherwise they go through [`send`].
+    ///
+    /// [`send`]: Executor::send
+    fn runs_here(&self) -> bool;
+    /// Sends one attempt elsewhere; the receipt resolves with its result.
+    fn send(&self, task: NodeTask) -> Result<Receipt, String>;
+    /// Stops what the executor started (its blocks), without waiting for it.
+    fn cancel(&self);
+    /// Ends what the executor started, waiting for it.
+    fn shutdown(&self);
+}
+
+/// Runs bodies in this process, `workers` at a time.
+pub(crate) struct Local {
+    pub workers: usize,
+}
+
+impl Executor for Local {
+    fn threads(&self) -> usize {
+        self.workers
+    }
+    fn runs_here(&self) -> bool {
+        true
+    }
+    fn send(&self, _task: NodeTask) -> Result<Receipt, String> {
+        Err("a local executor runs its tasks here".into())
+    }
+    fn cancel(&self) {}
+    fn shutdown(&self) {}
+}
+
+/// The submit side of a pilot executor, once started: the dispatcher its workers
+/// connect to, and what starts their blocks.
+struct Started {
+    dispatcher: Arc<remote::Dispatcher>,
+    blocks: Arc<dyn remote::Provisioner>,
+}
+
+/// An executor whose bodies run on workers in blocks a scheduler starts (`slurm`).
+pub(crate) struct Pilot {
+    record: ExecutorRecord,
+    config_file: Option<PathBuf>,
+    started: OnceLock<Result<Started, String>>,
+    /// Set once the run is ending: no block starts after it.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Pilot {
+    pub fn new(record: &ExecutorRecord, options: &EngineOptions) -> Pilot {
+        Pilot {
+            record: record.clone(),
+            config_file: options.config_file.clone(),
+            started: OnceLock::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The started side, starting it on first use.
+    fn started(&self) -> Result<&Started, String> {
+        self.started
+            .get_or_init(|| {
+                if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err("the run is ending".into());
+                }
+                start(&self.record, self.config_file.clone()).map_err(|e| e.0)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl Executor for Pilot {
+    fn threads(&self) -> usize {
+        // Planning only: the bodies run on the nodes.
+        2
+    }
+    fn runs_here(&self) -> bool {
+        false
+    }
+    fn send(&self, task: NodeTask) -> Result<Receipt, String> {
+        let started = self.started()?;
+        started.blocks.scale();
+        started.dispatcher.submit(task)
+    }
+    fn cancel(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(Ok(started)) = self.started.get() {
+            // On a thread of its own: cancelling blocks waits for the scheduler.
+            let blocks = started.blocks.clone();
+            let _ = std::thread::Builder::new()
+                .name("stagehost-cancel-blocks".into())
+                .spawn(move || blocks.shutdown());
+        }
+    }
+    fn shutdown(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(Ok(started)) = self.started.get() {
+            started.blocks.shutdown();
+        }
+    }
+}
+
+/// Starts a `slurm` executor's submit side: its run directory (scripts, logs, the
+/// secret only the user can read), the listener its workers connect to, and its
+/// blocks.
+fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, EngineError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let config = e.slurm.clone().unwrap_or_default();
+    let fail = |what: &str, err: std::io::Error| {
+        EngineError(format!("executor {:?}: {what}: {err}", e.label))
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let run_dir = e.working_dir.join(".stagehost").join("slurm").join(format!(
+        "{}-{}-{stamp}",
+        e.label,
+        std::process::id()
+    ));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run_dir)
+        .map_err(|err| fail(&format!("cannot create {}", run_dir.display()), err))?;
+    // The run's secret and the fingerprint of its TLS certificate: what a worker needs
+    // to tell its run from anyone else on that port.
+    let key = channel::RunKey::generate().map_err(|err| fail("cannot make the run's key", err))?;
+    let secret_file = run_dir.join("secret");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret_file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, key.file_text().as_bytes()))
+        .map_err(|err| fail(&format!("cannot write {}", secret_file.display()), err))?;
+    let address = config.address.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let dispatcher = remote::Dispatcher::start(
+        &e.label,
+        &address,
+        key,
+        std::time::Duration::from_secs_f64(config.heartbeat_secs),
+        config.prefetch,
+    )
+    .map_err(|err| fail(&format!("cannot listen on {address}"), err))?;
+    let connect = format!("{address}:{}", dispatcher.address().port());
+    let exe = std::env::current_exe().map_err(|err| fail("cannot find this executable", err))?;
+    let blocks = slurm::Blocks::start(
+        &e.label,
+        config,
+        dispatcher.clone(),
+        run_dir,
+        slurm::WorkerLaunch {
+            exe,
+            config_file,
+            secret_file,
+            slots: e.workers,
+        },
+        connect,
+    );
+    Ok(Started { dispatcher, blocks })
+}
