@@ -103,18 +103,54 @@ pub struct ExecutorConfig {
     /// per node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
-    /// Where task bodies run: `local` (this machine's worker threads) or `slurm`
-    /// (pilot jobs whose workers pull tasks from this run).
+    /// Where task bodies run: `local` (this machine's worker threads), `slurm`
+    /// (pilot jobs whose workers pull tasks from this run) or `processes` (workers
+    /// started as child processes of the run, on this machine).
     #[serde(default, skip_serializing_if = "ExecutorKind::is_local")]
     pub kind: ExecutorKind,
     /// The `[executor.NAME.slurm]` table, for `kind = "slurm"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmConfig>,
+    /// The `[executor.NAME.processes]` table, for `kind = "processes"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<ProcessesConfig>,
     /// Whether a staged file or a task's output may replace a file that stagehost did
     /// not put at its destination (as `gfal-copy -f`). Off: such a file is never
     /// overwritten, and the staging fails naming it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overwrite: bool,
+}
+
+impl ExecutorConfig {
+    /// The pilot settings of a `slurm` or `processes` executor (its table, or the
+    /// defaults); `None` for `local`.
+    pub fn pilot(&self) -> Option<PilotConfig> {
+        match self.kind {
+            ExecutorKind::Local => None,
+            ExecutorKind::Slurm => {
+                let s = self.slurm.clone().unwrap_or_default();
+                Some(PilotConfig {
+                    blocks: s.blocks,
+                    nodes_per_block: s.nodes_per_block,
+                    max_idle_secs: s.max_idle_secs,
+                    heartbeat_secs: s.heartbeat_secs,
+                    prefetch: s.prefetch,
+                    address: s.address.unwrap_or_else(|| "127.0.0.1".into()),
+                })
+            }
+            ExecutorKind::Processes => {
+                let p = self.processes.clone().unwrap_or_default();
+                Some(PilotConfig {
+                    blocks: p.blocks,
+                    nodes_per_block: 1,
+                    max_idle_secs: p.max_idle_secs,
+                    heartbeat_secs: p.heartbeat_secs,
+                    prefetch: p.prefetch,
+                    address: "127.0.0.1".into(),
+                })
+            }
+        }
+    }
 }
 
 /// An executor's kind.
@@ -126,6 +162,8 @@ pub enum ExecutorKind {
     Local,
     /// Pilot jobs (blocks) submitted with `sbatch`, each running `stagehost worker`.
     Slurm,
+    /// Blocks that are child processes of the run, each a `stagehost worker`.
+    Processes,
 }
 
 impl ExecutorKind {
@@ -169,6 +207,44 @@ pub struct SlurmConfig {
     /// Tasks sent to each worker beyond its free slots, queued on the node to hide
     /// the round trip (Parsl's `prefetch_capacity`); 0 keeps work for idle blocks.
     pub prefetch: usize,
+}
+
+/// The `[executor.NAME.processes]` table: workers as child processes of the run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessesConfig {
+    /// Worker processes at most at once: started on demand, ended when idle.
+    pub blocks: usize,
+    /// Seconds a worker process may stay idle before it is ended.
+    pub max_idle_secs: f64,
+    /// Seconds between heartbeats; a peer silent for three is lost.
+    pub heartbeat_secs: f64,
+    /// Tasks sent to each worker beyond its free slots (see `SlurmConfig::prefetch`).
+    pub prefetch: usize,
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        ProcessesConfig {
+            blocks: 1,
+            max_idle_secs: 120.0,
+            heartbeat_secs: 5.0,
+            prefetch: 0,
+        }
+    }
+}
+
+/// What every pilot kind (`slurm`, `processes`) shares: how many blocks, how many
+/// workers' nodes each, and the dispatcher's timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PilotConfig {
+    pub blocks: usize,
+    pub nodes_per_block: usize,
+    pub max_idle_secs: f64,
+    pub heartbeat_secs: f64,
+    pub prefetch: usize,
+    /// The address workers connect back to.
+    pub address: String,
 }
 
 impl Default for SlurmConfig {
@@ -233,6 +309,7 @@ impl Default for ExecutorConfig {
             workers: None,
             kind: ExecutorKind::Local,
             slurm: None,
+            processes: None,
             overwrite: false,
         }
     }
@@ -518,60 +595,83 @@ impl Config {
                     format!("executor {label:?}: workers must be between 1 and {MAX_WORKERS}, not {workers}"),
                 ));
             }
-            match (&executor.kind, &executor.slurm) {
-                (ExecutorKind::Local, Some(_)) => {
+            for (table, kind, present) in [
+                ("slurm", ExecutorKind::Slurm, executor.slurm.is_some()),
+                (
+                    "processes",
+                    ExecutorKind::Processes,
+                    executor.processes.is_some(),
+                ),
+            ] {
+                if present && executor.kind != kind {
                     return Err(self.error_at(
-                        &at("slurm"),
-                        format!("executor {label:?}: a [executor.{label}.slurm] table needs kind = \"slurm\""),
-                    ))
+                        &at(table),
+                        format!("executor {label:?}: a [executor.{label}.{table}] table needs kind = \"{table}\""),
+                    ));
                 }
-                (ExecutorKind::Slurm, slurm) => {
-                    let slurm = slurm.clone().unwrap_or_default();
-                    for (key, value, max) in [
-                        ("blocks", slurm.blocks, 1024),
-                        ("nodes_per_block", slurm.nodes_per_block, 4096),
-                    ] {
-                        if !(1..=max).contains(&value) {
-                            return Err(self.error_at(
-                                &slurm_at(key),
-                                format!("executor {label:?}: slurm {key} must be between 1 and {max}, not {value}"),
-                            ));
-                        }
-                    }
-                    if slurm.prefetch > 4096 {
+            }
+            if let Some(pilot) = executor.pilot() {
+                let table = if executor.kind == ExecutorKind::Slurm {
+                    "slurm"
+                } else {
+                    "processes"
+                };
+                let pilot_at = |key| [Key("executor"), Key(label), Key(table), Key(key)];
+                for (key, value, max) in [
+                    ("blocks", pilot.blocks, 1024),
+                    ("nodes_per_block", pilot.nodes_per_block, 4096),
+                ] {
+                    if !(1..=max).contains(&value) {
                         return Err(self.error_at(
-                            &slurm_at("prefetch"),
-                            format!("executor {label:?}: slurm prefetch must be at most 4096, not {}", slurm.prefetch),
+                            &pilot_at(key),
+                            format!("executor {label:?}: {table} {key} must be between 1 and {max}, not {value}"),
                         ));
                     }
-                    for (key, value) in [
-                        ("heartbeat_secs", slurm.heartbeat_secs),
-                        ("max_idle_secs", slurm.max_idle_secs),
-                    ] {
-                        if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
-                            return Err(self.error_at(
-                                &slurm_at(key),
-                                format!("executor {label:?}: slurm {key} must be above 0 and at most 86400, not {value}"),
-                            ));
-                        }
-                    }
-                    if slurm.walltime.trim().is_empty() {
+                }
+                if pilot.prefetch > 4096 {
+                    return Err(self.error_at(
+                        &pilot_at("prefetch"),
+                        format!(
+                            "executor {label:?}: {table} prefetch must be at most 4096, not {}",
+                            pilot.prefetch
+                        ),
+                    ));
+                }
+                for (key, value) in [
+                    ("heartbeat_secs", pilot.heartbeat_secs),
+                    ("max_idle_secs", pilot.max_idle_secs),
+                ] {
+                    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
                         return Err(self.error_at(
-                            &slurm_at("walltime"),
-                            format!("executor {label:?}: slurm walltime is empty"),
+                            &pilot_at(key),
+                            format!("executor {label:?}: {table} {key} must be above 0 and at most 86400, not {value}"),
                         ));
                     }
-                    let lines = [("sbatch_options", &slurm.sbatch_options), ("worker_init", &slurm.worker_init)];
-                    for (key, line) in lines.iter().flat_map(|(k, v)| v.iter().map(move |l| (*k, l))) {
-                        if line.contains('\n') {
-                            return Err(self.error_at(
-                                &slurm_at(key),
-                                format!("executor {label:?}: slurm sbatch_options and worker_init hold one line each, not {line:?}"),
-                            ));
-                        }
+                }
+            }
+            if executor.kind == ExecutorKind::Slurm {
+                let slurm = executor.slurm.clone().unwrap_or_default();
+                if slurm.walltime.trim().is_empty() {
+                    return Err(self.error_at(
+                        &slurm_at("walltime"),
+                        format!("executor {label:?}: slurm walltime is empty"),
+                    ));
+                }
+                let lines = [
+                    ("sbatch_options", &slurm.sbatch_options),
+                    ("worker_init", &slurm.worker_init),
+                ];
+                for (key, line) in lines
+                    .iter()
+                    .flat_map(|(k, v)| v.iter().map(move |l| (*k, l)))
+                {
+                    if line.contains('\n') {
+                        return Err(self.error_at(
+                            &slurm_at(key),
+                            format!("executor {label:?}: slurm sbatch_options and worker_init hold one line each, not {line:?}"),
+                        ));
                     }
                 }
-                _ => {}
             }
             for name in executor.staging.iter().flatten() {
                 let known_plugin = self.providers.iter().any(|p| &p.name == name);
@@ -798,6 +898,35 @@ mod tests {
         let c = parse("[executor.a]\nstaging = []\n[executor.b]\n").unwrap();
         assert_eq!(c.executors["a"].staging, Some(vec![]));
         assert_eq!(c.executors["b"].staging, None);
+    }
+
+    #[test]
+    fn a_processes_table_is_checked_as_a_slurm_one_is() {
+        let parse = |text: &str| {
+            let source = ConfigSource::File {
+                path: "c.toml".into(),
+                found_by: "t",
+                text: text.into(),
+            };
+            Config::parse(text, source)
+        };
+        let e = parse("[executor.a]\nworkers = 1\n[executor.a.processes]\nblocks = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:3:13: executor \"a\": a [executor.a.processes] table needs kind = \"processes\""), "{e}");
+        let e = parse("[executor.a]\nkind = \"processes\"\n[executor.a.processes]\nblocks = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "c.toml:4:1: executor \"a\": processes blocks must be between 1 and 1024, not 0"
+            ),
+            "{e}"
+        );
+        let c = parse("[executor.a]\nkind = \"processes\"\n").unwrap();
+        let pilot = c.executors["a"].pilot().unwrap();
+        assert_eq!((pilot.blocks, pilot.nodes_per_block), (1, 1));
+        assert!(c.executors["a"].processes.is_none());
     }
 
     #[test]

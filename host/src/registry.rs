@@ -165,6 +165,8 @@ pub struct ExecutorRecord {
     pub kind: crate::config::ExecutorKind,
     /// How blocks are submitted, for `slurm`.
     pub slurm: Option<crate::config::SlurmConfig>,
+    /// The block and dispatcher settings of a pilot kind (`slurm`, `processes`).
+    pub pilot: Option<crate::config::PilotConfig>,
     /// Whether staged files may replace files stagehost did not put there.
     pub overwrite: bool,
 }
@@ -368,8 +370,9 @@ impl Registry {
                     crate::config::ExecutorKind::Slurm => {
                         Some(ec.slurm.clone().unwrap_or_default())
                     }
-                    crate::config::ExecutorKind::Local => None,
+                    _ => None,
                 },
+                pilot: ec.pilot(),
             });
         }
         Ok(Registry {

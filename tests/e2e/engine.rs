@@ -825,3 +825,81 @@ fn a_pilot_executor_the_run_never_uses_starts_nothing() {
         "a run directory for an executor that was never used"
     );
 }
+
+/// A `processes` executor: `blocks` worker processes of `workers` slots, staging local
+/// files by copy in the task (on the "node"), as a `slurm` executor does.
+fn processes_config(sandbox: &Sandbox, blocks: usize) -> PathBuf {
+    sandbox.write(
+        "site.toml",
+        format!("[[provider]]\nname = \"copy\"\nplugin = \"file\"\nsettings = {{ mode = \"copy\" }}\n\n[executor.procs]\nkind = \"processes\"\nworking_dir = \"wd\"\nstaging = [\"copy\"]\nworkers = 2\n\n[executor.procs.processes]\nblocks = {blocks}\nheartbeat_secs = 1\n"),
+    )
+}
+
+#[test]
+fn a_processes_executor_runs_bodies_in_worker_processes_and_leaves_none() {
+    let sandbox = Sandbox::new();
+    let cfg = processes_config(&sandbox, 2);
+    let data = sandbox.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut flow = String::new();
+    for i in 0..6 {
+        std::fs::write(data.join(format!("in{i}.txt")), format!("input {i}\n")).unwrap();
+        flow.push_str(&format!(
+            "[[task]]\nname = \"t{i}\"\nexecutor = \"procs\"\ncommand = \"tr a-z A-Z < {{inputs[0]}} > {{outputs[0]}}; echo $PPID > {{outputs[1]}}\"\ninputs = [{:?}]\noutputs = [{:?}, {:?}]\n",
+            data.join(format!("in{i}.txt")).display().to_string(),
+            data.join(format!("out{i}.txt")).display().to_string(),
+            data.join(format!("pid{i}.txt")).display().to_string(),
+        ));
+    }
+    let (out, report) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let me = std::process::id().to_string();
+    let mut parents = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        assert_eq!(
+            read(data.join(format!("out{i}.txt"))),
+            format!("INPUT {i}\n")
+        );
+        // The body's shell is a child of a worker process, not of the run.
+        let parent = read(data.join(format!("pid{i}.txt"))).trim().to_owned();
+        assert_ne!(parent, me);
+        parents.insert(parent);
+    }
+    assert!(!parents.is_empty());
+    assert_eq!(report["tasks"].as_array().map(Vec::len), Some(6));
+    // Every worker process is gone once the run has returned.
+    for pid in parents {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker process {pid} outlived the run"
+        );
+    }
+    // Its run directory holds the blocks' logs, and the secret only its owner reads.
+    let runs: Vec<_> = std::fs::read_dir(sandbox.join("wd/.stagehost/processes"))
+        .unwrap()
+        .collect();
+    assert_eq!(runs.len(), 1);
+}
+
+#[test]
+fn a_lost_worker_process_is_named_and_its_task_retried_on_another() {
+    let sandbox = Sandbox::new();
+    let cfg = processes_config(&sandbox, 1);
+    let marker = sandbox.join("killed-once");
+    let output = sandbox.join("data/out.txt");
+    // The first attempt kills the worker process that runs it (its shell's parent).
+    let flow = format!(
+        "[[task]]\nname = \"t\"\nexecutor = \"procs\"\nretries = 1\ncommand = \"if [ ! -e {m} ]; then touch {m}; kill -KILL $PPID; sleep 5; fi; echo done > {{outputs[0]}}\"\noutputs = [{o:?}]\n",
+        m = marker.display(),
+        o = output.display().to_string(),
+    );
+    let (out, _) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(read(&output), "done\n");
+    assert!(
+        out.stderr
+            .contains("worker process p0 ended (killed by signal 9)"),
+        "{}",
+        out.stderr
+    );
+}

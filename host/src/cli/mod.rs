@@ -41,7 +41,7 @@ enum Command {
     /// Inspect the config
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Serve a run's tasks on this node (started by a `slurm` executor's blocks)
+    /// Serve a run's tasks on this node (started by a `slurm` or `processes` executor's blocks)
     Worker(worker::WorkerArgs),
 }
 

@@ -96,7 +96,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     let workflow_name = workflow.path.display().to_string();
     let quiet = args.quiet;
     let tasks = workflow.tasks.len();
-    // The workers of `slurm` executors read the same config file on the nodes.
+    // The workers of pilot executors (`slurm`, `processes`) read the same config file.
     let config_file = match &config.source {
         stagehost::config::ConfigSource::File { path, .. } => {
             Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
@@ -177,13 +177,17 @@ fn dry_run(
     let index = workflow.name_index();
     for &i in order {
         let task = &workflow.tasks[i];
-        let remote = registry
+        let pilot = registry
             .executors
             .iter()
-            .any(|e| e.label == task.executor && e.kind == stagehost::config::ExecutorKind::Slurm);
-        if remote {
+            .find(|e| e.label == task.executor && e.pilot.is_some());
+        if let Some(e) = pilot {
+            let kind = match e.kind {
+                stagehost::config::ExecutorKind::Slurm => "slurm",
+                _ => "processes",
+            };
             println!(
-                "task {} (executor {}, slurm: the body runs on a node):",
+                "task {} (executor {}, {kind}: the body runs on a node):",
                 task.name, task.executor
             );
         } else {
@@ -211,7 +215,7 @@ fn dry_run(
                     let modes: Vec<String> = s
                         .modes()
                         .iter()
-                        .map(|m| match (remote, m) {
+                        .map(|m| match (pilot.is_some(), m) {
                             (false, m) => m.as_str().to_owned(),
                             (true, stagehost::WorkMode::SeparateJob) => {
                                 "separate job on the submit side".to_owned()

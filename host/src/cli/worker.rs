@@ -1,4 +1,4 @@
-//! `stagehost worker`: the node side of a `slurm` executor. Started by a block's
+//! `stagehost worker`: the node side of a pilot executor (`slurm`, `processes`). Started by a block;
 //! script; connects back to the run over TLS pinned to the run's certificate, proves
 //! the run's secret (and checks the run's proof), and runs the tasks it
 //! is sent (their in-task steps planned here, from the same config) until the run

@@ -10,8 +10,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use super::blocks::{Blocks, Scheduler};
 use super::remote::{self, NodeTask, Receipt};
-use super::{channel, slurm, EngineError, EngineOptions};
+use super::{channel, processes, slurm, EngineError, EngineOptions};
+use crate::config::ExecutorKind;
 use crate::registry::ExecutorRecord;
 
 /// Where a task's attempts run.
@@ -57,7 +59,8 @@ struct Started {
     blocks: Arc<dyn remote::Provisioner>,
 }
 
-/// An executor whose bodies run on workers in blocks a scheduler starts (`slurm`).
+/// An executor whose bodies run on workers in blocks a scheduler starts (`slurm`,
+/// `processes`).
 pub(crate) struct Pilot {
     record: ExecutorRecord,
     config_file: Option<PathBuf>,
@@ -121,19 +124,30 @@ impl Executor for Pilot {
     }
 }
 
-/// Starts a `slurm` executor's submit side: its run directory (scripts, logs, the
+/// Starts a pilot executor's submit side: its run directory (scripts, logs, the
 /// secret only the user can read), the listener its workers connect to, and its
-/// blocks.
+/// blocks, started by the scheduler of its kind.
 fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, EngineError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let config = e.slurm.clone().unwrap_or_default();
+    let policy = e.pilot.clone().unwrap_or_else(|| {
+        crate::config::ExecutorConfig {
+            kind: e.kind,
+            ..Default::default()
+        }
+        .pilot()
+        .expect("a pilot kind")
+    });
     let fail = |what: &str, err: std::io::Error| {
         EngineError(format!("executor {:?}: {what}: {err}", e.label))
     };
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let run_dir = e.working_dir.join(".stagehost").join("slurm").join(format!(
+    let kind = match e.kind {
+        ExecutorKind::Slurm => "slurm",
+        _ => "processes",
+    };
+    let run_dir = e.working_dir.join(".stagehost").join(kind).join(format!(
         "{}-{}-{stamp}",
         e.label,
         std::process::id()
@@ -154,29 +168,47 @@ fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, En
         .open(&secret_file)
         .and_then(|mut f| std::io::Write::write_all(&mut f, key.file_text().as_bytes()))
         .map_err(|err| fail(&format!("cannot write {}", secret_file.display()), err))?;
-    let address = config.address.clone().unwrap_or_else(|| "127.0.0.1".into());
     let dispatcher = remote::Dispatcher::start(
         &e.label,
-        &address,
+        &policy.address,
         key,
-        std::time::Duration::from_secs_f64(config.heartbeat_secs),
-        config.prefetch,
+        std::time::Duration::from_secs_f64(policy.heartbeat_secs),
+        policy.prefetch,
     )
-    .map_err(|err| fail(&format!("cannot listen on {address}"), err))?;
-    let connect = format!("{address}:{}", dispatcher.address().port());
+    .map_err(|err| fail(&format!("cannot listen on {}", policy.address), err))?;
+    let connect = format!("{}:{}", policy.address, dispatcher.address().port());
     let exe = std::env::current_exe().map_err(|err| fail("cannot find this executable", err))?;
-    let blocks = slurm::Blocks::start(
-        &e.label,
-        config,
-        dispatcher.clone(),
-        run_dir,
-        slurm::WorkerLaunch {
-            exe,
-            config_file,
-            secret_file,
-            slots: e.workers,
-        },
+    // What each node of a block runs (the scheduler adds `--block <id>`).
+    let mut worker = vec![exe.display().to_string()];
+    if let Some(cfg) = &config_file {
+        worker.extend(["--config".to_owned(), cfg.display().to_string()]);
+    }
+    worker.extend([
+        "worker".to_owned(),
+        "--connect".into(),
         connect,
+        "--secret-file".into(),
+        secret_file.display().to_string(),
+        "--executor".into(),
+        e.label.clone(),
+        "--slots".into(),
+        e.workers.to_string(),
+    ]);
+    let scheduler: Arc<dyn Scheduler> = match e.kind {
+        ExecutorKind::Slurm => Arc::new(slurm::Slurm::new(
+            &e.label,
+            e.slurm.clone().unwrap_or_default(),
+            run_dir,
+        )),
+        _ => Arc::new(processes::Processes::new(run_dir)),
+    };
+    let blocks = Blocks::start(
+        &e.label,
+        policy,
+        scheduler,
+        dispatcher.clone(),
+        worker,
+        e.workers,
     );
     Ok(Started { dispatcher, blocks })
 }

@@ -19,10 +19,12 @@
 //!   settles every task and data future as cancelled; transfers are awaited, so no
 //!   partial file outlives the run.
 
+mod blocks;
 mod channel;
 mod command;
 mod executor;
 mod pool;
+mod processes;
 mod remote;
 mod runner;
 mod slurm;
@@ -170,7 +172,9 @@ impl Engine {
                 crate::config::ExecutorKind::Local => {
                     Arc::new(executor::Local { workers: e.workers })
                 }
-                crate::config::ExecutorKind::Slurm => Arc::new(executor::Pilot::new(e, &options)),
+                crate::config::ExecutorKind::Slurm | crate::config::ExecutorKind::Processes => {
+                    Arc::new(executor::Pilot::new(e, &options))
+                }
             };
             let rt = ExecutorRuntime {
                 working_dir: e.working_dir.clone(),

@@ -1,169 +1,33 @@
-//! The `slurm` executor kind: pilot jobs (blocks) submitted with `sbatch`, each
-//! running `stagehost worker` on its nodes, which connects back to this run's
-//! [`Dispatcher`]. Blocks start on demand (up to `blocks`), are watched with `squeue`
-//! (an ended block's cause read with `scontrol`, else `sacct`), end when idle, and are
-//! all `scancel`led when the run ends, fails or is cancelled.
-//!
-//! Invariant: every block this run submitted is cancelled by [`Blocks::shutdown`]
-//! (called at the end of a run, and on drop).
+//! The `slurm` scheduler: blocks are batch jobs submitted with `sbatch`, each running
+//! `stagehost worker` on its nodes (through `srun` when a block has several), listed
+//! with `squeue`, explained with `scontrol` (else `sacct`) and ended with `scancel`.
+//! The block policy is `blocks.rs`'s.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::config::SlurmConfig;
 
-use super::remote::{Dispatcher, Provisioner};
+use super::blocks::Scheduler;
 
-/// A submitted block.
-struct Block {
-    job: String,
-    submitted: Instant,
-}
-
-#[derive(Default)]
-struct State {
-    active: Vec<Block>,
-    submitted: usize,
-    stopping: bool,
-    /// The last sbatch failure, to fail waiting tasks with.
-    failure: Option<String>,
-}
-
-/// The blocks of one `slurm` executor.
-pub struct Blocks {
+/// Slurm, for one executor: its `[executor.X.slurm]` table, and where its scripts and
+/// logs go.
+pub struct Slurm {
     label: String,
     config: SlurmConfig,
-    dispatcher: Arc<Dispatcher>,
     run_dir: PathBuf,
-    worker: Vec<String>,
-    slots_per_block: usize,
-    state: Mutex<State>,
-    /// Held while deciding on and submitting blocks: one submitter at a time.
-    scaling: Mutex<()>,
 }
 
-/// How to start the worker on a node: this executable, with these arguments.
-pub struct WorkerLaunch {
-    pub exe: PathBuf,
-    pub config_file: Option<PathBuf>,
-    pub secret_file: PathBuf,
-    pub slots: usize,
-}
-
-impl Blocks {
-    /// Block management for executor `label`; its scripts and logs go in `run_dir`.
-    pub fn start(
-        label: &str,
-        config: SlurmConfig,
-        dispatcher: Arc<Dispatcher>,
-        run_dir: PathBuf,
-        launch: WorkerLaunch,
-        connect: String,
-    ) -> Arc<Blocks> {
-        let mut worker = vec![
-            launch.exe.display().to_string(),
-            "worker".into(),
-            "--connect".into(),
-            connect,
-            "--secret-file".into(),
-            launch.secret_file.display().to_string(),
-            "--executor".into(),
-            label.to_owned(),
-            "--slots".into(),
-            launch.slots.to_string(),
-        ];
-        if let Some(cfg) = &launch.config_file {
-            worker.splice(1..1, ["--config".to_owned(), cfg.display().to_string()]);
-        }
-        let slots_per_block = launch.slots * config.nodes_per_block;
-        let blocks = Arc::new(Blocks {
+impl Slurm {
+    pub fn new(label: &str, config: SlurmConfig, run_dir: PathBuf) -> Slurm {
+        Slurm {
             label: label.to_owned(),
             config,
-            dispatcher,
             run_dir,
-            worker,
-            slots_per_block,
-            state: Mutex::new(State::default()),
-            scaling: Mutex::new(()),
-        });
-        blocks.dispatcher.set_explain(Arc::new(|job: &str| {
-            let state = job_state(job);
-            let word = state.split(',').next().unwrap_or("");
-            TERMINAL
-                .contains(&word)
-                .then(|| format!("Slurm job {job} ended ({state})"))
-        }));
-        let weak = Arc::downgrade(&blocks);
-        blocks.dispatcher.set_abandon(Arc::new(move |job: &str| {
-            if let Some(blocks) = weak.upgrade() {
-                blocks.abandon(job);
-            }
-        }));
-        let watcher = Arc::downgrade(&blocks);
-        let _ = std::thread::Builder::new()
-            .name(format!("stagehost-{label}-blocks"))
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(500));
-                let Some(blocks) = watcher.upgrade() else {
-                    break;
-                };
-                if blocks.lock().stopping {
-                    break;
-                }
-                blocks.watch();
-                blocks.scale();
-            });
-        blocks
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Submits blocks while the tasks waiting and running need more slots than the
-    /// blocks submitted give, up to `blocks`.
-    pub fn scale(&self) {
-        let _one_at_a_time = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
-        let (pending, busy, _) = self.dispatcher.load();
-        let needed = pending + busy;
-        loop {
-            {
-                let state = self.lock();
-                let have = state.active.len() * self.slots_per_block;
-                if state.stopping
-                    || needed <= have
-                    || state.active.len() >= self.config.blocks
-                    || pending == 0
-                {
-                    return;
-                }
-            }
-            match self.submit() {
-                Ok(job) => {
-                    tracing::info!("executor {:?}: submitted block {job}", self.label);
-                    let mut state = self.lock();
-                    state.active.push(Block {
-                        job,
-                        submitted: Instant::now(),
-                    });
-                    state.submitted += 1;
-                    state.failure = None;
-                }
-                Err(e) => {
-                    tracing::warn!("executor {:?}: {e}", self.label);
-                    self.lock().failure = Some(e.clone());
-                    if self.lock().active.is_empty() {
-                        self.dispatcher.fail_pending(&e);
-                    }
-                    return;
-                }
-            }
         }
     }
 
-    fn script(&self, n: usize) -> String {
+    fn script(&self, n: usize, worker: &[String]) -> String {
         let c = &self.config;
         let mut s = String::from("#!/bin/sh\n");
         let mut opt = |o: String| {
@@ -194,7 +58,7 @@ impl Blocks {
             s.push_str(line);
             s.push('\n');
         }
-        let worker: Vec<String> = self.worker.iter().map(|a| super::shell_quote(a)).collect();
+        let worker: Vec<String> = worker.iter().map(|a| super::shell_quote(a)).collect();
         let launcher = if c.nodes_per_block > 1 {
             "exec srun --ntasks-per-node=1 "
         } else {
@@ -206,11 +70,16 @@ impl Blocks {
         ));
         s
     }
+}
 
-    fn submit(&self) -> Result<String, String> {
-        let n = self.lock().submitted;
+impl Scheduler for Slurm {
+    fn noun(&self) -> &'static str {
+        "Slurm job"
+    }
+
+    fn submit(&self, n: usize, worker: &[String]) -> Result<String, String> {
         let path = self.run_dir.join(format!("block-{n}.sh"));
-        std::fs::write(&path, self.script(n))
+        std::fs::write(&path, self.script(n, worker))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let out = Command::new("sbatch")
             .arg("--parsable")
@@ -232,127 +101,25 @@ impl Blocks {
         Ok(job)
     }
 
-    /// Notices blocks that ended (and why), and ends blocks idle too long.
-    fn watch(&self) {
-        let ids: Vec<String> = self.lock().active.iter().map(|b| b.job.clone()).collect();
-        if ids.is_empty() {
-            self.dispatcher.set_saturated(false);
-            return;
-        }
-        let Some(queued) = squeue(&ids) else { return };
-        let mut ended = Vec::new();
-        {
-            let mut state = self.lock();
-            state.active.retain(|b| {
-                let alive = queued.iter().any(|(id, st)| {
-                    id == &b.job
-                        && !matches!(
-                            st.as_str(),
-                            "COMPLETED"
-                                | "CANCELLED"
-                                | "FAILED"
-                                | "TIMEOUT"
-                                | "NODE_FAIL"
-                                | "PREEMPTED"
-                                | "OUT_OF_MEMORY"
-                        )
-                });
-                // A block just submitted may not be listed yet.
-                if !alive && b.submitted.elapsed() > Duration::from_secs(2) {
-                    ended.push(b.job.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        for job in ended {
-            let cause = format!("Slurm job {job} ended ({})", job_state(&job));
-            tracing::info!("executor {:?}: {cause}", self.label);
-            self.dispatcher.block_ended(&job, cause);
-        }
-        // Saturated: as many blocks as allowed, every one with its workers connected.
-        let connected = self.dispatcher.blocks();
-        {
-            let state = self.lock();
-            let all_up = state.active.len() >= self.config.blocks
-                && state.active.iter().all(|b| connected.contains_key(&b.job));
-            self.dispatcher.set_saturated(all_up);
-        }
-        // Idle blocks.
-        let idle = connected;
-        let (pending, _, _) = self.dispatcher.load();
-        if pending == 0 {
-            let limit = Duration::from_secs_f64(self.config.max_idle_secs);
-            for (job, since) in idle {
-                let cause = format!(
-                    "Slurm job {job} ended: idle for {}s",
-                    self.config.max_idle_secs
-                );
-                if since.is_some_and(|t| t.elapsed() > limit)
-                    && self.dispatcher.retire_if_idle(&job, cause)
-                {
-                    tracing::info!("executor {:?}: block {job} idle, ending it", self.label);
-                    self.lock().active.retain(|b| b.job != job);
-                    scancel(std::slice::from_ref(&job));
-                }
-            }
-        }
+    fn alive(&self, ids: &[String]) -> Option<Vec<String>> {
+        let listed = squeue(ids)?;
+        Some(
+            listed
+                .into_iter()
+                .filter(|(_, state)| !TERMINAL.contains(&state.as_str()))
+                .map(|(id, _)| id)
+                .collect(),
+        )
     }
 
-    /// Cancels a block whose worker was lost while Slurm still runs it (a hung node),
-    /// so that another block can take its place.
-    fn abandon(&self, job: &str) {
-        let mut state = self.lock();
-        let before = state.active.len();
-        state.active.retain(|b| b.job != job);
-        if state.active.len() < before {
-            drop(state);
-            tracing::warn!(
-                "executor {:?}: block {job} lost its worker but still runs; cancelling it",
-                self.label
-            );
-            scancel(&[job.to_owned()]);
-        }
+    fn ended(&self, id: &str) -> Option<String> {
+        let state = job_state(id);
+        let word = state.split(',').next().unwrap_or("");
+        TERMINAL.contains(&word).then_some(state)
     }
 
-    /// Cancels every block and waits (a little) until Slurm lists none.
-    pub fn shutdown(&self) {
-        let ids: Vec<String> = {
-            let mut state = self.lock();
-            if state.stopping {
-                return;
-            }
-            state.stopping = true;
-            state.active.drain(..).map(|b| b.job).collect()
-        };
-        self.dispatcher.close();
-        if ids.is_empty() {
-            return;
-        }
-        scancel(&ids);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            match squeue(&ids) {
-                Some(q) if !q.is_empty() => std::thread::sleep(Duration::from_millis(200)),
-                _ => break,
-            }
-        }
-    }
-}
-
-impl Provisioner for Blocks {
-    fn scale(&self) {
-        Blocks::scale(self);
-    }
-    fn shutdown(&self) {
-        Blocks::shutdown(self);
-    }
-}
-
-impl Drop for Blocks {
-    fn drop(&mut self) {
-        self.shutdown();
+    fn cancel(&self, ids: &[String]) {
+        let _ = Command::new("scancel").args(ids).output();
     }
 }
 
@@ -419,8 +186,4 @@ fn job_state(job: &str) -> String {
         }
     }
     "ended".into()
-}
-
-fn scancel(ids: &[String]) {
-    let _ = Command::new("scancel").args(ids).output();
 }
