@@ -265,3 +265,99 @@ impl Drop for Blocks {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::channel::RunKey;
+    use crate::engine::remote::NodeTask;
+
+    /// A scheduler that starts nothing real: it records what the policy asks of it.
+    #[derive(Default)]
+    struct Ledger {
+        submitted: Mutex<Vec<String>>,
+        cancelled: Mutex<Vec<String>>,
+    }
+
+    impl Scheduler for Ledger {
+        fn noun(&self) -> &'static str {
+            "test block"
+        }
+        fn submit(&self, n: usize, worker: &[String]) -> Result<String, String> {
+            assert_eq!(worker, ["stagehost", "worker"]);
+            let id = format!("b{n}");
+            self.submitted.lock().unwrap().push(id.clone());
+            Ok(id)
+        }
+        fn alive(&self, ids: &[String]) -> Option<Vec<String>> {
+            let cancelled = self.cancelled.lock().unwrap();
+            Some(
+                ids.iter()
+                    .filter(|i| !cancelled.contains(i))
+                    .cloned()
+                    .collect(),
+            )
+        }
+        fn ended(&self, _id: &str) -> Option<String> {
+            None
+        }
+        fn cancel(&self, ids: &[String]) {
+            self.cancelled.lock().unwrap().extend_from_slice(ids);
+        }
+    }
+
+    fn task(id: u64) -> NodeTask {
+        NodeTask {
+            id,
+            name: format!("t{id}"),
+            executor: "x".into(),
+            command: "true".into(),
+            files: Default::default(),
+            timeout_secs: None,
+            staged: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn blocks_start_on_demand_up_to_the_limit_and_all_end_with_the_run() {
+        let dispatcher = Dispatcher::start(
+            "x",
+            "127.0.0.1",
+            RunKey::generate().unwrap(),
+            Duration::from_secs(5),
+            0,
+        )
+        .unwrap();
+        let ledger = Arc::new(Ledger::default());
+        let policy = PilotConfig {
+            blocks: 3,
+            nodes_per_block: 1,
+            max_idle_secs: 60.0,
+            heartbeat_secs: 5.0,
+            prefetch: 0,
+            address: "127.0.0.1".into(),
+        };
+        let worker = vec!["stagehost".to_owned(), "worker".to_owned()];
+        let blocks = Blocks::start("x", policy, ledger.clone(), dispatcher.clone(), worker, 2);
+        // Nothing waits: nothing starts.
+        blocks.scale();
+        assert!(ledger.submitted.lock().unwrap().is_empty());
+        // Three tasks on two slots a block: two blocks.
+        let mut receipts: Vec<_> = (0..3)
+            .map(|i| dispatcher.submit(task(i)).unwrap())
+            .collect();
+        blocks.scale();
+        assert_eq!(*ledger.submitted.lock().unwrap(), ["b0", "b1"]);
+        // Ten: never more than three.
+        receipts.extend((3..10).map(|i| dispatcher.submit(task(i)).unwrap()));
+        blocks.scale();
+        blocks.scale();
+        assert_eq!(*ledger.submitted.lock().unwrap(), ["b0", "b1", "b2"]);
+        // The run ends: every block is cancelled, every waiting task fails.
+        blocks.shutdown();
+        assert_eq!(*ledger.cancelled.lock().unwrap(), ["b0", "b1", "b2"]);
+        for mut r in receipts {
+            assert!(matches!(r.try_recv(), Ok(Err(_))));
+        }
+    }
+}
