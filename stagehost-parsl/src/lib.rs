@@ -8,15 +8,15 @@
 //! error is raised as `stagehost_parsl.StagingError(message, kind)`, its message the
 //! one line the CLI prints, with URLs redacted.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use stagehost::config::ConfigSource;
-use stagehost::{
-    Config, DataManager, PluginLoader, Registry, StageOptions, Staging, StagingError, WorkMode,
-};
+use stagehost::config::{ConfigSource, TransferConfig};
+use stagehost::engine::{Silent, StageRunner};
+use stagehost::{Config, DataManager, PluginLoader, Registry, Staging, StagingError, WorkMode};
 use stagehost_plugin_api::File;
 
 /// Raises `stagehost_parsl.StagingError(message, kind)`.
@@ -174,11 +174,47 @@ fn set_bundled_plugin_dir(dir: String) -> bool {
     stagehost::discovery::set_bundled_plugin_dir(PathBuf::from(dir))
 }
 
-/// One config's plugins, provider instances and data manager.
+/// The runtime every host's staging runs on (the runner's transfers are async).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("stagehost-python")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime builds")
+    })
+}
+
+/// One config's plugins, provider instances and data manager, and the runners its
+/// work goes through (the config's `[transfers]` policy: retries, timeouts, limits),
+/// one per working directory Parsl's executors name.
 #[pyclass(module = "stagehost_parsl._native", frozen)]
 struct Host {
     registry: Arc<Registry>,
     dm: Arc<DataManager>,
+    transfers: TransferConfig,
+    runners: Mutex<HashMap<Option<PathBuf>, Arc<StageRunner>>>,
+}
+
+impl Host {
+    /// The runner for `working_dir` (the Parsl executor's, or the config's own).
+    fn runner(&self, working_dir: Option<PathBuf>) -> Arc<StageRunner> {
+        let mut runners = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+        runners
+            .entry(working_dir.clone())
+            .or_insert_with(|| {
+                let _in_runtime = runtime().enter();
+                Arc::new(StageRunner::over(
+                    self.dm.clone(),
+                    self.transfers.clone(),
+                    Arc::new(Silent),
+                    working_dir,
+                ))
+            })
+            .clone()
+    }
 }
 
 #[pymethods]
@@ -204,8 +240,8 @@ impl Host {
         for problem in registry.dirs.iter().filter_map(|d| d.problem()) {
             tracing::warn!("{problem}");
         }
-        for (_, reason) in registry.failed_instances() {
-            if config.source != ConfigSource::Embedded || !reason.contains(": missing: ") {
+        for (instance, reason) in registry.failed_instances() {
+            if config.source != ConfigSource::Embedded || !instance.plugin_missing {
                 tracing::warn!("{reason}");
             }
         }
@@ -213,6 +249,8 @@ impl Host {
         Ok(Host {
             registry: Arc::new(registry),
             dm: Arc::new(dm),
+            transfers: config.transfers.clone(),
+            runners: Mutex::new(HashMap::new()),
         })
     }
 
@@ -272,21 +310,16 @@ impl Host {
             file.set_local_path(PathBuf::from(path));
         }
         let outbound = direction_is_out(direction)?;
-        let dm = self.dm.clone();
+        // The Parsl executor's working_dir, when it has one, as Parsl's own providers
+        // use it (and a retry plans again there).
+        let runner = self.runner(working_dir.map(PathBuf::from));
+        let direction = if outbound {
+            stagehost::Direction::Out
+        } else {
+            stagehost::Direction::In
+        };
         let staging = py
-            .detach(|| {
-                // The Parsl executor's working_dir, when it has one, as Parsl's own
-                // providers use it.
-                let opts = StageOptions {
-                    working_dir: working_dir.map(PathBuf::from),
-                    ..StageOptions::default()
-                };
-                if outbound {
-                    dm.plan_stage_out(executor, &file, &opts)
-                } else {
-                    dm.plan_stage_in(executor, &file, &opts)
-                }
-            })
+            .detach(|| runner.plan(executor, &file, direction))
             .map_err(from_staging)?;
         let local_path = staging.file.local_path().map(|p| p.display().to_string());
         let modes = staging
@@ -296,6 +329,8 @@ impl Host {
             .collect();
         Ok(Plan {
             staging: Mutex::new(Some(staging)),
+            original: file,
+            runner,
             local_path,
             modes,
             url: stagehost_plugin_api::redact_url(url),
@@ -329,6 +364,11 @@ fn direction_is_out(direction: &str) -> PyResult<bool> {
 #[pyclass(module = "stagehost_parsl._native", frozen)]
 struct Plan {
     staging: Mutex<Option<Staging>>,
+    /// The file as planned (the URL, and a preset local path): what a retry plans
+    /// again from.
+    original: File,
+    /// What runs its work, under the config's `[transfers]` policy.
+    runner: Arc<StageRunner>,
     /// Where the task sees the file, if the provider set it.
     #[pyo3(get)]
     local_path: Option<String>,
@@ -352,16 +392,23 @@ impl Plan {
                 self.url
             )));
         };
+        let (runner, original) = (self.runner.clone(), &self.original);
         let (outcome, staging) = py.detach(move || {
-            let opts = StageOptions::default();
-            let outcome = match mode {
-                WorkMode::SeparateJob => staging.run_separate_job(&opts),
-                WorkMode::InTaskStep => staging.run_in_task_step(&opts),
+            // Only the work asked for runs now; the other waits for its own call.
+            let other = match mode {
+                WorkMode::SeparateJob => staging.in_task_step.take(),
+                WorkMode::InTaskStep => staging.separate_job.take(),
             };
-            (outcome, staging)
+            let outcome = runtime().block_on(runner.run(staging, original));
+            let mut staging = outcome.staging;
+            match mode {
+                WorkMode::SeparateJob => staging.in_task_step = other,
+                WorkMode::InTaskStep => staging.separate_job = other,
+            }
+            (outcome.result.map(|()| outcome.cached), staging)
         });
         *self.staging.lock().unwrap_or_else(|p| p.into_inner()) = Some(staging);
-        outcome.map(|done| done.cached).map_err(from_staging)
+        outcome.map_err(from_staging)
     }
 }
 

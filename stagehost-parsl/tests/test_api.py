@@ -90,3 +90,51 @@ def test_secrets_never_reach_an_error_a_plan_or_a_repr(tmp_path: Path) -> None:
         for s in secrets:
             assert s not in shown, shown
         assert "127.0.0.1:9/x.txt" in shown
+
+
+def test_staging_follows_the_configs_transfer_policy(tmp_path: Path) -> None:
+    """Work runs through the same runner as `stagehost run`: a transient failure is
+    retried under the config's `[transfers]`, as it is by the CLI."""
+    import http.server
+    import threading
+
+    from stagehost_parsl._host import host_for
+
+    hits: list[str] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        # A fault-injecting server of the test's own: the first GET of each path is
+        # answered 503, the next one with the file.
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            if hits.count(self.path) == 1:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"served on the second try\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = stagehost_config(
+            tmp_path, "[transfers]\nretries = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
+        )
+        staging = StagehostStaging(config, executor="local")
+        url = f"http://127.0.0.1:{server.server_address[1]}/flaky.txt"
+        plan = host_for(staging._spec).plan("in", "local", url)
+        assert plan.has_separate_job
+        plan.run_separate_job()
+        assert (tmp_path / "flaky.txt").read_text() == "served on the second try\n"
+        assert hits == ["/flaky.txt", "/flaky.txt"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use stagehost::engine::{serve_worker, WorkerKey, WorkerOptions};
-use stagehost::{Config, DataManager, Registry};
+use stagehost::engine::{serve_worker, Silent, StageRunner, WorkerKey, WorkerOptions};
+use stagehost::{Config, Registry};
 
 use super::CliError;
 
@@ -65,20 +65,30 @@ pub fn worker(
     })?;
     let key = WorkerKey::parse(&text)
         .map_err(|e| CliError::Staging(format!("{}: {e}", args.secret_file.display())))?;
-    let dm = Arc::new(DataManager::new(registry));
-    if !dm.executor_labels().contains(&args.executor.as_str()) {
-        return Err(CliError::Staging(format!(
-            "executor {:?} is not in {} (configured: {})",
-            args.executor,
-            config.source.name(),
-            dm.executor_labels().join(", ")
-        )));
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("a tokio runtime builds");
+    // In-task steps run through the same runner and policy as `stage` and `run`.
+    let runner = {
+        let _in_runtime = rt.enter();
+        Arc::new(StageRunner::new(
+            registry,
+            config.transfers.clone(),
+            Arc::new(Silent),
+            None,
+        ))
+    };
+    let labels = runner.data_manager().executor_labels();
+    if !labels.contains(&args.executor.as_str()) {
+        return Err(CliError::Staging(format!(
+            "executor {:?} is not in {} (configured: {})",
+            args.executor,
+            config.source.name(),
+            labels.join(", ")
+        )));
+    }
     let options = WorkerOptions {
         connect: args.connect,
         key,
@@ -87,10 +97,9 @@ pub fn worker(
         slots: args
             .slots
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        retries: config.transfers.retries,
     };
     let handle = rt.handle().clone();
-    match serve_worker(dm, options, handle) {
+    match serve_worker(runner, options, handle) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(CliError::Staging(e)),
     }

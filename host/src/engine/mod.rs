@@ -19,6 +19,7 @@
 //!   settles every task and data future as cancelled; transfers are awaited, so no
 //!   partial file outlives the run.
 
+mod attempt;
 mod blocks;
 mod channel;
 mod command;
@@ -80,7 +81,8 @@ pub trait Observer: Send + Sync {
     fn transfer_finished(&self, _id: u64, _result: Result<Option<u64>, &str>) {}
 }
 
-struct Silent;
+/// An observer that observes nothing.
+pub struct Silent;
 impl Observer for Silent {}
 
 /// Options for an [`Engine`].
@@ -908,47 +910,50 @@ impl Inner {
             self.replan_steps(spec, files)?;
         }
         let n_in = spec.inputs.len() + spec.args.len();
-        for file in files[..n_in].iter_mut() {
-            if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
-                let outcome = self
-                    .runtime
-                    .block_on(self.transfers.run(work, &file.original));
-                file.record(outcome)
-                    .map_err(|line| format!("stage-in failed: {line}"))?;
-            }
-        }
         let task_files = self.task_files(spec, files);
-        match &spec.body {
-            Body::Closure(f) => f(&task_files)?,
+        let (ins, outs) = files.split_at_mut(n_in);
+        let ins = ins
+            .iter_mut()
+            .filter_map(|file| {
+                let work = file.staging.as_mut().and_then(|s| s.in_task_step.take())?;
+                Some(Box::new(move || {
+                    let outcome = self
+                        .runtime
+                        .block_on(self.transfers.run(work, &file.original));
+                    file.record(outcome)
+                }) as attempt::StageIn<'_>)
+            })
+            .collect();
+        let outs = outs
+            .iter_mut()
+            .filter_map(|file| {
+                let work = file.staging.as_mut().and_then(|s| s.in_task_step.take())?;
+                Some(Box::new(move || {
+                    let outcome = self
+                        .runtime
+                        .block_on(self.transfers.run(work, &file.original));
+                    let _ = file.record(outcome);
+                }) as attempt::StageOut<'_>)
+            })
+            .collect();
+        let body = || match &spec.body {
+            Body::Closure(f) => f(&task_files),
             Body::Command(cmd) => {
                 let expanded = expand_command(cmd, &task_files)?;
-                command::run(&expanded, &task_files, &self.commands, spec.timeout)?;
-                // As Parsl's bash_app raises MissingOutputs: a declared output the
-                // command did not write fails the task.
-                let missing: Vec<String> = task_files
-                    .outputs
-                    .iter()
-                    .filter(|p| std::fs::symlink_metadata(p).is_err())
-                    .map(|p| display::path(p))
-                    .collect();
-                if !missing.is_empty() {
-                    return Err(format!(
-                        "missing outputs: the command exited 0 but did not write {}",
-                        missing.join(", ")
-                    ));
-                }
+                Ok(command::run(
+                    &expanded,
+                    &task_files,
+                    &self.commands,
+                    spec.timeout,
+                )?)
             }
-        }
-        // In-task stage-out steps, right after the body; a failure fails that output only.
-        for file in files[n_in..].iter_mut() {
-            if let Some(work) = file.staging.as_mut().and_then(|s| s.in_task_step.take()) {
-                let outcome = self
-                    .runtime
-                    .block_on(self.transfers.run(work, &file.original));
-                let _ = file.record(outcome);
-            }
-        }
-        Ok(())
+        };
+        // A closure's declared outputs are its own to write, as before.
+        let outputs = match &spec.body {
+            Body::Command(_) => task_files.outputs.as_slice(),
+            Body::Closure(_) => &[],
+        };
+        attempt::attempt(ins, body, outputs, outs)
     }
 
     /// The paths the body sees: each staged file's `filepath()`, absolute.

@@ -35,13 +35,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data_manager::{Direction, StageOptions};
-use crate::DataManager;
+use crate::data_manager::Direction;
 
+use super::attempt;
 use super::channel::{
     proof, random_hex, same, Channel, RunKey, WorkerKey, HANDSHAKE_DEADLINE, LIMIT, PRE_AUTH_LIMIT,
 };
 use super::command::{self, Commands};
+use super::runner::StageRunner;
 use super::task::TaskFiles;
 
 /// The protocol's version; a worker of another version is refused.
@@ -712,14 +713,12 @@ pub struct WorkerOptions {
     pub executor: String,
     pub block: String,
     pub slots: usize,
-    /// Retries of an in-task step whose error is transient.
-    pub retries: u32,
 }
 
 /// Connects to the run and serves tasks until told to stop or the run is lost.
 /// Call within a tokio runtime's `block_on` context is not needed: this blocks.
 pub fn serve_worker(
-    dm: Arc<DataManager>,
+    runner: Arc<StageRunner>,
     options: WorkerOptions,
     runtime: tokio::runtime::Handle,
 ) -> Result<(), String> {
@@ -745,14 +744,14 @@ pub fn serve_worker(
     let (tasks_tx, tasks_rx) = mpsc::channel::<NodeTask>();
     let tasks_rx = Arc::new(Mutex::new(tasks_rx));
     for n in 0..options.slots.max(1) {
-        let (rx, s, dm, commands) = (
+        let (rx, s, runner, commands, runtime) = (
             tasks_rx.clone(),
             channel.clone(),
-            dm.clone(),
+            runner.clone(),
             commands.clone(),
+            runtime.clone(),
         );
         let place = format!("{host} (block {})", options.block);
-        let retries = options.retries;
         std::thread::Builder::new()
             .name(format!("stagehost-worker-{n}"))
             .spawn(move || loop {
@@ -760,7 +759,7 @@ pub fn serve_worker(
                     Ok(t) => t,
                     Err(_) => break,
                 };
-                let result = run_node_task(&dm, &commands, task, &place, retries);
+                let result = run_node_task(&runner, &runtime, &commands, task, &place);
                 if s.send(&Message::Done(result)).is_err() {
                     break;
                 }
@@ -859,69 +858,58 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// One task on the node: in-task stage-ins, the command, in-task stage-outs.
+/// One task on the node: the same attempt as the engine's (`attempt.rs`), its in-task
+/// steps re-planned here and run through the node's [`StageRunner`] under the run's
+/// transfer policy.
 fn run_node_task(
-    dm: &DataManager,
+    runner: &StageRunner,
+    runtime: &tokio::runtime::Handle,
     commands: &Commands,
     task: NodeTask,
     place: &str,
-    retries: u32,
 ) -> NodeResult {
-    let mut staged: Vec<NodeFileResult> = vec![NodeFileResult::default(); task.staged.len()];
-    let mut error = None;
-    for (i, f) in task.staged.iter().enumerate() {
-        if f.direction == Direction::In {
-            staged[i] = run_step(dm, &task.executor, f, retries);
-            if let Some(e) = &staged[i].error {
-                error = Some(format!("stage-in failed: {e}"));
-                break;
-            }
-        }
-    }
-    if error.is_none() {
+    // Each step's result, by the index the run sent it at.
+    let files = &task.staged;
+    let results = std::cell::RefCell::new(vec![NodeFileResult::default(); files.len()]);
+    let run = |i: usize| {
+        let r = run_step(runner, runtime, &task.executor, &files[i]);
+        let failed = r.error.clone();
+        results.borrow_mut()[i] = r;
+        failed
+    };
+    let of =
+        |direction: Direction| (0..files.len()).filter(move |&i| files[i].direction == direction);
+    let ins = of(Direction::In)
+        .map(|i| Box::new(move || run(i).map_or(Ok(()), Err)) as attempt::StageIn<'_>)
+        .collect();
+    let outs = of(Direction::Out)
+        .map(|i| {
+            Box::new(move || {
+                run(i);
+            }) as attempt::StageOut<'_>
+        })
+        .collect();
+    let body = || {
         let timeout = task.timeout_secs.map(Duration::from_secs_f64);
-        let outcome = command::run(
+        command::run(
             std::ffi::OsStr::new(&task.command),
             &task.files,
             commands,
             timeout,
-        );
-        match outcome {
-            Err(e) => {
-                // The scheduler ending the block signals the command and this worker
-                // alike; a command killed by a signal is reported only if this worker
-                // outlives it by a moment, so that the run blames the block's end
-                // (its cause asked of the scheduler), not the command.
-                // (A shell that the signal ended reports 128 + its number: 143, 137.)
-                if e.by_signal() {
-                    std::thread::sleep(Duration::from_secs(2));
-                }
-                error = Some(e.to_string());
+        )
+        .map_err(|e| {
+            // The scheduler ending the block signals the command and this worker
+            // alike; a command killed by a signal is reported only if this worker
+            // outlives it by a moment, so that the run blames the block's end (its
+            // cause asked of the scheduler), not the command.
+            if e.by_signal() {
+                std::thread::sleep(Duration::from_secs(2));
             }
-            Ok(()) => {
-                let missing: Vec<String> = task
-                    .files
-                    .outputs
-                    .iter()
-                    .filter(|p| std::fs::symlink_metadata(p).is_err())
-                    .map(|p| p.display().to_string())
-                    .collect();
-                if !missing.is_empty() {
-                    error = Some(format!(
-                        "missing outputs: the command exited 0 but did not write {}",
-                        missing.join(", ")
-                    ));
-                }
-            }
-        }
-    }
-    if error.is_none() {
-        for (i, f) in task.staged.iter().enumerate() {
-            if f.direction == Direction::Out {
-                staged[i] = run_step(dm, &task.executor, f, retries);
-            }
-        }
-    }
+            e.to_string()
+        })
+    };
+    let error = attempt::attempt(ins, body, &task.files.outputs, outs).err();
+    let staged = results.into_inner();
     NodeResult {
         id: task.id,
         error,
@@ -930,8 +918,14 @@ fn run_node_task(
     }
 }
 
-/// Plans `f` here and runs its in-task step, retrying transient errors.
-fn run_step(dm: &DataManager, executor: &str, f: &NodeFile, retries: u32) -> NodeFileResult {
+/// Plans `f` here and runs its in-task step through `runner` (retries, timeout,
+/// limits: the run's `[transfers]`).
+fn run_step(
+    runner: &StageRunner,
+    runtime: &tokio::runtime::Handle,
+    executor: &str,
+    f: &NodeFile,
+) -> NodeFileResult {
     let start = Instant::now();
     let mut result = NodeFileResult {
         ran: true,
@@ -949,33 +943,19 @@ fn run_step(dm: &DataManager, executor: &str, f: &NodeFile, retries: u32) -> Nod
             return result;
         }
     };
-    let opts = StageOptions::default();
-    loop {
-        result.attempts += 1;
-        let planned = match f.direction {
-            Direction::In => dm.plan_stage_in(executor, &file, &opts),
-            Direction::Out => dm.plan_stage_out(executor, &file, &opts),
-        };
-        let outcome = planned.and_then(|mut staging| {
-            let done = staging.run_in_task_step(&opts)?;
-            Ok((done, staging.file.filepath().ok()))
-        });
-        match outcome {
-            Ok((done, path)) => {
-                result.cached = done.cached;
-                result.bytes = path
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .map(|m| m.len());
-                result.error = None;
-                break;
-            }
-            Err(e) if e.is_transient() && result.attempts <= retries => {
-                std::thread::sleep(Duration::from_millis(200 * u64::from(result.attempts)));
-            }
-            Err(e) => {
-                result.error = Some(e.to_string());
-                break;
-            }
+    match runner.plan(executor, &file, f.direction) {
+        Ok(mut staging) => {
+            // The separate job ran on the submit side.
+            staging.separate_job = None;
+            let outcome = runtime.block_on(runner.run(staging, &file));
+            result.attempts = outcome.attempts;
+            result.cached = outcome.cached;
+            result.bytes = outcome.bytes;
+            result.error = outcome.result.err().map(|e| e.to_string());
+        }
+        Err(e) => {
+            result.attempts = 1;
+            result.error = Some(e.to_string());
         }
     }
     result.seconds = start.elapsed().as_secs_f64();

@@ -51,7 +51,34 @@ impl StageRunner {
         observer: Arc<dyn Observer>,
         working_dir: Option<PathBuf>,
     ) -> StageRunner {
-        let dm = Arc::new(DataManager::new(registry));
+        StageRunner::build(
+            Arc::new(DataManager::new(registry)),
+            config,
+            observer,
+            working_dir,
+            true,
+        )
+    }
+
+    /// A runner over an existing data manager (sharing its destination claims), for a
+    /// long-lived host such as the Python package's: every stage-in runs, even of a
+    /// URL staged before, since the file may have changed or gone since.
+    pub fn over(
+        dm: Arc<DataManager>,
+        config: TransferConfig,
+        observer: Arc<dyn Observer>,
+        working_dir: Option<PathBuf>,
+    ) -> StageRunner {
+        StageRunner::build(dm, config, observer, working_dir, false)
+    }
+
+    fn build(
+        dm: Arc<DataManager>,
+        config: TransferConfig,
+        observer: Arc<dyn Observer>,
+        working_dir: Option<PathBuf>,
+        dedup: bool,
+    ) -> StageRunner {
         let transfers = Transfers::new(
             config,
             dm.clone(),
@@ -60,6 +87,11 @@ impl StageRunner {
             CancellationToken::new(),
         )
         .with_working_dir(working_dir.clone());
+        let transfers = if dedup {
+            transfers
+        } else {
+            transfers.without_dedup()
+        };
         StageRunner {
             dm,
             transfers,

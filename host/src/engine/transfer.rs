@@ -102,6 +102,9 @@ pub(crate) struct Transfers {
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     dedup: Mutex<HashMap<DedupKey, Arc<OnceCell<Done>>>>,
+    /// Whether one URL's stage-in to one destination runs once for the life of this
+    /// value (a run); off for a long-lived host, which must fetch again later.
+    dedup_on: bool,
     pub cancel: CancelFlag,
     pub token: CancellationToken,
     observer: Arc<dyn Observer>,
@@ -138,6 +141,7 @@ impl Transfers {
             config,
             per_host: Mutex::new(HashMap::new()),
             dedup: Mutex::new(HashMap::new()),
+            dedup_on: true,
             cancel,
             token,
             observer,
@@ -145,6 +149,13 @@ impl Transfers {
             next_id: AtomicU64::new(0),
             working_dir: None,
         }
+    }
+
+    /// Runs every stage-in it is given, even of a URL to a destination it already
+    /// staged (a long-lived host: the Python package).
+    pub fn without_dedup(mut self) -> Transfers {
+        self.dedup_on = false;
+        self
     }
 
     /// Plans retries in `dir` instead of the executors' working directories (what
@@ -170,7 +181,9 @@ impl Transfers {
     pub async fn run(&self, work: StagingWork, original: &File) -> Outcome {
         let start = Instant::now();
         let key = match (work.direction, work.file.local_path()) {
-            (Direction::In, Some(local)) => Some((work.file.url().to_owned(), local.to_path_buf())),
+            (Direction::In, Some(local)) if self.dedup_on => {
+                Some((work.file.url().to_owned(), local.to_path_buf()))
+            }
             _ => None,
         };
         let Some(key) = key else {
