@@ -167,6 +167,15 @@ pub enum ExecutorKind {
 }
 
 impl ExecutorKind {
+    /// The kind as the config writes it: `local`, `slurm`, `processes`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Slurm => "slurm",
+            ExecutorKind::Processes => "processes",
+        }
+    }
+
     /// Whether this is the default, `local`.
     pub fn is_local(&self) -> bool {
         *self == ExecutorKind::Local
@@ -611,11 +620,7 @@ impl Config {
                 }
             }
             if let Some(pilot) = executor.pilot() {
-                let table = if executor.kind == ExecutorKind::Slurm {
-                    "slurm"
-                } else {
-                    "processes"
-                };
+                let table = executor.kind.as_str();
                 let pilot_at = |key| [Key("executor"), Key(label), Key(table), Key(key)];
                 for (key, value, max) in [
                     ("blocks", pilot.blocks, 1024),

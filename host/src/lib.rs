@@ -50,6 +50,7 @@ pub mod engine;
 pub mod listing;
 pub mod loader;
 pub mod registry;
+pub mod report;
 pub mod services;
 pub mod spans;
 pub mod workflow;

@@ -210,4 +210,4 @@ mod xattr;
 pub use error::{ErrorKind, StageError};
 pub use file::{redact_url, userinfo_span, File};
 pub use provider::{Context, Job, LogLevel, Provider};
-pub use settings::{Settings, WorkPlace};
+pub use settings::{env_secret, Settings, WorkPlace};

@@ -95,3 +95,30 @@ impl WorkPlace {
         (self == WorkPlace::InTask).then(job)
     }
 }
+
+/// The secret a `*_env` setting points at: the value of the environment variable
+/// named `var` by the setting `setting` (`bearer_token_env`, `password_env`), or
+/// `None` when the setting is not given. A variable that is not set (or is empty) is
+/// a `Permission` error naming both, at once: a provider never goes on without the
+/// credential the site asked for, and never prompts for it.
+///
+/// The host treats the value as a secret: it never appears in an error or a log line.
+///
+/// ```
+/// use stagehost_plugin_api::env_secret;
+/// assert_eq!(env_secret("token_env", None).unwrap(), None);
+/// let e = env_secret("token_env", Some("STAGEHOST_DOC_UNSET_VARIABLE")).unwrap_err();
+/// assert_eq!(e.message(), "the variable STAGEHOST_DOC_UNSET_VARIABLE that token_env names is not set");
+/// ```
+pub fn env_secret(setting: &str, var: Option<&str>) -> Result<Option<String>, StageError> {
+    let Some(var) = var else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Ok(Some(value)),
+        _ => Err(StageError::new(
+            crate::ErrorKind::Permission,
+            format!("the variable {var} that {setting} names is not set"),
+        )),
+    }
+}

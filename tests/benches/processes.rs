@@ -119,8 +119,15 @@ fn parsl(tasks: usize, inputs: &std::path::Path) -> Option<(f64, f64)> {
 }
 
 fn main() {
-    let given: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let counts = if given.is_empty() { vec![1000, 10_000] } else { given };
+    let given: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let counts = if given.is_empty() {
+        vec![1000, 10_000]
+    } else {
+        given
+    };
     let sandbox = Sandbox::new();
     let most = counts.iter().copied().max().unwrap_or(1000);
     for n in 0..most {

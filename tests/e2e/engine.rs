@@ -126,7 +126,7 @@ fn a_consumer_waits_for_the_producers_stage_out() {
     assert_eq!(read(sandbox.join("final.txt")), "payload");
     let produce = task(&report, "produce");
     assert_eq!(produce["files"][0]["direction"], "out");
-    assert_eq!(produce["files"][0]["mode"], "separate-job");
+    assert_eq!(produce["files"][0]["modes"][0], "separate-job");
     assert_eq!(produce["files"][0]["provider"], "remote");
     assert_eq!(produce["files"][0]["bytes"], 7);
     let consume = task(&report, "consume");
@@ -241,7 +241,7 @@ fn stdout_stderr_and_outputs_are_staged_out_and_a_chain_of_four_passes_its_files
         "stage-out order: outputs, stdout, stderr: {urls:?}"
     );
     for f in files {
-        assert_eq!(f["mode"], "in-task-step");
+        assert_eq!(f["modes"][0], "in-task-step");
         assert_eq!(f["provider"], "copy");
     }
     // The work happened in the working dir; the local copies stay there.

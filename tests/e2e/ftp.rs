@@ -46,7 +46,7 @@ fn stage_out(sandbox: &Sandbox, cfg: &Path, local: &Path, url: &str) -> Run {
 
 /// The error of the one file of a `--json` stage-in or stage-out.
 fn error_of(out: &Run) -> String {
-    out.json()[0]["error"]
+    out.json()["files"][0]["error"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -107,8 +107,8 @@ fn pyftpdlib_anonymous_and_user_logins_binary_both_ways_on_its_own_port() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(std::fs::read(sandbox.join("wd/lines.txt")).unwrap(), data);
     let json = out.json();
-    assert_eq!(json[0]["provider"], "remote");
-    assert_eq!(json[0]["bytes"], data.len());
+    assert_eq!(json["files"][0]["provider"], "remote");
+    assert_eq!(json["files"][0]["bytes"], data.len());
     std::fs::remove_file(sandbox.join("wd/lines.txt")).unwrap();
 
     // A user and password from the URL; the password is never shown.
@@ -406,7 +406,7 @@ fn a_transfer_cut_short_resumes_with_rest_and_a_stall_times_out() {
         "{}",
         out.stderr
     );
-    assert_eq!(out.json()[0]["bytes"], 4 << 20);
+    assert_eq!(out.json()["files"][0]["bytes"], 4 << 20);
     drop(server);
 
     // A server that never answers RETR: the read timeout ends it, nothing is left.
@@ -488,11 +488,11 @@ fn workflows_stage_through_ftp_in_both_modes_with_host_scoping() {
     let task = |name: &str| tasks.iter().find(|t| t["name"] == name).unwrap().clone();
     for file in task("shout")["files"].as_array().unwrap() {
         assert_eq!(file["provider"], "ours", "{file:#}");
-        assert_eq!(file["mode"], "in-task-step", "{file:#}");
+        assert_eq!(file["modes"][0], "in-task-step", "{file:#}");
     }
     for file in task("copy")["files"].as_array().unwrap() {
         assert_eq!(file["provider"], "anyftp", "{file:#}");
-        assert_eq!(file["mode"], "separate-job", "{file:#}");
+        assert_eq!(file["modes"][0], "separate-job", "{file:#}");
     }
     assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
     assert_eq!(leftovers(&root), Vec::<String>::new());

@@ -71,9 +71,12 @@ fn nginx_serves_get_and_takes_a_webdav_put() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(std::fs::read(sandbox.join("wd/big.bin")).unwrap(), data);
     let json = out.json();
-    assert_eq!(json[0]["provider"], "web");
-    assert_eq!(json[0]["modes"], serde_json::json!(["separate job"]));
-    assert_eq!(json[0]["bytes"], 3 << 20);
+    assert_eq!(json["files"][0]["provider"], "web");
+    assert_eq!(
+        json["files"][0]["modes"],
+        serde_json::json!(["separate-job"])
+    );
+    assert_eq!(json["files"][0]["bytes"], 3 << 20);
 
     // A missing file is an error, and nginx's 404 page never becomes the file.
     let out = stage_in(&sandbox, &cfg, &nginx.url("/missing.bin"));
@@ -356,12 +359,12 @@ fn in_task_mode_and_host_scoping_in_a_workflow_with_put_stage_out() {
     let report = out.json();
     let files = report["tasks"][0]["files"].as_array().unwrap().clone();
     assert_eq!(files[0]["provider"], "private");
-    assert_eq!(files[0]["mode"], "in-task-step");
+    assert_eq!(files[0]["modes"][0], "in-task-step");
     assert_eq!(
         files[1]["provider"], "public",
         "another host falls through to the general instance"
     );
-    assert_eq!(files[1]["mode"], "separate-job");
+    assert_eq!(files[1]["modes"][0], "separate-job");
     assert_eq!(files[2]["provider"], "private");
     let mut expected = b"basic ok\n".to_vec();
     expected.extend(pattern(5));
@@ -427,7 +430,7 @@ fn a_body_that_breaks_off_resumes_with_a_range_and_ends_with_the_exact_bytes() {
         2,
         "one full request, one ranged"
     );
-    assert_eq!(out.json()[0]["bytes"], 3_000_000);
+    assert_eq!(out.json()["files"][0]["bytes"], 3_000_000);
 }
 
 #[test]
@@ -520,15 +523,23 @@ fn a_rerun_revalidates_and_a_304_moves_no_bytes() {
     };
     let out = stage_in_logged(&server.url("/etag"));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.json()[0]["cached"], false);
+    assert_eq!(out.json()["files"][0]["cached"], false);
     let first = inode(&dest);
     let out = stage_in_logged(&server.url("/etag"));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(server.hits("/etag"), 2);
     assert_eq!(inode(&dest), first, "a 304 leaves the file as it was");
     assert!(out.stderr.contains("not modified"), "{}", out.stderr);
-    assert_eq!(out.json()[0]["cached"], true, "the report says cached");
-    assert_eq!(out.json()[0]["bytes"], "versioned\n".len());
+    assert_eq!(
+        out.json()["files"][0]["cached"],
+        true,
+        "the report says cached"
+    );
+    assert_eq!(out.json()["files"][0]["bytes"], "versioned\n".len());
+    // Nothing moved, and the summary says so.
+    assert_eq!(out.json()["summary"]["files_moved"], 0);
+    assert_eq!(out.json()["summary"]["files_cached"], 1);
+    assert_eq!(out.json()["version"], 1);
     // In a workflow's report too.
     let run = run_one_task(&sandbox, &cfg, "cat {inputs[0]}", &server.url("/etag"));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -539,7 +550,7 @@ fn a_rerun_revalidates_and_a_304_moves_no_bytes() {
     std::fs::write(&dest, "edited locally\n").unwrap();
     let out = stage_in_logged(&server.url("/etag"));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.json()[0]["cached"], false);
+    assert_eq!(out.json()["files"][0]["cached"], false);
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "versioned\n");
 
     // nginx answers the same question for a static file.

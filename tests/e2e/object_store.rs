@@ -81,17 +81,17 @@ fn objects_small_and_multipart_go_out_and_come_back_and_a_rerun_moves_nothing() 
         let out = stage_in(&sandbox, &cfg, &url);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
-        assert_eq!(out.json()[0]["cached"], false);
+        assert_eq!(out.json()["files"][0]["cached"], false);
         // Again: the same ETag, no bytes moved.
         let out = stage_in(&sandbox, &cfg, &url);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
-        assert_eq!(out.json()[0]["cached"], true, "{name}");
+        assert_eq!(out.json()["files"][0]["cached"], true, "{name}");
     }
     // A changed object is fetched again.
     moto.boto("s3.put_object(Bucket='data', Key='results/small.bin', Body=b'changed')\n");
     let out = stage_in(&sandbox, &cfg, "s3://data/results/small.bin");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.json()[0]["cached"], false);
+    assert_eq!(out.json()["files"][0]["cached"], false);
     assert_eq!(
         std::fs::read(sandbox.join("wd/small.bin")).unwrap(),
         b"changed"
@@ -107,14 +107,14 @@ fn a_missing_key_and_a_missing_bucket_are_told_apart() {
     let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
     let out = stage_in(&sandbox, &cfg, "s3://data/absent.bin");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("separate job: not found:") && error.contains("no such object"),
         "{error}"
     );
     let out = stage_in(&sandbox, &cfg, "s3://nobucket/absent.bin");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("the bucket nobucket does not exist"),
         "{error}"
@@ -122,7 +122,7 @@ fn a_missing_key_and_a_missing_bucket_are_told_apart() {
     let local = sandbox.write("x.bin", "x");
     let out = stage_out(&sandbox, &cfg, &local, "s3://nobucket/x.bin");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("the bucket nobucket does not exist") && error.contains("is kept"),
         "{error}"
@@ -147,7 +147,7 @@ fn stage_in_as(sandbox: &Sandbox, cfg: &Path, url: &str, env: &[(&str, &str)]) -
 /// The `error` of a one-file `--json` report, after checking that it failed.
 fn error_of(out: &Run) -> String {
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    out.json()[0]["error"].as_str().unwrap().to_owned()
+    out.json()["files"][0]["error"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -324,7 +324,12 @@ fn a_second_s3_server_s3rver_serves_round_trips_and_refuses_an_unknown_key() {
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
         let out = stage_in_as(&sandbox, &cfg, &url, &env);
-        assert_eq!(out.json()[0]["cached"], true, "{name}: {}", out.stderr);
+        assert_eq!(
+            out.json()["files"][0]["cached"],
+            true,
+            "{name}: {}",
+            out.stderr
+        );
     }
     let error = error_of(&stage_in_as(&sandbox, &cfg, "s3://data/absent", &env));
     assert!(error.contains("no such object"), "{error}");
@@ -362,7 +367,7 @@ fn throttled_parts_fail_the_upload_and_leave_no_parts_behind() {
     let local = sandbox.write("big.bin", pattern(11 << 20));
     let out = stage_out(&sandbox, &cfg, &local, "s3://data/big.bin");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("transient") && error.contains("throttling") && error.contains("is kept"),
         "{error}"
@@ -464,10 +469,15 @@ fn azure_blobs_go_out_and_come_back_through_azurite() {
         let out = stage_in_as(&sandbox, &cfg, &url, &env);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), data);
-        assert_eq!(out.json()[0]["cached"], false);
+        assert_eq!(out.json()["files"][0]["cached"], false);
         // Again: the same ETag, no bytes moved.
         let out = stage_in_as(&sandbox, &cfg, &url, &env);
-        assert_eq!(out.json()[0]["cached"], true, "{name}: {}", out.stderr);
+        assert_eq!(
+            out.json()["files"][0]["cached"],
+            true,
+            "{name}: {}",
+            out.stderr
+        );
     }
     // A blob put in one request carries the Content-MD5 Azure computed; it is checked.
     azurite.python("blobs.get_blob_client('data', 'sdk.bin').upload_blob(b'by the SDK ' * 500)\n");
@@ -481,13 +491,13 @@ fn azure_blobs_go_out_and_come_back_through_azurite() {
     );
     let out = stage_in_as(&sandbox, &cfg, "az://data/absent.bin", &env);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("not found") && error.contains("no such object"),
         "{error}"
     );
     let out = stage_in_as(&sandbox, &cfg, "az://nocontainer/x.bin", &env);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(error.contains("does not exist"), "{error}");
 }

@@ -131,7 +131,7 @@ fn stage_in_json(
         url,
     ]);
     let json = out.json();
-    (out, json[0].clone())
+    (out, json["files"][0].clone())
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn the_config_decides_the_order_and_the_first_claim_wins() {
     let (out, r) = stage_in_json(&sandbox, &a, "local", input.to_str().unwrap());
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(r["provider"], "prober");
-    assert_eq!(r["modes"], serde_json::json!(["separate job"]));
+    assert_eq!(r["modes"], serde_json::json!(["separate-job"]));
     let staged = sandbox.join("staged/in.txt");
     assert_eq!(
         std::fs::read_to_string(&staged).unwrap(),
@@ -161,7 +161,7 @@ fn the_config_decides_the_order_and_the_first_claim_wins() {
     let (out, r) = stage_in_json(&sandbox, &b, "local", input.to_str().unwrap());
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(r["provider"], "copier");
-    assert_eq!(r["modes"], serde_json::json!(["in-task step"]));
+    assert_eq!(r["modes"], serde_json::json!(["in-task-step"]));
     assert_eq!(std::fs::read_to_string(&staged).unwrap(), "original bytes");
 }
 
@@ -419,7 +419,7 @@ fn a_third_party_plugin_dropped_into_a_directory_works_without_config_change() {
 
     let out = sandbox.run_env(&["stage", "in", "--json", "data:,hello%20stagehost"], &env);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let r = &out.json()[0];
+    let r = &out.json()["files"][0];
     assert_eq!(r["provider"], "data");
     let local = r["local_path"].as_str().unwrap();
     assert_eq!(
@@ -647,7 +647,7 @@ fn a_plugin_built_against_plugin_api_0_1_1_still_loads_and_stages() {
         "{}",
         out.stderr
     );
-    assert_eq!(out.json()[0]["cached"], false);
+    assert_eq!(out.json()["files"][0]["cached"], false);
 }
 
 #[test]
@@ -702,5 +702,5 @@ fn an_installed_tree_finds_its_plugins_wherever_it_is_mounted() {
         .unwrap()
         .into();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.json()[0]["provider"], "file");
+    assert_eq!(out.json()["files"][0]["provider"], "file");
 }

@@ -55,7 +55,7 @@ fn over_ssh_file_urls_stage_in_and_out_as_parsl_rsync_staging() {
     let report = out.json();
     for file in report["tasks"][0]["files"].as_array().unwrap() {
         assert_eq!(file["provider"], "remote", "{file:#}");
-        assert_eq!(file["mode"], "in-task-step", "{file:#}");
+        assert_eq!(file["modes"][0], "in-task-step", "{file:#}");
     }
 
     // A missing remote file: not found, and nothing left in the working directory.
@@ -108,7 +108,7 @@ fn daemon_modules_open_and_with_a_password_that_is_never_shown() {
         std::fs::read(sandbox.join("wd/data.bin")).unwrap(),
         pattern(1 << 20)
     );
-    assert_eq!(out.json()[0]["bytes"], 1 << 20);
+    assert_eq!(out.json()["files"][0]["bytes"], 1 << 20);
     let local = sandbox.write("up.txt", "uploaded\n");
     let out = sandbox.run(&[
         "--config",
@@ -142,7 +142,7 @@ fn daemon_modules_open_and_with_a_password_that_is_never_shown() {
     std::fs::remove_file(sandbox.join("wd/private.txt")).unwrap();
     let out = stage_in(&secret, &url, &[("SITE_RSYNC_PW", "guessed-wrong")]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("permission denied") && error.contains("rsync exited with code 5"),
         "{error}"
@@ -153,7 +153,7 @@ fn daemon_modules_open_and_with_a_password_that_is_never_shown() {
     let out = stage_in(&cfg, &daemon.url(None, "open", "absent.bin"), &[]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
-        out.json()[0]["error"]
+        out.json()["files"][0]["error"]
             .as_str()
             .unwrap()
             .contains("not found"),
@@ -249,7 +249,7 @@ fn a_daemon_killed_mid_transfer_is_retried_and_a_silent_one_times_out() {
         &format!("rsync://127.0.0.1:{port}/open/x.bin"),
     ]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let error = out.json()[0]["error"].as_str().unwrap().to_owned();
+    let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("timed out") && error.contains("code 30"),
         "{error}"

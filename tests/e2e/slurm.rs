@@ -114,10 +114,10 @@ fn tasks_run_in_slurm_jobs_with_in_task_staging_on_the_node_and_separate_jobs_he
     let files = report["tasks"][0]["files"].as_array().unwrap();
     // The copy-mode input ran as an in-task step (on the node), the zip member as a
     // separate job (here); both landed in the working directory.
-    assert_eq!(files[0]["mode"], "in-task-step");
+    assert_eq!(files[0]["modes"][0], "in-task-step");
     assert_eq!(files[0]["attempts"], 1);
-    assert_eq!(files[1]["mode"], "separate-job");
-    assert_eq!(files[2]["mode"], "in-task-step");
+    assert_eq!(files[1]["modes"][0], "separate-job");
+    assert_eq!(files[2]["modes"][0], "in-task-step");
     assert!(sandbox.join("wd/in.txt").exists());
     assert!(sandbox.join("wd/member.txt").exists());
     // One block served both tasks, and no block is left.

@@ -30,7 +30,7 @@ fn by_default_file_urls_stage_in_place() {
     let url = format!("file://{}", input.display());
     let out = sandbox.run(&["stage", "in", "--json", &url, input.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    for r in out.json().as_array().unwrap() {
+    for r in out.json()["files"].as_array().unwrap() {
         assert_eq!(r["provider"], "file");
         assert_eq!(r["local_path"], input.to_str().unwrap());
         assert_eq!(r["modes"], serde_json::json!([]));
@@ -61,8 +61,8 @@ fn copy_mode_writes_the_bytes_atomically_into_the_working_dir() {
         input.to_str().unwrap(),
     ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let r = &out.json()[0];
-    assert_eq!(r["modes"], serde_json::json!(["in-task step"]));
+    let r = &out.json()["files"][0];
+    assert_eq!(r["modes"], serde_json::json!(["in-task-step"]));
     assert_eq!(r["bytes"], payload.len());
     // The working dir is relative to the config file's directory.
     let staged = sandbox.join("staged/big.bin");
@@ -117,7 +117,7 @@ fn two_urls_with_the_same_basename_do_not_overwrite_each_other() {
         b.to_str().unwrap(),
     ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let results = out.json();
+    let results = out.json()["files"].clone();
     let pa = results[0]["local_path"].as_str().unwrap().to_owned();
     let pb = results[1]["local_path"].as_str().unwrap().to_owned();
     assert_ne!(pa, pb);
@@ -177,7 +177,10 @@ fn stage_out_copies_and_a_failed_stage_out_keeps_the_local_output() {
         &url,
     ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.json()[0]["modes"], serde_json::json!(["in-task step"]));
+    assert_eq!(
+        out.json()["files"][0]["modes"],
+        serde_json::json!(["in-task-step"])
+    );
     assert_eq!(std::fs::read_to_string(&published).unwrap(), "result bytes");
 
     // The destination's parent is a regular file: the copy cannot be made.

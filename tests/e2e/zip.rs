@@ -105,7 +105,7 @@ fn parsl_zip_out_cases_one_member_and_three_across_two_archives() {
     let report = out.json();
     for file in report["tasks"][0]["files"].as_array().unwrap() {
         assert_eq!(file["provider"], "zip", "{file:#}");
-        assert_eq!(file["mode"], "separate-job", "{file:#}");
+        assert_eq!(file["modes"][0], "separate-job", "{file:#}");
     }
 }
 

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
-use stagehost::engine::{Engine, EngineOptions, TaskReport, TaskStatus};
+use stagehost::engine::{Engine, EngineOptions, TaskReport};
+use stagehost::report::{Document, Summary};
 use stagehost::workflow::Workflow;
 use stagehost::{Config, ConfigError, DataManager, Direction, Registry, StageOptions};
 
@@ -29,45 +29,6 @@ pub struct RunArgs {
     /// No per-transfer lines or bars; only the summary and errors
     #[arg(long, short)]
     quiet: bool,
-}
-
-#[derive(Serialize)]
-struct Summary {
-    tasks: usize,
-    succeeded: usize,
-    failed: usize,
-    stage_out_failed: usize,
-    dependency_failed: usize,
-    cancelled: usize,
-    files_moved: usize,
-    bytes_moved: u64,
-    seconds: f64,
-}
-
-#[derive(Serialize)]
-struct Report<'a> {
-    workflow: String,
-    summary: &'a Summary,
-    tasks: &'a [Arc<TaskReport>],
-}
-
-fn summarise(reports: &[Arc<TaskReport>], seconds: f64) -> Summary {
-    let count = |s: TaskStatus| reports.iter().filter(|r| r.status == s).count();
-    let moved = reports
-        .iter()
-        .flat_map(|r| &r.files)
-        .filter(|f| f.attempts > 0 && f.error.is_none());
-    Summary {
-        tasks: reports.len(),
-        succeeded: count(TaskStatus::Succeeded),
-        failed: count(TaskStatus::Failed),
-        stage_out_failed: count(TaskStatus::StageOutFailed),
-        dependency_failed: count(TaskStatus::DependencyFailed),
-        cancelled: count(TaskStatus::Cancelled),
-        files_moved: moved.clone().count(),
-        bytes_moved: moved.filter_map(|f| f.bytes).sum(),
-        seconds,
-    }
 }
 
 pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCode, CliError> {
@@ -137,14 +98,17 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         }
         Ok::<_, CliError>(ordered.into_iter().flatten().collect::<Vec<_>>())
     })?;
-    let summary = summarise(&reports, start.elapsed().as_secs_f64());
+    let summary = Summary::of_tasks(&reports, start.elapsed().as_secs_f64());
     if let Some(path) = &args.report {
-        let report = Report {
-            workflow: workflow_name,
-            summary: &summary,
-            tasks: &reports,
-        };
-        let json = serde_json::to_string_pretty(&report).expect("the report is plain data");
+        let json = Document {
+            version: stagehost::report::VERSION,
+            command: "run",
+            workflow: Some(workflow_name),
+            summary: summary.clone(),
+            tasks: Some(&reports),
+            files: None,
+        }
+        .to_json();
         if path.as_os_str() == "-" {
             println!("{json}");
         } else {
@@ -154,11 +118,17 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         }
     }
     let s = &summary;
+    let t = s.tasks.clone().unwrap_or_default();
+    let cached = if s.files_cached > 0 {
+        format!(", {} already current", s.files_cached)
+    } else {
+        String::new()
+    };
     let line = format!(
-        "{} task(s): {} succeeded, {} failed, {} stage-out failed, {} lost an input, {} cancelled; {} file(s) moved, {} bytes, {:.3}s",
-        s.tasks, s.succeeded, s.failed, s.stage_out_failed, s.dependency_failed, s.cancelled, s.files_moved, s.bytes_moved, s.seconds
+        "{} task(s): {} succeeded, {} failed, {} stage-out failed, {} lost an input, {} cancelled; {} file(s) moved, {} bytes{cached}, {:.3}s",
+        t.tasks, t.succeeded, t.failed, t.stage_out_failed, t.dependency_failed, t.cancelled, s.files_moved, s.bytes_moved, s.seconds
     );
-    if s.succeeded == s.tasks {
+    if t.succeeded == t.tasks {
         eprintln!("stagehost: {line}");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -182,10 +152,7 @@ fn dry_run(
             .iter()
             .find(|e| e.label == task.executor && e.pilot.is_some());
         if let Some(e) = pilot {
-            let kind = match e.kind {
-                stagehost::config::ExecutorKind::Slurm => "slurm",
-                _ => "processes",
-            };
+            let kind = e.kind.as_str();
             println!(
                 "task {} (executor {}, {kind}: the body runs on a node):",
                 task.name, task.executor

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
 use stagehost::config::{TransferConfig, DEFAULT_EXECUTOR};
 use stagehost::engine::{StageOutcome, StageRunner};
+use stagehost::report::{Document, FileReport, Summary};
 use stagehost::{ConfigError, DataManager, Direction, File, Registry, StagingError};
 
 use stagehost_plugin_api::display;
@@ -53,85 +53,75 @@ pub struct StageOutArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct FileResult {
-    url: String,
-    direction: Direction,
-    executor: String,
-    ok: bool,
-    local_path: Option<String>,
-    provider: Option<String>,
-    plugin: Option<String>,
-    modes: Vec<&'static str>,
-    bytes: Option<u64>,
-    /// The destination already held the current file; no bytes moved.
-    cached: bool,
-    seconds: f64,
-    error: Option<String>,
-}
-
+/// The report of one file of a `stage` command: the schema `run --report` uses.
 fn result(
     url: &str,
     direction: Direction,
     executor: &str,
     outcome: &Result<StageOutcome, StagingError>,
     seconds: f64,
-) -> FileResult {
-    let failed = |e: &StagingError| FileResult {
-        url: stagehost_plugin_api::redact_url(url),
-        direction,
-        executor: executor.to_owned(),
-        ok: false,
-        local_path: None,
-        provider: match e {
-            StagingError::Provider(failure) => Some(failure.instance.clone()),
-            _ => None,
-        },
-        plugin: None,
-        modes: vec![],
-        bytes: None,
-        cached: false,
-        seconds,
-        error: Some(e.to_string()),
+) -> FileReport {
+    let mut r = FileReport::new(direction, stagehost_plugin_api::redact_url(url), executor);
+    r.seconds = seconds;
+    let staging = match outcome {
+        Ok(o) => Some(&o.staging),
+        Err(_) => None,
     };
+    if let Some(s) = staging {
+        r.url = s.file.redacted_url();
+        r.provider = Some(s.provider.name.clone());
+        r.plugin = Some(format!(
+            "{} {}",
+            s.provider.plugin.name, s.provider.plugin.version
+        ));
+        r.modes = s.modes();
+    }
     match outcome {
-        Ok(StageOutcome { result: Err(e), .. }) | Err(e) => failed(e),
-        Ok(o) => {
-            let s = &o.staging;
-            let local = s.file.filepath().ok();
-            FileResult {
-                url: s.file.redacted_url(),
-                direction,
-                executor: executor.to_owned(),
-                ok: true,
-                bytes: o.bytes.or_else(|| {
-                    local
-                        .as_ref()
-                        .and_then(|p| std::fs::metadata(p).ok())
-                        .filter(|m| m.is_file())
-                        .map(|m| m.len())
-                }),
-                local_path: local.map(|p| p.display().to_string()),
-                provider: Some(s.provider.name.clone()),
-                plugin: Some(format!(
-                    "{} {}",
-                    s.provider.plugin.name, s.provider.plugin.version
-                )),
-                modes: s.ran.iter().map(|m| m.as_str()).collect(),
-                cached: o.cached,
-                seconds,
-                error: None,
+        Ok(StageOutcome { result: Err(e), .. }) | Err(e) => {
+            r.ok = false;
+            r.error = Some(e.to_string());
+            if let (None, StagingError::Provider(failure)) = (&r.provider, e) {
+                r.provider = Some(failure.instance.clone());
             }
         }
+        Ok(o) => {
+            let local = o.staging.file.filepath().ok();
+            r.attempts = if o.staging.ran.is_empty() {
+                0
+            } else {
+                o.attempts
+            };
+            r.cached = o.cached;
+            r.bytes = o.bytes.or_else(|| {
+                local
+                    .as_ref()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+            });
+            r.local_path = local.map(|p| p.display().to_string());
+            r.modes = o.staging.ran.clone();
+        }
     }
+    r
 }
 
-fn print(results: &[FileResult], json: bool) -> Result<ExitCode, CliError> {
+fn print(
+    command: &str,
+    results: &[FileReport],
+    json: bool,
+    start: Instant,
+) -> Result<ExitCode, CliError> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(results).expect("results are plain data")
-        );
+        let document = Document {
+            version: stagehost::report::VERSION,
+            command,
+            workflow: None,
+            summary: Summary::of_files(results.iter(), start.elapsed().as_secs_f64()),
+            tasks: None,
+            files: Some(results),
+        };
+        println!("{}", document.to_json());
     } else {
         for r in results {
             match (&r.error, &r.local_path) {
@@ -140,7 +130,8 @@ fn print(results: &[FileResult], json: bool) -> Result<ExitCode, CliError> {
                     let mut how = if r.modes.is_empty() {
                         "nothing to do".to_owned()
                     } else {
-                        r.modes.join(" + ")
+                        let modes: Vec<&str> = r.modes.iter().map(|m| m.as_str()).collect();
+                        modes.join(" + ")
                     };
                     if r.cached {
                         how.push_str(", cached");
@@ -186,6 +177,7 @@ pub fn stage_in(
         .dest
         .as_ref()
         .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+    let command_start = Instant::now();
     let rt = runtime();
     let results = rt.block_on(async {
         let runner = Arc::new(StageRunner::new(
@@ -236,7 +228,7 @@ pub fn stage_in(
         }
         Ok::<_, CliError>(results)
     })?;
-    print(&results, args.json)
+    print("stage in", &results, args.json, command_start)
 }
 
 /// Usage errors (exit 2), before anything is staged: an unknown executor, an empty URL.
@@ -313,6 +305,7 @@ pub fn stage_out(
             }
         }
     }
+    let command_start = Instant::now();
     let rt = runtime();
     let r = rt.block_on(async {
         let runner = Arc::new(StageRunner::new(
@@ -359,5 +352,5 @@ pub fn stage_out(
             ))
         })?;
     }
-    print(&[r], args.json)
+    print("stage out", &[r], args.json, command_start)
 }

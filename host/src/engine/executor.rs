@@ -143,15 +143,11 @@ fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, En
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let kind = match e.kind {
-        ExecutorKind::Slurm => "slurm",
-        _ => "processes",
-    };
-    let run_dir = e.working_dir.join(".stagehost").join(kind).join(format!(
-        "{}-{}-{stamp}",
-        e.label,
-        std::process::id()
-    ));
+    let run_dir = e
+        .working_dir
+        .join(".stagehost")
+        .join(e.kind.as_str())
+        .join(format!("{}-{}-{stamp}", e.label, std::process::id()));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -352,22 +352,10 @@ impl FileState {
     fn planned(
         original: File,
         direction: Direction,
+        executor: &str,
         planned: Result<Staging, StagingError>,
     ) -> FileState {
-        let mut report = FileReport {
-            direction,
-            url: original.redacted_url(),
-            provider: None,
-            plugin: None,
-            mode: None,
-            local_path: None,
-            bytes: None,
-            seconds: 0.0,
-            attempts: 0,
-            deduplicated: false,
-            cached: false,
-            error: None,
-        };
+        let mut report = FileReport::new(direction, original.redacted_url(), executor);
         let staging = match planned {
             Ok(s) => {
                 report.provider = Some(s.provider.name.clone());
@@ -375,7 +363,7 @@ impl FileState {
                     "{} {}",
                     s.provider.plugin.name, s.provider.plugin.version
                 ));
-                report.mode = s.modes().first().copied();
+                report.modes = s.modes();
                 report.local_path = s.file.filepath().ok().map(|p| p.display().to_string());
                 Some(s)
             }
@@ -447,8 +435,11 @@ impl Inner {
         status: TaskStatus,
         attempts: u32,
         error: Option<String>,
-        files: Vec<FileReport>,
+        mut files: Vec<FileReport>,
     ) -> TaskReport {
+        for f in &mut files {
+            f.ok = f.error.is_none();
+        }
         TaskReport {
             name: spec.name.clone(),
             executor: spec.executor.clone(),
@@ -783,11 +774,21 @@ impl Inner {
             for input in spec.staged_ins() {
                 let f = input.file();
                 let planned = self.dm.plan_stage_in(&spec.executor, f, &opts);
-                files.push(FileState::planned(f.clone(), Direction::In, planned));
+                files.push(FileState::planned(
+                    f.clone(),
+                    Direction::In,
+                    &spec.executor,
+                    planned,
+                ));
             }
             for f in spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr) {
                 let planned = self.dm.plan_stage_out(&spec.executor, f, &opts);
-                files.push(FileState::planned(f.clone(), Direction::Out, planned));
+                files.push(FileState::planned(
+                    f.clone(),
+                    Direction::Out,
+                    &spec.executor,
+                    planned,
+                ));
             }
             if let Some(error) = files.iter().find_map(|f| f.report.error.clone()) {
                 return FirstPhase::PlanningFailed(files, error);

@@ -4,11 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
 use stagehost_plugin_api::File;
 use tokio::sync::watch;
-
-use crate::data_manager::{Direction, WorkMode};
 
 /// The files a closure body sees: the `filepath()` of each staged copy.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -255,74 +252,7 @@ impl DataFuture {
     }
 }
 
-/// How a task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskStatus {
-    /// The body and every stage-out succeeded.
-    Succeeded,
-    /// The body, or its staging, failed.
-    Failed,
-    /// The body succeeded but a stage-out failed; the local output is kept.
-    StageOutFailed,
-    /// An input from another task never arrived.
-    DependencyFailed,
-    /// Cancelled before it finished.
-    Cancelled,
-}
-
-/// What happened to one file of a task.
-#[derive(Debug, Clone, Serialize)]
-pub struct FileReport {
-    /// In or out.
-    pub direction: Direction,
-    /// The URL, redacted.
-    pub url: String,
-    /// Provider instance, if one claimed the file.
-    pub provider: Option<String>,
-    /// Plugin name and version.
-    pub plugin: Option<String>,
-    /// How the work ran; `None` when the provider had nothing to do.
-    pub mode: Option<WorkMode>,
-    /// Where the task saw the file.
-    pub local_path: Option<String>,
-    /// Bytes of the file after staging, when it is a local file.
-    pub bytes: Option<u64>,
-    /// Seconds the work took (all attempts).
-    pub seconds: f64,
-    /// Attempts made (0 when there was nothing to do).
-    pub attempts: u32,
-    /// Whether another task's transfer of the same URL to the same place served it.
-    pub deduplicated: bool,
-    /// Whether the destination already held the current file, so no bytes moved (a
-    /// revalidation found it unchanged).
-    pub cached: bool,
-    /// The error, if it failed.
-    pub error: Option<String>,
-}
-
-/// What happened to one task.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskReport {
-    /// Task name.
-    pub name: String,
-    /// Executor label.
-    pub executor: String,
-    /// How it ended.
-    pub status: TaskStatus,
-    /// Times the body ran.
-    pub attempts: u32,
-    /// Seconds from the engine's start to the task's start (once its inputs from
-    /// other tasks exist).
-    pub started_at: f64,
-    /// Seconds from its start to its end.
-    pub seconds: f64,
-    /// The error, if it did not succeed.
-    pub error: Option<String>,
-    /// Every file, stage-ins first (inputs order), then stage-outs (outputs, stdout,
-    /// stderr).
-    pub files: Vec<FileReport>,
-}
+pub use crate::report::{FileReport, TaskReport, TaskStatus};
 
 /// A submitted task.
 pub struct TaskHandle {

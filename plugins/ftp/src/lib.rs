@@ -374,15 +374,11 @@ impl Shared {
         let Some(user) = &self.username else {
             return Ok(("anonymous".to_owned(), "anonymous@".to_owned()));
         };
-        let password = match &self.password_env {
-            Some(var) => std::env::var(var).map_err(|_| {
-                StageError::new(
-                    ErrorKind::Permission,
-                    format!("the password variable {var} is not set"),
-                )
-            })?,
-            None => self.password.clone().unwrap_or_default(),
-        };
+        let password =
+            match stagehost_plugin_api::env_secret("password_env", self.password_env.as_deref())? {
+                Some(password) => password,
+                None => self.password.clone().unwrap_or_default(),
+            };
         Ok((user.clone(), password))
     }
 

@@ -479,13 +479,9 @@ impl Shared {
                 base64(format!("{user}:{password}").as_bytes())
             )));
         }
-        if let Some(var) = &self.bearer_token_env {
-            let token = std::env::var(var).map_err(|_| {
-                StageError::new(
-                    ErrorKind::Permission,
-                    format!("the bearer token variable {var} is not set"),
-                )
-            })?;
+        if let Some(token) =
+            stagehost_plugin_api::env_secret("bearer_token_env", self.bearer_token_env.as_deref())?
+        {
             return Ok(Some(format!("Bearer {token}")));
         }
         Ok(None)

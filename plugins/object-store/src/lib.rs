@@ -37,7 +37,7 @@ use serde::Deserialize;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::{
-    Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
+    env_secret, Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
 };
 
 mod checksum;
@@ -396,13 +396,7 @@ impl Shared {
         if let Some(account) = &s.azure_account {
             builder = builder.with_account(account);
         }
-        if let Some(var) = &s.azure_access_key_env {
-            let key = std::env::var(var).map_err(|_| {
-                StageError::new(
-                    ErrorKind::Permission,
-                    format!("the variable {var} that azure_access_key_env names is not set"),
-                )
-            })?;
+        if let Some(key) = env_secret("azure_access_key_env", s.azure_access_key_env.as_deref())? {
             builder = builder.with_access_key(key);
         }
         if s.use_emulator {
@@ -440,13 +434,7 @@ impl Shared {
         if s.anonymous {
             builder = builder.with_skip_signature(true);
         }
-        if let Some(var) = &s.bearer_token_env {
-            let token = std::env::var(var).map_err(|_| {
-                StageError::new(
-                    ErrorKind::Permission,
-                    format!("the variable {var} that bearer_token_env names is not set"),
-                )
-            })?;
+        if let Some(token) = env_secret("bearer_token_env", s.bearer_token_env.as_deref())? {
             builder = builder.with_bearer_token(token);
         }
         let plain = s
@@ -494,19 +482,7 @@ impl Shared {
                 }
             }
         }
-        let from_env =
-            |setting: &str, var: &Option<String>| -> Result<Option<String>, StageError> {
-                var.as_ref()
-                    .map(|v| {
-                        std::env::var(v).map_err(|_| {
-                            StageError::new(
-                                ErrorKind::Permission,
-                                format!("the variable {v} that {setting} names is not set"),
-                            )
-                        })
-                    })
-                    .transpose()
-            };
+        let from_env = |setting: &str, var: &Option<String>| env_secret(setting, var.as_deref());
         if let Some(id) = from_env("access_key_id_env", &s.access_key_id_env)? {
             builder = builder.with_access_key_id(id);
         }

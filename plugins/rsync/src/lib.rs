@@ -395,7 +395,7 @@ fn progress_bytes(line: &str) -> Option<Progress> {
 }
 
 impl Runner {
-    fn base(&self, ctx: &Context<'_>, t: &Transfer<'_>) -> Result<Command, StageError> {
+    fn base(&self, t: &Transfer<'_>) -> Result<Command, StageError> {
         let mut cmd = Command::new(self.binary.as_ref().map_err(Clone::clone)?);
         // `--protect-args`: the paths travel inside rsync's protocol, so no remote shell
         // parses `;`, `$(...)` or spaces in a URL's path, with every rsync from 3.0 on
@@ -415,18 +415,14 @@ impl Runner {
             if let Some(file) = &self.password_file {
                 cmd.arg(format!("--password-file={}", file.display()));
             }
-            if let Some(var) = &self.password_env {
-                // Handed to the child only; an unset variable sends no password.
-                match std::env::var_os(var) {
-                    Some(password) => {
-                        cmd.env("RSYNC_PASSWORD", password);
-                    }
-                    None => ctx.info(&format!(
-                        "the password variable {var} is not set: no password is sent"
-                    )),
+            // Handed to the child only.
+            match stagehost_plugin_api::env_secret("password_env", self.password_env.as_deref())? {
+                Some(password) => {
+                    cmd.env("RSYNC_PASSWORD", password);
                 }
-            } else {
-                cmd.env_remove("RSYNC_PASSWORD");
+                None => {
+                    cmd.env_remove("RSYNC_PASSWORD");
+                }
             }
         } else {
             let mut ssh = self.ssh.clone().unwrap_or_else(|| vec!["ssh".to_owned()]);
@@ -471,7 +467,7 @@ impl Runner {
         for d in [&partial, &temp] {
             make_private_dir(d)?;
         }
-        let mut cmd = self.base(ctx, t)?;
+        let mut cmd = self.base(t)?;
         cmd.arg(format!("--partial-dir={}", partial.display()))
             .arg(format!("--temp-dir={}", temp.display()))
             .arg("--")
@@ -493,7 +489,7 @@ impl Runner {
     /// `t.local` to the remote; the local file is never touched.
     fn send(&self, ctx: &Context<'_>, t: &Transfer<'_>) -> Result<(), StageError> {
         let (_, meta) = stagehost_plugin_api::fs::open_regular(t.local)?;
-        let mut cmd = self.base(ctx, t)?;
+        let mut cmd = self.base(t)?;
         cmd.arg("--").arg(t.local).arg(t.remote);
         self.run(ctx, cmd, &format!("cannot stage out to {}", t.shown))
             .map_err(|e| {

@@ -1,0 +1,257 @@
+//! The one report schema: what `stagehost run --report` writes and what
+//! `stagehost stage in/out --json` prints, and what library callers get per task.
+//!
+//! An API boundary: within a [`VERSION`], fields are only added, never renamed,
+//! retyped or removed; a change that would break a reader bumps it. README.md's
+//! "Reports" section describes every field.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::data_manager::{Direction, WorkMode};
+
+/// The schema's version, the `version` field of every document.
+pub const VERSION: u32 = 1;
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskStatus {
+    /// The body and every stage-out succeeded.
+    Succeeded,
+    /// The body, or its staging, failed.
+    Failed,
+    /// The body succeeded but a stage-out failed; the local output is kept.
+    StageOutFailed,
+    /// An input from another task never arrived.
+    DependencyFailed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+/// What happened to one file: of a task (`run`), or of a `stage` command.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    /// In or out.
+    pub direction: Direction,
+    /// The URL, redacted.
+    pub url: String,
+    /// The executor whose providers staged it.
+    pub executor: String,
+    /// Whether its staging succeeded (`error` is null).
+    pub ok: bool,
+    /// Provider instance, if one claimed the file.
+    pub provider: Option<String>,
+    /// Plugin name and version.
+    pub plugin: Option<String>,
+    /// The work the provider returned, in the order it runs (`separate-job`,
+    /// `in-task-step`); empty when it had nothing to do.
+    pub modes: Vec<WorkMode>,
+    /// Where the task saw the file.
+    pub local_path: Option<String>,
+    /// Bytes of the file after staging, when it is a local file.
+    pub bytes: Option<u64>,
+    /// Seconds the work took (all attempts).
+    pub seconds: f64,
+    /// Attempts made (0 when there was nothing to do).
+    pub attempts: u32,
+    /// Whether another task's transfer of the same URL to the same place served it.
+    pub deduplicated: bool,
+    /// Whether the destination already held the current file, so no bytes moved (a
+    /// revalidation found it unchanged).
+    pub cached: bool,
+    /// The error, if it failed.
+    pub error: Option<String>,
+}
+
+impl FileReport {
+    /// A report of `url` on `executor` before anything happened.
+    pub fn new(direction: Direction, url: String, executor: &str) -> FileReport {
+        FileReport {
+            direction,
+            url,
+            executor: executor.to_owned(),
+            ok: true,
+            provider: None,
+            plugin: None,
+            modes: Vec::new(),
+            local_path: None,
+            bytes: None,
+            seconds: 0.0,
+            attempts: 0,
+            deduplicated: false,
+            cached: false,
+            error: None,
+        }
+    }
+
+    /// Whether bytes moved for it: work ran and succeeded, and the destination did not
+    /// already hold the file.
+    pub fn moved(&self) -> bool {
+        self.attempts > 0 && self.error.is_none() && !self.cached && !self.deduplicated
+    }
+}
+
+/// What happened to one task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    /// Task name.
+    pub name: String,
+    /// Executor label.
+    pub executor: String,
+    /// How it ended.
+    pub status: TaskStatus,
+    /// Times the body ran.
+    pub attempts: u32,
+    /// Seconds from the engine's start to the task's start (once its inputs from
+    /// other tasks exist).
+    pub started_at: f64,
+    /// Seconds from its start to its end.
+    pub seconds: f64,
+    /// The error, if it did not succeed.
+    pub error: Option<String>,
+    /// Every file, stage-ins first (inputs order), then stage-outs (outputs, stdout,
+    /// stderr).
+    pub files: Vec<FileReport>,
+}
+
+/// Tasks by how they ended (a `run`'s summary only).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskCounts {
+    pub tasks: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub stage_out_failed: usize,
+    pub dependency_failed: usize,
+    pub cancelled: usize,
+}
+
+/// The totals of a document.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// A `run`'s tasks by how they ended.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskCounts>,
+    /// Files staged (every file of every task).
+    pub files: usize,
+    /// Files whose bytes moved.
+    pub files_moved: usize,
+    /// Files already current at their destination (revalidated), so nothing moved.
+    pub files_cached: usize,
+    /// Files whose staging failed.
+    pub files_failed: usize,
+    /// Bytes of the files that moved.
+    pub bytes_moved: u64,
+    /// Seconds the command took.
+    pub seconds: f64,
+}
+
+impl Summary {
+    /// The totals of `files`.
+    pub fn of_files<'a>(
+        files: impl Iterator<Item = &'a FileReport> + Clone,
+        seconds: f64,
+    ) -> Summary {
+        let moved = files.clone().filter(|f| f.moved());
+        Summary {
+            tasks: None,
+            files: files.clone().count(),
+            files_moved: moved.clone().count(),
+            files_cached: files
+                .clone()
+                .filter(|f| f.cached && f.error.is_none())
+                .count(),
+            files_failed: files.filter(|f| f.error.is_some()).count(),
+            bytes_moved: moved.filter_map(|f| f.bytes).sum(),
+            seconds,
+        }
+    }
+
+    /// The totals of a run's `tasks`.
+    pub fn of_tasks(tasks: &[Arc<TaskReport>], seconds: f64) -> Summary {
+        let count = |s: TaskStatus| tasks.iter().filter(|r| r.status == s).count();
+        Summary {
+            tasks: Some(TaskCounts {
+                tasks: tasks.len(),
+                succeeded: count(TaskStatus::Succeeded),
+                failed: count(TaskStatus::Failed),
+                stage_out_failed: count(TaskStatus::StageOutFailed),
+                dependency_failed: count(TaskStatus::DependencyFailed),
+                cancelled: count(TaskStatus::Cancelled),
+            }),
+            ..Summary::of_files(tasks.iter().flat_map(|t| &t.files), seconds)
+        }
+    }
+}
+
+/// One report: of a `run` (its tasks) or of a `stage` command (its files).
+#[derive(Debug, Serialize)]
+pub struct Document<'a> {
+    /// [`VERSION`].
+    pub version: u32,
+    /// `run`, `stage in` or `stage out`.
+    pub command: &'a str,
+    /// The workflow file, for `run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The totals.
+    pub summary: Summary,
+    /// A `run`'s tasks, in the workflow's order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<&'a [Arc<TaskReport>]>,
+    /// A `stage` command's files, in the order given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<&'a [FileReport]>,
+}
+
+impl Document<'_> {
+    /// As pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report is plain data")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_document_has_its_version_and_counts_only_moved_bytes() {
+        let mut moved = FileReport::new(Direction::In, "http://h/a".into(), "local");
+        (moved.attempts, moved.bytes, moved.modes) = (1, Some(10), vec![WorkMode::SeparateJob]);
+        let mut cached = FileReport::new(Direction::In, "http://h/b".into(), "local");
+        (cached.attempts, cached.bytes, cached.cached) = (1, Some(20), true);
+        let mut failed = FileReport::new(Direction::In, "http://h/c".into(), "local");
+        (failed.attempts, failed.ok, failed.error) = (3, false, Some("boom".into()));
+        let files = [moved, cached, failed];
+        let doc = Document {
+            version: VERSION,
+            command: "stage in",
+            workflow: None,
+            summary: Summary::of_files(files.iter(), 1.5),
+            tasks: None,
+            files: Some(&files),
+        };
+        let json: serde_json::Value = serde_json::from_str(&doc.to_json()).unwrap();
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["command"], "stage in");
+        assert!(json.get("tasks").is_none() && json.get("workflow").is_none());
+        let s = &json["summary"];
+        assert_eq!(
+            (s["files"].as_u64(), s["files_moved"].as_u64()),
+            (Some(3), Some(1))
+        );
+        assert_eq!(
+            (s["files_cached"].as_u64(), s["files_failed"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(s["bytes_moved"], 10);
+        assert!(s.get("succeeded").is_none(), "task counts are a run's only");
+        assert_eq!(
+            json["files"][0]["modes"],
+            serde_json::json!(["separate-job"])
+        );
+        assert_eq!(json["files"][2]["ok"], false);
+    }
+}
