@@ -26,6 +26,7 @@ mod command;
 mod executor;
 mod pool;
 mod processes;
+mod protocol;
 mod remote;
 mod runner;
 mod slurm;
@@ -43,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use channel::WorkerKey;
 pub use command::{check as check_command, expand as expand_command, shell_quote};
-pub use remote::{serve_worker, WorkerOptions, PROTOCOL_VERSION};
+pub use protocol::{FEATURES as PROTOCOL_FEATURES, PROTOCOL};
+pub use remote::{serve_worker, WorkerOptions};
 pub use runner::{StageOutcome, StageRunner};
 pub use task::{
     Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec,

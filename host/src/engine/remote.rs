@@ -28,12 +28,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
 
 use crate::data_manager::Direction;
 
@@ -42,90 +39,14 @@ use super::channel::{
     proof, random_hex, same, Channel, RunKey, WorkerKey, HANDSHAKE_DEADLINE, LIMIT, PRE_AUTH_LIMIT,
 };
 use super::command::{self, Commands};
+use super::protocol::{self, Message, PROTOCOL};
+pub use super::protocol::{NodeFile, NodeFileResult, NodeResult, NodeTask};
 use super::runner::StageRunner;
-use super::task::TaskFiles;
-
-/// The protocol's version; a worker of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Connections that may wait for their proof at once; a new one beyond closes the
 /// oldest waiting (which has had the most time), so a flood of silent connections
 /// neither exhausts threads nor keeps a real worker out.
 pub const MAX_UNAUTHENTICATED: usize = 64;
-
-/// One message, either way.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Message {
-    /// Worker → run, first.
-    Hello {
-        version: u32,
-        nonce: String,
-        block: String,
-        host: String,
-        slots: usize,
-    },
-    /// Run → worker: the run's nonce and its proof of the secret.
-    Challenge { nonce: String, proof: String },
-    /// Worker → run: the worker's proof of the secret.
-    Proof { proof: String },
-    /// Run → worker: accepted.
-    Welcome { version: u32, heartbeat_secs: f64 },
-    /// Run → worker: refused, and why; the connection closes.
-    Refused { reason: String },
-    /// Run → worker: run this.
-    Task(NodeTask),
-    /// Worker → run: this task ended.
-    Done(NodeResult),
-    /// Either way: still here.
-    Heartbeat,
-    /// Run → worker: end.
-    Shutdown,
-}
-
-/// A task as the node runs it: the command (placeholders already expanded to the
-/// planned paths) and the files whose in-task steps run there.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeTask {
-    pub id: u64,
-    pub name: String,
-    pub executor: String,
-    pub command: String,
-    pub files: TaskFiles,
-    pub timeout_secs: Option<f64>,
-    pub staged: Vec<NodeFile>,
-}
-
-/// One file with an in-task step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeFile {
-    pub url: String,
-    pub direction: Direction,
-    pub local_path: Option<PathBuf>,
-}
-
-/// What the node did with a task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeResult {
-    pub id: u64,
-    /// The body's error (the command's exit, a missing output, a failed stage-in).
-    pub error: Option<String>,
-    /// Per staged file, in the order sent.
-    pub staged: Vec<NodeFileResult>,
-    /// Where it ran: `host` (block).
-    pub place: String,
-}
-
-/// One file's in-task step on the node.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct NodeFileResult {
-    pub ran: bool,
-    pub seconds: f64,
-    pub attempts: u32,
-    pub cached: bool,
-    pub bytes: Option<u64>,
-    pub error: Option<String>,
-}
 
 /// Logs at most one line a second about refused connections (a flood must not flood
 /// the log too), saying how many were left unsaid.
@@ -177,10 +98,21 @@ struct Pending {
     reply: Reply,
 }
 
+/// A worker that proved the secret: its channel, and what its hello said.
+struct Joined {
+    channel: Arc<Channel>,
+    block: String,
+    host: String,
+    slots: usize,
+    features: Vec<String>,
+}
+
 struct Worker {
     block: String,
     host: String,
     slots: usize,
+    /// It takes tasks beyond its slots, queued on the node (its `prefetch` feature).
+    queues: bool,
     busy: HashMap<u64, Reply>,
     channel: Arc<Channel>,
     idle_since: Instant,
@@ -449,14 +381,14 @@ impl Dispatcher {
     fn serve_connection(self: &Arc<Self>, stream: TcpStream, conn: u64) {
         let authenticated = self.authenticate(stream);
         self.forget_waiting(conn);
-        if let Some((channel, block, host, slots)) = authenticated {
-            self.serve_worker_connection(channel, block, host, slots);
+        if let Some(joined) = authenticated {
+            self.serve_worker_connection(joined);
         }
     }
 
     /// The TLS handshake and the mutual proof, bounded in time and bytes: the worker's
     /// channel, block, host and slots, or `None` (refused, logged).
-    fn authenticate(&self, stream: TcpStream) -> Option<(Arc<Channel>, String, String, usize)> {
+    fn authenticate(&self, stream: TcpStream) -> Option<Joined> {
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
@@ -474,6 +406,8 @@ impl Dispatcher {
         let hello = channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline)));
         let Ok(Some(Message::Hello {
             version,
+            protocol,
+            features,
             nonce,
             block,
             host,
@@ -483,12 +417,17 @@ impl Dispatcher {
             refuse("no hello");
             return None;
         };
-        if version != PROTOCOL_VERSION {
-            let reason = format!("protocol version {version}, this run speaks {PROTOCOL_VERSION}");
+        if let Err(reason) = protocol::compatible(protocol.as_deref(), version) {
             refuse(&reason);
             let _ = channel.send(&Message::Refused { reason });
             return None;
         }
+        tracing::debug!(
+            "executor {:?}: a worker of protocol {} ({})",
+            self.label,
+            protocol.as_deref().unwrap_or("?"),
+            features.join(", ")
+        );
         let Ok(run_nonce) = random_hex(32) else {
             return None;
         };
@@ -512,23 +451,31 @@ impl Dispatcher {
         }
         if channel
             .send(&Message::Welcome {
-                version: PROTOCOL_VERSION,
+                protocol: PROTOCOL.to_owned(),
+                features: protocol::features(),
                 heartbeat_secs: self.heartbeat.as_secs_f64(),
             })
             .is_err()
         {
             return None;
         }
-        Some((channel, block, host, slots.max(1)))
+        Some(Joined {
+            channel,
+            block,
+            host,
+            slots: slots.max(1),
+            features,
+        })
     }
 
-    fn serve_worker_connection(
-        self: &Arc<Self>,
-        channel: Arc<Channel>,
-        block: String,
-        host: String,
-        slots: usize,
-    ) {
+    fn serve_worker_connection(self: &Arc<Self>, joined: Joined) {
+        let Joined {
+            channel,
+            block,
+            host,
+            slots,
+            features,
+        } = joined;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "executor {:?}: worker {id} connected from {host} (block {block}, {slots} slots)",
@@ -540,6 +487,7 @@ impl Dispatcher {
                 block,
                 host,
                 slots,
+                queues: protocol::has(&features, "prefetch"),
                 busy: HashMap::new(),
                 channel: channel.clone(),
                 idle_since: Instant::now(),
@@ -611,7 +559,9 @@ impl Dispatcher {
             // trip between one task's end and the next one's start (HTEX's
             // prefetch_capacity). While more blocks may come, none by default, so they
             // get the work; once all are up, as many as the worker's slots.
-            let queued = if self.saturated.load(Ordering::Relaxed) {
+            let queued = if !worker.queues {
+                0
+            } else if self.saturated.load(Ordering::Relaxed) {
                 self.prefetch.max(worker.slots)
             } else {
                 self.prefetch
@@ -812,7 +762,9 @@ fn join_run(
     let nonce = random_hex(32).map_err(|e| format!("cannot make a nonce: {e}"))?;
     channel
         .send(&Message::Hello {
-            version: PROTOCOL_VERSION,
+            version: None,
+            protocol: Some(PROTOCOL.to_owned()),
+            features: protocol::features(),
             nonce: nonce.clone(),
             block: block.to_owned(),
             host: host.to_owned(),
@@ -840,7 +792,13 @@ fn join_run(
         })
         .map_err(|e| format!("cannot answer the run: {e}"))?;
     let heartbeat = match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline))) {
-        Ok(Some(Message::Welcome { heartbeat_secs, .. })) => {
+        Ok(Some(Message::Welcome {
+            protocol: theirs,
+            heartbeat_secs,
+            ..
+        })) => {
+            protocol::compatible(Some(&theirs), None)
+                .map_err(|why| format!("the run speaks another protocol: {why}"))?;
             Duration::from_secs_f64(heartbeat_secs.clamp(0.05, 86_400.0))
         }
         Ok(Some(Message::Refused { reason })) => {
@@ -976,6 +934,36 @@ mod tests {
 
     fn threads() -> usize {
         std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+    }
+
+    #[test]
+    fn a_worker_of_another_protocol_is_refused_naming_both_versions() {
+        let (d, key) = dispatcher();
+        let sock = TcpStream::connect(d.address()).unwrap();
+        let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+        let channel = Channel::connect(sock, &key, deadline).unwrap();
+        // What a worker of protocol 2 (an older stagehost) says first.
+        channel
+            .send(&Message::Hello {
+                version: Some(2),
+                protocol: None,
+                features: Vec::new(),
+                nonce: "00".repeat(32),
+                block: "b".into(),
+                host: "h".into(),
+                slots: 1,
+            })
+            .unwrap();
+        match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(Duration::from_secs(5))) {
+            Ok(Some(Message::Refused { reason })) => {
+                assert!(
+                    reason.starts_with("protocol version 2, this side speaks 3.0.0"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        d.close();
     }
 
     #[test]
