@@ -1,19 +1,13 @@
 //! stagehost: Parsl's file-staging model as a plugin host.
 //!
-//! This crate is the host library behind the `stagehost` binary:
-//! - [`config`] reads the TOML config (or the embedded default, Parsl's
-//!   `default_staging`);
-//! - [`discovery`] lists the plugin directories and checks files before they are
-//!   opened;
-//! - [`loader`] opens plugin libraries through the stable ABI of
-//!   `stagehost-plugin-api`, once each;
-//! - [`registry`] builds provider instances and each executor's order;
-//! - [`data_manager`] chooses the provider for each file and plans its staging, with
-//!   Parsl's semantics;
-//! - [`services`] is the host side of each plugin call (log, progress, cancellation);
+//! This crate is the task engine behind the `stagehost` binary (crate
+//! `stagehost-cli`), over `stagehost-core`, whose modules it re-exports:
 //! - [`engine`] runs tasks whose inputs and outputs are staged, with Parsl's rules
-//!   (data futures, separate jobs and in-task steps) and bounds on transfers;
-//! - [`workflow`] reads `stagehost run`'s workflow files.
+//!   (data futures, separate jobs and in-task steps) and bounds on transfers, on
+//!   executors (`local`, and pilots over a scheduler: `slurm`, `processes`);
+//! - [`workflow`] reads `stagehost run`'s workflow files;
+//! - from `stagehost-core`: [`config`], [`discovery`], [`loader`], [`registry`],
+//!   [`data_manager`], [`checksum`], [`services`], [`report`], [`listing`], [`spans`].
 //!
 //! # A two-task pipeline
 //!
@@ -42,25 +36,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod checksum;
-pub mod config;
-pub mod data_manager;
-pub mod discovery;
 pub mod engine;
-pub mod listing;
-pub mod loader;
-pub mod registry;
-pub mod report;
-pub mod services;
-pub mod spans;
 pub mod workflow;
 
-pub use config::{Config, ConfigError};
-pub use data_manager::{
-    DataManager, Direction, ProviderFailure, StageOptions, Staging, StagingError, WorkDone,
-    WorkMode,
+pub use stagehost_core::{
+    checksum, config, data_manager, discovery, listing, loader, observer, registry, report, runner,
+    services, spans, transfer,
 };
-pub use loader::{LoadedPlugin, PluginLoader};
-pub use registry::{ProviderInstance, Registry};
-pub use services::{CancelFlag, ProgressSink};
-pub use stagehost_plugin_api::File;
+pub use stagehost_core::{
+    CancelFlag, Config, ConfigError, DataManager, Direction, File, LoadedPlugin, PluginLoader,
+    ProgressSink, ProviderFailure, ProviderInstance, Registry, StageOptions, Staging, StagingError,
+    WorkDone, WorkMode,
+};

@@ -14,9 +14,12 @@ use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use stagehost::config::{ConfigSource, TransferConfig};
-use stagehost::engine::{Silent, StageRunner};
-use stagehost::{Config, DataManager, PluginLoader, Registry, Staging, StagingError, WorkMode};
+use stagehost_core::config::{ConfigSource, TransferConfig};
+use stagehost_core::observer::Silent;
+use stagehost_core::runner::StageRunner;
+use stagehost_core::{
+    Config, DataManager, PluginLoader, Registry, Staging, StagingError, WorkMode,
+};
 use stagehost_plugin_api::File;
 
 /// Raises `stagehost_parsl.StagingError(message, kind)`.
@@ -122,7 +125,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PythonLogging {
 /// The config a spec names: `("embedded",)`, `("path", PATH)` or
 /// `("text", TEXT, BASE_DIR)`.
 fn config_of(kind: &str, value: Option<String>, base: Option<String>) -> Result<Config, PyErr> {
-    let bad = |e: stagehost::ConfigError| staging_error(e.to_string(), Some("config".into()));
+    let bad = |e: stagehost_core::ConfigError| staging_error(e.to_string(), Some("config".into()));
     match (kind, value) {
         ("embedded", _) => Ok(Config::embedded()),
         ("path", Some(path)) => Config::locate(Some(&PathBuf::from(path))).map_err(bad),
@@ -171,7 +174,7 @@ fn locate_config(py: Python<'_>) -> PyResult<Option<String>> {
 /// `STAGEHOST_PLUGIN_PATH` and before the standard directories. The first call wins.
 #[pyfunction]
 fn set_bundled_plugin_dir(dir: String) -> bool {
-    stagehost::discovery::set_bundled_plugin_dir(PathBuf::from(dir))
+    stagehost_core::discovery::set_bundled_plugin_dir(PathBuf::from(dir))
 }
 
 /// The runtime every host's staging runs on (the runner's transfers are async).
@@ -314,9 +317,9 @@ impl Host {
         // use it (and a retry plans again there).
         let runner = self.runner(working_dir.map(PathBuf::from));
         let direction = if outbound {
-            stagehost::Direction::Out
+            stagehost_core::Direction::Out
         } else {
-            stagehost::Direction::In
+            stagehost_core::Direction::In
         };
         let staging = py
             .detach(|| runner.plan(executor, &file, direction))
@@ -339,13 +342,13 @@ impl Host {
 
     /// What `stagehost plugins list` prints for this config.
     fn plugins_text(&self) -> String {
-        stagehost::listing::render_text(&self.registry)
+        stagehost_core::listing::render_text(&self.registry)
     }
 
     /// What `stagehost plugins list --json` prints for this config.
     fn plugins_json(&self, py: Python<'_>) -> String {
         let registry = self.registry.clone();
-        py.detach(|| stagehost::listing::render_json(&registry))
+        py.detach(|| stagehost_core::listing::render_json(&registry))
     }
 }
 

@@ -28,10 +28,8 @@ mod pool;
 mod processes;
 mod protocol;
 mod remote;
-mod runner;
 mod slurm;
 mod task;
-mod transfer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,46 +44,20 @@ pub use channel::WorkerKey;
 pub use command::{check as check_command, expand as expand_command, shell_quote};
 pub use protocol::{FEATURES as PROTOCOL_FEATURES, PROTOCOL};
 pub use remote::{serve_worker, WorkerOptions};
-pub use runner::{StageOutcome, StageRunner};
+pub use stagehost_core::observer::{Observer, Silent};
+pub use stagehost_core::runner::{StageOutcome, StageRunner};
 pub use task::{
     Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec,
     TaskStatus,
 };
 
 use crate::config::TransferConfig;
-use crate::data_manager::{DataManager, Direction, StageOptions, Staging, StagingError, WorkMode};
+use crate::data_manager::{DataManager, Direction, StageOptions, Staging, StagingError};
 use crate::registry::Registry;
-use crate::services::{CancelFlag, ProgressSink};
+use crate::services::CancelFlag;
 use pool::WorkerPool;
+use stagehost_core::transfer::{Outcome, Transfers};
 use task::FutureState;
-use transfer::{Outcome, Transfers};
-
-/// Hears what the engine does, for progress displays. Every method has a default
-/// that does nothing.
-pub trait Observer: Send + Sync {
-    /// The run will have `tasks` tasks in all (when it knows before submitting them).
-    fn tasks_expected(&self, _tasks: usize) {}
-    /// A task was submitted.
-    fn task_submitted(&self, _name: &str) {}
-    /// A task ended (stage-outs included).
-    fn task_finished(&self, _report: &TaskReport) {}
-    /// A transfer attempt starts; the sink returned receives its bytes.
-    fn transfer_started(
-        &self,
-        _id: u64,
-        _url: &str,
-        _direction: Direction,
-        _mode: WorkMode,
-    ) -> Option<Arc<dyn ProgressSink>> {
-        None
-    }
-    /// A transfer attempt ended: bytes on success, the error line on failure.
-    fn transfer_finished(&self, _id: u64, _result: Result<Option<u64>, &str>) {}
-}
-
-/// An observer that observes nothing.
-pub struct Silent;
-impl Observer for Silent {}
 
 /// Options for an [`Engine`].
 #[derive(Clone)]

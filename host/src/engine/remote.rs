@@ -41,7 +41,7 @@ use super::channel::{
 use super::command::{self, Commands};
 use super::protocol::{self, Message, PROTOCOL};
 pub use super::protocol::{NodeFile, NodeFileResult, NodeResult, NodeTask};
-use super::runner::StageRunner;
+use stagehost_core::runner::StageRunner;
 
 /// Connections that may wait for their proof at once; a new one beyond closes the
 /// oldest waiting (which has had the most time), so a flood of silent connections

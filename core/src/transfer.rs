@@ -21,16 +21,17 @@ use stagehost_plugin_api::{ErrorKind, File, StageError};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::Observer;
 use crate::config::TransferConfig;
 use crate::data_manager::{
     DataManager, Direction, ProviderFailure, StageOptions, StagingError, StagingWork, WorkMode,
 };
+use crate::observer::Observer;
 use crate::services::CancelFlag;
 
 /// What a transfer did.
 #[derive(Debug)]
-pub(crate) struct Outcome {
+/// How one piece of staging work ended, all its attempts counted.
+pub struct Outcome {
     pub attempts: u32,
     pub seconds: f64,
     pub deduplicated: bool,
@@ -97,7 +98,10 @@ impl WorkInfo {
 
 type DedupKey = (String, PathBuf);
 
-pub(crate) struct Transfers {
+/// Runs every piece of staging work under one policy: global and per-host limits,
+/// a per-attempt timeout, retries with backoff and jitter, dedup, cancellation and
+/// progress events.
+pub struct Transfers {
     config: TransferConfig,
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -105,7 +109,9 @@ pub(crate) struct Transfers {
     /// Whether one URL's stage-in to one destination runs once for the life of this
     /// value (a run); off for a long-lived host, which must fetch again later.
     dedup_on: bool,
+    /// What plugins' `Context::check` reads.
     pub cancel: CancelFlag,
+    /// Cancels waiting work.
     pub token: CancellationToken,
     observer: Arc<dyn Observer>,
     dm: Arc<DataManager>,

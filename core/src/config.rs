@@ -386,7 +386,7 @@ impl ConfigSource {
 pub struct ConfigError(pub String);
 
 /// A TOML parse error as one line: `name:line:column: message`.
-pub(crate) fn toml_error_line(name: &str, text: &str, e: &toml::de::Error) -> String {
+pub fn toml_error_line(name: &str, text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
@@ -398,7 +398,7 @@ pub(crate) fn toml_error_line(name: &str, text: &str, e: &toml::de::Error) -> St
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -829,7 +829,7 @@ fn read_trusted(path: &Path) -> Result<String, ReadError> {
 }
 
 /// A number as a person wrote it: `1e300`, not three hundred digits.
-pub(crate) fn show_number(x: f64) -> String {
+pub fn show_number(x: f64) -> String {
     if x.is_finite() && x != 0.0 && !(1e-4..1e9).contains(&x.abs()) {
         format!("{x:e}")
     } else {

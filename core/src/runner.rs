@@ -13,12 +13,12 @@ use std::sync::Arc;
 use stagehost_plugin_api::File;
 use tokio_util::sync::CancellationToken;
 
-use super::transfer::Transfers;
-use super::Observer;
 use crate::config::TransferConfig;
 use crate::data_manager::{DataManager, Direction, StageOptions, Staging, StagingError, WorkMode};
+use crate::observer::Observer;
 use crate::registry::Registry;
 use crate::services::CancelFlag;
+use crate::transfer::Transfers;
 
 /// Stages single files under a run's transfer policy. Call from within a tokio
 /// runtime.

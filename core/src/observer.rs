@@ -1,0 +1,34 @@
+//! What hears the engine and the staging runner: progress displays, reports.
+
+use std::sync::Arc;
+
+use crate::data_manager::{Direction, WorkMode};
+use crate::report::TaskReport;
+use crate::services::ProgressSink;
+
+/// Hears what the engine does, for progress displays. Every method has a default
+/// that does nothing.
+pub trait Observer: Send + Sync {
+    /// The run will have `tasks` tasks in all (when it knows before submitting them).
+    fn tasks_expected(&self, _tasks: usize) {}
+    /// A task was submitted.
+    fn task_submitted(&self, _name: &str) {}
+    /// A task ended (stage-outs included).
+    fn task_finished(&self, _report: &TaskReport) {}
+    /// A transfer attempt starts; the sink returned receives its bytes.
+    fn transfer_started(
+        &self,
+        _id: u64,
+        _url: &str,
+        _direction: Direction,
+        _mode: WorkMode,
+    ) -> Option<Arc<dyn ProgressSink>> {
+        None
+    }
+    /// A transfer attempt ended: bytes on success, the error line on failure.
+    fn transfer_finished(&self, _id: u64, _result: Result<Option<u64>, &str>) {}
+}
+
+/// An observer that observes nothing.
+pub struct Silent;
+impl Observer for Silent {}
