@@ -204,6 +204,7 @@ mod provider;
 mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transfer;
 pub mod validators;
 mod xattr;
 

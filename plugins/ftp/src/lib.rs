@@ -36,9 +36,8 @@ use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::net::{
     host_port, io_kind, percent_decode, seconds, split_userinfo, HostPatterns,
 };
-use stagehost_plugin_api::{
-    Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
-};
+use stagehost_plugin_api::transfer::{Transfer, TransferProvider};
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Settings, StageError, WorkPlace};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode as DataMode, RustlsConnector, RustlsFtpStream};
 
@@ -79,7 +78,7 @@ impl Default for FtpSettings {
 }
 
 /// See the crate docs.
-pub struct FtpProvider {
+pub struct FtpTransfer {
     mode: WorkPlace,
     hosts: HostPatterns,
     shared: Arc<Shared>,
@@ -155,7 +154,7 @@ fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, St
     Ok(Arc::new(config))
 }
 
-impl Provider for FtpProvider {
+impl Transfer for FtpTransfer {
     fn new(settings: &Settings) -> Result<Self, StageError> {
         let s: FtpSettings = settings.parse()?;
         if s.password.is_some() && s.password_env.is_some() {
@@ -163,7 +162,7 @@ impl Provider for FtpProvider {
                 "invalid settings: password and password_env exclude each other",
             ));
         }
-        Ok(FtpProvider {
+        Ok(FtpTransfer {
             mode: s.mode,
             hosts: HostPatterns::new(&s.hosts),
             shared: Arc::new(Shared {
@@ -179,50 +178,25 @@ impl Provider for FtpProvider {
         })
     }
 
-    fn can_stage_in(&self, file: &File) -> bool {
-        self.claims(file)
+    fn place(&self) -> WorkPlace {
+        self.mode
     }
 
-    fn can_stage_out(&self, file: &File) -> bool {
-        self.claims(file)
+    fn claims(&self, file: &File) -> Result<bool, StageError> {
+        Ok(self.claims_of(file))
     }
 
-    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        let target = Target::of(file)?;
-        file.set_local_path(ctx.destination());
-        Ok(self
-            .mode
-            .separate_job(|| self.job(file, target, Direction::Get)))
+    fn get(&self, file: &File) -> Result<Job, StageError> {
+        Ok(self.job(file, Target::of(file)?, Direction::Get))
     }
 
-    fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        let target = Target::of(file)?;
-        Ok(self
-            .mode
-            .in_task_step(|| self.job(file, target, Direction::Get)))
-    }
-
-    fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        let target = Target::of(file)?;
-        if file.local_path().is_none() {
-            file.set_local_path(ctx.destination());
-        }
-        Ok(self
-            .mode
-            .separate_job(|| self.job(file, target, Direction::Put)))
-    }
-
-    fn replace_task_stage_out(
-        &self,
-        _ctx: &Context<'_>,
-        file: &mut File,
-    ) -> Result<Option<Job>, StageError> {
-        let target = Target::of(file)?;
-        Ok(self
-            .mode
-            .in_task_step(|| self.job(file, target, Direction::Put)))
+    fn put(&self, file: &File) -> Result<Job, StageError> {
+        Ok(self.job(file, Target::of(file)?, Direction::Put))
     }
 }
+
+/// The `ftp` provider: [`FtpTransfer`] with plugin-api's planning quartet.
+pub type FtpProvider = TransferProvider<FtpTransfer>;
 
 #[derive(Clone, Copy)]
 enum Direction {
@@ -230,8 +204,8 @@ enum Direction {
     Put,
 }
 
-impl FtpProvider {
-    fn claims(&self, file: &File) -> bool {
+impl FtpTransfer {
+    fn claims_of(&self, file: &File) -> bool {
         matches!(file.scheme(), "ftp" | "ftps") && self.hosts.claims(file.netloc())
     }
 
@@ -801,6 +775,7 @@ stagehost_plugin_api::export_provider! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stagehost_plugin_api::Provider;
 
     #[test]
     fn it_keeps_the_hosts_rules() {

@@ -28,9 +28,8 @@ use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::net::{
     seconds, split_userinfo, strip_port, HostPatterns, RedirectPolicy,
 };
-use stagehost_plugin_api::{
-    Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
-};
+use stagehost_plugin_api::transfer::{Transfer, TransferProvider};
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Settings, StageError, WorkPlace};
 use ureq::Agent;
 
 mod forward;
@@ -104,7 +103,7 @@ fn agent(config: ureq::config::Config) -> Agent {
 }
 
 /// See the crate docs.
-pub struct HttpProvider {
+pub struct Http {
     mode: WorkPlace,
     hosts: HostPatterns,
     shared: Arc<Shared>,
@@ -151,7 +150,7 @@ fn load_roots(path: &PathBuf) -> Result<ureq::tls::RootCerts, StageError> {
     Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
-impl Provider for HttpProvider {
+impl Transfer for Http {
     fn new(settings: &Settings) -> Result<Self, StageError> {
         let s: HttpSettings = settings.parse()?;
         let mut tls = ureq::tls::TlsConfig::builder();
@@ -179,7 +178,7 @@ impl Provider for HttpProvider {
             .max_idle_connections_per_host(16)
             .tls_config(tls.build())
             .build();
-        Ok(HttpProvider {
+        Ok(Http {
             mode: s.mode,
             hosts: HostPatterns::new(&s.hosts),
             shared: Arc::new(Shared {
@@ -196,49 +195,28 @@ impl Provider for HttpProvider {
         })
     }
 
-    fn can_stage_in(&self, file: &File) -> bool {
-        self.claims(file)
+    fn place(&self) -> WorkPlace {
+        self.mode
     }
 
-    fn can_stage_out(&self, file: &File) -> bool {
-        self.claims(file)
-    }
-
-    fn try_can_stage_in(&self, file: &File) -> Result<bool, StageError> {
+    fn claims(&self, file: &File) -> Result<bool, StageError> {
         self.claims_checked(file)
     }
 
-    fn try_can_stage_out(&self, file: &File) -> Result<bool, StageError> {
-        self.claims_checked(file)
+    fn get(&self, file: &File) -> Result<Job, StageError> {
+        Ok(self.get_job(file))
     }
 
-    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        file.set_local_path(ctx.destination());
-        Ok(self.mode.separate_job(|| self.get_job(file)))
-    }
-
-    fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        Ok(self.mode.in_task_step(|| self.get_job(file)))
-    }
-
-    fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        if file.local_path().is_none() {
-            file.set_local_path(ctx.destination());
-        }
-        Ok(self.mode.separate_job(|| self.put_job(file)))
-    }
-
-    fn replace_task_stage_out(
-        &self,
-        _ctx: &Context<'_>,
-        file: &mut File,
-    ) -> Result<Option<Job>, StageError> {
-        Ok(self.mode.in_task_step(|| self.put_job(file)))
+    fn put(&self, file: &File) -> Result<Job, StageError> {
+        Ok(self.put_job(file))
     }
 }
 
-impl HttpProvider {
-    /// [`HttpProvider::claims`], refusing a URL of its schemes whose host and port do
+/// The `http` provider: [`Http`] with plugin-api's planning quartet.
+pub type HttpProvider = TransferProvider<Http>;
+
+impl Http {
+    /// [`Http::claims_of`], refusing a URL of its schemes whose host and port do
     /// not read as a host and a number: with a password holding an unencoded `/`, `?`
     /// or `#` (`http://u:p/w@h/x`), HTTP clients and stagehost would read different
     /// hosts, and the request (with the instance's credentials) would go to the one
@@ -257,10 +235,10 @@ impl HttpProvider {
                 ),
             ));
         }
-        Ok(self.claims(file))
+        Ok(self.claims_of(file))
     }
 
-    fn claims(&self, file: &File) -> bool {
+    fn claims_of(&self, file: &File) -> bool {
         if !matches!(file.scheme(), "http" | "https") {
             return false;
         }
@@ -840,6 +818,7 @@ stagehost_plugin_api::export_provider! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stagehost_plugin_api::Provider;
 
     #[test]
     fn it_keeps_the_hosts_rules() {

@@ -36,8 +36,9 @@ use object_store::{
 use serde::Deserialize;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
+use stagehost_plugin_api::transfer::{Transfer, TransferProvider};
 use stagehost_plugin_api::{
-    env_secret, Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
+    env_secret, Context, ErrorKind, File, Job, Settings, StageError, WorkPlace,
 };
 
 mod checksum;
@@ -135,7 +136,7 @@ enum UploadChecksum {
 }
 
 /// See the crate docs.
-pub struct ObjectStoreProvider {
+pub struct Stores {
     mode: WorkPlace,
     buckets: Vec<String>,
     shared: Arc<Shared>,
@@ -179,7 +180,7 @@ impl Target {
     }
 }
 
-impl Provider for ObjectStoreProvider {
+impl Transfer for Stores {
     fn new(settings: &Settings) -> Result<Self, StageError> {
         let s: StoreSettings = settings.parse()?;
         if !(1..=5 * 1024).contains(&s.part_size_mib) {
@@ -194,7 +195,7 @@ impl Provider for ObjectStoreProvider {
                 s.concurrency
             )));
         }
-        Ok(ObjectStoreProvider {
+        Ok(Stores {
             mode: s.mode,
             buckets: s.buckets.clone(),
             shared: Arc::new(Shared {
@@ -205,43 +206,30 @@ impl Provider for ObjectStoreProvider {
         })
     }
 
-    fn can_stage_in(&self, file: &File) -> bool {
-        self.claims(file)
+    fn place(&self) -> WorkPlace {
+        self.mode
     }
 
-    fn can_stage_out(&self, file: &File) -> bool {
-        self.claims(file)
+    fn claims(&self, file: &File) -> Result<bool, StageError> {
+        Ok(self.claims_of(file))
     }
 
-    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+    fn get(&self, file: &File) -> Result<Job, StageError> {
         Target::of(file)?;
-        file.set_local_path(ctx.destination());
-        Ok(self.mode.separate_job(|| self.job(file, true)))
+        Ok(self.job(file, true))
     }
 
-    fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        Ok(self.mode.in_task_step(|| self.job(file, true)))
-    }
-
-    fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
+    fn put(&self, file: &File) -> Result<Job, StageError> {
         Target::of(file)?;
-        if file.local_path().is_none() {
-            file.set_local_path(ctx.destination());
-        }
-        Ok(self.mode.separate_job(|| self.job(file, false)))
-    }
-
-    fn replace_task_stage_out(
-        &self,
-        _ctx: &Context<'_>,
-        file: &mut File,
-    ) -> Result<Option<Job>, StageError> {
-        Ok(self.mode.in_task_step(|| self.job(file, false)))
+        Ok(self.job(file, false))
     }
 }
 
-impl ObjectStoreProvider {
-    fn claims(&self, file: &File) -> bool {
+/// The provider: [`Stores`] with plugin-api's planning quartet.
+pub type ObjectStoreProvider = TransferProvider<Stores>;
+
+impl Stores {
+    fn claims_of(&self, file: &File) -> bool {
         if !matches!(file.scheme(), "s3" | "az" | "gs") {
             return false;
         }
@@ -783,6 +771,7 @@ stagehost_plugin_api::export_provider! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stagehost_plugin_api::Provider;
 
     #[test]
     fn it_keeps_the_hosts_rules() {

@@ -35,9 +35,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::net::{seconds, HostPatterns};
-use stagehost_plugin_api::{
-    Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace,
-};
+use stagehost_plugin_api::transfer::{Transfer as Transport, TransferProvider};
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Settings, StageError, WorkPlace};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,7 +132,7 @@ fn find_program(program: &str) -> Option<PathBuf> {
 }
 
 /// See the crate docs.
-pub struct RsyncProvider {
+pub struct Rsync {
     mode: WorkPlace,
     host: Option<String>,
     hosts: HostPatterns,
@@ -153,7 +152,7 @@ struct Runner {
     password_file: Option<PathBuf>,
 }
 
-impl Provider for RsyncProvider {
+impl Transport for Rsync {
     fn new(settings: &Settings) -> Result<Self, StageError> {
         let s: RsyncSettings = settings.parse()?;
         let binary = find_program(&s.rsync_binary).ok_or_else(|| {
@@ -192,7 +191,7 @@ impl Provider for RsyncProvider {
                 "invalid settings: ssh_command is empty",
             ));
         }
-        Ok(RsyncProvider {
+        Ok(Rsync {
             mode: s.mode.unwrap_or(WorkPlace::InTask),
             host: s.host.filter(|h| !h.is_empty()),
             hosts: HostPatterns::new(&s.hosts),
@@ -209,38 +208,25 @@ impl Provider for RsyncProvider {
         })
     }
 
-    fn can_stage_in(&self, file: &File) -> bool {
-        self.claims(file)
+    fn place(&self) -> WorkPlace {
+        self.mode
     }
 
-    fn can_stage_out(&self, file: &File) -> bool {
-        self.claims(file)
+    fn claims(&self, file: &File) -> Result<bool, StageError> {
+        Ok(self.claims_of(file))
     }
 
-    fn stage_in(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        file.set_local_path(ctx.destination());
-        Ok(self.mode.separate_job(|| self.job(file, Direction::In)))
+    fn get(&self, file: &File) -> Result<Job, StageError> {
+        Ok(self.job(file, Direction::In))
     }
 
-    fn replace_task(&self, _ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        Ok(self.mode.in_task_step(|| self.job(file, Direction::In)))
-    }
-
-    fn stage_out(&self, ctx: &Context<'_>, file: &mut File) -> Result<Option<Job>, StageError> {
-        if file.local_path().is_none() {
-            file.set_local_path(ctx.destination());
-        }
-        Ok(self.mode.separate_job(|| self.job(file, Direction::Out)))
-    }
-
-    fn replace_task_stage_out(
-        &self,
-        _ctx: &Context<'_>,
-        file: &mut File,
-    ) -> Result<Option<Job>, StageError> {
-        Ok(self.mode.in_task_step(|| self.job(file, Direction::Out)))
+    fn put(&self, file: &File) -> Result<Job, StageError> {
+        Ok(self.job(file, Direction::Out))
     }
 }
+
+/// The provider: [`Rsync`] with plugin-api's planning quartet.
+pub type RsyncProvider = TransferProvider<Rsync>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -248,8 +234,8 @@ enum Direction {
     Out,
 }
 
-impl RsyncProvider {
-    fn claims(&self, file: &File) -> bool {
+impl Rsync {
+    fn claims_of(&self, file: &File) -> bool {
         match file.scheme() {
             "file" => self.host.is_some(),
             "rsync" => self.hosts.claims(file.netloc()),
@@ -688,6 +674,7 @@ stagehost_plugin_api::export_provider! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stagehost_plugin_api::Provider;
 
     #[test]
     fn it_keeps_the_hosts_rules() {
