@@ -597,6 +597,19 @@ impl Config {
         }
         for (label, executor) in &self.executors {
             let at = |key| [Key("executor"), Key(label), Key(key)];
+            // A label names directories (a pilot's run directory) and is an argument
+            // of the worker's command line.
+            let plain = !label.is_empty()
+                && !label.starts_with(['-', '.'])
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !plain {
+                return Err(self.error_at(
+                    &[Key("executor"), Key(label)],
+                    format!("executor {label:?}: a label is letters, digits, `-`, `_` and `.`, not starting with `-` or `.`"),
+                ));
+            }
             let slurm_at = |key| [Key("executor"), Key(label), Key("slurm"), Key(key)];
             if let Some(workers) = executor.workers.filter(|w| !(1..=MAX_WORKERS).contains(w)) {
                 return Err(self.error_at(
@@ -642,14 +655,15 @@ impl Config {
                         ),
                     ));
                 }
-                for (key, value) in [
-                    ("heartbeat_secs", pilot.heartbeat_secs),
-                    ("max_idle_secs", pilot.max_idle_secs),
+                // A heartbeat shorter than a network round trip loses every worker.
+                for (key, value, least) in [
+                    ("heartbeat_secs", pilot.heartbeat_secs, 0.05),
+                    ("max_idle_secs", pilot.max_idle_secs, 0.0),
                 ] {
-                    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+                    if !(value.is_finite() && value > least && value <= 86_400.0) {
                         return Err(self.error_at(
                             &pilot_at(key),
-                            format!("executor {label:?}: {table} {key} must be above 0 and at most 86400, not {value}"),
+                            format!("executor {label:?}: {table} {key} must be above {least} and at most 86400, not {value}"),
                         ));
                     }
                 }

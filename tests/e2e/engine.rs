@@ -903,3 +903,66 @@ fn a_lost_worker_process_is_named_and_its_task_retried_on_another() {
         out.stderr
     );
 }
+
+/// Pids of processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+#[test]
+fn a_cancelled_run_leaves_no_command_of_its_worker_processes_running() {
+    let sandbox = Sandbox::new();
+    let cfg = processes_config(&sandbox, 2);
+    // One command ignores SIGTERM: only SIGKILL of its group stops it.
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"stubborn\"\nexecutor = \"procs\"\ncommand = \"trap '' TERM; sleep 3171 & wait\"\n\n[[task]]\nname = \"plain\"\nexecutor = \"procs\"\ncommand = \"sleep 3172\"\n",
+    );
+    let mut child = sandbox
+        .command(&stagehost_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (processes_with("sleep 3171").is_empty() || processes_with("sleep 3172").is_empty())
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !processes_with("sleep 3171").is_empty(),
+        "the task never started"
+    );
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // The run has returned: its workers stop their commands' groups as they exit.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(processes_with("sleep 3171").is_empty() && processes_with("sleep 3172").is_empty())
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left: Vec<u32> = processes_with("sleep 317");
+    for pid in &left {
+        // SAFETY: as above; cleaning up after a failed assertion.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "commands outlived the run: {left:?}");
+}

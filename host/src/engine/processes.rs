@@ -95,8 +95,9 @@ impl Scheduler for Processes {
                 }
             }
         }
-        // A moment to exit, then SIGKILL; every child is reaped.
-        let deadline = Instant::now() + Duration::from_secs(3);
+        // A moment to exit (a worker stops its commands' groups first: SIGTERM, then
+        // SIGKILL after 2 s), then SIGKILL; every child is reaped.
+        let deadline = Instant::now() + Duration::from_secs(6);
         for id in stopping {
             let Some(child) = children.get_mut(&id) else {
                 continue;

@@ -53,6 +53,17 @@ pub fn compatible(theirs: Option<&str>, legacy: Option<u32>) -> Result<(), Strin
             "protocol {old}, this side speaks {PROTOCOL}: install the same stagehost on both"
         ));
     };
+    // Shown in a line of the log and sent back: only a plain version is quoted.
+    if theirs.len() > 32
+        || !theirs
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
+    {
+        return Err(format!(
+            "protocol {:?} is not a version (MAJOR.MINOR.PATCH)",
+            theirs.chars().take(32).collect::<String>()
+        ));
+    }
     let Some(t) = parse(theirs) else {
         return Err(format!(
             "protocol {theirs:?} is not a version (MAJOR.MINOR.PATCH)"
@@ -178,6 +189,8 @@ mod tests {
             "{e}"
         );
         assert!(compatible(Some("three"), None).is_err());
+        let e = compatible(Some("\r\n 3.0.0\n"), None).unwrap_err();
+        assert!(!e.contains('\n') && !e.contains('\r'), "{e}");
     }
 
     #[test]

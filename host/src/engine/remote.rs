@@ -425,7 +425,10 @@ impl Dispatcher {
         tracing::debug!(
             "executor {:?}: a worker of protocol {} ({})",
             self.label,
-            protocol.as_deref().unwrap_or("?"),
+            protocol
+                .as_deref()
+                .map(stagehost_plugin_api::display::escape)
+                .unwrap_or_default(),
             features.join(", ")
         );
         let Ok(run_nonce) = random_hex(32) else {
@@ -691,8 +694,31 @@ pub fn serve_worker(
             }
         });
     }
+    // SIGTERM, SIGINT or SIGHUP (the scheduler ending the block, a user): stop as when
+    // the run says so, its commands' groups killed before this process exits.
+    {
+        let (c, commands) = (channel.clone(), commands.clone());
+        runtime.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {}
+            }
+            commands.cancel();
+            c.shutdown();
+        });
+    }
     let (tasks_tx, tasks_rx) = mpsc::channel::<NodeTask>();
     let tasks_rx = Arc::new(Mutex::new(tasks_rx));
+    let mut slots = Vec::new();
     for n in 0..options.slots.max(1) {
         let (rx, s, runner, commands, runtime) = (
             tasks_rx.clone(),
@@ -702,7 +728,7 @@ pub fn serve_worker(
             runtime.clone(),
         );
         let place = format!("{host} (block {})", options.block);
-        std::thread::Builder::new()
+        let slot = std::thread::Builder::new()
             .name(format!("stagehost-worker-{n}"))
             .spawn(move || loop {
                 let task = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
@@ -715,28 +741,32 @@ pub fn serve_worker(
                 }
             })
             .map_err(|e| e.to_string())?;
+        slots.push(slot);
     }
-    loop {
+    let ended = loop {
         match channel.receive::<Message>(LIMIT, Some(heartbeat * 3)) {
             Ok(Some(Message::Task(task))) => {
                 let _ = tasks_tx.send(task);
             }
             Ok(Some(Message::Heartbeat)) => {}
-            Ok(Some(Message::Shutdown)) => {
-                commands.cancel();
-                return Ok(());
-            }
-            Ok(Some(other)) => return Err(format!("unexpected message from the run: {other:?}")),
-            Ok(None) => {
-                commands.cancel();
-                return Err("the run closed the connection".into());
-            }
-            Err(e) => {
-                commands.cancel();
-                return Err(format!("lost the run: {e}"));
-            }
+            Ok(Some(Message::Shutdown)) => break Ok(()),
+            Ok(Some(other)) => break Err(format!("unexpected message from the run: {other:?}")),
+            Ok(None) => break Err("the run closed the connection".into()),
+            Err(e) => break Err(format!("lost the run: {}", e.kind())),
+        }
+    };
+    // Every command is stopped and its group killed (SIGTERM, then SIGKILL after the
+    // grace) before this process exits: none outlives the worker.
+    commands.cancel();
+    drop(tasks_tx);
+    let until = Instant::now() + Duration::from_secs(10);
+    for slot in slots {
+        while !slot.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
+    commands.kill_leftovers();
+    ended
 }
 
 /// The worker's side of the handshake: TLS pinned to the run's certificate, then the
