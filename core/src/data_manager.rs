@@ -146,6 +146,10 @@ pub struct StageOptions {
     pub cancel: CancelFlag,
     /// Where transfers report bytes.
     pub progress: Option<Arc<dyn ProgressSink>>,
+    /// The file's preset `local_path` is the destination the host chose when it
+    /// planned this file elsewhere (a pilot's worker re-planning a run's in-task
+    /// step): what lands there is stagehost's own, as if planned here.
+    pub at_host_destination: bool,
 }
 
 struct ExecutorStaging {
@@ -194,6 +198,11 @@ pub struct StagingWork {
 }
 
 impl StagingWork {
+    /// Whether the file lands at the host's own destination.
+    pub fn placed(&self) -> bool {
+        self.placed
+    }
+
     /// Runs the work on this thread (it blocks), with `opts`' cancellation flag,
     /// progress sink and a deadline of `opts.timeout` from now.
     pub fn run(self, opts: &StageOptions) -> Result<WorkDone, StagingError> {
@@ -296,6 +305,8 @@ pub struct Staging {
     pub in_task_step: Option<StagingWork>,
     /// The work that ran, in order.
     pub ran: Vec<WorkMode>,
+    /// The file lands at the host's own destination (not a path the caller named).
+    pub placed: bool,
 }
 
 impl Staging {
@@ -616,8 +627,10 @@ impl DataManager {
         }
         stagehost_plugin_api::landing::check_placement(copy.local_path(), &destination)
             .map_err(|e| provider_error(direction, file, &provider, executor, "planning", e))?;
-        let placed =
-            copy.local_path() == Some(destination.as_path()) && file.local_path().is_none();
+        let placed = match file.local_path() {
+            None => copy.local_path() == Some(destination.as_path()),
+            Some(preset) => opts.at_host_destination && copy.local_path() == Some(preset),
+        };
         if placed {
             let refuse = |e| {
                 if fresh_claim {
@@ -691,6 +704,7 @@ impl DataManager {
             separate_job,
             in_task_step,
             ran: Vec::new(),
+            placed,
         })
     }
 }

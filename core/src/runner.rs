@@ -120,9 +120,24 @@ impl StageRunner {
         file: &File,
         direction: Direction,
     ) -> Result<Staging, StagingError> {
+        self.plan_from(executor, file, direction, false)
+    }
+
+    /// [`StageRunner::plan`] of a file another host planned (a pilot's worker
+    /// re-planning a run's in-task step): `at_host_destination` says its preset
+    /// `local_path` is that host's own destination, so what lands there is marked as
+    /// stagehost's and a file a user put there is refused, as where it was planned.
+    pub fn plan_from(
+        &self,
+        executor: &str,
+        file: &File,
+        direction: Direction,
+        at_host_destination: bool,
+    ) -> Result<Staging, StagingError> {
         let opts = StageOptions {
             working_dir: self.working_dir.clone(),
             cancel: self.transfers.cancel.clone(),
+            at_host_destination,
             ..StageOptions::default()
         };
         match direction {

@@ -65,6 +65,7 @@ struct WorkInfo {
     executor: String,
     host: String,
     local: Option<PathBuf>,
+    placed: bool,
 }
 
 impl WorkInfo {
@@ -81,6 +82,7 @@ impl WorkInfo {
             executor: work.executor.clone(),
             host: work.file.netloc().to_owned(),
             local: work.file.filepath().ok(),
+            placed: work.placed(),
         }
     }
     fn error(&self, kind: ErrorKind, message: String) -> StagingError {
@@ -285,6 +287,7 @@ impl Transfers {
         let opts = StageOptions {
             cancel: self.cancel.clone(),
             working_dir: self.working_dir.clone(),
+            at_host_destination: info.placed,
             ..StageOptions::default()
         };
         let staging = tokio::task::spawn_blocking(move || match direction {
@@ -339,6 +342,7 @@ impl Transfers {
             progress: self
                 .observer
                 .transfer_started(id, &info.url, info.direction, info.mode),
+            at_host_destination: info.placed,
         };
         let local_size = || {
             info.local

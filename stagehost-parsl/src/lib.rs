@@ -298,7 +298,8 @@ impl Host {
     /// `replace_task` (or the stage-out pair) on a fresh copy of the file, whose
     /// `local_path` is preset when `local_path` is given (a worker re-planning what
     /// the main process planned).
-    #[pyo3(signature = (direction, executor, url, local_path=None, working_dir=None))]
+    #[pyo3(signature = (direction, executor, url, local_path=None, working_dir=None, placed=false))]
+    #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
         py: Python<'_>,
@@ -307,6 +308,7 @@ impl Host {
         url: &str,
         local_path: Option<String>,
         working_dir: Option<String>,
+        placed: bool,
     ) -> PyResult<Plan> {
         let mut file = File::parse(url).map_err(|e| from_stage(url, e))?;
         if let Some(path) = local_path {
@@ -322,7 +324,7 @@ impl Host {
             stagehost_core::Direction::In
         };
         let staging = py
-            .detach(|| runner.plan(executor, &file, direction))
+            .detach(|| runner.plan_from(executor, &file, direction, placed))
             .map_err(from_staging)?;
         let local_path = staging.file.local_path().map(|p| p.display().to_string());
         let modes = staging
@@ -330,7 +332,9 @@ impl Host {
             .into_iter()
             .map(|m| m.as_str().to_owned())
             .collect();
+        let placed = staging.placed;
         Ok(Plan {
+            placed,
             staging: Mutex::new(Some(staging)),
             original: file,
             runner,
@@ -378,6 +382,10 @@ struct Plan {
     /// `"separate job"` and/or `"in-task step"`, in the order they run.
     #[pyo3(get)]
     modes: Vec<String>,
+    /// The file lands at the host's own destination (what a worker re-planning it
+    /// passes back as `placed`, so that what lands there is stagehost's own).
+    #[pyo3(get)]
+    placed: bool,
     /// The file's URL as outputs may show it (credentials as `***`).
     #[pyo3(get)]
     url: String,

@@ -101,7 +101,9 @@ class StagehostStaging(Staging, RepresentationMixin):
         plan = _take(file)
         if plan is None or not plan.has_in_task_step:
             return None
-        return InTaskStaging(func, self._spec, self.executor, "in", file.url, file.local_path)
+        return InTaskStaging(
+            func, self._spec, self.executor, "in", file.url, file.local_path, plan.placed
+        )
 
     # Stage-out.
 
@@ -125,7 +127,9 @@ class StagehostStaging(Staging, RepresentationMixin):
         plan = _take(file)
         if plan is None or not plan.has_in_task_step:
             return None
-        return InTaskStaging(func, self._spec, self.executor, "out", file.url, file.local_path)
+        return InTaskStaging(
+            func, self._spec, self.executor, "out", file.url, file.local_path, plan.placed
+        )
 
 
 def _working_dir(dm: "DataManager", executor: str) -> Optional[str]:
@@ -151,6 +155,7 @@ class InTaskStaging:
         direction: str,
         url: str,
         local_path: Optional[str],
+        placed: bool = False,
     ) -> None:
         self.func = func
         self.spec = spec
@@ -158,10 +163,15 @@ class InTaskStaging:
         self.direction = direction
         self.url = url
         self.local_path = local_path
+        # local_path is the destination the main process's host chose: what the
+        # worker stages there is stagehost's own (replaced by a later run).
+        self.placed = placed
         self.__name__ = getattr(func, "__name__", "task")
 
     def _plan(self) -> _native.Plan:
-        return host_for(self.spec).plan(self.direction, self.executor, self.url, self.local_path)
+        return host_for(self.spec).plan(
+            self.direction, self.executor, self.url, self.local_path, placed=self.placed
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.direction == "in":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, stagehost_config
+from conftest import ROOT, Nginx, stagehost_config
 from stagehost_parsl import PLUGIN_DIR, InTaskStaging, StagehostStaging, StagingError
 
 
@@ -138,3 +138,22 @@ def test_staging_follows_the_configs_transfer_policy(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_file_a_worker_stages_in_task_is_stagehosts_own_for_the_next_run(
+    tmp_path: Path, nginx: Nginx
+) -> None:
+    """A worker re-plans an in-task step at the destination the main process chose;
+    what it puts there is marked as stagehost's, so the next run may replace it."""
+    from stagehost_parsl._host import host_for
+
+    (nginx.root / "in-task-rerun.txt").write_text("v1\n")
+    url = nginx.url("in-task-rerun.txt")
+    for run, extra in enumerate(["", "\n# the next run\n"]):
+        # A fresh host per run, as a new process would have.
+        host = host_for(StagehostStaging(stagehost_config(tmp_path, extra), executor="intask")._spec)
+        main = host.plan("in", "intask", url)
+        assert main.placed and main.has_in_task_step, run
+        worker = host.plan("in", "intask", url, main.local_path, placed=main.placed)
+        worker.run_in_task_step()
+        assert Path(main.local_path or "").read_text() == "v1\n"

@@ -966,3 +966,24 @@ fn a_cancelled_run_leaves_no_command_of_its_worker_processes_running() {
     }
     assert!(left.is_empty(), "commands outlived the run: {left:?}");
 }
+
+#[test]
+fn a_pilot_workflow_runs_again_over_the_files_its_workers_staged() {
+    // The node's in-task steps land files at the run's destinations: they are
+    // stagehost's own, so a second run replaces them, as with the local executor.
+    let sandbox = Sandbox::new();
+    let cfg = processes_config(&sandbox, 1);
+    let input = sandbox.write("data/in.txt", "first\n");
+    let flow = format!(
+        "[[task]]\nname = \"t\"\nexecutor = \"procs\"\ncommand = \"cat {{inputs[0]}} > {{outputs[0]}}\"\ninputs = [{:?}]\noutputs = [{:?}]\n",
+        format!("file://{}", input.display()),
+        sandbox.join("data/out.txt").display().to_string(),
+    );
+    let (out, _) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    std::fs::write(&input, "second\n").unwrap();
+    let (out, _) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(read(sandbox.join("data/out.txt")), "second\n");
+    assert_eq!(read(sandbox.join("wd/in.txt")), "second\n");
+}

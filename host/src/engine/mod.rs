@@ -982,6 +982,7 @@ impl Inner {
                         url: f.original.url().to_owned(),
                         direction: f.report.direction,
                         local_path: s.file.local_path().map(std::path::Path::to_path_buf),
+                        placed: s.placed,
                     });
                 }
             }

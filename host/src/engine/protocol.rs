@@ -145,6 +145,9 @@ pub struct NodeFile {
     pub url: String,
     pub direction: Direction,
     pub local_path: Option<PathBuf>,
+    /// `local_path` is the run's own destination for it (not a path the task named).
+    #[serde(default)]
+    pub placed: bool,
 }
 
 /// What the node did with a task.

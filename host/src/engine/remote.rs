@@ -931,7 +931,7 @@ fn run_step(
             return result;
         }
     };
-    match runner.plan(executor, &file, f.direction) {
+    match runner.plan_from(executor, &file, f.direction, f.placed) {
         Ok(mut staging) => {
             // The separate job ran on the submit side.
             staging.separate_job = None;
