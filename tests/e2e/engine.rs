@@ -987,3 +987,40 @@ fn a_pilot_workflow_runs_again_over_the_files_its_workers_staged() {
     assert_eq!(read(sandbox.join("data/out.txt")), "second\n");
     assert_eq!(read(sandbox.join("wd/in.txt")), "second\n");
 }
+
+#[test]
+fn worker_processes_that_cannot_start_fail_the_task_with_their_last_line() {
+    let sandbox = Sandbox::new();
+    let cfg = processes_config(&sandbox, 1);
+    let moved = sandbox.join("moved.toml");
+    let marker = sandbox.join("data/ready.txt");
+    // The first task (here) takes the config away before the pilot starts: every
+    // worker process exits at once, unable to read it.
+    let flow = format!(
+        "[[task]]\nname = \"first\"\nexecutor = \"local\"\ncommand = \"mv {cfg} {moved} && echo ok > {{outputs[0]}}\"\noutputs = [{marker:?}]\n\n[[task]]\nname = \"second\"\nexecutor = \"procs\"\ncommand = \"true\"\ninputs = [{{ task = \"first\", output = 0 }}]\n",
+        cfg = cfg.display(),
+        moved = moved.display(),
+        marker = marker.display().to_string(),
+    );
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{cfg_text}\n[executor.local]\nworking_dir = \"wd\"\n"),
+    )
+    .unwrap();
+    let (out, report) = run_workflow(&sandbox, &cfg, &flow, &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = task(&report, "second")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("3 blocks in a row ended before their worker joined the run"),
+        "{error}\n{}",
+        out.stderr
+    );
+    assert!(
+        error.contains("cannot read"),
+        "the worker's own last line: {error}"
+    );
+}

@@ -32,7 +32,15 @@ pub trait Scheduler: Send + Sync + 'static {
     fn ended(&self, id: &str) -> Option<String>;
     /// Ends blocks, without waiting.
     fn cancel(&self, ids: &[String]);
+    /// The last line block `id` wrote to its log, if the scheduler keeps one here.
+    fn log_tail(&self, _id: &str) -> Option<String> {
+        None
+    }
 }
+
+/// Blocks in a row that may end before their worker joins the run before the tasks
+/// waiting for one fail (a worker that cannot start would be started again forever).
+const FAILED_STARTS: usize = 3;
 
 /// A started block.
 struct Block {
@@ -45,6 +53,10 @@ struct State {
     active: Vec<Block>,
     submitted: usize,
     stopping: bool,
+    /// Blocks whose worker joined the run at some point.
+    joined: std::collections::HashSet<String>,
+    /// Blocks in a row that ended before their worker joined.
+    failed_starts: usize,
 }
 
 /// The blocks of one pilot executor.
@@ -165,6 +177,15 @@ impl Blocks {
         let Some(alive) = self.scheduler.alive(&ids) else {
             return;
         };
+        let connected = self.dispatcher.blocks();
+        {
+            let mut state = self.lock();
+            for id in connected.keys() {
+                if state.joined.insert(id.clone()) {
+                    state.failed_starts = 0;
+                }
+            }
+        }
         let mut ended = Vec::new();
         {
             let mut state = self.lock();
@@ -183,10 +204,31 @@ impl Blocks {
             let how = self.scheduler.ended(&id).unwrap_or_else(|| "ended".into());
             let cause = format!("{noun} {id} ended ({how})");
             tracing::info!("executor {:?}: {cause}", self.label);
+            let never_joined = {
+                let mut state = self.lock();
+                let never = !state.joined.contains(&id);
+                if never {
+                    state.failed_starts += 1;
+                }
+                never.then_some(state.failed_starts)
+            };
+            if let Some(in_a_row) = never_joined {
+                let tail = self
+                    .scheduler
+                    .log_tail(&id)
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default();
+                let why = format!("{cause} before its worker joined the run{tail}");
+                tracing::warn!("executor {:?}: {why}", self.label);
+                if in_a_row >= FAILED_STARTS {
+                    self.lock().failed_starts = 0;
+                    self.dispatcher
+                        .fail_pending(&format!("{in_a_row} blocks in a row ended before their worker joined the run; the last: {why}"));
+                }
+            }
             self.dispatcher.block_ended(&id, cause);
         }
         // Saturated: as many blocks as allowed, every one with its workers connected.
-        let connected = self.dispatcher.blocks();
         {
             let state = self.lock();
             let all_up = state.active.len() >= self.policy.blocks

@@ -128,7 +128,7 @@ impl Executor for Pilot {
 /// secret only the user can read), the listener its workers connect to, and its
 /// blocks, started by the scheduler of its kind.
 fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, EngineError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let policy = e.pilot.clone().unwrap_or_else(|| {
         crate::config::ExecutorConfig {
             kind: e.kind,
@@ -148,11 +148,10 @@ fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, En
         .join(".stagehost")
         .join(e.kind.as_str())
         .join(format!("{}-{}-{stamp}", e.label, std::process::id()));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&run_dir)
-        .map_err(|err| fail(&format!("cannot create {}", run_dir.display()), err))?;
+    // Every directory from the working directory down is a real, private one: a link
+    // planted at `.stagehost` never sends the secret or the scripts elsewhere.
+    stagehost_plugin_api::landing::ensure_private_dirs(&e.working_dir, &run_dir.join("secret"))
+        .map_err(|err| EngineError(format!("executor {:?}: {}", e.label, err.message())))?;
     // The run's secret and the fingerprint of its TLS certificate: what a worker needs
     // to tell its run from anyone else on that port.
     let key = channel::RunKey::generate().map_err(|err| fail("cannot make the run's key", err))?;
@@ -161,6 +160,7 @@ fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, En
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&secret_file)
         .and_then(|mut f| std::io::Write::write_all(&mut f, key.file_text().as_bytes()))
         .map_err(|err| fail(&format!("cannot write {}", secret_file.display()), err))?;

@@ -16,6 +16,7 @@ use super::blocks::Scheduler;
 pub struct Processes {
     run_dir: PathBuf,
     children: Mutex<HashMap<String, Child>>,
+    logs: Mutex<HashMap<String, PathBuf>>,
 }
 
 impl Processes {
@@ -23,12 +24,23 @@ impl Processes {
         Processes {
             run_dir,
             children: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Child>> {
         self.children.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A file of the run directory, made new (never through a link, never another's).
+pub(crate) fn new_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 impl Scheduler for Processes {
@@ -39,8 +51,7 @@ impl Scheduler for Processes {
     fn submit(&self, n: usize, worker: &[String]) -> Result<String, String> {
         let id = format!("p{n}");
         let log = self.run_dir.join(format!("block-{n}.out"));
-        let out = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let out = new_file(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let err = out
             .try_clone()
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
@@ -55,7 +66,29 @@ impl Scheduler for Processes {
             .spawn()
             .map_err(|e| format!("cannot start worker process {id} ({exe}): {e}"))?;
         self.lock().insert(id.clone(), child);
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), log);
         Ok(id)
+    }
+
+    fn log_tail(&self, id: &str) -> Option<String> {
+        let path = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)?
+            .clone();
+        let text = std::fs::read(path).ok()?;
+        let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
+        let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
+        Some(
+            stagehost_plugin_api::display::escape(line)
+                .chars()
+                .take(300)
+                .collect(),
+        )
     }
 
     fn alive(&self, ids: &[String]) -> Option<Vec<String>> {
