@@ -40,6 +40,9 @@ pub struct StageOutcome {
     pub cached: bool,
     /// How it ended.
     pub result: Result<(), StagingError>,
+    /// The work the provider returned, in the order it runs (what ran is in
+    /// `staging.ran`).
+    pub modes: Vec<WorkMode>,
 }
 
 impl StageRunner {
@@ -150,6 +153,7 @@ impl StageRunner {
     /// in-task step; a stage-out: the in-task step, then the separate job), each under
     /// the policy.
     pub async fn run(&self, mut staging: Staging, original: &File) -> StageOutcome {
+        let modes = staging.modes();
         let order = match staging.direction {
             Direction::In => [WorkMode::SeparateJob, WorkMode::InTaskStep],
             Direction::Out => [WorkMode::InTaskStep, WorkMode::SeparateJob],
@@ -174,6 +178,7 @@ impl StageRunner {
                     bytes,
                     cached: false,
                     result: Err(e),
+                    modes,
                 };
             }
             staging.ran.push(mode);
@@ -184,6 +189,7 @@ impl StageRunner {
             bytes,
             cached,
             result: Ok(()),
+            modes,
         }
     }
 }

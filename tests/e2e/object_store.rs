@@ -107,6 +107,15 @@ fn a_missing_key_and_a_missing_bucket_are_told_apart() {
     let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
     let out = stage_in(&sandbox, &cfg, "s3://data/absent.bin");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
+    // A failure's report says what was planned and tried, as `run --report` does.
+    let file = &out.json()["files"][0];
+    assert_eq!(file["ok"], false);
+    assert_eq!(file["modes"], serde_json::json!(["separate-job"]));
+    assert_eq!(file["attempts"], 1, "not found is not retried");
+    assert!(file["local_path"]
+        .as_str()
+        .is_some_and(|p| p.ends_with("absent.bin")));
+    assert_eq!(out.json()["summary"]["files_failed"], 1);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("separate job: not found:") && error.contains("no such object"),

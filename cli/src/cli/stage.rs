@@ -67,14 +67,16 @@ fn result(
         Ok(o) => Some(&o.staging),
         Err(_) => None,
     };
-    if let Some(s) = staging {
+    if let (Some(s), Ok(o)) = (staging, outcome) {
         r.url = s.file.redacted_url();
         r.provider = Some(s.provider.name.clone());
         r.plugin = Some(format!(
             "{} {}",
             s.provider.plugin.name, s.provider.plugin.version
         ));
-        r.modes = s.modes();
+        r.modes = o.modes.clone();
+        r.attempts = if o.modes.is_empty() { 0 } else { o.attempts };
+        r.local_path = s.file.filepath().ok().map(|p| p.display().to_string());
     }
     match outcome {
         Ok(StageOutcome { result: Err(e), .. }) | Err(e) => {
@@ -82,6 +84,7 @@ fn result(
             r.error = Some(e.to_string());
             if let (None, StagingError::Provider(failure)) = (&r.provider, e) {
                 r.provider = Some(failure.instance.clone());
+                r.plugin = Some(failure.plugin.clone());
             }
         }
         Ok(o) => {
@@ -100,7 +103,6 @@ fn result(
                     .map(|m| m.len())
             });
             r.local_path = local.map(|p| p.display().to_string());
-            r.modes = o.staging.ran.clone();
         }
     }
     r
