@@ -435,3 +435,24 @@ fn a_checksum_in_the_url_is_verified() {
         out.stderr
     );
 }
+
+#[test]
+fn stage_out_of_a_missing_file_still_writes_its_json_report() {
+    let sandbox = Sandbox::new();
+    let missing = sandbox.join("data/never-written.txt");
+    let out = sandbox.run(&[
+        "stage",
+        "out",
+        "--json",
+        missing.to_str().unwrap(),
+        sandbox.join("copy.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let json = out.json();
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["files"][0]["ok"], false);
+    assert!(json["files"][0]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("does not exist")));
+    assert_eq!(json["summary"]["files_failed"], 1);
+}

@@ -277,20 +277,24 @@ pub fn stage_out(
         ))));
     };
     let local = std::path::absolute(local).unwrap_or_else(|_| PathBuf::from(local));
-    match std::fs::metadata(&local) {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
-            return Err(CliError::Staging(format!(
-                "cannot stage out {shown_url}: the local output {} is not a regular file",
-                display::path(&local)
-            )))
+    let missing = match std::fs::metadata(&local) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(_) => Some("is not a regular file"),
+        Err(_) => Some("does not exist"),
+    };
+    if let Some(why) = missing {
+        let line = format!(
+            "cannot stage out {shown_url}: the local output {} {why}",
+            display::path(&local)
+        );
+        if args.json {
+            // The report a script reads says so too.
+            let mut r = FileReport::new(Direction::Out, shown_url.clone(), &args.executor);
+            (r.ok, r.error) = (false, Some(line));
+            r.local_path = Some(local.display().to_string());
+            return print("stage out", &[r], true, start);
         }
-        Err(_) => {
-            return Err(CliError::Staging(format!(
-                "cannot stage out {shown_url}: the local output {} does not exist",
-                display::path(&local)
-            )))
-        }
+        return Err(CliError::Staging(line));
     }
     // A URL that names LOCAL itself would publish nothing (and `--move` would remove
     // the only copy).

@@ -886,28 +886,28 @@ impl Inner {
         }
         let n_in = spec.inputs.len() + spec.args.len();
         let task_files = self.task_files(spec, files);
+        // Each file's in-task step, through the run's transfers, recorded in its report.
+        let step = |file: &mut FileState, work| {
+            let outcome = self
+                .runtime
+                .block_on(self.transfers.run(work, &file.original));
+            file.record(outcome)
+        };
+        let with_step = |file: &mut FileState| file.staging.as_mut()?.in_task_step.take();
         let (ins, outs) = files.split_at_mut(n_in);
         let ins = ins
             .iter_mut()
             .filter_map(|file| {
-                let work = file.staging.as_mut().and_then(|s| s.in_task_step.take())?;
-                Some(Box::new(move || {
-                    let outcome = self
-                        .runtime
-                        .block_on(self.transfers.run(work, &file.original));
-                    file.record(outcome)
-                }) as attempt::StageIn<'_>)
+                let work = with_step(file)?;
+                Some(Box::new(move || step(file, work)) as attempt::StageIn<'_>)
             })
             .collect();
         let outs = outs
             .iter_mut()
             .filter_map(|file| {
-                let work = file.staging.as_mut().and_then(|s| s.in_task_step.take())?;
+                let work = with_step(file)?;
                 Some(Box::new(move || {
-                    let outcome = self
-                        .runtime
-                        .block_on(self.transfers.run(work, &file.original));
-                    let _ = file.record(outcome);
+                    let _ = step(file, work);
                 }) as attempt::StageOut<'_>)
             })
             .collect();
