@@ -388,6 +388,30 @@ impl Registry {
         self.instances.iter().find(|i| i.name == name)
     }
 
+    /// Logs what failed to load, as every program that builds a registry does (the
+    /// CLI, the Python package): plugin directories that cannot be searched, plugin
+    /// files that did not load, instances that were not made. An instance of the
+    /// embedded default config whose plugin is simply not installed is only a debug
+    /// line.
+    pub fn log_problems(&self, config: &Config) {
+        for problem in self.dirs.iter().filter_map(|d| d.problem()) {
+            tracing::warn!("{problem}");
+        }
+        for p in &self.plugins {
+            if let PluginStatus::Failed(reason) = &p.status {
+                tracing::warn!("plugin file {}: {reason}", p.path.display());
+            }
+        }
+        let embedded = config.source == crate::config::ConfigSource::Embedded;
+        for (instance, reason) in self.failed_instances() {
+            if embedded && instance.plugin_missing {
+                tracing::debug!("{reason}");
+            } else {
+                tracing::warn!("{reason}");
+            }
+        }
+    }
+
     /// Instances that failed, with their reasons.
     pub fn failed_instances(&self) -> impl Iterator<Item = (&InstanceRecord, &str)> {
         self.instances

@@ -240,14 +240,7 @@ impl Host {
                 Registry::build(&config, &loader)
             })
             .map_err(|e| staging_error(e.to_string(), Some("config".into())))?;
-        for problem in registry.dirs.iter().filter_map(|d| d.problem()) {
-            tracing::warn!("{problem}");
-        }
-        for (instance, reason) in registry.failed_instances() {
-            if config.source != ConfigSource::Embedded || !instance.plugin_missing {
-                tracing::warn!("{reason}");
-            }
-        }
+        registry.log_problems(&config);
         let dm = DataManager::new(&registry);
         Ok(Host {
             registry: Arc::new(registry),

@@ -12,6 +12,7 @@
 
 use std::process::{Command, Stdio};
 
+use stagehost_tests::bench;
 use stagehost_tests::*;
 
 const WORKERS: usize = 8;
@@ -75,47 +76,13 @@ fn ours(sandbox: &Sandbox, executor: &str, tasks: usize) -> Figures {
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     assert!(status.success(), "{executor}: the run failed");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let ends: Vec<f64> = report["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["started_at"].as_f64().unwrap() + t["seconds"].as_f64().unwrap())
-        .collect();
-    let first = ends.iter().cloned().fold(f64::INFINITY, f64::min);
-    let last = ends.iter().cloned().fold(0.0, f64::max);
+    let (first, rate) = bench::rates_from_report(&report, tasks);
     Figures {
-        rate: (tasks - 1) as f64 / (last - first),
+        rate,
         first,
         cpu,
         threads,
     }
-}
-
-fn parsl(tasks: usize, inputs: &std::path::Path) -> Option<(f64, f64)> {
-    let python = target_root().join("test-venv/bin/python");
-    if !python.exists() {
-        return None;
-    }
-    let script = workspace_root().join("tests/benches/parsl_htex_local.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(tasks.to_string())
-        .arg(WORKERS.to_string())
-        .arg(inputs)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last()?;
-    let (first, rest) = last.split_once(' ')?;
-    let (first, rest): (f64, f64) = (first.parse().ok()?, rest.parse().ok()?);
-    Some((first, (tasks - 1) as f64 / rest))
 }
 
 fn main() {
@@ -157,7 +124,10 @@ fn main() {
             1e6 * procs.cpu / tasks as f64,
             procs.first
         );
-        match parsl(tasks, &sandbox.join("in")) {
+        let inputs = sandbox.join("in");
+        let workers = WORKERS.to_string();
+        let args = [workers.as_str(), inputs.to_str().unwrap()];
+        match bench::parsl_rates("parsl_htex_local.py", tasks, &args, &[]) {
             Some((first, rate)) => println!(
                 "  Parsl HTEX + LocalProvider     {rate:8.1} tasks/s once up = {:.0}% of local; first result {first:.2}s after the first submit",
                 100.0 * rate / local.rate

@@ -11,6 +11,7 @@
 use std::process::Command;
 use std::time::Instant;
 
+use stagehost_tests::bench;
 use stagehost_tests::slurmd::SlurmCluster;
 use stagehost_tests::*;
 
@@ -43,17 +44,7 @@ fn ours(sandbox: &Sandbox, cluster: &SlurmCluster, executor: &str, tasks: usize)
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let ends: Vec<f64> = report["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["started_at"].as_f64().unwrap() + t["seconds"].as_f64().unwrap())
-        .collect();
-    let first = ends.iter().cloned().fold(f64::INFINITY, f64::min);
-    let last = ends.iter().cloned().fold(0.0, f64::max);
-    (first, (tasks - 1) as f64 / (last - first))
+    bench::rates_from_report(&report, tasks)
 }
 
 fn sbatch_per_task(cluster: &SlurmCluster, jobs: usize, dir: &std::path::Path) -> f64 {
@@ -75,32 +66,6 @@ fn sbatch_per_task(cluster: &SlurmCluster, jobs: usize, dir: &std::path::Path) -
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     jobs as f64 / start.elapsed().as_secs_f64()
-}
-
-fn parsl(cluster: &SlurmCluster, tasks: usize, inputs: &std::path::Path) -> Option<(f64, f64)> {
-    let python = target_root().join("test-venv/bin/python");
-    if !python.exists() {
-        return None;
-    }
-    let script = workspace_root().join("tests/benches/parsl_htex_slurm.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(tasks.to_string())
-        .arg(WORKERS.to_string())
-        .arg(inputs)
-        .env("SLURM_CONF", cluster.conf())
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last()?;
-    let (first, rest) = last.split_once(' ')?;
-    let (first, rest): (f64, f64) = (first.parse().ok()?, rest.parse().ok()?);
-    Some((first, (tasks - 1) as f64 / rest))
 }
 
 fn main() {
@@ -136,7 +101,12 @@ fn main() {
     let jobs = 100.min(tasks);
     let per_job = sbatch_per_task(&cluster, jobs, sandbox.path());
     println!("  sbatch --wrap true per task   {per_job:8.1} jobs/s ({jobs} jobs)");
-    match parsl(&cluster, tasks, &sandbox.join("in")) {
+    let inputs = sandbox.join("in");
+    let workers = WORKERS.to_string();
+    let args = [workers.as_str(), inputs.to_str().unwrap()];
+    let conf = cluster.conf();
+    let env = [("SLURM_CONF", conf.to_str().unwrap())];
+    match bench::parsl_rates("parsl_htex_slurm.py", tasks, &args, &env) {
         Some((first, rate)) => println!(
             "  Parsl HTEX + SlurmProvider    {rate:8.1} tasks/s once up; first result {first:.2}s after the first submit"
         ),

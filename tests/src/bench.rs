@@ -118,3 +118,54 @@ pub fn wanted(name: &str) -> bool {
         .collect();
     named.is_empty() || named.iter().any(|n| n == name)
 }
+
+/// From the `run --report` file of a run of `tasks` tasks: seconds from the run's
+/// start until the first task ended, and tasks a second from then to the last (the
+/// rate once the workers are up).
+pub fn rates_from_report(report: &Path, tasks: usize) -> (f64, f64) {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).expect("the run wrote its report"))
+            .expect("the report is JSON");
+    let ends: Vec<f64> = report["tasks"]
+        .as_array()
+        .expect("the report lists its tasks")
+        .iter()
+        .map(|t| t["started_at"].as_f64().unwrap() + t["seconds"].as_f64().unwrap())
+        .collect();
+    let first = ends.iter().cloned().fold(f64::INFINITY, f64::min);
+    let last = ends.iter().cloned().fold(0.0, f64::max);
+    (first, (tasks - 1) as f64 / (last - first))
+}
+
+/// Runs the Parsl bench script `tests/benches/<script>` with the test virtualenv's
+/// Python, `tasks` first, then `args`, with `env`; it prints
+/// `<seconds until the first result> <seconds from the first to the last>`. Returns
+/// (seconds until the first result, tasks a second from then), or `None` without the
+/// test virtualenv.
+pub fn parsl_rates(
+    script: &str,
+    tasks: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<(f64, f64)> {
+    let python = crate::target_root().join("test-venv/bin/python");
+    if !python.exists() {
+        return None;
+    }
+    let out = Command::new(python)
+        .arg(crate::workspace_root().join("tests/benches").join(script))
+        .arg(tasks.to_string())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (first, rest) = text.lines().last()?.split_once(' ')?;
+    let (first, rest): (f64, f64) = (first.parse().ok()?, rest.parse().ok()?);
+    Some((first, (tasks - 1) as f64 / rest))
+}

@@ -150,22 +150,7 @@ pub fn on_ctrl_c(cancel: impl FnOnce() + Send + 'static) {
 /// Loads the config and builds the registry, logging what failed to load.
 fn load(config: &Config, loader: &PluginLoader) -> Result<Registry, CliError> {
     let registry = Registry::build(config, loader)?;
-    for problem in registry.dirs.iter().filter_map(|d| d.problem()) {
-        tracing::warn!("{problem}");
-    }
-    for p in &registry.plugins {
-        if let stagehost::registry::PluginStatus::Failed(reason) = &p.status {
-            tracing::warn!("plugin file {}: {reason}", p.path.display());
-        }
-    }
-    let embedded = config.source == stagehost::config::ConfigSource::Embedded;
-    for (instance, reason) in registry.failed_instances() {
-        if embedded && instance.plugin_missing {
-            tracing::debug!("{reason}");
-        } else {
-            tracing::warn!("{reason}");
-        }
-    }
+    registry.log_problems(config);
     Ok(registry)
 }
 

@@ -42,6 +42,17 @@ pub trait Scheduler: Send + Sync + 'static {
 /// waiting for one fail (a worker that cannot start would be started again forever).
 const FAILED_STARTS: usize = 3;
 
+/// A file of a pilot's run directory (a block's script or log), made new: never
+/// through a link, never one that was already there.
+pub(crate) fn new_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// A started block.
 struct Block {
     id: String,

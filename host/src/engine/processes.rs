@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::blocks::Scheduler;
+use super::blocks::{new_file, Scheduler};
 
 /// The worker processes of one executor; their output goes to `run_dir`.
 pub struct Processes {
@@ -31,16 +31,6 @@ impl Processes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Child>> {
         self.children.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// A file of the run directory, made new (never through a link, never another's).
-pub(crate) fn new_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
 }
 
 impl Scheduler for Processes {

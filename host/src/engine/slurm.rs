@@ -79,7 +79,7 @@ impl Scheduler for Slurm {
 
     fn submit(&self, n: usize, worker: &[String]) -> Result<String, String> {
         let path = self.run_dir.join(format!("block-{n}.sh"));
-        super::processes::new_file(&path)
+        super::blocks::new_file(&path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, self.script(n, worker).as_bytes()))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let out = Command::new("sbatch")
