@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,12 +34,13 @@ logger = logging.getLogger(__name__)
 _calls = {"stage_in": 0, "stage_out": 0}
 _server: Optional[subprocess.Popen[str]] = None
 _served_url: Optional[str] = None
+_served_root: Optional[str] = None
 
 
 def _start_http_server() -> str:
     """``python -m http.server`` on 127.0.0.1, serving ``unsorted.txt``; its URL."""
-    global _server
-    root = tempfile.mkdtemp(prefix="stagehost-parsl-suite-")
+    global _server, _served_root
+    root = _served_root = tempfile.mkdtemp(prefix="stagehost-parsl-suite-")
     lines = [f"{i}\n" for i in range(1, 101)]
     random.Random(1316).shuffle(lines)
     with open(os.path.join(root, "unsorted.txt"), "w") as f:
@@ -80,6 +82,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _server is not None:
         os.kill(_server.pid, signal.SIGTERM)
         _server.wait()
+    if _served_root is not None:
+        shutil.rmtree(_served_root, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
