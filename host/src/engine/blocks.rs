@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::PilotConfig;
 
-use super::remote::{Dispatcher, Provisioner};
+use super::dispatcher::{Dispatcher, Provisioner};
 
 /// What starts, lists, explains and cancels blocks.
 pub trait Scheduler: Send + Sync + 'static {
@@ -323,7 +323,7 @@ impl Drop for Blocks {
 mod tests {
     use super::*;
     use crate::engine::channel::RunKey;
-    use crate::engine::remote::NodeTask;
+    use crate::engine::protocol::NodeTask;
 
     /// A scheduler that starts nothing real: it records what the policy asks of it.
     #[derive(Default)]

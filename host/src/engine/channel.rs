@@ -12,9 +12,11 @@
 //! - Whatever is read before a peer has proved itself is bounded: the handshake has a
 //!   deadline, and a message line may hold at most [`PRE_AUTH_LIMIT`] bytes.
 //!
-//! One thread reads a [`Channel`] ([`Channel::receive`]); any thread may send
-//! ([`Channel::send`]). The reader waits for the socket without holding the TLS state,
-//! so senders are never blocked behind a read.
+//! The worker's side is a blocking [`Channel`]: one thread reads it
+//! ([`Channel::receive`]), any thread may send ([`Channel::send`]), and the reader
+//! waits for the socket without holding the TLS state, so senders are never blocked
+//! behind a read. The run's side is asynchronous (`dispatcher.rs`, over tokio-rustls
+//! with [`RunKey::server_config`]); both speak the same lines.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -90,6 +92,11 @@ impl RunKey {
             fingerprint,
             server: Arc::new(server),
         })
+    }
+
+    /// The TLS side of the run's listener.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
     }
 
     /// What the worker's secret file holds: the secret, then `sha256:<fingerprint>`.
@@ -219,7 +226,9 @@ impl std::fmt::Debug for Channel {
 }
 
 impl Channel {
-    /// The run's side of a new connection: the TLS handshake, within `deadline`.
+    /// The run's side of a new connection, blocking: the TLS handshake, within
+    /// `deadline` (the run itself accepts asynchronously, in `dispatcher.rs`).
+    #[cfg(test)]
     pub fn accept(sock: TcpStream, key: &RunKey, deadline: Instant) -> io::Result<Channel> {
         let conn = rustls::ServerConnection::new(key.server.clone()).map_err(io::Error::other)?;
         Channel::handshake(sock, conn.into(), deadline)

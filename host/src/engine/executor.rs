@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use super::blocks::{Blocks, Scheduler};
-use super::remote::{self, NodeTask, Receipt};
+use super::dispatcher::{self, Receipt};
+use super::protocol::NodeTask;
 use super::{channel, processes, slurm, EngineError, EngineOptions};
 use crate::config::ExecutorKind;
 use crate::registry::ExecutorRecord;
@@ -55,8 +56,8 @@ impl Executor for Local {
 /// The submit side of a pilot executor, once started: the dispatcher its workers
 /// connect to, and what starts their blocks.
 struct Started {
-    dispatcher: Arc<remote::Dispatcher>,
-    blocks: Arc<dyn remote::Provisioner>,
+    dispatcher: Arc<dispatcher::Dispatcher>,
+    blocks: Arc<dyn dispatcher::Provisioner>,
 }
 
 /// An executor whose bodies run on workers in blocks a scheduler starts (`slurm`,
@@ -164,7 +165,7 @@ fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, En
         .open(&secret_file)
         .and_then(|mut f| std::io::Write::write_all(&mut f, key.file_text().as_bytes()))
         .map_err(|err| fail(&format!("cannot write {}", secret_file.display()), err))?;
-    let dispatcher = remote::Dispatcher::start(
+    let dispatcher = dispatcher::Dispatcher::start(
         &e.label,
         &policy.address,
         key,

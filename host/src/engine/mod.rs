@@ -23,11 +23,12 @@ mod attempt;
 mod blocks;
 mod channel;
 mod command;
+mod dispatcher;
 mod executor;
+mod node;
 mod pool;
 mod processes;
 mod protocol;
-mod remote;
 mod slurm;
 mod task;
 
@@ -42,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use channel::WorkerKey;
 pub use command::{check as check_command, expand as expand_command, shell_quote};
+pub use node::{serve_worker, WorkerOptions};
 pub use protocol::{FEATURES as PROTOCOL_FEATURES, PROTOCOL};
-pub use remote::{serve_worker, WorkerOptions};
 pub use stagehost_core::observer::{Observer, Silent};
 pub use stagehost_core::runner::{StageOutcome, StageRunner};
 pub use task::{
@@ -954,7 +955,7 @@ impl Inner {
         &self,
         spec: &TaskSpec,
         files: &mut [FileState],
-    ) -> Result<(remote::NodeTask, Vec<usize>), String> {
+    ) -> Result<(protocol::NodeTask, Vec<usize>), String> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let task_files = self.task_files(spec, files);
         let command = match &spec.body {
@@ -978,7 +979,7 @@ impl Inner {
             if let Some(s) = f.staging.as_mut() {
                 if s.in_task_step.take().is_some() {
                     sent.push(i);
-                    staged.push(remote::NodeFile {
+                    staged.push(protocol::NodeFile {
                         url: f.original.url().to_owned(),
                         direction: f.report.direction,
                         local_path: s.file.local_path().map(std::path::Path::to_path_buf),
@@ -987,7 +988,7 @@ impl Inner {
                 }
             }
         }
-        let task = remote::NodeTask {
+        let task = protocol::NodeTask {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             name: spec.name.clone(),
             executor: spec.executor.clone(),

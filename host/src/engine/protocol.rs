@@ -1,6 +1,6 @@
 //! The run–worker protocol: its messages and what a task and its result look like on
-//! the wire. Types only, no I/O: `remote.rs` reads and writes them over `channel.rs`'s
-//! TLS channel, one JSON object a line.
+//! the wire. Types only, no I/O: `dispatcher.rs` (the run) and `node.rs` (the worker)
+//! read and write them over TLS (`channel.rs`), one JSON object a line.
 //!
 //! Versioned as nushell's plugin protocol is: a semver [`PROTOCOL`] plus named
 //! [`FEATURES`]. Two sides are compatible when their major versions are equal (and,
