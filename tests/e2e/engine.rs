@@ -103,6 +103,35 @@ async fn a_provider_sets_local_path_the_task_sees_it_and_the_callers_file_does_n
     assert_eq!(input.filepath().unwrap(), PathBuf::from("/remote/in.txt"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_cannot_run_on_its_executor_fails_once_without_retries() {
+    // A Rust closure cannot go to a pilot's worker: no attempt could succeed, so its
+    // retries are not spent (the engine decides on the error's type, not its text),
+    // and no block starts for it.
+    let sandbox = Sandbox::new();
+    let text = format!(
+        "[executor.procs]\nkind = \"processes\"\nworking_dir = {}\nstaging = []\n",
+        toml_path(&sandbox.join("wd"))
+    );
+    let (engine, _registry) = engine_for(&text);
+    let handle = engine
+        .submit(
+            TaskSpec::closure("inproc", |_| Ok(()))
+                .executor("procs")
+                .retries(3),
+        )
+        .unwrap();
+    let report = handle.wait().await;
+    engine.shutdown();
+    assert_eq!(report.status, TaskStatus::Failed, "{report:?}");
+    assert_eq!(report.attempts, 1, "{report:?}");
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("runs bodies on other nodes") && error.contains("give the task a command"),
+        "{error}"
+    );
+}
+
 #[test]
 fn a_consumer_waits_for_the_producers_stage_out() {
     let sandbox = Sandbox::new();

@@ -8,20 +8,22 @@ use std::path::PathBuf;
 
 use stagehost_plugin_api::display;
 
-/// An in-task stage-in: its one line on failure.
-pub(crate) type StageIn<'a> = Box<dyn FnOnce() -> Result<(), String> + 'a>;
+use super::error::{BodyError, StepFailure};
+
+/// An in-task stage-in: its file's failure, if it failed.
+pub(crate) type StageIn<'a> = Box<dyn FnOnce() -> Result<(), StepFailure> + 'a>;
 /// An in-task stage-out: it records its own outcome.
 pub(crate) type StageOut<'a> = Box<dyn FnOnce() + 'a>;
 
 /// Runs one attempt: `ins`, `body`, the outputs' check, `outs`.
 pub(crate) fn attempt(
     ins: Vec<StageIn<'_>>,
-    body: impl FnOnce() -> Result<(), String>,
+    body: impl FnOnce() -> Result<(), BodyError>,
     outputs: &[PathBuf],
     outs: Vec<StageOut<'_>>,
-) -> Result<(), String> {
+) -> Result<(), BodyError> {
     for step in ins {
-        step().map_err(|line| format!("stage-in failed: {line}"))?;
+        step().map_err(BodyError::StageIn)?;
     }
     body()?;
     let missing: Vec<String> = outputs
@@ -30,10 +32,7 @@ pub(crate) fn attempt(
         .map(|p| display::path(p))
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "missing outputs: the command exited 0 but did not write {}",
-            missing.join(", ")
-        ));
+        return Err(BodyError::MissingOutputs(missing));
     }
     for step in outs {
         step();
@@ -56,7 +55,10 @@ mod tests {
                 if ok {
                     Ok(())
                 } else {
-                    Err(format!("{name} broke"))
+                    Err(StepFailure {
+                        line: format!("{name} broke"),
+                        kind: None,
+                    })
                 }
             })
         };
@@ -74,7 +76,7 @@ mod tests {
             vec![out("out1")],
         )
         .unwrap_err();
-        assert_eq!(e, "stage-in failed: in2 broke");
+        assert_eq!(e.to_string(), "stage-in failed: in2 broke");
         assert_eq!(*log.borrow(), ["in1", "in2"]);
         log.borrow_mut().clear();
         let missing = std::env::temp_dir().join("stagehost-attempt-never-written");
@@ -85,8 +87,10 @@ mod tests {
             vec![out("out1")],
         )
         .unwrap_err();
+        assert!(matches!(&e, BodyError::MissingOutputs(paths) if paths.len() == 1));
         assert!(
-            e.starts_with("missing outputs: the command exited 0 but did not write"),
+            e.to_string()
+                .starts_with("missing outputs: the command exited 0 but did not write"),
             "{e}"
         );
         assert!(

@@ -22,6 +22,7 @@ use super::channel::{
     proof, random_hex, same, Channel, WorkerKey, HANDSHAKE_DEADLINE, LIMIT, PRE_AUTH_LIMIT,
 };
 use super::command::{self, Commands};
+use super::error::{BodyError, StepFailure};
 use super::protocol::{self, Message, NodeFile, NodeFileResult, NodeResult, NodeTask, PROTOCOL};
 use stagehost_core::runner::StageRunner;
 
@@ -242,7 +243,10 @@ fn run_node_task(
     let of =
         |direction: Direction| (0..files.len()).filter(move |&i| files[i].direction == direction);
     let ins = of(Direction::In)
-        .map(|i| Box::new(move || run(i).map_or(Ok(()), Err)) as attempt::StageIn<'_>)
+        .map(|i| {
+            Box::new(move || run(i).map_or(Ok(()), |line| Err(StepFailure { line, kind: None })))
+                as attempt::StageIn<'_>
+        })
         .collect();
     let outs = of(Direction::Out)
         .map(|i| {
@@ -267,10 +271,12 @@ fn run_node_task(
             if e.by_signal() {
                 std::thread::sleep(Duration::from_secs(2));
             }
-            e.to_string()
+            BodyError::Command(e)
         })
     };
-    let error = attempt::attempt(ins, body, &task.files.outputs, outs).err();
+    let error = attempt::attempt(ins, body, &task.files.outputs, outs)
+        .err()
+        .map(|e| e.to_string());
     let staged = results.into_inner();
     NodeResult {
         id: task.id,

@@ -1,0 +1,772 @@
+//! A task's lifecycle, from its inputs to its report: the steps listed in
+//! `engine/mod.rs`, on the executor's worker threads and on tokio. The attempt itself
+//! is `attempt.rs`'s; where it runs is the task's [`Executor`]'s choice.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use stagehost_plugin_api::{display, File};
+use tokio::sync::watch;
+
+use super::error::{BodyError, StepFailure};
+use super::executor::Executor;
+use super::task::FutureState;
+use super::{
+    attempt, command, expand_command, pool, protocol, Body, FileReport, Inner, Input, TaskFiles,
+    TaskReport, TaskSpec, TaskStatus,
+};
+use crate::data_manager::{Direction, StageOptions, Staging, StagingError};
+use stagehost_core::transfer::Outcome;
+
+/// A body's result: its error, typed, if the last attempt failed.
+type BodyResult = Result<(), BodyError>;
+
+/// One file's staging inside a task: the caller's file, the plan, and what happened.
+struct FileState {
+    original: File,
+    staging: Option<Staging>,
+    report: FileReport,
+}
+
+impl FileState {
+    fn planned(
+        original: File,
+        direction: Direction,
+        executor: &str,
+        planned: Result<Staging, StagingError>,
+    ) -> FileState {
+        let mut report = FileReport::new(direction, original.redacted_url(), executor);
+        let staging = match planned {
+            Ok(s) => {
+                report.provider = Some(s.provider.name.clone());
+                report.plugin = Some(format!(
+                    "{} {}",
+                    s.provider.plugin.name, s.provider.plugin.version
+                ));
+                report.modes = s.modes();
+                report.local_path = s.file.filepath().ok().map(|p| p.display().to_string());
+                Some(s)
+            }
+            Err(e) => {
+                report.error = Some(e.to_string());
+                None
+            }
+        };
+        FileState {
+            original,
+            staging,
+            report,
+        }
+    }
+
+    fn record(&mut self, outcome: Outcome) -> Result<(), StagingError> {
+        self.report.attempts += outcome.attempts;
+        self.report.seconds += outcome.seconds;
+        self.report.deduplicated |= outcome.deduplicated;
+        self.report.cached |= outcome.cached;
+        if outcome.bytes.is_some() {
+            self.report.bytes = outcome.bytes;
+        }
+        outcome.result.inspect_err(|e| {
+            self.report.error = Some(e.to_string());
+        })
+    }
+
+    /// Where the task finds the file, as an absolute path: the command runs in the
+    /// working directory, so a path relative to ours would name another file there.
+    fn path(&self) -> PathBuf {
+        let file = self.staging.as_ref().map_or(&self.original, |s| &s.file);
+        let path = file
+            .filepath()
+            .unwrap_or_else(|_| PathBuf::from(file.path()));
+        std::path::absolute(&path).unwrap_or(path)
+    }
+}
+
+/// The senders of a task's output futures.
+pub(super) struct Outputs {
+    pub(super) senders: Vec<watch::Sender<FutureState>>,
+}
+
+impl Outputs {
+    fn fail_all(&self, reason: &str) {
+        for tx in &self.senders {
+            let _ = tx.send(FutureState::Failed(reason.into()));
+        }
+    }
+}
+
+/// How the first worker phase of a task ended.
+enum FirstPhase {
+    /// Planning failed for a file.
+    PlanningFailed(Vec<FileState>, String),
+    /// Separate stage-in jobs must run before the body.
+    NeedsJobs(Vec<FileState>),
+    /// The body ran (with its in-task steps): its result and attempts.
+    Ran(Vec<FileState>, BodyResult, u32),
+}
+
+impl Inner {
+    fn report(
+        &self,
+        spec: &TaskSpec,
+        start: Instant,
+        status: TaskStatus,
+        attempts: u32,
+        error: Option<String>,
+        mut files: Vec<FileReport>,
+    ) -> TaskReport {
+        for f in &mut files {
+            f.ok = f.error.is_none();
+        }
+        TaskReport {
+            name: spec.name.clone(),
+            executor: spec.executor.clone(),
+            status,
+            attempts,
+            started_at: start.duration_since(self.start).as_secs_f64(),
+            seconds: start.elapsed().as_secs_f64(),
+            error,
+            files,
+        }
+    }
+
+    fn status_after_failure(&self) -> TaskStatus {
+        if self.transfers.token.is_cancelled() {
+            TaskStatus::Cancelled
+        } else {
+            TaskStatus::Failed
+        }
+    }
+
+    /// Fails every output of the task and builds its report.
+    #[allow(clippy::too_many_arguments)]
+    fn end(
+        &self,
+        spec: &TaskSpec,
+        outputs: &Outputs,
+        start: Instant,
+        status: TaskStatus,
+        attempts: u32,
+        error: String,
+        files: Vec<FileReport>,
+    ) -> TaskReport {
+        outputs.fail_all(&format!(
+            "task {:?} {}: {error}",
+            spec.name,
+            status_word(status)
+        ));
+        self.report(spec, start, status, attempts, Some(error), files)
+    }
+
+    /// A task that was cancelled before its body ran.
+    fn end_cancelled(&self, spec: &TaskSpec, outputs: &Outputs, start: Instant) -> TaskReport {
+        let error = "cancelled".to_owned();
+        self.end(
+            spec,
+            outputs,
+            start,
+            TaskStatus::Cancelled,
+            0,
+            error,
+            vec![],
+        )
+    }
+
+    /// The whole task on tokio: waits for its inputs from other tasks, then runs.
+    pub(super) async fn run_task(
+        this: &Arc<Inner>,
+        spec: Arc<TaskSpec>,
+        outputs: Outputs,
+    ) -> TaskReport {
+        let token = this.transfers.token.clone();
+        // 1. Dependencies.
+        for input in spec.staged_ins() {
+            if let Input::Future(future) = input {
+                let waited = tokio::select! {
+                    r = future.wait() => r,
+                    () = token.cancelled() => {
+                        return this.end_cancelled(&spec, &outputs, Instant::now());
+                    }
+                };
+                if let Err(reason) = waited {
+                    let error = format!(
+                        "input {} from task {:?} failed: {reason}",
+                        future.file().redacted_url(),
+                        future.producer()
+                    );
+                    return this.end(
+                        &spec,
+                        &outputs,
+                        Instant::now(),
+                        TaskStatus::DependencyFailed,
+                        0,
+                        error,
+                        vec![],
+                    );
+                }
+            }
+        }
+        // The task starts once its inputs exist.
+        let start = Instant::now();
+        if token.is_cancelled() {
+            return this.end_cancelled(&spec, &outputs, start);
+        }
+        // 2. On a worker: plan every file before the body starts; with no separate
+        //    stage-in job, go straight on to the in-task steps and the body.
+        let pool = &this.executors[&spec.executor].workers;
+        let (inner, task) = (this.clone(), spec.clone());
+        let first = pool.run(move || inner.plan_and_maybe_run(&task)).await;
+        // Boxed: a task still waiting for its inputs holds only the small state above,
+        // not this one (a chained workflow has most of its tasks waiting).
+        Box::pin(Inner::after_first_phase(this, spec, outputs, start, first)).await
+    }
+
+    /// A task whose inputs are all files or outputs already staged out, run from a
+    /// worker: planning and the body
+    /// here, and, when no separate job is left to run, the whole task, without a hop
+    /// through tokio. Otherwise what is left continues on tokio. Calls `deliver` with
+    /// the report either way.
+    pub(super) fn run_on_worker(
+        this: &Arc<Inner>,
+        spec: Arc<TaskSpec>,
+        outputs: Outputs,
+        deliver: impl FnOnce(TaskReport) + Send + 'static,
+    ) {
+        let start = Instant::now();
+        if this.transfers.token.is_cancelled() {
+            let report = this.end_cancelled(&spec, &outputs, start);
+            return deliver(report);
+        }
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            this.plan_and_maybe_run(&spec)
+        }))
+        .map_err(|payload| pool::panic_message(&*payload));
+        let n_in = spec.inputs.len() + spec.args.len();
+        let nothing_left = match &first {
+            Ok(FirstPhase::Ran(files, ..)) => files[n_in..]
+                .iter()
+                .all(|f| f.staging.as_ref().is_none_or(|s| s.separate_job.is_none())),
+            Ok(FirstPhase::NeedsJobs(_)) => false,
+            Ok(FirstPhase::PlanningFailed(..)) | Err(_) => true,
+        };
+        if nothing_left {
+            // Nothing left waits on anything: the rest completes in one poll.
+            deliver(
+                this.runtime
+                    .block_on(Inner::after_first_phase(this, spec, outputs, start, first)),
+            );
+        } else {
+            let owned = this.clone();
+            this.runtime.spawn(async move {
+                deliver(Inner::after_first_phase(&owned, spec, outputs, start, first).await);
+            });
+        }
+    }
+
+    /// Everything after the first worker phase: separate stage-in jobs and the body
+    /// (when they had to wait), then the stage-outs and the report.
+    async fn after_first_phase(
+        this: &Arc<Inner>,
+        spec: Arc<TaskSpec>,
+        outputs: Outputs,
+        start: Instant,
+        first: Result<FirstPhase, String>,
+    ) -> TaskReport {
+        let token = this.transfers.token.clone();
+        let reports =
+            |files: &[FileState]| files.iter().map(|f| f.report.clone()).collect::<Vec<_>>();
+        let n_in = spec.inputs.len() + spec.args.len();
+        let pool = &this.executors[&spec.executor].workers;
+        let panicked = |panic: String| {
+            this.end(
+                &spec,
+                &outputs,
+                start,
+                TaskStatus::Failed,
+                0,
+                format!("the task body panicked: {panic}"),
+                vec![],
+            )
+        };
+        let (mut files, body_result, attempts) = match first {
+            Err(panic) => return panicked(panic),
+            Ok(FirstPhase::PlanningFailed(files, error)) => {
+                return this.end(
+                    &spec,
+                    &outputs,
+                    start,
+                    TaskStatus::Failed,
+                    0,
+                    error,
+                    reports(&files),
+                );
+            }
+            Ok(FirstPhase::Ran(files, result, attempts)) => (files, result, attempts),
+            Ok(FirstPhase::NeedsJobs(mut files)) => {
+                // 3. Separate stage-in jobs, each a transfer of its own, concurrently.
+                let mut failure = None;
+                for (i, outcome) in this.run_separate_jobs(&mut files, 0..n_in).await {
+                    if let Err(e) = files[i].record(outcome) {
+                        failure.get_or_insert(e.to_string());
+                    }
+                }
+                if let Some(line) = failure {
+                    let status = this.status_after_failure();
+                    return this.end(
+                        &spec,
+                        &outputs,
+                        start,
+                        status,
+                        0,
+                        format!("stage-in failed: {line}"),
+                        reports(&files),
+                    );
+                }
+                // 4. The body: on a worker again (in-task steps and the body), or
+                //    sent to the executor's workers elsewhere.
+                let executor = this.executors[&spec.executor].executor.clone();
+                if executor.runs_here() {
+                    let (inner, task) = (this.clone(), spec.clone());
+                    let ran = pool
+                        .run(move || {
+                            let mut files = files;
+                            let (result, attempts) = inner.run_body(&task, &mut files);
+                            (files, result, attempts)
+                        })
+                        .await;
+                    match ran {
+                        Ok(ran) => ran,
+                        Err(panic) => return panicked(panic),
+                    }
+                } else {
+                    let (result, attempts) =
+                        this.run_body_elsewhere(&spec, &mut files, &*executor).await;
+                    (files, result, attempts)
+                }
+            }
+        };
+        if let Err(error) = body_result {
+            return this.end(
+                &spec,
+                &outputs,
+                start,
+                this.status_after_failure(),
+                attempts,
+                error.to_string(),
+                reports(&files),
+            );
+        }
+
+        // 5. Stage-outs: in-task steps already ran; now the separate jobs. Each output's
+        //    future settles when its own stage-out does.
+        let mut stage_out_failure = None;
+        let mut settle = |files: &mut [FileState], i: usize, outcome: Option<Outcome>| {
+            let sender = &outputs.senders[i - n_in];
+            let result = match outcome {
+                Some(o) => files[i].record(o).map_err(|e| e.to_string()),
+                None => files[i].report.error.clone().map_or(Ok(()), Err),
+            };
+            match result {
+                Ok(()) => {
+                    let _ = sender.send(FutureState::Ready);
+                }
+                Err(line) => {
+                    let _ = sender.send(FutureState::Failed(line.as_str().into()));
+                    stage_out_failure.get_or_insert(line);
+                }
+            }
+        };
+        let with_job: Vec<usize> = (n_in..files.len())
+            .filter(|&i| {
+                files[i]
+                    .staging
+                    .as_ref()
+                    .is_some_and(|s| s.separate_job.is_some())
+            })
+            .collect();
+        for i in (n_in..files.len()).filter(|i| !with_job.contains(i)) {
+            settle(&mut files, i, None);
+        }
+        if !with_job.is_empty() {
+            let len = files.len();
+            for (i, outcome) in this.run_separate_jobs(&mut files, n_in..len).await {
+                settle(&mut files, i, Some(outcome));
+            }
+        }
+        match stage_out_failure {
+            None => this.report(
+                &spec,
+                start,
+                TaskStatus::Succeeded,
+                attempts,
+                None,
+                reports(&files),
+            ),
+            Some(line) => {
+                let status = if token.is_cancelled() {
+                    TaskStatus::Cancelled
+                } else {
+                    TaskStatus::StageOutFailed
+                };
+                let error = Some(format!("stage-out failed: {line}"));
+                this.report(&spec, start, status, attempts, error, reports(&files))
+            }
+        }
+    }
+
+    /// Takes the separate jobs of `files[range]` and runs them concurrently, each a
+    /// transfer of its own; returns each file's index with its outcome.
+    async fn run_separate_jobs(
+        &self,
+        files: &mut [FileState],
+        range: std::ops::Range<usize>,
+    ) -> Vec<(usize, Outcome)> {
+        let jobs: Vec<_> = range
+            .filter_map(|i| {
+                files[i]
+                    .staging
+                    .as_mut()
+                    .and_then(|s| s.separate_job.take())
+                    .map(|w| (i, w))
+            })
+            .collect();
+        let files = &*files;
+        let runs = jobs.into_iter().map(|(i, work)| async move {
+            (i, self.transfers.run(work, &files[i].original).await)
+        });
+        futures_join_all(runs).await
+    }
+
+    /// On a worker: plans every stage-in (inputs, in order) and stage-out (outputs,
+    /// stdout, stderr); unless separate stage-in jobs must run first, goes on to run
+    /// the body.
+    fn plan_and_maybe_run(&self, spec: &TaskSpec) -> FirstPhase {
+        let mut files =
+            Vec::with_capacity(spec.inputs.len() + spec.args.len() + spec.outputs.len() + 2);
+        if !(spec.inputs.is_empty()
+            && spec.args.is_empty()
+            && spec.outputs.is_empty()
+            && spec.stdout.is_none()
+            && spec.stderr.is_none())
+        {
+            let opts = StageOptions {
+                cancel: self.transfers.cancel.clone(),
+                ..StageOptions::default()
+            };
+            for input in spec.staged_ins() {
+                let f = input.file();
+                let planned = self.dm.plan_stage_in(&spec.executor, f, &opts);
+                files.push(FileState::planned(
+                    f.clone(),
+                    Direction::In,
+                    &spec.executor,
+                    planned,
+                ));
+            }
+            for f in spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr) {
+                let planned = self.dm.plan_stage_out(&spec.executor, f, &opts);
+                files.push(FileState::planned(
+                    f.clone(),
+                    Direction::Out,
+                    &spec.executor,
+                    planned,
+                ));
+            }
+            if let Some(error) = files.iter().find_map(|f| f.report.error.clone()) {
+                return FirstPhase::PlanningFailed(files, error);
+            }
+            let n_in = spec.inputs.len() + spec.args.len();
+            if files[..n_in]
+                .iter()
+                .any(|f| f.staging.as_ref().is_some_and(|s| s.separate_job.is_some()))
+            {
+                return FirstPhase::NeedsJobs(files);
+            }
+        }
+        if !self.executors[&spec.executor].executor.runs_here() {
+            // The body goes elsewhere: awaited on tokio, not on this thread.
+            return FirstPhase::NeedsJobs(files);
+        }
+        let (result, attempts) = self.run_body(spec, &mut files);
+        FirstPhase::Ran(files, result, attempts)
+    }
+
+    /// On a worker: the body with its in-task steps, retried up to `spec.retries` times.
+    fn run_body(&self, spec: &TaskSpec, files: &mut [FileState]) -> (BodyResult, u32) {
+        let mut attempts = 0;
+        loop {
+            if self.transfers.token.is_cancelled() {
+                return (Err(BodyError::Cancelled), attempts);
+            }
+            attempts += 1;
+            let result = self.attempt_body(spec, files, attempts > 1);
+            if !self.retries_after(spec, attempts, &result) {
+                return (result, attempts);
+            }
+        }
+    }
+
+    /// Whether a body's attempt that ended with `result` is tried again (and says so).
+    fn retries_after(&self, spec: &TaskSpec, attempts: u32, result: &BodyResult) -> bool {
+        match result {
+            Err(e)
+                if e.retryable()
+                    && attempts <= spec.retries
+                    && !self.transfers.token.is_cancelled() =>
+            {
+                tracing::info!(
+                    "task {:?} failed (attempt {attempts} of {}), retrying: {e}",
+                    spec.name,
+                    spec.retries + 1
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The body with its in-task steps, sent to `executor`'s workers, retried up to
+    /// `spec.retries` times; awaits each attempt without holding a thread.
+    async fn run_body_elsewhere(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+        executor: &dyn Executor,
+    ) -> (BodyResult, u32) {
+        let mut attempts = 0;
+        loop {
+            if self.transfers.token.is_cancelled() {
+                return (Err(BodyError::Cancelled), attempts);
+            }
+            attempts += 1;
+            let result = self
+                .attempt_elsewhere(spec, files, executor, attempts > 1)
+                .await;
+            if !self.retries_after(spec, attempts, &result) {
+                return (result, attempts);
+            }
+        }
+    }
+
+    /// One attempt on a node: the in-task steps and the command go to a worker, which
+    /// plans the steps again there; their outcomes come back into the reports.
+    async fn attempt_elsewhere(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+        executor: &dyn Executor,
+        retry: bool,
+    ) -> BodyResult {
+        if retry {
+            self.replan_steps(spec, files)?;
+        }
+        let (task, sent) = self.node_task(spec, files)?;
+        let receipt = executor.send(task).map_err(BodyError::Lost)?;
+        let result = receipt
+            .await
+            .unwrap_or_else(|_| Err("the run ended before the task".into()))
+            .map_err(BodyError::Lost)?;
+        for (k, &i) in sent.iter().enumerate() {
+            if let Some(r) = result.staged.get(k).filter(|r| r.ran) {
+                let f = &mut files[i];
+                f.report.attempts += r.attempts;
+                f.report.seconds += r.seconds;
+                f.report.cached |= r.cached;
+                if r.bytes.is_some() {
+                    f.report.bytes = r.bytes;
+                }
+                if let Some(e) = &r.error {
+                    f.report.error = Some(e.clone());
+                }
+            }
+        }
+        match result.error {
+            Some(error) => Err(BodyError::OnNode {
+                error,
+                place: result.place,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// One attempt, on a worker: in-task stage-in steps, the body, in-task stage-out
+    /// steps. On a retry, the in-task steps are planned again (a step runs once).
+    fn attempt_body(&self, spec: &TaskSpec, files: &mut [FileState], retry: bool) -> BodyResult {
+        if retry {
+            self.replan_steps(spec, files)?;
+        }
+        let n_in = spec.inputs.len() + spec.args.len();
+        let task_files = self.task_files(spec, files);
+        // Each file's in-task step, through the run's transfers, recorded in its report.
+        let step = |file: &mut FileState, work| {
+            let outcome = self
+                .runtime
+                .block_on(self.transfers.run(work, &file.original));
+            file.record(outcome).map_err(|e| StepFailure::from(&e))
+        };
+        let with_step = |file: &mut FileState| file.staging.as_mut()?.in_task_step.take();
+        let (ins, outs) = files.split_at_mut(n_in);
+        let ins = ins
+            .iter_mut()
+            .filter_map(|file| {
+                let work = with_step(file)?;
+                Some(Box::new(move || step(file, work)) as attempt::StageIn<'_>)
+            })
+            .collect();
+        let outs = outs
+            .iter_mut()
+            .filter_map(|file| {
+                let work = with_step(file)?;
+                Some(Box::new(move || {
+                    let _ = step(file, work);
+                }) as attempt::StageOut<'_>)
+            })
+            .collect();
+        let body = || match &spec.body {
+            Body::Closure(f) => f(&task_files).map_err(BodyError::Closure),
+            Body::Command(cmd) => {
+                let expanded = expand_command(cmd, &task_files).map_err(BodyError::Unrunnable)?;
+                Ok(command::run(
+                    &expanded,
+                    &task_files,
+                    &self.commands,
+                    spec.timeout,
+                )?)
+            }
+        };
+        // A closure's declared outputs are its own to write, as before.
+        let outputs = match &spec.body {
+            Body::Command(_) => task_files.outputs.as_slice(),
+            Body::Closure(_) => &[],
+        };
+        attempt::attempt(ins, body, outputs, outs)
+    }
+
+    /// The paths the body sees: each staged file's `filepath()`, absolute.
+    fn task_files(&self, spec: &TaskSpec, files: &[FileState]) -> TaskFiles {
+        let (n_inputs, n_in) = (spec.inputs.len(), spec.inputs.len() + spec.args.len());
+        let n_out = spec.outputs.len();
+        TaskFiles {
+            working_dir: self.executors[&spec.executor].working_dir.clone(),
+            inputs: files[..n_inputs].iter().map(FileState::path).collect(),
+            args: files[n_inputs..n_in].iter().map(FileState::path).collect(),
+            outputs: files[n_in..n_in + n_out]
+                .iter()
+                .map(FileState::path)
+                .collect(),
+            stdout: spec.stdout.as_ref().map(|_| files[n_in + n_out].path()),
+            stderr: spec.stderr.as_ref().map(|_| files[files.len() - 1].path()),
+        }
+    }
+
+    /// The task as a worker elsewhere runs it: the expanded command and the in-task
+    /// steps to plan again there; with the indices of the files whose steps it takes.
+    fn node_task(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+    ) -> Result<(protocol::NodeTask, Vec<usize>), BodyError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let task_files = self.task_files(spec, files);
+        let command = match &spec.body {
+            Body::Command(cmd) => expand_command(cmd, &task_files).map_err(BodyError::Unrunnable)?,
+            Body::Closure(_) => {
+                return Err(BodyError::Unrunnable(format!(
+                    "executor {:?} runs bodies on other nodes, where a Rust closure cannot go; give the task a command",
+                    spec.executor
+                )))
+            }
+        };
+        let command = command.into_string().map_err(|c| {
+            BodyError::Unrunnable(format!(
+                "the command {} is not UTF-8 and cannot be sent to a node",
+                display::escape(&c.to_string_lossy())
+            ))
+        })?;
+        let mut sent = Vec::new();
+        let mut staged = Vec::new();
+        for (i, f) in files.iter_mut().enumerate() {
+            if let Some(s) = f.staging.as_mut() {
+                if s.in_task_step.take().is_some() {
+                    sent.push(i);
+                    staged.push(protocol::NodeFile {
+                        url: f.original.url().to_owned(),
+                        direction: f.report.direction,
+                        local_path: s.file.local_path().map(std::path::Path::to_path_buf),
+                        placed: s.placed,
+                    });
+                }
+            }
+        }
+        let task = protocol::NodeTask {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            name: spec.name.clone(),
+            executor: spec.executor.clone(),
+            command,
+            files: task_files,
+            timeout_secs: spec.timeout.map(|t| t.as_secs_f64()),
+            staged,
+        };
+        Ok((task, sent))
+    }
+
+    /// Plans every file again to get fresh in-task steps for a retry.
+    fn replan_steps(&self, spec: &TaskSpec, files: &mut [FileState]) -> BodyResult {
+        let opts = StageOptions {
+            cancel: self.transfers.cancel.clone(),
+            ..StageOptions::default()
+        };
+        for file in files.iter_mut() {
+            let planned = match file.report.direction {
+                Direction::In => self.dm.plan_stage_in(&spec.executor, &file.original, &opts),
+                Direction::Out => self
+                    .dm
+                    .plan_stage_out(&spec.executor, &file.original, &opts),
+            };
+            let mut plan = planned.map_err(|e| BodyError::Replan(StepFailure::from(&e)))?;
+            if let Some(staging) = file.staging.as_mut() {
+                staging.in_task_step = plan.in_task_step.take();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn status_word(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Cancelled => "was cancelled",
+        TaskStatus::DependencyFailed => "lost an input",
+        _ => "failed",
+    }
+}
+
+/// Runs futures concurrently on this task and collects their results in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, fut) in set.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results
+        .into_iter()
+        .map(|r| r.expect("every future completed"))
+        .collect()
+}
