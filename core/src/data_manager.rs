@@ -347,7 +347,7 @@ fn call_services(
     opts: &StageOptions,
 ) -> CallServices {
     let mut secrets: Vec<String> = provider.secrets.to_vec();
-    secrets.extend(crate::config::url_secrets(file.url()));
+    secrets.extend(crate::secrets::url_secrets(file.url()));
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     CallServices {
         secrets: secrets.into(),
@@ -386,12 +386,12 @@ fn provider_error(
 /// `***`.
 fn scrub_error(error: StageError, provider: &ProviderInstance, file: &File) -> StageError {
     let mut secrets: Vec<String> = provider.secrets.to_vec();
-    secrets.extend(crate::config::url_secrets(file.url()));
+    secrets.extend(crate::secrets::url_secrets(file.url()));
     if secrets.is_empty() {
         return error;
     }
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let message = crate::config::scrub(error.message(), &secrets);
+    let message = crate::secrets::scrub(error.message(), &secrets);
     if message == error.message() {
         return error;
     }

@@ -30,6 +30,7 @@ pub mod observer;
 pub mod registry;
 pub mod report;
 pub mod runner;
+pub mod secrets;
 pub mod services;
 pub mod spans;
 pub mod transfer;

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use stagehost_plugin_api::abi::{AbiContext, AbiJobBox, AbiPlan, ProviderBox};
 use stagehost_plugin_api::{ErrorKind, File, StageError};
 
-use crate::config::{scrub, secret_values, Config, ConfigError, ProviderConfig};
+use crate::config::{Config, ConfigError, ProviderConfig};
 use crate::discovery::{plugin_dirs, plugin_files, PluginDir};
 use crate::loader::{pin_mismatch, LoadedPlugin, PluginLoader};
+use crate::secrets::{scrub, secret_values};
 use crate::spans::At::{Index, Key};
 
 /// A plugin file found in a plugin directory.

@@ -78,7 +78,7 @@ impl HostServices for CallServices {
         let message = if self.secrets.is_empty() {
             message.as_str()
         } else {
-            scrubbed = crate::config::scrub(message.as_str(), &self.secrets);
+            scrubbed = crate::secrets::scrub(message.as_str(), &self.secrets);
             scrubbed.as_str()
         };
         let (provider, executor, file) = (&*self.instance, &*self.executor, &*self.url);
