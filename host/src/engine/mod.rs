@@ -28,6 +28,7 @@ mod error;
 mod executor;
 mod lifecycle;
 mod node;
+mod placeholders;
 mod pool;
 mod processes;
 mod protocol;
@@ -44,9 +45,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use channel::WorkerKey;
-pub use command::{check as check_command, expand as expand_command, shell_quote};
 pub use error::{BodyError, StepFailure};
 pub use node::{serve_worker, WorkerOptions};
+pub use placeholders::{check as check_command, expand as expand_command, shell_quote};
 pub use protocol::{FEATURES as PROTOCOL_FEATURES, PROTOCOL};
 pub use stagehost_core::observer::{Observer, Silent};
 pub use stagehost_core::runner::{StageOutcome, StageRunner};
