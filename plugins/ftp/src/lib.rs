@@ -32,11 +32,13 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use stagehost_plugin_api::display;
-use stagehost_plugin_api::fs::AtomicFile;
+
 use stagehost_plugin_api::net::{
     host_port, io_kind, percent_decode, seconds, split_userinfo, HostPatterns,
 };
-use stagehost_plugin_api::transfer::{Transfer, TransferProvider};
+use stagehost_plugin_api::transfer::{
+    download, Download, Passes, Transfer, TransferProvider, CHUNK,
+};
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Settings, StageError, WorkPlace};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode as DataMode, RustlsConnector, RustlsFtpStream};
@@ -280,8 +282,79 @@ impl Target {
     }
 }
 
-/// How much is moved between two progress reports and cancellation checks.
-const CHUNK: usize = 256 << 10;
+/// Names the TLS stream type of a session (suppaftp does not export it).
+trait Session {
+    type Tls: suppaftp::TlsStream;
+}
+
+impl<T: suppaftp::TlsStream> Session for suppaftp::ImplFtpStream<T> {
+    type Tls = T;
+}
+
+/// A `RETR` as [`download`] reads it: each pass opened with `REST` where the last
+/// stopped, on a new session after a break, and only while `SIZE` is unchanged.
+struct Retr<'a> {
+    owner: &'a Shared,
+    target: &'a Target,
+    ftp: Ftp,
+    expected: Option<u64>,
+}
+
+impl Passes for Retr<'_> {
+    type Body = suppaftp::TransferStream<<Ftp as Session>::Tls>;
+
+    fn open(&mut self, _ctx: &Context<'_>, offset: u64) -> Result<Self::Body, StageError> {
+        let path = &self.target.path;
+        self.owner
+            .open(&mut self.ftp, self.target, offset, |f| {
+                f.retr_as_stream(path)
+            })
+            .map_err(|e| classify("cannot RETR", &self.target.shown, e, false))
+    }
+
+    fn end(&mut self, body: Self::Body) -> Result<(), StageError> {
+        body.finish()
+            .map_err(|e| classify("RETR", &self.target.shown, e, false))
+    }
+
+    fn broke(&mut self, done: u64, e: std::io::Error) -> StageError {
+        // The session is spent: close it so that nothing waits for its reply.
+        let _ = self.ftp.get_ref().shutdown(Shutdown::Both);
+        StageError::new(
+            io_kind(&e),
+            format!(
+                "RETR {}: the transfer broke off after {done} bytes: {e}",
+                self.target.shown
+            ),
+        )
+    }
+
+    fn mismatch(&self, done: u64, expected: u64) -> StageError {
+        StageError::transient(format!(
+            "RETR {}: the transfer ended after {done} bytes, SIZE said {expected}",
+            self.target.shown
+        ))
+    }
+
+    fn resume(&mut self, ctx: &Context<'_>, done: u64) -> Result<Option<String>, StageError> {
+        let _ = self.ftp.get_ref().shutdown(Shutdown::Both);
+        self.ftp = self.owner.connect(ctx, self.target)?;
+        // A file that changed meanwhile is never stitched together.
+        if self.owner.size(&mut self.ftp, self.target, false)? != self.expected {
+            return Err(StageError::transient(format!(
+                "RETR {}: the file changed while it was fetched",
+                self.target.shown
+            )));
+        }
+        Ok(Some(format!("resuming with REST {done}")))
+    }
+
+    fn abort(&mut self, body: Self::Body) {
+        let _ = self.ftp.get_ref().shutdown(Shutdown::Both);
+        drop(body);
+    }
+}
+
 /// How often one transfer resumes a broken-off file before it gives up.
 const MAX_RESUMES: u32 = 3;
 
@@ -566,7 +639,6 @@ impl Shared {
         target: &Target,
         dest: &std::path::Path,
     ) -> Result<(), StageError> {
-        let shown = &target.shown;
         let (mut ftp, key) = self.session(ctx, target)?;
         let expected = match self.size(&mut ftp, target, false) {
             // An answer, not a broken session: it serves the next transfer.
@@ -576,79 +648,23 @@ impl Shared {
             }
             other => other?,
         };
-        let mut out = AtomicFile::create(dest)?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut done = 0u64;
-        let mut resumes = 0;
-        ctx.progress(0, expected);
-        loop {
-            let mut stream = self
-                .open(&mut ftp, target, done, |f| f.retr_as_stream(&target.path))
-                .map_err(|e| classify("cannot RETR", shown, e, false))?;
-            // Why this pass ended short, if it did.
-            let broke = loop {
-                if let Err(e) = ctx.check() {
-                    let _ = ftp.get_ref().shutdown(Shutdown::Both);
-                    return Err(e);
-                }
-                match stream.read(&mut buf) {
-                    Ok(0) => {
-                        break stream
-                            .finish()
-                            .err()
-                            .map(|e| classify("RETR", shown, e, false))
-                    }
-                    Ok(n) => {
-                        out.write_all(&buf[..n]).map_err(|e| {
-                            StageError::io(format_args!("cannot write {}", display::path(dest)), &e)
-                        })?;
-                        done += n as u64;
-                        ctx.progress(done, expected);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // The session is spent: close it so dropping the transfer does
-                        // not wait for a reply.
-                        let _ = ftp.get_ref().shutdown(Shutdown::Both);
-                        drop(stream);
-                        break Some(StageError::new(
-                            io_kind(&e),
-                            format!("RETR {shown}: the transfer broke off after {done} bytes: {e}"),
-                        ));
-                    }
-                }
-            };
-            let short = expected.is_some_and(|n| done < n);
-            if broke.is_none() && !short {
-                break;
-            }
-            let why = broke.unwrap_or_else(|| {
-                StageError::transient(format!(
-                    "RETR {shown}: the transfer ended after {done} bytes, SIZE said {}",
-                    expected.unwrap_or_default()
-                ))
-            });
-            if !(short && done > 0 && resumes < MAX_RESUMES && why.kind().is_transient()) {
-                return Err(why);
-            }
-            resumes += 1;
-            ctx.info(&format!("{}; resuming with REST {done}", why.message()));
-            let _ = ftp.get_ref().shutdown(Shutdown::Both);
-            ftp = self.connect(ctx, target)?;
-            // A file that changed meanwhile is never stitched together.
-            if self.size(&mut ftp, target, false)? != expected {
-                return Err(StageError::transient(format!(
-                    "RETR {shown}: the file changed while it was fetched"
-                )));
-            }
-        }
-        if let Some(n) = expected.filter(|&n| n != done) {
-            return Err(StageError::transient(format!(
-                "RETR {shown}: the transfer has {done} bytes, SIZE said {n}"
-            )));
-        }
-        out.commit()?;
-        self.give_back(key, ftp);
+        let mut passes = Retr {
+            owner: self,
+            target,
+            ftp,
+            expected,
+        };
+        download(
+            ctx,
+            &mut passes,
+            Download {
+                dest,
+                expected,
+                max_resumes: MAX_RESUMES,
+                limit: None,
+            },
+        )?;
+        self.give_back(key, passes.ftp);
         Ok(())
     }
 

@@ -18,17 +18,16 @@
 //! transfer leaves nothing at the destination.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::net::{
     seconds, split_userinfo, strip_port, HostPatterns, RedirectPolicy,
 };
-use stagehost_plugin_api::transfer::{Transfer, TransferProvider};
+use stagehost_plugin_api::transfer::{download, Download, Passes, Transfer, TransferProvider};
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Settings, StageError, WorkPlace};
 use ureq::Agent;
 
@@ -433,8 +432,6 @@ impl Target {
     }
 }
 
-/// How much is read between two progress reports and cancellation checks.
-const CHUNK: usize = 256 << 10;
 /// How often one transfer resumes a broken-off body before it gives up.
 const MAX_RESUMES: u32 = 3;
 
@@ -694,73 +691,34 @@ impl Shared {
             .filter(|v| !v.starts_with("W/"))
             .map(str::to_owned);
         let raw = response.into_body().into_reader();
-        let mut body: Box<dyn Read + Send> = match decode {
+        let first: Box<dyn Read + Send> = match decode {
             Some(_) => Box::new(flate2::read::MultiGzDecoder::new(raw)),
             None => Box::new(raw),
         };
-        let mut out = AtomicFile::create(&dest)?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut done = 0u64;
-        let mut resumes = 0;
-        ctx.progress(0, expected);
-        loop {
-            ctx.check()?;
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let resumed = match (&validator, expected) {
-                        (Some(v), Some(total)) if ranges && resumes < MAX_RESUMES && done > 0 => {
-                            resumes += 1;
-                            ctx.info(&format!(
-                                "GET {shown}: the body broke off after {done} bytes ({e}); resuming"
-                            ));
-                            self.resume(ctx, &target, v, (done, total))
-                        }
-                        _ => None,
-                    };
-                    match resumed {
-                        Some(rest) => {
-                            body = Box::new(rest);
-                            continue;
-                        }
-                        None => {
-                            return Err(StageError::new(
-                                io_kind(&e),
-                                format!("GET {shown}: the body broke off after {done} bytes: {e}"),
-                            ))
-                        }
-                    }
-                }
-            };
-            out.write_all(&buf[..n]).map_err(|e| {
-                StageError::io(
-                    format_args!(
-                        "cannot write {}",
-                        stagehost_plugin_api::display::path(&dest)
-                    ),
-                    &e,
-                )
-            })?;
-            done += n as u64;
-            if let Some(limit) = decode.filter(|limit| done > *limit) {
-                return Err(StageError::new(
-                    ErrorKind::Other,
-                    format!("GET {shown}: the gzip-encoded body decodes to more than {limit} bytes (max_decompressed_bytes)"),
-                ));
-            }
-            ctx.progress(done, expected);
-        }
-        if let Some(length) = expected {
-            if done != length {
-                return Err(StageError::new(
-                    ErrorKind::Transient,
-                    format!("GET {shown}: the body has {done} bytes, Content-Length said {length}"),
-                ));
-            }
-        }
-        out.commit()?;
+        let mut passes = Body {
+            shared: self,
+            target: &target,
+            first: Some(first),
+            next: None,
+            validator: validator.filter(|_| ranges),
+            total: expected,
+        };
+        let limit = decode.map(|limit| {
+            (
+                limit,
+                format!("GET {shown}: the gzip-encoded body decodes to more than {limit} bytes (max_decompressed_bytes)"),
+            )
+        });
+        download(
+            ctx,
+            &mut passes,
+            Download {
+                dest: &dest,
+                expected,
+                max_resumes: MAX_RESUMES,
+                limit,
+            },
+        )?;
         if let Some(v) = revalidator {
             stagehost_plugin_api::validators::store_for(&cache_key, &dest, ctx.working_dir(), &v);
         }
@@ -789,6 +747,74 @@ impl Shared {
         }
         ctx.progress(total, Some(total));
         Ok(())
+    }
+}
+
+/// A GET's body as [`download`] reads it: the response already received, then, after
+/// a break, the rest asked for with `Range` (only with a strong validator and
+/// `Accept-Ranges: bytes`).
+struct Body<'a> {
+    shared: &'a Shared,
+    target: &'a Target,
+    first: Option<Box<dyn Read + Send>>,
+    next: Option<Box<dyn Read + Send>>,
+    /// The validator `If-Range` carries; `None`: the body cannot resume.
+    validator: Option<String>,
+    /// The whole length, which a resumed part must end at.
+    total: Option<u64>,
+}
+
+impl Passes for Body<'_> {
+    type Body = Box<dyn Read + Send>;
+
+    fn open(&mut self, _ctx: &Context<'_>, offset: u64) -> Result<Self::Body, StageError> {
+        let body = if offset == 0 {
+            self.first.take()
+        } else {
+            self.next.take()
+        };
+        body.ok_or_else(|| {
+            StageError::new(
+                ErrorKind::Other,
+                format!(
+                    "GET {}: no body to read from byte {offset}",
+                    self.target.shown
+                ),
+            )
+        })
+    }
+
+    fn broke(&mut self, done: u64, e: std::io::Error) -> StageError {
+        StageError::new(
+            io_kind(&e),
+            format!(
+                "GET {}: the body broke off after {done} bytes: {e}",
+                self.target.shown
+            ),
+        )
+    }
+
+    fn mismatch(&self, done: u64, expected: u64) -> StageError {
+        StageError::new(
+            ErrorKind::Transient,
+            format!(
+                "GET {}: the body has {done} bytes, Content-Length said {expected}",
+                self.target.shown
+            ),
+        )
+    }
+
+    fn resume(&mut self, ctx: &Context<'_>, done: u64) -> Result<Option<String>, StageError> {
+        let (Some(validator), Some(total)) = (&self.validator, self.total) else {
+            return Ok(None);
+        };
+        Ok(self
+            .shared
+            .resume(ctx, self.target, validator, (done, total))
+            .map(|rest| {
+                self.next = Some(Box::new(rest));
+                format!("resuming with Range: bytes={done}-")
+            }))
     }
 }
 
