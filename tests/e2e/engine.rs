@@ -996,6 +996,88 @@ fn a_cancelled_run_leaves_no_command_of_its_worker_processes_running() {
     assert!(left.is_empty(), "commands outlived the run: {left:?}");
 }
 
+/// Waits (at most `secs`) until no process's command line holds `marker`; kills
+/// and names those left.
+fn none_left(marker: &str, secs: u64) -> Vec<u32> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !processes_with(marker).is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left = processes_with(marker);
+    for pid in &left {
+        // SAFETY: kill has no memory-safety preconditions; cleaning up.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    left
+}
+
+#[test]
+fn a_run_or_a_worker_killed_with_sigkill_leaves_no_command_running() {
+    // SIGKILL runs no code of ours: the reaper each engine and worker starts ends
+    // their commands' groups when they die, however they die.
+    let sandbox = Sandbox::new();
+    let local = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"sleep 3181 & sleep 3182; wait\"\n",
+    );
+    let procs = processes_config(&sandbox, 1);
+    let pilot_flow = sandbox.write(
+        "pilot.toml",
+        "[[task]]\nname = \"t\"\nexecutor = \"procs\"\ncommand = \"sleep 3183 & sleep 3184; wait\"\n",
+    );
+    for (cfg, flow, (a, b), victim) in [
+        (&local, &flow, ("sleep 3181", "sleep 3182"), "run"),
+        (&procs, &pilot_flow, ("sleep 3183", "sleep 3184"), "worker"),
+    ] {
+        let mut child = sandbox
+            .command(&stagehost_bin())
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "run",
+                flow.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while (processes_with(a).is_empty() || processes_with(b).is_empty())
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            !processes_with(b).is_empty(),
+            "the {victim}'s command never started"
+        );
+        let pid = if victim == "run" {
+            child.id()
+        } else {
+            // The worker's command line names its secret file, under the sandbox.
+            let secret = sandbox.join("wd/.stagehost/processes");
+            processes_with(&secret.to_string_lossy())
+                .into_iter()
+                .find(|&p| p != child.id())
+                .expect("the worker process")
+        };
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let left: Vec<u32> = none_left(a, 10)
+            .into_iter()
+            .chain(none_left(b, 5))
+            .collect();
+        // SAFETY: as above; the run itself, if a worker was the victim.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        assert!(
+            left.is_empty(),
+            "the {victim}'s commands outlived it: {left:?}"
+        );
+    }
+}
+
 #[test]
 fn a_pilot_workflow_runs_again_over_the_files_its_workers_staged() {
     // The node's in-task steps land files at the run's destinations: they are

@@ -21,6 +21,7 @@ use std::time::Duration;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
 
+use super::reaper::Reaper;
 use super::task::TaskFiles;
 
 /// How long a process group has between SIGTERM and SIGKILL.
@@ -82,6 +83,9 @@ pub(crate) struct Commands {
     cancel: CancelSignal,
     stragglers: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<i32>>>,
     runtime: tokio::runtime::Handle,
+    /// Kills the groups still running if this process dies (started on first use;
+    /// `None` if it could not be).
+    reaper: std::sync::Arc<std::sync::OnceLock<Option<Reaper>>>,
 }
 
 impl Commands {
@@ -90,7 +94,30 @@ impl Commands {
             cancel: CancelSignal::new()?,
             stragglers: Default::default(),
             runtime,
+            reaper: Default::default(),
         })
+    }
+
+    /// The reaper, started on the first command.
+    fn reaper(&self) -> Option<&Reaper> {
+        self.reaper
+            .get_or_init(|| match Reaper::start() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start the process that stops commands if this one is killed: {e}"
+                    );
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Group `pgid` is over: the reaper forgets it.
+    fn over(&self, pgid: i32) {
+        if let Some(Some(r)) = self.reaper.get() {
+            r.over(pgid);
+        }
     }
 
     /// Wakes every runner: their commands' groups are terminated.
@@ -102,13 +129,14 @@ impl Commands {
     /// SIGKILL after the grace period (or when the engine goes, if sooner).
     fn stop_stragglers(&self, pgid: i32) {
         if !signal_group(pgid, libc::SIGTERM) {
+            self.over(pgid);
             return;
         }
         self.stragglers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(pgid);
-        let stragglers = self.stragglers.clone();
+        let (stragglers, reaper) = (self.stragglers.clone(), self.reaper.clone());
         self.runtime.spawn(async move {
             tokio::time::sleep(KILL_GRACE).await;
             let mut groups = stragglers
@@ -116,6 +144,9 @@ impl Commands {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if groups.remove(&pgid) {
                 signal_group(pgid, libc::SIGKILL);
+                if let Some(Some(r)) = reaper.get() {
+                    r.over(pgid);
+                }
             }
         });
     }
@@ -132,6 +163,7 @@ impl Commands {
         );
         for pgid in groups {
             signal_group(pgid, libc::SIGKILL);
+            self.over(pgid);
         }
     }
 }
@@ -424,12 +456,17 @@ pub(crate) fn run(
             cmd.stderr(Stdio::piped());
         }
     }
+    // Started before the first command, so that it never holds one's pipes.
+    let reaper = commands.reaper();
     let mut child = cmd
         .spawn()
         .map_err(|e| CommandError::Setup(format!("cannot start /bin/sh: {e}")))?;
     drop(cmd); // closes our copies of the output files' descriptors
     let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
     let pgid = pid;
+    if let Some(reaper) = reaper {
+        reaper.started(pgid);
+    }
     let exit = exit_fd(pid);
     let mut stderr = child.stderr.take();
     if let Some(pipe) = &stderr {
@@ -473,6 +510,7 @@ pub(crate) fn run(
         Err(why) => {
             terminate_group(pgid, pid, KILL_GRACE);
             let _ = child.wait();
+            commands.over(pgid);
             return Err(match why {
                 Stop::Cancelled => CommandError::Cancelled,
                 Stop::TimedOut(t) => CommandError::TimedOut(t),

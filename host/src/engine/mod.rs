@@ -32,6 +32,7 @@ mod placeholders;
 mod pool;
 mod processes;
 mod protocol;
+mod reaper;
 mod slurm;
 mod task;
 

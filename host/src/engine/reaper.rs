@@ -1,0 +1,141 @@
+//! The process that ends our commands when we die: a task's command runs in a process
+//! group of its own, which a run, or a pilot's worker, stops on cancel, timeout and
+//! exit; but a process killed by SIGKILL (the OOM killer, `kill -9`, a scheduler's
+//! hard stop) runs no code. So each [`Commands`](super::command::Commands) starts one
+//! small child, the reaper, before its first command, and tells it through a pipe each
+//! group it starts and each group that is over. When the pipe's writing end closes
+//! (this process exits or is killed, however), the reaper kills every group still
+//! listed, then exits.
+//!
+//! One process per engine or worker, not per command: a command still starts on std's
+//! posix_spawn fast path, and costs the reaper one 4-byte write at its start and one
+//! at its end.
+//!
+//! Invariants: the reaper kills only groups this process started and has not yet said
+//! are over (a group id is never reused while listed); it holds no descriptor but its
+//! pipe's reading end, so it never keeps a caller's pipe or file open.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// The most groups the reaper keeps at once; beyond, a group is not listed (it is
+/// still stopped on cancel, timeout and exit, only not after a SIGKILL).
+const MAX_GROUPS: usize = 16384;
+
+/// This process's end of the reaper's pipe.
+pub(crate) struct Reaper {
+    write: Option<OwnedFd>,
+    pid: libc::pid_t,
+}
+
+impl Reaper {
+    /// Forks the reaper.
+    pub fn start() -> std::io::Result<Reaper> {
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just made by pipe2 and belong to nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let read_fd = read.as_raw_fd();
+        // SAFETY: the child makes only async-signal-safe calls (signal, dup2,
+        // close_range/close, read, kill, _exit) and allocates nothing: this process
+        // may have other threads, whose locks the child must never touch.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => unsafe { serve(read_fd) },
+            pid => {
+                drop(read);
+                Ok(Reaper {
+                    write: Some(write),
+                    pid,
+                })
+            }
+        }
+    }
+
+    /// Lists group `pgid` (started now).
+    pub fn started(&self, pgid: i32) {
+        self.say(pgid);
+    }
+
+    /// Takes group `pgid` off the list (it is over).
+    pub fn over(&self, pgid: i32) {
+        self.say(-pgid);
+    }
+
+    fn say(&self, record: i32) {
+        let bytes = record.to_ne_bytes();
+        // A pipe write of 4 bytes is atomic. If the reaper is gone the write fails
+        // (SIGPIPE is ignored): there is nothing better to do.
+        if let Some(write) = &self.write {
+            // SAFETY: writing 4 bytes from a valid buffer to a descriptor we own.
+            let _ = unsafe { libc::write(write.as_raw_fd(), bytes.as_ptr().cast(), 4) };
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Closing our end tells it to finish (every group still listed is killed);
+        // then it is reaped, so it never stays a zombie.
+        drop(self.write.take());
+        let mut status = 0;
+        // SAFETY: waiting for our own child, with a valid out-parameter.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
+
+/// The reaper's life, in the forked child.
+///
+/// # Safety
+/// Only in the child of a `fork`: async-signal-safe calls, no allocation.
+unsafe fn serve(read_fd: i32) -> ! {
+    // Neither a terminal's Ctrl-C nor a group's SIGTERM ends it before its parent:
+    // it ends when the pipe does.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        libc::signal(signal, libc::SIG_IGN);
+    }
+    libc::dup2(read_fd, 0);
+    // Every other descriptor: a caller's pipe held here would never see its end.
+    if libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32) != 0 {
+        for fd in 1..4096 {
+            libc::close(fd);
+        }
+    }
+    let mut groups = [0i32; MAX_GROUPS];
+    let mut listed = 0usize;
+    let mut record = [0u8; 4];
+    let mut have = 0usize;
+    loop {
+        let n = libc::read(0, record.as_mut_ptr().add(have).cast(), 4 - have);
+        if n == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        have += n as usize;
+        if have < 4 {
+            continue;
+        }
+        have = 0;
+        let value = i32::from_ne_bytes(record);
+        if value > 0 {
+            if listed < MAX_GROUPS {
+                groups[listed] = value;
+                listed += 1;
+            }
+        } else if let Some(at) = groups[..listed].iter().position(|&g| g == -value) {
+            listed -= 1;
+            groups[at] = groups[listed];
+        }
+    }
+    for &pgid in &groups[..listed] {
+        if pgid > 1 {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+    libc::_exit(0)
+}
