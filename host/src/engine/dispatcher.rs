@@ -171,9 +171,17 @@ impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
 
 /// Writes one message line.
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, message: &Message) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    w.write_all(&line).await?;
+    send_all(w, std::slice::from_ref(message)).await
+}
+
+/// Writes message lines in one go (one TLS record and one write for a burst of tasks).
+async fn send_all<W: AsyncWrite + Unpin>(w: &mut W, messages: &[Message]) -> std::io::Result<()> {
+    let mut lines = Vec::with_capacity(512 * messages.len());
+    for message in messages {
+        serde_json::to_writer(&mut lines, message).map_err(std::io::Error::other)?;
+        lines.push(b'\n');
+    }
+    w.write_all(&lines).await?;
     w.flush().await
 }
 
@@ -348,10 +356,10 @@ impl Dispatcher {
             else {
                 return;
             };
-            let p = state.pending.pop_front().expect("not empty");
+            let Pending { task, reply } = state.pending.pop_front().expect("not empty");
+            worker.busy.insert(task.id, reply);
             // A worker whose writer is gone is being lost: the task fails with it.
-            let _ = worker.outbox.send(Message::Task(p.task.clone()));
-            worker.busy.insert(p.task.id, p.reply);
+            let _ = worker.outbox.send(Message::Task(task));
         }
     }
 
@@ -608,6 +616,7 @@ impl Dispatcher {
             let mut beat = tokio::time::interval(heartbeat);
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             beat.tick().await;
+            let mut burst = Vec::new();
             loop {
                 let message = tokio::select! {
                     m = queued.recv() => match m {
@@ -620,9 +629,17 @@ impl Dispatcher {
                     },
                     _ = beat.tick() => Message::Heartbeat,
                 };
-                if let Err(e) = send(&mut writer, &message).await {
+                burst.push(message);
+                while burst.len() < 64 {
+                    match queued.try_recv() {
+                        Ok(m) => burst.push(m),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = send_all(&mut writer, &burst).await {
                     return Some(format!("cannot write to it: {e}"));
                 }
+                burst.clear();
             }
         };
         let read = async {
