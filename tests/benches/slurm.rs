@@ -1,6 +1,7 @@
 //! The `slurm` executor on a Slurm cluster of one node (started here, as the tests
 //! start it): TASKS `true` tasks (default 1,000) with one input each, through pilot
-//! blocks, beside the `local` executor, beside plain `sbatch --wrap true` per task
+//! blocks, beside the `local` executor, beside the same pilot without Slurm (a
+//! `processes` executor, to tell the dispatcher's cost from slurmstepd's), beside plain `sbatch --wrap true` per task
 //! (100 jobs, as it is slow), and beside Parsl's HighThroughputExecutor with its
 //! SlurmProvider running the same bash_apps (Parsl from the test virtualenv). Rates
 //! are counted once the blocks are up: from the first task's end to the last's. Prints
@@ -81,7 +82,7 @@ fn main() {
     sandbox.write(
         "stagehost.toml",
         format!(
-            "[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = {wd:?}\nworkers = {WORKERS}\n\n[executor.cluster]\nkind = \"slurm\"\nworking_dir = {wd:?}\nworkers = {WORKERS}\n\n[executor.cluster.slurm]\nblocks = 1\nwalltime = \"00:30:00\"\n\n[executor.prefetching]\nkind = \"slurm\"\nworking_dir = {wd:?}\nworkers = {WORKERS}\n\n[executor.prefetching.slurm]\nblocks = 1\nwalltime = \"00:30:00\"\nprefetch = {PREFETCH}\n",
+            "[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = {wd:?}\nworkers = {WORKERS}\n\n[executor.cluster]\nkind = \"slurm\"\nworking_dir = {wd:?}\nworkers = {WORKERS}\n\n[executor.cluster.slurm]\nblocks = 1\nwalltime = \"00:30:00\"\n\n[executor.prefetching]\nkind = \"slurm\"\nworking_dir = {wd:?}\nworkers = {WORKERS}\n\n[executor.prefetching.slurm]\nblocks = 1\nwalltime = \"00:30:00\"\nprefetch = {PREFETCH}\n\n[executor.procs]\nkind = \"processes\"\nworking_dir = {wd:?}\nworkers = {WORKERS}\n\n[executor.procs.processes]\nprefetch = {PREFETCH}\n",
             wd = sandbox.join("wd").display().to_string()
         ),
     );
@@ -96,6 +97,13 @@ fn main() {
     let (up, remote) = ours(&sandbox, &cluster, "prefetching", tasks);
     println!(
         "  slurm, prefetch = {PREFETCH}          {remote:8.1} tasks/s once up = {:.0}% of local; first task done {up:.2}s after the run began",
+        100.0 * remote / local
+    );
+    // The same pilot without Slurm: what the dispatcher and the worker cost, apart
+    // from what running under slurmstepd does.
+    let (up, remote) = ours(&sandbox, &cluster, "procs", tasks);
+    println!(
+        "  processes, prefetch = {PREFETCH}      {remote:8.1} tasks/s once up = {:.0}% of local; first task done {up:.2}s after the run began",
         100.0 * remote / local
     );
     let jobs = 100.min(tasks);
