@@ -1079,6 +1079,45 @@ fn a_run_or_a_worker_killed_with_sigkill_leaves_no_command_running() {
 }
 
 #[test]
+fn a_run_whose_reaper_was_killed_goes_on() {
+    // The reaper is a helper, never a way to end the run: with it gone, telling it of
+    // the next command fails quietly (no SIGPIPE).
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"true 3191; sleep 1; echo a > {outputs[0]}\"\noutputs = [\"a.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"a\", output = 0 }]\n",
+    );
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_with("sleep 1; echo a").is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The run's children: the task's shell and the reaper (a fork of the run).
+    let run = std::fs::read_to_string(format!("/proc/{}/cmdline", child.id())).unwrap();
+    let reapers: Vec<u32> = processes_with(&run)
+        .into_iter()
+        .filter(|&p| p != child.id())
+        .collect();
+    assert_eq!(reapers.len(), 1, "one reaper: {reapers:?}");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(reapers[0] as i32, libc::SIGKILL) };
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
 fn a_pilot_workflow_runs_again_over_the_files_its_workers_staged() {
     // The node's in-task steps land files at the run's destinations: they are
     // stagehost's own, so a second run replaces them, as with the local executor.

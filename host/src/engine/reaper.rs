@@ -2,8 +2,8 @@
 //! group of its own, which a run, or a pilot's worker, stops on cancel, timeout and
 //! exit; but a process killed by SIGKILL (the OOM killer, `kill -9`, a scheduler's
 //! hard stop) runs no code. So each [`Commands`](super::command::Commands) starts one
-//! small child, the reaper, before its first command, and tells it through a pipe each
-//! group it starts and each group that is over. When the pipe's writing end closes
+//! small child, the reaper, before its first command, and tells it through a socket each
+//! group it starts and each group that is over. When our end of the socket closes
 //! (this process exits or is killed, however), the reaper kills every group still
 //! listed, then exits.
 //!
@@ -13,7 +13,7 @@
 //!
 //! Invariants: the reaper kills only groups this process started and has not yet said
 //! are over (a group id is never reused while listed); it holds no descriptor but its
-//! pipe's reading end, so it never keeps a caller's pipe or file open.
+//! end of the socket, so it never keeps a caller's pipe or file open.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// still stopped on cancel, timeout and exit, only not after a SIGKILL).
 const MAX_GROUPS: usize = 16384;
 
-/// This process's end of the reaper's pipe.
+/// This process's end of the reaper's socket.
 pub(crate) struct Reaper {
     write: Option<OwnedFd>,
     pid: libc::pid_t,
@@ -30,12 +30,23 @@ pub(crate) struct Reaper {
 impl Reaper {
     /// Forks the reaper.
     pub fn start() -> std::io::Result<Reaper> {
+        // A socket pair rather than a pipe: a write to a reaper that is gone fails
+        // with EPIPE (MSG_NOSIGNAL) instead of raising SIGPIPE, which the CLI
+        // leaves at its default (it would end the run).
         let mut fds = [0i32; 2];
         // SAFETY: `fds` has room for two descriptors.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        } == -1
+        {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: both descriptors were just made by pipe2 and belong to nobody else.
+        // SAFETY: both descriptors were just made by socketpair and belong to nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let read_fd = read.as_raw_fd();
         // SAFETY: the child makes only async-signal-safe calls (signal, dup2,
@@ -67,11 +78,19 @@ impl Reaper {
 
     fn say(&self, record: i32) {
         let bytes = record.to_ne_bytes();
-        // A pipe write of 4 bytes is atomic. If the reaper is gone the write fails
-        // (SIGPIPE is ignored): there is nothing better to do.
+        // 4 bytes go whole (a record is read in pieces only if the stream splits it,
+        // which the reader handles). If the reaper is gone the send fails: there is
+        // nothing better to do.
         if let Some(write) = &self.write {
-            // SAFETY: writing 4 bytes from a valid buffer to a descriptor we own.
-            let _ = unsafe { libc::write(write.as_raw_fd(), bytes.as_ptr().cast(), 4) };
+            // SAFETY: sending 4 bytes from a valid buffer on a socket we own.
+            let _ = unsafe {
+                libc::send(
+                    write.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    4,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
         }
     }
 }
@@ -93,7 +112,7 @@ impl Drop for Reaper {
 /// Only in the child of a `fork`: async-signal-safe calls, no allocation.
 unsafe fn serve(read_fd: i32) -> ! {
     // Neither a terminal's Ctrl-C nor a group's SIGTERM ends it before its parent:
-    // it ends when the pipe does.
+    // it ends when the socket does.
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         libc::signal(signal, libc::SIG_IGN);
     }
