@@ -305,10 +305,20 @@ impl Workflow {
         let mut writers: HashMap<String, usize> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
             if !executors.contains(&t.executor.as_str()) {
+                // A task without `executor =` runs on "local", which a config that
+                // declares executors of its own has only if it declares it too.
+                let hint = if t.executor == crate::config::DEFAULT_EXECUTOR {
+                    format!(
+                        "; a task without `executor =` runs on {:?}: name one of those, or declare [executor.{}] in the config",
+                        t.executor, t.executor
+                    )
+                } else {
+                    String::new()
+                };
                 return Err(self.err(
                     i,
                     format!(
-                        "unknown executor {:?} (configured: {})",
+                        "unknown executor {:?} (configured: {}){hint}",
                         t.executor,
                         executors.join(", ")
                     ),
@@ -375,6 +385,13 @@ impl Workflow {
                 t.stderr.is_some(),
             )
             .map_err(|e| self.err(i, e))?;
+            for (written, meant) in crate::engine::near_misses(&t.command) {
+                tracing::warn!(
+                    "{}: task {:?}: the command holds {written}, which is not a placeholder and stays as written; did you mean {meant}?",
+                    self.location(i),
+                    t.name
+                );
+            }
         }
         topological_order(&deps).map_err(|cycle| {
             let names: Vec<&str> = cycle.iter().map(|&i| self.tasks[i].name.as_str()).collect();

@@ -503,8 +503,17 @@ impl Inner {
             attempts += 1;
             let result = self.attempt_body(spec, files, attempts > 1);
             if !self.retries_after(spec, attempts, &result) {
-                return (result, attempts);
+                return (self.settled(result), attempts);
             }
+        }
+    }
+
+    /// A failed body's error once the run was cancelled is the cancellation (a worker
+    /// stopped by it, a command killed by it), not what it did to the attempt.
+    fn settled(&self, result: BodyResult) -> BodyResult {
+        match result {
+            Err(_) if self.transfers.token.is_cancelled() => Err(BodyError::Cancelled),
+            other => other,
         }
     }
 
@@ -545,7 +554,7 @@ impl Inner {
                 .attempt_elsewhere(spec, files, executor, attempts > 1)
                 .await;
             if !self.retries_after(spec, attempts, &result) {
-                return (result, attempts);
+                return (self.settled(result), attempts);
             }
         }
     }

@@ -48,7 +48,9 @@ use tokio_util::sync::CancellationToken;
 pub use channel::WorkerKey;
 pub use error::{BodyError, StepFailure};
 pub use node::{serve_worker, WorkerOptions};
-pub use placeholders::{check as check_command, expand as expand_command, shell_quote};
+pub use placeholders::{
+    check as check_command, expand as expand_command, near_misses, shell_quote,
+};
 pub use protocol::{FEATURES as PROTOCOL_FEATURES, PROTOCOL};
 pub use stagehost_core::observer::{Observer, Silent};
 pub use stagehost_core::runner::{StageOutcome, StageRunner};

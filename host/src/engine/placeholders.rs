@@ -128,6 +128,56 @@ pub fn check(
     Ok(())
 }
 
+/// Braces in `command` that look like a placeholder mistyped (`{input[0]}`,
+/// `{inputs}`, `{outputs[0]` without its `}`, `{inputs[x]}`), each with what was
+/// probably meant: they are left as written (an awk program or `${var}` has braces
+/// too), so a caller warns about them.
+pub fn near_misses(command: &str) -> Vec<(String, String)> {
+    let valid = |after: &str| {
+        let indexed = |prefix: &str| {
+            after.strip_prefix(prefix).is_some_and(|t| {
+                let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+                digits > 0 && t[digits..].starts_with("]}")
+            })
+        };
+        after.starts_with("stdout}")
+            || after.starts_with("stderr}")
+            || indexed("inputs[")
+            || indexed("outputs[")
+    };
+    let mut found = Vec::new();
+    for (open, _) in command.match_indices('{') {
+        let after = &command[open + 1..];
+        // `${...}` is the shell's own.
+        if valid(after) || command[..open].ends_with('$') {
+            continue;
+        }
+        let word_end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let (word, tail) = after.split_at(word_end);
+        let meant = match word {
+            "input" | "inputs" => "inputs",
+            "output" | "outputs" => "outputs",
+            _ => continue,
+        };
+        let index: String = tail
+            .strip_prefix('[')
+            .map(|t| t.chars().take_while(char::is_ascii_digit).collect())
+            .unwrap_or_default();
+        let written = match after.find('}') {
+            Some(close) if close < 24 => format!("{{{}}}", &after[..close]),
+            _ => format!(
+                "{{{}",
+                &after[..after.find(char::is_whitespace).unwrap_or(after.len())]
+            ),
+        };
+        let index = if index.is_empty() { "0" } else { &index };
+        found.push((written, format!("{{{meant}[{index}]}}")));
+    }
+    found
+}
+
 /// `command` with its placeholders replaced by the quoted paths of `files`, byte for
 /// byte (a path that is not UTF-8 keeps its bytes).
 pub fn expand(command: &str, files: &TaskFiles) -> Result<OsString, String> {
@@ -196,6 +246,22 @@ mod tests {
         };
         let out = expand("cat {inputs[0]}", &files).unwrap();
         assert_eq!(out.as_bytes(), b"cat '/in/\xff.txt'");
+    }
+
+    #[test]
+    fn near_misses_are_found_and_other_braces_are_not() {
+        let found = near_misses(
+            "cat {input[1]} {inputs} > {outputs[0] ; awk '{print $1}' ${HOME} {inputs[0]} {stdout} {inputs[x]}",
+        );
+        let written: Vec<&str> = found.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(
+            written,
+            ["{input[1]}", "{inputs}", "{outputs[0]", "{inputs[x]}"]
+        );
+        assert_eq!(found[0].1, "{inputs[1]}");
+        assert_eq!(found[1].1, "{inputs[0]}");
+        assert_eq!(found[2].1, "{outputs[0]}");
+        assert!(near_misses("awk '{print $1}' ${HOME} {inputs[0]} > {stdout}").is_empty());
     }
 
     #[test]
