@@ -252,7 +252,7 @@ impl Transfers {
                         && !self.cancel.is_cancelled() =>
                 {
                     let delay = backoff(&self.config, attempt);
-                    tracing::info!(
+                    tracing::warn!(
                         "retrying {} in {:.2}s (attempt {} of {}): {e}",
                         info.url,
                         delay.as_secs_f64(),

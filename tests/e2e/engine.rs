@@ -590,7 +590,7 @@ fn a_failing_command_reports_its_exit_status_and_stderr() {
     );
     assert!(
         out.stderr
-            .contains("stagehost: task \"bad\" the command failed with exit status 7"),
+            .contains("stagehost: task \"bad\" on executor \"local\" failed: the command failed with exit status 7"),
         "{}",
         out.stderr
     );

@@ -204,7 +204,7 @@ fn a_daemon_killed_mid_transfer_is_retried_and_a_silent_one_times_out() {
         "one broken attempt, one whole: {file:#}"
     );
     assert!(
-        out.stderr.contains("attempt failed") && out.stderr.contains("transient"),
+        out.stderr.contains("retrying") && out.stderr.contains("transient"),
         "{}",
         out.stderr
     );

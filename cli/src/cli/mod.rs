@@ -92,7 +92,9 @@ impl CliError {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`); colours only on a
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`), one line an event as the
+/// command's own messages are: `stagehost: warning: ...` (as cargo writes them);
+/// at `debug` and `trace` the time and the module come first. Colours only on a
 /// terminal and without `NO_COLOR`.
 pub fn init_logging() {
     use std::io::IsTerminal;
@@ -103,8 +105,51 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .with_target(false)
+        .event_format(Lines { ansi })
         .init();
+}
+
+/// `stagehost: <level>: <message> <fields>` for each log event.
+struct Lines {
+    ansi: bool,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Lines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing::Level;
+        use tracing_subscriber::fmt::FormatFields;
+        let meta = event.metadata();
+        let (word, colour) = match *meta.level() {
+            Level::ERROR => ("error", "31"),
+            Level::WARN => ("warning", "33"),
+            Level::INFO => ("info", "32"),
+            Level::DEBUG => ("debug", "34"),
+            Level::TRACE => ("trace", "35"),
+        };
+        write!(writer, "stagehost: ")?;
+        if self.ansi {
+            write!(writer, "\x1b[{colour}m{word}\x1b[0m: ")?;
+        } else {
+            write!(writer, "{word}: ")?;
+        }
+        if *meta.level() >= Level::DEBUG {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            write!(writer, "[{:.6} {}] ", now.as_secs_f64(), meta.target())?;
+        }
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// On the first SIGINT (Ctrl-C), SIGTERM or SIGHUP, says so and calls `cancel` (work

@@ -94,13 +94,7 @@ impl Observer for Bars {
     fn task_finished(&self, report: &TaskReport) {
         self.overall.inc(1);
         if report.status != TaskStatus::Succeeded {
-            self.multi
-                .println(format!(
-                    "stagehost: task {:?} {}",
-                    report.name,
-                    report.error.as_deref().unwrap_or("failed")
-                ))
-                .ok();
+            self.multi.println(failure_line(report)).ok();
         }
     }
     fn transfer_started(
@@ -143,6 +137,21 @@ impl Drop for Bars {
     }
 }
 
+/// The one line about a task that did not succeed: its name, its executor, what
+/// became of it and why.
+fn failure_line(report: &TaskReport) -> String {
+    let what = match report.status {
+        TaskStatus::Cancelled => "was cancelled",
+        TaskStatus::DependencyFailed => "lost an input",
+        _ => "failed",
+    };
+    let why = report.error.as_deref().unwrap_or("no cause was given");
+    format!(
+        "stagehost: task {:?} on executor {:?} {what}: {why}",
+        report.name, report.executor
+    )
+}
+
 struct Lines {
     quiet: bool,
     active: Mutex<HashMap<u64, (String, Direction, std::time::Instant)>>,
@@ -152,11 +161,7 @@ impl Observer for Lines {
     fn task_finished(&self, report: &TaskReport) {
         // Failures are shown even with -q ("only the summary and errors").
         if report.status != TaskStatus::Succeeded {
-            eprintln!(
-                "stagehost: task {:?} {}",
-                report.name,
-                report.error.as_deref().unwrap_or("failed")
-            );
+            eprintln!("{}", failure_line(report));
         }
     }
     fn transfer_started(
@@ -188,7 +193,9 @@ impl Observer for Lines {
         match result {
             Ok(Some(bytes)) => eprintln!("stagehost: {verb} {url} ({bytes} bytes, {secs:.3}s)"),
             Ok(None) => eprintln!("stagehost: {verb} {url} ({secs:.3}s)"),
-            Err(e) => eprintln!("stagehost: attempt failed: {e}"),
+            // A retry says so in its own warning; the last failure is in its task's
+            // line: an attempt's end adds nothing.
+            Err(_) => {}
         }
     }
 }
