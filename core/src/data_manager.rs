@@ -85,7 +85,7 @@ pub enum StagingError {
 
 /// A failed provider call: which file, provider, executor and call, and the error.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("cannot stage {} {url}: provider {instance:?} (plugin {plugin}) on executor {executor:?}: {call}: {}: {}", direction_word(*direction), error.kind(), error.message())]
+#[error("cannot stage {} {url}: provider {instance:?} (plugin {plugin}) on executor {executor:?}: {call}: {}{}", direction_word(*direction), kind_part(error.kind()), error.message())]
 pub struct ProviderFailure {
     /// In or out.
     pub direction: Direction,
@@ -101,6 +101,15 @@ pub struct ProviderFailure {
     pub call: &'static str,
     /// The provider's error.
     pub error: StageError,
+}
+
+/// The error's kind before its message (`not found: `), or nothing when the kind says
+/// nothing more (`Other`).
+fn kind_part(kind: ErrorKind) -> String {
+    match kind {
+        ErrorKind::Other => String::new(),
+        kind => format!("{kind}: "),
+    }
 }
 
 fn direction_word(d: Direction) -> &'static str {

@@ -25,8 +25,17 @@ pub trait Observer: Send + Sync {
     ) -> Option<Arc<dyn ProgressSink>> {
         None
     }
-    /// A transfer attempt ended: bytes on success, the error line on failure.
-    fn transfer_finished(&self, _id: u64, _result: Result<Option<u64>, &str>) {}
+    /// A transfer attempt ended: what landed on success, the error line on failure.
+    fn transfer_finished(&self, _id: u64, _result: Result<Finished, &str>) {}
+}
+
+/// What a transfer that succeeded left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// The file's size, when known.
+    pub bytes: Option<u64>,
+    /// The destination already held the current file: no bytes moved.
+    pub cached: bool,
 }
 
 /// An observer that observes nothing.

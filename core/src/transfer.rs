@@ -381,7 +381,13 @@ impl Transfers {
             cached: done.cached,
         });
         match &result {
-            Ok(landed) => self.observer.transfer_finished(id, Ok(landed.bytes)),
+            Ok(landed) => self.observer.transfer_finished(
+                id,
+                Ok(crate::observer::Finished {
+                    bytes: landed.bytes,
+                    cached: landed.cached,
+                }),
+            ),
             Err(e) => self.observer.transfer_finished(id, Err(&e.to_string())),
         }
         result

@@ -288,7 +288,7 @@ fn vsftpd_serves_anonymous_get_and_stor_over_ftp_and_ftps() {
     assert_eq!(file["attempts"], 1, "{file:#}");
     let error = file["error"].as_str().unwrap();
     assert!(
-        error.contains("separate job: error: cannot secure the connection to ftps://"),
+        error.contains("separate job: cannot secure the connection to ftps://"),
         "{error}"
     );
     assert!(

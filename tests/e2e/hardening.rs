@@ -190,7 +190,7 @@ fn a_failed_rename_leaves_no_temporary_file_and_names_the_destination() {
     assert_eq!(
         out.stderr.lines().next().unwrap(),
         format!(
-            "stagehost: error: cannot stage in {}: provider \"files\" (plugin file 0.1.0) on executor \"local\": in-task step: error: cannot write {}: a directory is in the way",
+            "stagehost: error: cannot stage in {}: provider \"files\" (plugin file 0.1.0) on executor \"local\": in-task step: cannot write {}: a directory is in the way",
             input.display(),
             dest.display()
         )

@@ -397,7 +397,7 @@ fn https_trusts_the_configured_ca_and_a_bad_certificate_is_not_retried() {
     assert_eq!(file["attempts"], 1, "{file:#}");
     let error = file["error"].as_str().unwrap();
     assert!(
-        error.contains("separate job: error: cannot GET https://127.0.0.1:"),
+        error.contains("separate job: cannot GET https://127.0.0.1:"),
         "{error}"
     );
     assert!(
@@ -544,6 +544,12 @@ fn a_rerun_revalidates_and_a_304_moves_no_bytes() {
     let run = run_one_task(&sandbox, &cfg, "cat {inputs[0]}", &server.url("/etag"));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.json()["tasks"][0]["files"][0]["cached"], true);
+    // Its progress line says so too, never "staged in" with a size.
+    assert!(
+        run.stderr.contains("is current (cached, nothing moved"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(server.hits("/etag"), 3);
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "versioned\n");
     // A file changed since it was fetched is fetched again, whatever its record says.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stagehost::engine::{Observer, TaskReport, TaskStatus};
+use stagehost::observer::Finished;
 use stagehost::{Direction, ProgressSink, WorkMode};
 
 /// Chooses bars or lines from whether stderr is a terminal.
@@ -123,7 +124,7 @@ impl Observer for Bars {
             .insert(id, bar.clone());
         Some(Arc::new(BarSink(bar)))
     }
-    fn transfer_finished(&self, id: u64, _result: Result<Option<u64>, &str>) {
+    fn transfer_finished(&self, id: u64, _result: Result<Finished, &str>) {
         if let Some(bar) = self.transfers.lock().expect("bars lock").remove(&id) {
             bar.finish_and_clear();
             self.multi.remove(&bar);
@@ -177,7 +178,7 @@ impl Observer for Lines {
             .insert(id, (url.to_owned(), direction, std::time::Instant::now()));
         None
     }
-    fn transfer_finished(&self, id: u64, result: Result<Option<u64>, &str>) {
+    fn transfer_finished(&self, id: u64, result: Result<Finished, &str>) {
         let Some((url, direction, start)) = self.active.lock().expect("lines lock").remove(&id)
         else {
             return;
@@ -191,8 +192,13 @@ impl Observer for Lines {
         };
         let secs = start.elapsed().as_secs_f64();
         match result {
-            Ok(Some(bytes)) => eprintln!("stagehost: {verb} {url} ({bytes} bytes, {secs:.3}s)"),
-            Ok(None) => eprintln!("stagehost: {verb} {url} ({secs:.3}s)"),
+            Ok(Finished { cached: true, .. }) => {
+                eprintln!("stagehost: {url} is current (cached, nothing moved, {secs:.3}s)")
+            }
+            Ok(Finished {
+                bytes: Some(bytes), ..
+            }) => eprintln!("stagehost: {verb} {url} ({bytes} bytes, {secs:.3}s)"),
+            Ok(Finished { bytes: None, .. }) => eprintln!("stagehost: {verb} {url} ({secs:.3}s)"),
             // A retry says so in its own warning; the last failure is in its task's
             // line: an attempt's end adds nothing.
             Err(_) => {}
