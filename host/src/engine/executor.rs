@@ -1,6 +1,6 @@
 //! Executors: where the attempts of a task's body run.
 //!
-//! The task lifecycle (`engine/mod.rs`) plans every file, runs the separate jobs, then
+//! The task lifecycle (`engine/lifecycle.rs`) plans every file, runs the separate jobs, then
 //! asks the task's [`Executor`] about each attempt of the body: `local` runs it here,
 //! on the executor's worker threads; a pilot executor ([`Pilot`]) sends it to a worker
 //! of its blocks and awaits the result, holding no thread while it runs. A pilot
@@ -197,7 +197,15 @@ fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, En
             e.slurm.clone().unwrap_or_default(),
             run_dir,
         )),
-        _ => Arc::new(processes::Processes::new(run_dir)),
+        ExecutorKind::Processes => Arc::new(processes::Processes::new(run_dir)),
+        // A pilot kind without a scheduler arm here does not compile; `local` never
+        // gets this far.
+        ExecutorKind::Local => {
+            return Err(EngineError(format!(
+                "executor {:?}: a local executor has no blocks",
+                e.label
+            )))
+        }
     };
     let blocks = Blocks::start(
         &e.label,
