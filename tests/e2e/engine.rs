@@ -903,11 +903,17 @@ fn a_processes_executor_runs_bodies_in_worker_processes_and_leaves_none() {
             "worker process {pid} outlived the run"
         );
     }
-    // Its run directory holds the blocks' logs, and the secret only its owner reads.
+    // Its run directory keeps the blocks' logs; the secret went with the run.
     let runs: Vec<_> = std::fs::read_dir(sandbox.join("wd/.stagehost/processes"))
         .unwrap()
+        .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(runs.len(), 1);
+    assert!(runs[0].join("block-0.out").exists());
+    assert!(
+        !runs[0].join("secret").exists(),
+        "the secret outlived the run"
+    );
 }
 
 #[test]
@@ -928,6 +934,13 @@ fn a_lost_worker_process_is_named_and_its_task_retried_on_another() {
     assert!(
         out.stderr
             .contains("worker process p0 ended (killed by signal 9)"),
+        "{}",
+        out.stderr
+    );
+    // Its worker had joined, however briefly: it is not counted as one that could
+    // not start.
+    assert!(
+        !out.stderr.contains("before its worker joined"),
         "{}",
         out.stderr
     );

@@ -287,7 +287,7 @@ fn the_dry_run_shows_what_runs_on_the_submit_side_and_what_on_the_node() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
         out.stdout
-            .contains("task t (executor cluster, slurm: the body runs on a node):"),
+            .contains("task t (executor cluster, slurm: the body runs in a worker of its blocks):"),
         "{}",
         out.stdout
     );

@@ -45,6 +45,20 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     if args.dry_run {
         return dry_run(registry, &workflow, &order);
     }
+    // A report that cannot be written is a usage error found now, not after the run.
+    if let Some(path) = args.report.as_ref().filter(|p| p.as_os_str() != "-") {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(CliError::Config(ConfigError(format!(
+                "--report {}: {} is not a directory",
+                path.display(),
+                dir.display()
+            ))));
+        }
+    }
     let mut transfers = config.transfers.clone();
     if let Some(n) = args.max_transfers {
         transfers.max_concurrent = n as usize;
@@ -154,7 +168,7 @@ fn dry_run(
         if let Some(e) = pilot {
             let kind = e.kind.as_str();
             println!(
-                "task {} (executor {}, {kind}: the body runs on a node):",
+                "task {} (executor {}, {kind}: the body runs in a worker of its blocks):",
                 task.name, task.executor
             );
         } else {

@@ -215,9 +215,12 @@ impl Blocks {
             let how = self.scheduler.ended(&id).unwrap_or_else(|| "ended".into());
             let cause = format!("{noun} {id} ended ({how})");
             tracing::info!("executor {:?}: {cause}", self.label);
+            // The dispatcher saw every worker that joined, even one lost between two
+            // looks of this watcher.
+            let seen = self.dispatcher.has_joined(&id);
             let never_joined = {
                 let mut state = self.lock();
-                let never = !state.joined.contains(&id);
+                let never = !state.joined.contains(&id) && !seen;
                 if never {
                     state.failed_starts += 1;
                 }

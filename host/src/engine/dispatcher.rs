@@ -96,6 +96,8 @@ struct State {
     workers: HashMap<u64, Worker>,
     /// Why a block ended, once known (`Slurm job 42 ended (TIMEOUT)`).
     ended: HashMap<String, String>,
+    /// Every block a worker of which joined, even for a moment.
+    joined: std::collections::HashSet<String>,
     closed: bool,
 }
 
@@ -386,6 +388,11 @@ impl Dispatcher {
         blocks
     }
 
+    /// Whether a worker of `block` ever joined this run.
+    pub fn has_joined(&self, block: &str) -> bool {
+        self.lock().joined.contains(block)
+    }
+
     /// Records why `block` ended and drops its workers: their tasks fail with it.
     pub fn block_ended(&self, block: &str, cause: String) {
         let lost: Vec<u64> = {
@@ -590,6 +597,7 @@ impl Dispatcher {
             if state.closed {
                 false
             } else {
+                state.joined.insert(block.clone());
                 state.workers.insert(
                     id,
                     Worker {

@@ -58,6 +58,9 @@ impl Executor for Local {
 struct Started {
     dispatcher: Arc<dispatcher::Dispatcher>,
     blocks: Arc<dyn dispatcher::Provisioner>,
+    /// The file that gives workers the run's secret: removed once the blocks are
+    /// gone (the scripts and logs beside it stay, for a look after the run).
+    secret_file: PathBuf,
 }
 
 /// An executor whose bodies run on workers in blocks a scheduler starts (`slurm`,
@@ -121,6 +124,7 @@ impl Executor for Pilot {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(Ok(started)) = self.started.get() {
             started.blocks.shutdown();
+            let _ = std::fs::remove_file(&started.secret_file);
         }
     }
 }
@@ -215,5 +219,9 @@ fn start(e: &ExecutorRecord, config_file: Option<PathBuf>) -> Result<Started, En
         worker,
         e.workers,
     );
-    Ok(Started { dispatcher, blocks })
+    Ok(Started {
+        dispatcher,
+        blocks,
+        secret_file,
+    })
 }
