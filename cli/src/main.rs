@@ -8,12 +8,23 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away
-    // (`stagehost plugins list | head`) instead of panicking on a broken pipe.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // (`stagehost plugins list | head`). SIGPIPE stays ignored (Rust's default): a
+    // worker or a server that hangs up on a socket is an error for that connection,
+    // never the end of the run. A print to a closed stdout or stderr ends the process
+    // quietly instead, with the status a shell shows for a SIGPIPE death.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let args = cli::Args::parse();
     cli::init_logging();
     match cli::run(args) {

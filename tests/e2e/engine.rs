@@ -1131,6 +1131,86 @@ fn a_run_whose_reaper_was_killed_goes_on() {
 }
 
 #[test]
+fn a_peer_that_hangs_up_mid_handshake_never_ends_the_run() {
+    // No secret needed: TLS, a hello, the challenge read, then a reset. The run must
+    // neither die of SIGPIPE writing its refusal nor stop serving its real worker.
+    let sandbox = Sandbox::new();
+    let cfg = processes_config(&sandbox, 1);
+    let flow = sandbox.write(
+        "flow.toml",
+        "[[task]]\nname = \"t\"\nexecutor = \"procs\"\ncommand = \"true 3201; sleep 2; echo ok > {outputs[0]}\"\noutputs = [\"out.txt\"]\n",
+    );
+    let child = sandbox
+        .command(&stagehost_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_with("true 3201").is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The worker's command line names the run's address.
+    let worker = processes_with("--connect")
+        .into_iter()
+        .find(|&p| p != child.id())
+        .expect("the worker process");
+    let cmdline = std::fs::read(format!("/proc/{worker}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--connect").unwrap();
+    let port = args[at + 1].rsplit(':').next().unwrap().to_owned();
+    let script = r#"
+import socket, ssl, sys, json, struct
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+for _ in range(5):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="stagehost-run")
+    s.sendall(json.dumps({"type": "hello", "protocol": "3.0.0", "features": [], "nonce": "00" * 32, "block": "x", "host": "h", "slots": 1}).encode() + b"\n")
+    s.recv(4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"#;
+    let hung_up = std::process::Command::new("python3")
+        .args(["-c", script, &port])
+        .status()
+        .unwrap();
+    assert!(hung_up.success());
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(read(sandbox.join("out.txt")), "ok\n");
+}
+
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    // `stagehost plugins list | head -0`: no panic message, the status of a SIGPIPE.
+    let sandbox = Sandbox::new();
+    let mut child = sandbox
+        .command(&stagehost_bin())
+        .args(["plugins", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(
+        matches!(out.code, Some(0) | Some(141)),
+        "{:?} {}",
+        out.code,
+        out.stderr
+    );
+}
+
+#[test]
 fn a_pilot_workflow_runs_again_over_the_files_its_workers_staged() {
     // The node's in-task steps land files at the run's destinations: they are
     // stagehost's own, so a second run replaces them, as with the local executor.

@@ -38,12 +38,6 @@ pub fn worker(
     args: WorkerArgs,
 ) -> Result<ExitCode, CliError> {
     use std::os::unix::fs::MetadataExt;
-    // A worker writes to its run and to its log; a peer gone is an error to handle
-    // (stop the commands, exit), never a signal that kills the worker outright.
-    // SAFETY: setting a signal's disposition to ignore has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
     let meta = std::fs::metadata(&args.secret_file).map_err(|e| {
         CliError::Staging(format!(
             "cannot read the secret file {}: {e}",

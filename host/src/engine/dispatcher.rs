@@ -545,7 +545,9 @@ impl Dispatcher {
         let expected = proof(&self.key.secret, "worker", &nonce, &run_nonce);
         match lines.next::<Message>(PRE_AUTH_LIMIT).await {
             Ok(Some(Message::Proof { proof })) if same(&proof, &expected) => {}
-            _ => {
+            // An answer that is not the proof is told why; a connection that broke
+            // or ended is not written to again.
+            Ok(Some(_)) => {
                 let _ = send(
                     &mut writer,
                     &Message::Refused {
@@ -555,6 +557,8 @@ impl Dispatcher {
                 .await;
                 return Err("wrong secret".into());
             }
+            Ok(None) => return Err("it closed the connection before its proof".into()),
+            Err(e) => return Err(format!("no proof ({e})")),
         }
         let welcome = Message::Welcome {
             protocol: PROTOCOL.to_owned(),
