@@ -1039,10 +1039,22 @@ fn a_run_or_a_worker_killed_with_sigkill_leaves_no_command_running() {
         "pilot.toml",
         "[[task]]\nname = \"t\"\nexecutor = \"procs\"\ncommand = \"sleep 3183 & sleep 3184; wait\"\n",
     );
+    let group_flow = sandbox.write(
+        "group.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"sleep 3185 & sleep 3186; wait\"\n",
+    );
     for (cfg, flow, (a, b), victim) in [
         (&local, &flow, ("sleep 3181", "sleep 3182"), "run"),
         (&procs, &pilot_flow, ("sleep 3183", "sleep 3184"), "worker"),
+        // The run's whole process group, as `kill -9 -- -PGID` or a scheduler would.
+        (
+            &local,
+            &group_flow,
+            ("sleep 3185", "sleep 3186"),
+            "run's group",
+        ),
     ] {
+        use std::os::unix::process::CommandExt;
         let mut child = sandbox
             .command(&stagehost_bin())
             .args([
@@ -1053,6 +1065,7 @@ fn a_run_or_a_worker_killed_with_sigkill_leaves_no_command_running() {
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap();
         let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -1066,17 +1079,19 @@ fn a_run_or_a_worker_killed_with_sigkill_leaves_no_command_running() {
             "the {victim}'s command never started"
         );
         let pid = if victim == "run" {
-            child.id()
+            child.id() as i32
+        } else if victim == "run's group" {
+            -(child.id() as i32)
         } else {
             // The worker's command line names its secret file, under the sandbox.
             let secret = sandbox.join("wd/.stagehost/processes");
             processes_with(&secret.to_string_lossy())
                 .into_iter()
                 .find(|&p| p != child.id())
-                .expect("the worker process")
+                .expect("the worker process") as i32
         };
         // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        unsafe { libc::kill(pid, libc::SIGKILL) };
         let left: Vec<u32> = none_left(a, 10)
             .into_iter()
             .chain(none_left(b, 5))

@@ -116,6 +116,10 @@ unsafe fn serve(read_fd: i32) -> ! {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         libc::signal(signal, libc::SIG_IGN);
     }
+    // A group of its own: what kills its parent's whole group (a scheduler ending a
+    // worker's block, `kill -9 -- -PGID`, `timeout -s KILL`) does not take it along
+    // before it has done its work.
+    libc::setpgid(0, 0);
     libc::dup2(read_fd, 0);
     // Every other descriptor: a caller's pipe held here would never see its end.
     if libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32) != 0 {
