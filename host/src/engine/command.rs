@@ -138,12 +138,25 @@ impl Commands {
             .insert(pgid);
         let (stragglers, reaper) = (self.stragglers.clone(), self.reaper.clone());
         self.runtime.spawn(async move {
-            tokio::time::sleep(KILL_GRACE).await;
+            // The group is watched through its grace: once it is empty its id may be
+            // another's, so it is forgotten within 10 ms (no signal ever reaches a
+            // group that reused the id); what is left at the end is killed.
+            let until = tokio::time::Instant::now() + KILL_GRACE;
+            let mut empty = false;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if !signal_group(pgid, 0) {
+                    empty = true;
+                    break;
+                }
+            }
             let mut groups = stragglers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if groups.remove(&pgid) {
-                signal_group(pgid, libc::SIGKILL);
+                if !empty {
+                    signal_group(pgid, libc::SIGKILL);
+                }
                 if let Some(Some(r)) = reaper.get() {
                     r.over(pgid);
                 }
@@ -553,6 +566,58 @@ pub(crate) fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_that_empties_in_its_grace_is_forgotten_at_once() {
+        // Its id may be reused by anyone once it is empty: no later signal, not even
+        // the reaper's, may reach it.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let commands = Commands::new(rt.handle().clone()).unwrap();
+        let dir = std::env::temp_dir().join(format!("stagehost-cmd-grace-{}", std::process::id()));
+        let files = TaskFiles {
+            working_dir: dir.clone(),
+            ..TaskFiles::default()
+        };
+        // The straggler, orphaned, stays a zombie in its group until someone reaps
+        // it: here the test does, as a system's init would (this process becomes the
+        // orphans' parent, and reaps only that group).
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        // A straggler that ignores SIGTERM and ends by itself 300 ms later.
+        run(
+            OsStr::new("(trap '' TERM; sleep 0.3) >/dev/null 2>&1 &"),
+            &files,
+            &commands,
+            None,
+        )
+        .unwrap();
+        let listed = || {
+            commands
+                .stragglers
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let pgid = listed()[0];
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        while std::time::Instant::now() < until && !listed().is_empty() {
+            let mut status = 0;
+            // SAFETY: waitpid on a group of our own children, with a valid out-parameter.
+            unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            listed().is_empty(),
+            "forgotten long before the 2 s grace ends"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn how_a_command_ended_is_a_type_not_a_message() {
