@@ -12,8 +12,11 @@
 //! at its end.
 //!
 //! Invariants: the reaper kills only groups this process started and has not yet said
-//! are over (a group id is never reused while listed); it holds no descriptor but its
-//! end of the socket, so it never keeps a caller's pipe or file open.
+//! are over. A group is said over when its leader was reaped and the group found
+//! empty, checked every 10 ms (`command.rs`): while any member lives, even as a
+//! zombie, its id cannot be given to another group, so a listed id is ours. The
+//! reaper holds no descriptor but its end of the socket, so it never keeps a caller's
+//! pipe or file open.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
