@@ -32,8 +32,9 @@ use super::channel::{proof, random_hex, same, RunKey, HANDSHAKE_DEADLINE, LIMIT,
 use super::protocol::{self, Message, NodeResult, NodeTask, PROTOCOL};
 
 /// Connections that may wait for their proof at once; a new one beyond closes the
-/// oldest waiting (which has had the most time), so a flood of silent connections
-/// neither exhausts the run nor keeps a real worker out.
+/// oldest of those that got least far (no TLS yet, before those with TLS but no
+/// hello), so a flood of silent connections neither exhausts the run nor keeps a real
+/// worker, which gets through TLS in a moment, out.
 pub const MAX_UNAUTHENTICATED: usize = 64;
 
 /// Logs at most one line a second about refused connections (a flood must not flood
@@ -119,13 +120,21 @@ pub struct Dispatcher {
     abandon: Mutex<Option<Abandon>>,
     key: RunKey,
     /// Connections still before their proof, oldest first, with what closes each.
-    waiting: Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>,
+    waiting: Mutex<VecDeque<Waiting>>,
     heartbeat: Duration,
     address: std::net::SocketAddr,
     state: Mutex<State>,
     /// Ends the accept loop (the run is ending).
     stop: CancellationToken,
     next_conn: AtomicU64,
+}
+
+/// A connection still to prove the secret: what closes it, and how far it got (0
+/// connected, 1 through TLS, 2 said hello).
+struct Waiting {
+    conn: u64,
+    handle: tokio::task::AbortHandle,
+    progress: Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// Reads message lines from a connection, each at most a given size.
@@ -262,20 +271,40 @@ impl Dispatcher {
                 }
             };
             let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-            let handle = connections.spawn(self.clone().serve_connection(stream, conn));
+            let progress = Arc::new(std::sync::atomic::AtomicU8::new(0));
+            let handle = connections.spawn(self.clone().serve_connection(
+                stream,
+                conn,
+                progress.clone(),
+            ));
             let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
             if waiting.len() >= MAX_UNAUTHENTICATED {
-                if let Some((_, oldest)) = waiting.pop_front() {
-                    oldest.abort();
+                // The oldest of those that got least far (the queue is oldest first).
+                let least = waiting
+                    .iter()
+                    .map(|w| w.progress.load(Ordering::Relaxed))
+                    .min()
+                    .unwrap_or(0);
+                if let Some(at) = waiting
+                    .iter()
+                    .position(|w| w.progress.load(Ordering::Relaxed) == least)
+                {
+                    if let Some(closed) = waiting.remove(at) {
+                        closed.handle.abort();
+                    }
                 }
                 log_refusal(
                     &self.label,
                     &format!(
-                        "closed the oldest of {MAX_UNAUTHENTICATED} connections still to prove the secret"
+                        "closed one of {MAX_UNAUTHENTICATED} connections still to prove the secret"
                     ),
                 );
             }
-            waiting.push_back((conn, handle));
+            waiting.push_back(Waiting {
+                conn,
+                handle,
+                progress,
+            });
         }
         drop(listener);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -458,31 +487,36 @@ impl Dispatcher {
     /// Takes connection `conn` off the list of those still to prove the secret.
     fn forget_waiting(&self, conn: u64) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = waiting.iter().position(|(c, _)| *c == conn) {
+        if let Some(at) = waiting.iter().position(|w| w.conn == conn) {
             waiting.remove(at);
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream, conn: u64) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        conn: u64,
+        progress: Arc<std::sync::atomic::AtomicU8>,
+    ) {
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
-        let authenticated = match tokio::time::timeout_at(deadline, self.authenticate(stream)).await
-        {
-            Ok(Ok(joined)) => Some(joined),
-            Ok(Err(why)) => {
-                log_refusal(&self.label, &format!("refused a worker from {peer}: {why}"));
-                None
-            }
-            Err(_) => {
-                log_refusal(
-                    &self.label,
-                    &format!("refused a worker from {peer}: no proof within the deadline"),
-                );
-                None
-            }
-        };
+        let authenticated =
+            match tokio::time::timeout_at(deadline, self.authenticate(stream, &progress)).await {
+                Ok(Ok(joined)) => Some(joined),
+                Ok(Err(why)) => {
+                    log_refusal(&self.label, &format!("refused a worker from {peer}: {why}"));
+                    None
+                }
+                Err(_) => {
+                    log_refusal(
+                        &self.label,
+                        &format!("refused a worker from {peer}: no proof within the deadline"),
+                    );
+                    None
+                }
+            };
         self.forget_waiting(conn);
         if let Some(joined) = authenticated {
             self.serve_worker(joined).await;
@@ -492,13 +526,18 @@ impl Dispatcher {
     /// The TLS handshake and the mutual proof, bounded in bytes (the caller bounds
     /// the time): the worker's connection and what its hello said, or why it was
     /// refused.
-    async fn authenticate(&self, stream: tokio::net::TcpStream) -> Result<Joined, String> {
+    async fn authenticate(
+        &self,
+        stream: tokio::net::TcpStream,
+        progress: &std::sync::atomic::AtomicU8,
+    ) -> Result<Joined, String> {
         let _ = stream.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.key.server_config());
         let tls = acceptor
             .accept(stream)
             .await
             .map_err(|e| format!("no TLS handshake ({e})"))?;
+        progress.store(1, Ordering::Relaxed);
         let (reader, mut writer) = tokio::io::split(tls);
         let mut lines = Lines {
             inner: BufReader::with_capacity(16 << 10, reader),
@@ -515,6 +554,7 @@ impl Dispatcher {
         else {
             return Err("no hello".into());
         };
+        progress.store(2, Ordering::Relaxed);
         if let Err(reason) = protocol::compatible(protocol.as_deref(), version) {
             let _ = send(
                 &mut writer,
@@ -864,12 +904,22 @@ mod tests {
             secret: "11".repeat(32),
             ..key.clone()
         };
-        let e = join_run(&at, &wrong, "b2", "h", 2).unwrap_err();
+        let e = join_run(&at, &wrong, "b2", "h", 2).unwrap_err().to_string();
         assert!(e.contains("did not prove the secret"), "{e}");
         // Another run's key (what a process that took a dead run's port holds).
         let (other, _) = dispatcher();
         let e = join_run(&other.address().to_string(), &key, "b3", "h", 2).unwrap_err();
+        assert!(!e.retry, "another run is never tried again");
+        let e = e.to_string();
         assert!(e.contains("not this worker's run"), "{e}");
+        // A run that closes the connection before the proof (as when strangers crowd
+        // it) is tried again.
+        let closing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closing_at = closing.local_addr().unwrap().to_string();
+        let closer = std::thread::spawn(move || drop(closing.accept()));
+        let e = join_run(&closing_at, &key, "b5", "h", 2).unwrap_err();
+        assert!(e.retry, "{e}");
+        closer.join().unwrap();
         // An impostor that speaks plain text gets nothing it can use: the first bytes
         // a worker sends are a TLS ClientHello, never the secret.
         let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -930,6 +980,49 @@ mod tests {
         // A real worker still gets in.
         assert!(join_run(&at.to_string(), &key, "b", "h", 1).is_ok());
         drop(silent);
+        d.close();
+    }
+
+    #[test]
+    fn strangers_crowding_in_never_close_a_worker_that_got_further() {
+        // A real worker gets through TLS in a moment; strangers that never speak,
+        // however many arrive after it, are closed before it is.
+        let (d, key) = dispatcher_named("crowd");
+        let at = d.address();
+        let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+        let worker = Channel::connect(TcpStream::connect(at).unwrap(), &key, deadline).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let strangers: Vec<TcpStream> = (0..3 * MAX_UNAUTHENTICATED)
+            .filter_map(|_| TcpStream::connect(at).ok())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let nonce = "ab".repeat(32);
+        worker
+            .send(&Message::Hello {
+                version: None,
+                protocol: Some(PROTOCOL.to_owned()),
+                features: Vec::new(),
+                nonce: nonce.clone(),
+                block: "b".into(),
+                host: "h".into(),
+                slots: 1,
+            })
+            .unwrap();
+        let run_nonce =
+            match worker.receive::<Message>(PRE_AUTH_LIMIT, Some(Duration::from_secs(5))) {
+                Ok(Some(Message::Challenge { nonce, .. })) => nonce,
+                other => panic!("the worker was closed by the crowd: {other:?}"),
+            };
+        worker
+            .send(&Message::Proof {
+                proof: proof(&key.secret, "worker", &nonce, &run_nonce),
+            })
+            .unwrap();
+        assert!(matches!(
+            worker.receive::<Message>(PRE_AUTH_LIMIT, Some(Duration::from_secs(5))),
+            Ok(Some(Message::Welcome { .. }))
+        ));
+        drop(strangers);
         d.close();
     }
 

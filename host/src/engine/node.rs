@@ -51,7 +51,7 @@ pub fn serve_worker(
     runtime: tokio::runtime::Handle,
 ) -> Result<(), String> {
     let host = hostname();
-    let (channel, heartbeat) = join_run(
+    let (channel, heartbeat) = join_run_patiently(
         &options.connect,
         &options.key,
         &options.block,
@@ -144,6 +144,72 @@ pub fn serve_worker(
     ended
 }
 
+/// Why joining the run failed, and whether trying again may help (the connection
+/// broke or was closed before the proof: a run busy refusing a flood of strangers
+/// closes the oldest waiting connections, a real worker's among them).
+#[derive(Debug)]
+pub(super) struct JoinError {
+    message: String,
+    /// Another try may succeed.
+    pub(super) retry: bool,
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl JoinError {
+    fn fatal(message: impl Into<String>) -> JoinError {
+        JoinError {
+            message: message.into(),
+            retry: false,
+        }
+    }
+
+    /// An I/O error: worth another try if the connection broke, timed out or was
+    /// refused, not if the peer's TLS identity or data was wrong.
+    fn io(message: String, e: &std::io::Error) -> JoinError {
+        use std::io::ErrorKind as K;
+        let retry = matches!(
+            e.kind(),
+            K::ConnectionReset
+                | K::ConnectionAborted
+                | K::ConnectionRefused
+                | K::UnexpectedEof
+                | K::BrokenPipe
+                | K::TimedOut
+                | K::WouldBlock
+        );
+        JoinError { message, retry }
+    }
+}
+
+/// [`join_run`], tried again (with a growing pause, for at most about 30 s) while
+/// its failures are of the kind that another try may mend.
+fn join_run_patiently(
+    connect: &str,
+    key: &WorkerKey,
+    block: &str,
+    host: &str,
+    slots: usize,
+) -> Result<(Arc<Channel>, Duration), String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match join_run(connect, key, block, host, slots) {
+            Ok(joined) => return Ok(joined),
+            Err(e) if e.retry && Instant::now() + pause < until => {
+                eprintln!("stagehost worker: {e}; trying again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+}
+
 /// The worker's side of the handshake: TLS pinned to the run's certificate, then the
 /// mutual proof. The channel and the heartbeat period the run asked for.
 pub(super) fn join_run(
@@ -152,19 +218,22 @@ pub(super) fn join_run(
     block: &str,
     host: &str,
     slots: usize,
-) -> Result<(Arc<Channel>, Duration), String> {
+) -> Result<(Arc<Channel>, Duration), JoinError> {
     let sock = TcpStream::connect(connect)
-        .map_err(|e| format!("cannot connect to the run at {}: {e}", connect))?;
+        .map_err(|e| JoinError::io(format!("cannot connect to the run at {connect}: {e}"), &e))?;
     let deadline = Instant::now() + HANDSHAKE_DEADLINE;
     // Only the run whose certificate the secret file names completes this: whoever
     // holds the port after the run died does not, and this worker runs nothing.
     let channel = Arc::new(Channel::connect(sock, key, deadline).map_err(|e| {
-        format!(
-            "no secure channel to the run at {} ({e}): it is not this worker's run, or the run is gone",
-            connect
+        JoinError::io(
+            format!(
+                "no secure channel to the run at {connect} ({e}): it is not this worker's run, or the run is gone"
+            ),
+            &e,
         )
     })?);
-    let nonce = random_hex(32).map_err(|e| format!("cannot make a nonce: {e}"))?;
+    let nonce =
+        random_hex(32).map_err(|e| JoinError::fatal(format!("cannot make a nonce: {e}")))?;
     channel
         .send(&Message::Hello {
             version: None,
@@ -175,42 +244,65 @@ pub(super) fn join_run(
             host: host.to_owned(),
             slots,
         })
-        .map_err(|e| format!("cannot greet the run: {e}"))?;
+        .map_err(|e| JoinError::io(format!("cannot greet the run: {e}"), &e))?;
     let secret = &key.secret;
+    let closed = |what: &str| JoinError {
+        message: format!("the run closed the connection before {what}"),
+        retry: true,
+    };
     let run_nonce = match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline))) {
         Ok(Some(Message::Challenge {
             nonce: run_nonce,
             proof: given,
         })) if same(&given, &proof(secret, "run", &nonce, &run_nonce)) => run_nonce,
         Ok(Some(Message::Challenge { .. })) => {
-            return Err("the run did not prove the secret: it is not this worker's run".into())
+            return Err(JoinError::fatal(
+                "the run did not prove the secret: it is not this worker's run",
+            ))
         }
         Ok(Some(Message::Refused { reason })) => {
-            return Err(format!("the run refused this worker: {reason}"))
+            return Err(JoinError::fatal(format!(
+                "the run refused this worker: {reason}"
+            )))
         }
-        Ok(_) => return Err("the run did not answer the hello".into()),
-        Err(e) => return Err(format!("the run did not answer the hello: {e}")),
+        Ok(Some(_)) => return Err(JoinError::fatal("the run did not answer the hello")),
+        Ok(None) => return Err(closed("answering the hello")),
+        Err(e) => {
+            return Err(JoinError::io(
+                format!("the run did not answer the hello: {e}"),
+                &e,
+            ))
+        }
     };
     channel
         .send(&Message::Proof {
             proof: proof(secret, "worker", &nonce, &run_nonce),
         })
-        .map_err(|e| format!("cannot answer the run: {e}"))?;
+        .map_err(|e| JoinError::io(format!("cannot answer the run: {e}"), &e))?;
     let heartbeat = match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline))) {
         Ok(Some(Message::Welcome {
             protocol: theirs,
             heartbeat_secs,
             ..
         })) => {
-            protocol::compatible(Some(&theirs), None)
-                .map_err(|why| format!("the run speaks another protocol: {why}"))?;
+            protocol::compatible(Some(&theirs), None).map_err(|why| {
+                JoinError::fatal(format!("the run speaks another protocol: {why}"))
+            })?;
             Duration::from_secs_f64(heartbeat_secs.clamp(0.05, 86_400.0))
         }
         Ok(Some(Message::Refused { reason })) => {
-            return Err(format!("the run refused this worker: {reason}"))
+            return Err(JoinError::fatal(format!(
+                "the run refused this worker: {reason}"
+            )))
         }
-        Ok(_) => return Err("the run did not welcome this worker".into()),
-        Err(e) => return Err(format!("the run did not welcome this worker: {e}")),
+        Ok(Some(_)) => return Err(JoinError::fatal("the run did not welcome this worker")),
+        Ok(None) => return Err(closed("welcoming this worker")),
+        Err(e) => {
+            return Err(JoinError::io(
+                format!("the run did not welcome this worker: {e}"),
+                &e,
+            ))
+        }
     };
     Ok((channel, heartbeat))
 }
