@@ -409,6 +409,44 @@ fn a_transfer_cut_short_resumes_with_rest_and_a_stall_times_out() {
     assert_eq!(out.json()["files"][0]["bytes"], 4 << 20);
     drop(server);
 
+    // A file rewritten with the same size while it was fetched is never stitched
+    // together: no resume (its MDTM moved); the host's retry fetches it whole.
+    let changing = PyFtpd::start(
+        &root,
+        PyFtpdOptions {
+            short_first_retr: Some(1 << 20),
+            rewrite_after_short: true,
+            ..Default::default()
+        },
+    );
+    std::fs::write(root.join("changing.bin"), &data).unwrap();
+    let once = sandbox.write(
+        "once.toml",
+        "[[provider]]\nname = \"remote\"\nplugin = \"ftp\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"remote\"]\n[transfers]\nretries = 1\nbackoff_initial_ms = 10\n",
+    );
+    let out = sandbox.run(&[
+        "--config",
+        once.to_str().unwrap(),
+        "stage",
+        "in",
+        "--json",
+        &changing.url("ftp", None, "changing.bin"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the file changed while it was fetched"),
+        "{}",
+        out.stderr
+    );
+    let rewritten = std::fs::read(root.join("changing.bin")).unwrap();
+    assert_ne!(rewritten, data);
+    assert_eq!(
+        std::fs::read(sandbox.join("wd/changing.bin")).unwrap(),
+        rewritten
+    );
+    assert_eq!(out.json()["files"][0]["attempts"], 2);
+    drop(changing);
+
     // A server that never answers RETR: the read timeout ends it, nothing is left.
     let stalled = PyFtpd::start(
         &root,

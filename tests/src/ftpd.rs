@@ -38,6 +38,7 @@ p.add_argument("--key")
 p.add_argument("--no-epsv", action="store_true")
 p.add_argument("--short-first-retr", type=int, default=0)
 p.add_argument("--stall-retr", action="store_true")
+p.add_argument("--rewrite-after-short", action="store_true")
 p.add_argument("--stor-limit", type=int, default=0)
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -83,6 +84,15 @@ class Handler(base):
             with open(file, "rb") as f:
                 data = f.read(a.short_first_retr)
             self.push_dtp_data(data, isproducer=False, cmd="RETR")
+            if a.rewrite_after_short:
+                # Fault: the file is then rewritten with other bytes of the same size
+                # (and a later modification time).
+                import os
+                size = os.path.getsize(file)
+                with open(file, "wb") as f:
+                    f.write(bytes((i * 7 + 3) % 251 for i in range(size)))
+                st = os.stat(file)
+                os.utime(file, (st.st_atime, st.st_mtime + 10))
             return file
         return super().ftp_RETR(file)
 
@@ -106,6 +116,9 @@ pub struct PyFtpdOptions<'a> {
     pub short_first_retr: Option<u64>,
     /// `RETR` is never answered.
     pub stall_retr: bool,
+    /// After the short first `RETR`, the file is rewritten: other bytes, the same
+    /// size, a later modification time.
+    pub rewrite_after_short: bool,
     /// Uploads arrive at most this many bytes a second.
     pub stor_limit: Option<u64>,
 }
@@ -141,6 +154,9 @@ impl PyFtpd {
         }
         if let Some(n) = options.stor_limit {
             cmd.args(["--stor-limit", &n.to_string()]);
+        }
+        if options.rewrite_after_short {
+            cmd.arg("--rewrite-after-short");
         }
         if options.stall_retr {
             cmd.arg("--stall-retr");

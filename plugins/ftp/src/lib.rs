@@ -298,6 +298,11 @@ struct Retr<'a> {
     target: &'a Target,
     ftp: Ftp,
     expected: Option<u64>,
+    /// The file's MDTM when the fetch began: with SIZE, what must be the same for a
+    /// resume (a file rewritten with the same size is not the same file). `None`: the
+    /// server does not say, or the file is too small to be worth resuming; a break
+    /// is then an error for the host to retry whole.
+    modified: Option<String>,
 }
 
 impl Passes for Retr<'_> {
@@ -337,10 +342,16 @@ impl Passes for Retr<'_> {
     }
 
     fn resume(&mut self, ctx: &Context<'_>, done: u64) -> Result<Option<String>, StageError> {
+        let Some(modified) = self.modified.clone() else {
+            return Ok(None);
+        };
         let _ = self.ftp.get_ref().shutdown(Shutdown::Both);
         self.ftp = self.owner.connect(ctx, self.target)?;
-        // A file that changed meanwhile is never stitched together.
-        if self.owner.size(&mut self.ftp, self.target, false)? != self.expected {
+        // A file that changed meanwhile (its size or its modification time) is never
+        // stitched together.
+        let size = self.owner.size(&mut self.ftp, self.target, false)?;
+        let now = self.ftp.mdtm(&self.target.path).ok().map(|t| t.to_string());
+        if size != self.expected || now.as_deref() != Some(modified.as_str()) {
             return Err(StageError::transient(format!(
                 "RETR {}: the file changed while it was fetched",
                 self.target.shown
@@ -355,6 +366,9 @@ impl Passes for Retr<'_> {
     }
 }
 
+/// The smallest file a broken transfer resumes (smaller ones are fetched again
+/// whole by the host's retry, which costs less than asking MDTM of every file).
+const RESUMABLE_FROM: u64 = 1 << 20;
 /// How often one transfer resumes a broken-off file before it gives up.
 const MAX_RESUMES: u32 = 3;
 
@@ -648,11 +662,18 @@ impl Shared {
             }
             other => other?,
         };
+        // Only a file worth resuming is asked its MDTM (one more round trip).
+        let modified = if expected.is_some_and(|n| n >= RESUMABLE_FROM) {
+            ftp.mdtm(&target.path).ok().map(|t| t.to_string())
+        } else {
+            None
+        };
         let mut passes = Retr {
             owner: self,
             target,
             ftp,
             expected,
+            modified,
         };
         download(
             ctx,
