@@ -208,6 +208,17 @@ fn a_short_body_a_stall_and_a_redirect_loop_fail_and_leave_nothing() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("too many redirects"), "{}", out.stderr);
     no_file_left(&sandbox, "loop");
+
+    // A 206 to a request for the whole file: a part is never saved as the file.
+    let out = stage_in(&sandbox, &cfg, &server.url("/partial"));
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("sent part of the file (bytes 0-9/1000)"),
+        "{}",
+        out.stderr
+    );
+    no_file_left(&sandbox, "partial");
 }
 
 #[test]

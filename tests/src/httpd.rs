@@ -273,6 +273,13 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             ),
         },
         ("GET", ["loop"]) => respond(&mut conn, "302 Found", &[("Location", "/loop".into())], b""),
+        // A part of the file answering a request for all of it.
+        ("GET", ["partial"]) => respond(
+            &mut conn,
+            "206 Partial Content",
+            &[("Content-Range", "bytes 0-9/1000".into())],
+            &pattern(10),
+        ),
         ("GET", ["gzip"]) => respond(
             &mut conn,
             "200 OK",

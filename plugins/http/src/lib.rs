@@ -627,6 +627,18 @@ impl Shared {
                 format!("GET {shown}: {}", status_line(&response)),
             ));
         }
+        // A part of the file where all of it was asked for is never saved as the file.
+        if status == 206 {
+            let range = response
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("no Content-Range");
+            return Err(StageError::new(
+                ErrorKind::Integrity,
+                format!("GET {shown}: the server sent part of the file ({range}) where all of it was asked for"),
+            ));
+        }
         // A body is decoded only when the user asked for `compressed` (ureq decodes
         // nothing): otherwise it is saved as sent, as curl without `--compressed` does,
         // and a `.tar.gz` served with `Content-Encoding: gzip` keeps its own bytes.
