@@ -1107,16 +1107,17 @@ fn a_run_or_a_worker_killed_with_sigkill_leaves_no_command_running() {
 }
 
 #[test]
-fn a_run_whose_reaper_was_killed_goes_on() {
+fn a_run_whose_reaper_was_killed_goes_on_and_gets_another() {
     // The reaper is a helper, never a way to end the run: with it gone, telling it of
-    // the next command fails quietly (no SIGPIPE).
+    // the next command fails quietly (no SIGPIPE), and another takes its place, told
+    // of every command still running.
     let sandbox = Sandbox::new();
     let cfg = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
     let flow = sandbox.write(
         "flow.toml",
-        "[[task]]\nname = \"a\"\ncommand = \"true 3191; sleep 1; echo a > {outputs[0]}\"\noutputs = [\"a.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"a\", output = 0 }]\n",
+        "[[task]]\nname = \"a\"\ncommand = \"true 3191; sleep 1; echo a > {outputs[0]}\"\noutputs = [\"a.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]}; true 3192; sleep 30\"\ninputs = [{ task = \"a\", output = 0 }]\n",
     );
-    let child = sandbox
+    let mut child = sandbox
         .command(&stagehost_bin())
         .args([
             "--config",
@@ -1124,25 +1125,54 @@ fn a_run_whose_reaper_was_killed_goes_on() {
             "run",
             flow.to_str().unwrap(),
         ])
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while processes_with("sleep 1; echo a").is_empty() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let wait_for = |marker: &str| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while processes_with(marker).is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!processes_with(marker).is_empty(), "{marker} never started");
+    };
+    wait_for("true 3191");
     // The run's children: the task's shell and the reaper (a fork of the run).
     let run = std::fs::read_to_string(format!("/proc/{}/cmdline", child.id())).unwrap();
-    let reapers: Vec<u32> = processes_with(&run)
-        .into_iter()
-        .filter(|&p| p != child.id())
-        .collect();
-    assert_eq!(reapers.len(), 1, "one reaper: {reapers:?}");
+    let reapers = || -> Vec<u32> {
+        processes_with(&run)
+            .into_iter()
+            .filter(|&p| p != child.id())
+            .filter(|&p| {
+                // Not a zombie.
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+            })
+            .collect()
+    };
+    let first = reapers();
+    assert_eq!(first.len(), 1, "one reaper: {first:?}");
     // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(reapers[0] as i32, libc::SIGKILL) };
-    let out: Run = child.wait_with_output().unwrap().into();
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    // Task b starts: the run noticed, and another reaper stands.
+    wait_for("true 3192");
+    let second = reapers();
+    assert_eq!(second.len(), 1, "a new reaper: {second:?}");
+    assert_ne!(second, first);
+    // The run killed now: the new reaper ends b's command.
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let left = none_left("true 3192", 10);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(left.is_empty(), "b's command outlived the run: {left:?}");
+    assert!(stderr.contains("started another"), "{stderr}");
 }
 
 #[test]

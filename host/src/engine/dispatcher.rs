@@ -792,12 +792,22 @@ impl Dispatcher {
             (None, None) => format!("block {} ended", worker.block),
         };
         if !worker.busy.is_empty() {
-            tracing::warn!(
-                "executor {:?}: worker {id} on {} lost with {} task(s): {reason}",
-                self.label,
-                worker.host,
-                worker.busy.len()
-            );
+            // A run that is ending (cancelled) loses its workers on purpose.
+            if self.lock().closed {
+                tracing::debug!(
+                    "executor {:?}: worker {id} on {} stopped with {} task(s): {reason}",
+                    self.label,
+                    worker.host,
+                    worker.busy.len()
+                );
+            } else {
+                tracing::warn!(
+                    "executor {:?}: worker {id} on {} lost with {} task(s): {reason}",
+                    self.label,
+                    worker.host,
+                    worker.busy.len()
+                );
+            }
         }
         for (_, reply) in worker.busy {
             let _ = reply.send(Err(format!("worker lost: {reason}")));

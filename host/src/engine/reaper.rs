@@ -24,18 +24,28 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// still stopped on cancel, timeout and exit, only not after a SIGKILL).
 const MAX_GROUPS: usize = 16384;
 
-/// This process's end of the reaper's socket.
+/// This process's end of the reaper's socket, and the groups it was told of: a
+/// reaper that died (killed by someone) is noticed at the next record, replaced, and
+/// told again of every group still listed.
 pub(crate) struct Reaper {
-    write: Option<OwnedFd>,
+    inner: std::sync::Mutex<Inner>,
+}
+
+struct Inner {
+    child: Option<Child>,
+    listed: std::collections::HashSet<i32>,
+}
+
+/// One forked reaper: our end of its socket, and its pid.
+struct Child {
+    write: OwnedFd,
     pid: libc::pid_t,
 }
 
-impl Reaper {
-    /// Forks the reaper.
-    pub fn start() -> std::io::Result<Reaper> {
+impl Child {
+    fn start() -> std::io::Result<Child> {
         // A socket pair rather than a pipe: a write to a reaper that is gone fails
-        // with EPIPE (MSG_NOSIGNAL) instead of raising SIGPIPE, which the CLI
-        // leaves at its default (it would end the run).
+        // with EPIPE (MSG_NOSIGNAL) instead of raising SIGPIPE.
         let mut fds = [0i32; 2];
         // SAFETY: `fds` has room for two descriptors.
         if unsafe {
@@ -52,7 +62,7 @@ impl Reaper {
         // SAFETY: both descriptors were just made by socketpair and belong to nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let read_fd = read.as_raw_fd();
-        // SAFETY: the child makes only async-signal-safe calls (signal, dup2,
+        // SAFETY: the child makes only async-signal-safe calls (signal, setpgid, dup2,
         // close_range/close, read, kill, _exit) and allocates nothing: this process
         // may have other threads, whose locks the child must never touch.
         let pid = unsafe { libc::fork() };
@@ -61,12 +71,51 @@ impl Reaper {
             0 => unsafe { serve(read_fd) },
             pid => {
                 drop(read);
-                Ok(Reaper {
-                    write: Some(write),
-                    pid,
-                })
+                Ok(Child { write, pid })
             }
         }
+    }
+
+    /// Sends one record; whether it went (not: the reaper is gone).
+    fn say(&self, record: i32) -> bool {
+        let bytes = record.to_ne_bytes();
+        loop {
+            // SAFETY: sending 4 bytes from a valid buffer on a socket we own.
+            let sent = unsafe {
+                libc::send(
+                    self.write.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    4,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if sent == -1
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+                continue;
+            }
+            return sent == 4;
+        }
+    }
+
+    /// Closes our end (it kills what is still listed and exits) and reaps it.
+    fn finish(self) {
+        drop(self.write);
+        let mut status = 0;
+        // SAFETY: waiting for our own child, with a valid out-parameter.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
+
+impl Reaper {
+    /// Forks the reaper.
+    pub fn start() -> std::io::Result<Reaper> {
+        Ok(Reaper {
+            inner: std::sync::Mutex::new(Inner {
+                child: Some(Child::start()?),
+                listed: Default::default(),
+            }),
+        })
     }
 
     /// Lists group `pgid` (started now).
@@ -80,20 +129,34 @@ impl Reaper {
     }
 
     fn say(&self, record: i32) {
-        let bytes = record.to_ne_bytes();
-        // 4 bytes go whole (a record is read in pieces only if the stream splits it,
-        // which the reader handles). If the reaper is gone the send fails: there is
-        // nothing better to do.
-        if let Some(write) = &self.write {
-            // SAFETY: sending 4 bytes from a valid buffer on a socket we own.
-            let _ = unsafe {
-                libc::send(
-                    write.as_raw_fd(),
-                    bytes.as_ptr().cast(),
-                    4,
-                    libc::MSG_NOSIGNAL,
-                )
-            };
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if record > 0 {
+            inner.listed.insert(record);
+        } else {
+            inner.listed.remove(&-record);
+        }
+        // 4 bytes go whole (a record split by the stream is put together again).
+        if inner.child.as_ref().is_some_and(|c| c.say(record)) {
+            return;
+        }
+        // The reaper is gone: reap it, start another, tell it every group listed.
+        if let Some(dead) = inner.child.take() {
+            dead.finish();
+        }
+        match Child::start() {
+            Ok(child) => {
+                tracing::warn!(
+                    "the process that stops commands if this one is killed had ended; started another"
+                );
+                let all = inner.listed.iter().all(|&g| child.say(g));
+                if !all {
+                    tracing::warn!("cannot tell the new one of the running commands");
+                }
+                inner.child = Some(child);
+            }
+            Err(e) => tracing::warn!(
+                "the process that stops commands if this one is killed had ended, and cannot be started again: {e}"
+            ),
         }
     }
 }
@@ -102,10 +165,10 @@ impl Drop for Reaper {
     fn drop(&mut self) {
         // Closing our end tells it to finish (every group still listed is killed);
         // then it is reaped, so it never stays a zombie.
-        drop(self.write.take());
-        let mut status = 0;
-        // SAFETY: waiting for our own child, with a valid out-parameter.
-        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(child) = inner.child.take() {
+            child.finish();
+        }
     }
 }
 
