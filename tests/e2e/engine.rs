@@ -1213,6 +1213,17 @@ fn a_peer_that_hangs_up_mid_handshake_never_ends_the_run() {
         .collect();
     let at = args.iter().position(|a| a == "--connect").unwrap();
     let port = args[at + 1].rsplit(':').next().unwrap().to_owned();
+    // While the run lasts, its secret is readable by its owner only.
+    let secret = args.iter().position(|a| a == "--secret-file").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&args[secret + 1])
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let script = r#"
 import socket, ssl, sys, json, struct
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
