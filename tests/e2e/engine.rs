@@ -455,18 +455,7 @@ fn ctrl_c_cancels_a_run_which_exits_non_zero_with_a_summary() {
         "flow.toml",
         "[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [\"probe://h/a.bin\"]\n",
     );
-    let child = sandbox
-        .command(&stagehost_bin())
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "run",
-            flow.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&sandbox, &cfg, &flow);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !count.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -946,6 +935,31 @@ fn a_lost_worker_process_is_named_and_its_task_retried_on_another() {
     );
 }
 
+/// `stagehost --config CFG run FLOW`, started, its output piped.
+fn spawn_run(sandbox: &Sandbox, cfg: &Path, flow: &Path) -> std::process::Child {
+    sandbox
+        .command(&stagehost_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most 30 s) until a process's command line holds `marker`.
+fn wait_for_process(marker: &str) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_with(marker).is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!processes_with(marker).is_empty(), "{marker} never started");
+}
+
 /// Pids of processes whose command line holds `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -1129,14 +1143,7 @@ fn a_run_whose_reaper_was_killed_goes_on_and_gets_another() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let wait_for = |marker: &str| {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while processes_with(marker).is_empty() && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(!processes_with(marker).is_empty(), "{marker} never started");
-    };
-    wait_for("true 3191");
+    wait_for_process("true 3191");
     // The run's children: the task's shell and the reaper (a fork of the run).
     let run = std::fs::read_to_string(format!("/proc/{}/cmdline", child.id())).unwrap();
     let reapers = || -> Vec<u32> {
@@ -1160,7 +1167,7 @@ fn a_run_whose_reaper_was_killed_goes_on_and_gets_another() {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
     // Task b starts: the run noticed, and another reaper stands.
-    wait_for("true 3192");
+    wait_for_process("true 3192");
     let second = reapers();
     assert_eq!(second.len(), 1, "a new reaper: {second:?}");
     assert_ne!(second, first);
@@ -1185,22 +1192,8 @@ fn a_peer_that_hangs_up_mid_handshake_never_ends_the_run() {
         "flow.toml",
         "[[task]]\nname = \"t\"\nexecutor = \"procs\"\ncommand = \"true 3201; sleep 2; echo ok > {outputs[0]}\"\noutputs = [\"out.txt\"]\n",
     );
-    let child = sandbox
-        .command(&stagehost_bin())
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "run",
-            flow.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while processes_with("true 3201").is_empty() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let child = spawn_run(&sandbox, &cfg, &flow);
+    wait_for_process("true 3201");
     // The worker's command line names the run's address.
     let worker = processes_with("--connect")
         .into_iter()
