@@ -201,7 +201,7 @@ fn join_run_patiently(
         match join_run(connect, key, block, host, slots) {
             Ok(joined) => return Ok(joined),
             Err(e) if e.retry && Instant::now() + pause < until => {
-                eprintln!("stagehost worker: {e}; trying again");
+                tracing::warn!("{e}; trying again");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(4));
             }
