@@ -704,3 +704,77 @@ fn an_installed_tree_finds_its_plugins_wherever_it_is_mounted() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.json()["files"][0]["provider"], "file");
 }
+
+#[test]
+fn version_lists_the_build_plugin_api_and_every_plugin_found() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["version"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert!(first.starts_with("stagehost 0."), "{}", out.stdout);
+    assert!(first.contains("(commit "), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!(
+            "plugin-api {}",
+            stagehost_plugin_api::abi::API_VERSION
+        )),
+        "{}",
+        out.stdout
+    );
+    let json = sandbox.run(&["version", "--json"]).json();
+    let mut names: Vec<String> = json["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["loaded"] == true)
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, shipped_plugin_names());
+    for name in &names {
+        assert!(out.stdout.contains(&format!("  {name} ")), "{}", out.stdout);
+    }
+    // `--version` says the same build; `-V` is the short form.
+    let long = sandbox.run(&["--version"]);
+    assert_eq!(
+        long.stdout.lines().next(),
+        Some(first.trim_end_matches('\n'))
+    );
+}
+
+#[test]
+fn completions_and_man_pages_are_generated_for_every_command() {
+    let sandbox = Sandbox::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sandbox.run(&["completions", shell]);
+        assert_eq!(out.code, Some(0), "{shell}: {}", out.stderr);
+        assert!(out.stdout.contains("stagehost"), "{shell}");
+        assert!(
+            out.stdout.contains("worker"),
+            "{shell}: every command is there"
+        );
+    }
+    assert_eq!(sandbox.run(&["completions", "tcsh"]).code, Some(2));
+    let dir = sandbox.join("man");
+    let out = sandbox.run(&["man", dir.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for page in [
+        "stagehost.1",
+        "stagehost-run.1",
+        "stagehost-stage-in.1",
+        "stagehost-version.1",
+    ] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}: {text}");
+    }
+    // `man` reads them.
+    if std::path::Path::new("/usr/bin/man").exists() {
+        let shown = std::process::Command::new("man")
+            .arg(dir.join("stagehost-run.1"))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&shown.stdout).contains("--report"));
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 a staging failure; 2 a usage or config error.
 
+mod meta;
 mod plugins;
 mod progress;
 mod run;
@@ -16,7 +17,7 @@ use stagehost::{Config, ConfigError, PluginLoader, Registry};
 
 /// Stage task files through provider plugins, as Parsl's data manager does.
 #[derive(Debug, Parser)]
-#[command(name = "stagehost", version, about, long_about = None)]
+#[command(name = "stagehost", version, long_version = meta::long_version(), about, long_about = None)]
 #[command(
     after_help = "Logging: set RUST_LOG (for example RUST_LOG=debug or RUST_LOG=stagehost::plugin=info).\nExit codes: 0 success, 1 staging failure, 2 usage or config error."
 )]
@@ -43,6 +44,22 @@ enum Command {
     Config(ConfigCommand),
     /// Serve a run's tasks on this node (started by a `slurm` or `processes` executor's blocks)
     Worker(worker::WorkerArgs),
+    /// Print this build's version and commit, plugin-api's, and every plugin found with its own
+    Version {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (stagehost.1 and one per command) into DIR
+    Man {
+        /// Where the pages go (created if missing)
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,9 +218,24 @@ fn load(config: &Config, loader: &PluginLoader) -> Result<Registry, CliError> {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    // What needs no config.
+    match &args.command {
+        Command::Completions { shell } => {
+            meta::completions(*shell);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => return meta::man(dir),
+        _ => {}
+    }
     let config = Config::locate(args.config.as_deref())?;
     let loader = PluginLoader::default();
     match args.command {
+        Command::Version { json } => {
+            let (_, plugins) = Registry::discover(&config, &loader);
+            meta::version(&plugins, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Config(ConfigCommand::Show) => {
             let (_, plugins) = Registry::discover(&config, &loader);
             let declared = Registry::declared_secrets(&config, &loader, &plugins);
