@@ -27,11 +27,13 @@ fn main() -> ExitCode {
     }));
     let args = cli::Args::parse();
     cli::init_logging();
-    match cli::run(args) {
+    let code = match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("stagehost: error: {e}");
             ExitCode::from(e.exit_code())
         }
-    }
+    };
+    // A command a signal cancelled ends as shells expect of it (130 after Ctrl-C).
+    cli::cancelled_by_signal().map_or(code, ExitCode::from)
 }

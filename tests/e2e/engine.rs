@@ -464,7 +464,7 @@ fn ctrl_c_cancels_a_run_which_exits_non_zero_with_a_summary() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out: Run = child.wait_with_output().unwrap().into();
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(130), "{}", out.stderr);
     assert!(
         out.stderr.contains("stagehost: interrupted: cancelling"),
         "{}",

@@ -229,7 +229,7 @@ fn ctrl_c_on_the_run_leaves_no_block_in_the_queue() {
     // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out: Run = child.wait_with_output().unwrap().into();
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(130), "{}", out.stderr);
     assert!(
         out.stderr.contains("interrupted: cancelling"),
         "{}",

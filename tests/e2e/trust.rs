@@ -534,7 +534,7 @@ fn sigterm_during_stage_out_leaves_nothing_on_the_ftp_server() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out: Run = child.wait_with_output().unwrap().into();
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(143), "{}", out.stderr);
     assert!(out.stderr.contains("terminated"), "{}", out.stderr);
     let left: Vec<_> = std::fs::read_dir(&root)
         .unwrap()

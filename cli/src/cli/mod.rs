@@ -1,6 +1,7 @@
 //! Command-line arguments, dispatch and exit codes.
 //!
-//! Exit codes: 0 success; 1 a staging failure; 2 a usage or config error.
+//! Exit codes: 0 success; 1 a staging failure; 2 a usage or config error; 128 + the
+//! signal's number when SIGINT, SIGTERM or SIGHUP cancelled the command.
 
 mod meta;
 mod plugins;
@@ -19,7 +20,7 @@ use stagehost::{Config, ConfigError, PluginLoader, Registry};
 #[derive(Debug, Parser)]
 #[command(name = "stagehost", version, long_version = meta::long_version(), about, long_about = None)]
 #[command(
-    after_help = "Logging: set RUST_LOG (for example RUST_LOG=debug or RUST_LOG=stagehost::plugin=info).\nExit codes: 0 success, 1 staging failure, 2 usage or config error."
+    after_help = "Logging: set RUST_LOG (for example RUST_LOG=debug or RUST_LOG=stagehost::plugin=info).\nExit codes: 0 success, 1 staging failure, 2 usage or config error, 130/143/129 cancelled by SIGINT/SIGTERM/SIGHUP."
 )]
 pub struct Args {
     /// Config file (else STAGEHOST_CONFIG, ./stagehost.toml, $XDG_CONFIG_HOME/stagehost/config.toml, /etc/stagehost/config.toml, the embedded default)
@@ -169,6 +170,19 @@ where
     }
 }
 
+/// The signal that cancelled the command, if one did (0: none).
+static SIGNALLED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The exit status of a command a signal cancelled: 128 + the signal's number (130
+/// for SIGINT, 143 for SIGTERM, 129 for SIGHUP), as shells report a process the
+/// signal ended, whatever the command had to say besides.
+pub fn cancelled_by_signal() -> Option<u8> {
+    match SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        n => u8::try_from(128 + n).ok(),
+    }
+}
+
 /// On the first SIGINT (Ctrl-C), SIGTERM or SIGHUP, says so and calls `cancel` (work
 /// stops cleanly, nothing partial is left, the command ends with its summary); on a
 /// second one, exits at once with 128 + the signal's number. Call within a tokio
@@ -200,7 +214,8 @@ pub fn on_ctrl_c(cancel: impl FnOnce() + Send + 'static) {
         .await
     }
     tokio::spawn(async move {
-        let (word, _) = next(&mut streams).await;
+        let (word, number) = next(&mut streams).await;
+        SIGNALLED.store(number, std::sync::atomic::Ordering::SeqCst);
         eprintln!("stagehost: {word}: cancelling; waiting for running transfers to stop (Ctrl-C again to quit now)");
         cancel();
         let (word, number) = next(&mut streams).await;
