@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         default_hook(info)
     }));
     let args = cli::Args::parse();
-    cli::init_logging();
+    cli::init_logging(args.verbose);
     let code = match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -234,6 +234,21 @@ impl Registry {
                         None => PluginStatus::Loaded(plugin),
                     },
                 };
+                match &status {
+                    PluginStatus::Loaded(p) => tracing::debug!(
+                        "loaded plugin {} {} from {} ({})",
+                        p.name,
+                        p.version,
+                        path.display(),
+                        dir.origin
+                    ),
+                    PluginStatus::Shadowed { by, .. } => tracing::debug!(
+                        "skipped {}: a plugin of the same name loaded from {} first",
+                        path.display(),
+                        by.display()
+                    ),
+                    PluginStatus::Failed(_) => {}
+                }
                 plugins.push(PluginRecord {
                     path,
                     origin: dir.origin.clone(),

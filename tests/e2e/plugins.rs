@@ -778,3 +778,35 @@ fn completions_and_man_pages_are_generated_for_every_command() {
         assert!(String::from_utf8_lossy(&shown.stdout).contains("--report"));
     }
 }
+
+#[test]
+fn config_path_names_the_file_and_the_rule_and_v_raises_the_log_level() {
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write("site.toml", "[executor.local]\nworking_dir = \"wd\"\n");
+    let out = sandbox.run(&["--config", cfg.to_str().unwrap(), "config", "path"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("{} (found by --config)", cfg.display())
+    );
+    let shown = sandbox.run(&["--config", cfg.to_str().unwrap(), "config", "show"]);
+    assert!(
+        shown
+            .stdout
+            .starts_with(&format!("# {} (found by --config)", cfg.display())),
+        "{}",
+        shown.stdout
+    );
+    // Without RUST_LOG: quiet by default, -v says which config, -vv each plugin.
+    let quiet = sandbox.run(&["--config", cfg.to_str().unwrap(), "plugins", "check"]);
+    assert!(!quiet.stderr.contains("info:"), "{}", quiet.stderr);
+    let v = sandbox.run(&["-v", "--config", cfg.to_str().unwrap(), "plugins", "check"]);
+    assert!(
+        v.stderr.contains("stagehost: info: config: "),
+        "{}",
+        v.stderr
+    );
+    assert!(!v.stderr.contains("debug:"), "{}", v.stderr);
+    let vv = sandbox.run(&["-vv", "--config", cfg.to_str().unwrap(), "plugins", "check"]);
+    assert!(vv.stderr.contains("loaded plugin file "), "{}", vv.stderr);
+}

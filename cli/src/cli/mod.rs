@@ -26,6 +26,9 @@ pub struct Args {
     /// Config file (else STAGEHOST_CONFIG, ./stagehost.toml, $XDG_CONFIG_HOME/stagehost/config.toml, /etc/stagehost/config.toml, the embedded default)
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// More log lines: -v info, -vv debug, -vvv trace (RUST_LOG, when set, decides instead)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,8 +88,10 @@ enum StageCommand {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Print the effective config as TOML
+    /// Print the effective config as TOML, after a comment naming where it came from
     Show,
+    /// Print which config file is used and which rule found it ("embedded default" if none)
+    Path,
 }
 
 /// A failure of the whole command.
@@ -110,15 +115,17 @@ impl CliError {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`), one line an event as the
+/// Logs to stderr, filtered by `RUST_LOG` (else by `-v`: `warn` by default, `info`,
+/// `debug`, `trace`), one line an event as the
 /// command's own messages are: `stagehost: warning: ...` (as cargo writes them);
 /// at `debug` and `trace` the time and the module come first. Colours only on a
 /// terminal and without `NO_COLOR`.
-pub fn init_logging() {
+pub fn init_logging(verbose: u8) {
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let level = ["warn", "info", "debug", "trace"][usize::from(verbose.min(3))];
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -224,6 +231,22 @@ pub fn on_ctrl_c(cancel: impl FnOnce() + Send + 'static) {
     });
 }
 
+/// Where the config came from, in one line: `/etc/stagehost/config.toml (found by
+/// /etc/stagehost/config.toml)`, or the embedded default.
+fn source_line(source: &stagehost::config::ConfigSource) -> String {
+    use stagehost::config::ConfigSource;
+    match source {
+        ConfigSource::File { path, found_by, .. } => format!(
+            "{} (found by {found_by})",
+            std::path::absolute(path)
+                .unwrap_or_else(|_| path.clone())
+                .display()
+        ),
+        ConfigSource::Embedded => "embedded default (no config file found)".to_owned(),
+        other => other.name(),
+    }
+}
+
 /// Loads the config and builds the registry, logging what failed to load.
 fn load(config: &Config, loader: &PluginLoader) -> Result<Registry, CliError> {
     let registry = Registry::build(config, loader)?;
@@ -243,6 +266,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         _ => {}
     }
     let config = Config::locate(args.config.as_deref())?;
+    tracing::info!("config: {}", source_line(&config.source));
     let loader = PluginLoader::default();
     match args.command {
         Command::Version { json } => {
@@ -254,7 +278,12 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         Command::Config(ConfigCommand::Show) => {
             let (_, plugins) = Registry::discover(&config, &loader);
             let declared = Registry::declared_secrets(&config, &loader, &plugins);
+            println!("# {}", source_line(&config.source));
             print!("{}", config.to_toml_redacted(&declared));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Path) => {
+            println!("{}", source_line(&config.source));
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::List { json }) => {
