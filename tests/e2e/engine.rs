@@ -1092,6 +1092,10 @@ fn a_run_or_a_worker_killed_with_sigkill_leaves_no_command_running() {
             !processes_with(b).is_empty(),
             "the {victim}'s command never started"
         );
+        // The run tells its reaper of a command just after starting it; on a loaded
+        // machine that can come a moment after the command's own children appear
+        // (the window reaper.rs names). A command that has run for a moment:
+        std::thread::sleep(std::time::Duration::from_millis(300));
         let pid = if victim == "run" {
             child.id() as i32
         } else if victim == "run's group" {

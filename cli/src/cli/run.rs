@@ -45,6 +45,9 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     if args.dry_run {
         return dry_run(registry, &workflow, &order);
     }
+    // A file no provider of its task's executor claims (an unknown scheme, a
+    // provider missing from the order) is found now, not when its task comes up.
+    preflight(registry, &workflow, &order)?;
     // A report that cannot be written is a usage error found now, not after the run.
     if let Some(path) = args.report.as_ref().filter(|p| p.as_os_str() != "-") {
         let dir = path
@@ -148,6 +151,55 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     } else {
         Err(CliError::Staging(line))
     }
+}
+
+/// Asks each task's executor, as planning will, which provider claims each of its
+/// files; the first file none claims is a workflow error, with the schemes that
+/// executor's providers serve.
+fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Result<(), CliError> {
+    let dm = DataManager::new(registry);
+    let index = workflow.name_index();
+    for &i in order {
+        let task = &workflow.tasks[i];
+        let (ins, outs) = workflow
+            .files(i, &index)
+            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+        let all = ins
+            .iter()
+            .map(|f| (Direction::In, f))
+            .chain(outs.iter().map(|f| (Direction::Out, f)));
+        for (direction, file) in all {
+            let chosen = match direction {
+                Direction::In => dm.choose_stage_in_provider(&task.executor, file),
+                Direction::Out => dm.choose_stage_out_provider(&task.executor, file),
+            };
+            if let Err(e @ stagehost::StagingError::NoProvider { .. }) = chosen {
+                let mut schemes: Vec<&str> = registry
+                    .executors
+                    .iter()
+                    .filter(|x| x.label == task.executor)
+                    .flat_map(|x| x.order.iter())
+                    .filter_map(|name| registry.instances.iter().find(|r| &r.name == name))
+                    .filter_map(|r| r.status.as_ref().ok())
+                    .flat_map(|p| p.plugin.schemes.iter().map(String::as_str))
+                    .collect();
+                schemes.sort_unstable();
+                schemes.dedup();
+                let served = if schemes.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    schemes.join(", ")
+                };
+                return Err(CliError::Config(ConfigError(format!(
+                    "{}: task {:?}: {e}; the providers of executor {:?} serve: {served}",
+                    workflow.location(i),
+                    task.name,
+                    task.executor
+                ))));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn dry_run(

@@ -11,6 +11,10 @@
 //! posix_spawn fast path, and costs the reaper one 4-byte write at its start and one
 //! at its end.
 //!
+//! Limit: a group is listed just after its command was spawned (its id is not known
+//! before), so a process killed in that instant, microseconds on an idle machine,
+//! leaves that one command to run on.
+//!
 //! Invariants: the reaper kills only groups this process started and has not yet said
 //! are over. A group is said over when its leader was reaped and the group found
 //! empty, checked every 10 ms (`command.rs`): while any member lives, even as a
