@@ -153,6 +153,22 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     }
 }
 
+/// Task `i`'s files, its inputs (stage-in) then its outputs (stage-out).
+fn task_files(
+    workflow: &Workflow,
+    i: usize,
+    index: &std::collections::HashMap<&str, usize>,
+) -> Result<Vec<(Direction, stagehost::File)>, CliError> {
+    let (ins, outs) = workflow
+        .files(i, index)
+        .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+    Ok(ins
+        .into_iter()
+        .map(|f| (Direction::In, f))
+        .chain(outs.into_iter().map(|f| (Direction::Out, f)))
+        .collect())
+}
+
 /// Asks each task's executor, as planning will, which provider claims each of its
 /// files; the first file none claims is a workflow error, with the schemes that
 /// executor's providers serve.
@@ -161,14 +177,8 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
     let index = workflow.name_index();
     for &i in order {
         let task = &workflow.tasks[i];
-        let (ins, outs) = workflow
-            .files(i, &index)
-            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
-        let all = ins
-            .iter()
-            .map(|f| (Direction::In, f))
-            .chain(outs.iter().map(|f| (Direction::Out, f)));
-        for (direction, file) in all {
+        for (direction, file) in &task_files(workflow, i, &index)? {
+            let (direction, file) = (*direction, file);
             let chosen = match direction {
                 Direction::In => dm.choose_stage_in_provider(&task.executor, file),
                 Direction::Out => dm.choose_stage_out_provider(&task.executor, file),
@@ -226,14 +236,8 @@ fn dry_run(
         } else {
             println!("task {} (executor {}):", task.name, task.executor);
         }
-        let (ins, outs) = workflow
-            .files(i, &index)
-            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
-        let all = ins
-            .iter()
-            .map(|f| (Direction::In, f))
-            .chain(outs.iter().map(|f| (Direction::Out, f)));
-        for (direction, file) in all {
+        for (direction, file) in &task_files(workflow, i, &index)? {
+            let (direction, file) = (*direction, file);
             let word = if direction == Direction::In {
                 "in "
             } else {
