@@ -1135,18 +1135,7 @@ fn a_run_whose_reaper_was_killed_goes_on_and_gets_another() {
         "flow.toml",
         "[[task]]\nname = \"a\"\ncommand = \"true 3191; sleep 1; echo a > {outputs[0]}\"\noutputs = [\"a.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]}; true 3192; sleep 30\"\ninputs = [{ task = \"a\", output = 0 }]\n",
     );
-    let mut child = sandbox
-        .command(&stagehost_bin())
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "run",
-            flow.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&sandbox, &cfg, &flow);
     wait_for_process("true 3191");
     // The run's children: the task's shell and the reaper (a fork of the run).
     let run = std::fs::read_to_string(format!("/proc/{}/cmdline", child.id())).unwrap();

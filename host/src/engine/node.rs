@@ -246,10 +246,6 @@ pub(super) fn join_run(
         })
         .map_err(|e| JoinError::io(format!("cannot greet the run: {e}"), &e))?;
     let secret = &key.secret;
-    let closed = |what: &str| JoinError {
-        message: format!("the run closed the connection before {what}"),
-        retry: true,
-    };
     let run_nonce = match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(left(deadline))) {
         Ok(Some(Message::Challenge {
             nonce: run_nonce,
@@ -260,17 +256,11 @@ pub(super) fn join_run(
                 "the run did not prove the secret: it is not this worker's run",
             ))
         }
-        Ok(Some(Message::Refused { reason })) => {
-            return Err(JoinError::fatal(format!(
-                "the run refused this worker: {reason}"
-            )))
-        }
-        Ok(Some(_)) => return Err(JoinError::fatal("the run did not answer the hello")),
-        Ok(None) => return Err(closed("answering the hello")),
-        Err(e) => {
-            return Err(JoinError::io(
-                format!("the run did not answer the hello: {e}"),
-                &e,
+        other => {
+            return Err(not_answered(
+                other,
+                "answer the hello",
+                "answering the hello",
             ))
         }
     };
@@ -290,21 +280,35 @@ pub(super) fn join_run(
             })?;
             Duration::from_secs_f64(heartbeat_secs.clamp(0.05, 86_400.0))
         }
-        Ok(Some(Message::Refused { reason })) => {
-            return Err(JoinError::fatal(format!(
-                "the run refused this worker: {reason}"
-            )))
-        }
-        Ok(Some(_)) => return Err(JoinError::fatal("the run did not welcome this worker")),
-        Ok(None) => return Err(closed("welcoming this worker")),
-        Err(e) => {
-            return Err(JoinError::io(
-                format!("the run did not welcome this worker: {e}"),
-                &e,
+        other => {
+            return Err(not_answered(
+                other,
+                "welcome this worker",
+                "welcoming this worker",
             ))
         }
     };
     Ok((channel, heartbeat))
+}
+
+/// Why the run's answer during the handshake was not the one expected: a refusal, a
+/// wrong message, a closed connection (worth another try) or an I/O error.
+fn not_answered(
+    answer: std::io::Result<Option<Message>>,
+    did_not: &str,
+    before: &str,
+) -> JoinError {
+    match answer {
+        Ok(Some(Message::Refused { reason })) => {
+            JoinError::fatal(format!("the run refused this worker: {reason}"))
+        }
+        Ok(Some(_)) => JoinError::fatal(format!("the run did not {did_not}")),
+        Ok(None) => JoinError {
+            message: format!("the run closed the connection before {before}"),
+            retry: true,
+        },
+        Err(e) => JoinError::io(format!("the run did not {did_not}: {e}"), &e),
+    }
 }
 
 fn hostname() -> String {
