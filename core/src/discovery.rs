@@ -49,8 +49,9 @@ impl PluginDir {
 /// 2. `STAGEHOST_PLUGIN_PATH` (`:`-separated);
 /// 3. the bundled directory, if the embedding program set one
 ///    ([`set_bundled_plugin_dir`]);
-/// 4. `<exe dir>/plugins`, `<exe dir>/../lib/stagehost/plugins` (a tree installed by
-///    `scripts/install`, wherever it is mounted), then `<exe dir>`;
+/// 4. `<exe dir>/plugins`, `<exe dir>/../lib/stagehost/plugins` (an installed tree:
+///    the release tarball, a package, `scripts/install`, wherever it is mounted), then
+///    `<exe dir>` itself unless that `lib` directory exists (see [`exe_dirs`]);
 /// 5. `$XDG_DATA_HOME/stagehost/plugins`;
 /// 6. `/usr/local/lib/stagehost/plugins`;
 /// 7. `/usr/lib/stagehost/plugins`.
@@ -85,23 +86,7 @@ pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir>
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
-        dirs.push(PluginDir {
-            path: exe_dir.join("plugins"),
-            origin: "<exe dir>/plugins".into(),
-            configured: false,
-        });
-        if let Some(prefix) = exe_dir.parent() {
-            dirs.push(PluginDir {
-                path: prefix.join("lib/stagehost/plugins"),
-                origin: "<exe dir>/../lib/stagehost/plugins".into(),
-                configured: false,
-            });
-        }
-        dirs.push(PluginDir {
-            path: exe_dir,
-            origin: "<exe dir>".into(),
-            configured: false,
-        });
+        dirs.extend(exe_dirs(&exe_dir));
     }
     if let Some(data) = xdg_dir("XDG_DATA_HOME", ".local/share") {
         dirs.push(PluginDir {
@@ -122,6 +107,38 @@ pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir>
     }
     let mut seen = std::collections::HashSet::new();
     dirs.retain(|d| seen.insert(std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone())));
+    dirs
+}
+
+/// The directories beside the executable in `exe_dir`: `plugins/`, then
+/// `../lib/stagehost/plugins`; `exe_dir` itself only when there is no such `lib`
+/// directory, as in a cargo target directory where the plugins are built beside the
+/// binary. An installed tree (`/usr/bin` beside `/usr/lib/stagehost/plugins`) never has
+/// its `bin` searched: other programs' libraries live there (`/usr/bin/ld.so`).
+fn exe_dirs(exe_dir: &Path) -> Vec<PluginDir> {
+    let mut dirs = vec![PluginDir {
+        path: exe_dir.join("plugins"),
+        origin: "<exe dir>/plugins".into(),
+        configured: false,
+    }];
+    let installed = exe_dir
+        .parent()
+        .map(|prefix| prefix.join("lib/stagehost/plugins"));
+    let in_installed_tree = installed.as_deref().is_some_and(Path::is_dir);
+    if let Some(path) = installed {
+        dirs.push(PluginDir {
+            path,
+            origin: "<exe dir>/../lib/stagehost/plugins".into(),
+            configured: false,
+        });
+    }
+    if !in_installed_tree {
+        dirs.push(PluginDir {
+            path: exe_dir.to_path_buf(),
+            origin: "<exe dir>".into(),
+            configured: false,
+        });
+    }
     dirs
 }
 
@@ -308,6 +325,31 @@ mod tests {
         assert!(is_plugin_file_name(Path::new("libfoo.dylib")));
         assert!(!is_plugin_file_name(Path::new("libfoo.so.1")));
         assert!(!is_plugin_file_name(Path::new("libfoo.rlib")));
+    }
+
+    #[test]
+    fn an_installed_trees_bin_directory_is_not_searched() {
+        let root = tempfile::tempdir().unwrap();
+        let origins = |exe_dir: &Path| -> Vec<(String, PathBuf)> {
+            exe_dirs(exe_dir)
+                .into_iter()
+                .map(|d| (d.origin, d.path))
+                .collect()
+        };
+        // A cargo target directory: the plugins sit beside the binary.
+        let build = root.path().join("target/release");
+        std::fs::create_dir_all(&build).unwrap();
+        assert!(origins(&build).contains(&("<exe dir>".into(), build.clone())));
+        // /usr/bin beside /usr/lib/stagehost/plugins: bin holds other programs' files.
+        let bin = root.path().join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(root.path().join("usr/lib/stagehost/plugins")).unwrap();
+        let found = origins(&bin);
+        assert!(found.iter().all(|(o, _)| o != "<exe dir>"), "{found:?}");
+        assert!(found.contains(&(
+            "<exe dir>/../lib/stagehost/plugins".into(),
+            root.path().join("usr/lib/stagehost/plugins")
+        )));
     }
 
     #[test]

@@ -468,5 +468,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(set_bundled_plugin_dir, m)?)?;
     m.add("PLUGIN_API_VERSION", stagehost_plugin_api::abi::API_VERSION)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

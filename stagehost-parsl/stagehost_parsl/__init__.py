@@ -16,6 +16,7 @@ the ``stagehost`` CLI finds them.
 
 from ._errors import StagingError, ZipAuthorityError
 from ._host import PLUGIN_DIR, resolve_config
+from ._native import __version__
 from ._staging import InTaskStaging, StagehostStaging
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "StagehostStaging",
     "StagingError",
     "ZipAuthorityError",
+    "__version__",
     "resolve_config",
 ]

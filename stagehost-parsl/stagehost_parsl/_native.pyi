@@ -3,6 +3,7 @@
 from typing import Optional
 
 PLUGIN_API_VERSION: str
+__version__: str
 
 def locate_config() -> Optional[str]: ...
 def redact_url(url: str) -> str: ...

@@ -15,6 +15,15 @@ from conftest import ROOT, Nginx, stagehost_config
 from stagehost_parsl import PLUGIN_DIR, InTaskStaging, StagehostStaging, StagingError
 
 
+def test_the_version_is_the_installed_distributions() -> None:
+    import importlib.metadata
+
+    import stagehost_parsl
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", stagehost_parsl.__version__)
+    assert stagehost_parsl.__version__ == importlib.metadata.version("stagehost-parsl")
+
+
 def test_the_plugins_listing_is_the_clis(tmp_path: Path) -> None:
     cfg = tmp_path / "stagehost.toml"
     cfg.write_text(stagehost_config(tmp_path))
