@@ -175,7 +175,7 @@ pub fn digest(algorithm: Algorithm, path: &Path) -> Result<String, StageError> {
     let mut sha512 = Sha512::new();
     let mut sha1 = Sha1::new();
     let mut md5 = Md5::new();
-    let (mut a, mut b) = (1u32, 0u32);
+    let mut adler = adler2::Adler32::new();
     loop {
         let n = file.read(&mut buf).map_err(|e| {
             StageError::io(
@@ -192,30 +192,16 @@ pub fn digest(algorithm: Algorithm, path: &Path) -> Result<String, StageError> {
             Algorithm::Sha512 => sha512.update(chunk),
             Algorithm::Sha1 => sha1.update(chunk),
             Algorithm::Md5 => md5.update(chunk),
-            Algorithm::Adler32 => {
-                // Sums stay below 2^32 for 5552 bytes, zlib's NMAX.
-                for block in chunk.chunks(5552) {
-                    for &byte in block {
-                        a += u32::from(byte);
-                        b += a;
-                    }
-                    a %= 65521;
-                    b %= 65521;
-                }
-            }
+            Algorithm::Adler32 => adler.write_slice(chunk),
         }
     }
     Ok(match algorithm {
-        Algorithm::Sha256 => hex(&sha256.finalize()),
-        Algorithm::Sha512 => hex(&sha512.finalize()),
-        Algorithm::Sha1 => hex(&sha1.finalize()),
-        Algorithm::Md5 => hex(&md5.finalize()),
-        Algorithm::Adler32 => format!("{:08x}", (b << 16) | a),
+        Algorithm::Sha256 => format!("{:x}", sha256.finalize()),
+        Algorithm::Sha512 => format!("{:x}", sha512.finalize()),
+        Algorithm::Sha1 => format!("{:x}", sha1.finalize()),
+        Algorithm::Md5 => format!("{:x}", md5.finalize()),
+        Algorithm::Adler32 => format!("{:08x}", adler.checksum()),
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

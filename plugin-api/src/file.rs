@@ -221,7 +221,7 @@ pub fn redact_url(url: &str) -> String {
                     out.push('&');
                 }
                 match pair.split_once('=') {
-                    Some((key, _)) if crate::display::is_secret_name(&percent_decode(key)) => {
+                    Some((key, _)) if crate::display::is_secret_name(&query_key(key)) => {
                         out.push_str(key);
                         out.push_str("=***");
                     }
@@ -267,33 +267,13 @@ pub fn userinfo_span(url: &str) -> Option<(usize, usize)> {
     Some((start, at))
 }
 
-/// `%XX` sequences decoded (lossily), for comparing query keys.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A query key decoded as a form field's name (`+` is a space, `%XX` a byte), for
+/// comparing it with secret names.
+fn query_key(key: &str) -> String {
+    form_urlencoded::parse(key.as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default()
 }
 
 /// Splits `scheme:rest` the way Python's `urlsplit` does: a scheme is a letter followed

@@ -35,29 +35,13 @@ pub fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
     }
 }
 
-/// `%XX` escapes decoded; a `%` not followed by two hex digits is kept. Bytes that
-/// do not form UTF-8 become U+FFFD.
+/// `%XX` escapes decoded; a `%` not followed by two hex digits is kept, and `+` is
+/// kept (a URL's path and userinfo are not form-encoded; a query is, see
+/// [`crate::file::redact_url`]). Bytes that do not form UTF-8 become U+FFFD.
 pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `host:port` without the port (`[::1]:80` keeps its brackets).

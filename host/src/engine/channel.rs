@@ -61,25 +61,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Random bytes from the OS, as hex.
-pub fn random_hex(n: usize) -> io::Result<String> {
-    let mut bytes = vec![0u8; n];
+/// 32 random bytes from the OS, as 64 hex digits.
+pub fn random_hex() -> io::Result<String> {
+    let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(hex(&bytes))
+    Ok(format!("{:x}", sha2::digest::generic_array::GenericArray::from(bytes)))
 }
 
 impl RunKey {
     /// A fresh secret, key and certificate.
     pub fn generate() -> io::Result<RunKey> {
-        let secret = random_hex(32)?;
+        let secret = random_hex()?;
         let certified = rcgen::generate_simple_self_signed(vec!["stagehost-run".to_owned()])
             .map_err(io::Error::other)?;
         let cert: CertificateDer<'static> = certified.cert.der().clone();
-        let fingerprint = hex(&Sha256::digest(cert.as_ref()));
+        let fingerprint = format!("{:x}", Sha256::digest(cert.as_ref()));
         let key = PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
         let server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -145,7 +141,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let seen = hex(&Sha256::digest(end_entity.as_ref()));
+        let seen = format!("{:x}", Sha256::digest(end_entity.as_ref()));
         if same(&seen, &self.fingerprint) {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
@@ -208,7 +204,7 @@ pub fn proof(secret: &str, who: &str, worker_nonce: &str, run_nonce: &str) -> St
         mac.update(&(part.len() as u64).to_le_bytes());
         mac.update(part.as_bytes());
     }
-    hex(&mac.finalize().into_bytes())
+    format!("{:x}", mac.finalize().into_bytes())
 }
 
 /// One TLS connection, readable by one thread and writable by any.

@@ -574,7 +574,7 @@ impl Dispatcher {
                 .unwrap_or_default(),
             features.join(", ")
         );
-        let run_nonce = random_hex(32).map_err(|e| format!("cannot make a nonce: {e}"))?;
+        let run_nonce = random_hex().map_err(|e| format!("cannot make a nonce: {e}"))?;
         let challenge = Message::Challenge {
             proof: proof(&self.key.secret, "run", &nonce, &run_nonce),
             nonce: run_nonce.clone(),

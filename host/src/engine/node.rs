@@ -233,7 +233,7 @@ pub(super) fn join_run(
         )
     })?);
     let nonce =
-        random_hex(32).map_err(|e| JoinError::fatal(format!("cannot make a nonce: {e}")))?;
+        random_hex().map_err(|e| JoinError::fatal(format!("cannot make a nonce: {e}")))?;
     channel
         .send(&Message::Hello {
             version: None,

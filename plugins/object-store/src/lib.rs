@@ -347,10 +347,6 @@ fn md5_etag(etag: &str) -> Option<String> {
         .then(|| bare.to_ascii_lowercase())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Shared {
     /// The client for `target`'s bucket or container, made on first use.
     fn store(&self, target: &Target) -> Result<Arc<dyn ObjectStore>, StageError> {
@@ -653,7 +649,7 @@ impl Shared {
             ));
         }
         if let (Some(expected), Some(md5)) = (etag_md5, md5) {
-            let got = hex(&md5::Digest::finalize(md5));
+            let got = format!("{:x}", md5::Digest::finalize(md5));
             if got != expected {
                 return Err(StageError::new(
                     ErrorKind::Integrity,
