@@ -256,8 +256,7 @@ pub fn check_ownership(real: &Path, meta: &std::fs::Metadata, what: &str) -> Res
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me && meta.uid() != 0 {
             return Err(Refusal(format!(
                 "refused: {what} is owned by uid {}, not by you (uid {me}) or root",

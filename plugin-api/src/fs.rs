@@ -65,18 +65,14 @@ const SUFFIX: &str = ".part";
 fn host_tag() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
-        let mut buf = [0u8; 256];
         #[cfg(unix)]
-        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates or
-        // truncates within it.
-        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+        let name = rustix::system::uname().nodename().to_bytes().to_vec();
         #[cfg(not(unix))]
-        let ok = false;
-        let raw = if ok {
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-            &buf[..end]
-        } else {
+        let name = Vec::new();
+        let raw = if name.is_empty() {
             &b"host"[..]
+        } else {
+            &name[..]
         };
         raw.iter()
             .filter(|b| b.is_ascii_alphanumeric() || **b == b'.')
@@ -131,12 +127,14 @@ fn temp_owner(name: &OsStr) -> Option<u32> {
 fn process_exists(pid: u32) -> bool {
     #[cfg(unix)]
     {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
+        let Some(pid) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
             return true;
         };
-        // SAFETY: signal 0 only probes for the process; nothing is sent.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        // Signal 0 only probes for the process; nothing is sent.
+        rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH)
     }
     #[cfg(not(unix))]
     {
@@ -211,29 +209,12 @@ fn check_destination(dest: &Path) -> Result<(), StageError> {
 fn rename_noreplace(temp: &Path, dest: &Path) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        };
-        let (from, to) = (c(temp)?, c(dest)?);
-        // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as the
-        // process would.
-        let r = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                libc::AT_FDCWD,
-                to.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-            return Err(e);
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        match renameat_with(CWD, temp, CWD, dest, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // A file system or kernel without RENAME_NOREPLACE: the fallback below.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     match std::fs::hard_link(temp, dest) {

@@ -20,7 +20,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +64,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn random_hex() -> io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(format!("{:x}", sha2::digest::generic_array::GenericArray::from(bytes)))
+    Ok(format!(
+        "{:x}",
+        sha2::digest::generic_array::GenericArray::from(bytes)
+    ))
 }
 
 impl RunKey {
@@ -362,17 +364,17 @@ impl Channel {
                     .as_millis()
                     .min(i32::MAX as u128) as i32,
             };
-            let mut fd = libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            match unsafe { libc::poll(&mut fd, 1, ms) } {
-                -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-                -1 => return Err(io::Error::last_os_error()),
-                0 => return Ok(false),
-                _ => return Ok(true),
+            use rustix::event::{PollFd, PollFlags, Timespec};
+            let mut fd = [PollFd::new(&self.sock, PollFlags::IN)];
+            let timeout = (ms >= 0).then(|| Timespec {
+                tv_sec: i64::from(ms / 1000),
+                tv_nsec: i64::from(ms % 1000) * 1_000_000,
+            });
+            match rustix::event::poll(&mut fd, timeout.as_ref()) {
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
             }
         }
     }

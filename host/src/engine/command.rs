@@ -12,7 +12,9 @@
 //! - captured stderr is bounded: only its tail is kept, for the error line.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::process::{Pid, Signal};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Stdio;
@@ -71,9 +73,17 @@ fn output_file(path: &Path) -> Result<(AtomicFile, Stdio), String> {
 }
 
 /// Sends `signal` to process group `pgid`; whether the group still existed.
-pub(crate) fn signal_group(pgid: i32, signal: i32) -> bool {
-    // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
-    pgid > 1 && unsafe { libc::kill(-pgid, signal) } == 0
+pub(crate) fn signal_group(pgid: i32, signal: Signal) -> bool {
+    pgid > 1
+        && Pid::from_raw(pgid)
+            .is_some_and(|group| rustix::process::kill_process_group(group, signal).is_ok())
+}
+
+/// Whether process group `pgid` still has a member (signal 0: nothing is sent).
+pub(crate) fn group_exists(pgid: i32) -> bool {
+    pgid > 1
+        && Pid::from_raw(pgid)
+            .is_some_and(|group| rustix::process::test_kill_process_group(group).is_ok())
 }
 
 /// What the engine's command runners share: the cancel pipe that wakes every runner
@@ -128,7 +138,7 @@ impl Commands {
     /// Stops what a finished shell left in its group `pgid`, if anything: SIGTERM now,
     /// SIGKILL after the grace period (or when the engine goes, if sooner).
     fn stop_stragglers(&self, pgid: i32) {
-        if !signal_group(pgid, libc::SIGTERM) {
+        if !signal_group(pgid, Signal::TERM) {
             self.over(pgid);
             return;
         }
@@ -145,7 +155,7 @@ impl Commands {
             let mut empty = false;
             while tokio::time::Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                if !signal_group(pgid, 0) {
+                if !group_exists(pgid) {
                     empty = true;
                     break;
                 }
@@ -155,7 +165,7 @@ impl Commands {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if groups.remove(&pgid) {
                 if !empty {
-                    signal_group(pgid, libc::SIGKILL);
+                    signal_group(pgid, Signal::KILL);
                 }
                 if let Some(Some(r)) = reaper.get() {
                     r.over(pgid);
@@ -175,7 +185,7 @@ impl Commands {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         for pgid in groups {
-            signal_group(pgid, libc::SIGKILL);
+            signal_group(pgid, Signal::KILL);
             self.over(pgid);
         }
     }
@@ -198,18 +208,8 @@ struct CancelSignal {
 
 impl CancelSignal {
     pub fn new() -> std::io::Result<CancelSignal> {
-        let mut fds = [0; 2];
-        // SAFETY: pipe(2) fills two descriptors into a valid array.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are ours alone.
-        let (reader, writer) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        for fd in [&reader, &writer] {
-            // SAFETY: fcntl on a descriptor we own: children must not inherit it.
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
+        // Close-on-exec: children must not inherit either end.
+        let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         Ok(CancelSignal {
             reader,
             writer,
@@ -220,13 +220,12 @@ impl CancelSignal {
     /// Raises the flag: one byte, never read, keeps the read end readable for good.
     pub fn raise(&self) {
         if !self.raised.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            // SAFETY: writing one byte from a valid buffer to a descriptor we own.
-            let _ = unsafe { libc::write(self.writer.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+            let _ = rustix::io::write(&self.writer, b"x");
         }
     }
 
-    fn fd(&self) -> i32 {
-        self.reader.as_raw_fd()
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.reader.as_fd()
     }
 }
 
@@ -235,10 +234,7 @@ impl CancelSignal {
 fn exit_fd(pid: i32) -> Option<OwnedFd> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        // SAFETY: a non-negative result is a descriptor we now own.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty()).ok()
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -247,26 +243,19 @@ fn exit_fd(pid: i32) -> Option<OwnedFd> {
     }
 }
 
-/// Waits until one of `fds` is readable or `timeout` passes (None: forever). Returns
-/// the `revents` of each.
-fn wait_readable(fds: &[i32], timeout: Option<Duration>) -> Vec<i16> {
-    let mut polled: Vec<libc::pollfd> = fds
+/// Waits until one of `fds` is readable (or hung up) or `timeout` passes (None:
+/// forever). Returns which are.
+fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut polled: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
         .collect();
-    let ms = timeout.map_or(-1, |t| {
-        i32::try_from(t.as_millis().max(1)).unwrap_or(i32::MAX)
-    });
-    // SAFETY: `polled` is a valid array of pollfd for its length.
-    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
-    if n <= 0 {
-        return vec![0; fds.len()];
+    let timeout = timeout.and_then(|t| Timespec::try_from(t.max(Duration::from_millis(1))).ok());
+    match rustix::event::poll(&mut polled, timeout.as_ref()) {
+        Ok(n) if n > 0 => polled.iter().map(|p| !p.revents().is_empty()).collect(),
+        _ => vec![false; fds.len()],
     }
-    polled.iter().map(|p| p.revents).collect()
 }
 
 /// Reads what `pipe` has now into `tail`; false once it reached end-of-file or failed.
@@ -284,52 +273,42 @@ fn drain(pipe: &mut std::process::ChildStderr, tail: &mut Tail) -> bool {
     }
 }
 
-fn set_nonblocking(fd: i32) {
-    // SAFETY: fcntl on a descriptor we own; flags are read then written back.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+fn set_nonblocking(fd: BorrowedFd<'_>) {
+    if let Ok(flags) = rustix::fs::fcntl_getfl(fd) {
+        let _ = rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK);
     }
 }
 
 /// The child's exit status if it has exited; it stays unreaped (a zombie keeps its
 /// process group id reserved) unless `reap`.
 fn exited(pid: i32, reap: bool) -> Option<std::process::ExitStatus> {
+    use rustix::process::{WaitId, WaitIdOptions};
     use std::os::unix::process::ExitStatusExt;
-    // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WNOHANG | if reap { 0 } else { libc::WNOWAIT };
-    // SAFETY: waitid on our own child with a valid out-parameter.
-    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
-    // SAFETY: si_pid is valid to read once waitid returned 0.
-    if r != 0 || unsafe { info.si_pid() } == 0 {
-        return None;
+    let mut options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    if !reap {
+        options |= WaitIdOptions::NOWAIT;
     }
-    // SAFETY: as above; si_status and si_code describe the exit.
-    let (code, status) = unsafe { (info.si_code, info.si_status()) };
-    Some(if code == libc::CLD_EXITED {
-        std::process::ExitStatus::from_raw((status & 0xff) << 8)
-    } else {
-        std::process::ExitStatus::from_raw(status & 0x7f)
+    let status = rustix::process::waitid(WaitId::Pid(Pid::from_raw(pid)?), options).ok()??;
+    Some(match status.exit_status() {
+        Some(code) => std::process::ExitStatus::from_raw((code & 0xff) << 8),
+        None => std::process::ExitStatus::from_raw(status.terminating_signal().unwrap_or(0) & 0x7f),
     })
 }
 
 /// SIGTERM to the group, then SIGKILL once `grace` has passed if anything is left;
 /// reaps the leader `pid` meanwhile, so its zombie does not keep the group alive.
 fn terminate_group(pgid: i32, pid: i32, grace: Duration) {
-    if !signal_group(pgid, libc::SIGTERM) {
+    if !signal_group(pgid, Signal::TERM) {
         return;
     }
     let deadline = std::time::Instant::now() + grace;
     loop {
         exited(pid, true);
-        if !signal_group(pgid, 0) {
+        if !group_exists(pgid) {
             return;
         }
         if std::time::Instant::now() >= deadline {
-            signal_group(pgid, libc::SIGKILL);
+            signal_group(pgid, Signal::KILL);
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -483,7 +462,7 @@ pub(crate) fn run(
     let exit = exit_fd(pid);
     let mut stderr = child.stderr.take();
     if let Some(pipe) = &stderr {
-        set_nonblocking(pipe.as_raw_fd());
+        set_nonblocking(pipe.as_fd());
     }
     let mut tail = Tail::default();
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
@@ -498,8 +477,8 @@ pub(crate) fn run(
             }
         }
         let mut fds = vec![commands.cancel.fd()];
-        fds.extend(stderr.as_ref().map(|p| p.as_raw_fd()));
-        fds.extend(exit.as_ref().map(|fd| fd.as_raw_fd()));
+        fds.extend(stderr.as_ref().map(|p| p.as_fd()));
+        fds.extend(exit.as_ref().map(|fd| fd.as_fd()));
         // Without a pidfd, look again every few milliseconds.
         let wait = match (deadline, &exit) {
             (Some(at), Some(_)) => Some(at - now),
@@ -508,10 +487,10 @@ pub(crate) fn run(
             (None, None) => Some(Duration::from_millis(5)),
         };
         let ready = wait_readable(&fds, wait);
-        if ready[0] != 0 {
+        if ready[0] {
             break Err(Stop::Cancelled);
         }
-        if stderr.is_some() && ready[1] != 0 {
+        if stderr.is_some() && ready[1] {
             let open = stderr.as_mut().is_some_and(|p| drain(p, &mut tail));
             if !open {
                 stderr = None;
@@ -543,7 +522,7 @@ pub(crate) fn run(
             if left.is_zero() {
                 break;
             }
-            wait_readable(&[pipe.as_raw_fd()], Some(left));
+            wait_readable(&[pipe.as_fd()], Some(left));
         }
     }
     for file in written {
@@ -585,8 +564,7 @@ mod tests {
         // The straggler, orphaned, stays a zombie in its group until someone reaps
         // it: here the test does, as a system's init would (this process becomes the
         // orphans' parent, and reaps only that group).
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
         // A straggler that ignores SIGTERM and ends by itself 300 ms later.
         run(
             OsStr::new("(trap '' TERM; sleep 0.3) >/dev/null 2>&1 &"),
@@ -607,9 +585,10 @@ mod tests {
         let pgid = listed()[0];
         let until = std::time::Instant::now() + Duration::from_millis(1500);
         while std::time::Instant::now() < until && !listed().is_empty() {
-            let mut status = 0;
-            // SAFETY: waitpid on a group of our own children, with a valid out-parameter.
-            unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
+            let _ = rustix::process::waitpgid(
+                Pid::from_raw(pgid).unwrap(),
+                rustix::process::WaitOptions::NOHANG,
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(

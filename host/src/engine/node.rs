@@ -232,8 +232,7 @@ pub(super) fn join_run(
             &e,
         )
     })?);
-    let nonce =
-        random_hex().map_err(|e| JoinError::fatal(format!("cannot make a nonce: {e}")))?;
+    let nonce = random_hex().map_err(|e| JoinError::fatal(format!("cannot make a nonce: {e}")))?;
     channel
         .send(&Message::Hello {
             version: None,

@@ -112,8 +112,7 @@ impl Scheduler for Processes {
                 if matches!(child.try_wait(), Ok(None)) {
                     // The worker's whole group: the worker and the commands it runs.
                     let group = i32::try_from(child.id()).unwrap_or(0);
-                    // SAFETY: killpg has no memory-safety preconditions.
-                    unsafe { libc::killpg(group, libc::SIGTERM) };
+                    super::command::signal_group(group, rustix::process::Signal::TERM);
                     stopping.push(id.clone());
                 }
             }
@@ -130,8 +129,7 @@ impl Scheduler for Processes {
             }
             if matches!(child.try_wait(), Ok(None)) {
                 let group = i32::try_from(child.id()).unwrap_or(0);
-                // SAFETY: as above.
-                unsafe { libc::killpg(group, libc::SIGKILL) };
+                super::command::signal_group(group, rustix::process::Signal::KILL);
                 let _ = child.wait();
             }
         }

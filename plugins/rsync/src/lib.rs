@@ -616,21 +616,21 @@ fn spawn_reader(
 
 /// SIGTERM to the child's process group (rsync and its ssh), SIGKILL after 2 s.
 fn stop(child: &mut Child) {
-    let group = child.id() as i32;
-    // SAFETY: signalling the process group this child leads.
-    unsafe { libc::kill(-group, libc::SIGTERM) };
+    use rustix::process::{kill_process_group, Pid, Signal};
+    let Some(group) = i32::try_from(child.id()).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    let _ = kill_process_group(group, Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             // The leader is gone; make sure nothing of its group lingers.
-            // SAFETY: as above.
-            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = kill_process_group(group, Signal::KILL);
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let _ = kill_process_group(group, Signal::KILL);
     let _ = child.wait();
 }
 

@@ -213,8 +213,7 @@ fn open_sidecar(
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if !meta.is_file() {
         return Ok(Err(StageError::new(
             ErrorKind::Permission,
@@ -248,8 +247,8 @@ impl Sidecars {
     /// create it, an existing one read-only, else none.
     fn open(path: &Path, write: bool) -> Result<Sidecars, StageError> {
         let lock_path = sidecar(path, ".lock");
-        // SAFETY: geteuid has no preconditions.
-        let archive_owner = std::fs::metadata(path).map_or(unsafe { libc::geteuid() }, |m| m.uid());
+        let archive_owner =
+            std::fs::metadata(path).map_or(rustix::process::geteuid().as_raw(), |m| m.uid());
         let failed = |e: std::io::Error| {
             StageError::io(
                 format_args!("cannot open the lock file {}", display::path(&lock_path)),
