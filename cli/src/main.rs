@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         default_hook(info)
     }));
     let args = cli::Args::parse();
-    cli::init_logging(args.verbose);
+    cli::init_logging(args.verbose, args.log_format);
+    cli::progress::set_stats_interval(args.stats);
     let code = match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -83,6 +83,17 @@ pub enum StagingError {
     Provider(Box<ProviderFailure>),
 }
 
+impl StagingError {
+    /// Its class for scripts: a provider's error kind; a file no provider claims is
+    /// `other` (the workflow's error, caught before the run).
+    pub fn class(&self) -> crate::report::FailureClass {
+        match self {
+            StagingError::Provider(f) => crate::report::FailureClass::of(f.error.kind()),
+            _ => crate::report::FailureClass::Other,
+        }
+    }
+}
+
 /// A failed provider call: which file, provider, executor and call, and the error.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot stage {} {url}: provider {instance:?} (plugin {plugin}) on executor {executor:?}: {call}: {}{}", direction_word(*direction), kind_part(error.kind()), error.message())]

@@ -30,6 +30,63 @@ pub enum TaskStatus {
     Cancelled,
 }
 
+/// What kind of failure a file met, for scripts: the report's `error_class` and the
+/// command's exit code (README's "Exit codes"), as rclone sorts its exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The source does not exist: exit 3.
+    NotFound,
+    /// Access refused (credentials, permissions): exit 4.
+    Permission,
+    /// The bytes were wrong (a checksum or size mismatch): exit 5.
+    Integrity,
+    /// A failure that may pass, still failing after the retries: exit 6.
+    Transient,
+    /// Anything else: exit 1.
+    Other,
+}
+
+impl FailureClass {
+    /// The class of a provider's error kind.
+    pub fn of(kind: stagehost_plugin_api::ErrorKind) -> FailureClass {
+        use stagehost_plugin_api::ErrorKind as K;
+        match kind {
+            K::NotFound => FailureClass::NotFound,
+            K::Permission => FailureClass::Permission,
+            K::Integrity => FailureClass::Integrity,
+            K::Transient | K::TimedOut => FailureClass::Transient,
+            _ => FailureClass::Other,
+        }
+    }
+
+    /// The exit code of a command whose failures all have this class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            FailureClass::NotFound => 3,
+            FailureClass::Permission => 4,
+            FailureClass::Integrity => 5,
+            FailureClass::Transient => 6,
+            FailureClass::Other => 1,
+        }
+    }
+
+    /// The exit code of a command that failed: the class every failure shares, else 1
+    /// (a failure with no class, such as a command's exit, counts as another class).
+    pub fn exit_code_of(failures: impl IntoIterator<Item = Option<FailureClass>>) -> u8 {
+        let mut shared: Option<FailureClass> = None;
+        for class in failures {
+            let class = class.unwrap_or(FailureClass::Other);
+            match shared {
+                None => shared = Some(class),
+                Some(s) if s == class => {}
+                Some(_) => return 1,
+            }
+        }
+        shared.map_or(1, FailureClass::exit_code)
+    }
+}
+
 /// What happened to one file: of a task (`run`), or of a `stage` command.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReport {
@@ -63,6 +120,10 @@ pub struct FileReport {
     pub cached: bool,
     /// The error, if it failed.
     pub error: Option<String>,
+    /// The error's class (`not_found`, `permission`, `integrity`, `transient`,
+    /// `other`), if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<FailureClass>,
 }
 
 impl FileReport {
@@ -83,7 +144,15 @@ impl FileReport {
             deduplicated: false,
             cached: false,
             error: None,
+            error_class: None,
         }
+    }
+
+    /// Records that it failed with `e`.
+    pub fn fail(&mut self, e: &crate::data_manager::StagingError) {
+        self.ok = false;
+        self.error = Some(e.to_string());
+        self.error_class = Some(e.class());
     }
 
     /// Whether bytes moved for it: work ran and succeeded, and the destination did not

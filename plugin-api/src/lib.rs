@@ -16,8 +16,9 @@
 //! # Writing a provider, from an empty directory to a dropped-in plugin
 //!
 //! **1. `Cargo.toml`.** A provider is a `cdylib` crate that depends on this crate alone
-//! (add `serde` if it has settings). The crate is not on a registry: depend on it by
-//! path (a checkout of the stagehost repository) or by git:
+//! (add `serde` if it has settings). Depend on it by version, `"0.1"`: a plugin built
+//! against any 0.1.x loads in every host of the 0.1 line. (The crate packs for
+//! crates.io; until it is published there, add `path` or `git` to the version.)
 //!
 //! ```toml
 //! [package]
@@ -29,13 +30,13 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! stagehost-plugin-api = { path = "../stagehost/plugin-api" }
-//! # or: stagehost-plugin-api = { git = "https://<your stagehost repository>", tag = "v0.1.2" }
+//! stagehost-plugin-api = { version = "0.1", path = "../stagehost/plugin-api" }
+//! # published: stagehost-plugin-api = "0.1"
 //! serde = { version = "1", features = ["derive"] }
 //!
 //! # The test kit (step 4), for `cargo test` only:
 //! [dev-dependencies]
-//! stagehost-plugin-api = { path = "../stagehost/plugin-api", features = ["testing"] }
+//! stagehost-plugin-api = { version = "0.1", path = "../stagehost/plugin-api", features = ["testing"] }
 //!
 //! # A plugin crate outside a workspace says so:
 //! [workspace]

@@ -205,7 +205,7 @@ fn a_provider_error_reaches_the_task_and_names_the_file() {
     let cfg = config(&sandbox, "[[provider]]\nname = \"broken\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], fail_with = \"not-found\" }\n");
     let flow = "[[task]]\nname = \"t\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [\"probe://h/missing.txt\"]\noutputs = [\"out.txt\"]\n\n[[task]]\nname = \"after\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"t\" }]\n";
     let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     let t = task(&report, "t");
     assert_eq!(t["status"], "failed");
     assert_eq!(
@@ -332,7 +332,7 @@ fn transient_errors_are_retried_with_backoff_and_permanent_ones_are_not() {
         "[transfers]\nretries = 1\nbackoff_initial_ms = 10\n[[provider]]\nname = \"flaky\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], fail_times = 5 }\n",
     );
     let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(6));
     let f = &task(&report, "t")["files"][0];
     assert_eq!(f["attempts"], 2);
     assert!(
@@ -354,7 +354,7 @@ fn a_transfer_past_its_timeout_fails_and_leaves_no_file() {
     let flow =
         "[[task]]\nname = \"t\"\ncommand = \"cat {inputs[0]}\"\ninputs = [\"probe://h/big.bin\"]\n";
     let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(6));
     // The provider may see its deadline first ("deadline passed"), or the host's timer
     // may fire first ("no result within 0.300s"): both are this transfer timing out.
     let error = task(&report, "t")["files"][0]["error"]
@@ -757,7 +757,7 @@ fn a_task_input_with_a_checksum_is_verified_once_fetched() {
         "f".repeat(64)
     );
     let (out, report) = run_workflow(&sandbox, &cfg, &flow, &[]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(5));
     assert_eq!(task(&report, "good")["status"], "succeeded");
     assert_eq!(read(sandbox.join("good.txt")), "data");
     let bad = task(&report, "bad");

@@ -144,7 +144,7 @@ fn pyftpdlib_anonymous_and_user_logins_binary_both_ways_on_its_own_port() {
         &cfg,
         &server.url("ftp", Some("alice:wrong-guess"), "pub/other.txt"),
     );
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     let error = file["error"].as_str().unwrap();
     assert!(
         error.contains("separate job: permission denied: cannot log in to ftp://alice:***@"),
@@ -159,7 +159,7 @@ fn pyftpdlib_anonymous_and_user_logins_binary_both_ways_on_its_own_port() {
 
     // A missing file: one line saying so, and nothing written.
     let out = stage_in(&sandbox, &cfg, &server.url("ftp", None, "pub/missing.txt"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     assert!(
         error_of(&out).contains(&format!(
             "separate job: not found: cannot SIZE {}: the server replied 550",
@@ -188,7 +188,7 @@ fn pyftpdlib_anonymous_and_user_logins_binary_both_ways_on_its_own_port() {
         &local,
         &server.url("ftp", None, "no/such/dir/result.txt"),
     );
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(error_of(&out).contains("cannot STOR"), "{}", error_of(&out));
     assert!(error_of(&out).contains("is kept"), "{}", error_of(&out));
     assert_eq!(std::fs::read(&local).unwrap(), data);
@@ -246,7 +246,7 @@ fn vsftpd_serves_anonymous_get_and_stor_over_ftp_and_ftps() {
     );
 
     let out = stage_in(&sandbox, &cfg, &plain.url("ftp", "pub/missing.bin"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     assert!(
         error_of(&out).contains("not found: cannot SIZE"),
         "{}",
@@ -275,7 +275,7 @@ fn vsftpd_serves_anonymous_get_and_stor_over_ftp_and_ftps() {
 
     // Plain ftp:// to a server that demands TLS is refused, as a login error.
     let out = stage_in(&sandbox, &cfg, &secure.url("ftp", "pub/data.bin"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(
         error_of(&out).contains("cannot log in to"),
         "{}",
@@ -460,7 +460,7 @@ fn a_transfer_cut_short_resumes_with_rest_and_a_stall_times_out() {
         "[[provider]]\nname = \"remote\"\nplugin = \"ftp\"\nsettings = { read_timeout_secs = 0.5 }\n[executor.local]\nworking_dir = \"wd2\"\nstaging = [\"remote\"]\n[transfers]\nretries = 1\nbackoff_initial_ms = 10\n",
     );
     let (out, file) = run_one(&sandbox, &cfg, &stalled.url("ftp", None, "big.bin"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     let error = file["error"].as_str().unwrap();
     assert!(
         error.contains("separate job: timed out: cannot RETR"),

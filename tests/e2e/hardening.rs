@@ -163,7 +163,7 @@ fn a_failed_rename_leaves_no_temporary_file_and_names_the_destination() {
         "in",
         input.to_str().unwrap(),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     let dest = sandbox.join("wd/in.txt");
     // Refused before anything is written: the directory is not stagehost's to replace.
     assert_eq!(
@@ -618,7 +618,7 @@ fn userinfo_and_credential_parameters_never_reach_any_output() {
         "[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [\"https://u:hunter2@127.0.0.1:9/in?token=hunter2\"]\n",
     );
     let out = sandbox.run(&["run", flow.to_str().unwrap(), "--report", "-"]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(6));
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(!all.contains("hunter2"), "{all}");
     assert_eq!(
@@ -830,7 +830,7 @@ fn a_checksum_of_an_unknown_algorithm_is_an_error_and_sha1_is_verified() {
         "in",
         &url("sha1=0000000000000000000000000000000000000000"),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
     assert!(
         out.stderr.contains("integrity: checksum mismatch"),
         "{}",

@@ -80,7 +80,7 @@ fn nginx_serves_get_and_takes_a_webdav_put() {
 
     // A missing file is an error, and nginx's 404 page never becomes the file.
     let out = stage_in(&sandbox, &cfg, &nginx.url("/missing.bin"));
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(3));
     assert!(
         out.stderr.contains(&format!(
             "separate job: not found: GET {}: HTTP 404 Not Found",
@@ -194,13 +194,13 @@ fn a_short_body_a_stall_and_a_redirect_loop_fail_and_leave_nothing() {
     let server = FaultServer::start();
     let cfg = http_config(&sandbox, "read_timeout_secs = 1");
     let out = stage_in(&sandbox, &cfg, &server.url("/short"));
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(6));
     assert!(out.stderr.contains(": transient: GET "), "{}", out.stderr);
     assert!(out.stderr.contains("/short"), "{}", out.stderr);
     no_file_left(&sandbox, "short");
 
     let out = stage_in(&sandbox, &cfg, &server.url("/stall"));
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(6));
     assert!(out.stderr.contains(": timed out: GET "), "{}", out.stderr);
     no_file_left(&sandbox, "stall");
 
@@ -211,7 +211,7 @@ fn a_short_body_a_stall_and_a_redirect_loop_fail_and_leave_nothing() {
 
     // A 206 to a request for the whole file: a part is never saved as the file.
     let out = stage_in(&sandbox, &cfg, &server.url("/partial"));
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(5));
     assert!(
         out.stderr
             .contains("sent part of the file (bytes 0-9/1000)"),
@@ -304,7 +304,7 @@ fn credentials_are_sent_and_never_shown() {
         .url("/basic")
         .replace("http://", "http://user:wrong-secret@");
     let out = stage_in(&sandbox, &cfg, &bad);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(4));
     assert!(
         out.stderr
             .contains("permission denied: GET http://user:***@"),

@@ -106,7 +106,7 @@ fn a_missing_key_and_a_missing_bucket_are_told_apart() {
     moto.boto("s3.create_bucket(Bucket='data')\n");
     let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
     let out = stage_in(&sandbox, &cfg, "s3://data/absent.bin");
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     // A failure's report says what was planned and tried, as `run --report` does.
     let file = &out.json()["files"][0];
     assert_eq!(file["ok"], false);
@@ -122,7 +122,7 @@ fn a_missing_key_and_a_missing_bucket_are_told_apart() {
         "{error}"
     );
     let out = stage_in(&sandbox, &cfg, "s3://nobucket/absent.bin");
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("the bucket nobucket does not exist"),
@@ -130,7 +130,7 @@ fn a_missing_key_and_a_missing_bucket_are_told_apart() {
     );
     let local = sandbox.write("x.bin", "x");
     let out = stage_out(&sandbox, &cfg, &local, "s3://nobucket/x.bin");
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("the bucket nobucket does not exist") && error.contains("is kept"),
@@ -153,10 +153,19 @@ fn stage_in_as(sandbox: &Sandbox, cfg: &Path, url: &str, env: &[(&str, &str)]) -
     sandbox.run_env(&args, env)
 }
 
-/// The `error` of a one-file `--json` report, after checking that it failed.
+/// The `error` of a one-file `--json` report, after checking that it failed with the
+/// exit code of the class the report gives it.
 fn error_of(out: &Run) -> String {
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
-    out.json()["files"][0]["error"].as_str().unwrap().to_owned()
+    let file = &out.json()["files"][0];
+    let code = match file["error_class"].as_str() {
+        Some("not_found") => 3,
+        Some("permission") => 4,
+        Some("integrity") => 5,
+        Some("transient") => 6,
+        _ => 1,
+    };
+    assert_eq!(out.code, Some(code), "{}", out.stderr);
+    file["error"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -375,7 +384,7 @@ fn throttled_parts_fail_the_upload_and_leave_no_parts_behind() {
     );
     let local = sandbox.write("big.bin", pattern(11 << 20));
     let out = stage_out(&sandbox, &cfg, &local, "s3://data/big.bin");
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("transient") && error.contains("throttling") && error.contains("is kept"),
@@ -499,14 +508,14 @@ fn azure_blobs_go_out_and_come_back_through_azurite() {
         out.stderr
     );
     let out = stage_in_as(&sandbox, &cfg, "az://data/absent.bin", &env);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("not found") && error.contains("no such object"),
         "{error}"
     );
     let out = stage_in_as(&sandbox, &cfg, "az://nocontainer/x.bin", &env);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(error.contains("does not exist"), "{error}");
 }

@@ -810,3 +810,103 @@ fn config_path_names_the_file_and_the_rule_and_v_raises_the_log_level() {
     let vv = sandbox.run(&["-vv", "--config", cfg.to_str().unwrap(), "plugins", "check"]);
     assert!(vv.stderr.contains("loaded plugin file "), "{}", vv.stderr);
 }
+
+#[test]
+fn config_show_includes_dropped_in_providers() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.plugin_dir("dropped", &[&example_data_plugin()]);
+    let out = sandbox.run_env(
+        &["config", "show"],
+        &[("STAGEHOST_PLUGIN_PATH", dir.to_str().unwrap())],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("[[provider]]\nname = \"data\"\nplugin = \"data\"\n# from "),
+        "{}",
+        out.stdout
+    );
+    // What it prints is a config that parses.
+    let parsed: toml::Value = toml::from_str(&out.stdout).expect("config show prints TOML");
+    assert!(parsed["provider"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"].as_str() == Some("data")));
+}
+
+#[test]
+fn exit_codes_and_logs_are_for_scripts() {
+    let sandbox = Sandbox::new();
+    // Not found: the class every failure shares is the exit code. (A file provider
+    // that copies needs the source.)
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"files\"\nplugin = \"file\"\nsettings = { mode = \"copy\" }\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "in",
+        "--json",
+        "--dest",
+        "d",
+        "missing.txt",
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert_eq!(out.json()["files"][0]["error_class"], "not_found");
+    // A dry run checks that local inputs exist; one that a task writes need not.
+    sandbox.write("work/here.txt", "x");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"cp {inputs[0]} {outputs[0]}\"\ninputs = [\"here.txt\"]\noutputs = [\"mid.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]} {inputs[1]} > {outputs[0]}\"\ninputs = [\"mid.txt\", \"gone.txt\"]\noutputs = [\"out.txt\"]\n",
+    );
+    let out = sandbox.run(&["run", "--dry-run", "flow.toml"]);
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("gone.txt: the local input does not exist"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("mid.txt: the local"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("here.txt: the local"),
+        "{}",
+        out.stdout
+    );
+    // JSON logs on request: one object a line.
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "--log-format",
+        "json",
+        "-v",
+        "stage",
+        "in",
+        "--dest",
+        "d",
+        "missing.txt",
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let logged: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!logged.is_empty(), "{}", out.stderr);
+    for line in &logged {
+        assert!(
+            line["time"].is_f64() && line["level"].is_string() && line["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        logged.iter().any(|l| l["level"] == "info"),
+        "{}",
+        out.stderr
+    );
+}

@@ -66,7 +66,7 @@ fn over_ssh_file_urls_stage_in_and_out_as_parsl_rsync_staging() {
             remote.join("missing.txt").display().to_string()
         ),
     );
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     let error = out.json()["tasks"][0]["files"][0]["error"]
         .as_str()
         .unwrap()
@@ -141,7 +141,7 @@ fn daemon_modules_open_and_with_a_password_that_is_never_shown() {
     // A wrong password: permission denied at once (no retry), and never shown.
     std::fs::remove_file(sandbox.join("wd/private.txt")).unwrap();
     let out = stage_in(&secret, &url, &[("SITE_RSYNC_PW", "guessed-wrong")]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("permission denied") && error.contains("rsync exited with code 5"),
@@ -151,7 +151,7 @@ fn daemon_modules_open_and_with_a_password_that_is_never_shown() {
     assert!(!sandbox.join("wd/private.txt").exists());
     // A missing file on the daemon.
     let out = stage_in(&cfg, &daemon.url(None, "open", "absent.bin"), &[]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     assert!(
         out.json()["files"][0]["error"]
             .as_str()
@@ -248,7 +248,7 @@ fn a_daemon_killed_mid_transfer_is_retried_and_a_silent_one_times_out() {
         "--json",
         &format!("rsync://127.0.0.1:{port}/open/x.bin"),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("timed out") && error.contains("code 30"),
@@ -319,7 +319,7 @@ fn past_its_deadline_rsync_is_killed_with_its_group_and_leaves_nothing() {
         &cfg,
         &format!("[[task]]\nname = \"t\"\ncommand = \"true\"\ninputs = [{url:?}]\n"),
     );
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     let error = out.json()["tasks"][0]["files"][0]["error"]
         .as_str()
         .unwrap()
@@ -395,7 +395,7 @@ fn a_failed_attempt_keeps_its_partial_data_for_the_next_and_a_success_cleans_up(
     std::thread::sleep(std::time::Duration::from_millis(1500));
     daemon.crash_and_restart();
     let out: Run = child.wait_with_output().unwrap().into();
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     assert!(!sandbox.join("wd/big.bin").exists());
     // The bytes that arrived wait in stagehost's private directory, not beside the file.
     let kept = files_under(&sandbox.join("wd/.stagehost/rsync"));
@@ -442,7 +442,7 @@ fn a_path_with_shell_metacharacters_never_reaches_a_remote_shell() {
         &["--config", cfg.to_str().unwrap(), "stage", "in", &url],
         &[("RSYNC_OLD_ARGS", "1")],
     );
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(3), "{}", out.stdout);
     assert!(
         !pwned.exists(),
         "the remote shell ran a command from the URL"
@@ -505,7 +505,7 @@ fn a_module_that_needs_a_password_fails_at_once_from_a_terminal_naming_what_is_m
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let status = status.expect("stagehost hung at a password prompt");
-    assert_eq!(status.code(), Some(1), "{text}");
+    assert_eq!(status.code(), Some(4), "{text}");
     assert!(text.contains("set password_env or password_file"), "{text}");
     assert!(
         !text.to_lowercase().contains("password:"),

@@ -146,7 +146,7 @@ fn dest_overrides_the_working_dir_and_a_missing_source_leaves_nothing() {
         dest.to_str().unwrap(),
         missing.to_str().unwrap(),
     ]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(3));
     let first = out.stderr.lines().next().unwrap();
     assert_eq!(
         first,
@@ -384,7 +384,7 @@ fn a_checksum_in_the_url_is_verified() {
 
     let wrong = format!("{}#md5={}", input.display(), "0".repeat(32));
     let out = sandbox.run(&["--config", cfg, "stage", "in", &wrong]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(5));
     assert_eq!(
         out.stderr.lines().next().unwrap(),
         format!(
@@ -405,7 +405,7 @@ fn a_checksum_in_the_url_is_verified() {
         "in",
         &format!("{}#adler32=00000000", input.display()),
     ]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(5));
     assert!(
         out.stderr
             .contains(": checksum: integrity: checksum mismatch for "),

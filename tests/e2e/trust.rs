@@ -330,7 +330,7 @@ fn a_file_saved_at_the_destination_between_attempts_is_kept() {
     std::fs::create_dir_all(sandbox.join("wd")).unwrap();
     std::fs::write(sandbox.join("wd/kept.txt"), "the user's own\n").unwrap();
     let out: Run = child.wait_with_output().unwrap().into();
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(
         out.stderr.contains("appeared after planning"),
         "{}",
@@ -359,7 +359,7 @@ fn a_cut_gzip_body_is_retried_as_a_cut_plain_body_is() {
             server.url("/gzip-cut")
         ),
     );
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     assert!(out.stderr.contains("transient"), "{}", out.stderr);
     // One attempt and two retries.
     assert_eq!(server.hits("/gzip-cut"), 3);
@@ -389,11 +389,11 @@ fn a_stage_in_that_leaves_no_regular_file_fails_and_modes_are_tamed() {
 
     // rsync skips a symlink ("skipping non-regular file") and exits 0.
     let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "link.txt"));
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(5), "{}", out.stdout);
     assert!(out.stderr.contains("nothing is at"), "{}", out.stderr);
     // A directory is not a file.
     let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "dir"));
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(5), "{}", out.stdout);
     assert!(
         out.stderr.contains("not a regular file") || out.stderr.contains("nothing is at"),
         "{}",
@@ -401,7 +401,7 @@ fn a_stage_in_that_leaves_no_regular_file_fails_and_modes_are_tamed() {
     );
     // A wildcard that matches a directory.
     let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "di*"));
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(5), "{}", out.stdout);
 
     // Set-id bits and group/other write never come from the remote side.
     let out = stage_in(&sandbox, &cfg, &daemon.url(None, "open", "loud.sh"));
@@ -493,7 +493,7 @@ fn stage_in_follows_the_transfer_policy_of_a_run() {
         "[[provider]]\nname = \"p\"\nplugin = \"http\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"p\"]\n[transfers]\nretries = 0\ntimeout_secs = 1\n",
     );
     let out = stage_in(&sandbox, &slow, &server.url("/stall"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     assert!(out.stderr.contains("timed out"), "{}", out.stderr);
     assert!(!sandbox.join("wd/stall").exists());
     assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
@@ -587,7 +587,7 @@ fn credentials_of_every_shape_stay_out_of_errors_logs_and_config_show() {
                 args.push("--json");
             }
             let out = sandbox.run_env(&args, &[("RUST_LOG", "trace")]);
-            assert_eq!(out.code, Some(1), "{url}: {}", out.stderr);
+            assert_eq!(out.code, Some(3), "{url}: {}", out.stderr);
             for s in secrets {
                 assert!(
                     !out.stderr.contains(s),
@@ -714,7 +714,7 @@ fn zip_sidecars_are_never_opened_through_a_symlink() {
     // A journal planted as a link to a victim: a read must not truncate it.
     std::os::unix::fs::symlink(&victim, sandbox.join("data.zip.journal")).unwrap();
     let out = stage_in(&sandbox, &cfg, &format!("zip:{}/m.txt", archive.display()));
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(4), "{}", out.stdout);
     assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     std::fs::remove_file(sandbox.join("data.zip.journal")).unwrap();
@@ -723,7 +723,7 @@ fn zip_sidecars_are_never_opened_through_a_symlink() {
     let _ = std::fs::remove_file(sandbox.join("data.zip.lock"));
     std::os::unix::fs::symlink(&target, sandbox.join("data.zip.lock")).unwrap();
     let out = stage_in(&sandbox, &cfg, &format!("zip:{}/m.txt", archive.display()));
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(4), "{}", out.stdout);
     assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
     assert!(!target.exists());
 }
@@ -801,7 +801,7 @@ fn a_symlink_planted_in_the_hosts_private_directory_sends_no_file_elsewhere() {
         &format!("zip:{}/data.txt", a.display()),
         &format!("zip:{}/data.txt", b.display()),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(4), "{}", out.stdout);
     assert!(
         out.stderr.contains("not a directory (a symbolic link?)"),
         "{}",
@@ -826,7 +826,7 @@ fn a_users_own_file_at_a_destination_is_never_overwritten_or_deleted() {
         archive.display()
     );
     let out = sandbox.run_workflow(&cfg, &flow);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(
         out.stderr
             .contains("already exists and stagehost did not put it there")
@@ -848,7 +848,7 @@ fn a_users_own_file_at_a_destination_is_never_overwritten_or_deleted() {
         "[[provider]]\nname = \"web\"\nplugin = \"http\"\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"web\"]\n",
     );
     let out = stage_in(&sandbox, &web, &server.url("/data/report.txt"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(out.stderr.contains("overwrite = true"), "{}", out.stderr);
     assert_eq!(
         std::fs::read_to_string(&report).unwrap(),
@@ -864,7 +864,7 @@ fn a_users_own_file_at_a_destination_is_never_overwritten_or_deleted() {
     std::fs::write(sandbox.join("wd/10.new"), "edited by the user\n").unwrap();
     std::fs::rename(sandbox.join("wd/10.new"), sandbox.join("wd/10")).unwrap();
     let out = stage_in(&sandbox, &web, &server.url("/data/10"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert_eq!(
         std::fs::read_to_string(sandbox.join("wd/10")).unwrap(),
         "edited by the user\n"
@@ -1010,7 +1010,7 @@ fn what_the_attack_review_found_stays_fixed() {
         &format!("zip:{}/new.txt", target.display()),
         &[],
     );
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(out.stderr.contains("hard links"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "PRECIOUS\n");
 

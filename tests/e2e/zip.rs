@@ -273,7 +273,7 @@ fn links_are_refused_as_members_and_as_outputs_and_a_held_lock_times_out() {
         "in",
         &zip_url(&evil, "link"),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(
         out.stderr
             .contains("is a symbolic link; stagehost does not extract links"),
@@ -301,7 +301,7 @@ fn links_are_refused_as_members_and_as_outputs_and_a_held_lock_times_out() {
         "in",
         &zip_url(&evil, "absent.txt"),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     assert!(
         out.stderr.contains("not found:") && out.stderr.contains("holds no member absent.txt"),
         "{}",
@@ -316,7 +316,7 @@ fn links_are_refused_as_members_and_as_outputs_and_a_held_lock_times_out() {
             zip_url(&archive, "stolen.txt")
         ),
     );
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(
         out.stderr
             .contains("is a symbolic link; stagehost adds only regular files"),
@@ -341,7 +341,7 @@ fn links_are_refused_as_members_and_as_outputs_and_a_held_lock_times_out() {
         local.to_str().unwrap(),
         &zip_url(&archive, "x.txt"),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     assert!(
         out.stderr.contains("timed out: cannot lock") && out.stderr.contains("within 0.5s"),
         "{}",

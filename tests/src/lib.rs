@@ -316,6 +316,12 @@ fn build_against_api(name: &str, api: ApiSource, lib_name: &str, plugin_src: &st
         .replace("toml.workspace = true", "toml = \"0.8\"")
         .replace("thiserror.workspace = true", "thiserror = \"2\"")
         .replace("libc.workspace = true", "libc = \"0.2\"")
+        .replace(
+            "rustix.workspace = true",
+            "rustix = { version = \"1\", features = [\"fs\", \"process\", \"system\", \"pipe\", \"event\"] }",
+        )
+        .replace("percent-encoding.workspace = true", "percent-encoding = \"2\"")
+        .replace("form_urlencoded.workspace = true", "form_urlencoded = \"1\"")
         .replace("tempfile.workspace = true", "tempfile = \"3\"");
     assert!(
         !manifest.contains(".workspace = true"),

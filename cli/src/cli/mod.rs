@@ -5,7 +5,7 @@
 
 mod meta;
 mod plugins;
-mod progress;
+pub mod progress;
 mod run;
 mod stage;
 mod worker;
@@ -20,7 +20,7 @@ use stagehost::{Config, ConfigError, PluginLoader, Registry};
 #[derive(Debug, Parser)]
 #[command(name = "stagehost", version, long_version = meta::long_version(), about, long_about = None)]
 #[command(
-    after_help = "Logging: set RUST_LOG (for example RUST_LOG=debug or RUST_LOG=stagehost::plugin=info).\nExit codes: 0 success, 1 staging failure, 2 usage or config error, 130/143/129 cancelled by SIGINT/SIGTERM/SIGHUP."
+    after_help = "Logging: set RUST_LOG (for example RUST_LOG=debug or RUST_LOG=stagehost::plugin=info).\nExit codes: 0 success; 1 a failure of another kind (a command exited non-zero, mixed failures); 2 usage, config or workflow error; when every failure has one class: 3 not found, 4 permission or authentication, 5 integrity (checksum, size), 6 transient, still failing after the retries; 130/143/129 cancelled by SIGINT/SIGTERM/SIGHUP; 141 output closed."
 )]
 pub struct Args {
     /// Config file (else STAGEHOST_CONFIG, ./stagehost.toml, $XDG_CONFIG_HOME/stagehost/config.toml, /etc/stagehost/config.toml, the embedded default)
@@ -29,6 +29,19 @@ pub struct Args {
     /// More log lines: -v info, -vv debug, -vvv trace (RUST_LOG, when set, decides instead)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text or as one JSON object each (time, level, target, message)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "STAGEHOST_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Off a terminal, a progress line (bytes, throughput, ETA) every SECONDS while files move; 0: none
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS")]
+    pub stats: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,6 +116,10 @@ pub enum CliError {
     /// A staging failure already reported per file: exit 1.
     #[error("{0}")]
     Staging(String),
+    /// Files or tasks failed: the exit code of their shared class
+    /// ([`FailureClass::exit_code_of`](stagehost::report::FailureClass::exit_code_of)).
+    #[error("{line}")]
+    Failed { line: String, code: u8 },
 }
 
 impl CliError {
@@ -111,6 +128,7 @@ impl CliError {
         match self {
             CliError::Config(_) => 2,
             CliError::Staging(_) => 1,
+            CliError::Failed { code, .. } => *code,
         }
     }
 }
@@ -120,18 +138,73 @@ impl CliError {
 /// command's own messages are: `stagehost: warning: ...` (as cargo writes them);
 /// at `debug` and `trace` the time and the module come first. Colours only on a
 /// terminal and without `NO_COLOR`.
-pub fn init_logging(verbose: u8) {
+pub fn init_logging(verbose: u8, format: LogFormat) {
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let level = ["warn", "info", "debug", "trace"][usize::from(verbose.min(3))];
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .event_format(Lines { ansi })
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).event_format(Lines { ansi }).init(),
+        LogFormat::Json => builder.with_ansi(false).event_format(JsonLines).init(),
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `stagehost: warning: ...`, as cargo writes them
+    Text,
+    /// One JSON object a line: `time` (Unix seconds), `level`, `target`, `message`
+    Json,
+}
+
+/// The word for a level, as the text lines and the JSON `level` say it.
+fn level_word(level: tracing::Level) -> &'static str {
+    match level {
+        tracing::Level::ERROR => "error",
+        tracing::Level::WARN => "warning",
+        tracing::Level::INFO => "info",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::TRACE => "trace",
+    }
+}
+
+/// Log events as JSON lines, for log collectors.
+struct JsonLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::FormatFields;
+        let meta = event.metadata();
+        let mut message = String::new();
+        ctx.format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut message),
+            event,
+        )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let line = serde_json::json!({
+            "time": now.as_secs_f64(),
+            "level": level_word(*meta.level()),
+            "target": meta.target(),
+            "message": message,
+        });
+        writeln!(writer, "{line}")
+    }
 }
 
 /// `stagehost: <level>: <message> <fields>` for each log event.
@@ -153,12 +226,13 @@ where
         use tracing::Level;
         use tracing_subscriber::fmt::FormatFields;
         let meta = event.metadata();
-        let (word, colour) = match *meta.level() {
-            Level::ERROR => ("error", "31"),
-            Level::WARN => ("warning", "33"),
-            Level::INFO => ("info", "32"),
-            Level::DEBUG => ("debug", "34"),
-            Level::TRACE => ("trace", "35"),
+        let word = level_word(*meta.level());
+        let colour = match *meta.level() {
+            Level::ERROR => "31",
+            Level::WARN => "33",
+            Level::INFO => "32",
+            Level::DEBUG => "34",
+            Level::TRACE => "35",
         };
         write!(writer, "stagehost: ")?;
         if self.ansi {
@@ -280,6 +354,30 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             let declared = Registry::declared_secrets(&config, &loader, &plugins);
             println!("# {}", source_line(&config.source));
             print!("{}", config.to_toml_redacted(&declared));
+            // Plugins dropped into a plugin directory that no [[provider]] names are
+            // providers too: shown as the tables that would name them.
+            if let Ok(registry) = Registry::build(&config, &loader) {
+                let dropped: Vec<_> = registry
+                    .instances
+                    .iter()
+                    .filter(|i| matches!(i.origin, stagehost::registry::InstanceOrigin::DroppedIn))
+                    .collect();
+                if !dropped.is_empty() {
+                    println!(
+                        "\n# Dropped-in providers: plugins found in a plugin directory that no [[provider]]\n# names, each an instance of its own, after the configured ones in the default order."
+                    );
+                }
+                for i in dropped {
+                    println!("\n[[provider]]\nname = {:?}\nplugin = {:?}", i.name, i.name);
+                    match &i.status {
+                        Ok(p) => println!(
+                            "# from {}",
+                            stagehost_plugin_api::display::path(&p.plugin.path)
+                        ),
+                        Err(e) => println!("# failed: {e}"),
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Path) => {

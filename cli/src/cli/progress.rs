@@ -1,15 +1,34 @@
 //! Progress for `stagehost run` and `stagehost stage`: on a terminal, an overall bar and one bar per active
 //! transfer (indicatif); on a pipe, one plain line per finished transfer and per failed
-//! task.
+//! task, and every `--stats` seconds while files move a line with the bytes, the
+//! throughput and the time left (as rclone's `--stats` off a terminal).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stagehost::engine::{Observer, TaskReport, TaskStatus};
 use stagehost::observer::Finished;
 use stagehost::{Direction, ProgressSink, WorkMode};
+
+static STATS_INTERVAL: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+
+/// How often, off a terminal, a progress line is written (`--stats`; 0 or less: never).
+pub fn set_stats_interval(seconds: f64) {
+    let interval = (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds));
+    let _ = STATS_INTERVAL.set(interval);
+}
+
+fn stats(quiet: bool) -> Option<Arc<Stats>> {
+    let interval = STATS_INTERVAL
+        .get()
+        .copied()
+        .unwrap_or(Some(Duration::from_secs(10)))?;
+    (!quiet).then(|| Arc::new(Stats::new(interval)))
+}
 
 /// Chooses bars or lines from whether stderr is a terminal.
 pub fn observer(quiet: bool) -> Arc<dyn Observer> {
@@ -19,6 +38,7 @@ pub fn observer(quiet: bool) -> Arc<dyn Observer> {
         Arc::new(Lines {
             quiet,
             active: Mutex::new(HashMap::new()),
+            stats: stats(quiet),
         })
     }
 }
@@ -51,6 +71,7 @@ pub fn transfer_observer() -> Arc<dyn Observer> {
         Arc::new(Lines {
             quiet: true,
             active: Mutex::new(HashMap::new()),
+            stats: stats(false),
         })
     }
 }
@@ -156,6 +177,118 @@ fn failure_line(report: &TaskReport) -> String {
 struct Lines {
     quiet: bool,
     active: Mutex<HashMap<u64, (String, Direction, std::time::Instant)>>,
+    stats: Option<Arc<Stats>>,
+}
+
+/// The numbers behind the periodic progress line.
+struct Stats {
+    interval: Duration,
+    state: Mutex<StatsState>,
+}
+
+struct StatsState {
+    /// Per active transfer: bytes done, and the total when known.
+    active: HashMap<u64, (u64, Option<u64>)>,
+    /// Bytes moved since the command began (every transfer's progress, summed).
+    moved: u64,
+    /// When the last line was written (or the first transfer began), and `moved` then.
+    last: Instant,
+    last_moved: u64,
+}
+
+impl Stats {
+    fn new(interval: Duration) -> Stats {
+        Stats {
+            interval,
+            state: Mutex::new(StatsState {
+                active: HashMap::new(),
+                moved: 0,
+                last: Instant::now(),
+                last_moved: 0,
+            }),
+        }
+    }
+
+    fn started(&self, id: u64) {
+        let mut s = self.state.lock().expect("stats lock");
+        if s.active.is_empty() && s.moved == s.last_moved {
+            // Nothing moved since the last line: the interval counts from now.
+            s.last = Instant::now();
+        }
+        s.active.insert(id, (0, None));
+    }
+
+    fn update(&self, id: u64, done: u64, total: Option<u64>) {
+        let mut s = self.state.lock().expect("stats lock");
+        let Some(entry) = s.active.get_mut(&id) else {
+            return;
+        };
+        let before = entry.0;
+        *entry = (done, total.or(entry.1));
+        s.moved += done.saturating_sub(before);
+        let now = Instant::now();
+        let elapsed = now.duration_since(s.last);
+        if elapsed < self.interval {
+            return;
+        }
+        let rate = (s.moved - s.last_moved) as f64 / elapsed.as_secs_f64();
+        let line = progress_line(s.active.values().copied(), rate);
+        (s.last, s.last_moved) = (now, s.moved);
+        drop(s);
+        eprintln!("stagehost: {line}");
+    }
+
+    fn finished(&self, id: u64) {
+        self.state.lock().expect("stats lock").active.remove(&id);
+    }
+}
+
+/// `progress: 2 transfer(s), 1.20 GiB of 4.00 GiB, 110.30 MiB/s, ETA 26s`: the active
+/// transfers' bytes (of their totals, where every total is known), the throughput over
+/// the last interval and the time left at that rate.
+fn progress_line(active: impl Iterator<Item = (u64, Option<u64>)>, rate: f64) -> String {
+    let (mut n, mut done, mut total, mut all_known) = (0usize, 0u64, 0u64, true);
+    for (d, t) in active {
+        n += 1;
+        done += d;
+        match t {
+            Some(t) => total += t.max(d),
+            None => all_known = false,
+        }
+    }
+    let mut line = format!("progress: {n} transfer(s), {}", HumanBytes(done));
+    if all_known && n > 0 {
+        line.push_str(&format!(" of {}", HumanBytes(total)));
+    }
+    line.push_str(&format!(", {}/s", HumanBytes(rate.max(0.0) as u64)));
+    if all_known && n > 0 && rate >= 1.0 {
+        let left = Duration::from_secs_f64((total - done) as f64 / rate);
+        line.push_str(&format!(", ETA {}", eta(left)));
+    } else {
+        line.push_str(", ETA unknown");
+    }
+    line
+}
+
+/// A short duration: `26s`, `4m05s`, `2h03m`.
+fn eta(left: Duration) -> String {
+    let s = left.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+struct StatsSink {
+    id: u64,
+    stats: Arc<Stats>,
+}
+
+impl ProgressSink for StatsSink {
+    fn update(&self, done: u64, total: Option<u64>) {
+        self.stats.update(self.id, done, total);
+    }
 }
 
 impl Observer for Lines {
@@ -176,9 +309,17 @@ impl Observer for Lines {
             .lock()
             .expect("lines lock")
             .insert(id, (url.to_owned(), direction, std::time::Instant::now()));
-        None
+        let stats = self.stats.as_ref()?;
+        stats.started(id);
+        Some(Arc::new(StatsSink {
+            id,
+            stats: stats.clone(),
+        }))
     }
     fn transfer_finished(&self, id: u64, result: Result<Finished, &str>) {
+        if let Some(stats) = &self.stats {
+            stats.finished(id);
+        }
         let Some((url, direction, start)) = self.active.lock().expect("lines lock").remove(&id)
         else {
             return;
@@ -203,5 +344,51 @@ impl Observer for Lines {
             // line: an attempt's end adds nothing.
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_gives_sizes_throughput_and_time_left() {
+        let mib = 1 << 20;
+        let line = progress_line(
+            [(mib, Some(4 * mib)), (mib, Some(4 * mib))].into_iter(),
+            mib as f64,
+        );
+        assert_eq!(
+            line,
+            "progress: 2 transfer(s), 2.00 MiB of 8.00 MiB, 1.00 MiB/s, ETA 6s"
+        );
+        // A transfer of unknown size: no total and no ETA.
+        let line = progress_line([(mib, None), (mib, Some(4 * mib))].into_iter(), mib as f64);
+        assert_eq!(
+            line,
+            "progress: 2 transfer(s), 2.00 MiB, 1.00 MiB/s, ETA unknown"
+        );
+        assert_eq!(eta(Duration::from_secs(245)), "4m05s");
+        assert_eq!(eta(Duration::from_secs(7380)), "2h03m");
+    }
+
+    #[test]
+    fn a_line_comes_once_an_interval_has_passed_and_counts_what_moved() {
+        let stats = Stats::new(Duration::from_millis(30));
+        stats.started(1);
+        stats.update(1, 100, Some(1000));
+        assert_eq!(
+            stats.state.lock().unwrap().last_moved,
+            0,
+            "no line before the interval"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        stats.update(1, 300, Some(1000));
+        let s = stats.state.lock().unwrap();
+        assert_eq!(
+            (s.moved, s.last_moved),
+            (300, 300),
+            "a line was written at 300 bytes"
+        );
     }
 }

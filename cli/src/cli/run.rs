@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use stagehost::engine::{Engine, EngineOptions, TaskReport};
-use stagehost::report::{Document, Summary};
+use stagehost::report::{Document, FailureClass, Summary, TaskStatus};
 use stagehost::workflow::Workflow;
 use stagehost::{Config, ConfigError, DataManager, Direction, Registry, StageOptions};
 
@@ -149,7 +149,29 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         eprintln!("stagehost: {line}");
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(CliError::Staging(line))
+        // The class the failed tasks' failures share: their failed files' classes, or
+        // none for a task that failed otherwise (its command); a task that lost an
+        // input failed because another did.
+        let failures = reports
+            .iter()
+            .filter(|t| matches!(t.status, TaskStatus::Failed | TaskStatus::StageOutFailed))
+            .flat_map(|t| {
+                let files: Vec<_> = t
+                    .files
+                    .iter()
+                    .filter(|f| f.error.is_some())
+                    .map(|f| f.error_class)
+                    .collect();
+                if files.is_empty() {
+                    vec![None]
+                } else {
+                    files
+                }
+            });
+        Err(CliError::Failed {
+            line,
+            code: FailureClass::exit_code_of(failures),
+        })
     }
 }
 
@@ -219,8 +241,17 @@ fn dry_run(
 ) -> Result<ExitCode, CliError> {
     let dm = DataManager::new(registry);
     let opts = StageOptions::default();
-    let mut problems = 0;
+    let mut problems: Vec<Option<FailureClass>> = Vec::new();
     let index = workflow.name_index();
+    // What the tasks write: such an input need not exist before the run.
+    let mut written = std::collections::HashSet::new();
+    for &i in order {
+        for (direction, file) in task_files(workflow, i, &index)? {
+            if direction == Direction::Out {
+                written.insert(file.url().to_owned());
+            }
+        }
+    }
     for &i in order {
         let task = &workflow.tasks[i];
         let pilot = registry
@@ -247,7 +278,20 @@ fn dry_run(
                 Direction::In => dm.plan_stage_in(&task.executor, file, &opts),
                 Direction::Out => dm.plan_stage_out(&task.executor, file, &opts),
             };
+            // A local input (file scheme, no host) that no task writes must exist now.
+            let missing = direction == Direction::In
+                && file.scheme() == "file"
+                && file.netloc().is_empty()
+                && !written.contains(file.url())
+                && std::fs::metadata(file.path()).is_err();
             match planned {
+                Ok(_) if missing => {
+                    problems.push(Some(FailureClass::NotFound));
+                    println!(
+                        "  {word} {}: the local input does not exist",
+                        file.redacted_url()
+                    );
+                }
                 Ok(s) => {
                     let modes: Vec<String> = s
                         .modes()
@@ -279,16 +323,17 @@ fn dry_run(
                     );
                 }
                 Err(e) => {
-                    problems += 1;
+                    problems.push(Some(e.class()));
                     println!("  {word} {}: {e}", file.redacted_url());
                 }
             }
         }
     }
-    if problems > 0 {
-        Err(CliError::Staging(format!(
-            "dry run: {problems} file(s) cannot be staged"
-        )))
+    if !problems.is_empty() {
+        Err(CliError::Failed {
+            line: format!("dry run: {} file(s) cannot be staged", problems.len()),
+            code: FailureClass::exit_code_of(problems),
+        })
     } else {
         Ok(ExitCode::SUCCESS)
     }

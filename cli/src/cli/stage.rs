@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use stagehost::config::{TransferConfig, DEFAULT_EXECUTOR};
 use stagehost::engine::{StageOutcome, StageRunner};
-use stagehost::report::{Document, FileReport, Summary};
+use stagehost::report::{Document, FailureClass, FileReport, Summary};
 use stagehost::{ConfigError, DataManager, Direction, File, Registry, StagingError};
 
 use stagehost_plugin_api::display;
@@ -80,8 +80,7 @@ fn result(
     }
     match outcome {
         Ok(StageOutcome { result: Err(e), .. }) | Err(e) => {
-            r.ok = false;
-            r.error = Some(e.to_string());
+            r.fail(e);
             if let (None, StagingError::Provider(failure)) = (&r.provider, e) {
                 r.provider = Some(failure.instance.clone());
                 r.plugin = Some(failure.plugin.clone());
@@ -154,10 +153,12 @@ fn print(
     }
     let failed = results.iter().filter(|r| !r.ok).count();
     if failed > 0 {
-        Err(CliError::Staging(format!(
-            "{failed} of {} file(s) failed",
-            results.len()
-        )))
+        let code =
+            FailureClass::exit_code_of(results.iter().filter(|r| !r.ok).map(|r| r.error_class));
+        Err(CliError::Failed {
+            line: format!("{failed} of {} file(s) failed", results.len()),
+            code,
+        })
     } else {
         Ok(ExitCode::SUCCESS)
     }

@@ -895,7 +895,7 @@ mod tests {
         match channel.receive::<Message>(PRE_AUTH_LIMIT, Some(Duration::from_secs(5))) {
             Ok(Some(Message::Refused { reason })) => {
                 assert!(
-                    reason.starts_with("protocol version 2, this side speaks 3.0.0"),
+                    reason.starts_with("protocol version 2, this side speaks 3.1.0"),
                     "{reason}"
                 );
             }

@@ -49,7 +49,7 @@ impl FileState {
                 Some(s)
             }
             Err(e) => {
-                report.error = Some(e.to_string());
+                report.fail(&e);
                 None
             }
         };
@@ -68,9 +68,7 @@ impl FileState {
         if outcome.bytes.is_some() {
             self.report.bytes = outcome.bytes;
         }
-        outcome.result.inspect_err(|e| {
-            self.report.error = Some(e.to_string());
-        })
+        outcome.result.inspect_err(|e| self.report.fail(e))
     }
 
     /// Where the task finds the file, as an absolute path: the command runs in the
@@ -588,6 +586,7 @@ impl Inner {
                 }
                 if let Some(e) = &r.error {
                     f.report.error = Some(e.clone());
+                    f.report.error_class = r.error_class;
                 }
             }
         }

@@ -16,6 +16,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::data_manager::Direction;
+use crate::report::FailureClass;
 
 use super::attempt;
 use super::channel::{
@@ -403,6 +404,7 @@ fn run_step(
         }
         Err(e) => {
             result.error = Some(format!("{}: {}", e.kind(), e.message()));
+            result.error_class = Some(FailureClass::of(e.kind()));
             return result;
         }
     };
@@ -414,11 +416,15 @@ fn run_step(
             result.attempts = outcome.attempts;
             result.cached = outcome.cached;
             result.bytes = outcome.bytes;
-            result.error = outcome.result.err().map(|e| e.to_string());
+            if let Err(e) = outcome.result {
+                result.error = Some(e.to_string());
+                result.error_class = Some(e.class());
+            }
         }
         Err(e) => {
             result.attempts = 1;
             result.error = Some(e.to_string());
+            result.error_class = Some(e.class());
         }
     }
     result.seconds = start.elapsed().as_secs_f64();

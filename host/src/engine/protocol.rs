@@ -17,8 +17,8 @@ use super::task::TaskFiles;
 use crate::data_manager::Direction;
 
 /// This side's protocol version. 3.0.0: semver and features in the handshake (protocol
-/// 2 sent an integer).
-pub const PROTOCOL: &str = "3.0.0";
+/// 2 sent an integer). 3.1.0: a staged file's `error_class`.
+pub const PROTOCOL: &str = "3.1.0";
 
 /// What this side can do beyond the protocol's minimum: `prefetch` (a worker may be
 /// sent more tasks than its slots, queued on the node), `in-task-steps` (it re-plans
@@ -171,6 +171,9 @@ pub struct NodeFileResult {
     pub cached: bool,
     pub bytes: Option<u64>,
     pub error: Option<String>,
+    /// The error's class (added in 3.1; absent from older workers).
+    #[serde(default)]
+    pub error_class: Option<crate::report::FailureClass>,
 }
 
 #[cfg(test)]
@@ -185,10 +188,10 @@ mod tests {
             "a newer worker of the same major"
         );
         let e = compatible(Some("4.0.0"), None).unwrap_err();
-        assert!(e.contains("protocol 4.0.0, this side speaks 3.0.0"), "{e}");
+        assert!(e.contains("protocol 4.0.0, this side speaks 3.1.0"), "{e}");
         let e = compatible(None, Some(2)).unwrap_err();
         assert!(
-            e.starts_with("protocol version 2, this side speaks 3.0.0"),
+            e.starts_with("protocol version 2, this side speaks 3.1.0"),
             "{e}"
         );
         assert!(compatible(Some("three"), None).is_err());
