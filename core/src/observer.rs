@@ -27,6 +27,8 @@ pub trait Observer: Send + Sync {
     }
     /// A transfer attempt ended: what landed on success, the error line on failure.
     fn transfer_finished(&self, _id: u64, _result: Result<Finished, &str>) {}
+    /// Every task has ended: a display takes itself off the screen before the summary.
+    fn run_finished(&self) {}
 }
 
 /// What a transfer that succeeded left.

@@ -735,6 +735,32 @@ fn progress_is_bars_on_a_terminal_and_lines_on_a_pipe() {
         "{:?}",
         out.stdout
     );
+    // The summary starts a line of its own: the bars are off the screen first, so
+    // between the last line break (or carriage return) and the summary there are at
+    // most terminal escapes and blanks.
+    let at = out.stdout.find("stagehost: 1 task(s)").unwrap();
+    let start = out.stdout[..at].rfind(['\n', '\r']).map_or(0, |i| i + 1);
+    let before = &out.stdout[start..at];
+    let mut plain = String::new();
+    let mut chars = before.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // A control sequence: ESC [ parameters, ended by a letter.
+            if chars.peek() == Some(&'[') {
+                for n in chars.by_ref().skip(1) {
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    assert!(
+        plain.trim().is_empty(),
+        "the summary is glued onto a bar: {before:?}"
+    );
     assert!(
         !out.stdout.contains("stagehost: staged in"),
         "no plain lines on a terminal: {:?}",

@@ -587,7 +587,14 @@ fn credentials_of_every_shape_stay_out_of_errors_logs_and_config_show() {
                 args.push("--json");
             }
             let out = sandbox.run_env(&args, &[("RUST_LOG", "trace")]);
-            assert_eq!(out.code, Some(3), "{url}: {}", out.stderr);
+            // It fails (the class varies with the URL's shape: a 404 is not found, a
+            // URL the provider refuses as written is 1), and never as a usage error.
+            assert!(
+                matches!(out.code, Some(1 | 3..=6)),
+                "{url}: {:?} {}",
+                out.code,
+                out.stderr
+            );
             for s in secrets {
                 assert!(
                     !out.stderr.contains(s),

@@ -148,8 +148,17 @@ pub fn init_logging(verbose: u8, format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(ansi).event_format(Lines { ansi }).init(),
-        LogFormat::Json => builder.with_ansi(false).event_format(JsonLines).init(),
+        LogFormat::Text => builder
+            .with_ansi(ansi)
+            .event_format(Lines { ansi, json: false })
+            .init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .event_format(Lines {
+                ansi: false,
+                json: true,
+            })
+            .init(),
     }
 }
 
@@ -173,43 +182,11 @@ fn level_word(level: tracing::Level) -> &'static str {
     }
 }
 
-/// Log events as JSON lines, for log collectors.
-struct JsonLines;
-
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        use tracing_subscriber::fmt::FormatFields;
-        let meta = event.metadata();
-        let mut message = String::new();
-        ctx.format_fields(
-            tracing_subscriber::fmt::format::Writer::new(&mut message),
-            event,
-        )?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let line = serde_json::json!({
-            "time": now.as_secs_f64(),
-            "level": level_word(*meta.level()),
-            "target": meta.target(),
-            "message": message,
-        });
-        writeln!(writer, "{line}")
-    }
-}
-
-/// `stagehost: <level>: <message> <fields>` for each log event.
+/// `stagehost: <level>: <message> <fields>` for each log event, or one JSON object
+/// (`time`, `level`, `target`, `message`) when `json`.
 struct Lines {
     ansi: bool,
+    json: bool,
 }
 
 impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Lines
@@ -227,6 +204,23 @@ where
         use tracing_subscriber::fmt::FormatFields;
         let meta = event.metadata();
         let word = level_word(*meta.level());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        if self.json {
+            let mut message = String::new();
+            ctx.format_fields(
+                tracing_subscriber::fmt::format::Writer::new(&mut message),
+                event,
+            )?;
+            let line = serde_json::json!({
+                "time": now.as_secs_f64(),
+                "level": word,
+                "target": meta.target(),
+                "message": message,
+            });
+            return writeln!(writer, "{line}");
+        }
         let colour = match *meta.level() {
             Level::ERROR => "31",
             Level::WARN => "33",
@@ -241,9 +235,6 @@ where
             write!(writer, "{word}: ")?;
         }
         if *meta.level() >= Level::DEBUG {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
             write!(writer, "[{:.6} {}] ", now.as_secs_f64(), meta.target())?;
         }
         ctx.format_fields(writer.by_ref(), event)?;

@@ -145,6 +145,9 @@ impl Observer for Bars {
             .insert(id, bar.clone());
         Some(Arc::new(BarSink(bar)))
     }
+    fn run_finished(&self) {
+        self.clear();
+    }
     fn transfer_finished(&self, id: u64, _result: Result<Finished, &str>) {
         if let Some(bar) = self.transfers.lock().expect("bars lock").remove(&id) {
             bar.finish_and_clear();
@@ -153,9 +156,20 @@ impl Observer for Bars {
     }
 }
 
+impl Bars {
+    fn clear(&self) {
+        for (_, bar) in self.transfers.lock().expect("bars lock").drain() {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        self.overall.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+}
+
 impl Drop for Bars {
     fn drop(&mut self) {
-        self.overall.finish_and_clear();
+        self.clear();
     }
 }
 

@@ -84,6 +84,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     let reports = rt.block_on(async move {
         let observer = super::progress::observer(quiet);
         observer.tasks_expected(tasks);
+        let display = observer.clone();
         let engine = Engine::new(
             registry,
             EngineOptions {
@@ -103,6 +104,9 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             .await
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
         let reports = engine.wait_all().await;
+        // The bars leave the screen before anything else is written: the summary
+        // starts a line of its own.
+        display.run_finished();
         // The run is over: nothing a command left behind outlives it, and no Slurm
         // block it submitted stays queued or running.
         engine.kill_leftovers();

@@ -1071,7 +1071,11 @@ mod tests {
         let receipts: Vec<Receipt> = (0..400).map(|i| d.submit(task(i)).unwrap()).collect();
         assert_eq!(threads("many"), 1, "threads with 40 workers");
         // Each worker gets exactly its share (4 slots, nothing queued beyond: no
-        // prefetch).
+        // prefetch), once the dispatcher's thread has handed them out.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while d.load() != (240, 160, 0) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(d.load(), (240, 160, 0));
         let first: Vec<u64> = workers
             .iter()
