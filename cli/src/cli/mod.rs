@@ -359,13 +359,17 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
                     );
                 }
                 for i in dropped {
-                    println!("\n[[provider]]\nname = {:?}\nplugin = {:?}", i.name, i.name);
+                    // A TOML string, however the plugin spells its name.
+                    let name = toml::Value::String(i.name.clone());
+                    println!("\n[[provider]]\nname = {name}\nplugin = {name}");
                     match &i.status {
                         Ok(p) => println!(
                             "# from {}",
                             stagehost_plugin_api::display::path(&p.plugin.path)
                         ),
-                        Err(e) => println!("# failed: {e}"),
+                        Err(e) => {
+                            println!("# failed: {}", stagehost_plugin_api::display::escape(e))
+                        }
                     }
                 }
             }
