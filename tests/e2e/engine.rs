@@ -496,7 +496,7 @@ fn a_dry_run_names_every_files_provider_and_moves_nothing() {
     assert_eq!(
         out.stdout,
         format!(
-            "task a (executor local):\n  in  probe://h/in.txt -> {w}/in.txt [provider p, in-task step]\n  in  /etc/hostname -> /etc/hostname [provider file, nothing to do]\n  out probe://h/out.txt -> {w}/out.txt [provider p, in-task step]\n",
+            "task a (executor local):\n  in  probe://h/in.txt -> {w}/in.txt [provider p, in-task step]\n  in  /etc/hostname -> /etc/hostname [provider file, nothing to do]\n  out {w}/out.txt -> probe://h/out.txt [provider p, in-task step]\n",
             w = wd.display()
         )
     );

@@ -877,6 +877,29 @@ fn exit_codes_and_logs_are_for_scripts() {
         "{}",
         out.stdout
     );
+    // A real run stops before any task runs, naming the missing input, exit 3.
+    let out = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("gone.txt does not exist, and no task of the workflow writes it"),
+        "{}",
+        out.stderr
+    );
+    assert!(!sandbox.join("work/mid.txt").exists(), "no task ran");
+    // An unknown scheme is a usage error for `stage` as for `run`, naming what is served.
+    let out = sandbox.run(&["stage", "in", "gopher://h/x"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "cannot stage file gopher://h/x; the providers of executor \"local\" serve: "
+        ) && out.stderr.contains(" http, https"),
+        "{}",
+        out.stderr
+    );
+    // A local file to stage out that is not there is not found.
+    let out = sandbox.run(&["stage", "out", "nothere.txt", "zip:o.zip/x"]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     // JSON logs on request: one object a line.
     let out = sandbox.run(&[
         "--config",

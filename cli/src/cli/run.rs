@@ -210,32 +210,84 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
                 Direction::Out => dm.choose_stage_out_provider(&task.executor, file),
             };
             if let Err(e @ stagehost::StagingError::NoProvider { .. }) = chosen {
-                let mut schemes: Vec<&str> = registry
-                    .executors
-                    .iter()
-                    .filter(|x| x.label == task.executor)
-                    .flat_map(|x| x.order.iter())
-                    .filter_map(|name| registry.instances.iter().find(|r| &r.name == name))
-                    .filter_map(|r| r.status.as_ref().ok())
-                    .flat_map(|p| p.plugin.schemes.iter().map(String::as_str))
-                    .collect();
-                schemes.sort_unstable();
-                schemes.dedup();
-                let served = if schemes.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    schemes.join(", ")
-                };
                 return Err(CliError::Config(ConfigError(format!(
-                    "{}: task {:?}: {e}; the providers of executor {:?} serve: {served}",
+                    "{}: task {:?}: {e}; the providers of executor {:?} serve: {}",
                     workflow.location(i),
                     task.name,
-                    task.executor
+                    task.executor,
+                    served_schemes(registry, &task.executor)
                 ))));
             }
         }
     }
+    // A local input that does not exist and that no task writes fails before any task
+    // runs (as make stops on a missing prerequisite), not as its command's error.
+    let written = written_by_tasks(workflow, order)?;
+    for &i in order {
+        for (direction, file) in task_files(workflow, i, &index)? {
+            if direction == Direction::In && missing_local_input(&file, &written) {
+                return Err(CliError::Failed {
+                    line: format!(
+                        "{}: task {:?}: the local input {} does not exist, and no task of the workflow writes it",
+                        workflow.location(i),
+                        workflow.tasks[i].name,
+                        file.redacted_url()
+                    ),
+                    code: FailureClass::NotFound.exit_code(),
+                });
+            }
+        }
+    }
     Ok(())
+}
+
+/// The schemes the providers of `executor`'s order claim, for an error that names a
+/// scheme none of them serves.
+pub(super) fn served_schemes(registry: &Registry, executor: &str) -> String {
+    let mut schemes: Vec<&str> = registry
+        .executors
+        .iter()
+        .filter(|x| x.label == executor)
+        .flat_map(|x| x.order.iter())
+        .filter_map(|name| registry.instances.iter().find(|r| &r.name == name))
+        .filter_map(|r| r.status.as_ref().ok())
+        .flat_map(|p| p.plugin.schemes.iter().map(String::as_str))
+        .collect();
+    schemes.sort_unstable();
+    schemes.dedup();
+    if schemes.is_empty() {
+        "nothing".to_owned()
+    } else {
+        schemes.join(", ")
+    }
+}
+
+/// The URLs the workflow's tasks write: such an input need not exist before the run.
+fn written_by_tasks(
+    workflow: &Workflow,
+    order: &[usize],
+) -> Result<std::collections::HashSet<String>, CliError> {
+    let index = workflow.name_index();
+    let mut written = std::collections::HashSet::new();
+    for &i in order {
+        for (direction, file) in task_files(workflow, i, &index)? {
+            if direction == Direction::Out {
+                written.insert(file.url().to_owned());
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// A local input (the file scheme, no host) that no task writes and that is not there.
+fn missing_local_input(
+    file: &stagehost::File,
+    written: &std::collections::HashSet<String>,
+) -> bool {
+    file.scheme() == "file"
+        && file.netloc().is_empty()
+        && !written.contains(file.url())
+        && std::fs::metadata(file.path()).is_err()
 }
 
 fn dry_run(
@@ -247,15 +299,7 @@ fn dry_run(
     let opts = StageOptions::default();
     let mut problems: Vec<Option<FailureClass>> = Vec::new();
     let index = workflow.name_index();
-    // What the tasks write: such an input need not exist before the run.
-    let mut written = std::collections::HashSet::new();
-    for &i in order {
-        for (direction, file) in task_files(workflow, i, &index)? {
-            if direction == Direction::Out {
-                written.insert(file.url().to_owned());
-            }
-        }
-    }
+    let written = written_by_tasks(workflow, order)?;
     for &i in order {
         let task = &workflow.tasks[i];
         let pilot = registry
@@ -282,12 +326,7 @@ fn dry_run(
                 Direction::In => dm.plan_stage_in(&task.executor, file, &opts),
                 Direction::Out => dm.plan_stage_out(&task.executor, file, &opts),
             };
-            // A local input (file scheme, no host) that no task writes must exist now.
-            let missing = direction == Direction::In
-                && file.scheme() == "file"
-                && file.netloc().is_empty()
-                && !written.contains(file.url())
-                && std::fs::metadata(file.path()).is_err();
+            let missing = direction == Direction::In && missing_local_input(file, &written);
             match planned {
                 Ok(_) if missing => {
                     problems.push(Some(FailureClass::NotFound));
@@ -320,9 +359,14 @@ fn dry_run(
                         .filepath()
                         .map(|p| p.display().to_string())
                         .unwrap_or_else(|_| "-".into());
+                    // The arrow shows which way the bytes go, as `stage` prints it.
+                    let url = file.redacted_url();
+                    let (from, to) = match direction {
+                        Direction::In => (url.as_str(), local.as_str()),
+                        Direction::Out => (local.as_str(), url.as_str()),
+                    };
                     println!(
-                        "  {word} {} -> {local} [provider {}, {how}]",
-                        file.redacted_url(),
+                        "  {word} {from} -> {to} [provider {}, {how}]",
                         s.provider.name
                     );
                 }

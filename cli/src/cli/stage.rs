@@ -190,6 +190,13 @@ pub fn stage_in(
             dest,
         ));
         check_usage(runner.data_manager(), &args.executor, &args.urls)?;
+        check_claimed(
+            registry,
+            runner.data_manager(),
+            &args.executor,
+            Direction::In,
+            &args.urls,
+        )?;
         let canceller = runner.clone();
         super::on_ctrl_c(move || canceller.cancel());
         // Plan in the order given, so destinations are claimed in that order (the first
@@ -250,6 +257,34 @@ fn check_usage(dm: &DataManager, executor: &str, urls: &[String]) -> Result<(), 
     Ok(())
 }
 
+/// A URL that no provider of the executor claims (an unknown scheme) is a usage error,
+/// found before anything moves, as `run` finds it: exit 2, naming the schemes served.
+fn check_claimed(
+    registry: &Registry,
+    dm: &DataManager,
+    executor: &str,
+    direction: Direction,
+    urls: &[String],
+) -> Result<(), CliError> {
+    for url in urls {
+        // A URL that does not parse is reported with its file.
+        let Ok(file) = File::parse(url) else {
+            continue;
+        };
+        let chosen = match direction {
+            Direction::In => dm.choose_stage_in_provider(executor, &file),
+            Direction::Out => dm.choose_stage_out_provider(executor, &file),
+        };
+        if let Err(e @ StagingError::NoProvider { .. }) = chosen {
+            return Err(CliError::Config(ConfigError(format!(
+                "{e}; the providers of executor {executor:?} serve: {}",
+                super::run::served_schemes(registry, executor)
+            ))));
+        }
+    }
+    Ok(())
+}
+
 fn invalid_url(
     url: &str,
     executor: &str,
@@ -292,10 +327,14 @@ pub fn stage_out(
             // The report a script reads says so too.
             let mut r = FileReport::new(Direction::Out, shown_url.clone(), &args.executor);
             (r.ok, r.error) = (false, Some(line));
+            r.error_class = Some(FailureClass::NotFound);
             r.local_path = Some(local.display().to_string());
             return print("stage out", &[r], true, start);
         }
-        return Err(CliError::Staging(line));
+        return Err(CliError::Failed {
+            line,
+            code: FailureClass::NotFound.exit_code(),
+        });
     }
     // A URL that names LOCAL itself would publish nothing (and `--move` would remove
     // the only copy).
@@ -324,6 +363,13 @@ pub fn stage_out(
         check_usage(
             runner.data_manager(),
             &args.executor,
+            std::slice::from_ref(&args.url),
+        )?;
+        check_claimed(
+            registry,
+            runner.data_manager(),
+            &args.executor,
+            Direction::Out,
             std::slice::from_ref(&args.url),
         )?;
         let canceller = runner.clone();
