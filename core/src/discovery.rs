@@ -51,7 +51,8 @@ impl PluginDir {
 ///    ([`set_bundled_plugin_dir`]);
 /// 4. `<exe dir>/plugins`, `<exe dir>/../lib/stagehost/plugins` (an installed tree:
 ///    the release tarball, a package, `scripts/install`, wherever it is mounted), then
-///    `<exe dir>` itself unless that `lib` directory exists (see [`exe_dirs`]);
+///    `<exe dir>` itself unless that `lib` directory exists (see [`exe_dirs`]); none
+///    of them when a bundled directory is set (the executable is not stagehost);
 /// 5. `$XDG_DATA_HOME/stagehost/plugins`;
 /// 6. `/usr/local/lib/stagehost/plugins`;
 /// 7. `/usr/lib/stagehost/plugins`.
@@ -82,8 +83,12 @@ pub fn plugin_dirs(config_dirs: &[PathBuf], config_name: &str) -> Vec<PluginDir>
             configured: false,
         });
     }
+    // The executable's directories are stagehost's own only when the executable is
+    // stagehost: a program that embeds the host (the Python package, whose executable
+    // is python) names its bundled directory instead.
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
+        .filter(|_| BUNDLED.get().is_none())
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
         dirs.extend(exe_dirs(&exe_dir));
@@ -213,16 +218,14 @@ pub fn check_before_open(path: &Path) -> Result<CheckedFile, Refusal> {
         return Err(Refusal("not a regular file".into()));
     }
     check_ownership(&real, &meta, "the file")?;
-    if let Some(dir) = real.parent() {
+    // Both the directory it was found in (whoever controls it chose what the name
+    // points at) and the one it resolves into: yours or root's, writable by no one else.
+    let found_in = path.parent().and_then(|d| std::fs::canonicalize(d).ok());
+    for dir in [found_in.as_deref(), real.parent()].into_iter().flatten() {
         let dir_meta = std::fs::metadata(dir)
             .map_err(|e| Refusal(format!("cannot stat its directory: {e}")))?;
-        if writable_by_others(&dir_meta) {
-            return Err(Refusal(format!(
-                "refused: its directory {} is group- or world-writable (mode {:o})",
-                dir.display(),
-                mode(&dir_meta) & 0o7777
-            )));
-        }
+        let what = format!("its directory {}", dir.display());
+        check_ownership(dir, &dir_meta, &what)?;
     }
     check_object(&file)?;
     Ok(CheckedFile { real, file })

@@ -256,6 +256,15 @@ fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
         other => LoadError(format!("cannot initialise: {}", one_line(&other.to_string()))),
     })?;
     let meta = module.metadata();
+    // A name is what configs, listings and errors print: letters, digits, `-`, `_`
+    // and `.` only, so no name can carry a terminal escape, a line break or TOML.
+    let name = meta.name.as_str();
+    if !valid_plugin_name(name) {
+        return Err(LoadError(format!(
+            "its name {:?} is empty or holds characters other than ASCII letters, digits, '-', '_' and '.'",
+            stagehost_plugin_api::display::escape(name)
+        )));
+    }
     let version = semver::Version::parse(meta.version.as_str()).map_err(|e| {
         LoadError(format!(
             "plugin {:?} has an invalid version {:?}: {e}",
@@ -281,9 +290,27 @@ fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
     })
 }
 
+/// Whether `name` may name a plugin: not empty; ASCII letters, digits, `-`, `_`, `.`.
+fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_name_is_plain_ascii() {
+        for good in ["file", "object-store", "my_plugin.v2"] {
+            assert!(valid_plugin_name(good), "{good}");
+        }
+        for bad in ["", "a b", "x\ny", "esc\u{1b}[2J", "quo\"te", "caf\u{e9}"] {
+            assert!(!valid_plugin_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn caret_rule_for_zero_versions() {

@@ -12,7 +12,6 @@ from parsl.app.app import python_app
 from parsl.app.futures import DataFuture
 from parsl.data_provider.files import File
 from parsl.data_provider.staging import Staging
-from parsl.utils import RepresentationMixin
 
 from . import _native
 from ._errors import StagingError, as_parsl_error
@@ -39,7 +38,7 @@ def _take(file: File) -> Optional[_native.Plan]:
         return _planned.pop(id(file), None)
 
 
-class StagehostStaging(Staging, RepresentationMixin):
+class StagehostStaging(Staging):
     """Stages Parsl ``File``\\ s with stagehost's providers.
 
     ``config`` is a stagehost config: a path, TOML text, or ``None`` for stagehost's
@@ -63,6 +62,18 @@ class StagehostStaging(Staging, RepresentationMixin):
                 f"unknown stagehost executor {executor!r} (configured: {', '.join(known)})",
                 "config",
             )
+
+    def __repr__(self) -> str:
+        # Parsl logs its Config's repr: TOML text given inline may hold credentials,
+        # so it is named, never shown.
+        kind = self._spec[0]
+        if kind == "text":
+            shown = f"<TOML text, {len(self._spec[1])} characters>"
+        elif kind == "path":
+            shown = repr(self._spec[1])
+        else:
+            shown = "None"
+        return f"StagehostStaging(config={shown}, executor={self.executor!r})"
 
     # Parsl's questions.
 

@@ -24,6 +24,33 @@ def test_the_version_is_the_installed_distributions() -> None:
     assert stagehost_parsl.__version__ == importlib.metadata.version("stagehost-parsl")
 
 
+def test_a_repr_never_shows_inline_config_text() -> None:
+    from parsl.config import Config
+    from parsl.executors.threads import ThreadPoolExecutor
+
+    secret = "CFGPASSW0RD-in-repr"
+    staging = StagehostStaging(
+        config=f'[[provider]]\nname = "web"\nplugin = "http"\nsettings = {{ password = "{secret}" }}\n'
+    )
+    # Parsl logs its Config's repr when it loads one.
+    config = Config(executors=[ThreadPoolExecutor(label="t", storage_access=[staging])])
+    for shown in (repr(staging), repr(config)):
+        assert secret not in shown
+    assert repr(staging).startswith("StagehostStaging(config=<TOML text, ")
+
+
+def test_the_interpreters_directories_are_never_searched_for_plugins() -> None:
+    # The executable is python: its bin/ (/usr/bin holds ld.so) and ../lib are not
+    # stagehost's; the package's bundled plugins/ is.
+    listing = subprocess.run(
+        [sys.executable, "-m", "stagehost_parsl", "plugins"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "<exe dir>" not in listing.stdout, listing.stdout
+    assert "bundled" in listing.stdout, listing.stdout
+    assert "not a stagehost plugin" not in listing.stderr, listing.stderr
+
+
 def test_the_plugins_listing_is_the_clis(tmp_path: Path) -> None:
     cfg = tmp_path / "stagehost.toml"
     cfg.write_text(stagehost_config(tmp_path))

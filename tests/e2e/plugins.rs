@@ -933,3 +933,37 @@ fn exit_codes_and_logs_are_for_scripts() {
         out.stderr
     );
 }
+
+#[test]
+fn a_plugin_in_a_directory_another_user_controls_is_refused() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let sandbox = Sandbox::new();
+    // A root-owned plugin reached through a directory uid 1500 owns (as a directory
+    // a user made inside an unpacked tree would be): that user chose what the name
+    // points at, so the plugin is not loaded.
+    let theirs = sandbox.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    symlink(example_data_plugin(), theirs.join("libstagehost_data.so")).unwrap();
+    let me = std::fs::metadata(sandbox.path()).unwrap().uid();
+    let other = if me == 1500 { 1501 } else { 1500 };
+    std::os::unix::fs::lchown(&theirs, Some(other), None).unwrap();
+    let out = sandbox.run_env(
+        &["plugins", "list", "--json"],
+        &[("STAGEHOST_PLUGIN_PATH", theirs.to_str().unwrap())],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listing = out.json();
+    let row = listing["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["file"].as_str().is_some_and(|f| f.contains("theirs")))
+        .unwrap_or_else(|| panic!("{listing:#}"))
+        .clone();
+    assert_eq!(row["status"], "failed", "{row:#}");
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("is owned by uid {other}, not by you")),
+        "{reason}"
+    );
+}

@@ -237,8 +237,14 @@ where
         if *meta.level() >= Level::DEBUG {
             write!(writer, "[{:.6} {}] ", now.as_secs_f64(), meta.target())?;
         }
-        ctx.format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // A message or field may carry a line break or an escape (a path, a plugin's
+        // own text): escaped, so one event stays one line that forges nothing.
+        let mut fields = String::new();
+        ctx.format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut fields),
+            event,
+        )?;
+        writeln!(writer, "{}", stagehost_plugin_api::display::escape(&fields))
     }
 }
 

@@ -18,8 +18,15 @@ static STATS_INTERVAL: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLo
 
 /// How often, off a terminal, a progress line is written (`--stats`; 0 or less: never).
 pub fn set_stats_interval(seconds: f64) {
-    let interval = (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds));
-    let _ = STATS_INTERVAL.set(interval);
+    let _ = STATS_INTERVAL.set(stats_interval(seconds));
+}
+
+/// Zero, negative, NaN: no lines; past what a Duration holds: none either (the first
+/// would never come).
+fn stats_interval(seconds: f64) -> Option<Duration> {
+    (seconds > 0.0)
+        .then(|| Duration::try_from_secs_f64(seconds).ok())
+        .flatten()
 }
 
 fn stats(quiet: bool) -> Option<Arc<Stats>> {
@@ -384,6 +391,14 @@ mod tests {
         );
         assert_eq!(eta(Duration::from_secs(245)), "4m05s");
         assert_eq!(eta(Duration::from_secs(7380)), "2h03m");
+    }
+
+    #[test]
+    fn any_stats_value_is_an_interval_or_none_and_never_a_panic() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e300] {
+            assert_eq!(stats_interval(bad), None, "{bad}");
+        }
+        assert_eq!(stats_interval(0.5), Some(Duration::from_millis(500)));
     }
 
     #[test]

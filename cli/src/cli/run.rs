@@ -225,15 +225,18 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
     let written = written_by_tasks(workflow, order)?;
     for &i in order {
         for (direction, file) in task_files(workflow, i, &index)? {
-            if direction == Direction::In && missing_local_input(&file, &written) {
+            if direction != Direction::In {
+                continue;
+            }
+            if let Some((class, why)) = local_input_problem(&file, &written) {
                 return Err(CliError::Failed {
                     line: format!(
-                        "{}: task {:?}: the local input {} does not exist, and no task of the workflow writes it",
+                        "{}: task {:?}: the local input {} {why}",
                         workflow.location(i),
                         workflow.tasks[i].name,
                         file.redacted_url()
                     ),
-                    code: FailureClass::NotFound.exit_code(),
+                    code: class.exit_code(),
                 });
             }
         }
@@ -279,15 +282,26 @@ fn written_by_tasks(
     Ok(written)
 }
 
-/// A local input (the file scheme, no host) that no task writes and that is not there.
-fn missing_local_input(
+/// What is wrong with a local input (the file scheme, no host) that no task writes:
+/// it is not there, or it cannot be reached; its class and the words that say so.
+fn local_input_problem(
     file: &stagehost::File,
     written: &std::collections::HashSet<String>,
-) -> bool {
-    file.scheme() == "file"
-        && file.netloc().is_empty()
-        && !written.contains(file.url())
-        && std::fs::metadata(file.path()).is_err()
+) -> Option<(FailureClass, String)> {
+    if file.scheme() != "file" || !file.netloc().is_empty() || written.contains(file.url()) {
+        return None;
+    }
+    let e = std::fs::metadata(file.path()).err()?;
+    Some(match e.kind() {
+        std::io::ErrorKind::NotFound => (
+            FailureClass::NotFound,
+            "does not exist, and no task of the workflow writes it".to_owned(),
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            (FailureClass::Permission, format!("cannot be reached: {e}"))
+        }
+        _ => (FailureClass::Other, format!("cannot be read: {e}")),
+    })
 }
 
 fn dry_run(
@@ -326,14 +340,14 @@ fn dry_run(
                 Direction::In => dm.plan_stage_in(&task.executor, file, &opts),
                 Direction::Out => dm.plan_stage_out(&task.executor, file, &opts),
             };
-            let missing = direction == Direction::In && missing_local_input(file, &written);
+            let problem = (direction == Direction::In)
+                .then(|| local_input_problem(file, &written))
+                .flatten();
             match planned {
-                Ok(_) if missing => {
-                    problems.push(Some(FailureClass::NotFound));
-                    println!(
-                        "  {word} {}: the local input does not exist",
-                        file.redacted_url()
-                    );
+                Ok(_) if problem.is_some() => {
+                    let (class, why) = problem.expect("checked just above");
+                    problems.push(Some(class));
+                    println!("  {word} {}: the local input {why}", file.redacted_url());
                 }
                 Ok(s) => {
                     let modes: Vec<String> = s

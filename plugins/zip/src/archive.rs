@@ -828,10 +828,20 @@ pub fn extract(
     lock_timeout: Duration,
 ) -> Result<u64, StageError> {
     let shown = display::path(path);
-    if !path.exists() {
-        return Err(StageError::not_found(format!(
-            "there is no archive {shown}"
-        )));
+    // Told apart: an archive that is not there, and one that cannot be reached.
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StageError::not_found(format!(
+                "there is no archive {shown}"
+            )));
+        }
+        Err(e) => {
+            return Err(StageError::io(
+                format!("cannot reach the archive {shown}"),
+                &e,
+            ))
+        }
+        Ok(_) => {}
     }
     let sidecars = Sidecars::open(path, false)?;
     sidecars.take(ctx, false, lock_timeout)?;
