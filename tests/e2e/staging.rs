@@ -213,7 +213,8 @@ fn stage_out_copies_and_a_failed_stage_out_keeps_the_local_output() {
 fn an_unclaimed_url_gets_parsls_error_and_credentials_stay_hidden() {
     let sandbox = Sandbox::new();
     let out = sandbox.run(&["stage", "in", "gopher://user:hunter2@host/x"]);
-    assert_eq!(out.code, Some(1));
+    // A URL no provider claims is a usage error, found before anything moves.
+    assert_eq!(out.code, Some(2));
     let line = out.stderr.lines().next().unwrap();
     assert!(
         line.starts_with(
@@ -248,10 +249,10 @@ fn an_empty_staging_list_stages_nothing_while_no_list_uses_the_default() {
         "none",
         "/etc/hostname",
     ]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(2));
     assert_eq!(
         out.stderr.lines().next().unwrap(),
-        "stagehost: error: Executor none cannot stage file /etc/hostname"
+        "stagehost: error: Executor none cannot stage file /etc/hostname; the providers of executor \"none\" serve: nothing"
     );
     let out = sandbox.run(&[
         "--config",
@@ -447,10 +448,11 @@ fn stage_out_of_a_missing_file_still_writes_its_json_report() {
         missing.to_str().unwrap(),
         sandbox.join("copy.txt").to_str().unwrap(),
     ]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     let json = out.json();
     assert_eq!(json["version"], 1);
     assert_eq!(json["files"][0]["ok"], false);
+    assert_eq!(json["files"][0]["error_class"], "not_found");
     assert!(json["files"][0]["error"]
         .as_str()
         .is_some_and(|e| e.contains("does not exist")));

@@ -228,7 +228,8 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
             if direction != Direction::In {
                 continue;
             }
-            if let Some((class, why)) = local_input_problem(&file, &written) {
+            let executor = &workflow.tasks[i].executor;
+            if let Some((class, why)) = local_input_problem(&dm, executor, &file, &written) {
                 return Err(CliError::Failed {
                     line: format!(
                         "{}: task {:?}: the local input {} {why}",
@@ -282,9 +283,14 @@ fn written_by_tasks(
     Ok(written)
 }
 
-/// What is wrong with a local input (the file scheme, no host) that no task writes:
-/// it is not there, or it cannot be reached; its class and the words that say so.
+/// What is wrong with a local input (the file scheme, no host) that no task writes
+/// and that the executor's provider uses in place: it is not there, or it cannot be
+/// reached; its class and the words that say so. A provider that moves the file
+/// (a copy; rsync, for which a `file` URL names a file on another host) reports its
+/// own error when it runs.
 fn local_input_problem(
+    dm: &DataManager,
+    executor: &str,
     file: &stagehost::File,
     written: &std::collections::HashSet<String>,
 ) -> Option<(FailureClass, String)> {
@@ -292,6 +298,13 @@ fn local_input_problem(
         return None;
     }
     let e = std::fs::metadata(file.path()).err()?;
+    // Planned only for a file that is not there, so the check costs nothing otherwise.
+    let planned = dm
+        .plan_stage_in(executor, file, &StageOptions::default())
+        .ok()?;
+    if !planned.modes().is_empty() {
+        return None;
+    }
     Some(match e.kind() {
         std::io::ErrorKind::NotFound => (
             FailureClass::NotFound,
@@ -341,7 +354,7 @@ fn dry_run(
                 Direction::Out => dm.plan_stage_out(&task.executor, file, &opts),
             };
             let problem = (direction == Direction::In)
-                .then(|| local_input_problem(file, &written))
+                .then(|| local_input_problem(&dm, &task.executor, file, &written))
                 .flatten();
             match planned {
                 Ok(_) if problem.is_some() => {
