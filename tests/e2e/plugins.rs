@@ -826,6 +826,24 @@ fn config_show_includes_dropped_in_providers() {
         "{}",
         out.stdout
     );
+    // Settings a plugin rejects fail `config show` as they fail every command (exit 2,
+    // at their place), after the config is shown.
+    let bad = sandbox.write(
+        "bad.toml",
+        "[[provider]]\nname = \"web\"\nplugin = \"http\"\nsettings = { conect_timeout_secs = 5 }\n",
+    );
+    let shown = sandbox.run(&["--config", bad.to_str().unwrap(), "config", "show"]);
+    assert_eq!(shown.code, Some(2), "{}", shown.stderr);
+    assert!(
+        shown.stderr.contains("bad.toml:4:14: provider \"web\""),
+        "{}",
+        shown.stderr
+    );
+    assert!(
+        shown.stdout.contains("conect_timeout_secs"),
+        "{}",
+        shown.stdout
+    );
     // What it prints is a config that parses.
     let parsed: toml::Value = toml::from_str(&out.stdout).expect("config show prints TOML");
     assert!(parsed["provider"]

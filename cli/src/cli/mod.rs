@@ -352,8 +352,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             println!("# {}", source_line(&config.source));
             print!("{}", config.to_toml_redacted(&declared));
             // Plugins dropped into a plugin directory that no [[provider]] names are
-            // providers too: shown as the tables that would name them.
-            if let Ok(registry) = Registry::build(&config, &loader) {
+            // providers too: shown as the tables that would name them. Settings a
+            // plugin rejects fail here as in every command (exit 2), after the config
+            // is shown.
+            let registry = Registry::build(&config, &loader)?;
+            {
                 let dropped: Vec<_> = registry
                     .instances
                     .iter()
