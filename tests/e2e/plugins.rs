@@ -985,3 +985,74 @@ fn a_plugin_in_a_directory_another_user_controls_is_refused() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_run_report_becomes_one_self_contained_page_that_chromium_renders() {
+    let sandbox = Sandbox::new();
+    sandbox.write("work/in.txt", "a\nb\n");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"count\"\ncommand = \"wc -l < {inputs[0]} > {outputs[0]}\"\ninputs = [\"in.txt\"]\noutputs = [\"n.txt\"]\n\n[[task]]\nname = \"breaks <here>\"\ncommand = \"exit 3\"\n",
+    );
+    let out = sandbox.run(&["run", "flow.toml", "--report", "run.json"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let out = sandbox.run(&["report", "run.json", "-o", "run.html"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let page = std::fs::read_to_string(sandbox.join("work/run.html")).unwrap();
+    // Self-contained: nothing fetched, no script.
+    for outside in ["<script", "src=", "href=", "@import", "url("] {
+        assert!(!page.contains(outside), "{outside} in the page");
+    }
+    // Names are escaped; the failure is listed with its line.
+    assert!(page.contains("breaks &lt;here&gt;"), "{page}");
+    assert!(
+        page.contains("the command failed with exit status 3"),
+        "{page}"
+    );
+    // Not a report: one line, exit 2.
+    let out = sandbox.run(&["report", "flow.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("not a JSON report"), "{}", out.stderr);
+
+    // Headless Chromium (Debian's package) loads it: the DOM it builds holds a bar per
+    // task with its status, and a screenshot is kept with the test's output.
+    let shots = target_root().join("test-output");
+    std::fs::create_dir_all(&shots).unwrap();
+    let url = format!("file://{}", sandbox.join("work/run.html").display());
+    let chromium = |args: &[&str]| -> Run {
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1300,900",
+            ])
+            .args(args)
+            .arg(&url)
+            .env("HOME", sandbox.join("home"))
+            .output()
+            .expect("chromium runs (scripts/install-test-deps installs it)")
+            .into()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    assert_eq!(dom.code, Some(0), "{}", dom.stderr);
+    assert!(
+        dom.stdout
+            .contains("class=\"task succeeded\" data-task=\"count\""),
+        "{}",
+        dom.stdout
+    );
+    assert!(
+        dom.stdout
+            .contains("class=\"task failed\" data-task=\"breaks &lt;here&gt;\""),
+        "{}",
+        dom.stdout
+    );
+    let shot = shots.join("run-report.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chromium(&[&format!("--screenshot={}", shot.display())]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    eprintln!("screenshot of the report: {}", shot.display());
+}

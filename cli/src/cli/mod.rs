@@ -6,6 +6,7 @@
 mod meta;
 mod plugins;
 pub mod progress;
+mod report;
 mod run;
 mod stage;
 mod worker;
@@ -59,6 +60,8 @@ enum Command {
     /// Inspect the config
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write one self-contained HTML page from a `run --report` file: timeline, bytes/s, providers, failures
+    Report(report::ReportArgs),
     /// Serve a run's tasks on this node (started by a `slurm` or `processes` executor's blocks)
     Worker(worker::WorkerArgs),
     /// Print this build's version and commit, plugin-api's, and every plugin found with its own
@@ -334,6 +337,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man { dir } => return meta::man(dir),
+        Command::Report(a) => return report::report(a),
         _ => {}
     }
     let config = Config::locate(args.config.as_deref())?;
@@ -345,7 +349,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             meta::version(&plugins, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man { .. } | Command::Report(_) => {
+            unreachable!("handled above")
+        }
         Command::Config(ConfigCommand::Show) => {
             let (_, plugins) = Registry::discover(&config, &loader);
             let declared = Registry::declared_secrets(&config, &loader, &plugins);
