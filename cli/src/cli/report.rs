@@ -110,11 +110,11 @@ fn page(doc: &Value) -> String {
     );
     // The summary.
     let count = |k: &str| summary[k].as_u64().unwrap_or(0);
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<p class=\"summary\">{} task(s): {} succeeded, {} failed, {} stage-out failed, \
          {} lost an input, {} cancelled; {} file(s) moved ({}), {} already current, \
-         {} failed; {:.3} s</p>\n",
+         {} failed; {:.3} s</p>",
         count("tasks"),
         count("succeeded"),
         count("failed"),
@@ -168,11 +168,11 @@ fn timeline(html: &mut String, tasks: &[Value], span: f64) {
             let y = row * i as f64;
             let x = label + width * start / span;
             let w = (width * secs / span).max(1.0);
-            let _ = write!(
+            let _ = writeln!(
                 html,
                 "<g class=\"task {status}\" data-task=\"{n}\"><text x=\"0\" y=\"{ty}\">{n}</text>\
                  <rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{h}\">\
-                 <title>{n}: {status}, {secs:.3} s from {start:.3} s</title></rect></g>\n",
+                 <title>{n}: {status}, {secs:.3} s from {start:.3} s</title></rect></g>",
                 n = esc(name),
                 status = esc(status),
                 ty = y + row - 5.0,
