@@ -24,6 +24,7 @@ pub mod checksum;
 pub mod config;
 pub mod data_manager;
 pub mod discovery;
+pub mod journal;
 pub mod listing;
 pub mod loader;
 pub mod observer;

@@ -1056,3 +1056,37 @@ fn a_run_report_becomes_one_self_contained_page_that_chromium_renders() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     eprintln!("screenshot of the report: {}", shot.display());
 }
+
+#[test]
+fn each_run_journals_its_tasks_beside_the_workflow() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    sandbox.write("work/in.txt", "a\nb\n");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"count\"\ncommand = \"wc -l < {inputs[0]} > {outputs[0]}\"\ninputs = [\"in.txt\"]\noutputs = [\"n.txt\"]\n\n[[task]]\nname = \"copy\"\ncommand = \"cp {inputs[0]} {outputs[0]}\"\ninputs = [{ task = \"count\", output = 0 }]\noutputs = [\"m.txt\"]\n",
+    );
+    for run in 1..=2 {
+        let out = sandbox.run(&["run", "flow.toml"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let journal = sandbox.join("work/.stagehost/journal/flow.toml.jsonl");
+        let records = stagehost::journal::read(&journal).unwrap();
+        let runs = records.iter().filter(|r| r["type"] == "run").count();
+        let tasks: Vec<_> = records.iter().filter(|r| r["type"] == "task").collect();
+        assert_eq!((runs, tasks.len()), (run, 2 * run), "{records:#?}");
+        // The last run's records: each output's identity is the file's as it is now,
+        // and the copy's input is the count's output, by identity.
+        let last = &tasks[tasks.len() - 2..];
+        let count = last.iter().find(|t| t["name"] == "count").unwrap();
+        let copy = last.iter().find(|t| t["name"] == "copy").unwrap();
+        let meta = std::fs::metadata(sandbox.join("work/n.txt")).unwrap();
+        assert_eq!(count["outputs"][0]["identity"]["size"], meta.len());
+        assert_eq!(count["outputs"][0]["identity"]["inode"], meta.ino());
+        assert_eq!(
+            copy["inputs"][0]["identity"],
+            count["outputs"][0]["identity"]
+        );
+        assert_eq!(count["status"], "succeeded");
+        assert_eq!(count["command_sha256"].as_str().unwrap().len(), 64);
+    }
+}

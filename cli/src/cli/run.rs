@@ -81,8 +81,34 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         }
         _ => None,
     };
+    // The run journal beside the workflow (.stagehost/journal/): each task's record as
+    // it ends. One that cannot be opened costs a warning, never the run.
+    let journal = match stagehost::journal::Journal::open_beside(&workflow.path) {
+        Ok(j) => {
+            j.run_started(&workflow.path);
+            Some(j)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot open the run journal beside {}: {e}; the run goes on without it",
+                stagehost_plugin_api::display::path(&workflow.path)
+            );
+            None
+        }
+    };
+    let progress = super::progress::observer(quiet);
+    let observer: Arc<dyn stagehost::engine::Observer> = match journal {
+        Some(j) => Arc::new(stagehost::journal::Journaling::new(
+            progress,
+            j,
+            workflow
+                .tasks
+                .iter()
+                .map(|t| (t.name.as_str(), t.command.as_str())),
+        )),
+        None => progress,
+    };
     let reports = rt.block_on(async move {
-        let observer = super::progress::observer(quiet);
         observer.tasks_expected(tasks);
         let display = observer.clone();
         let engine = Engine::new(

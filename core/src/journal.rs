@@ -1,0 +1,418 @@
+//! The run journal: what each finished task ran on and produced, appended as tasks
+//! end, kept beside the workflow (`.stagehost/journal/<workflow file>.jsonl`), for
+//! re-runs and lineage.
+//!
+//! Format: one JSON object a line, append-only. A `run` record opens each run; a `task`
+//! record follows each task that ended: its name, executor, status, the SHA-256 of its
+//! command text, and each input's and output's URL, local path and identity (a local
+//! file's size, modification time in nanoseconds and inode, taken when the task ended).
+//!
+//! Invariants:
+//! - records are only appended; a writer thread writes them in the order given and
+//!   syncs the file whenever it has written all it was given (a group commit at task
+//!   boundaries), and once more when the journal is closed;
+//! - a reader ignores a torn tail (a last line without its newline, or one that is not
+//!   JSON), so a run killed at any moment leaves a journal that reads as the records
+//!   synced before it;
+//! - the file is opened without following a symbolic link, in a directory of the
+//!   user's own; a journal that cannot be opened or written costs a warning, never the
+//!   run.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde_json::{json, Value};
+
+use crate::report::{FileReport, TaskReport};
+
+/// An open journal and its writer thread.
+pub struct Journal {
+    path: PathBuf,
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Msg {
+    Line(String),
+    /// Write and sync everything before it, then answer.
+    Flush(mpsc::Sender<()>),
+}
+
+impl Journal {
+    /// The journal of `workflow`: `<its directory>/.stagehost/journal/<its file
+    /// name>.jsonl`, opened for appending (created, with its directories, if missing).
+    pub fn open_beside(workflow: &Path) -> std::io::Result<Journal> {
+        let dir = workflow
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join(".stagehost")
+            .join("journal");
+        let name = workflow
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "workflow".into());
+        Journal::open(&dir.join(format!("{name}.jsonl")))
+    }
+
+    /// `path`, opened for appending.
+    pub fn open(path: &Path) -> std::io::Result<Journal> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent() {
+            private_dirs(dir)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        // A tail torn by an earlier run that was killed gets its line ended, so the
+        // next record starts a line of its own.
+        let len = file.metadata()?.len();
+        if len > 0 && !ends_with_newline(path, len) {
+            file.write_all(b"\n")?;
+        }
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let shown = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("stagehost-journal".into())
+            .spawn(move || write_all(file, rx, &shown))?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            tx: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `record` (one line).
+    pub fn append(&self, record: &Value) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Line(record.to_string()));
+        }
+    }
+
+    /// Returns once every record appended so far is written and synced.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::channel();
+        if let Some(tx) = &self.tx {
+            if tx.send(Msg::Flush(ack)).is_ok() {
+                let _ = done.recv();
+            }
+        }
+    }
+
+    /// The record that opens a run of `workflow`.
+    pub fn run_started(&self, workflow: &Path) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.append(&json!({
+            "type": "run",
+            "workflow": workflow.display().to_string(),
+            "started": now.as_secs_f64(),
+            "pid": std::process::id(),
+        }));
+    }
+
+    /// The record of a task that ended; `command_sha256` of its command text.
+    pub fn task_ended(&self, report: &TaskReport, command_sha256: Option<&str>) {
+        let files = |direction: crate::data_manager::Direction| -> Vec<Value> {
+            report
+                .files
+                .iter()
+                .filter(|f| f.direction == direction)
+                .map(file_record)
+                .collect()
+        };
+        self.append(&json!({
+            "type": "task",
+            "name": report.name,
+            "executor": report.executor,
+            "status": report.status,
+            "command_sha256": command_sha256,
+            "inputs": files(crate::data_manager::Direction::In),
+            "outputs": files(crate::data_manager::Direction::Out),
+        }));
+    }
+
+    /// Writes what is queued, syncs, and stops the writer.
+    pub fn close(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Makes `dir` and its parents as needed (0700), refusing any that is a symbolic link
+/// or not a directory: the journal goes only where it was put.
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} is not a directory (a symbolic link is never followed)",
+            stagehost_plugin_api::display::path(dir)
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                private_dirs(parent)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => private_dirs(dir),
+                other => other,
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn ends_with_newline(path: &Path, len: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return true;
+    };
+    let mut last = [0u8];
+    f.seek(SeekFrom::Start(len - 1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] == b'\n'
+}
+
+/// How long the writer gathers records before it syncs them together: a run killed
+/// in that window re-runs at most the tasks that ended in it.
+const GROUP_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The writer: each record as a line; records that arrive within [`GROUP_COMMIT`] of
+/// the first are synced together (a flush syncs at once).
+fn write_all(file: std::fs::File, rx: mpsc::Receiver<Msg>, path: &Path) {
+    let mut out = std::io::BufWriter::new(file);
+    let mut failed = false;
+    let fail = |e: std::io::Error, failed: &mut bool| {
+        if !*failed {
+            tracing::warn!(
+                "cannot write the run journal {}: {e}; the run goes on without it",
+                stagehost_plugin_api::display::path(path)
+            );
+            *failed = true;
+        }
+    };
+    let mut open = true;
+    while open {
+        let Ok(first) = rx.recv() else {
+            break;
+        };
+        let until = std::time::Instant::now() + GROUP_COMMIT;
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(line) if !failed => {
+                    if let Err(e) = out
+                        .write_all(line.as_bytes())
+                        .and_then(|()| out.write_all(b"\n"))
+                    {
+                        fail(e, &mut failed);
+                    }
+                }
+                Msg::Line(_) => {}
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            if !acks.is_empty() {
+                next = rx.try_recv().ok();
+                continue;
+            }
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            next = match rx.recv_timeout(left) {
+                Ok(msg) => Some(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
+                }
+            };
+        }
+        if !failed {
+            if let Err(e) = out.flush().and_then(|()| out.get_ref().sync_data()) {
+                fail(e, &mut failed);
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// An observer that journals each task as it ends, then tells `inner`.
+pub struct Journaling {
+    inner: std::sync::Arc<dyn crate::observer::Observer>,
+    journal: Journal,
+    /// Each task's command text, as a SHA-256, by task name.
+    commands: std::collections::HashMap<String, String>,
+}
+
+impl Journaling {
+    /// `inner`, with `journal` recording each task; `commands` maps task names to their
+    /// command text.
+    pub fn new<'a>(
+        inner: std::sync::Arc<dyn crate::observer::Observer>,
+        journal: Journal,
+        commands: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Journaling {
+        use sha2::Digest;
+        let commands = commands
+            .into_iter()
+            .map(|(name, command)| {
+                (
+                    name.to_owned(),
+                    format!("{:x}", sha2::Sha256::digest(command.as_bytes())),
+                )
+            })
+            .collect();
+        Journaling {
+            inner,
+            journal,
+            commands,
+        }
+    }
+}
+
+impl crate::observer::Observer for Journaling {
+    fn tasks_expected(&self, tasks: usize) {
+        self.inner.tasks_expected(tasks);
+    }
+    fn task_submitted(&self, name: &str) {
+        self.inner.task_submitted(name);
+    }
+    fn task_finished(&self, report: &TaskReport) {
+        let command = self.commands.get(&report.name).map(String::as_str);
+        self.journal.task_ended(report, command);
+        self.inner.task_finished(report);
+    }
+    fn transfer_started(
+        &self,
+        id: u64,
+        url: &str,
+        direction: crate::data_manager::Direction,
+        mode: crate::data_manager::WorkMode,
+    ) -> Option<std::sync::Arc<dyn crate::services::ProgressSink>> {
+        self.inner.transfer_started(id, url, direction, mode)
+    }
+    fn transfer_finished(&self, id: u64, result: Result<crate::observer::Finished, &str>) {
+        self.inner.transfer_finished(id, result);
+    }
+    fn run_finished(&self) {
+        // Every task's record is on disk before the run says it is over.
+        self.journal.flush();
+        self.inner.run_finished();
+    }
+}
+
+/// A file's record: its URL, where it is here, and its identity if it is a local file.
+fn file_record(f: &FileReport) -> Value {
+    let identity = f
+        .local_path
+        .as_deref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| identity(&m));
+    json!({
+        "url": f.url,
+        "local_path": f.local_path,
+        "ok": f.ok,
+        "identity": identity,
+    })
+}
+
+/// A local file's identity: size, modification time (ns since the epoch) and inode.
+pub fn identity(meta: &std::fs::Metadata) -> Value {
+    use std::os::unix::fs::MetadataExt;
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    json!({
+        "size": meta.len(),
+        "mtime_ns": mtime_ns.to_string(),
+        "inode": meta.ino(),
+    })
+}
+
+/// The records of the journal at `path`, in order; a torn tail (and any line that is
+/// not JSON) is left out.
+pub fn read(path: &Path) -> std::io::Result<Vec<Value>> {
+    let bytes = std::fs::read(path)?;
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &bytes[..=i],
+        None => &[][..],
+    };
+    Ok(complete
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_come_back_in_order_and_a_torn_tail_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j/flow.toml.jsonl");
+        let j = Journal::open(&path).unwrap();
+        for i in 0..100 {
+            j.append(&json!({ "type": "task", "i": i }));
+        }
+        j.close();
+        // A writer killed mid-record leaves half a line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"type\":\"task\",\"i\":10")
+            .unwrap();
+        let records = read(&path).unwrap();
+        assert_eq!(records.len(), 100);
+        assert!(records.iter().enumerate().all(|(i, r)| r["i"] == i));
+        // The next run's records start on a line of their own.
+        let j = Journal::open(&path).unwrap();
+        j.append(&json!({ "type": "run" }));
+        j.close();
+        let records = read(&path).unwrap();
+        assert_eq!(records.len(), 101);
+        assert_eq!(records[100]["type"], "run");
+    }
+
+    #[test]
+    fn a_symlinked_journal_directory_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(".stagehost")).unwrap();
+        assert!(Journal::open_beside(&dir.path().join("flow.toml")).is_err());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_symlink_at_the_journal_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "mine\n").unwrap();
+        let path = dir.path().join("flow.toml.jsonl");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(Journal::open(&path).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "mine\n");
+    }
+}
