@@ -22,9 +22,153 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::report::{FileReport, TaskReport};
+use crate::report::{TaskReport, TaskStatus};
+
+/// One line of a journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// A run began.
+    Run(RunRecord),
+    /// A task ended.
+    Task(TaskRecord),
+}
+
+/// The record that opens a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The workflow file, as given.
+    pub workflow: String,
+    /// When it began, in seconds since the epoch.
+    pub started: f64,
+    /// The `stagehost` process.
+    pub pid: u32,
+    /// Whether it was a `--resume`.
+    #[serde(default)]
+    pub resume: bool,
+}
+
+/// The record of a task that ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Its name.
+    pub name: String,
+    /// Its executor.
+    pub executor: String,
+    /// How it ended.
+    pub status: TaskStatus,
+    /// Its command as written in the workflow (placeholders unexpanded: the paths
+    /// they stand for are the files' own, recorded below).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// The SHA-256 of `command`, hex.
+    pub command_sha256: Option<String>,
+    /// When it ended, in seconds since the epoch.
+    #[serde(default)]
+    pub ended: f64,
+    /// Its inputs, in order.
+    pub inputs: Vec<FileRecord>,
+    /// Its outputs, then its stdout and stderr files.
+    pub outputs: Vec<FileRecord>,
+}
+
+/// One file of a task's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The URL, redacted.
+    pub url: String,
+    /// Where the task saw it.
+    pub local_path: Option<String>,
+    /// Whether its staging succeeded.
+    pub ok: bool,
+    /// Its identity when the task ended.
+    pub identity: Option<Identity>,
+}
+
+/// What identifies a version of a file: a local file's size, modification time (ns
+/// since the epoch) and inode; for a file at a remote URL, those of the copy the task
+/// read or wrote here, with the validator (`ETag`, `Last-Modified`) the provider
+/// recorded for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Bytes.
+    pub size: u64,
+    /// Modification time in nanoseconds since the epoch, as a decimal string.
+    pub mtime_ns: String,
+    /// Inode number.
+    pub inode: u64,
+    /// The validator the provider recorded for the copy, for a remote URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<String>,
+    /// The SHA-256 the URL's `#sha256=` fragment named, verified when it was staged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl Identity {
+    /// Whether `other` is the same version by what a stat shows (size, modification
+    /// time, inode).
+    pub fn same_stat(&self, other: &Identity) -> bool {
+        self.size == other.size && self.mtime_ns == other.mtime_ns && self.inode == other.inode
+    }
+}
+
+/// The SHA-256 of a command's text, hex.
+pub fn command_hash(command: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(command.as_bytes()))
+}
+
+/// Seconds since the epoch.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The local path a URL names, when it names a file on this host (a bare path or a
+/// `file` URL without a host).
+pub fn local_path_of(url: &str) -> Option<PathBuf> {
+    let file = stagehost_plugin_api::File::parse(url).ok()?;
+    (file.scheme() == "file" && file.netloc().is_empty()).then(|| PathBuf::from(file.path()))
+}
+
+/// The identity of the file at `url` as it is now: for a local URL, the file it names;
+/// otherwise the copy at `local_path`, with the validator its provider recorded.
+pub fn identity_of(url: &str, local_path: Option<&Path>, working_dir: &Path) -> Option<Identity> {
+    let sha256 = url
+        .split_once('#')
+        .and_then(|(_, fragment)| fragment.strip_prefix("sha256="))
+        .map(str::to_ascii_lowercase);
+    if let Some(path) = local_path_of(url) {
+        let mut id = stat_identity(&path)?;
+        id.sha256 = sha256;
+        return Some(id);
+    }
+    let path = local_path?;
+    let mut id = stat_identity(path)?;
+    id.validator = stagehost_plugin_api::validators::load_for(url, path, working_dir);
+    id.sha256 = sha256;
+    Some(id)
+}
+
+/// The identity a stat of `path` shows (following a link, as the task reads it).
+pub fn stat_identity(path: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    Some(Identity {
+        size: meta.len(),
+        mtime_ns: mtime_ns.to_string(),
+        inode: meta.ino(),
+        validator: None,
+        sha256: None,
+    })
+}
 
 /// An open journal and its writer thread.
 pub struct Journal {
@@ -43,17 +187,7 @@ impl Journal {
     /// The journal of `workflow`: `<its directory>/.stagehost/journal/<its file
     /// name>.jsonl`, opened for appending (created, with its directories, if missing).
     pub fn open_beside(workflow: &Path) -> std::io::Result<Journal> {
-        let dir = workflow
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .join(".stagehost")
-            .join("journal");
-        let name = workflow
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "workflow".into());
-        Journal::open(&dir.join(format!("{name}.jsonl")))
+        Journal::open(&path_beside(workflow))
     }
 
     /// `path`, opened for appending.
@@ -91,7 +225,7 @@ impl Journal {
         &self.path
     }
 
-    /// Appends `record` (one line).
+    /// Appends `record` (one line of JSON).
     pub fn append(&self, record: &Value) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Msg::Line(record.to_string()));
@@ -108,37 +242,54 @@ impl Journal {
         }
     }
 
-    /// The record that opens a run of `workflow`.
-    pub fn run_started(&self, workflow: &Path) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.append(&json!({
-            "type": "run",
-            "workflow": workflow.display().to_string(),
-            "started": now.as_secs_f64(),
-            "pid": std::process::id(),
+    /// The record that opens a run of `workflow`; `resume` when it skips what did not
+    /// change.
+    pub fn run_started(&self, workflow: &Path, resume: bool) {
+        self.append_record(&Record::Run(RunRecord {
+            workflow: workflow.display().to_string(),
+            started: now(),
+            pid: std::process::id(),
+            resume,
         }));
     }
 
-    /// The record of a task that ended; `command_sha256` of its command text.
-    pub fn task_ended(&self, report: &TaskReport, command_sha256: Option<&str>) {
-        let files = |direction: crate::data_manager::Direction| -> Vec<Value> {
+    /// Appends `record` (one line).
+    pub fn append_record(&self, record: &Record) {
+        if let Some(tx) = &self.tx {
+            let line = serde_json::to_string(record).expect("a record is plain data");
+            let _ = tx.send(Msg::Line(line));
+        }
+    }
+
+    /// The record of a task that ended: its command text, and the identities of its
+    /// files as they are now; `working_dir` is its executor's.
+    pub fn task_ended(&self, report: &TaskReport, command: Option<&str>, working_dir: &Path) {
+        let files = |direction: crate::data_manager::Direction| -> Vec<FileRecord> {
             report
                 .files
                 .iter()
                 .filter(|f| f.direction == direction)
-                .map(file_record)
+                .map(|f| FileRecord {
+                    url: f.url.clone(),
+                    local_path: f.local_path.clone(),
+                    ok: f.ok,
+                    identity: identity_of(
+                        &f.url,
+                        f.local_path.as_deref().map(Path::new),
+                        working_dir,
+                    ),
+                })
                 .collect()
         };
-        self.append(&json!({
-            "type": "task",
-            "name": report.name,
-            "executor": report.executor,
-            "status": report.status,
-            "command_sha256": command_sha256,
-            "inputs": files(crate::data_manager::Direction::In),
-            "outputs": files(crate::data_manager::Direction::Out),
+        self.append_record(&Record::Task(TaskRecord {
+            name: report.name.clone(),
+            executor: report.executor.clone(),
+            status: report.status,
+            command: command.map(str::to_owned),
+            command_sha256: command.map(command_hash),
+            ended: now(),
+            inputs: files(crate::data_manager::Direction::In),
+            outputs: files(crate::data_manager::Direction::Out),
         }));
     }
 
@@ -261,32 +412,29 @@ fn write_all(file: std::fs::File, rx: mpsc::Receiver<Msg>, path: &Path) {
 pub struct Journaling {
     inner: std::sync::Arc<dyn crate::observer::Observer>,
     journal: Journal,
-    /// Each task's command text, as a SHA-256, by task name.
+    /// Each task's command text, by task name.
     commands: std::collections::HashMap<String, String>,
+    /// Each executor's working directory, where its providers keep their records.
+    working_dirs: std::collections::HashMap<String, PathBuf>,
 }
 
 impl Journaling {
     /// `inner`, with `journal` recording each task; `commands` maps task names to their
-    /// command text.
+    /// command text, `working_dirs` executor labels to their working directories.
     pub fn new<'a>(
         inner: std::sync::Arc<dyn crate::observer::Observer>,
         journal: Journal,
         commands: impl IntoIterator<Item = (&'a str, &'a str)>,
+        working_dirs: impl IntoIterator<Item = (String, PathBuf)>,
     ) -> Journaling {
-        use sha2::Digest;
-        let commands = commands
-            .into_iter()
-            .map(|(name, command)| {
-                (
-                    name.to_owned(),
-                    format!("{:x}", sha2::Sha256::digest(command.as_bytes())),
-                )
-            })
-            .collect();
         Journaling {
             inner,
             journal,
-            commands,
+            commands: commands
+                .into_iter()
+                .map(|(name, command)| (name.to_owned(), command.to_owned()))
+                .collect(),
+            working_dirs: working_dirs.into_iter().collect(),
         }
     }
 }
@@ -299,8 +447,16 @@ impl crate::observer::Observer for Journaling {
         self.inner.task_submitted(name);
     }
     fn task_finished(&self, report: &TaskReport) {
-        let command = self.commands.get(&report.name).map(String::as_str);
-        self.journal.task_ended(report, command);
+        // A skipped task did nothing: the record of the run that made its outputs
+        // stands.
+        if report.status != TaskStatus::Skipped {
+            let command = self.commands.get(&report.name).map(String::as_str);
+            let working_dir = self
+                .working_dirs
+                .get(&report.executor)
+                .map_or(Path::new("."), PathBuf::as_path);
+            self.journal.task_ended(report, command, working_dir);
+        }
         self.inner.task_finished(report);
     }
     fn transfer_started(
@@ -322,45 +478,46 @@ impl crate::observer::Observer for Journaling {
     }
 }
 
-/// A file's record: its URL, where it is here, and its identity if it is a local file.
-fn file_record(f: &FileReport) -> Value {
-    let identity = f
-        .local_path
-        .as_deref()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| identity(&m));
-    json!({
-        "url": f.url,
-        "local_path": f.local_path,
-        "ok": f.ok,
-        "identity": identity,
-    })
-}
-
-/// A local file's identity: size, modification time (ns since the epoch) and inode.
-pub fn identity(meta: &std::fs::Metadata) -> Value {
-    use std::os::unix::fs::MetadataExt;
-    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    json!({
-        "size": meta.len(),
-        "mtime_ns": mtime_ns.to_string(),
-        "inode": meta.ino(),
-    })
-}
-
-/// The records of the journal at `path`, in order; a torn tail (and any line that is
-/// not JSON) is left out.
-pub fn read(path: &Path) -> std::io::Result<Vec<Value>> {
-    let bytes = std::fs::read(path)?;
+/// The lines of the journal at `path` that are whole (a torn tail is left out).
+fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let complete = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(i) => &bytes[..=i],
         None => &[][..],
     };
-    Ok(complete
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
+    complete.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+}
+
+/// The records of the journal at `path`, in order, as JSON; a torn tail (and any line
+/// that is not JSON) is left out.
+pub fn read(path: &Path) -> std::io::Result<Vec<Value>> {
+    let bytes = std::fs::read(path)?;
+    Ok(complete_lines(&bytes)
         .filter_map(|l| serde_json::from_slice(l).ok())
         .collect())
+}
+
+/// The records of the journal at `path`, in order; a torn tail, and any line that is
+/// not a record this version knows, is left out.
+pub fn read_records(path: &Path) -> std::io::Result<Vec<Record>> {
+    let bytes = std::fs::read(path)?;
+    Ok(complete_lines(&bytes)
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect())
+}
+
+/// The journal of `workflow`: `<its directory>/.stagehost/journal/<its file name>.jsonl`.
+pub fn path_beside(workflow: &Path) -> PathBuf {
+    let dir = workflow
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(".stagehost")
+        .join("journal");
+    let name = workflow
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "workflow".into());
+    dir.join(format!("{name}.jsonl"))
 }
 
 #[cfg(test)]
@@ -373,7 +530,7 @@ mod tests {
         let path = dir.path().join("j/flow.toml.jsonl");
         let j = Journal::open(&path).unwrap();
         for i in 0..100 {
-            j.append(&json!({ "type": "task", "i": i }));
+            j.append(&serde_json::json!({ "type": "task", "i": i }));
         }
         j.close();
         // A writer killed mid-record leaves half a line.
@@ -388,7 +545,7 @@ mod tests {
         assert!(records.iter().enumerate().all(|(i, r)| r["i"] == i));
         // The next run's records start on a line of their own.
         let j = Journal::open(&path).unwrap();
-        j.append(&json!({ "type": "run" }));
+        j.run_started(Path::new("flow.toml"), false);
         j.close();
         let records = read(&path).unwrap();
         assert_eq!(records.len(), 101);

@@ -16,6 +16,8 @@
 //! - [`transfer`] and [`runner`] are the one staging runner and its policy (retries,
 //!   timeouts, limits, dedup, cancellation, progress events);
 //! - [`report`] is the one report schema; [`observer`] hears transfers and tasks;
+//! - [`journal`] records each run's tasks beside the workflow, and [`resume`] decides
+//!   from it what a `--resume` may skip;
 //! - [`listing`] is what `stagehost plugins list` prints.
 //!
 //! No command-line or terminal crate is a dependency of this one.
@@ -30,6 +32,7 @@ pub mod loader;
 pub mod observer;
 pub mod registry;
 pub mod report;
+pub mod resume;
 pub mod runner;
 pub mod secrets;
 pub mod services;

@@ -15,7 +15,7 @@ use crate::data_manager::{Direction, WorkMode};
 pub const VERSION: u32 = 1;
 
 /// How a task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskStatus {
     /// The body and every stage-out succeeded.
@@ -28,6 +28,17 @@ pub enum TaskStatus {
     DependencyFailed,
     /// Cancelled before it finished.
     Cancelled,
+    /// Not run: `--resume` found its command, executor, inputs and outputs as its
+    /// last successful run left them.
+    Skipped,
+}
+
+impl TaskStatus {
+    /// Whether its outputs are there for its consumers (it succeeded, or was skipped
+    /// with its outputs current).
+    pub fn is_ok(self) -> bool {
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Skipped)
+    }
 }
 
 /// What kind of failure a file met, for scripts: the report's `error_class` and the
@@ -194,6 +205,8 @@ pub struct TaskCounts {
     pub stage_out_failed: usize,
     pub dependency_failed: usize,
     pub cancelled: usize,
+    /// Tasks `--resume` did not run, their outputs current.
+    pub skipped: usize,
 }
 
 /// The totals of a document.
@@ -248,6 +261,7 @@ impl Summary {
                 stage_out_failed: count(TaskStatus::StageOutFailed),
                 dependency_failed: count(TaskStatus::DependencyFailed),
                 cancelled: count(TaskStatus::Cancelled),
+                skipped: count(TaskStatus::Skipped),
             }),
             ..Summary::of_files(tasks.iter().flat_map(|t| &t.files), seconds)
         }

@@ -41,7 +41,7 @@ pub mod workflow;
 
 pub use stagehost_core::{
     checksum, config, data_manager, discovery, journal, listing, loader, observer, registry,
-    report, runner, secrets, services, spans, transfer,
+    report, resume, runner, secrets, services, spans, transfer,
 };
 pub use stagehost_core::{
     CancelFlag, Config, ConfigError, DataManager, Direction, File, LoadedPlugin, PluginLoader,

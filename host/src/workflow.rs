@@ -13,7 +13,11 @@ use serde::Deserialize;
 use stagehost_plugin_api::File;
 
 use crate::config::{show_number, toml_error_line, MAX_SECONDS};
-use crate::engine::{check_command, Engine, Input, SubmitError, TaskHandle, TaskSpec};
+use crate::engine::{
+    check_command, Engine, FileReport, Input, SkipCheck, SubmitError, TaskHandle, TaskSpec,
+};
+use crate::journal::Identity;
+use crate::resume::{History, Verdict};
 
 /// A `[[task]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -503,7 +507,18 @@ impl Workflow {
     /// A task waiting for its producers holds its parsed table only, never an engine
     /// task, and a table is released once submitted: a workflow of 100,000 chained
     /// tasks keeps its memory near its running frontier. Call after [`Workflow::check`].
-    pub async fn submit_as_ready(mut self, engine: &Engine) -> Result<Vec<usize>, WorkflowError> {
+    pub async fn submit_as_ready(self, engine: &Engine) -> Result<Vec<usize>, WorkflowError> {
+        self.submit_resuming(engine, None).await
+    }
+
+    /// [`Workflow::submit_as_ready`], skipping each task `history` shows unchanged
+    /// (`stagehost run --resume`, by [`crate::resume`]'s rule), decided when the task
+    /// becomes ready, once its producers have run or been skipped.
+    pub async fn submit_resuming(
+        mut self,
+        engine: &Engine,
+        history: Option<&History>,
+    ) -> Result<Vec<usize>, WorkflowError> {
         let n = self.tasks.len();
         let (producers, mut waiting, consumers) = {
             let index = self.name_index();
@@ -543,9 +558,20 @@ impl Workflow {
         while submitted.len() < n {
             while let Some(i) = ready.pop() {
                 let spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
-                let handle = engine
-                    .submit(spec)
-                    .map_err(|e: SubmitError| self.err(i, e.to_string()))?;
+                let handle = match history {
+                    None => engine.submit(spec),
+                    Some(h) => match verdict(h, &self.tasks[i].command, &spec) {
+                        Verdict::Unchanged => Ok(engine.skip(spec)),
+                        Verdict::Revalidate(inputs) => {
+                            engine.submit(spec.skip_if(revalidation(inputs)))
+                        }
+                        Verdict::Changed(why) => {
+                            tracing::info!("task {:?} runs: {why}", self.tasks[i].name);
+                            engine.submit(spec)
+                        }
+                    },
+                }
+                .map_err(|e: SubmitError| self.err(i, e.to_string()))?;
                 submitted.push(i);
                 let t = &mut self.tasks[i];
                 (t.command, t.inputs, t.outputs, t.stdout, t.stderr) = Default::default();
@@ -609,6 +635,38 @@ impl Workflow {
         }
         Ok((ins, outs))
     }
+}
+
+/// What `--resume` does with `spec`, whose command text is `command`.
+pub fn verdict(history: &History, command: &str, spec: &TaskSpec) -> Verdict {
+    let ins: Vec<String> = spec.staged_ins().map(|i| i.file().redacted_url()).collect();
+    let outs: Vec<String> = spec
+        .outputs
+        .iter()
+        .chain(&spec.stdout)
+        .chain(&spec.stderr)
+        .map(File::redacted_url)
+        .collect();
+    history.verdict(&spec.name, &spec.executor, command, &ins, &outs)
+}
+
+/// The check of a task whose remote inputs must be staged in again to know whether
+/// they changed: each copy must have the identity recorded.
+fn revalidation(inputs: Vec<(usize, Identity)>) -> SkipCheck {
+    SkipCheck(std::sync::Arc::new(move |staged: &[FileReport]| {
+        for (i, recorded) in &inputs {
+            let Some(f) = staged.get(*i) else {
+                return Err("its inputs changed".into());
+            };
+            let Some(path) = f.local_path.as_deref() else {
+                return Err(format!("input {} has no local copy", f.url));
+            };
+            if let Some(why) = crate::resume::drift(Path::new(path), recorded) {
+                return Err(format!("input {} {why}", f.url));
+            }
+        }
+        Ok(())
+    }))
 }
 
 /// Kahn's algorithm; on a cycle, returns the tasks of one cycle in order.

@@ -122,7 +122,7 @@ impl Observer for Bars {
     }
     fn task_finished(&self, report: &TaskReport) {
         self.overall.inc(1);
-        if report.status != TaskStatus::Succeeded {
+        if !report.status.is_ok() {
             self.multi.println(failure_line(report)).ok();
         }
     }
@@ -315,7 +315,7 @@ impl ProgressSink for StatsSink {
 impl Observer for Lines {
     fn task_finished(&self, report: &TaskReport) {
         // Failures are shown even with -q ("only the summary and errors").
-        if report.status != TaskStatus::Succeeded {
+        if !report.status.is_ok() {
             eprintln!("{}", failure_line(report));
         }
     }

@@ -20,9 +20,15 @@ pub struct RunArgs {
     /// Write a JSON report (tasks, files, providers, bytes, times, errors); `-` for stdout
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Print which provider would stage every file, and how; move nothing
+    /// Print which provider would stage every file, and how; move nothing. With
+    /// --resume, say which tasks would run and why
     #[arg(long)]
     dry_run: bool,
+    /// Skip each task whose command, executor, inputs and outputs are as its last
+    /// successful run left them (from the journal in .stagehost/journal/ beside the
+    /// workflow); run the rest and everything downstream of them
+    #[arg(long)]
+    resume: bool,
     /// Transfers at once, over all hosts (overrides [transfers] max_concurrent)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_transfers: Option<u32>,
@@ -42,8 +48,25 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     let order = workflow
         .check(&labels)
         .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+    let history = if args.resume {
+        let path = stagehost::journal::path_beside(&workflow.path);
+        match stagehost::resume::History::read(&path) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                return Err(CliError::Staging(format!(
+                    "--resume: cannot read the run journal {}: {e}",
+                    stagehost_plugin_api::display::path(&path)
+                )))
+            }
+        }
+    } else {
+        None
+    };
     if args.dry_run {
-        return dry_run(registry, &workflow, &order);
+        return match &history {
+            Some(h) => dry_run_resume(h, &workflow, &order),
+            None => dry_run(registry, &workflow, &order),
+        };
     }
     // A file no provider of its task's executor claims (an unknown scheme, a
     // provider missing from the order) is found now, not when its task comes up.
@@ -85,7 +108,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     // it ends. One that cannot be opened costs a warning, never the run.
     let journal = match stagehost::journal::Journal::open_beside(&workflow.path) {
         Ok(j) => {
-            j.run_started(&workflow.path);
+            j.run_started(&workflow.path, args.resume);
             Some(j)
         }
         Err(e) => {
@@ -105,6 +128,10 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
                 .tasks
                 .iter()
                 .map(|t| (t.name.as_str(), t.command.as_str())),
+            registry
+                .executors
+                .iter()
+                .map(|e| (e.label.clone(), e.working_dir.clone())),
         )),
         None => progress,
     };
@@ -126,7 +153,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         // Each task is submitted once its producers have finished; the parsed tables go
         // as their tasks are submitted.
         let submitted = workflow
-            .submit_as_ready(&engine)
+            .submit_resuming(&engine, history.as_ref())
             .await
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
         let reports = engine.wait_all().await;
@@ -171,11 +198,16 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     } else {
         String::new()
     };
+    let skipped = if args.resume {
+        format!(", {} skipped (unchanged)", t.skipped)
+    } else {
+        String::new()
+    };
     let line = format!(
-        "{} task(s): {} succeeded, {} failed, {} stage-out failed, {} lost an input, {} cancelled; {} file(s) moved, {} bytes{cached}, {:.3}s",
+        "{} task(s): {} succeeded{skipped}, {} failed, {} stage-out failed, {} lost an input, {} cancelled; {} file(s) moved, {} bytes{cached}, {:.3}s",
         t.tasks, t.succeeded, t.failed, t.stage_out_failed, t.dependency_failed, t.cancelled, s.files_moved, s.bytes_moved, s.seconds
     );
-    if t.succeeded == t.tasks {
+    if t.succeeded + t.skipped == t.tasks {
         eprintln!("stagehost: {line}");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -438,4 +470,71 @@ fn dry_run(
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `--dry-run --resume`: each task, in the order it would run, with whether it would
+/// be skipped and, if it would run, why.
+fn dry_run_resume(
+    history: &stagehost::resume::History,
+    workflow: &Workflow,
+    order: &[usize],
+) -> Result<ExitCode, CliError> {
+    use stagehost::resume::Verdict;
+    let index = workflow.name_index();
+    // Each task that would run: its consumers run too.
+    let mut runs = vec![false; workflow.tasks.len()];
+    let (mut run, mut skip) = (0usize, 0usize);
+    for &i in order {
+        let task = &workflow.tasks[i];
+        let producer_runs = task.inputs.iter().find_map(|input| match input {
+            stagehost::workflow::InputDef::Output { task: p, .. } if runs[index[p.as_str()]] => {
+                Some(p.as_str())
+            }
+            _ => None,
+        });
+        let verdict = match producer_runs {
+            Some(p) => Verdict::Changed(format!("its input comes from task {p:?}, which runs")),
+            None => {
+                let (ins, outs) = workflow
+                    .files(i, &index)
+                    .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+                let urls = |files: Vec<stagehost::File>| -> Vec<String> {
+                    files.iter().map(stagehost::File::redacted_url).collect()
+                };
+                history.verdict(
+                    &task.name,
+                    &task.executor,
+                    &task.command,
+                    &urls(ins),
+                    &urls(outs),
+                )
+            }
+        };
+        match verdict {
+            Verdict::Unchanged => {
+                skip += 1;
+                println!("skip {}: unchanged", task.name);
+            }
+            Verdict::Revalidate(inputs) => {
+                skip += 1;
+                let names: Vec<&str> = inputs
+                    .iter()
+                    .filter_map(|(k, _)| history.last(&task.name)?.inputs.get(*k))
+                    .map(|f| f.url.as_str())
+                    .collect();
+                println!(
+                    "skip {}: unchanged here; runs if {} changed (asked when it runs)",
+                    task.name,
+                    names.join(", ")
+                );
+            }
+            Verdict::Changed(why) => {
+                run += 1;
+                runs[i] = true;
+                println!("run  {}: {why}", task.name);
+            }
+        }
+    }
+    eprintln!("stagehost: dry run: {run} task(s) would run, {skip} would be skipped");
+    Ok(ExitCode::SUCCESS)
 }

@@ -172,6 +172,40 @@ impl Inner {
         )
     }
 
+    /// The report of a task skipped because its check passed on its staged inputs
+    /// (its outputs ready for its consumers); `None` when it runs (no check, an input
+    /// whose stage-in is an in-task step not run yet, or the check says why).
+    fn skip_if_current(
+        &self,
+        spec: &TaskSpec,
+        outputs: &Outputs,
+        start: Instant,
+        files: &[FileState],
+    ) -> Option<TaskReport> {
+        let check = spec.skip_if.as_ref()?;
+        let n_in = spec.inputs.len() + spec.args.len();
+        let staged = files[..n_in]
+            .iter()
+            .all(|f| f.staging.as_ref().is_none_or(|s| s.in_task_step.is_none()));
+        if !staged {
+            tracing::info!(
+                "task {:?} runs: an input is staged in with the task, so it cannot be checked first",
+                spec.name
+            );
+            return None;
+        }
+        let ins: Vec<FileReport> = files[..n_in].iter().map(|f| f.report.clone()).collect();
+        if let Err(why) = (check.0)(&ins) {
+            tracing::info!("task {:?} runs: {why}", spec.name);
+            return None;
+        }
+        for tx in &outputs.senders {
+            let _ = tx.send(FutureState::Ready);
+        }
+        let reports = files.iter().map(|f| f.report.clone()).collect();
+        Some(self.report(spec, start, TaskStatus::Skipped, 0, None, reports))
+    }
+
     /// The whole task on tokio: waits for its inputs from other tasks, then runs.
     pub(super) async fn run_task(
         this: &Arc<Inner>,
@@ -321,6 +355,10 @@ impl Inner {
                         format!("stage-in failed: {line}"),
                         reports(&files),
                     );
+                }
+                // A task `--resume` may skip once its remote inputs are revalidated.
+                if let Some(report) = this.skip_if_current(&spec, &outputs, start, &files) {
+                    return report;
                 }
                 // 4. The body: on a worker again (in-task steps and the body), or
                 //    sent to the executor's workers elsewhere.
@@ -483,8 +521,9 @@ impl Inner {
                 return FirstPhase::NeedsJobs(files);
             }
         }
-        if !self.executors[&spec.executor].executor.runs_here() {
-            // The body goes elsewhere: awaited on tokio, not on this thread.
+        if !self.executors[&spec.executor].executor.runs_here() || spec.skip_if.is_some() {
+            // The body goes elsewhere: awaited on tokio, not on this thread. A task
+            // that may be skipped is checked there too, once its inputs are in.
             return FirstPhase::NeedsJobs(files);
         }
         let (result, attempts) = self.run_body(spec, &mut files);

@@ -55,8 +55,8 @@ pub use protocol::{FEATURES as PROTOCOL_FEATURES, PROTOCOL};
 pub use stagehost_core::observer::{Observer, Silent};
 pub use stagehost_core::runner::{StageOutcome, StageRunner};
 pub use task::{
-    Body, DataFuture, FileReport, Input, TaskFiles, TaskFn, TaskHandle, TaskReport, TaskSpec,
-    TaskStatus,
+    Body, DataFuture, FileReport, Input, SkipCheck, TaskFiles, TaskFn, TaskHandle, TaskReport,
+    TaskSpec, TaskStatus,
 };
 
 use crate::config::TransferConfig;
@@ -269,6 +269,59 @@ impl Engine {
             });
         }
         Ok(handle)
+    }
+
+    /// Records a task that is not run (`--resume` found its outputs current): its
+    /// handle's outputs are ready at once and its report says `skipped`.
+    pub fn skip(&self, spec: TaskSpec) -> TaskHandle {
+        let producer: Arc<str> = spec.name.as_str().into();
+        let future_for = |f: &File| {
+            let (future, tx) = DataFuture::new(f.clone(), producer.clone());
+            let _ = tx.send(task::FutureState::Ready);
+            future
+        };
+        let outputs: Vec<DataFuture> = spec.outputs.iter().map(future_for).collect();
+        let stdout = spec.stdout.as_ref().map(future_for);
+        let stderr = spec.stderr.as_ref().map(future_for);
+        let mut files = Vec::with_capacity(spec.inputs.len() + outputs.len() + 2);
+        for input in spec.staged_ins() {
+            files.push(FileReport::new(
+                crate::data_manager::Direction::In,
+                input.file().redacted_url(),
+                &spec.executor,
+            ));
+        }
+        for f in spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr) {
+            files.push(FileReport::new(
+                crate::data_manager::Direction::Out,
+                f.redacted_url(),
+                &spec.executor,
+            ));
+        }
+        let report = Arc::new(TaskReport {
+            name: spec.name.clone(),
+            executor: spec.executor.clone(),
+            status: TaskStatus::Skipped,
+            attempts: 0,
+            started_at: self.inner.start.elapsed().as_secs_f64(),
+            seconds: 0.0,
+            error: None,
+            files,
+        });
+        self.inner.observer.task_submitted(&spec.name);
+        self.inner.observer.task_finished(&report);
+        let (_, report_rx) = watch::channel(Some(report));
+        self.handles
+            .lock()
+            .expect("the handles lock is never poisoned")
+            .push(report_rx.clone());
+        TaskHandle {
+            name: spec.name,
+            outputs,
+            stdout,
+            stderr,
+            report: report_rx,
+        }
     }
 
     /// Asks everything to stop: providers see their cancellation flag raised, running

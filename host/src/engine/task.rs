@@ -108,6 +108,23 @@ pub struct TaskSpec {
     pub retries: u32,
     /// How long a command body may run before its process group is killed.
     pub timeout: Option<std::time::Duration>,
+    /// Asked once the inputs are staged in, before the body: `Ok` skips the body and
+    /// the stage-outs (the outputs are current), `Err` says why the task runs.
+    pub skip_if: Option<SkipCheck>,
+}
+
+/// A check of a task's staged inputs (their reports, in stage-in order) that decides
+/// whether its body may be skipped: `Ok` when it may, else why not.
+#[derive(Clone)]
+pub struct SkipCheck(pub Arc<SkipFn>);
+
+/// The function inside a [`SkipCheck`].
+pub type SkipFn = dyn Fn(&[FileReport]) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for SkipCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SkipCheck")
+    }
 }
 
 impl TaskSpec {
@@ -123,6 +140,7 @@ impl TaskSpec {
             stderr: None,
             retries: 0,
             timeout: None,
+            skip_if: None,
         }
     }
     /// A task running a shell command.
@@ -173,6 +191,11 @@ impl TaskSpec {
     /// Sets the retries.
     pub fn retries(mut self, retries: u32) -> TaskSpec {
         self.retries = retries;
+        self
+    }
+    /// Skips the body and the stage-outs when `check` passes on the staged inputs.
+    pub fn skip_if(mut self, check: SkipCheck) -> TaskSpec {
+        self.skip_if = Some(check);
         self
     }
     /// Limits how long a command body runs: past it, its process group is killed

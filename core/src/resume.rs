@@ -1,0 +1,255 @@
+//! Re-runs that do only what changed (`stagehost run --resume`): the one rule that
+//! decides, from a workflow's journal, whether a task may be skipped.
+//!
+//! A task is skipped when its last record in the journal says it succeeded, and it
+//! still has the same executor, the same command text, the same input and output
+//! URLs, every input has the identity recorded when it last ran, and every local
+//! output is still there with the identity recorded when it was staged out.
+//!
+//! - A local file's identity is what a stat shows (size, modification time in ns,
+//!   inode): a touched input re-runs its task, as make would.
+//! - A remote input is asked again through its provider (a stage-in revalidates the
+//!   copy; an unchanged file leaves the copy as it was): its copy's identity after the
+//!   stage-in must be the one recorded. [`Verdict::Revalidate`] names those inputs.
+//! - A remote output is taken as the record says: no provider can be asked about a
+//!   file without fetching it yet.
+//!
+//! A task whose record is missing, failed, was cancelled or was torn off by a kill
+//! runs again; so does every task downstream of one that ran, since its input (the
+//! producer's output, rewritten) no longer has the identity it recorded.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::journal::{local_path_of, stat_identity, Identity, Record, TaskRecord};
+use crate::report::TaskStatus;
+
+/// What `--resume` does with a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing it depends on changed: it is skipped.
+    Unchanged,
+    /// Unchanged as far as this host can see; these inputs (by index) are remote and
+    /// must be staged in again to learn whether they changed: the task is skipped if
+    /// each copy then has the identity recorded.
+    Revalidate(Vec<(usize, Identity)>),
+    /// It runs, for this reason.
+    Changed(String),
+}
+
+/// The last record of each task of a workflow.
+#[derive(Debug, Default)]
+pub struct History {
+    last: HashMap<String, TaskRecord>,
+}
+
+impl History {
+    /// The history in the journal at `path`; an absent journal is an empty history.
+    pub fn read(path: &Path) -> std::io::Result<History> {
+        let records = match crate::journal::read_records(path) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut last = HashMap::new();
+        for record in records {
+            if let Record::Task(t) = record {
+                last.insert(t.name.clone(), t);
+            }
+        }
+        Ok(History { last })
+    }
+
+    /// The last record of task `name`.
+    pub fn last(&self, name: &str) -> Option<&TaskRecord> {
+        self.last.get(name)
+    }
+
+    /// How many tasks have a record.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    /// Whether no task has a record.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
+    /// What `--resume` does with task `name`, run by `executor` with `command`, whose
+    /// inputs and outputs (then stdout, stderr) have the URLs given, redacted.
+    pub fn verdict(
+        &self,
+        name: &str,
+        executor: &str,
+        command: &str,
+        inputs: &[String],
+        outputs: &[String],
+    ) -> Verdict {
+        let Some(rec) = self.last.get(name) else {
+            return Verdict::Changed("it has no record of a run".into());
+        };
+        match rec.status {
+            TaskStatus::Succeeded => {}
+            TaskStatus::StageOutFailed => {
+                return Verdict::Changed("its outputs were not all staged out last time".into())
+            }
+            TaskStatus::Cancelled => return Verdict::Changed("it was cancelled last time".into()),
+            TaskStatus::DependencyFailed => {
+                return Verdict::Changed("it lost an input last time".into())
+            }
+            TaskStatus::Failed | TaskStatus::Skipped => {
+                return Verdict::Changed("it failed last time".into())
+            }
+        }
+        if rec.executor != executor {
+            return Verdict::Changed(format!("its executor changed ({:?} before)", rec.executor));
+        }
+        if rec.command_sha256.as_deref() != Some(crate::journal::command_hash(command).as_str()) {
+            return Verdict::Changed("its command changed".into());
+        }
+        if let Some(why) = urls_changed("inputs", &rec.inputs, inputs) {
+            return Verdict::Changed(why);
+        }
+        if let Some(why) = urls_changed("outputs", &rec.outputs, outputs) {
+            return Verdict::Changed(why);
+        }
+        let mut remote = Vec::new();
+        for (i, (now, was)) in inputs.iter().zip(&rec.inputs).enumerate() {
+            let Some(recorded) = &was.identity else {
+                return Verdict::Changed(format!("input {} has no recorded identity", now));
+            };
+            match local_path_of(now) {
+                Some(path) => {
+                    if let Some(why) = drift(&path, recorded) {
+                        return Verdict::Changed(format!("input {} {why}", now));
+                    }
+                }
+                None => remote.push((i, recorded.clone())),
+            }
+        }
+        for (now, was) in outputs.iter().zip(&rec.outputs) {
+            if let Some(path) = local_path_of(now) {
+                let Some(recorded) = &was.identity else {
+                    return Verdict::Changed(format!("output {} has no recorded identity", now));
+                };
+                if let Some(why) = drift(&path, recorded) {
+                    return Verdict::Changed(format!("output {} {why}", now));
+                }
+            }
+        }
+        if remote.is_empty() {
+            Verdict::Unchanged
+        } else {
+            Verdict::Revalidate(remote)
+        }
+    }
+}
+
+/// How the file at `path` differs from `recorded`, in words; `None` when it does not.
+pub fn drift(path: &Path, recorded: &Identity) -> Option<String> {
+    match stat_identity(path) {
+        None => Some("is gone".into()),
+        Some(now) if now.same_stat(recorded) => None,
+        Some(now) if now.size != recorded.size => Some(format!(
+            "changed ({} bytes, {} when recorded)",
+            now.size, recorded.size
+        )),
+        Some(now) if now.inode != recorded.inode => Some("was replaced".into()),
+        Some(_) => Some("was modified since".into()),
+    }
+}
+
+/// Why the URLs of `kind` differ from the record, if they do.
+fn urls_changed(kind: &str, was: &[crate::journal::FileRecord], now: &[String]) -> Option<String> {
+    if was.len() != now.len() {
+        return Some(format!(
+            "its {kind} changed ({} now, {} before)",
+            now.len(),
+            was.len()
+        ));
+    }
+    was.iter()
+        .zip(now)
+        .find(|(w, n)| &w.url != *n)
+        .map(|(w, n)| format!("its {kind} changed ({} now, {} before)", n, w.url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{FileRecord, Journal};
+
+    fn file(url: &str, identity: Option<Identity>) -> FileRecord {
+        FileRecord {
+            url: url.into(),
+            local_path: None,
+            ok: true,
+            identity,
+        }
+    }
+
+    #[test]
+    fn a_task_is_skipped_only_when_all_it_depends_on_is_as_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.txt");
+        let output = dir.path().join("out.txt");
+        std::fs::write(&input, "a").unwrap();
+        std::fs::write(&output, "b").unwrap();
+        let (i, o) = (input.to_str().unwrap(), output.to_str().unwrap());
+        let path = dir.path().join("j.jsonl");
+        let j = Journal::open(&path).unwrap();
+        let record = |status| {
+            Record::Task(TaskRecord {
+                name: "t".into(),
+                executor: "local".into(),
+                status,
+                command: Some("cp {inputs[0]} {outputs[0]}".into()),
+                command_sha256: Some(crate::journal::command_hash("cp {inputs[0]} {outputs[0]}")),
+                ended: 0.0,
+                inputs: vec![
+                    file(i, stat_identity(&input)),
+                    file("http://h/x", stat_identity(&input)),
+                ],
+                outputs: vec![file(o, stat_identity(&output))],
+            })
+        };
+        j.append_record(&record(TaskStatus::Failed));
+        j.append_record(&record(TaskStatus::Succeeded));
+        j.close();
+        let h = History::read(&path).unwrap();
+        let ins = [i.to_owned(), "http://h/x".to_owned()];
+        let outs = [o.to_owned()];
+        let cmd = "cp {inputs[0]} {outputs[0]}";
+        // The last record wins; the remote input is left to a revalidation.
+        assert!(matches!(
+            h.verdict("t", "local", cmd, &ins, &outs),
+            Verdict::Revalidate(r) if r.len() == 1 && r[0].0 == 1
+        ));
+        let changed = |v: Verdict| match v {
+            Verdict::Changed(why) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            changed(h.verdict("u", "local", cmd, &ins, &outs)),
+            "it has no record of a run"
+        );
+        assert!(changed(h.verdict("t", "slurm", cmd, &ins, &outs)).contains("executor"));
+        assert_eq!(
+            changed(h.verdict("t", "local", "cat", &ins, &outs)),
+            "its command changed"
+        );
+        assert!(changed(h.verdict("t", "local", cmd, &ins[..1], &outs)).contains("inputs"));
+        std::fs::remove_file(&output).unwrap();
+        assert_eq!(
+            changed(h.verdict("t", "local", cmd, &ins, &outs)),
+            format!("output {o} is gone")
+        );
+        std::fs::write(&input, "longer").unwrap();
+        assert!(changed(h.verdict("t", "local", cmd, &ins, &outs))
+            .starts_with(&format!("input {i} changed")));
+        // An absent journal is an empty history: everything runs.
+        assert!(History::read(&dir.path().join("none.jsonl"))
+            .unwrap()
+            .is_empty());
+    }
+}
