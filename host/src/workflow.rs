@@ -558,8 +558,16 @@ impl Workflow {
         while submitted.len() < n {
             while let Some(i) = ready.pop() {
                 let spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
+                // A task whose producer failed in this run is never skipped: it
+                // loses its input, whatever its record says.
+                let producers_ok = producers[i].iter().all(|p| {
+                    handles.get(p).is_some_and(|h| {
+                        h.report.borrow().as_ref().is_some_and(|r| r.status.is_ok())
+                    })
+                });
                 let handle = match history {
                     None => engine.submit(spec),
+                    Some(_) if !producers_ok => engine.submit(spec),
                     Some(h) => match verdict(h, &self.tasks[i].command, &spec) {
                         Verdict::Unchanged => Ok(engine.skip(spec)),
                         Verdict::Revalidate(inputs) => {

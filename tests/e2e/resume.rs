@@ -1,0 +1,430 @@
+//! `stagehost run --resume` through the built binary: what is skipped, what runs again
+//! and why, against local files, nginx and moto, and after SIGKILL at random points.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use stagehost_tests::httpd::Nginx;
+use stagehost_tests::s3d::Moto;
+use stagehost_tests::{Run, Sandbox};
+
+/// Each task's status in a run's JSON report, by name.
+fn statuses(out: &Run) -> BTreeMap<String, String> {
+    assert!(matches!(out.code, Some(0 | 1)), "{}", out.stderr);
+    out.json()["tasks"]
+        .as_array()
+        .expect("a run report has tasks")
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The names whose status is `status`.
+fn with(s: &BTreeMap<String, String>, status: &str) -> Vec<String> {
+    s.iter()
+        .filter(|(_, v)| *v == status)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn resume(sandbox: &Sandbox) -> Run {
+    sandbox.run(&["run", "--resume", "flow.toml", "--report", "-"])
+}
+
+/// a <- in1; b <- a; c <- in2 (runs only once `ok` exists); d <- b, c.
+const FLOW: &str = r#"[[task]]
+name = "a"
+command = "tr a-z A-Z < {inputs[0]} > {outputs[0]}"
+inputs = ["in1.txt"]
+outputs = ["a.txt"]
+
+[[task]]
+name = "b"
+command = "cat {inputs[0]} {inputs[0]} > {outputs[0]}"
+inputs = [{ task = "a" }]
+outputs = ["b.txt"]
+
+[[task]]
+name = "c"
+command = "test -e ok && cp {inputs[0]} {outputs[0]}"
+inputs = ["in2.txt"]
+outputs = ["c.txt"]
+
+[[task]]
+name = "d"
+command = "cat {inputs[0]} {inputs[1]} > {outputs[0]}"
+inputs = [{ task = "b" }, { task = "c" }]
+outputs = ["d.txt"]
+"#;
+
+#[test]
+fn a_resume_skips_what_is_unchanged_and_reruns_exactly_what_a_change_reaches() {
+    let sandbox = Sandbox::new();
+    sandbox.write("work/in1.txt", "one\n");
+    sandbox.write("work/in2.txt", "two\n");
+    sandbox.write("work/flow.toml", FLOW);
+    // c fails (no `ok` yet) and d loses an input.
+    let first = sandbox.run(&["run", "flow.toml", "--report", "-"]);
+    let s = statuses(&first);
+    assert_eq!(with(&s, "succeeded"), ["a", "b"], "{s:?}");
+    assert_eq!(s["c"], "failed");
+    assert_eq!(s["d"], "dependency-failed");
+    // What failed or never finished runs again; what succeeded is skipped.
+    sandbox.write("work/ok", "");
+    let out = resume(&sandbox);
+    let s = statuses(&out);
+    assert_eq!(with(&s, "skipped"), ["a", "b"], "{}", out.stderr);
+    assert_eq!(with(&s, "succeeded"), ["c", "d"]);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/d.txt")).unwrap(),
+        "ONE\nONE\ntwo\n"
+    );
+    // Nothing changed: all four are skipped, counted apart, and nothing moved.
+    let out = resume(&sandbox);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(with(&statuses(&out), "skipped").len(), 4);
+    let summary = &out.json()["summary"];
+    assert_eq!(summary["skipped"], 4);
+    assert_eq!(summary["succeeded"], 0);
+    assert_eq!(summary["files_moved"], 0);
+    assert!(
+        out.stderr.contains("0 succeeded, 4 skipped (unchanged)"),
+        "{}",
+        out.stderr
+    );
+    // A run without --resume runs everything, as before.
+    let out = sandbox.run(&["run", "flow.toml", "--report", "-"]);
+    assert_eq!(with(&statuses(&out), "succeeded").len(), 4);
+
+    // A touched input: its task and everything downstream, nothing else. The dry run
+    // says so first, with the reasons, and moves nothing.
+    let in1 = sandbox.join("work/in1.txt");
+    let later =
+        std::fs::metadata(&in1).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&in1)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let dry = sandbox.run(&["run", "--resume", "--dry-run", "flow.toml"]);
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    let in1_shown = in1.display().to_string();
+    assert!(
+        dry.stdout
+            .contains(&format!("run  a: input {in1_shown} was modified since")),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("run  b: its input comes from task \"a\", which runs"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("skip c: unchanged"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("run  d: "), "{}", dry.stdout);
+    assert!(
+        dry.stderr
+            .contains("dry run: 3 task(s) would run, 1 would be skipped"),
+        "{}",
+        dry.stderr
+    );
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(with(&s, "succeeded"), ["a", "b", "d"], "{s:?}");
+    assert_eq!(with(&s, "skipped"), ["c"]);
+
+    // An edited command reruns its task (and d, whose input it rewrites).
+    let edited = FLOW.replace(
+        "test -e ok && cp {inputs[0]} {outputs[0]}",
+        "test -e ok && cat {inputs[0]} > {outputs[0]}",
+    );
+    assert_ne!(edited, FLOW);
+    sandbox.write("work/flow.toml", &edited);
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(with(&s, "succeeded"), ["c", "d"], "{s:?}");
+
+    // A deleted output reruns its task, and d after it.
+    std::fs::remove_file(sandbox.join("work/b.txt")).unwrap();
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(with(&s, "succeeded"), ["b", "d"], "{s:?}");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/d.txt")).unwrap(),
+        "ONE\nONE\ntwo\n"
+    );
+    // A producer that fails in this run: its consumer loses its input, whatever
+    // its own record says.
+    // (c runs for its command, edited back, and fails; its old output is still there.)
+    std::fs::remove_file(sandbox.join("work/ok")).unwrap();
+    sandbox.write("work/flow.toml", FLOW);
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(s["c"], "failed", "{s:?}");
+    assert_eq!(s["d"], "dependency-failed", "{s:?}");
+    sandbox.write("work/ok", "");
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(with(&s, "succeeded"), ["c", "d"], "{s:?}");
+    // An output edited behind stagehost's back is not what its task made: it runs.
+    std::fs::write(sandbox.join("work/a.txt"), "forged\n").unwrap();
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(with(&s, "succeeded"), ["a", "b", "d"], "{s:?}");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/a.txt")).unwrap(),
+        "ONE\n"
+    );
+}
+
+#[test]
+fn a_changed_remote_input_reruns_its_consumers_and_an_unchanged_one_is_only_revalidated() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("data.txt"), "web v1\n").unwrap();
+    let nginx = Nginx::start(&root);
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\ns3.put_object(Bucket='data', Key='k.txt', Body=b'store v1\\n')\n");
+    let cfg = sandbox.write(
+        "work/stagehost.toml",
+        format!(
+            "[[provider]]\nname = \"http\"\nplugin = \"http\"\n\n[[provider]]\nname = \"s3\"\nplugin = \"object-store\"\nsettings = {{ endpoint = {:?} }}\n\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"http\", \"s3\", \"file\"]\n",
+            moto.endpoint()
+        ),
+    );
+    sandbox.write(
+        "work/flow.toml",
+        format!(
+            "[[task]]\nname = \"web\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [{:?}]\noutputs = [\"web.txt\"]\n\n[[task]]\nname = \"store\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [\"s3://data/k.txt\"]\noutputs = [\"store.txt\"]\n\n[[task]]\nname = \"both\"\ncommand = \"cat {{inputs[0]}} {{inputs[1]}} > {{outputs[0]}}\"\ninputs = [{{ task = \"web\" }}, {{ task = \"store\" }}]\noutputs = [\"both.txt\"]\n",
+            nginx.url("/data.txt")
+        ),
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret-key"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let run = |resume: bool| {
+        let mut args = vec!["--config", &cfg, "run", "flow.toml", "--report", "-"];
+        if resume {
+            args.insert(3, "--resume");
+        }
+        sandbox.run_env(&args, &env)
+    };
+    let out = run(false);
+    assert_eq!(
+        with(&statuses(&out), "succeeded").len(),
+        3,
+        "{}",
+        out.stderr
+    );
+    // Unchanged: each remote input is asked again (a conditional request), nothing
+    // moves, and every task is skipped.
+    let out = run(true);
+    let s = statuses(&out);
+    assert_eq!(with(&s, "skipped").len(), 3, "{s:?} {}", out.stderr);
+    let summary = &out.json()["summary"];
+    assert_eq!(summary["files_cached"], 2, "{summary}");
+    assert_eq!(summary["files_moved"], 0, "{summary}");
+
+    // The web file changes: its consumer and the task after it run; the store's does
+    // not.
+    std::fs::write(root.join("data.txt"), "web v2, longer\n").unwrap();
+    let out = run(true);
+    let s = statuses(&out);
+    assert_eq!(
+        with(&s, "succeeded"),
+        ["both", "web"],
+        "{s:?} {}",
+        out.stderr
+    );
+    assert_eq!(with(&s, "skipped"), ["store"]);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/both.txt")).unwrap(),
+        "web v2, longer\nstore v1\n"
+    );
+    // The object changes (same size: its ETag tells).
+    moto.boto("s3.put_object(Bucket='data', Key='k.txt', Body=b'store v2\\n')\n");
+    let out = run(true);
+    let s = statuses(&out);
+    assert_eq!(
+        with(&s, "succeeded"),
+        ["both", "store"],
+        "{s:?} {}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/both.txt")).unwrap(),
+        "web v2, longer\nstore v2\n"
+    );
+    let out = run(true);
+    assert_eq!(with(&statuses(&out), "skipped").len(), 3, "{}", out.stderr);
+}
+
+/// Three chains of five tasks; each writes half its output, pauses, writes the rest,
+/// then notes in `ledger` that it finished.
+fn chains() -> String {
+    let mut flow = String::new();
+    for c in 0..3 {
+        for k in 0..5 {
+            let input = if k == 0 {
+                format!("inputs = [\"seed{c}.txt\"]\n")
+            } else {
+                format!("inputs = [{{ task = \"c{c}t{}\" }}]\n", k - 1)
+            };
+            flow.push_str(&format!(
+                "[[task]]\nname = \"c{c}t{k}\"\ncommand = \"cat {{inputs[0]}} > {{outputs[0]}}; sleep 0.02; echo c{c}t{k} >> {{outputs[0]}}; echo c{c}t{k} >> ledger\"\n{input}outputs = [\"out/c{c}t{k}.txt\"]\n\n"
+            ));
+        }
+    }
+    flow
+}
+
+/// Every output's text, by file name.
+fn outputs(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir.join("out"))
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".txt"))
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(e.path()).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The tasks the journal says succeeded, in all runs so far.
+fn journaled(work: &Path) -> Vec<String> {
+    stagehost::journal::read(&work.join(".stagehost/journal/flow.toml.jsonl"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["type"] == "task" && r["status"] == "succeeded")
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn ledger(work: &Path) -> Vec<String> {
+    std::fs::read_to_string(work.join("ledger"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Starts `stagehost run [--resume] flow.toml` and SIGKILLs it after `ms`; then waits
+/// for what its commands left running to end.
+fn killed_after(sandbox: &Sandbox, resume: bool, ms: u64) {
+    let mut c = sandbox.command(&stagehost_tests::stagehost_bin());
+    c.arg("run").arg("-q");
+    if resume {
+        c.arg("--resume");
+    }
+    let mut child = c
+        .arg("flow.toml")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let _ = child.kill();
+    let _ = child.wait();
+    // A command's pause is 20 ms; its shell ends well within this.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+#[test]
+fn sigkill_at_random_points_then_resume_gives_the_outputs_of_a_whole_run() {
+    // The outputs of an uninterrupted run.
+    let reference = Sandbox::new();
+    for c in 0..3 {
+        reference.write(format!("work/seed{c}.txt"), format!("seed {c}\n"));
+    }
+    reference.write("work/flow.toml", chains());
+    let out = reference.run(&["run", "-q", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let whole = outputs(&reference.join("work"));
+    assert_eq!(whole.len(), 15);
+    let changed_whole = {
+        reference.write("work/seed1.txt", "seed 1, changed\n");
+        let out = reference.run(&["run", "-q", "flow.toml"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        outputs(&reference.join("work"))
+    };
+
+    // A small generator of our own: the kill points differ per trial, and a failure
+    // names its trial and point.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    for trial in 0..20 {
+        let sandbox = Sandbox::new();
+        let work = sandbox.join("work");
+        for c in 0..3 {
+            sandbox.write(format!("work/seed{c}.txt"), format!("seed {c}\n"));
+        }
+        sandbox.write("work/flow.toml", chains());
+        let at = 10 + next(500);
+        killed_after(&sandbox, false, at);
+        let mut expected = &whole;
+        // The records made before the seed of chain 1 changed (none changes in even
+        // trials).
+        let mut before_change = usize::MAX;
+        // Half the trials also kill a resumed run that a changed input set going.
+        if trial % 2 == 1 {
+            let out = sandbox.run(&["run", "-q", "--resume", "flow.toml"]);
+            assert_eq!(out.code, Some(0), "trial {trial}: {}", out.stderr);
+            before_change = journaled(&work).len();
+            sandbox.write("work/seed1.txt", "seed 1, changed\n");
+            killed_after(&sandbox, true, 10 + next(300));
+            expected = &changed_whole;
+        }
+        let finished = journaled(&work);
+        let before = ledger(&work).len();
+        let out = sandbox.run(&["run", "-q", "--resume", "flow.toml"]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "trial {trial} (kill at {at} ms): {}",
+            out.stderr
+        );
+        assert_eq!(
+            &outputs(&work),
+            expected,
+            "trial {trial} (kill at {at} ms): the outputs differ from a whole run's"
+        );
+        // No task whose finish the journal holds ran again, unless a changed input
+        // reached it (in the changed chain, after the changed seed).
+        let again = &ledger(&work)[before..];
+        let last_of = |name: &str| finished.iter().rposition(|n| n == name);
+        for name in again {
+            if let Some(pos) = last_of(name) {
+                // It finished before: only a task of the changed chain whose last
+                // finish predates the change may run again.
+                assert!(
+                    name.starts_with("c1") && pos < before_change,
+                    "trial {trial} (kill at {at} ms): {name} finished (record {pos}) and ran again"
+                );
+            }
+        }
+        // And a last resume finds nothing to do.
+        let out = sandbox.run(&["run", "--resume", "flow.toml", "--report", "-"]);
+        assert_eq!(
+            with(&statuses(&out), "skipped").len(),
+            15,
+            "trial {trial}: {}",
+            out.stderr
+        );
+    }
+}
