@@ -17,7 +17,7 @@
 //!   timeouts, limits, dedup, cancellation, progress events);
 //! - [`report`] is the one report schema; [`observer`] hears transfers and tasks;
 //! - [`journal`] records each run's tasks beside the workflow, and [`resume`] decides
-//!   from it what a `--resume` may skip;
+//!   from it what a `--resume` may skip; [`lineage`] reads back what made a file;
 //! - [`listing`] is what `stagehost plugins list` prints.
 //!
 //! No command-line or terminal crate is a dependency of this one.
@@ -27,6 +27,7 @@ pub mod config;
 pub mod data_manager;
 pub mod discovery;
 pub mod journal;
+pub mod lineage;
 pub mod listing;
 pub mod loader;
 pub mod observer;

@@ -168,7 +168,51 @@ fn a_resume_skips_what_is_unchanged_and_reruns_exactly_what_a_change_reaches() {
     sandbox.write("work/ok", "");
     let s = statuses(&resume(&sandbox));
     assert_eq!(with(&s, "succeeded"), ["c", "d"], "{s:?}");
-    // An output edited behind stagehost's back is not what its task made: it runs.
+    // Lineage: d's producer, its command, and its inputs back to the sources, each
+    // current; --check finds nothing drifted.
+    let out = sandbox.run(&["lineage", "d.txt"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let d_txt = sandbox.join("work/d.txt").display().to_string();
+    assert!(
+        out.stdout.starts_with(&format!("{d_txt} (")),
+        "{}",
+        out.stdout
+    );
+    for needle in [
+        "produced by task \"d\"",
+        "command: cat {inputs[0]} {inputs[1]} > {outputs[0]}",
+        "produced by task \"a\"",
+        &format!("{in1_shown} ("),
+        "a source: no task of the journals produced it",
+    ] {
+        assert!(out.stdout.contains(needle), "{needle}: {}", out.stdout);
+    }
+    assert!(!out.stdout.contains("drifted"), "{}", out.stdout);
+    let check = sandbox.run(&["lineage", "--check"]);
+    assert_eq!(check.code, Some(0), "{} {}", check.stdout, check.stderr);
+    // An output edited behind stagehost's back: --check names it and exits 1.
+    std::fs::write(sandbox.join("work/a.txt"), "forged\n").unwrap();
+    let check = sandbox.run(&["lineage", "--check", "--json"]);
+    assert_eq!(check.code, Some(1), "{}", check.stderr);
+    let drifted = &check.json()["drifted"];
+    let a_txt = sandbox.join("work/a.txt").display().to_string();
+    assert!(
+        drifted
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["url"] == a_txt.as_str() && d["task"] == "a" && d["role"] == "output"),
+        "{drifted}"
+    );
+    // A file no task made: exit 3, one line.
+    let out = sandbox.run(&["lineage", "in1.txt"]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no task in the run journals"),
+        "{}",
+        out.stderr
+    );
+    // And --resume reruns the task whose output was forged is not what its task made: it runs.
     std::fs::write(sandbox.join("work/a.txt"), "forged\n").unwrap();
     let s = statuses(&resume(&sandbox));
     assert_eq!(with(&s, "succeeded"), ["a", "b", "d"], "{s:?}");
@@ -262,6 +306,31 @@ fn a_changed_remote_input_reruns_its_consumers_and_an_unchanged_one_is_only_reva
     );
     let out = run(true);
     assert_eq!(with(&statuses(&out), "skipped").len(), 3, "{}", out.stderr);
+
+    // The lineage of the last output goes back to the two remote sources, each with
+    // the validator its provider recorded.
+    let out = sandbox.run(&["lineage", "--json", "both.txt"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let both = out.json();
+    assert_eq!(both["produced_by"]["task"], "both");
+    let inputs = both["produced_by"]["inputs"].as_array().unwrap();
+    let web = &inputs[0]["produced_by"];
+    assert_eq!(web["task"], "web");
+    assert_eq!(web["command"], "cp {inputs[0]} {outputs[0]}");
+    let source = &web["inputs"][0];
+    assert_eq!(source["url"], nginx.url("/data.txt"));
+    assert_eq!(source["now"], "not checked (remote)");
+    assert!(source["produced_by"].is_null());
+    assert!(
+        source["identity"]["validator"]
+            .as_str()
+            .is_some_and(|v| v.starts_with('"')),
+        "an ETag: {source}"
+    );
+    assert_eq!(
+        inputs[1]["produced_by"]["inputs"][0]["url"],
+        "s3://data/k.txt"
+    );
 }
 
 /// Three chains of five tasks; each writes half its output, pauses, writes the rest,

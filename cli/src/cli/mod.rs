@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a staging failure; 2 a usage or config error; 128 + the
 //! signal's number when SIGINT, SIGTERM or SIGHUP cancelled the command.
 
+mod lineage;
 mod meta;
 mod plugins;
 pub mod progress;
@@ -62,6 +63,9 @@ enum Command {
     Config(ConfigCommand),
     /// Write one self-contained HTML page from a `run --report` file: timeline, bytes/s, providers, failures
     Report(report::ReportArgs),
+    /// Print what produced a file (task, command, inputs, back to the sources) from the
+    /// run journals; --check re-verifies every recorded identity
+    Lineage(lineage::LineageArgs),
     /// Serve a run's tasks on this node (started by a `slurm` or `processes` executor's blocks)
     Worker(worker::WorkerArgs),
     /// Print this build's version and commit, plugin-api's, and every plugin found with its own
@@ -338,6 +342,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         Command::Man { dir } => return meta::man(dir),
         Command::Report(a) => return report::report(a),
+        Command::Lineage(a) => return lineage::lineage(a),
         _ => {}
     }
     let config = Config::locate(args.config.as_deref())?;
@@ -349,7 +354,10 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             meta::version(&plugins, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Completions { .. } | Command::Man { .. } | Command::Report(_) => {
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Report(_)
+        | Command::Lineage(_) => {
             unreachable!("handled above")
         }
         Command::Config(ConfigCommand::Show) => {

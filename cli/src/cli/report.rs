@@ -112,11 +112,12 @@ fn page(doc: &Value) -> String {
     let count = |k: &str| summary[k].as_u64().unwrap_or(0);
     let _ = writeln!(
         html,
-        "<p class=\"summary\">{} task(s): {} succeeded, {} failed, {} stage-out failed, \
-         {} lost an input, {} cancelled; {} file(s) moved ({}), {} already current, \
-         {} failed; {:.3} s</p>",
+        "<p class=\"summary\">{} task(s): {} succeeded, {} skipped (unchanged), {} failed, \
+         {} stage-out failed, {} lost an input, {} cancelled; {} file(s) moved ({}), \
+         {} already current, {} failed; {:.3} s</p>",
         count("tasks"),
         count("succeeded"),
+        count("skipped"),
         count("failed"),
         count("stage_out_failed"),
         count("dependency_failed"),
@@ -284,7 +285,7 @@ fn providers(html: &mut String, tasks: &[Value]) {
 fn failures(html: &mut String, tasks: &[Value]) {
     let failed: Vec<&Value> = tasks
         .iter()
-        .filter(|t| t["status"] != "succeeded")
+        .filter(|t| t["status"] != "succeeded" && t["status"] != "skipped")
         .collect();
     html.push_str("<h2>Failures</h2>\n");
     if failed.is_empty() {
@@ -328,7 +329,7 @@ const CSS: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
 .summary{font-size:1.1em}\
 svg text{font-size:12px;font-family:monospace}\
 .task rect{fill:#4a8}.task.failed rect,.task.stage-out-failed rect{fill:#c44}\
-.task.dependency-failed rect{fill:#e90}.task.cancelled rect{fill:#999}\
+.task.dependency-failed rect{fill:#e90}.task.cancelled rect{fill:#999}.task.skipped rect{fill:#9cb}\
 .throughput polyline{fill:none;stroke:#36c;stroke-width:2}\
 .throughput{border-bottom:1px solid #999}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}\

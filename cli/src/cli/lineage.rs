@@ -1,0 +1,220 @@
+//! `stagehost lineage PATH_OR_URL [--json]` and `stagehost lineage --check`: what the
+//! run journals say made a file, and whether what they recorded still holds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use stagehost::lineage::{Lineage, Node};
+use stagehost::ConfigError;
+
+use super::CliError;
+
+/// `stagehost lineage` arguments.
+#[derive(Debug, clap::Args)]
+pub struct LineageArgs {
+    /// The file: a path, or the URL a task wrote it to
+    #[arg(value_name = "PATH_OR_URL", required_unless_present = "check")]
+    target: Option<String>,
+    /// Re-verify every recorded identity (of the file's lineage, or of every task) and
+    /// name what drifted; exit 1 if anything did
+    #[arg(long)]
+    check: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    /// A journal to read (a .jsonl file, or a directory of them); repeatable. Default:
+    /// every .stagehost/journal/ in the current directory, the file's, and their parents
+    #[arg(long, value_name = "PATH")]
+    journal: Vec<PathBuf>,
+}
+
+pub fn lineage(args: &LineageArgs) -> Result<ExitCode, CliError> {
+    let journals = journals(args)?;
+    if journals.is_empty() {
+        return Err(CliError::Config(ConfigError(
+            "no run journal found: `stagehost run` keeps one in .stagehost/journal/ beside the workflow; give --journal PATH, or run from the workflow's directory".into(),
+        )));
+    }
+    let lineage = Lineage::read(&journals)
+        .map_err(|e| CliError::Config(ConfigError(format!("cannot read the run journals: {e}"))))?;
+    if args.check {
+        let report = lineage.check(args.target.as_deref());
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("plain data")
+            );
+        } else {
+            for d in &report.drifted {
+                println!(
+                    "drifted: {} {} (the {} of task {:?}, {})",
+                    d.url, d.why, d.role, d.task, d.workflow
+                );
+            }
+            eprintln!(
+                "stagehost: {} identities checked, {} drifted, {} remote not checked",
+                report.checked,
+                report.drifted.len(),
+                report.not_checked
+            );
+        }
+        return Ok(if report.drifted.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let target = args
+        .target
+        .as_deref()
+        .expect("clap requires it without --check");
+    let Some(node) = lineage.of(target) else {
+        return Err(CliError::Failed {
+            line: format!(
+                "{target}: no task in the run journals ({} read, {} task(s)) produced it",
+                journals.len(),
+                lineage.tasks()
+            ),
+            code: 3,
+        });
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&node).expect("plain data")
+        );
+    } else {
+        let mut out = String::new();
+        print_node(&mut out, &node, 0);
+        print!("{out}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The journals to read: those given, or those found above the current directory and
+/// the target's.
+fn journals(args: &LineageArgs) -> Result<Vec<PathBuf>, CliError> {
+    let mut found = Vec::new();
+    for p in &args.journal {
+        if p.is_dir() {
+            let mut here: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| {
+                    CliError::Config(ConfigError(format!("--journal {}: {e}", p.display())))
+                })?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                .collect();
+            here.sort();
+            found.extend(here);
+        } else if p.is_file() {
+            found.push(p.clone());
+        } else {
+            return Err(CliError::Config(ConfigError(format!(
+                "--journal {}: no such file or directory",
+                p.display()
+            ))));
+        }
+    }
+    if !args.journal.is_empty() {
+        return Ok(found);
+    }
+    let local_dir = args
+        .target
+        .as_deref()
+        .and_then(stagehost::journal::local_path_of)
+        .and_then(|p| std::path::absolute(p).ok())
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    for dir in local_dir.iter().chain(std::iter::once(&cwd)) {
+        for j in stagehost::lineage::journals_above(dir) {
+            if !found.contains(&j) {
+                found.push(j);
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn identity_words(node: &Node) -> String {
+    match &node.identity {
+        None => "no identity recorded".into(),
+        Some(id) => {
+            let mut words = format!(
+                "{} bytes, mtime_ns {}, inode {}",
+                id.size, id.mtime_ns, id.inode
+            );
+            if let Some(v) = &id.validator {
+                words.push_str(&format!(", validator {v}"));
+            }
+            if let Some(h) = &id.sha256 {
+                words.push_str(&format!(", sha256 {h}"));
+            }
+            words
+        }
+    }
+}
+
+fn print_node(out: &mut String, node: &Node, depth: usize) {
+    use std::fmt::Write as _;
+    let pad = "    ".repeat(depth);
+    let _ = writeln!(
+        out,
+        "{pad}{} ({}; {})",
+        node.url,
+        identity_words(node),
+        node.now
+    );
+    match &node.produced_by {
+        None => {
+            let _ = writeln!(out, "{pad}  a source: no task of the journals produced it");
+        }
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "{pad}  produced by task {:?} (executor {}, workflow {}, ended {})",
+                p.task,
+                p.executor,
+                p.workflow,
+                when(p.ended)
+            );
+            if let Some(c) = &p.command {
+                let _ = writeln!(
+                    out,
+                    "{pad}  command: {}",
+                    stagehost_plugin_api::display::escape(c)
+                );
+            }
+            if p.inputs.is_empty() {
+                let _ = writeln!(out, "{pad}  inputs: none");
+            } else {
+                let _ = writeln!(out, "{pad}  inputs:");
+                for input in &p.inputs {
+                    print_node(out, input, depth + 1);
+                }
+            }
+        }
+    }
+}
+
+/// Seconds since the epoch as UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+fn when(secs: f64) -> String {
+    let s = secs as i64;
+    let (days, rest) = (s.div_euclid(86_400), s.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
