@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// workflow); run the rest and everything downstream of them
     #[arg(long)]
     resume: bool,
+    /// Keep no run journal for this run (a later --resume then runs what it would have
+    /// recorded)
+    #[arg(long, conflicts_with = "resume")]
+    no_journal: bool,
     /// Transfers at once, over all hosts (overrides [transfers] max_concurrent)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_transfers: Option<u32>,
@@ -106,18 +110,26 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     };
     // The run journal beside the workflow (.stagehost/journal/): each task's record as
     // it ends. One that cannot be opened costs a warning, never the run.
-    let journal = match stagehost::journal::Journal::open_beside(&workflow.path) {
-        Ok(j) => {
-            j.run_started(&workflow.path, args.resume);
-            Some(j)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "cannot open the run journal beside {}: {e}; the run goes on without it",
-                stagehost_plugin_api::display::path(&workflow.path)
-            );
-            None
-        }
+    let opened = if args.no_journal {
+        None
+    } else {
+        Some(stagehost::journal::Journal::open_beside(&workflow.path))
+    };
+    let journal = match opened {
+        None => None,
+        Some(opened) => match opened {
+            Ok(j) => {
+                j.run_started(&workflow.path, args.resume);
+                Some(j)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot open the run journal beside {}: {e}; the run goes on without it",
+                    stagehost_plugin_api::display::path(&workflow.path)
+                );
+                None
+            }
+        },
     };
     let progress = super::progress::observer(quiet);
     let observer: Arc<dyn stagehost::engine::Observer> = match journal {
