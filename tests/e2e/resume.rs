@@ -497,3 +497,69 @@ fn sigkill_at_random_points_then_resume_gives_the_outputs_of_a_whole_run() {
         );
     }
 }
+
+#[test]
+fn a_last_modified_a_file_may_still_change_under_never_calls_a_change_current() {
+    // Python's http.server: no ETag, Last-Modified from the file's mtime, and a 304
+    // to any If-Modified-Since not older than it.
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let data = root.join("data.txt");
+    // A modification time ahead of the server's clock: the Last-Modified it sends is
+    // not a second older than its Date, so it cannot tell two versions apart.
+    let ahead = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+    let write = |text: &str| {
+        std::fs::write(&data, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&data)
+            .unwrap()
+            .set_modified(ahead)
+            .unwrap();
+    };
+    write("version 1\n");
+    let port = stagehost_tests::httpd::free_port();
+    let mut server = std::process::Command::new(stagehost_tests::ftpd::test_python())
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--directory")
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    stagehost_tests::wait_for_port(&mut server, port, "python -m http.server");
+    sandbox.write(
+        "work/flow.toml",
+        format!(
+            "[[task]]\nname = \"web\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [\"http://127.0.0.1:{port}/data.txt\"]\noutputs = [\"web.txt\"]\n"
+        ),
+    );
+    let out = sandbox.run(&["run", "flow.toml", "--report", "-"]);
+    assert_eq!(
+        with(&statuses(&out), "succeeded"),
+        ["web"],
+        "{}",
+        out.stderr
+    );
+    // The same size, the same modification time, other bytes.
+    write("version 2\n");
+    let out = resume(&sandbox);
+    assert_eq!(
+        with(&statuses(&out), "succeeded"),
+        ["web"],
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/web.txt")).unwrap(),
+        "version 2\n"
+    );
+    stagehost_tests::stop_child(&mut server, libc::SIGTERM);
+}

@@ -668,25 +668,29 @@ impl Shared {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
+        // What identifies this version: its ETag, else a Last-Modified the Date shows
+        // to be at least a second old (one from the second it was served in may not
+        // change when the file does).
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let date = header("date");
+        let identifying = header("etag").or_else(|| {
+            header("last-modified")
+                .filter(|lm| revalidate::strong_last_modified(lm, date.as_deref()))
+        });
         // Recorded after the write, for the next run's revalidation.
-        let revalidator = response
-            .headers()
-            .get("etag")
-            .or_else(|| response.headers().get("last-modified"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let revalidator = identifying.clone();
         // A strong validator and byte ranges make a broken-off body resumable.
         let ranges = response
             .headers()
             .get("accept-ranges")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
-        let validator = response
-            .headers()
-            .get("etag")
-            .or_else(|| response.headers().get("last-modified"))
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.starts_with("W/"))
-            .map(str::to_owned);
+        let validator = identifying.filter(|v| !v.starts_with("W/"));
         let raw = response.into_body().into_reader();
         let first: Box<dyn Read + Send> = match decode {
             Some(_) => Box::new(flate2::read::MultiGzDecoder::new(raw)),

@@ -9,3 +9,80 @@ pub(crate) fn condition(validator: &str) -> (&'static str, String) {
         ("If-Modified-Since", validator.to_owned())
     }
 }
+
+/// Whether a `Last-Modified` value may identify a version: only when the response's
+/// `Date` is at least a second after it (RFC 9110 §8.8.2.2). A file changed again
+/// within the second it was served in would otherwise keep the same value, and a
+/// revalidation would call the old copy current.
+pub(crate) fn strong_last_modified(last_modified: &str, date: Option<&str>) -> bool {
+    match (http_date(last_modified), date.and_then(http_date)) {
+        (Some(modified), Some(date)) => date > modified,
+        _ => false,
+    }
+}
+
+/// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the
+/// form servers must send; `None` for anything else.
+fn http_date(text: &str) -> Option<i64> {
+    let mut parts = text.trim().split(' ');
+    let (_weekday, day, month, year, time, zone) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if zone != "GMT" || parts.next().is_some() {
+        return None;
+    }
+    let day: i64 = day.parse().ok()?;
+    let year: i64 = year.parse().ok()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 of a civil date.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_modified_counts_only_a_second_before_the_response() {
+        assert_eq!(
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        let lm = "Mon, 07 Dec 2026 10:54:31 GMT";
+        assert!(strong_last_modified(
+            lm,
+            Some("Mon, 07 Dec 2026 10:54:32 GMT")
+        ));
+        // Served in the second it was changed, or before (a clock ahead), or with no
+        // Date: it may change again under the same value.
+        assert!(!strong_last_modified(lm, Some(lm)));
+        assert!(!strong_last_modified(
+            lm,
+            Some("Mon, 07 Dec 2026 10:54:30 GMT")
+        ));
+        assert!(!strong_last_modified(lm, None));
+        assert!(!strong_last_modified("yesterday", Some(lm)));
+    }
+}
