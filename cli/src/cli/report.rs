@@ -146,7 +146,12 @@ fn timeline(html: &mut String, tasks: &[Value], span: f64) {
             .or_default()
             .push(t);
     }
-    html.push_str("<h2>Timeline</h2>\n");
+    html.push_str(
+        "<h2>Timeline</h2>\n<p class=\"legend\"><span class=\"succeeded\">succeeded</span> \
+         <span class=\"skipped\">skipped (unchanged)</span> <span class=\"failed\">failed</span> \
+         <span class=\"dependency-failed\">lost an input</span> \
+         <span class=\"cancelled\">cancelled</span></p>\n",
+    );
     let (width, row, label) = (1000.0, 18.0, 220.0);
     for (executor, mut rows) in by_executor {
         rows.sort_by(|a, b| {
@@ -168,7 +173,8 @@ fn timeline(html: &mut String, tasks: &[Value], span: f64) {
             let name = t["name"].as_str().unwrap_or("?");
             let y = row * i as f64;
             let x = label + width * start / span;
-            let w = (width * secs / span).max(1.0);
+            // A task of no measurable length still shows.
+            let w = (width * secs / span).max(3.0);
             let _ = writeln!(
                 html,
                 "<g class=\"task {status}\" data-task=\"{n}\"><text x=\"0\" y=\"{ty}\">{n}</text>\
@@ -331,6 +337,10 @@ svg text{font-size:12px;font-family:monospace}\
 .task rect{fill:#4a8}.task.failed rect,.task.stage-out-failed rect{fill:#c44}\
 .task.dependency-failed rect{fill:#e90}.task.cancelled rect{fill:#999}.task.skipped rect{fill:#9cb}\
 .throughput polyline{fill:none;stroke:#36c;stroke-width:2}\
+svg{max-width:100%;height:auto}\
+.legend span{padding:1px 6px;margin-right:4px;color:#fff;background:#4a8}\
+.legend .skipped{background:#9cb}.legend .failed{background:#c44}\
+.legend .dependency-failed{background:#e90}.legend .cancelled{background:#999}\
 .throughput{border-bottom:1px solid #999}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}\
 td:first-child,th:first-child{text-align:left}\
