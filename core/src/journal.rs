@@ -156,6 +156,17 @@ pub fn identity_of(url: &str, local_path: Option<&Path>, working_dir: &Path) -> 
     Some(id)
 }
 
+/// `id` with the SHA-256 of the local file `url` names, if it is one and can be read
+/// (a hash the URL named is kept).
+fn with_content_hash(mut id: Identity, url: &str) -> Identity {
+    if id.sha256.is_none() {
+        if let Some(path) = local_path_of(url) {
+            id.sha256 = crate::checksum::digest(crate::checksum::Algorithm::Sha256, &path).ok();
+        }
+    }
+    id
+}
+
 /// The identity a stat of `path` shows (following a link, as the task reads it).
 pub fn stat_identity(path: &Path) -> Option<Identity> {
     use std::os::unix::fs::MetadataExt;
@@ -262,8 +273,15 @@ impl Journal {
     }
 
     /// The record of a task that ended: its command text, and the identities of its
-    /// files as they are now; `working_dir` is its executor's.
-    pub fn task_ended(&self, report: &TaskReport, command: Option<&str>, working_dir: &Path) {
+    /// files as they are now (with each local file's SHA-256 when `hash`);
+    /// `working_dir` is its executor's.
+    pub fn task_ended(
+        &self,
+        report: &TaskReport,
+        command: Option<&str>,
+        working_dir: &Path,
+        hash: bool,
+    ) {
         let files = |direction: crate::data_manager::Direction| -> Vec<FileRecord> {
             report
                 .files
@@ -277,7 +295,14 @@ impl Journal {
                         &f.url,
                         f.local_path.as_deref().map(Path::new),
                         working_dir,
-                    ),
+                    )
+                    .map(|id| {
+                        if hash {
+                            with_content_hash(id, &f.url)
+                        } else {
+                            id
+                        }
+                    }),
                 })
                 .collect()
         };
@@ -416,6 +441,8 @@ pub struct Journaling {
     commands: std::collections::HashMap<String, String>,
     /// Each executor's working directory, where its providers keep their records.
     working_dirs: std::collections::HashMap<String, PathBuf>,
+    /// The tasks whose local files are recorded with their SHA-256.
+    hashed: std::collections::HashSet<String>,
 }
 
 impl Journaling {
@@ -435,7 +462,15 @@ impl Journaling {
                 .map(|(name, command)| (name.to_owned(), command.to_owned()))
                 .collect(),
             working_dirs: working_dirs.into_iter().collect(),
+            hashed: std::collections::HashSet::new(),
         }
+    }
+
+    /// Records the local files of the tasks named with their SHA-256
+    /// (`checksum = "sha256"`), so that a re-run tells a touched file from a changed one.
+    pub fn hashing<'a>(mut self, tasks: impl IntoIterator<Item = &'a str>) -> Journaling {
+        self.hashed.extend(tasks.into_iter().map(str::to_owned));
+        self
     }
 }
 
@@ -455,7 +490,8 @@ impl crate::observer::Observer for Journaling {
                 .working_dirs
                 .get(&report.executor)
                 .map_or(Path::new("."), PathBuf::as_path);
-            self.journal.task_ended(report, command, working_dir);
+            let hash = self.hashed.contains(&report.name);
+            self.journal.task_ended(report, command, working_dir, hash);
         }
         self.inner.task_finished(report);
     }

@@ -194,6 +194,10 @@ pub struct TaskReport {
     /// Every file, stage-ins first (inputs order), then stage-outs (outputs, stdout,
     /// stderr).
     pub files: Vec<FileReport>,
+    /// Where its body ran: a worker of a local executor (`worker 1`), or a node and
+    /// block of a pilot executor (`n1 (block 7)`); absent when no body ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// Tasks by how they ended (a `run`'s summary only).

@@ -146,10 +146,22 @@ impl History {
 }
 
 /// How the file at `path` differs from `recorded`, in words; `None` when it does not.
+/// A file whose stat changed is still the same version when the identity holds a
+/// SHA-256 (the task asked for `checksum = "sha256"`, or the URL named one) and the
+/// file's content still has it: touched, or rewritten with the same bytes.
 pub fn drift(path: &Path, recorded: &Identity) -> Option<String> {
     match stat_identity(path) {
         None => Some("is gone".into()),
         Some(now) if now.same_stat(recorded) => None,
+        Some(now)
+            if now.size == recorded.size
+                && recorded.sha256.as_deref().is_some_and(|want| {
+                    crate::checksum::digest(crate::checksum::Algorithm::Sha256, path)
+                        .is_ok_and(|got| got == want)
+                }) =>
+        {
+            None
+        }
         Some(now) if now.size != recorded.size => Some(format!(
             "changed ({} bytes, {} when recorded)",
             now.size, recorded.size

@@ -48,6 +48,18 @@ pub struct TaskDef {
     /// Seconds the command may run before its process group is killed.
     #[serde(default)]
     pub timeout_secs: Option<f64>,
+    /// `"sha256"`: the journal records each local file's content hash, and `--resume`
+    /// counts a file whose stat changed but whose bytes did not as unchanged.
+    #[serde(default)]
+    pub checksum: Option<ContentHash>,
+}
+
+/// A content hash the journal may record for a task's local files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentHash {
+    /// SHA-256.
+    Sha256,
 }
 
 fn default_executor() -> String {

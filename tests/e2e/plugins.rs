@@ -996,6 +996,18 @@ fn a_run_report_becomes_one_self_contained_page_that_chromium_renders() {
     );
     let out = sandbox.run(&["run", "flow.toml", "--report", "run.json"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
+    // Each task says which worker ran its body: the page's lanes.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sandbox.join("work/run.json")).unwrap())
+            .unwrap();
+    for t in doc["tasks"].as_array().unwrap() {
+        assert!(
+            t["worker"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("worker ")),
+            "{t}"
+        );
+    }
     let out = sandbox.run(&["report", "run.json", "-o", "run.html"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let page = std::fs::read_to_string(sandbox.join("work/run.html")).unwrap();
@@ -1040,6 +1052,11 @@ fn a_run_report_becomes_one_self_contained_page_that_chromium_renders() {
         dom.stdout
             .contains("class=\"task succeeded\" data-task=\"count\""),
         "{}",
+        dom.stdout
+    );
+    assert!(
+        dom.stdout.contains("class=\"lane\"") && dom.stdout.contains(">worker "),
+        "a lane per worker: {}",
         dom.stdout
     );
     assert!(

@@ -563,3 +563,63 @@ fn a_last_modified_a_file_may_still_change_under_never_calls_a_change_current() 
     );
     stagehost_tests::stop_child(&mut server, libc::SIGTERM);
 }
+
+#[test]
+fn with_checksum_sha256_a_touched_file_is_unchanged_and_an_edited_one_is_not() {
+    let sandbox = Sandbox::new();
+    sandbox.write("work/in.txt", "same bytes\n");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"hashed\"\ncommand = \"cp {inputs[0]} {outputs[0]}\"\ninputs = [\"in.txt\"]\noutputs = [\"out.txt\"]\nchecksum = \"sha256\"\n\n[[task]]\nname = \"stat\"\ncommand = \"cp {inputs[0]} {outputs[0]}\"\ninputs = [\"in.txt\"]\noutputs = [\"stat.txt\"]\n",
+    );
+    let out = sandbox.run(&["run", "flow.toml", "--report", "-"]);
+    assert_eq!(
+        with(&statuses(&out), "succeeded").len(),
+        2,
+        "{}",
+        out.stderr
+    );
+    let records =
+        stagehost::journal::read(&sandbox.join("work/.stagehost/journal/flow.toml.jsonl")).unwrap();
+    let hashed = records.iter().find(|r| r["name"] == "hashed").unwrap();
+    assert_eq!(
+        hashed["inputs"][0]["identity"]["sha256"],
+        sha256_hex(b"same bytes\n").as_str()
+    );
+    // Touched (rewritten with the same bytes): the hashed task is unchanged, the other
+    // one, judged by its stat as make would, runs.
+    std::fs::write(sandbox.join("work/in.txt"), "same bytes\n").unwrap();
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(s["hashed"], "skipped", "{s:?}");
+    assert_eq!(s["stat"], "succeeded", "{s:?}");
+    // Other bytes of the same size: both run.
+    std::fs::write(sandbox.join("work/in.txt"), "SAME BYTES\n").unwrap();
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(with(&s, "succeeded").len(), 2, "{s:?}");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/out.txt")).unwrap(),
+        "SAME BYTES\n"
+    );
+    // A value other than sha256 is a workflow error at its line.
+    sandbox.write(
+        "work/bad.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"true\"\nchecksum = \"md4\"\n",
+    );
+    let out = sandbox.run(&["run", "bad.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("bad.toml:4:"), "{}", out.stderr);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(c.stdin.as_mut().unwrap(), bytes)?;
+            drop(c.stdin.take());
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}

@@ -136,8 +136,10 @@ fn page(doc: &Value) -> String {
     html
 }
 
-/// One row per task, grouped by executor and ordered by start; a bar from its start to
-/// its end, coloured by how it ended.
+/// Per executor, one lane per worker its tasks' bodies ran on (a node's lane splits
+/// into rows where its tasks overlapped), and a lane for the tasks whose body did not
+/// run (skipped, lost an input, cancelled, failed staging in); a bar per task from its
+/// start to its end, coloured by how it ended, named inside when it fits.
 fn timeline(html: &mut String, tasks: &[Value], span: f64) {
     let mut by_executor: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
     for t in tasks {
@@ -153,11 +155,41 @@ fn timeline(html: &mut String, tasks: &[Value], span: f64) {
          <span class=\"cancelled\">cancelled</span></p>\n",
     );
     let (width, row, label) = (1000.0, 18.0, 220.0);
-    for (executor, mut rows) in by_executor {
-        rows.sort_by(|a, b| {
-            let s = |t: &Value| t["started_at"].as_f64().unwrap_or(0.0);
-            s(a).total_cmp(&s(b))
-        });
+    let start_of = |t: &Value| t["started_at"].as_f64().unwrap_or(0.0);
+    let end_of = |t: &Value| start_of(t) + t["seconds"].as_f64().unwrap_or(0.0);
+    for (executor, tasks) in by_executor {
+        // Lanes by worker, in name order; the tasks with no body last.
+        let mut lanes: BTreeMap<(bool, &str), Vec<&Value>> = BTreeMap::new();
+        for t in tasks {
+            let key = match t["worker"].as_str() {
+                Some(w) => (false, w),
+                None => (true, "no body run"),
+            };
+            lanes.entry(key).or_default().push(t);
+        }
+        // Each lane's rows: a task goes in the first row free when it starts.
+        let mut rows: Vec<(String, Vec<&Value>)> = Vec::new();
+        for ((_, lane), mut lane_tasks) in lanes {
+            lane_tasks.sort_by(|a, b| start_of(a).total_cmp(&start_of(b)));
+            let mut lane_rows: Vec<(f64, Vec<&Value>)> = Vec::new();
+            for t in lane_tasks {
+                match lane_rows.iter_mut().find(|(end, _)| *end <= start_of(t)) {
+                    Some((end, ts)) => {
+                        *end = end_of(t);
+                        ts.push(t);
+                    }
+                    None => lane_rows.push((end_of(t), vec![t])),
+                }
+            }
+            for (k, (_, ts)) in lane_rows.into_iter().enumerate() {
+                let name = if k == 0 {
+                    lane.to_owned()
+                } else {
+                    String::new()
+                };
+                rows.push((name, ts));
+            }
+        }
         let height = row * rows.len() as f64 + 24.0;
         let _ = write!(
             html,
@@ -166,25 +198,46 @@ fn timeline(html: &mut String, tasks: &[Value], span: f64) {
             esc(executor),
             w = width + label
         );
-        for (i, t) in rows.iter().enumerate() {
-            let start = t["started_at"].as_f64().unwrap_or(0.0);
-            let secs = t["seconds"].as_f64().unwrap_or(0.0);
-            let status = t["status"].as_str().unwrap_or("failed");
-            let name = t["name"].as_str().unwrap_or("?");
+        for (i, (lane, ts)) in rows.iter().enumerate() {
             let y = row * i as f64;
-            let x = label + width * start / span;
-            // A task of no measurable length still shows.
-            let w = (width * secs / span).max(3.0);
             let _ = writeln!(
                 html,
-                "<g class=\"task {status}\" data-task=\"{n}\"><text x=\"0\" y=\"{ty}\">{n}</text>\
-                 <rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{h}\">\
-                 <title>{n}: {status}, {secs:.3} s from {start:.3} s</title></rect></g>",
-                n = esc(name),
-                status = esc(status),
-                ty = y + row - 5.0,
-                h = row - 4.0,
+                "<text class=\"lane\" x=\"0\" y=\"{ty}\">{}</text>",
+                esc(lane),
+                ty = y + row - 5.0
             );
+            for t in ts {
+                let (start, secs) = (start_of(t), t["seconds"].as_f64().unwrap_or(0.0));
+                let status = t["status"].as_str().unwrap_or("failed");
+                let name = t["name"].as_str().unwrap_or("?");
+                let x = label + width * start / span;
+                // A task of no measurable length still shows.
+                let w = (width * secs / span).max(3.0);
+                // Its name inside the bar when it fits (7 px a character).
+                let inside = if w > 7.0 * name.chars().count() as f64 + 6.0 {
+                    format!(
+                        "<text class=\"name\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                        x + 3.0,
+                        y + row - 6.0,
+                        esc(name)
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    html,
+                    "<g class=\"task {status}\" data-task=\"{n}\"><rect x=\"{x:.1}\" y=\"{y:.1}\" \
+                     width=\"{w:.1}\" height=\"{h}\"><title>{n}: {status}, {secs:.3} s from \
+                     {start:.3} s{on}</title></rect>{inside}</g>",
+                    n = esc(name),
+                    status = esc(status),
+                    h = row - 4.0,
+                    on = t["worker"]
+                        .as_str()
+                        .map(|w| format!(", on {}", esc(w)))
+                        .unwrap_or_default(),
+                );
+            }
         }
         let _ = writeln!(
             html,
@@ -338,6 +391,7 @@ svg text{font-size:12px;font-family:monospace}\
 .task.dependency-failed rect{fill:#e90}.task.cancelled rect{fill:#999}.task.skipped rect{fill:#9cb}\
 .throughput polyline{fill:none;stroke:#36c;stroke-width:2}\
 svg{max-width:100%;height:auto}\
+.timeline .name{fill:#fff;font-size:11px}\
 .legend span{padding:1px 6px;margin-right:4px;color:#fff;background:#4a8}\
 .legend .skipped{background:#9cb}.legend .failed{background:#c44}\
 .legend .dependency-failed{background:#e90}.legend .cancelled{background:#999}\

@@ -133,18 +133,27 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     };
     let progress = super::progress::observer(quiet);
     let observer: Arc<dyn stagehost::engine::Observer> = match journal {
-        Some(j) => Arc::new(stagehost::journal::Journaling::new(
-            progress,
-            j,
-            workflow
-                .tasks
-                .iter()
-                .map(|t| (t.name.as_str(), t.command.as_str())),
-            registry
-                .executors
-                .iter()
-                .map(|e| (e.label.clone(), e.working_dir.clone())),
-        )),
+        Some(j) => Arc::new(
+            stagehost::journal::Journaling::new(
+                progress,
+                j,
+                workflow
+                    .tasks
+                    .iter()
+                    .map(|t| (t.name.as_str(), t.command.as_str())),
+                registry
+                    .executors
+                    .iter()
+                    .map(|e| (e.label.clone(), e.working_dir.clone())),
+            )
+            .hashing(
+                workflow
+                    .tasks
+                    .iter()
+                    .filter(|t| t.checksum.is_some())
+                    .map(|t| t.name.as_str()),
+            ),
+        ),
         None => progress,
     };
     let reports = rt.block_on(async move {

@@ -101,8 +101,8 @@ enum FirstPhase {
     PlanningFailed(Vec<FileState>, String),
     /// Separate stage-in jobs must run before the body.
     NeedsJobs(Vec<FileState>),
-    /// The body ran (with its in-task steps): its result and attempts.
-    Ran(Vec<FileState>, BodyResult, u32),
+    /// The body ran (with its in-task steps): its result, attempts and where it ran.
+    Ran(Vec<FileState>, BodyResult, u32, Option<String>),
 }
 
 impl Inner {
@@ -127,6 +127,7 @@ impl Inner {
             seconds: start.elapsed().as_secs_f64(),
             error,
             files,
+            worker: None,
         }
     }
 
@@ -322,7 +323,7 @@ impl Inner {
                 vec![],
             )
         };
-        let (mut files, body_result, attempts) = match first {
+        let (mut files, body_result, attempts, place) = match first {
             Err(panic) => return panicked(panic),
             Ok(FirstPhase::PlanningFailed(files, error)) => {
                 return this.end(
@@ -335,7 +336,7 @@ impl Inner {
                     reports(&files),
                 );
             }
-            Ok(FirstPhase::Ran(files, result, attempts)) => (files, result, attempts),
+            Ok(FirstPhase::Ran(files, result, attempts, place)) => (files, result, attempts, place),
             Ok(FirstPhase::NeedsJobs(mut files)) => {
                 // 3. Separate stage-in jobs, each a transfer of its own, concurrently.
                 let mut failure = None;
@@ -368,8 +369,8 @@ impl Inner {
                     let ran = pool
                         .run(move || {
                             let mut files = files;
-                            let (result, attempts) = inner.run_body(&task, &mut files);
-                            (files, result, attempts)
+                            let (result, attempts, place) = inner.run_body(&task, &mut files);
+                            (files, result, attempts, place)
                         })
                         .await;
                     match ran {
@@ -377,14 +378,14 @@ impl Inner {
                         Err(panic) => return panicked(panic),
                     }
                 } else {
-                    let (result, attempts) =
+                    let (result, attempts, place) =
                         this.run_body_elsewhere(&spec, &mut files, &*executor).await;
-                    (files, result, attempts)
+                    (files, result, attempts, place)
                 }
             }
         };
         if let Err(error) = body_result {
-            return this.end(
+            let mut report = this.end(
                 &spec,
                 &outputs,
                 start,
@@ -393,6 +394,8 @@ impl Inner {
                 error.to_string(),
                 reports(&files),
             );
+            report.worker = place;
+            return report;
         }
 
         // 5. Stage-outs: in-task steps already ran; now the separate jobs. Each output's
@@ -431,7 +434,7 @@ impl Inner {
                 settle(&mut files, i, Some(outcome));
             }
         }
-        match stage_out_failure {
+        let mut report = match stage_out_failure {
             None => this.report(
                 &spec,
                 start,
@@ -449,7 +452,9 @@ impl Inner {
                 let error = Some(format!("stage-out failed: {line}"));
                 this.report(&spec, start, status, attempts, error, reports(&files))
             }
-        }
+        };
+        report.worker = place;
+        report
     }
 
     /// Takes the separate jobs of `files[range]` and runs them concurrently, each a
@@ -526,21 +531,30 @@ impl Inner {
             // that may be skipped is checked there too, once its inputs are in.
             return FirstPhase::NeedsJobs(files);
         }
-        let (result, attempts) = self.run_body(spec, &mut files);
-        FirstPhase::Ran(files, result, attempts)
+        let (result, attempts, place) = self.run_body(spec, &mut files);
+        FirstPhase::Ran(files, result, attempts, place)
     }
 
-    /// On a worker: the body with its in-task steps, retried up to `spec.retries` times.
-    fn run_body(&self, spec: &TaskSpec, files: &mut [FileState]) -> (BodyResult, u32) {
+    /// On a worker: the body with its in-task steps, retried up to `spec.retries` times;
+    /// its result, attempts, and the worker (`worker N` of the executor's pool).
+    fn run_body(
+        &self,
+        spec: &TaskSpec,
+        files: &mut [FileState],
+    ) -> (BodyResult, u32, Option<String>) {
+        let place = std::thread::current()
+            .name()
+            .and_then(|n| n.rsplit('-').next())
+            .map(|n| format!("worker {n}"));
         let mut attempts = 0;
         loop {
             if self.transfers.token.is_cancelled() {
-                return (Err(BodyError::Cancelled), attempts);
+                return (Err(BodyError::Cancelled), attempts, place);
             }
             attempts += 1;
             let result = self.attempt_body(spec, files, attempts > 1);
             if !self.retries_after(spec, attempts, &result) {
-                return (self.settled(result), attempts);
+                return (self.settled(result), attempts, place);
             }
         }
     }
@@ -580,18 +594,19 @@ impl Inner {
         spec: &TaskSpec,
         files: &mut [FileState],
         executor: &dyn Executor,
-    ) -> (BodyResult, u32) {
+    ) -> (BodyResult, u32, Option<String>) {
         let mut attempts = 0;
+        let mut place = None;
         loop {
             if self.transfers.token.is_cancelled() {
-                return (Err(BodyError::Cancelled), attempts);
+                return (Err(BodyError::Cancelled), attempts, place);
             }
             attempts += 1;
             let result = self
-                .attempt_elsewhere(spec, files, executor, attempts > 1)
+                .attempt_elsewhere(spec, files, executor, attempts > 1, &mut place)
                 .await;
             if !self.retries_after(spec, attempts, &result) {
-                return (self.settled(result), attempts);
+                return (self.settled(result), attempts, place);
             }
         }
     }
@@ -604,6 +619,7 @@ impl Inner {
         files: &mut [FileState],
         executor: &dyn Executor,
         retry: bool,
+        place: &mut Option<String>,
     ) -> BodyResult {
         if retry {
             self.replan_steps(spec, files)?;
@@ -614,6 +630,7 @@ impl Inner {
             .await
             .unwrap_or_else(|_| Err("the run ended before the task".into()))
             .map_err(BodyError::Lost)?;
+        *place = Some(result.place.clone());
         for (k, &i) in sent.iter().enumerate() {
             if let Some(r) = result.staged.get(k).filter(|r| r.ran) {
                 let f = &mut files[i];

@@ -307,6 +307,7 @@ impl Engine {
             seconds: 0.0,
             error: None,
             files,
+            worker: None,
         });
         self.inner.observer.task_submitted(&spec.name);
         self.inner.observer.task_finished(&report);
