@@ -37,9 +37,12 @@ pub struct Node {
     /// Its identity as recorded: by the task that produced it, or (for a source) by
     /// the task that read it.
     pub identity: Option<Identity>,
-    /// Whether it still has that identity: `current`, `drifted: why`, or `not checked`
-    /// for a remote file.
-    pub now: String,
+    /// Whether it still has that identity: `current`, `drifted`, or `not_checked` (a
+    /// remote file).
+    pub state: &'static str,
+    /// How it drifted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
     /// The task that produced it, if a journal says so; none for a source.
     pub produced_by: Option<Producer>,
 }
@@ -90,11 +93,23 @@ pub struct CheckReport {
     pub drifted: Vec<Drift>,
 }
 
-/// How a file is known: a local path, or its URL without a fragment.
+/// How a file is known: a local path, or its URL without a fragment (a `zip:` URL
+/// naming a relative archive, as a workflow resolves it, from the current directory).
 pub fn key(url: &str) -> String {
     match local_path_of(url) {
         Some(p) => std::path::absolute(&p).unwrap_or(p).display().to_string(),
-        None => url.split('#').next().unwrap_or_default().to_owned(),
+        None => {
+            let bare = url.split('#').next().unwrap_or_default();
+            match bare.strip_prefix("zip:") {
+                Some(rest) if !rest.starts_with('/') && !rest.is_empty() => {
+                    match std::path::absolute(rest) {
+                        Ok(abs) => format!("zip:{}", abs.display()),
+                        Err(_) => bare.to_owned(),
+                    }
+                }
+                _ => bare.to_owned(),
+            }
+        }
     }
 }
 
@@ -137,14 +152,26 @@ impl Lineage {
     /// The lineage the journals at `paths` record (read in order: a later journal's
     /// producer of a file wins).
     pub fn read(paths: &[PathBuf]) -> std::io::Result<Lineage> {
+        Lineage::read_current(paths, |_| None)
+    }
+
+    /// [`Lineage::read`], keeping of each journal only the tasks `current` names for its
+    /// workflow file (`None`: all of them): a task renamed or removed from the
+    /// workflow no longer speaks for its old outputs.
+    pub fn read_current(
+        paths: &[PathBuf],
+        current: impl Fn(&Path) -> Option<HashSet<String>>,
+    ) -> std::io::Result<Lineage> {
         let mut lineage = Lineage::default();
         for path in paths {
             let workflow = workflow_of(path);
+            let keep = current(Path::new(&workflow));
             let mut last: HashMap<String, TaskRecord> = HashMap::new();
             let mut order = Vec::new();
             for record in crate::journal::read_records(path)? {
                 if let Record::Task(t) = record {
-                    if t.status == TaskStatus::Succeeded {
+                    let kept = keep.as_ref().is_none_or(|names| names.contains(&t.name));
+                    if t.status == TaskStatus::Succeeded && kept {
                         if !last.contains_key(&t.name) {
                             order.push(t.name.clone());
                         }
@@ -196,7 +223,7 @@ impl Lineage {
     }
 
     fn node(&self, url: String, identity: Option<Identity>, seen: &mut HashSet<usize>) -> Node {
-        let now = state(&url, identity.as_ref());
+        let (state, why) = state(&url, identity.as_ref());
         let produced_by = self
             .by_output
             .get(&key(&url))
@@ -221,7 +248,8 @@ impl Lineage {
         Node {
             url,
             identity,
-            now,
+            state,
+            why,
             produced_by,
         }
     }
@@ -279,14 +307,14 @@ impl Lineage {
     }
 }
 
-/// Whether the file at `url` still has `identity`, in words.
-fn state(url: &str, identity: Option<&Identity>) -> String {
+/// Whether the file at `url` still has `identity`, and how it drifted.
+fn state(url: &str, identity: Option<&Identity>) -> (&'static str, Option<String>) {
     match (local_path_of(url), identity) {
-        (None, _) => "not checked (remote)".into(),
-        (Some(_), None) => "drifted: has no recorded identity".into(),
+        (None, _) => ("not_checked", None),
+        (Some(_), None) => ("drifted", Some("has no recorded identity".into())),
         (Some(path), Some(id)) => match crate::resume::drift(&path, id) {
-            None => "current".into(),
-            Some(why) => format!("drifted: {why}"),
+            None => ("current", None),
+            Some(why) => ("drifted", Some(why)),
         },
     }
 }

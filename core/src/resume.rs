@@ -171,6 +171,41 @@ pub fn drift(path: &Path, recorded: &Identity) -> Option<String> {
     }
 }
 
+/// How the copy of remote input `url` at `copy` differs from `recorded` after its
+/// stage-in, in words; `None` when it is the version recorded: the copy is untouched
+/// (the provider found it current), or it was fetched again and its provider recorded
+/// the same strong validator (an ETag that is not weak, or a Last-Modified a second
+/// older than its response) for the same size.
+pub fn remote_drift(
+    url: &str,
+    copy: &Path,
+    working_dir: &Path,
+    recorded: &Identity,
+) -> Option<String> {
+    let why = drift(copy, recorded)?;
+    let now = crate::journal::identity_of(url, Some(copy), working_dir)?;
+    let same_version = now.size == recorded.size
+        && now.validator.is_some()
+        && now.validator == recorded.validator
+        && !now
+            .validator
+            .as_deref()
+            .is_some_and(|v| v.starts_with("W/"));
+    if same_version {
+        return None;
+    }
+    Some(match (&recorded.validator, &now.validator) {
+        (None, _) => {
+            format!("was fetched again: no validator was recorded to ask its server with ({why})")
+        }
+        (Some(_), None) => format!("changed on its server ({why}; it sent no validator)"),
+        (Some(was), Some(is)) if was != is => {
+            format!("changed on its server (validator {is}, {was} when recorded)")
+        }
+        _ => format!("changed on its server ({why})"),
+    })
+}
+
 /// Why the URLs of `kind` differ from the record, if they do.
 fn urls_changed(kind: &str, was: &[crate::journal::FileRecord], now: &[String]) -> Option<String> {
     if was.len() != now.len() {

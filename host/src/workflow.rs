@@ -583,7 +583,11 @@ impl Workflow {
                     Some(h) => match verdict(h, &self.tasks[i].command, &spec) {
                         Verdict::Unchanged => Ok(engine.skip(spec)),
                         Verdict::Revalidate(inputs) => {
-                            engine.submit(spec.skip_if(revalidation(inputs)))
+                            let dir = engine
+                                .working_dir(&spec.executor)
+                                .unwrap_or(Path::new("."))
+                                .to_path_buf();
+                            engine.submit(spec.skip_if(revalidation(inputs, dir)))
                         }
                         Verdict::Changed(why) => {
                             tracing::info!("task {:?} runs: {why}", self.tasks[i].name);
@@ -672,7 +676,7 @@ pub fn verdict(history: &History, command: &str, spec: &TaskSpec) -> Verdict {
 
 /// The check of a task whose remote inputs must be staged in again to know whether
 /// they changed: each copy must have the identity recorded.
-fn revalidation(inputs: Vec<(usize, Identity)>) -> SkipCheck {
+fn revalidation(inputs: Vec<(usize, Identity)>, working_dir: std::path::PathBuf) -> SkipCheck {
     SkipCheck(std::sync::Arc::new(move |staged: &[FileReport]| {
         for (i, recorded) in &inputs {
             let Some(f) = staged.get(*i) else {
@@ -681,7 +685,9 @@ fn revalidation(inputs: Vec<(usize, Identity)>) -> SkipCheck {
             let Some(path) = f.local_path.as_deref() else {
                 return Err(format!("input {} has no local copy", f.url));
             };
-            if let Some(why) = crate::resume::drift(Path::new(path), recorded) {
+            if let Some(why) =
+                crate::resume::remote_drift(&f.url, Path::new(path), &working_dir, recorded)
+            {
                 return Err(format!("input {} {why}", f.url));
             }
         }

@@ -130,8 +130,9 @@ fn a_resume_skips_what_is_unchanged_and_reruns_exactly_what_a_change_reaches() {
     assert!(dry.stdout.contains("skip c: unchanged"), "{}", dry.stdout);
     assert!(dry.stdout.contains("run  d: "), "{}", dry.stdout);
     assert!(
-        dry.stderr
-            .contains("dry run: 3 task(s) would run, 1 would be skipped"),
+        dry.stderr.contains(
+            "dry run: 3 task(s) would run, 1 would be skipped, 0 depend on their servers"
+        ),
         "{}",
         dry.stderr
     );
@@ -204,6 +205,15 @@ fn a_resume_skips_what_is_unchanged_and_reruns_exactly_what_a_change_reaches() {
             .any(|d| d["url"] == a_txt.as_str() && d["task"] == "a" && d["role"] == "output"),
         "{drifted}"
     );
+    // A workflow error found by a dry run of a resume too, with the run's exit code.
+    sandbox.write(
+        "work/bad.toml",
+        "[[task]]\nname = \"g\"\ncommand = \"cat {inputs[0]}\"\ninputs = [\"gopher://h/x\"]\n",
+    );
+    let out = sandbox.run(&["run", "--resume", "--dry-run", "bad.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let out = sandbox.run(&["run", "--dry-run", "bad.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
     // A file no task made: exit 3, one line.
     let out = sandbox.run(&["lineage", "in1.txt"]);
     assert_eq!(out.code, Some(3), "{}", out.stderr);
@@ -307,6 +317,46 @@ fn a_changed_remote_input_reruns_its_consumers_and_an_unchanged_one_is_only_reva
     let out = run(true);
     assert_eq!(with(&statuses(&out), "skipped").len(), 3, "{}", out.stderr);
 
+    // The copy of the web input is deleted: it is fetched again, with the ETag
+    // recorded, so it is the same version and nothing runs.
+    let report = run(true).json();
+    let copy = report["tasks"][0]["files"][0]["local_path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::remove_file(&copy).unwrap();
+    let out = run(true);
+    let s = statuses(&out);
+    assert_eq!(with(&s, "skipped").len(), 3, "{s:?} {}", out.stderr);
+    assert_eq!(out.json()["summary"]["files_moved"], 1);
+    // The dry run says which tasks hang on their servers' answers.
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            &cfg,
+            "run",
+            "--resume",
+            "--dry-run",
+            "flow.toml",
+        ],
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "ask  web: unchanged here; skipped unless its server says {} changed",
+            nginx.url("/data.txt")
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("1 would be skipped, 2 depend on their servers"),
+        "{}",
+        out.stderr
+    );
+
     // The lineage of the last output goes back to the two remote sources, each with
     // the validator its provider recorded.
     let out = sandbox.run(&["lineage", "--json", "both.txt"]);
@@ -319,7 +369,7 @@ fn a_changed_remote_input_reruns_its_consumers_and_an_unchanged_one_is_only_reva
     assert_eq!(web["command"], "cp {inputs[0]} {outputs[0]}");
     let source = &web["inputs"][0];
     assert_eq!(source["url"], nginx.url("/data.txt"));
-    assert_eq!(source["now"], "not checked (remote)");
+    assert_eq!(source["state"], "not_checked");
     assert!(source["produced_by"].is_null());
     assert!(
         source["identity"]["validator"]
@@ -622,4 +672,32 @@ fn sha256_hex(bytes: &[u8]) -> String {
         })
         .unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+#[test]
+fn lineage_speaks_only_for_tasks_the_workflow_still_has() {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"x\"\ncommand = \"echo x > {outputs[0]}\"\noutputs = [\"x.txt\"]\n",
+    );
+    let out = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    std::fs::write(sandbox.join("work/x.txt"), "edited\n").unwrap();
+    let check = sandbox.run(&["lineage", "--check"]);
+    assert_eq!(check.code, Some(1), "{}", check.stderr);
+    assert!(
+        check.stdout.contains("the output of task \"x\""),
+        "{}",
+        check.stdout
+    );
+    // Renamed: the old task's record no longer vouches for x.txt, nor is it checked.
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"y\"\ncommand = \"echo x > {outputs[0]}\"\noutputs = [\"x.txt\"]\n",
+    );
+    let check = sandbox.run(&["lineage", "--check"]);
+    assert_eq!(check.code, Some(0), "{} {}", check.stdout, check.stderr);
+    let out = sandbox.run(&["lineage", "x.txt"]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
 }

@@ -35,7 +35,12 @@ pub fn lineage(args: &LineageArgs) -> Result<ExitCode, CliError> {
             "no run journal found: `stagehost run` keeps one in .stagehost/journal/ beside the workflow; give --journal PATH, or run from the workflow's directory".into(),
         )));
     }
-    let lineage = Lineage::read(&journals)
+    // Only the tasks each workflow still has speak for their outputs.
+    let current = |workflow: &std::path::Path| {
+        let w = stagehost::workflow::Workflow::load(workflow).ok()?;
+        Some(w.tasks.into_iter().map(|t| t.name).collect())
+    };
+    let lineage = Lineage::read_current(&journals, current)
         .map_err(|e| CliError::Config(ConfigError(format!("cannot read the run journals: {e}"))))?;
     if args.check {
         let report = lineage.check(args.target.as_deref());
@@ -158,13 +163,12 @@ fn identity_words(node: &Node) -> String {
 fn print_node(out: &mut String, node: &Node, depth: usize) {
     use std::fmt::Write as _;
     let pad = "    ".repeat(depth);
-    let _ = writeln!(
-        out,
-        "{pad}{} ({}; {})",
-        node.url,
-        identity_words(node),
-        node.now
-    );
+    let state = match (&node.why, node.state) {
+        (Some(why), _) => format!("drifted: {why}"),
+        (None, "not_checked") => "not checked (remote)".to_owned(),
+        (None, state) => state.to_owned(),
+    };
+    let _ = writeln!(out, "{pad}{} ({}; {state})", node.url, identity_words(node));
     match &node.produced_by {
         None => {
             let _ = writeln!(out, "{pad}  a source: no task of the journals produced it");

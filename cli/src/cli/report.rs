@@ -312,7 +312,15 @@ fn providers(html: &mut String, tasks: &[Value]) {
         .iter()
         .flat_map(|t| t["files"].as_array().map_or(&[][..], Vec::as_slice))
     {
-        let provider = f["provider"].as_str().unwrap_or("(none)").to_owned();
+        // A file no provider planned: counted only if that was its failure (a skipped
+        // task's files were not staged at all).
+        let Some(provider) = f["provider"]
+            .as_str()
+            .or_else(|| f["error"].is_string().then_some("(none)"))
+        else {
+            continue;
+        };
+        let provider = provider.to_owned();
         let t = totals.entry(provider).or_default();
         t.files += 1;
         if moved(f) {

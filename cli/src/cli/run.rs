@@ -68,7 +68,11 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     };
     if args.dry_run {
         return match &history {
-            Some(h) => dry_run_resume(h, &workflow, &order),
+            Some(h) => {
+                // What a plain dry run or the run itself would refuse, first.
+                preflight(registry, &workflow, &order)?;
+                dry_run_resume(h, &workflow, &order)
+            }
             None => dry_run(registry, &workflow, &order),
         };
     }
@@ -404,6 +408,7 @@ fn dry_run(
     let dm = DataManager::new(registry);
     let opts = StageOptions::default();
     let mut problems: Vec<Option<FailureClass>> = Vec::new();
+    let mut unclaimed = false;
     let index = workflow.name_index();
     let written = written_by_tasks(workflow, order)?;
     for &i in order {
@@ -477,6 +482,11 @@ fn dry_run(
                     );
                 }
                 Err(e) => {
+                    // A file no provider claims is a workflow error, exit 2, as `run`
+                    // finds it before anything runs.
+                    if matches!(e, stagehost::StagingError::NoProvider { .. }) {
+                        unclaimed = true;
+                    }
                     problems.push(Some(e.class()));
                     println!("  {word} {}: {e}", file.redacted_url());
                 }
@@ -486,7 +496,11 @@ fn dry_run(
     if !problems.is_empty() {
         Err(CliError::Failed {
             line: format!("dry run: {} file(s) cannot be staged", problems.len()),
-            code: FailureClass::exit_code_of(problems),
+            code: if unclaimed {
+                2
+            } else {
+                FailureClass::exit_code_of(problems)
+            },
         })
     } else {
         Ok(ExitCode::SUCCESS)
@@ -504,7 +518,7 @@ fn dry_run_resume(
     let index = workflow.name_index();
     // Each task that would run: its consumers run too.
     let mut runs = vec![false; workflow.tasks.len()];
-    let (mut run, mut skip) = (0usize, 0usize);
+    let (mut run, mut skip, mut ask) = (0usize, 0usize, 0usize);
     for &i in order {
         let task = &workflow.tasks[i];
         let producer_runs = task.inputs.iter().find_map(|input| match input {
@@ -513,23 +527,25 @@ fn dry_run_resume(
             }
             _ => None,
         });
-        let verdict = match producer_runs {
-            Some(p) => Verdict::Changed(format!("its input comes from task {p:?}, which runs")),
-            None => {
-                let (ins, outs) = workflow
-                    .files(i, &index)
-                    .map_err(|e| CliError::Config(ConfigError(e.0)))?;
-                let urls = |files: Vec<stagehost::File>| -> Vec<String> {
-                    files.iter().map(stagehost::File::redacted_url).collect()
-                };
-                history.verdict(
-                    &task.name,
-                    &task.executor,
-                    &task.command,
-                    &urls(ins),
-                    &urls(outs),
-                )
-            }
+        let (ins, outs) = workflow
+            .files(i, &index)
+            .map_err(|e| CliError::Config(ConfigError(e.0)))?;
+        let urls = |files: Vec<stagehost::File>| -> Vec<String> {
+            files.iter().map(stagehost::File::redacted_url).collect()
+        };
+        // Its own reasons first, as the run gives them; then its producers'.
+        let verdict = match history.verdict(
+            &task.name,
+            &task.executor,
+            &task.command,
+            &urls(ins),
+            &urls(outs),
+        ) {
+            Verdict::Changed(why) => Verdict::Changed(why),
+            unchanged => match producer_runs {
+                Some(p) => Verdict::Changed(format!("its input comes from task {p:?}, which runs")),
+                None => unchanged,
+            },
         };
         match verdict {
             Verdict::Unchanged => {
@@ -537,14 +553,23 @@ fn dry_run_resume(
                 println!("skip {}: unchanged", task.name);
             }
             Verdict::Revalidate(inputs) => {
-                skip += 1;
-                let names: Vec<&str> = inputs
+                ask += 1;
+                let names: Vec<String> = inputs
                     .iter()
-                    .filter_map(|(k, _)| history.last(&task.name)?.inputs.get(*k))
-                    .map(|f| f.url.as_str())
+                    .map(|(k, recorded)| {
+                        let url = history
+                            .last(&task.name)
+                            .and_then(|r| r.inputs.get(*k))
+                            .map_or("?", |f| f.url.as_str());
+                        if recorded.validator.is_some() {
+                            url.to_owned()
+                        } else {
+                            format!("{url} (no validator recorded: it will be fetched again)")
+                        }
+                    })
                     .collect();
                 println!(
-                    "skip {}: unchanged here; runs if {} changed (asked when it runs)",
+                    "ask  {}: unchanged here; skipped unless its server says {} changed",
                     task.name,
                     names.join(", ")
                 );
@@ -556,6 +581,8 @@ fn dry_run_resume(
             }
         }
     }
-    eprintln!("stagehost: dry run: {run} task(s) would run, {skip} would be skipped");
+    eprintln!(
+        "stagehost: dry run: {run} task(s) would run, {skip} would be skipped, {ask} depend on their servers"
+    );
     Ok(ExitCode::SUCCESS)
 }

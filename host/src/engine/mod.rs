@@ -191,6 +191,15 @@ impl Engine {
         })
     }
 
+    /// The working directory of executor `label`, where its providers put and record
+    /// what they stage.
+    pub fn working_dir(&self, label: &str) -> Option<&std::path::Path> {
+        self.inner
+            .executors
+            .get(label)
+            .map(|e| e.working_dir.as_path())
+    }
+
     /// The data manager the engine stages through.
     pub fn data_manager(&self) -> &Arc<DataManager> {
         &self.inner.dm
