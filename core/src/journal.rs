@@ -156,6 +156,18 @@ pub fn identity_of(url: &str, local_path: Option<&Path>, working_dir: &Path) -> 
     Some(id)
 }
 
+/// The identity of the file at `url` (its copy at `local_path`), with its content
+/// hash when `hash`.
+pub fn identity_of_file(
+    url: &str,
+    local_path: Option<&str>,
+    working_dir: &Path,
+    hash: bool,
+) -> Option<Identity> {
+    let id = identity_of(url, local_path.map(Path::new), working_dir)?;
+    Some(if hash { with_content_hash(id, url) } else { id })
+}
+
 /// `id` with the SHA-256 of the local file `url` names, if it is one and can be read
 /// (a hash the URL named is kept).
 fn with_content_hash(mut id: Identity, url: &str) -> Identity {
@@ -282,30 +294,44 @@ impl Journal {
         working_dir: &Path,
         hash: bool,
     ) {
-        let files = |direction: crate::data_manager::Direction| -> Vec<FileRecord> {
+        self.task_ended_with(report, command, working_dir, hash, None);
+    }
+
+    /// [`Journal::task_ended`], with the inputs' identities taken when its body
+    /// started (`read`, in stage-in order) where they were known then: a record
+    /// vouches for the version the task read, never one written while it ran.
+    pub fn task_ended_with(
+        &self,
+        report: &TaskReport,
+        command: Option<&str>,
+        working_dir: &Path,
+        hash: bool,
+        read: Option<Vec<Option<Identity>>>,
+    ) {
+        let mut read = read.map(Vec::into_iter);
+        let files = |direction: crate::data_manager::Direction,
+                     read: &mut Option<std::vec::IntoIter<Option<Identity>>>|
+         -> Vec<FileRecord> {
             report
                 .files
                 .iter()
                 .filter(|f| f.direction == direction)
-                .map(|f| FileRecord {
-                    url: f.url.clone(),
-                    local_path: f.local_path.clone(),
-                    ok: f.ok,
-                    identity: identity_of(
-                        &f.url,
-                        f.local_path.as_deref().map(Path::new),
-                        working_dir,
-                    )
-                    .map(|id| {
-                        if hash {
-                            with_content_hash(id, &f.url)
-                        } else {
-                            id
-                        }
-                    }),
+                .map(|f| {
+                    let at_start = read.as_mut().and_then(Iterator::next).flatten();
+                    let identity = at_start.or_else(|| {
+                        identity_of_file(&f.url, f.local_path.as_deref(), working_dir, hash)
+                    });
+                    FileRecord {
+                        url: f.url.clone(),
+                        local_path: f.local_path.clone(),
+                        ok: f.ok,
+                        identity,
+                    }
                 })
                 .collect()
         };
+        let inputs = files(crate::data_manager::Direction::In, &mut read);
+        let outputs = files(crate::data_manager::Direction::Out, &mut None);
         self.append_record(&Record::Task(TaskRecord {
             name: report.name.clone(),
             executor: report.executor.clone(),
@@ -313,8 +339,8 @@ impl Journal {
             command: command.map(str::to_owned),
             command_sha256: command.map(command_hash),
             ended: now(),
-            inputs: files(crate::data_manager::Direction::In),
-            outputs: files(crate::data_manager::Direction::Out),
+            inputs,
+            outputs,
         }));
     }
 
@@ -443,6 +469,8 @@ pub struct Journaling {
     working_dirs: std::collections::HashMap<String, PathBuf>,
     /// The tasks whose local files are recorded with their SHA-256.
     hashed: std::collections::HashSet<String>,
+    /// Each running task's inputs' identities, taken as its body started.
+    read: std::sync::Mutex<std::collections::HashMap<String, Vec<Option<Identity>>>>,
 }
 
 impl Journaling {
@@ -463,6 +491,7 @@ impl Journaling {
                 .collect(),
             working_dirs: working_dirs.into_iter().collect(),
             hashed: std::collections::HashSet::new(),
+            read: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -481,7 +510,28 @@ impl crate::observer::Observer for Journaling {
     fn task_submitted(&self, name: &str) {
         self.inner.task_submitted(name);
     }
+    fn body_starting(&self, name: &str, inputs: &[crate::report::FileReport]) {
+        let working_dir = inputs
+            .first()
+            .and_then(|f| self.working_dirs.get(&f.executor))
+            .map_or(Path::new("."), PathBuf::as_path);
+        let hash = self.hashed.contains(name);
+        let ids = inputs
+            .iter()
+            .map(|f| identity_of_file(&f.url, f.local_path.as_deref(), working_dir, hash))
+            .collect();
+        self.read
+            .lock()
+            .expect("the journal's lock is never poisoned")
+            .insert(name.to_owned(), ids);
+        self.inner.body_starting(name, inputs);
+    }
     fn task_finished(&self, report: &TaskReport) {
+        let read = self
+            .read
+            .lock()
+            .expect("the journal's lock is never poisoned")
+            .remove(&report.name);
         // A skipped task did nothing: the record of the run that made its outputs
         // stands.
         if report.status != TaskStatus::Skipped {
@@ -491,7 +541,8 @@ impl crate::observer::Observer for Journaling {
                 .get(&report.executor)
                 .map_or(Path::new("."), PathBuf::as_path);
             let hash = self.hashed.contains(&report.name);
-            self.journal.task_ended(report, command, working_dir, hash);
+            self.journal
+                .task_ended_with(report, command, working_dir, hash, read);
         }
         self.inner.task_finished(report);
     }

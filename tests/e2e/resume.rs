@@ -701,3 +701,29 @@ fn lineage_speaks_only_for_tasks_the_workflow_still_has() {
     let out = sandbox.run(&["lineage", "x.txt"]);
     assert_eq!(out.code, Some(3), "{}", out.stderr);
 }
+
+#[test]
+fn an_input_changed_while_its_task_ran_runs_the_task_again() {
+    let sandbox = Sandbox::new();
+    sandbox.write("work/in.txt", "old\n");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"slow\"\ncommand = \"cat {inputs[0]} > {outputs[0]}; sleep 1\"\ninputs = [\"in.txt\"]\noutputs = [\"out.txt\"]\n",
+    );
+    let mut child = sandbox
+        .command(&stagehost_tests::stagehost_bin())
+        .args(["run", "-q", "flow.toml"])
+        .spawn()
+        .unwrap();
+    // Once the task has read its input, the input changes under it.
+    let out = sandbox.join("work/out.txt");
+    while !std::fs::read_to_string(&out).is_ok_and(|t| t == "old\n") {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    sandbox.write("work/in.txt", "new\n");
+    assert!(child.wait().unwrap().success());
+    // The record vouches for what the task read, so the resume sees the change.
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(s["slow"], "succeeded", "{s:?}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "new\n");
+}

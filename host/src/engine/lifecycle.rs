@@ -535,6 +535,13 @@ impl Inner {
         FirstPhase::Ran(files, result, attempts, place)
     }
 
+    /// Tells the observer the body starts, with its inputs as staged.
+    fn body_starting(&self, spec: &TaskSpec, files: &[FileState]) {
+        let n_in = spec.inputs.len() + spec.args.len();
+        let ins: Vec<FileReport> = files[..n_in].iter().map(|f| f.report.clone()).collect();
+        self.observer.body_starting(&spec.name, &ins);
+    }
+
     /// On a worker: the body with its in-task steps, retried up to `spec.retries` times;
     /// its result, attempts, and the worker (`worker N` of the executor's pool).
     fn run_body(
@@ -546,6 +553,7 @@ impl Inner {
             .name()
             .and_then(|n| n.rsplit('-').next())
             .map(|n| format!("worker {n}"));
+        self.body_starting(spec, files);
         let mut attempts = 0;
         loop {
             if self.transfers.token.is_cancelled() {
@@ -595,6 +603,7 @@ impl Inner {
         files: &mut [FileState],
         executor: &dyn Executor,
     ) -> (BodyResult, u32, Option<String>) {
+        self.body_starting(spec, files);
         let mut attempts = 0;
         let mut place = None;
         loop {
