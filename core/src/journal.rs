@@ -210,7 +210,16 @@ impl Journal {
     /// The journal of `workflow`: `<its directory>/.stagehost/journal/<its file
     /// name>.jsonl`, opened for appending (created, with its directories, if missing).
     pub fn open_beside(workflow: &Path) -> std::io::Result<Journal> {
-        Journal::open(&path_beside(workflow))
+        let path = path_beside(workflow);
+        // `.stagehost` and `.stagehost/journal`: made here if missing, else each a
+        // directory of the user's own that no one else can write to.
+        if let Some(journal_dir) = path.parent() {
+            if let Some(stagehost_dir) = journal_dir.parent() {
+                own_dir(stagehost_dir)?;
+            }
+            own_dir(journal_dir)?;
+        }
+        Journal::open(&path)
     }
 
     /// `path`, opened for appending.
@@ -219,12 +228,17 @@ impl Journal {
         if let Some(dir) = path.parent() {
             private_dirs(dir)?;
         }
+        // Never through a link, never blocking on a FIFO planted there.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)?;
+        check_trusted(&file, path, false)?;
+        // One run of a workflow at a time: two would write the same outputs, and one
+        // run's record could vouch for the other's partial file.
+        lock(&file, path)?;
         // A tail torn by an earlier run that was killed gets its line ended, so the
         // next record starts a line of its own.
         let len = file.metadata()?.len();
@@ -361,6 +375,109 @@ impl Drop for Journal {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Refuses a journal that is not a regular file of the user's own (or root's, when
+/// `root_ok`) that only its owner can write: another user's records are never
+/// trusted, nor written into.
+fn check_trusted(file: &std::fs::File, path: &Path, root_ok: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let me = rustix::process::geteuid().as_raw();
+    let shown = stagehost_plugin_api::display::path(path);
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::other(format!(
+            "{shown} is not a regular file"
+        )));
+    }
+    if meta.uid() != me && !(root_ok && meta.uid() == 0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{shown} belongs to uid {}, not to you", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{shown} can be written by others (mode {:o})",
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the journal's lock for this run, or says which run holds it.
+fn lock(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; the lock goes with it.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "another stagehost run of this workflow is running (it holds {}); wait for it to end",
+                stagehost_plugin_api::display::path(path)
+            ),
+        ));
+    }
+    Err(e)
+}
+
+/// A directory of stagehost's own at `dir`: made (0700) if missing; otherwise it must
+/// be a directory, not a link, of the user's own, that no one else can write to.
+fn own_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let shown = stagehost_plugin_api::display::path(dir);
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            let me = rustix::process::geteuid().as_raw();
+            if !meta.is_dir() {
+                Err(std::io::Error::other(format!(
+                    "{shown} is not a directory (a symbolic link is never followed)"
+                )))
+            } else if meta.uid() != me {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{shown} belongs to uid {}, not to you", meta.uid()),
+                ))
+            } else if meta.mode() & 0o022 != 0 {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{shown} can be written by others (mode {:o})",
+                        meta.mode() & 0o7777
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => own_dir(dir),
+                other => other,
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the journal at `path` to read it, if it can be trusted: a regular file (never
+/// through a link, never a FIFO) of the user's own or root's that no one else can
+/// write to.
+pub fn open_trusted(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    check_trusted(&file, path, true)?;
+    Ok(file)
 }
 
 /// Makes `dir` and its parents as needed (0700), refusing any that is a symbolic link
@@ -586,7 +703,8 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Value>> {
 /// The records of the journal at `path`, in order; a torn tail, and any line that is
 /// not a record this version knows, is left out.
 pub fn read_records(path: &Path) -> std::io::Result<Vec<Record>> {
-    let bytes = std::fs::read(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_trusted(path)?, &mut bytes)?;
     Ok(complete_lines(&bytes)
         .filter_map(|l| serde_json::from_slice(l).ok())
         .collect())

@@ -17,6 +17,8 @@ use crate::report::TaskStatus;
 /// The journals' last successful record of each task, and who produced each file.
 #[derive(Debug, Default)]
 pub struct Lineage {
+    /// Journals read.
+    pub journals: usize,
     entries: Vec<Entry>,
     /// Each file's key to the entry that produced it last.
     by_output: HashMap<String, usize>,
@@ -64,6 +66,11 @@ pub struct Producer {
     pub ended: f64,
     /// Its inputs, each with its own lineage.
     pub inputs: Vec<Node>,
+    /// Why `inputs` is empty though it had inputs: `shown above` (this task's
+    /// lineage is printed already, or it is its own ancestor), or `deeper than the
+    /// depth asked for`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs_elided: Option<&'static str>,
 }
 
 /// A recorded identity that no longer holds.
@@ -165,10 +172,23 @@ impl Lineage {
         let mut lineage = Lineage::default();
         for path in paths {
             let workflow = workflow_of(path);
+            // A journal that cannot be read, or that another user could have written,
+            // is left out with a warning that names it.
+            let records = match crate::journal::read_records(path) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(
+                        "left out the run journal {}: {e}",
+                        stagehost_plugin_api::display::path(path)
+                    );
+                    continue;
+                }
+            };
+            lineage.journals += 1;
             let keep = current(Path::new(&workflow));
             let mut last: HashMap<String, TaskRecord> = HashMap::new();
             let mut order = Vec::new();
-            for record in crate::journal::read_records(path)? {
+            for record in records {
                 if let Record::Task(t) = record {
                     let kept = keep.as_ref().is_none_or(|names| names.contains(&t.name));
                     if t.status == TaskStatus::Succeeded && kept {
@@ -201,9 +221,9 @@ impl Lineage {
         self.entries.len()
     }
 
-    /// The lineage of `target` (a path or a URL), back to its sources; `None` when no
-    /// journal names a task that produced it.
-    pub fn of(&self, target: &str) -> Option<Node> {
+    /// The lineage of `target` (a path or a URL), back to its sources, `depth` tasks
+    /// deep at most; `None` when no journal names a task that produced it.
+    pub fn of(&self, target: &str, depth: usize) -> Option<Node> {
         let k = key(target);
         let &i = self.by_output.get(&k)?;
         let identity = self.entries[i]
@@ -219,32 +239,50 @@ impl Lineage {
             .find(|f| key(&f.url) == k)
             .map_or_else(|| target.to_owned(), |f| f.url.clone());
         let mut seen = HashSet::new();
-        Some(self.node(url, identity, &mut seen))
+        Some(self.node(url, identity, &mut seen, depth))
     }
 
-    fn node(&self, url: String, identity: Option<Identity>, seen: &mut HashSet<usize>) -> Node {
+    /// A file's node; each producing task's inputs are listed once (where it first
+    /// appears), and no deeper than `depth` more tasks.
+    fn node(
+        &self,
+        url: String,
+        identity: Option<Identity>,
+        seen: &mut HashSet<usize>,
+        depth: usize,
+    ) -> Node {
         let (state, why) = state(&url, identity.as_ref());
-        let produced_by = self
-            .by_output
-            .get(&key(&url))
-            .copied()
-            .filter(|&i| seen.insert(i))
-            .map(|i| {
-                let Entry { workflow, record } = &self.entries[i];
-                Producer {
-                    task: record.name.clone(),
-                    workflow: workflow.clone(),
-                    executor: record.executor.clone(),
-                    command: record.command.clone(),
-                    command_sha256: record.command_sha256.clone(),
-                    ended: record.ended,
-                    inputs: record
-                        .inputs
-                        .iter()
-                        .map(|f| self.node(f.url.clone(), f.identity.clone(), seen))
-                        .collect(),
-                }
-            });
+        let produced_by = self.by_output.get(&key(&url)).copied().map(|i| {
+            let Entry { workflow, record } = &self.entries[i];
+            let elided = if record.inputs.is_empty() {
+                None
+            } else if depth == 0 {
+                Some("deeper than the depth asked for")
+            } else if !seen.insert(i) {
+                Some("shown above")
+            } else {
+                None
+            };
+            let inputs = if elided.is_some() {
+                Vec::new()
+            } else {
+                record
+                    .inputs
+                    .iter()
+                    .map(|f| self.node(f.url.clone(), f.identity.clone(), seen, depth - 1))
+                    .collect()
+            };
+            Producer {
+                task: record.name.clone(),
+                workflow: workflow.clone(),
+                executor: record.executor.clone(),
+                command: record.command.clone(),
+                command_sha256: record.command_sha256.clone(),
+                ended: record.ended,
+                inputs,
+                inputs_elided: elided,
+            }
+        });
         Node {
             url,
             identity,

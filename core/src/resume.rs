@@ -151,7 +151,12 @@ impl History {
 /// file's content still has it: touched, or rewritten with the same bytes.
 pub fn drift(path: &Path, recorded: &Identity) -> Option<String> {
     match stat_identity(path) {
-        None => Some("is gone".into()),
+        None => Some(match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                format!("cannot be looked at: {e}")
+            }
+            _ => "is gone".into(),
+        }),
         Some(now) if now.same_stat(recorded) => None,
         Some(now)
             if now.size == recorded.size

@@ -727,3 +727,117 @@ fn an_input_changed_while_its_task_ran_runs_the_task_again() {
     assert_eq!(s["slow"], "succeeded", "{s:?}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "new\n");
 }
+
+#[test]
+fn a_journal_is_written_and_trusted_only_when_it_is_the_users_own_and_one_run_at_a_time() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"echo t > {outputs[0]}\"\noutputs = [\"t.txt\"]\n",
+    );
+    let out = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let journal = sandbox.join("work/.stagehost/journal/flow.toml.jsonl");
+    // Writable by others: a resume refuses to trust it (exit 2, naming it), and a run
+    // goes on without writing into it.
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let before = std::fs::read(&journal).unwrap();
+    let out = sandbox.run(&["run", "--resume", "flow.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("can be written by others"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the run goes on without it"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&journal).unwrap(), before);
+    let out = sandbox.run(&["lineage", "t.txt"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("left out the run journal"),
+        "{}",
+        out.stderr
+    );
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A FIFO planted at the journal: the run neither hangs nor fails.
+    std::fs::remove_file(&journal).unwrap();
+    let fifo = std::ffi::CString::new(journal.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let out = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    std::fs::remove_file(&journal).unwrap();
+    // Two runs of one workflow at once: the second is refused before it runs anything.
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"sleep 2; echo t > {outputs[0]}\"\noutputs = [\"t.txt\"]\n",
+    );
+    let mut first = sandbox
+        .command(&stagehost_tests::stagehost_bin())
+        .args(["run", "-q", "flow.toml"])
+        .spawn()
+        .unwrap();
+    while !journal.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(second.code, Some(2), "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("another stagehost run of this workflow is running"),
+        "{}",
+        second.stderr
+    );
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn lineage_names_a_shared_producer_once_and_stops_at_the_depth_asked() {
+    let sandbox = Sandbox::new();
+    let mut flow = String::from("[[task]]\nname = \"a\"\ncommand = \"echo 1 > {outputs[0]}; echo 2 > {outputs[1]}\"\noutputs = [\"a1.txt\", \"a2.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]} {inputs[1]} > {outputs[0]}\"\ninputs = [{ task = \"a\", output = 0 }, { task = \"a\", output = 1 }]\noutputs = [\"b.txt\"]\n\n");
+    for i in 0..10 {
+        let input = if i == 0 {
+            "{ task = \"b\" }".to_owned()
+        } else {
+            format!("{{ task = \"c{}\" }}", i - 1)
+        };
+        flow.push_str(&format!(
+            "[[task]]\nname = \"c{i}\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [{input}]\noutputs = [\"c{i}.txt\"]\n\n"
+        ));
+    }
+    sandbox.write("work/flow.toml", flow);
+    let out = sandbox.run(&["run", "-q", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = sandbox.run(&["lineage", "--json", "b.txt"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let inputs = out.json()["produced_by"]["inputs"].clone();
+    // Both of a's outputs name a as their producer; its inputs are listed once.
+    assert_eq!(inputs[0]["produced_by"]["task"], "a", "{inputs}");
+    assert_eq!(inputs[1]["produced_by"]["task"], "a", "{inputs}");
+    let out = sandbox.run(&["lineage", "--depth", "3", "c9.txt"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("produced by task \"c7\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("produced by task \"c5\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("inputs: deeper than the depth asked for"),
+        "{}",
+        out.stdout
+    );
+}

@@ -22,6 +22,9 @@ pub struct LineageArgs {
     /// Print JSON
     #[arg(long)]
     json: bool,
+    /// How many producing tasks deep to go (a task's inputs beyond it are elided)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    depth: usize,
     /// A journal to read (a .jsonl file, or a directory of them); repeatable. Default:
     /// every .stagehost/journal/ in the current directory, the file's, and their parents
     #[arg(long, value_name = "PATH")]
@@ -42,6 +45,13 @@ pub fn lineage(args: &LineageArgs) -> Result<ExitCode, CliError> {
     };
     let lineage = Lineage::read_current(&journals, current)
         .map_err(|e| CliError::Config(ConfigError(format!("cannot read the run journals: {e}"))))?;
+    if lineage.journals == 0 {
+        return Err(CliError::Config(ConfigError(format!(
+            "none of the {} run journal(s) found could be read (see the warnings above)",
+            journals.len()
+        ))));
+    }
+    let esc = stagehost_plugin_api::display::escape;
     if args.check {
         let report = lineage.check(args.target.as_deref());
         if args.json {
@@ -52,8 +62,12 @@ pub fn lineage(args: &LineageArgs) -> Result<ExitCode, CliError> {
         } else {
             for d in &report.drifted {
                 println!(
-                    "drifted: {} {} (the {} of task {:?}, {})",
-                    d.url, d.why, d.role, d.task, d.workflow
+                    "drifted: {} {} (the {} of task \"{}\", {})",
+                    esc(&d.url),
+                    esc(&d.why),
+                    d.role,
+                    esc(&d.task),
+                    esc(&d.workflow)
                 );
             }
             eprintln!(
@@ -73,11 +87,12 @@ pub fn lineage(args: &LineageArgs) -> Result<ExitCode, CliError> {
         .target
         .as_deref()
         .expect("clap requires it without --check");
-    let Some(node) = lineage.of(target) else {
+    let Some(node) = lineage.of(target, args.depth) else {
         return Err(CliError::Failed {
             line: format!(
-                "{target}: no task in the run journals ({} read, {} task(s)) produced it",
-                journals.len(),
+                "{}: no task in the run journals ({} read, {} task(s)) produced it",
+                stagehost_plugin_api::redact_url(target),
+                lineage.journals,
                 lineage.tasks()
             ),
             code: 3,
@@ -168,7 +183,14 @@ fn print_node(out: &mut String, node: &Node, depth: usize) {
         (None, "not_checked") => "not checked (remote)".to_owned(),
         (None, state) => state.to_owned(),
     };
-    let _ = writeln!(out, "{pad}{} ({}; {state})", node.url, identity_words(node));
+    let esc = stagehost_plugin_api::display::escape;
+    let _ = writeln!(
+        out,
+        "{pad}{} ({}; {})",
+        esc(&node.url),
+        esc(&identity_words(node)),
+        esc(&state)
+    );
     match &node.produced_by {
         None => {
             let _ = writeln!(out, "{pad}  a source: no task of the journals produced it");
@@ -176,10 +198,10 @@ fn print_node(out: &mut String, node: &Node, depth: usize) {
         Some(p) => {
             let _ = writeln!(
                 out,
-                "{pad}  produced by task {:?} (executor {}, workflow {}, ended {})",
-                p.task,
-                p.executor,
-                p.workflow,
+                "{pad}  produced by task \"{}\" (executor {}, workflow {}, ended {})",
+                esc(&p.task),
+                esc(&p.executor),
+                esc(&p.workflow),
                 when(p.ended)
             );
             if let Some(c) = &p.command {
@@ -189,7 +211,9 @@ fn print_node(out: &mut String, node: &Node, depth: usize) {
                     stagehost_plugin_api::display::escape(c)
                 );
             }
-            if p.inputs.is_empty() {
+            if let Some(why) = p.inputs_elided {
+                let _ = writeln!(out, "{pad}  inputs: {why}");
+            } else if p.inputs.is_empty() {
                 let _ = writeln!(out, "{pad}  inputs: none");
             } else {
                 let _ = writeln!(out, "{pad}  inputs:");

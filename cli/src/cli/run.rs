@@ -57,10 +57,10 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         match stagehost::resume::History::read(&path) {
             Ok(h) => Some(h),
             Err(e) => {
-                return Err(CliError::Staging(format!(
+                return Err(CliError::Config(ConfigError(format!(
                     "--resume: cannot read the run journal {}: {e}",
                     stagehost_plugin_api::display::path(&path)
-                )))
+                ))))
             }
         }
     } else {
@@ -125,6 +125,13 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             Ok(j) => {
                 j.run_started(&workflow.path, args.resume);
                 Some(j)
+            }
+            // Another run of this workflow: refused, as its outputs are this run's.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(CliError::Config(ConfigError(format!(
+                    "{}: {e}",
+                    stagehost_plugin_api::display::path(&workflow.path)
+                ))));
             }
             Err(e) => {
                 tracing::warn!(
