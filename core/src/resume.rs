@@ -128,6 +128,15 @@ impl History {
             }
         }
         for (now, was) in outputs.iter().zip(&rec.outputs) {
+            // A member of a local zip archive: the archive at least must be there.
+            if let Some(archive) = local_zip_archive(now) {
+                if !archive.exists() {
+                    return Verdict::Changed(format!(
+                        "output {now}: its archive {} is gone",
+                        archive.display()
+                    ));
+                }
+            }
             if let Some(path) = local_path_of(now) {
                 let Some(recorded) = &was.identity else {
                     return Verdict::Changed(format!("output {} has no recorded identity", now));
@@ -143,6 +152,17 @@ impl History {
             Verdict::Revalidate(remote)
         }
     }
+}
+
+/// The local archive a `zip:` URL without a host names a member of (everything up to
+/// the first `.zip/`), as the zip provider reads it.
+fn local_zip_archive(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("zip:")?;
+    if rest.starts_with("//") {
+        return None;
+    }
+    let end = rest.find(".zip/")? + ".zip".len();
+    Some(std::path::PathBuf::from(&rest[..end]))
 }
 
 /// How the file at `path` differs from `recorded`, in words; `None` when it does not.

@@ -569,6 +569,19 @@ fn a_last_modified_a_file_may_still_change_under_never_calls_a_change_current() 
             .unwrap();
     };
     write("version 1\n");
+    // A file from long ago: its Last-Modified identifies it.
+    let old = root.join("old.txt");
+    let dated = |text: &str, days_ago: u64| {
+        std::fs::write(&old, text).unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(days_ago * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    };
+    dated("from 2 years ago\n", 730);
     let port = stagehost_tests::httpd::free_port();
     let mut server = std::process::Command::new(stagehost_tests::ftpd::test_python())
         .args([
@@ -588,13 +601,13 @@ fn a_last_modified_a_file_may_still_change_under_never_calls_a_change_current() 
     sandbox.write(
         "work/flow.toml",
         format!(
-            "[[task]]\nname = \"web\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [\"http://127.0.0.1:{port}/data.txt\"]\noutputs = [\"web.txt\"]\n"
+            "[[task]]\nname = \"web\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [\"http://127.0.0.1:{port}/data.txt\"]\noutputs = [\"web.txt\"]\n\n[[task]]\nname = \"old\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [\"http://127.0.0.1:{port}/old.txt\"]\noutputs = [\"kept.txt\"]\n"
         ),
     );
     let out = sandbox.run(&["run", "flow.toml", "--report", "-"]);
     assert_eq!(
         with(&statuses(&out), "succeeded"),
-        ["web"],
+        ["old", "web"],
         "{}",
         out.stderr
     );
@@ -606,6 +619,17 @@ fn a_last_modified_a_file_may_still_change_under_never_calls_a_change_current() 
         ["web"],
         "{}",
         out.stderr
+    );
+    assert_eq!(with(&statuses(&out), "skipped"), ["old"], "{}", out.stderr);
+    // The old file put back from a backup, older still (as cp -p or tar x would):
+    // not newer than the date recorded, so the server answers 304, which proves
+    // nothing without that date repeated.
+    dated("restored from a backup\n", 1000);
+    let out = resume(&sandbox);
+    assert_eq!(statuses(&out)["old"], "succeeded", "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/kept.txt")).unwrap(),
+        "restored from a backup\n"
     );
     assert_eq!(
         std::fs::read_to_string(sandbox.join("work/web.txt")).unwrap(),
@@ -840,4 +864,23 @@ fn lineage_names_a_shared_producer_once_and_stops_at_the_depth_asked() {
         "{}",
         out.stdout
     );
+}
+
+#[test]
+fn a_deleted_zip_archive_runs_the_task_that_wrote_its_member() {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"pack\"\ncommand = \"echo packed > {outputs[0]}\"\noutputs = [\"zip:out/results.zip/top.txt\"]\n",
+    );
+    let out = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(s["pack"], "skipped", "{s:?}");
+    std::fs::remove_file(sandbox.join("work/out/results.zip")).unwrap();
+    let dry = sandbox.run(&["run", "--resume", "--dry-run", "flow.toml"]);
+    assert!(dry.stdout.contains("its archive"), "{}", dry.stdout);
+    let s = statuses(&resume(&sandbox));
+    assert_eq!(s["pack"], "succeeded", "{s:?}");
+    assert!(sandbox.join("work/out/results.zip").exists());
 }

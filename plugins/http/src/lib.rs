@@ -589,8 +589,24 @@ impl Shared {
             stagehost_plugin_api::validators::load_for(&cache_key, &dest, ctx.working_dir());
         let condition: Vec<(&str, String)> =
             record.iter().map(|v| revalidate::condition(v)).collect();
-        let response = self.call_get(ctx, &target, &condition)?;
-        let status = response.status().as_u16();
+        let mut response = self.call_get(ctx, &target, &condition)?;
+        let mut status = response.status().as_u16();
+        // A 304 to If-Modified-Since says only "not newer": a file put back with an
+        // older date gets one too. It proves the version only when it repeats the
+        // Last-Modified recorded; otherwise the whole file is asked for.
+        if status == 304 {
+            let last_modified = response
+                .headers()
+                .get("last-modified")
+                .and_then(|v| v.to_str().ok());
+            let proven = record
+                .as_deref()
+                .is_some_and(|v| revalidate::not_modified_proves(v, last_modified));
+            if !proven {
+                response = self.call_get(ctx, &target, &[])?;
+                status = response.status().as_u16();
+            }
+        }
         if status == 304 && record.is_some() {
             let size = std::fs::metadata(&dest).map_or(0, |m| m.len());
             ctx.info(&format!(

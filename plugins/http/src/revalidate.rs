@@ -10,6 +10,17 @@ pub(crate) fn condition(validator: &str) -> (&'static str, String) {
     }
 }
 
+/// Whether a 304 answering the condition made from `validator` proves the copy is
+/// the version recorded: always for an ETag (If-None-Match matched it); for a
+/// Last-Modified only when the 304 repeats it, since If-Modified-Since is answered 304
+/// by any file not newer than the date.
+pub(crate) fn not_modified_proves(validator: &str, last_modified: Option<&str>) -> bool {
+    if condition(validator).0 == "If-None-Match" {
+        return true;
+    }
+    last_modified.is_some_and(|lm| lm.trim() == validator.trim())
+}
+
 /// Whether a `Last-Modified` value may identify a version: only when the response's
 /// `Date` is at least a second after it (RFC 9110 §8.8.2.2). A file changed again
 /// within the second it was served in would otherwise keep the same value, and a
@@ -84,5 +95,13 @@ mod tests {
         ));
         assert!(!strong_last_modified(lm, None));
         assert!(!strong_last_modified("yesterday", Some(lm)));
+        // A 304 proves an ETag's version; a Last-Modified's only when it repeats it.
+        assert!(not_modified_proves("\"abc\"", None));
+        assert!(not_modified_proves(lm, Some(lm)));
+        assert!(!not_modified_proves(lm, None));
+        assert!(!not_modified_proves(
+            lm,
+            Some("Sat, 01 Jun 2019 00:00:00 GMT")
+        ));
     }
 }
