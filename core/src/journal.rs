@@ -196,6 +196,8 @@ pub fn stat_identity(path: &Path) -> Option<Identity> {
 /// An open journal and its writer thread.
 pub struct Journal {
     path: PathBuf,
+    /// Holds the run's lock on the journal (`<journal>.lock`) while it is open.
+    _lock: std::fs::File,
     tx: Option<mpsc::Sender<Msg>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -229,16 +231,30 @@ impl Journal {
             private_dirs(dir)?;
         }
         // Never through a link, never blocking on a FIFO planted there.
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)?;
-        check_trusted(&file, path, false)?;
+        let open_own = |path: &Path| -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(path)?;
+            check_trusted(&file, path, false)?;
+            Ok(file)
+        };
         // One run of a workflow at a time: two would write the same outputs, and one
-        // run's record could vouch for the other's partial file.
-        lock(&file, path)?;
+        // run's record could vouch for the other's partial file. The lock is a file
+        // of its own, so the journal can be replaced by its compacted copy under it.
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_file = open_own(Path::new(&lock_path))?;
+        lock(&lock_file, path)?;
+        if let Err(e) = compact(path, COMPACT_FROM) {
+            tracing::warn!(
+                "cannot compact the run journal {}: {e}; it is kept as it is",
+                stagehost_plugin_api::display::path(path)
+            );
+        }
+        let mut file = open_own(path)?;
         // A tail torn by an earlier run that was killed gets its line ended, so the
         // next record starts a line of its own.
         let len = file.metadata()?.len();
@@ -252,6 +268,7 @@ impl Journal {
             .spawn(move || write_all(file, rx, &shown))?;
         Ok(Journal {
             path: path.to_path_buf(),
+            _lock: lock_file,
             tx: Some(tx),
             writer: Some(writer),
         })
@@ -406,6 +423,73 @@ fn check_trusted(file: &std::fs::File, path: &Path, root_ok: bool) -> std::io::R
         ));
     }
     Ok(())
+}
+
+/// A journal is compacted when it is at least this large.
+const COMPACT_FROM: u64 = 1 << 20;
+
+/// Rewrites the journal at `path` (when it is at least `min_bytes` and most of its task
+/// records are superseded) as the last record of each task, with its last successful
+/// one when that is older, in their order, and the last run record: what `--resume`
+/// and lineage read, in a fraction of the size. Written to a temporary file, synced,
+/// then renamed over the journal, under the run's lock.
+fn compact(path: &Path, min_bytes: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let len = match std::fs::symlink_metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if len < min_bytes {
+        return Ok(());
+    }
+    let records = read_records(path)?;
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut last_ok: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut last_run = None;
+    for (i, r) in records.iter().enumerate() {
+        match r {
+            Record::Task(t) => {
+                last.insert(&t.name, i);
+                if t.status == TaskStatus::Succeeded {
+                    last_ok.insert(&t.name, i);
+                }
+            }
+            Record::Run(_) => last_run = Some(i),
+        }
+    }
+    let mut keep: std::collections::BTreeSet<usize> =
+        last.values().chain(last_ok.values()).copied().collect();
+    if keep.len() * 2 > records.len() {
+        return Ok(());
+    }
+    keep.extend(last_run);
+    let tmp = path.with_extension(format!("jsonl.compact-{}", std::process::id()));
+    let mut out = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?,
+    );
+    let written = (|| {
+        for &i in &keep {
+            serde_json::to_writer(&mut out, &records[i]).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Takes the journal's lock for this run, or says which run holds it.
@@ -755,6 +839,59 @@ mod tests {
         let records = read(&path).unwrap();
         assert_eq!(records.len(), 101);
         assert_eq!(records[100]["type"], "run");
+    }
+
+    #[test]
+    fn a_journal_of_superseded_records_is_compacted_to_what_readers_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flow.toml.jsonl");
+        let task = |name: &str, status| {
+            Record::Task(TaskRecord {
+                name: name.into(),
+                executor: "local".into(),
+                status,
+                command: Some("true".into()),
+                command_sha256: Some(command_hash("true")),
+                ended: 0.0,
+                inputs: vec![],
+                outputs: vec![],
+            })
+        };
+        let j = Journal::open(&path).unwrap();
+        for run in 0..50 {
+            j.run_started(Path::new("flow.toml"), run > 0);
+            j.append_record(&task("a", TaskStatus::Succeeded));
+            j.append_record(&task("b", TaskStatus::Succeeded));
+        }
+        // b's last run failed: its last success is kept beside it.
+        j.append_record(&task("b", TaskStatus::Failed));
+        j.close();
+        compact(&path, 0).unwrap();
+        let records = read_records(&path).unwrap();
+        let tasks: Vec<(String, TaskStatus)> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Task(t) => Some((t.name.clone(), t.status)),
+                Record::Run(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            tasks,
+            [
+                ("a".to_owned(), TaskStatus::Succeeded),
+                ("b".to_owned(), TaskStatus::Succeeded),
+                ("b".to_owned(), TaskStatus::Failed)
+            ]
+        );
+        assert_eq!(records.len(), 4, "and the last run record");
+        let history = crate::resume::History::read(&path).unwrap();
+        assert_eq!(history.last("b").unwrap().status, TaskStatus::Failed);
+        // Nothing left beside it.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.iter().all(|n| !n.contains("compact")), "{left:?}");
     }
 
     #[test]
