@@ -41,6 +41,8 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct History {
     last: HashMap<String, TaskRecord>,
+    /// Tasks asked to run whatever their records say (`--rerun`).
+    forced: std::collections::HashSet<String>,
 }
 
 impl History {
@@ -57,7 +59,17 @@ impl History {
                 last.insert(t.name.clone(), t);
             }
         }
-        Ok(History { last })
+        Ok(History {
+            last,
+            forced: Default::default(),
+        })
+    }
+
+    /// Has task `name` run whatever its record says (`--rerun`, as make's `-B` or
+    /// Snakemake's `--forcerun` for one task); its consumers follow, as for any task
+    /// that runs.
+    pub fn rerun(&mut self, name: &str) {
+        self.forced.insert(name.to_owned());
     }
 
     /// The last record of task `name`.
@@ -85,6 +97,9 @@ impl History {
         inputs: &[String],
         outputs: &[String],
     ) -> Verdict {
+        if self.forced.contains(name) {
+            return Verdict::Changed("--rerun asks for it".into());
+        }
         let Some(rec) = self.last.get(name) else {
             return Verdict::Changed("it has no record of a run".into());
         };

@@ -222,14 +222,28 @@ fn a_resume_skips_what_is_unchanged_and_reruns_exactly_what_a_change_reaches() {
         "{}",
         out.stderr
     );
-    // And --resume reruns the task whose output was forged is not what its task made: it runs.
-    std::fs::write(sandbox.join("work/a.txt"), "forged\n").unwrap();
+    // And --resume reruns the task whose output was forged.
     let s = statuses(&resume(&sandbox));
     assert_eq!(with(&s, "succeeded"), ["a", "b", "d"], "{s:?}");
     assert_eq!(
         std::fs::read_to_string(sandbox.join("work/a.txt")).unwrap(),
         "ONE\n"
     );
+    // --rerun: that task and what it reaches, whatever its record says.
+    let out = sandbox.run(&[
+        "run",
+        "--resume",
+        "--rerun",
+        "c",
+        "flow.toml",
+        "--report",
+        "-",
+    ]);
+    let s = statuses(&out);
+    assert_eq!(with(&s, "succeeded"), ["c", "d"], "{s:?}");
+    assert_eq!(with(&s, "skipped"), ["a", "b"], "{s:?}");
+    let out = sandbox.run(&["run", "--resume", "--rerun", "nope", "flow.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
 
 #[test]

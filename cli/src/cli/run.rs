@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// workflow); run the rest and everything downstream of them
     #[arg(long)]
     resume: bool,
+    /// With --resume: run task NAME (and so everything downstream of it) whatever its
+    /// record says; repeatable
+    #[arg(long, value_name = "NAME", requires = "resume")]
+    rerun: Vec<String>,
     /// Keep no run journal for this run (a later --resume then runs what it would have
     /// recorded)
     #[arg(long, conflicts_with = "resume")]
@@ -55,7 +59,18 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     let history = if args.resume {
         let path = stagehost::journal::path_beside(&workflow.path);
         match stagehost::resume::History::read(&path) {
-            Ok(h) => Some(h),
+            Ok(mut h) => {
+                for name in &args.rerun {
+                    if !workflow.tasks.iter().any(|t| &t.name == name) {
+                        return Err(CliError::Config(ConfigError(format!(
+                            "--rerun {name:?}: {} has no task of that name",
+                            workflow.path.display()
+                        ))));
+                    }
+                    h.rerun(name);
+                }
+                Some(h)
+            }
             Err(e) => {
                 return Err(CliError::Config(ConfigError(format!(
                     "--resume: cannot read the run journal {}: {e}",
