@@ -141,18 +141,22 @@ pub fn journals_above(dir: &Path) -> Vec<PathBuf> {
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut found = Vec::new();
     for d in dir.ancestors() {
-        let Ok(entries) = std::fs::read_dir(d.join(".stagehost").join("journal")) else {
-            continue;
-        };
-        let mut here: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .collect();
-        here.sort();
-        found.extend(here);
+        if let Ok(here) = journals_in(&d.join(".stagehost").join("journal")) {
+            found.extend(here);
+        }
     }
     found
+}
+
+/// The journals (`*.jsonl`) in `dir`, sorted.
+pub fn journals_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut here: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    here.sort();
+    Ok(here)
 }
 
 impl Lineage {

@@ -192,11 +192,12 @@
 #![allow(non_local_definitions)]
 
 pub mod abi;
+#[cfg(unix)]
+pub mod calendar;
 pub mod display;
 mod error;
 mod file;
 pub mod fs;
-#[cfg(unix)]
 pub mod landing;
 pub mod net;
 #[cfg(unix)]

@@ -117,16 +117,9 @@ fn journals(args: &LineageArgs) -> Result<Vec<PathBuf>, CliError> {
     let mut found = Vec::new();
     for p in &args.journal {
         if p.is_dir() {
-            let mut here: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| {
-                    CliError::Config(ConfigError(format!("--journal {}: {e}", p.display())))
-                })?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-                .collect();
-            here.sort();
-            found.extend(here);
+            found.extend(stagehost::lineage::journals_in(p).map_err(|e| {
+                CliError::Config(ConfigError(format!("--journal {}: {e}", p.display())))
+            })?);
         } else if p.is_file() {
             found.push(p.clone());
         } else {
@@ -202,7 +195,7 @@ fn print_node(out: &mut String, node: &Node, depth: usize) {
                 esc(&p.task),
                 esc(&p.executor),
                 esc(&p.workflow),
-                when(p.ended)
+                stagehost_plugin_api::calendar::utc(p.ended as i64)
             );
             if let Some(c) = &p.command {
                 let _ = writeln!(
@@ -223,26 +216,4 @@ fn print_node(out: &mut String, node: &Node, depth: usize) {
             }
         }
     }
-}
-
-/// Seconds since the epoch as UTC, `YYYY-MM-DDTHH:MM:SSZ`.
-fn when(secs: f64) -> String {
-    let s = secs as i64;
-    let (days, rest) = (s.div_euclid(86_400), s.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
 }
