@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use stagehost_tests::httpd::pattern;
-use stagehost_tests::s3d::{Fault, FaultProxy, Moto, S3rver};
+use stagehost_tests::s3d::{FakeGcs, Fault, FaultProxy, Moto, S3rver};
 use stagehost_tests::*;
 
 /// The environment every run gets: moto's test credentials, as the aws CLI reads them.
@@ -518,4 +518,89 @@ fn azure_blobs_go_out_and_come_back_through_azurite() {
     assert_eq!(out.code, Some(3), "{}", out.stderr);
     let error = out.json()["files"][0]["error"].as_str().unwrap().to_owned();
     assert!(error.contains("does not exist"), "{error}");
+}
+
+/// A config with one `gs` provider at `endpoint` (with `settings` added).
+fn gs_config(sandbox: &Sandbox, name: &str, endpoint: &str, settings: &str) -> PathBuf {
+    sandbox.write(
+        name,
+        format!(
+            "[[provider]]\nname = \"gs\"\nplugin = \"object-store\"\nsettings = {{ endpoint = {endpoint:?}{settings} }}\n\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"gs\", \"file\"]\n\n[transfers]\nretries = 1\nbackoff_initial_ms = 50\n"
+        ),
+    )
+}
+
+#[test]
+fn gs_objects_come_in_from_fake_gcs_server_verified_and_a_missing_one_is_not_found() {
+    let sandbox = Sandbox::new();
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("data");
+    // Put in through the emulator's JSON API (it takes no XML-API upload).
+    let big = pattern(12 << 20);
+    gcs.put("data", "runs/small.txt", b"hello gcs\n");
+    gcs.put("data", "runs/big.bin", &big);
+    let token = ("GCS_TOKEN", "emulator-token");
+    let cfg = gs_config(
+        &sandbox,
+        "gs.toml",
+        &gcs.endpoint(),
+        ", bearer_token_env = \"GCS_TOKEN\"",
+    );
+    // A small object and a 12 MiB one (its rest fetched in parallel ranges), each
+    // checked against the x-goog-hash the emulator sends.
+    for (key, want) in [
+        ("runs/small.txt", &b"hello gcs\n"[..]),
+        ("runs/big.bin", &big[..]),
+    ] {
+        let out = stage_in_as(&sandbox, &cfg, &format!("gs://data/{key}"), &[token]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let name = key.rsplit('/').next().unwrap();
+        assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), want);
+        assert_eq!(out.json()["files"][0]["ok"], true);
+    }
+    // A missing object: not found, exit 3, nothing left.
+    let out = stage_in_as(&sandbox, &cfg, "gs://data/runs/absent.bin", &[token]);
+    let error = error_of(&out);
+    assert!(error.contains("no such object"), "{error}");
+    assert!(!sandbox.join("wd/absent.bin").exists());
+    // Bodies corrupted on the way: the checksum refuses them, nothing is kept. (A
+    // second emulator, answering to the proxy's address.)
+    let port = stagehost_tests::httpd::free_port();
+    let proxy = FaultProxy::start(port, Fault::CorruptBodies);
+    let proxy_port: u16 = proxy
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let behind = FakeGcs::start_on(port, proxy_port);
+    behind.create_bucket("data");
+    behind.put("data", "runs/small.txt", b"hello gcs\n");
+    let corrupt = gs_config(
+        &sandbox,
+        "corrupt.toml",
+        &proxy.endpoint(),
+        ", bearer_token_env = \"GCS_TOKEN\"",
+    );
+    std::fs::remove_dir_all(sandbox.join("wd")).unwrap();
+    let out = stage_in_as(&sandbox, &corrupt, "gs://data/runs/small.txt", &[token]);
+    let error = error_of(&out);
+    assert!(error.contains("integrity"), "{error}");
+    assert!(proxy.injected.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(!sandbox.join("wd/small.txt").exists());
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+    // Anonymous: reads need no token; an upload is refused before any request (the
+    // GCS client would ask this machine's metadata server for one).
+    let anonymous = gs_config(&sandbox, "anon.toml", &gcs.endpoint(), ", anonymous = true");
+    let out = stage_in_as(&sandbox, &anonymous, "gs://data/runs/small.txt", &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let local = sandbox.write("up.txt", "up\n");
+    let out = stage_out_as(&sandbox, &anonymous, &local, "gs://data/up.txt", &[]);
+    let error = error_of(&out);
+    assert!(
+        error.contains("anonymous = true sends no credentials"),
+        "{error}"
+    );
+    assert!(!error.contains("169.254"), "{error}");
 }

