@@ -6,9 +6,11 @@
 use stagehost_plugin_api::display::is_secret_name;
 
 /// Whether settings key `key` holds a secret: by its name, or because the plugin
-/// declared it.
+/// declared it. A `*_env` key (`bearer_token_env = "GCS_TOKEN"`) holds the name of a
+/// variable, not a secret: the name is shown, so an error can say which variable is
+/// missing; the value behind it is the secret ([`secret_values`]).
 pub fn is_secret_key(key: &str, declared: &[String]) -> bool {
-    is_secret_name(key) || declared.iter().any(|d| d == key)
+    declared.iter().any(|d| d == key) || (is_secret_name(key) && !key.ends_with("_env"))
 }
 
 /// Every secret under `table` (by key, or a URL's credentials) shown as `***`.
@@ -118,6 +120,18 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_env_settings_variable_name_is_shown_and_its_value_is_not() {
+        assert!(!is_secret_key("bearer_token_env", &[]));
+        assert!(is_secret_key("bearer_token", &[]));
+        assert!(is_secret_key("token_env", &["token_env".to_owned()]));
+        let mut table: toml::Table =
+            toml::from_str("password_env = \"MY_PASSWORD\"\npassword = \"hunter22\"").unwrap();
+        redact_table(&mut table, &[]);
+        assert_eq!(table["password_env"].as_str(), Some("MY_PASSWORD"));
+        assert_eq!(table["password"].as_str(), Some("***"));
+    }
 
     #[test]
     fn the_value_behind_an_env_setting_is_a_secret() {

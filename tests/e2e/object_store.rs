@@ -558,6 +558,13 @@ fn gs_objects_come_in_from_fake_gcs_server_verified_and_a_missing_one_is_not_fou
         assert_eq!(std::fs::read(sandbox.join("wd").join(name)).unwrap(), want);
         assert_eq!(out.json()["files"][0]["ok"], true);
     }
+    // The token's variable unset: the error names the variable (a name, not a secret).
+    let out = stage_in_as(&sandbox, &cfg, "gs://data/runs/small.txt", &[]);
+    let error = error_of(&out);
+    assert!(
+        error.contains("GCS_TOKEN") && error.contains("bearer_token_env"),
+        "{error}"
+    );
     // A missing object: not found, exit 3, nothing left.
     let out = stage_in_as(&sandbox, &cfg, "gs://data/runs/absent.bin", &[token]);
     let error = error_of(&out);
