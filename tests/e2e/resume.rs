@@ -597,21 +597,30 @@ fn a_last_modified_a_file_may_still_change_under_never_calls_a_change_current() 
     };
     dated("from 2 years ago\n", 730);
     let port = stagehost_tests::httpd::free_port();
-    let mut server = std::process::Command::new(stagehost_tests::ftpd::test_python())
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--directory")
-        .arg(&root)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    stagehost_tests::wait_for_port(&mut server, port, "python -m http.server");
+    // Stopped by its pid when the test ends, passing or failing.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            stagehost_tests::stop_child(&mut self.0, libc::SIGTERM);
+        }
+    }
+    let mut server = Server(
+        std::process::Command::new(stagehost_tests::ftpd::test_python())
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    stagehost_tests::wait_for_port(&mut server.0, port, "python -m http.server");
     sandbox.write(
         "work/flow.toml",
         format!(
@@ -649,7 +658,6 @@ fn a_last_modified_a_file_may_still_change_under_never_calls_a_change_current() 
         std::fs::read_to_string(sandbox.join("work/web.txt")).unwrap(),
         "version 2\n"
     );
-    stagehost_tests::stop_child(&mut server, libc::SIGTERM);
 }
 
 #[test]
