@@ -316,22 +316,11 @@ impl Journal {
     }
 
     /// The record of a task that ended: its command text, and the identities of its
-    /// files as they are now (with each local file's SHA-256 when `hash`);
-    /// `working_dir` is its executor's.
+    /// files (with each local file's SHA-256 when `hash`; `working_dir` is its
+    /// executor's): its inputs' as taken when its body started (`read`, in stage-in
+    /// order) where they were known then, so a record vouches for the version the task
+    /// read, never one written while it ran; its outputs' as they are now.
     pub fn task_ended(
-        &self,
-        report: &TaskReport,
-        command: Option<&str>,
-        working_dir: &Path,
-        hash: bool,
-    ) {
-        self.task_ended_with(report, command, working_dir, hash, None);
-    }
-
-    /// [`Journal::task_ended`], with the inputs' identities taken when its body
-    /// started (`read`, in stage-in order) where they were known then: a record
-    /// vouches for the version the task read, never one written while it ran.
-    pub fn task_ended_with(
         &self,
         report: &TaskReport,
         command: Option<&str>,
@@ -743,7 +732,7 @@ impl crate::observer::Observer for Journaling {
                 .map_or(Path::new("."), PathBuf::as_path);
             let hash = self.hashed.contains(&report.name);
             self.journal
-                .task_ended_with(report, command, working_dir, hash, read);
+                .task_ended(report, command, working_dir, hash, read);
         }
         self.inner.task_finished(report);
     }
