@@ -360,7 +360,7 @@ impl Staging {
     }
 }
 
-fn call_services(
+pub(crate) fn call_services(
     provider: &ProviderInstance,
     executor: &str,
     file: &File,
@@ -404,7 +404,11 @@ fn provider_error(
 
 /// `error` with every secret of `provider`'s settings and of `file`'s URL replaced by
 /// `***`.
-fn scrub_error(error: StageError, provider: &ProviderInstance, file: &File) -> StageError {
+pub(crate) fn scrub_error(
+    error: StageError,
+    provider: &ProviderInstance,
+    file: &File,
+) -> StageError {
     let mut secrets: Vec<String> = provider.secrets.to_vec();
     secrets.extend(crate::secrets::url_secrets(file.url()));
     if secrets.is_empty() {
@@ -460,6 +464,11 @@ impl DataManager {
         let mut labels: Vec<&str> = self.executors.keys().map(String::as_str).collect();
         labels.sort_unstable();
         labels
+    }
+
+    /// The working directory of executor `label`.
+    pub fn working_dir(&self, label: &str) -> Result<&Path, StagingError> {
+        Ok(&self.executor(label)?.working_dir)
     }
 
     fn executor(&self, label: &str) -> Result<&ExecutorStaging, StagingError> {

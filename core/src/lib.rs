@@ -26,6 +26,7 @@ pub mod checksum;
 pub mod config;
 pub mod data_manager;
 pub mod discovery;
+pub mod inspect;
 pub mod journal;
 pub mod lineage;
 pub mod listing;

@@ -16,6 +16,7 @@ struct PluginRow {
     version: Option<String>,
     api_version: Option<String>,
     schemes: Vec<String>,
+    capabilities: Vec<String>,
     description: Option<String>,
     status: &'static str,
     reason: Option<String>,
@@ -83,6 +84,7 @@ fn listing(registry: &Registry, digests: bool) -> Listing {
                 version: plugin.map(|p| p.version.to_string()),
                 api_version: plugin.map(|p| p.api_version.clone()),
                 schemes: plugin.map(|p| p.schemes.clone()).unwrap_or_default(),
+                capabilities: plugin.map(|p| p.capabilities.clone()).unwrap_or_default(),
                 description: plugin.map(|p| p.description.clone()),
                 status,
                 reason,
@@ -191,6 +193,9 @@ pub fn render_text(registry: &Registry) -> String {
                 )
                 .ok();
                 writeln!(out, "      {}", p.file).ok();
+                if !p.capabilities.is_empty() {
+                    writeln!(out, "      capabilities: {}", p.capabilities.join(", ")).ok();
+                }
             }
         }
     }

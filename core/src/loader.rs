@@ -14,6 +14,13 @@
 //!   canonical path) and never unloaded, and the descriptor of a mapped library stays
 //!   open for the life of the process (so `/proc/self/fd/N` never names two
 //!   libraries);
+//! - a library that fails the current root-module layout is checked against plugin-api
+//!   0.1.0's (`abi::v0_1_0`) before it is refused: the root module and the error
+//!   kinds grew once, in 0.1.1, and have been frozen since;
+//! - capabilities come from the library's own export symbol, checked (magic number,
+//!   module layout, each table the host uses) before anything in it is called; the
+//!   host hands the library its own capabilities before it builds any instance, and
+//!   refuses a library that requires one the host does not offer;
 //! - every failure is one line.
 
 use std::collections::HashMap;
@@ -25,7 +32,10 @@ use abi_stable::library::{
     AbiHeaderRef, LibHeader, LibraryError, ROOT_MODULE_LOADER_NAME_WITH_NUL,
 };
 use sha2::{Digest, Sha256};
-use stagehost_plugin_api::abi::{PluginModRef, ProviderBox, API_VERSION};
+use stagehost_plugin_api::abi::capability::{
+    CapabilityExport, CapabilityTable, ListV1, StatV1, EXPORT_MAGIC, EXPORT_SYMBOL_WITH_NUL,
+};
+use stagehost_plugin_api::abi::{v0_1_0, PluginModRef, ProviderBox, API_VERSION};
 use stagehost_plugin_api::StageError;
 
 use crate::discovery::{check_before_open, CheckedFile};
@@ -46,6 +56,13 @@ pub struct LoadedPlugin {
     pub description: String,
     /// Settings keys it declares secret (masked wherever settings are shown).
     pub secret_settings: Vec<String>,
+    /// The capabilities it offers, as `name/version`, sorted (those this host does not
+    /// know included).
+    pub capabilities: Vec<String>,
+    /// Its `stat` capability, version 1.
+    pub stat: Option<&'static StatV1>,
+    /// Its `list` capability, version 1.
+    pub list: Option<&'static ListV1>,
     /// The descriptor the library was mapped from; never closed.
     file: ManuallyDrop<std::fs::File>,
     sha256: OnceLock<Result<String, String>>,
@@ -192,7 +209,10 @@ pub fn pin_mismatch(expected: &str, actual: &str) -> LoadError {
 
 /// Maps the checked descriptor with `RTLD_NOW | RTLD_LOCAL` and returns the library's
 /// abi_stable header. The library is never unloaded.
-fn map(checked: &CheckedFile) -> Result<&'static LibHeader, LoadError> {
+/// The library's capability symbol, when it exports one.
+type CapabilitySymbol = extern "C" fn() -> CapabilityExport;
+
+fn map(checked: &CheckedFile) -> Result<(&'static LibHeader, Option<CapabilitySymbol>), LoadError> {
     use std::os::fd::AsRawFd;
     let by_fd = PathBuf::from(format!("/proc/self/fd/{}", checked.file.as_raw_fd()));
     // Without /proc (macOS), the canonical path the checks resolved is mapped instead.
@@ -218,21 +238,31 @@ fn map(checked: &CheckedFile) -> Result<&'static LibHeader, LoadError> {
             .get::<AbiHeaderRef>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes())
             .map(|symbol| *symbol)
     };
+    // SAFETY: a library built with `export_provider!` from plugin-api 0.1.6 on exports
+    // this symbol as `CapabilitySymbol`; its result is checked (magic number, layout)
+    // before anything in it is used. Older libraries lack it.
+    let capabilities = unsafe {
+        library
+            .get::<CapabilitySymbol>(EXPORT_SYMBOL_WITH_NUL.as_bytes())
+            .map(|symbol| *symbol)
+            .ok()
+    };
     std::mem::forget(library);
     let header = header.map_err(|e| LoadError(format!("cannot find its root module: {e}")))?;
-    header.upgrade().map_err(|e| {
+    let header = header.upgrade().map_err(|e| {
         LoadError(format!(
             "cannot read its header: {}",
             one_line(&e.to_string())
         ))
-    })
+    })?;
+    Ok((header, capabilities))
 }
 
 fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
-    let header = map(&checked);
+    let mapped = map(&checked);
     // Once mapped, the descriptor stays open for good (see the invariants).
     let file = ManuallyDrop::new(checked.file);
-    let header = header?;
+    let (header, capability_symbol) = mapped?;
     let strings = header.version_strings();
     let built_against = semver::Version::parse(strings.version.as_str()).map_err(|e| {
         LoadError(format!(
@@ -245,16 +275,37 @@ fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
             "built against plugin-api {built_against}, which this host (plugin-api {API_VERSION}) cannot load; rebuild it against plugin-api {API_VERSION}"
         )));
     }
-    let module = header.init_root_module::<PluginModRef>().map_err(|e| match e {
-        LibraryError::AbiInstability(detail) => {
+    let module = match header.init_root_module::<PluginModRef>() {
+        Ok(module) => module,
+        // Built against plugin-api 0.1.0: fewer root-module fields and error kinds.
+        Err(LibraryError::AbiInstability(_))
+            if header.ensure_layout::<v0_1_0::PluginModRef>().is_ok() =>
+        {
+            // SAFETY: the library's root module has 0.1.0's layout (just checked), a
+            // prefix of today's: the field it lacks reads as missing through the
+            // prefix accessors, and the error kinds it sends are a subset of today's.
+            unsafe { header.init_root_module_with_unchecked_layout::<PluginModRef>() }.map_err(
+                |e| LoadError(format!("cannot initialise: {}", one_line(&e.to_string()))),
+            )?
+        }
+        Err(LibraryError::AbiInstability(detail)) => {
             // The layout comparison runs to tens of kilobytes: for RUST_LOG=debug only.
             tracing::debug!("{}: {}", path.display(), one_line(&detail.to_string()));
-            LoadError(format!(
+            return Err(LoadError(format!(
                 "its ABI does not match plugin-api {API_VERSION} although it claims {built_against}; rebuild it"
-            ))
+            )));
         }
-        other => LoadError(format!("cannot initialise: {}", one_line(&other.to_string()))),
-    })?;
+        Err(other) => {
+            return Err(LoadError(format!(
+                "cannot initialise: {}",
+                one_line(&other.to_string())
+            )))
+        }
+    };
+    let capabilities = match capability_symbol {
+        Some(symbol) => Capabilities::read(symbol)?,
+        None => Capabilities::default(),
+    };
     let meta = module.metadata();
     // A name is what configs, listings and errors print: letters, digits, `-`, `_`
     // and `.` only, so no name can carry a terminal escape, a line break or TOML.
@@ -284,10 +335,63 @@ fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
             .secret_settings()
             .map(|keys| keys.iter().map(|k| k.as_str().to_owned()).collect())
             .unwrap_or_default(),
+        capabilities: capabilities.names,
+        stat: capabilities.stat,
+        list: capabilities.list,
         file,
         sha256: OnceLock::new(),
         module,
     })
+}
+
+/// What a library's capability module offers, checked.
+#[derive(Default)]
+struct Capabilities {
+    names: Vec<String>,
+    stat: Option<&'static StatV1>,
+    list: Option<&'static ListV1>,
+}
+
+impl Capabilities {
+    /// Reads and checks the module `symbol` returns, refuses it when it requires a host
+    /// capability this host lacks, and hands it the host's capabilities.
+    fn read(symbol: CapabilitySymbol) -> Result<Capabilities, LoadError> {
+        let export = symbol();
+        if export.magic != EXPORT_MAGIC {
+            return Err(LoadError(format!(
+                "its {} symbol is not a capability export (wrong magic number)",
+                EXPORT_SYMBOL_WITH_NUL.trim_end_matches('\0')
+            )));
+        }
+        abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+            <stagehost_plugin_api::abi::capability::CapabilityModule as abi_stable::StableAbi>::LAYOUT,
+            export.layout,
+        )
+        .map_err(|_| LoadError("its capability module does not have the released layout; rebuild it".into()))?;
+        let module = export.module;
+        let host = crate::services::host_capabilities();
+        let missing: Vec<String> = module
+            .requires_host
+            .iter()
+            .filter(|r| !host.iter().any(|h| h.id == **r))
+            .map(|r| r.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoadError(format!(
+                "it needs the host capabilit{} {}, which this stagehost (plugin-api {API_VERSION}) does not offer; upgrade stagehost",
+                if missing.len() == 1 { "y" } else { "ies" },
+                missing.join(", ")
+            )));
+        }
+        let offered = module.offered.as_slice();
+        let stat = StatV1::find(offered).map_err(LoadError)?;
+        let list = ListV1::find(offered).map_err(LoadError)?;
+        let mut names: Vec<String> = offered.iter().map(|c| c.id.to_string()).collect();
+        names.sort();
+        names.dedup();
+        (module.accept_host)(host.into());
+        Ok(Capabilities { names, stat, list })
+    }
 }
 
 /// Whether `name` may name a plugin: not empty; ASCII letters, digits, `-`, `_`, `.`.

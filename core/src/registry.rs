@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stagehost_plugin_api::abi::{AbiContext, AbiJobBox, AbiPlan, ProviderBox};
+use stagehost_plugin_api::capability::Entry;
 use stagehost_plugin_api::{ErrorKind, File, StageError};
 
 use crate::config::{Config, ConfigError, ProviderConfig};
@@ -107,6 +108,33 @@ impl ProviderInstance {
             .can_stage_out(file)
             .into_result()
             .map_err(StageError::from)
+    }
+    /// Its `stat` capability's answer about `file`, or `None` when it does not offer
+    /// `stat`.
+    pub fn stat(&self, ctx: &AbiContext, file: &File) -> Option<Result<Option<Entry>, StageError>> {
+        let table = self.plugin.stat?;
+        Some(
+            (table.stat)(&self.provider, ctx, file)
+                .into_result()
+                .map(|entry| entry.into_option().map(Entry::from))
+                .map_err(StageError::from),
+        )
+    }
+    /// Its `list` capability's entries below `dir`, or `None` when it does not offer
+    /// `list`.
+    pub fn list(
+        &self,
+        ctx: &AbiContext,
+        dir: &File,
+        recursive: bool,
+    ) -> Option<Result<Vec<Entry>, StageError>> {
+        let table = self.plugin.list?;
+        Some(
+            (table.list)(&self.provider, ctx, dir, recursive)
+                .into_result()
+                .map(|entries| entries.into_iter().map(Entry::from).collect())
+                .map_err(StageError::from),
+        )
     }
     /// One planning call: the provider's copy of the file and its job, if any.
     pub fn plan(

@@ -6,11 +6,12 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{ROption, RStr};
+use stagehost_plugin_api::abi::capability::{CachedV1, Capability, CapabilityTable};
 use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO, NOTICE_CACHED};
 use stagehost_plugin_api::{ErrorKind, LogLevel, StageError};
 
@@ -110,6 +111,23 @@ impl HostServices for CallServices {
     }
 }
 
+/// The `cached` capability: the call's services record that the destination already
+/// held the current file. A context the host did not make is ignored.
+extern "C" fn cached(ctx: &AbiContext) {
+    if let Ok(services) = ctx.services.obj.downcast_as::<CallServices>() {
+        services.cached.store(true, Ordering::Relaxed);
+    }
+}
+
+static CACHED: CachedV1 = CachedV1 { cached };
+
+/// The capabilities this host offers plugins (see
+/// `stagehost_plugin_api::abi::capability`).
+pub(crate) fn host_capabilities() -> &'static [Capability] {
+    static OFFERED: OnceLock<[Capability; 1]> = OnceLock::new();
+    OFFERED.get_or_init(|| [CachedV1::offer(&CACHED)])
+}
+
 /// `path` as the UTF-8 text the ABI carries; a path that is not UTF-8 is refused
 /// (never rewritten with U+FFFD).
 pub(crate) fn utf8_path<'p>(path: &'p Path, what: &str) -> Result<&'p str, StageError> {
@@ -143,6 +161,6 @@ pub(crate) fn abi_context(
                     .map_or(0, |t| t.as_millis() as u64)
             })
             .into(),
-        services: HostServices_TO::from_value(services, TD_Opaque),
+        services: HostServices_TO::from_value(services, TD_CanDowncast),
     })
 }

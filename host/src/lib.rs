@@ -40,8 +40,8 @@ pub mod engine;
 pub mod workflow;
 
 pub use stagehost_core::{
-    checksum, config, data_manager, discovery, journal, lineage, listing, loader, observer,
-    registry, report, resume, runner, secrets, services, spans, transfer,
+    checksum, config, data_manager, discovery, inspect, journal, lineage, listing, loader,
+    observer, registry, report, resume, runner, secrets, services, spans, transfer,
 };
 pub use stagehost_core::{
     CancelFlag, Config, ConfigError, DataManager, Direction, File, LoadedPlugin, PluginLoader,

@@ -5,8 +5,12 @@
 //! - only `R*`/`StableAbi` types cross the boundary;
 //! - every call into author code runs under `catch_unwind`: a panic returns an
 //!   [`ErrorKind::Panicked`] error and never unwinds into the host;
-//! - new methods are added only at the end of a `#[sabi_trait]`, with defaults, and
-//!   new root-module fields only after the last prefix field.
+//! - the core types (the root module, `AbiProvider`, `AbiJob`, `HostServices`,
+//!   `AbiContext`, `AbiPlan`, `File`, `ErrorKind`) are frozen: abi_stable refuses a
+//!   library whose types have fewer fields or variants than the host's, so any growth
+//!   would shut out older plugins. Everything new is a [`capability`];
+//! - a plugin's provider object is made with `TD_CanDowncast`, so its capability calls
+//!   find their own provider by a checked downcast.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -24,6 +28,9 @@ use crate::file::File;
 use crate::provider::{Context, Job, Provider};
 use crate::settings::Settings;
 
+pub mod capability;
+pub mod v0_1_0;
+
 /// What the export macro needs from abi_stable, so that plugin crates depend on
 /// `plugin-api` alone.
 #[doc(hidden)]
@@ -31,7 +38,7 @@ pub mod reexports {
     pub use abi_stable::library::{
         __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
     };
-    pub use abi_stable::std_types::{RSlice, RStr};
+    pub use abi_stable::std_types::{RResult, RSlice, RStr};
 }
 
 /// The name of the symbol every plugin exports (abi_stable's mangled root-module
@@ -78,9 +85,10 @@ pub trait HostServices: Send + Sync {
 
 /// A `log` level that is a notice to the host, not a log line: the destination
 /// already held the current file and the work moved no bytes. Added in 0.1.2 as a
-/// level (levels from 128 up are notices) because `HostServices` is implemented by
-/// the host: a method added to it would change the layout that plugins built
-/// against 0.1.1 were checked with. An older host logs the notice at trace level.
+/// level (levels from 128 up are notices) because `HostServices` is frozen. Since
+/// 0.1.6 a plugin sends it only to a host without the `cached` capability
+/// ([`capability::CachedV1`]); a host still honours it from older plugins, and a host
+/// older than 0.1.2 logs it at trace level.
 pub const NOTICE_CACHED: u8 = 128;
 
 /// The host's services as an owned trait object.
@@ -221,7 +229,10 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Runs `f`, turning a panic into an [`ErrorKind::Panicked`] error naming `call`.
-fn guarded<T>(call: &str, f: impl FnOnce() -> Result<T, StageError>) -> RResult<T, AbiError> {
+pub(crate) fn guarded<T>(
+    call: &str,
+    f: impl FnOnce() -> Result<T, StageError>,
+) -> RResult<T, AbiError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(err)) => RResult::RErr(err.into()),
@@ -237,7 +248,7 @@ fn guarded<T>(call: &str, f: impl FnOnce() -> Result<T, StageError>) -> RResult<
     }
 }
 
-struct ProviderAdapter<P>(P);
+pub(crate) struct ProviderAdapter<P>(pub(crate) P);
 
 struct JobAdapter(Option<Job>);
 
@@ -303,31 +314,38 @@ impl<P: Provider> AbiProvider for ProviderAdapter<P> {
     }
 }
 
-/// The constructor the export macro puts in the root module.
+/// The constructor the export macro puts in the root module: refuses, with one line,
+/// when the host lacks a capability in `requires_host` (an older host never calls
+/// [`capability::CapabilityModule::accept_host`], so it lacks them all).
 #[doc(hidden)]
-pub extern "C" fn construct_provider<P: Provider>(
+pub fn construct_provider<P: Provider>(
     settings: RStr<'_>,
+    requires_host: &[capability::CapabilityId],
 ) -> RResult<ProviderBox, AbiError> {
     install_quiet_panic_hook();
     guarded("the provider constructor", || {
+        if let Some(missing) = capability::missing_host_capabilities(requires_host) {
+            return Err(StageError::other(missing));
+        }
         let provider = P::new(&Settings::from_toml(settings.as_str()))?;
         Ok(AbiProvider_TO::from_value(
             ProviderAdapter(provider),
-            sabi_trait::TD_Opaque,
+            sabi_trait::TD_CanDowncast,
         ))
     })
 }
 
 /// Builds the root module; called once per library by the exported loader.
 #[doc(hidden)]
-pub fn plugin_module<P: Provider>(
+pub fn plugin_module(
     metadata: PluginMetadata,
+    new_provider: extern "C" fn(settings: RStr<'_>) -> RResult<ProviderBox, AbiError>,
     secret_settings: RSlice<'static, RStr<'static>>,
 ) -> PluginModRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
     PluginMod {
         metadata,
-        new_provider: construct_provider::<P>,
+        new_provider,
         secret_settings,
     }
     .leak_into_prefix()
@@ -341,10 +359,16 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `provider` (a type implementing [`Provider`](crate::Provider)) with its metadata.
 /// Invoke it once, at the crate root of a `cdylib` crate.
 ///
-/// An optional last field, `secret_settings: ["sas", ...]`, names settings keys that
-/// hold secrets: the host masks their values (`config show`, error lines) whatever
-/// their names. Keys that look secret (`password`, `token`, `apiKey`, ... see
-/// [`is_secret_name`](crate::display::is_secret_name)) are masked without it.
+/// Optional last fields, in this order:
+/// - `secret_settings: ["sas", ...]` names settings keys that hold secrets: the host
+///   masks their values (`config show`, error lines) whatever their names. Keys that
+///   look secret (`password`, `token`, `apiKey`, ... see
+///   [`is_secret_name`](crate::display::is_secret_name)) are masked without it.
+/// - `capabilities: [stat, list]` offers [capabilities](crate::capability) the
+///   provider implements (`stat` needs [`Stat`](crate::capability::Stat), `list`
+///   needs [`List`](crate::capability::List)).
+/// - `requires_host: [cached]` names host capabilities the plugin cannot work
+///   without: a host that lacks one refuses the plugin with one line naming it.
 ///
 /// ```
 /// use stagehost_plugin_api::{File, Provider, Settings, StageError};
@@ -374,17 +398,28 @@ macro_rules! export_provider {
         name: $name:expr,
         schemes: [$($scheme:expr),* $(,)?],
         description: $description:expr
-        $(, secret_settings: [$($secret:expr),* $(,)?])? $(,)?
+        $(, secret_settings: [$($secret:expr),* $(,)?])?
+        $(, capabilities: [$($capability:ident),* $(,)?])?
+        $(, requires_host: [$($required:ident),* $(,)?])? $(,)?
     ) => {
+        #[doc(hidden)]
+        const _STAGEHOST_REQUIRES_HOST: &[$crate::abi::capability::CapabilityId] =
+            &[$($($crate::abi::capability::require::$required),*)?];
+
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
         #[unsafe(no_mangle)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi::reexports::LibHeader = {
-            use $crate::abi::reexports::{RSlice, RStr};
+            use $crate::abi::reexports::{RResult, RSlice, RStr};
             static SCHEMES: &[RStr<'static>] = &[$(RStr::from_str($scheme)),*];
             static SECRETS: &[RStr<'static>] = &[$($(RStr::from_str($secret)),*)?];
+            extern "C" fn new_provider(
+                settings: RStr<'_>,
+            ) -> RResult<$crate::abi::ProviderBox, $crate::abi::AbiError> {
+                $crate::abi::construct_provider::<$provider>(settings, _STAGEHOST_REQUIRES_HOST)
+            }
             fn module() -> $crate::abi::PluginModRef {
-                $crate::abi::plugin_module::<$provider>(
+                $crate::abi::plugin_module(
                     $crate::abi::PluginMetadata {
                         name: RStr::from_str($name),
                         version: RStr::from_str(env!("CARGO_PKG_VERSION")),
@@ -392,6 +427,7 @@ macro_rules! export_provider {
                         schemes: RSlice::from_slice(SCHEMES),
                         description: RStr::from_str($description),
                     },
+                    new_provider,
                     RSlice::from_slice(SECRETS),
                 )
             }
@@ -407,5 +443,22 @@ macro_rules! export_provider {
                 )
             }
         };
+
+        /// The plugin's capabilities (see `stagehost_plugin_api::abi::capability`).
+        #[doc(hidden)]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn stagehost_plugin_capabilities(
+        ) -> $crate::abi::capability::CapabilityExport {
+            fn capabilities() -> (
+                ::std::vec::Vec<$crate::abi::capability::Capability>,
+                ::std::vec::Vec<$crate::abi::capability::CapabilityId>,
+            ) {
+                (
+                    ::std::vec![$($($crate::abi::capability::offer::$capability::<$provider>()),*)?],
+                    _STAGEHOST_REQUIRES_HOST.to_vec(),
+                )
+            }
+            $crate::abi::capability::capability_export(capabilities)
+        }
     };
 }

@@ -170,6 +170,19 @@
 //! 0.1.x loads in a 0.1 host, 0.2 does not). A complete crate built this way lives in
 //! the stagehost repository under `examples/data-provider`.
 //!
+//! # Beyond the six calls: capabilities
+//!
+//! The ABI the six calls travel over is frozen: a field added to it would shut out
+//! every plugin built before (abi_stable refuses a library whose types are shorter
+//! than the host's). What a provider can do beyond them, and what the host can do for
+//! it, are [`capability`]s, each a name and a version: implement
+//! [`capability::Stat`] or [`capability::List`] and list them in
+//! `export_provider!` (`capabilities: [stat, list]`). A released capability version
+//! never changes; read [`capability`] for what one promises. A plugin built against a
+//! newer plugin-api loads in an older host of the same release line and works without
+//! the capabilities that host lacks, unless it lists them in `requires_host`, in which
+//! case that host refuses it with one line naming them.
+//!
 //! # Rules of the contract
 //!
 //! - Each call gets a fresh copy of the task's [`File`]; set `local_path` on it to say
@@ -194,6 +207,7 @@
 pub mod abi;
 #[cfg(unix)]
 pub mod calendar;
+pub mod capability;
 pub mod display;
 mod error;
 mod file;

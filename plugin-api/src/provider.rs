@@ -188,11 +188,17 @@ impl<'a> Context<'a> {
     /// Tells the host that the destination already held the current file and no
     /// bytes moved (a revalidation that found it unchanged); the host's report then
     /// says `cached`. Call it only when the work succeeds that way.
+    ///
+    /// It goes through the host's `cached` capability; a host without it (older than
+    /// plugin-api 0.1.6) gets the notice it understands instead.
     pub fn cached(&self) {
-        self.abi.services.log(
-            crate::abi::NOTICE_CACHED,
-            "the destination already holds the current file (cached)".into(),
-        );
+        match crate::abi::capability::host().cached {
+            Some(table) => (table.cached)(self.abi),
+            None => self.abi.services.log(
+                crate::abi::NOTICE_CACHED,
+                "the destination already holds the current file (cached)".into(),
+            ),
+        }
     }
     /// Whether the host asked this work to stop.
     pub fn is_cancelled(&self) -> bool {

@@ -49,9 +49,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{ROption, RStr};
 
+use crate::abi::capability::{CachedV1, Capability, CapabilityTable};
 use crate::abi::{AbiContext, HostServices, HostServices_TO};
 use crate::error::{ErrorKind, StageError};
 use crate::file::File;
@@ -85,6 +86,22 @@ impl HostServices for Services {
     }
 }
 
+/// The test host's `cached` capability: marks the call's services.
+extern "C" fn cached(ctx: &AbiContext) {
+    if let Ok(services) = ctx.services.obj.downcast_as::<Services>() {
+        services.0.cached.store(true, Ordering::SeqCst);
+    }
+}
+
+static CACHED: CachedV1 = CachedV1 { cached };
+
+/// Offers the test host's capabilities to the plugin code in this process, as a host
+/// does when it loads a library.
+fn offer_host_capabilities() {
+    static OFFERED: std::sync::OnceLock<[Capability; 1]> = std::sync::OnceLock::new();
+    crate::abi::capability::accept_host(OFFERED.get_or_init(|| [CachedV1::offer(&CACHED)]));
+}
+
 /// A stand-in for the host: a temporary working directory, captured log lines and
 /// progress, and switches for cancellation and deadlines.
 pub struct TestHost {
@@ -114,6 +131,7 @@ impl TestHost {
     /// A host with a fresh, empty working directory under the system's temporary
     /// directory, executor `local` and instance `test`.
     pub fn new() -> TestHost {
+        offer_host_capabilities();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -222,7 +240,10 @@ impl TestHost {
                             .map_or(0, |t| t.as_millis() as u64)
                     })
                     .into(),
-                services: HostServices_TO::from_value(Services(self.captured.clone()), TD_Opaque),
+                services: HostServices_TO::from_value(
+                    Services(self.captured.clone()),
+                    TD_CanDowncast,
+                ),
             },
         }
     }
@@ -232,6 +253,33 @@ impl TestHost {
     pub fn run_job(&self, job: Job, file: &File) -> Result<(), StageError> {
         let ctx = self.context(file);
         guarded("a staging job", || (job.0)(&ctx.context()))
+    }
+
+    /// Asks `provider` the `stat` capability's question about `url`, as the host does
+    /// (a panic becomes an [`ErrorKind::Panicked`] error).
+    pub fn stat<P: crate::capability::Stat>(
+        &self,
+        provider: &P,
+        url: &str,
+    ) -> Result<Option<crate::capability::Entry>, StageError> {
+        let file = File::parse(url)?;
+        let ctx = self.context(&file);
+        guarded("stat", || provider.stat(&ctx.context(), &file))
+    }
+
+    /// Asks `provider` for the entries below `url` (the `list` capability), sorted by
+    /// name as the host sorts them.
+    pub fn list<P: crate::capability::List>(
+        &self,
+        provider: &P,
+        url: &str,
+        recursive: bool,
+    ) -> Result<Vec<crate::capability::Entry>, StageError> {
+        let file = File::parse(url)?;
+        let ctx = self.context(&file);
+        let mut entries = guarded("list", || provider.list(&ctx.context(), &file, recursive))?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
     }
 
     /// Stages `url` in with `provider` as the host does: `can_stage_in` must accept it;

@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use stagehost_plugin_api::abi::API_VERSION;
 use stagehost_tests::*;
 
 fn plugin_rows(listing: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -606,48 +607,61 @@ fn a_staging_list_naming_no_provider_is_a_config_error() {
 }
 
 #[test]
-fn a_plugin_built_against_plugin_api_0_1_1_still_loads_and_stages() {
+fn plugins_built_against_every_released_plugin_api_load_and_stage() {
     let sandbox = Sandbox::new();
-    let plugins = sandbox.plugin_dir("old", &[&plugin_built_against_api_0_1_1()]);
-    let config = sandbox.write(
-        "site.toml",
-        format!(
-            "plugin_dirs = [{}]\n\n[[provider]]\nname = \"old\"\nplugin = \"old\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"old\"]\n",
-            toml_path(&plugins)
-        ),
-    );
-    let listing = sandbox.run(&["--config", config.to_str().unwrap(), "plugins", "list"]);
-    assert!(
-        listing
-            .stdout
-            .contains("old 0.1.0 (plugin-api 0.1.1, schemes: old): loaded"),
-        "{}\n{}",
-        listing.stdout,
-        listing.stderr
-    );
-    let out = sandbox.run_env(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "stage",
-            "in",
-            "--json",
-            "old:greeting",
-        ],
-        &[("RUST_LOG", "stagehost::plugin=info")],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(
-        std::fs::read_to_string(sandbox.join("wd/greeting")).unwrap(),
-        "old plugin\n"
-    );
-    assert!(
-        out.stderr
-            .contains("written by a plugin built against plugin-api 0.1.1"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(out.json()["files"][0]["cached"], false);
+    let mut failures = Vec::new();
+    for (version, _) in RELEASED_APIS {
+        let dir = format!("old-{version}");
+        let plugins = sandbox.plugin_dir(&dir, &[&plugin_built_against_released_api(version)]);
+        let config = sandbox.write(
+            format!("site-{version}.toml"),
+            format!(
+                "plugin_dirs = [{}]\n\n[[provider]]\nname = \"old\"\nplugin = \"old\"\n\n[executor.local]\nworking_dir = \"wd-{version}\"\nstaging = [\"old\"]\n",
+                toml_path(&plugins)
+            ),
+        );
+        let listing = sandbox.run(&["--config", config.to_str().unwrap(), "plugins", "list"]);
+        if !listing.stdout.contains(&format!(
+            "old 0.1.0 (plugin-api {version}, schemes: old): loaded"
+        )) {
+            failures.push(format!(
+                "{version}: listing\n{}\n{}",
+                listing.stdout, listing.stderr
+            ));
+            continue;
+        }
+        let out = sandbox.run_env(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "stage",
+                "in",
+                "--json",
+                "old:greeting",
+            ],
+            &[("RUST_LOG", "stagehost::plugin=info")],
+        );
+        if out.code != Some(0) {
+            failures.push(format!(
+                "{version}: stage in exited {:?}\n{}",
+                out.code, out.stderr
+            ));
+            continue;
+        }
+        assert_eq!(
+            std::fs::read_to_string(sandbox.join(format!("wd-{version}/greeting"))).unwrap(),
+            "old plugin\n"
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "written by a plugin built against plugin-api {version}"
+            )),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(out.json()["files"][0]["cached"], false);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
@@ -1106,4 +1120,249 @@ fn each_run_journals_its_tasks_beside_the_workflow() {
         assert_eq!(count["status"], "succeeded");
         assert_eq!(count["command_sha256"].as_str().unwrap().len(), 64);
     }
+}
+
+#[test]
+fn a_plugin_built_against_this_plugin_api_works_in_older_hosts_or_is_refused_by_name() {
+    let sandbox = Sandbox::new();
+    for version in ["0.1.0", "0.1.5"] {
+        let host = host_built_against_released_api(version);
+        let dir = sandbox.join(format!("wd-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out: Run = std::process::Command::new(&host)
+            .arg(fixture("capable"))
+            .arg("capable:greeting")
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{version}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("greeting")).unwrap(),
+            "capable plugin\n"
+        );
+        // No capabilities in an older host: the plugin says `cached` the old way.
+        assert!(
+            out.stdout
+                .contains("log 3: the host offers cached/1: false")
+                && out.stdout.contains("notice: cached"),
+            "{version}: {}",
+            out.stdout
+        );
+        // A plugin that cannot work without a host capability is refused, naming it.
+        let out: Run = std::process::Command::new(&host)
+            .arg(fixture_needs_cached())
+            .arg("capable:other")
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(
+            out.code,
+            Some(3),
+            "{version}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(
+            out.stdout.trim(),
+            "refused: this plugin needs the host capability cached/1, which this stagehost does not offer (it is older than the plugin-api the plugin was built with); upgrade stagehost",
+            "{version}"
+        );
+        assert!(!dir.join("other").exists());
+    }
+}
+
+#[test]
+fn this_host_offers_its_capabilities_and_refuses_a_plugin_needing_one_it_lacks() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir(
+        "caps",
+        &[
+            &fixture("capable"),
+            &fixture_needs_cached(),
+            &fixture("future_host"),
+        ],
+    );
+    let config = sandbox.write(
+        "site.toml",
+        format!(
+            "plugin_dirs = [{}]\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"capable\"]\n",
+            toml_path(&plugins)
+        ),
+    );
+    let listing = sandbox.run(&["--config", config.to_str().unwrap(), "plugins", "list"]);
+    assert!(
+        listing.stdout.contains(&format!(
+            "capable 0.1.0 (plugin-api {API_VERSION}, schemes: capable): loaded\n      {}\n      capabilities: list/1, stat/1\n",
+            plugins.join(format!("libcapable.{}", dylib_ext())).display()
+        )),
+        "{}",
+        listing.stdout
+    );
+    assert!(
+        listing.stdout.contains("needs-cached 0.1.0"),
+        "{}",
+        listing.stdout
+    );
+    assert!(
+        listing.stdout.contains(&format!(
+            "libfuture_host.{}: failed: it needs the host capability cached/2, which this stagehost (plugin-api {API_VERSION}) does not offer; upgrade stagehost\n",
+            dylib_ext()
+        )),
+        "{}",
+        listing.stdout
+    );
+    let json = sandbox
+        .run(&[
+            "--config",
+            config.to_str().unwrap(),
+            "plugins",
+            "list",
+            "--json",
+        ])
+        .json();
+    let capable = json["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "capable")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        capable["capabilities"],
+        serde_json::json!(["list/1", "stat/1"])
+    );
+    // The host's `cached` capability reaches the plugin, and its answer the report.
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "stage",
+            "in",
+            "--json",
+            "capable:greeting",
+        ],
+        &[("RUST_LOG", "stagehost::plugin=info")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the host offers cached/1: true"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.json()["files"][0]["cached"], true);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/greeting")).unwrap(),
+        "capable plugin\n"
+    );
+}
+
+#[test]
+fn stat_and_ls_ask_the_chosen_provider_and_survive_a_broken_one() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("caps", &[&fixture("capable")]);
+    let config = sandbox.write(
+        "site.toml",
+        format!(
+            "plugin_dirs = [{}]\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"capable\", \"file\", \"http\"]\n",
+            toml_path(&plugins)
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let out = sandbox.run(&["--config", cfg, "stat", "capable:dir/a"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "capable:dir/a\n  kind: file\n  size: 1\n  modified: 2023-11-14T22:13:20Z\n  validator: \"a1\"\n  provider: capable\n"
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stat",
+        "--json",
+        "capable:dir/sub",
+        "capable:dir/none",
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert_eq!(
+        out.json(),
+        serde_json::json!([
+            {"url": "capable:dir/sub", "exists": true, "kind": "directory", "size": null,
+             "modified": null, "validator": null, "provider": "capable"},
+            {"url": "capable:dir/none", "exists": false, "provider": "capable"},
+        ])
+    );
+    let out = sandbox.run(&["--config", cfg, "ls", "capable:dir"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "a\nsub/\n"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&["--config", cfg, "ls", "-R", "-l", "capable:dir"]);
+    assert_eq!(
+        out.stdout,
+        "           1 2023-11-14T22:13:20Z           a\n           - -                              sub/\n           2 2023-11-14T22:13:20Z           sub/b\n"
+    );
+    let out = sandbox.run(&["--config", cfg, "ls", "-R", "--json", "capable:dir"]);
+    assert_eq!(out.json()[2]["name"], "sub/b");
+    assert_eq!(out.json()[2]["size"], 2);
+    // A panic in a capability call is an error for that URL, naming everything.
+    let out = sandbox.run(&["--config", cfg, "ls", "capable:boom"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("stagehost: error: cannot list capable:boom: provider \"capable\" (plugin capable 0.1.0) on executor \"local\": panicked: plugin panicked in list at ")
+            && out.stderr.contains("list exploded"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&["--config", cfg, "stat", "capable:refuse"]);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
+    // A listed name that leaves the directory fails the whole listing.
+    let out = sandbox.run(&["--config", cfg, "ls", "capable:evil"]);
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the listing holds the entry \"../escape\", which is not a plain relative path; nothing was listed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "");
+    // A provider without the capability is named; nothing falls through to the next.
+    let out = sandbox.run(&["--config", cfg, "ls", "http://127.0.0.1:9/dir/"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let line = out.stderr.lines().next().unwrap();
+    assert!(
+        line.starts_with("stagehost: error: cannot list http://127.0.0.1:9/dir/: provider \"http\" (plugin http ")
+            && line.ends_with(") on executor \"local\" does not offer the `list` capability"),
+        "{line}"
+    );
+    let out = sandbox.run(&["--config", cfg, "ls", "nosuch://x/"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    // The file provider answers both, for a path or a file: URL.
+    std::fs::create_dir_all(sandbox.join("data/sub")).unwrap();
+    std::fs::write(sandbox.join("data/x"), "xyz").unwrap();
+    let data = sandbox.join("data");
+    let out = sandbox.run(&["--config", cfg, "ls", "-R", data.to_str().unwrap()]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "sub/\nx\n"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stat",
+        "--json",
+        data.join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.json()[0]["size"], 3);
+    assert_eq!(out.json()[0]["provider"], "file");
 }

@@ -17,7 +17,7 @@ pub mod slurmd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -192,22 +192,35 @@ pub fn plugin_built_against_api_0_2() -> PathBuf {
         .clone()
 }
 
-/// The last commit whose `plugin-api` was 0.1.1 as released.
-const API_0_1_1_COMMIT: &str = "57ce5b4479693f31f00098272d4c3724a8d9c2d9";
+/// Every released `plugin-api`, with the last commit of this repository that had it
+/// (the source a plugin of that release was built from).
+pub const RELEASED_APIS: &[(&str, &str)] = &[
+    ("0.1.0", "76a755d3ce2ad0badeb1ea658685d2100cc6acad"),
+    ("0.1.1", "57ce5b4479693f31f00098272d4c3724a8d9c2d9"),
+    ("0.1.2", "9f1bffb4d9ea4a05995132a118cddf484712b191"),
+    ("0.1.3", "5b3ef108e6ece41a1e7738bc58a8c30d2531daa8"),
+    ("0.1.4", "7e04764c3e78d3985ef877dab01414e306387f7a"),
+    ("0.1.5", "cfb8a6a53194ca5be82481000eb8f4516344f851"),
+];
 
-/// A plugin built against plugin-api 0.1.1 as released (its source taken from the
-/// repository's history): the provider `old` stages `old:<name>` by writing
-/// `old plugin\n`, logging a line and reporting progress on the way, so every channel
-/// of the host's services is used through 0.1.1's layout.
-pub fn plugin_built_against_api_0_1_1() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            build_against_api(
-                "api-0.1.1",
-                ApiSource::GitCommit(API_0_1_1_COMMIT),
-                "old_api",
-                r#"use std::io::Write;
+/// A plugin built against a released plugin-api (`version`, one of [`RELEASED_APIS`];
+/// its source taken from the repository's history): the provider `old` stages
+/// `old:<name>` by writing `old plugin\n`, logging a line and reporting progress on
+/// the way, so every channel of the host's services is used through that release's
+/// layout. The library is `libold_api_<version with _>`.
+pub fn plugin_built_against_released_api(version: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = built.iter().find(|(v, _)| v == version) {
+        return path.clone();
+    }
+    let commit = RELEASED_APIS
+        .iter()
+        .find(|(v, _)| *v == version)
+        .unwrap_or_else(|| panic!("plugin-api {version} was never released"))
+        .1;
+    let lib_name = format!("old_api_{}", version.replace('.', "_"));
+    let src = r#"use std::io::Write;
 use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::{Context, File, Job, Provider, Settings, StageError};
 pub struct Old;
@@ -218,7 +231,7 @@ impl Provider for Old {
         file.set_local_path(ctx.destination());
         let dest = ctx.destination().to_path_buf();
         Ok(Some(Job::new(move |ctx| {
-            ctx.info("written by a plugin built against plugin-api 0.1.1");
+            ctx.info("written by a plugin built against plugin-api VERSION");
             ctx.check()?;
             let mut out = AtomicFile::create(&dest)?;
             out.write_all(b"old plugin
@@ -228,9 +241,139 @@ impl Provider for Old {
         })))
     }
 }
-stagehost_plugin_api::export_provider! { provider: Old, name: "old", schemes: ["old"], description: "built against plugin-api 0.1.1" }
-"#,
-            )
+stagehost_plugin_api::export_provider! { provider: Old, name: "old", schemes: ["old"], description: "built against plugin-api VERSION" }
+"#
+    .replace("VERSION", version);
+    let path = build_against_api(
+        &format!("api-{version}"),
+        ApiSource::GitCommit(commit),
+        &lib_name,
+        &src,
+    );
+    built.push((version.to_owned(), path.clone()));
+    path
+}
+
+/// A minimal host built against a released plugin-api (`version`, from
+/// [`RELEASED_APIS`]), standing for a stagehost of that release: `old-host LIB URL DIR`
+/// loads the plugin library `LIB` as that release's loader does (abi_stable's layout
+/// check against that release's types), builds an instance with empty settings and
+/// stages `URL` in to `DIR/<filename>`, printing what the plugin sends: `log N: ...`,
+/// `notice: cached`, then `staged PATH`. A load failure prints `load error: ...` and
+/// exits 2; a refused instance prints `refused: ...` and exits 3.
+pub fn host_built_against_released_api(version: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = built.iter().find(|(v, _)| v == version) {
+        return path.clone();
+    }
+    let commit = RELEASED_APIS
+        .iter()
+        .find(|(v, _)| *v == version)
+        .unwrap_or_else(|| panic!("plugin-api {version} was never released"))
+        .1;
+    let src = r#"use std::path::Path;
+
+use abi_stable::library::lib_header_from_path;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{ROption, RStr};
+use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO, PluginModRef};
+use stagehost_plugin_api::{File, StageError};
+
+/// The `cached` notice level (plugin-api 0.1.2 on; 0.1.0 has no name for it).
+const NOTICE_CACHED: u8 = 128;
+
+struct Services;
+
+impl HostServices for Services {
+    fn log(&self, level: u8, message: RStr<'_>) {
+        if level == NOTICE_CACHED {
+            println!("notice: cached");
+        } else {
+            println!("log {level}: {message}");
+        }
+    }
+    fn progress(&self, _done: u64, _total: ROption<u64>) {}
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (lib, url, dir) = (&args[1], &args[2], &args[3]);
+    let module = lib_header_from_path(Path::new(lib))
+        .and_then(|h| h.init_root_module::<PluginModRef>())
+        .unwrap_or_else(|e| {
+            println!("load error: {}", e.to_string().lines().next().unwrap_or(""));
+            std::process::exit(2)
+        });
+    let provider = module.new_provider()("".into())
+        .into_result()
+        .unwrap_or_else(|e| {
+            println!("refused: {}", StageError::from(e));
+            std::process::exit(3)
+        });
+    let file = File::parse(url).expect("a URL");
+    let dest = Path::new(dir).join(file.filename());
+    let ctx = AbiContext {
+        executor: "local".into(),
+        working_dir: dir.as_str().into(),
+        instance: "new".into(),
+        destination: dest.to_str().expect("UTF-8").into(),
+        deadline_unix_ms: ROption::RNone,
+        services: HostServices_TO::from_value(Services, TD_Opaque),
+    };
+    assert!(provider.can_stage_in(&file).into_result().expect("can_stage_in"));
+    let plan = provider.stage_in(&ctx, file).into_result().expect("stage_in");
+    if let ROption::RSome(mut job) = plan.job {
+        job.run(&ctx).into_result().map_err(StageError::from).expect("the job");
+    }
+    println!("staged {}", dest.display());
+}
+"#;
+    let path = build_crate_against_api(
+        &format!("host-{version}"),
+        ApiSource::GitCommit(commit),
+        CrateKind::Host,
+        &format!("old_host_{}", version.replace('.', "_")),
+        src,
+    );
+    built.push((version.to_owned(), path.clone()));
+    path
+}
+
+/// The `capable` fixture built with its `requires-cached` feature (plugin
+/// `needs-cached`), into a target directory of its own.
+pub fn fixture_needs_cached() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = target_root().join("fixtures-needs-cached");
+            let out = cargo()
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(workspace_root().join("tests/fixtures/Cargo.toml"))
+                .args([
+                    "-p",
+                    "stagehost-fixture-capable",
+                    "--features",
+                    "requires-cached",
+                ])
+                .arg("--target-dir")
+                .arg(&target)
+                .output()
+                .expect("cargo runs");
+            assert!(
+                out.status.success(),
+                "building needs-cached failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let built = target
+                .join("debug")
+                .join(format!("libcapable.{}", dylib_ext()));
+            let renamed = target.join(format!("libneeds_cached.{}", dylib_ext()));
+            std::fs::copy(&built, &renamed).expect("copy the library");
+            renamed
         })
         .clone()
 }
@@ -243,10 +386,30 @@ enum ApiSource {
     GitCommit(&'static str),
 }
 
+/// What a crate built against a `plugin-api` copy is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CrateKind {
+    /// A plugin (`cdylib`).
+    Plugin,
+    /// A program (a host), which also depends on abi_stable.
+    Host,
+}
+
 /// Builds a `cdylib` named `lib_name` from `plugin_src` against `api`, in a workspace
 /// `target/fixture-<name>/src` of its own; the fixtures share one target directory,
 /// so their dependencies build once. Returns the library's path.
 fn build_against_api(name: &str, api: ApiSource, lib_name: &str, plugin_src: &str) -> PathBuf {
+    build_crate_against_api(name, api, CrateKind::Plugin, lib_name, plugin_src)
+}
+
+/// [`build_against_api`] for a plugin or a program; returns the built file.
+fn build_crate_against_api(
+    name: &str,
+    api: ApiSource,
+    kind: CrateKind,
+    lib_name: &str,
+    plugin_src: &str,
+) -> PathBuf {
     let root = target_root().join(format!("fixture-{name}"));
     let src = root.join("src");
     let api_dir = src.join("plugin-api");
@@ -332,20 +495,35 @@ fn build_against_api(name: &str, api: ApiSource, lib_name: &str, plugin_src: &st
         &src.join("Cargo.toml"),
         "[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"plugin\"]\n",
     );
+    let (target_section, extra_dep, src_file) = match kind {
+        CrateKind::Plugin => (
+            format!("[lib]\nname = \"{lib_name}\"\ncrate-type = [\"cdylib\"]\n"),
+            "",
+            "src/lib.rs",
+        ),
+        CrateKind::Host => (
+            format!("[[bin]]\nname = \"{lib_name}\"\npath = \"src/main.rs\"\n"),
+            "abi_stable = \"0.11.3\"\n",
+            "src/main.rs",
+        ),
+    };
     write_if_changed(
         &plugin.join("Cargo.toml"),
-        &format!("[package]\nname = \"stagehost-fixture-{lib_name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\nname = \"{lib_name}\"\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nstagehost-plugin-api = {{ path = \"../plugin-api\" }}\n"),
+        &format!("[package]\nname = \"stagehost-fixture-{lib_name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n{target_section}\n[dependencies]\nstagehost-plugin-api = {{ path = \"../plugin-api\" }}\n{extra_dep}"),
     );
-    write_if_changed(&plugin.join("src/lib.rs"), plugin_src);
+    write_if_changed(&plugin.join(src_file), plugin_src);
     let lock = workspace_root().join("Cargo.lock");
     if lock.exists() && !src.join("Cargo.lock").exists() {
         std::fs::copy(&lock, src.join("Cargo.lock")).expect("copy Cargo.lock");
     }
     let target = target_root().join("fixture-api-target");
     cargo_build(&src.join("Cargo.toml"), &target);
-    target
-        .join("debug")
-        .join(format!("lib{lib_name}.{}", dylib_ext()))
+    match kind {
+        CrateKind::Plugin => target
+            .join("debug")
+            .join(format!("lib{lib_name}.{}", dylib_ext())),
+        CrateKind::Host => target.join("debug").join(lib_name),
+    }
 }
 
 fn write_if_changed(path: &Path, text: &str) {

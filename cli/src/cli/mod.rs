@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a staging failure; 2 a usage or config error; 128 + the
 //! signal's number when SIGINT, SIGTERM or SIGHUP cancelled the command.
 
+mod inspect;
 mod lineage;
 mod meta;
 mod plugins;
@@ -58,6 +59,10 @@ enum Command {
     Stage(StageCommand),
     /// Run a workflow: tasks whose inputs and outputs are staged
     Run(run::RunArgs),
+    /// Print what URLs name (kind, size, time, ETag) without moving their bytes
+    Stat(inspect::StatArgs),
+    /// List a directory or prefix (-R for the whole tree) without moving any bytes
+    Ls(inspect::LsArgs),
     /// Inspect the config
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -418,6 +423,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         Command::Run(a) => {
             let registry = load(&config, &loader)?;
             run::run(&config, &registry, a)
+        }
+        Command::Stat(a) => {
+            let registry = load(&config, &loader)?;
+            inspect::stat(&registry, &config.transfers, a)
+        }
+        Command::Ls(a) => {
+            let registry = load(&config, &loader)?;
+            inspect::ls(&registry, &config.transfers, a)
         }
         Command::Worker(a) => {
             let registry = load(&config, &loader)?;

@@ -13,8 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use stagehost_plugin_api::capability::{Entry, EntryKind, List, Stat};
 use stagehost_plugin_api::fs::{copy_atomically, link_atomically, LinkKind};
-use stagehost_plugin_api::{Context, File, Job, Provider, Settings, StageError};
+use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
 
 /// How a file reaches the working directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -127,11 +128,119 @@ impl Provider for FileProvider {
     }
 }
 
+/// An entry for what `path` names, following a final symlink as `stat(2)` does.
+fn entry_of(name: String, meta: &std::fs::Metadata) -> Entry {
+    let mut entry = if meta.is_file() {
+        Entry::file(name).with_size(meta.len())
+    } else if meta.is_dir() {
+        Entry::directory(name)
+    } else {
+        Entry {
+            kind: EntryKind::Other,
+            ..Entry::file(name)
+        }
+    };
+    entry.modified = meta.modified().ok();
+    entry
+}
+
+impl Stat for FileProvider {
+    fn stat(&self, _ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError> {
+        let path = Path::new(file.path());
+        match std::fs::metadata(path) {
+            Ok(meta) => Ok(Some(entry_of(String::new(), &meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StageError::io(
+                format_args!("cannot stat {}", stagehost_plugin_api::display::path(path)),
+                &e,
+            )),
+        }
+    }
+}
+
+impl List for FileProvider {
+    /// Directories are walked without following links to directories (a link to a
+    /// directory is listed as `other`, so a tree never loops or reaches outside
+    /// itself through one); links to files are listed as the files they name.
+    fn list(
+        &self,
+        ctx: &Context<'_>,
+        dir: &File,
+        recursive: bool,
+    ) -> Result<Vec<Entry>, StageError> {
+        let root = Path::new(dir.path());
+        let meta = std::fs::metadata(root).map_err(|e| {
+            StageError::io(
+                format_args!("cannot list {}", stagehost_plugin_api::display::path(root)),
+                &e,
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(StageError::new(
+                ErrorKind::InvalidUrl,
+                format!(
+                    "{} is not a directory",
+                    stagehost_plugin_api::display::path(root)
+                ),
+            ));
+        }
+        let mut entries = Vec::new();
+        let mut pending = vec![(root.to_path_buf(), String::new())];
+        while let Some((path, prefix)) = pending.pop() {
+            ctx.check()?;
+            let read = std::fs::read_dir(&path).map_err(|e| {
+                StageError::io(
+                    format_args!("cannot list {}", stagehost_plugin_api::display::path(&path)),
+                    &e,
+                )
+            })?;
+            for item in read {
+                let item = item.map_err(|e| {
+                    StageError::io(
+                        format_args!("cannot list {}", stagehost_plugin_api::display::path(&path)),
+                        &e,
+                    )
+                })?;
+                let child = item.path();
+                let Some(name) = item.file_name().to_str().map(str::to_owned) else {
+                    return Err(StageError::new(
+                        ErrorKind::InvalidUrl,
+                        format!(
+                            "{} is not valid UTF-8; stagehost refuses it rather than alter it",
+                            stagehost_plugin_api::display::path(&child)
+                        ),
+                    ));
+                };
+                let name = format!("{prefix}{name}");
+                let link = item.file_type().is_ok_and(|t| t.is_symlink());
+                let entry = match std::fs::metadata(&child) {
+                    Ok(meta) if link && meta.is_dir() => Entry {
+                        kind: EntryKind::Other,
+                        ..Entry::file(name)
+                    },
+                    Ok(meta) => entry_of(name, &meta),
+                    // A dangling link, or one gone since the directory was read.
+                    Err(_) => Entry {
+                        kind: EntryKind::Other,
+                        ..Entry::file(name)
+                    },
+                };
+                if recursive && entry.kind == EntryKind::Directory {
+                    pending.push((child, format!("{}/", entry.name)));
+                }
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+}
+
 stagehost_plugin_api::export_provider! {
     provider: FileProvider,
     name: "file",
     schemes: ["file"],
     description: "Local files: in place, or copied/linked into the working directory",
+    capabilities: [stat, list],
 }
 
 #[cfg(test)]
@@ -185,6 +294,67 @@ mod tests {
             std::env::temp_dir().join(format!("stagehost-file-conformance-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn stat_and_list_describe_the_tree_without_following_directory_links() {
+        let host = TestHost::new();
+        let root = host.working_dir().join("tree");
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::write(root.join("a.txt"), "A").unwrap();
+        std::fs::write(root.join("sub/b.txt"), "BB").unwrap();
+        std::fs::write(root.join("sub/deeper/c.txt"), "CCC").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
+        std::os::unix::fs::symlink(root.join("a.txt"), root.join("a-link")).unwrap();
+        let p = provider("none");
+        let url = |rel: &str| format!("file://{}/{rel}", root.display());
+
+        let a = host.stat(&p, &url("a.txt")).unwrap().unwrap();
+        assert_eq!(
+            (a.kind, a.size, a.name.as_str()),
+            (EntryKind::File, Some(1), "")
+        );
+        assert!(a.modified.is_some());
+        assert_eq!(
+            host.stat(&p, &url("sub")).unwrap().unwrap().kind,
+            EntryKind::Directory
+        );
+        assert_eq!(host.stat(&p, &url("nothing")).unwrap(), None);
+
+        let names = |entries: Vec<Entry>| -> Vec<(String, EntryKind, Option<u64>)> {
+            entries
+                .into_iter()
+                .map(|e| (e.name, e.kind, e.size))
+                .collect()
+        };
+        let top = host.list(&p, &url(""), false).unwrap();
+        assert_eq!(
+            names(top),
+            [
+                ("a-link".to_owned(), EntryKind::File, Some(1)),
+                ("a.txt".to_owned(), EntryKind::File, Some(1)),
+                ("etc-link".to_owned(), EntryKind::Other, None),
+                ("sub".to_owned(), EntryKind::Directory, None),
+            ]
+        );
+        let all = host.list(&p, &url(""), true).unwrap();
+        let all: Vec<String> = all.into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            all,
+            [
+                "a-link",
+                "a.txt",
+                "etc-link",
+                "sub",
+                "sub/b.txt",
+                "sub/deeper",
+                "sub/deeper/c.txt"
+            ]
+        );
+        let err = host.list(&p, &url("nothing"), false).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        let err = host.list(&p, &url("a.txt"), false).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidUrl);
     }
 
     #[test]

@@ -1,0 +1,251 @@
+//! Asking about URLs without moving their bytes: the `stat` and `list` capabilities,
+//! through the provider an executor's order chooses for a stage-in of the URL (the one
+//! whose settings and credentials would fetch it).
+//!
+//! Invariants:
+//! - the provider is chosen exactly as for a stage-in (first `can_stage_in` that says
+//!   yes); one that does not offer the capability is an error naming it, never a
+//!   fall-through to the next provider;
+//! - a listing's names are the host's to trust: each is checked (relative, `/`-separated,
+//!   no empty, `.` or `..` component, no NUL) before anyone sees it, so a listing can
+//!   never name a path outside the directory it was asked about; the entries come back
+//!   sorted by name, without duplicates;
+//! - error lines name the URL (redacted), the provider, the plugin and the executor, and
+//!   carry no secret of the instance's settings or the URL.
+
+use std::time::SystemTime;
+
+use stagehost_plugin_api::capability::Entry;
+use stagehost_plugin_api::{ErrorKind, File, StageError};
+
+use crate::data_manager::{call_services, scrub_error, DataManager, StageOptions, StagingError};
+use crate::registry::ProviderInstance;
+use crate::services::abi_context;
+
+/// What was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Question {
+    /// `stat`.
+    Stat,
+    /// `list`.
+    List,
+}
+
+impl Question {
+    /// The capability's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Question::Stat => "stat",
+            Question::List => "list",
+        }
+    }
+}
+
+/// Who was asked what, for an error line.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    /// What was asked.
+    pub question: Question,
+    /// The URL, redacted.
+    pub url: String,
+    /// Instance name.
+    pub instance: String,
+    /// Plugin name and version.
+    pub plugin: String,
+    /// Executor label.
+    pub executor: String,
+}
+
+impl std::fmt::Display for Asked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot {} {}: provider {:?} (plugin {}) on executor {:?}",
+            self.question.as_str(),
+            self.url,
+            self.instance,
+            self.plugin,
+            self.executor
+        )
+    }
+}
+
+/// Why a question about a URL got no answer, as one line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InspectError {
+    /// No provider was chosen (unknown executor, no provider claims the URL, or a
+    /// `can_stage_in` failed).
+    #[error("{0}")]
+    Choose(#[from] StagingError),
+    /// The chosen provider does not offer the capability.
+    #[error("{} does not offer the `{}` capability", .0, .0.question.as_str())]
+    NotOffered(Box<Asked>),
+    /// The provider answered with an error (scrubbed of secrets).
+    #[error("{}: {}{}", .0 .0, kind_part(.0 .1.kind()), .0 .1.message())]
+    Failed(Box<(Asked, StageError)>),
+}
+
+fn kind_part(kind: ErrorKind) -> String {
+    match kind {
+        ErrorKind::Other => String::new(),
+        kind => format!("{kind}: "),
+    }
+}
+
+impl InspectError {
+    /// Its class for scripts: the provider's error kind; a question no provider can
+    /// answer is the caller's error (`other`, exit 2 in the CLI).
+    pub fn class(&self) -> crate::report::FailureClass {
+        match self {
+            InspectError::Failed(failed) => crate::report::FailureClass::of(failed.1.kind()),
+            InspectError::Choose(e) => e.class(),
+            InspectError::NotOffered(_) => crate::report::FailureClass::Other,
+        }
+    }
+    /// Whether the question itself cannot be answered here (no provider, or one without
+    /// the capability), as opposed to a provider that failed.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            InspectError::NotOffered(_) => true,
+            InspectError::Choose(e) => e.kind().is_none(),
+            InspectError::Failed(_) => false,
+        }
+    }
+}
+
+impl DataManager {
+    /// What `file` names, asked of the provider `executor` would stage it in with:
+    /// `Ok(None)` when nothing exists there. Blocks.
+    pub fn stat(
+        &self,
+        executor: &str,
+        file: &File,
+        opts: &StageOptions,
+    ) -> Result<Option<Entry>, InspectError> {
+        self.ask(executor, file, opts, Question::Stat, |p, ctx| {
+            p.stat(ctx, file).map(|r| {
+                r.map(|e| {
+                    e.map(|e| Entry {
+                        name: String::new(),
+                        ..e
+                    })
+                })
+            })
+        })
+    }
+
+    /// The entries below `dir` (recursively, with `recursive`), asked of the provider
+    /// `executor` would stage it in with, sorted by name. Blocks.
+    pub fn list(
+        &self,
+        executor: &str,
+        dir: &File,
+        recursive: bool,
+        opts: &StageOptions,
+    ) -> Result<Vec<Entry>, InspectError> {
+        let mut entries = self.ask(executor, dir, opts, Question::List, |p, ctx| {
+            p.list(ctx, dir, recursive).map(|r| {
+                r.and_then(|entries| {
+                    entries
+                        .into_iter()
+                        .map(|e| check_name(&e.name).map(|()| e))
+                        .collect::<Result<Vec<Entry>, StageError>>()
+                })
+            })
+        })?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|a, b| a.name == b.name);
+        Ok(entries)
+    }
+
+    fn ask<T>(
+        &self,
+        executor: &str,
+        file: &File,
+        opts: &StageOptions,
+        question: Question,
+        call: impl FnOnce(
+            &ProviderInstance,
+            &stagehost_plugin_api::abi::AbiContext,
+        ) -> Option<Result<T, StageError>>,
+    ) -> Result<T, InspectError> {
+        let provider = self.choose_stage_in_provider(executor, file)?.clone();
+        let asked = || Asked {
+            question,
+            url: file.redacted_url(),
+            instance: provider.name.clone(),
+            plugin: format!("{} {}", provider.plugin.name, provider.plugin.version),
+            executor: executor.to_owned(),
+        };
+        let failed = |error: StageError| {
+            InspectError::Failed(Box::new((asked(), scrub_error(error, &provider, file))))
+        };
+        let working_dir = match &opts.working_dir {
+            Some(dir) => dir.clone(),
+            None => self.working_dir(executor)?.to_path_buf(),
+        };
+        let ctx = abi_context(
+            call_services(&provider, executor, file, opts),
+            &working_dir,
+            &working_dir,
+            opts.timeout.map(|t| SystemTime::now() + t),
+        )
+        .map_err(failed)?;
+        match call(&provider, &ctx) {
+            None => Err(InspectError::NotOffered(Box::new(asked()))),
+            Some(answer) => answer.map_err(failed),
+        }
+    }
+}
+
+/// Refuses a listed name that could lead outside the listed directory: empty, absolute,
+/// with an empty, `.` or `..` component, or holding NUL or `\`.
+fn check_name(name: &str) -> Result<(), StageError> {
+    let bad = name.is_empty()
+        || name.starts_with('/')
+        || name.contains(['\0', '\\'])
+        || name.split('/').any(|c| matches!(c, "" | "." | ".."));
+    if bad {
+        return Err(StageError::new(
+            ErrorKind::Integrity,
+            format!(
+                "the listing holds the entry \"{}\", which is not a plain relative path; nothing was listed",
+                stagehost_plugin_api::display::escape(name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn listed_names_must_stay_below_the_directory() {
+        for good in ["a", "sub/b", "a b", "é", ".hidden", "a..b", "..a"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/.",
+            "a/",
+            "a\\..\\b",
+            "a\0b",
+        ] {
+            let err = check_name(bad).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                stagehost_plugin_api::ErrorKind::Integrity,
+                "{bad}"
+            );
+            assert!(!err.message().contains('\n'));
+        }
+    }
+}
