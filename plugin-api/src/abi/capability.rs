@@ -411,3 +411,49 @@ pub fn capability_export(
         module,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" fn no_op(_: &AbiContext) {}
+    static CACHED: CachedV1 = CachedV1 { cached: no_op };
+
+    #[test]
+    fn a_table_is_found_by_name_and_version_and_used_only_with_its_own_layout() {
+        let offered = [CachedV1::offer(&CACHED)];
+        let found = CachedV1::find(&offered).unwrap().unwrap();
+        assert!(std::ptr::eq(found, &CACHED));
+        // Another version, or another name, is not offered.
+        assert!(StatV1::find(&offered).unwrap().is_none());
+        let v2 = [Capability {
+            id: CapabilityId {
+                name: RStr::from_str("cached"),
+                version: 2,
+            },
+            ..offered[0]
+        }];
+        assert!(CachedV1::find(&v2).unwrap().is_none());
+        // A table offered under an id whose released layout it does not have is refused.
+        let lying = [Capability {
+            id: StatV1::ID,
+            ..offered[0]
+        }];
+        assert_eq!(
+            StatV1::find(&lying).err().as_deref(),
+            Some("its capability stat/1 does not have the layout that name and version were released with")
+        );
+    }
+
+    #[test]
+    fn a_missing_required_host_capability_is_named() {
+        // No host offers version 99 (whether or not a test host offered its own).
+        let future = CapabilityId {
+            name: RStr::from_str("cached"),
+            version: 99,
+        };
+        let line = missing_host_capabilities(&[future]).unwrap();
+        assert!(line.starts_with("this plugin needs the host capability cached/99, which"));
+        assert_eq!(missing_host_capabilities(&[]), None);
+    }
+}
