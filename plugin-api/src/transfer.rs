@@ -45,6 +45,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
+use crate::capability::{Entry, List, Stat};
 use crate::{display, Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace};
 
 /// What a provider that moves bytes implements; [`TransferProvider`] makes it a
@@ -63,6 +64,44 @@ pub trait Transfer: Send + Sync + Sized + 'static {
     /// The job that sends `file` from its `local_path`, or the error that refuses it
     /// at planning.
     fn put(&self, file: &File) -> Result<Job, StageError>;
+    /// The `stat` capability ([`Stat`]): override it and list `stat` in
+    /// `export_provider!`'s `capabilities`. The default says the protocol cannot.
+    fn stat(&self, _ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError> {
+        Err(StageError::new(
+            ErrorKind::InvalidUrl,
+            format!("{}: this provider cannot stat", file.redacted_url()),
+        ))
+    }
+    /// The `list` capability ([`List`]): override it and list `list` in
+    /// `export_provider!`'s `capabilities`. The default says the protocol cannot.
+    fn list(
+        &self,
+        _ctx: &Context<'_>,
+        dir: &File,
+        _recursive: bool,
+    ) -> Result<Vec<Entry>, StageError> {
+        Err(StageError::new(
+            ErrorKind::InvalidUrl,
+            format!("{}: this provider cannot list", dir.redacted_url()),
+        ))
+    }
+}
+
+impl<T: Transfer> Stat for TransferProvider<T> {
+    fn stat(&self, ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError> {
+        self.0.stat(ctx, file)
+    }
+}
+
+impl<T: Transfer> List for TransferProvider<T> {
+    fn list(
+        &self,
+        ctx: &Context<'_>,
+        dir: &File,
+        recursive: bool,
+    ) -> Result<Vec<Entry>, StageError> {
+        self.0.list(ctx, dir, recursive)
+    }
 }
 
 /// A [`Transfer`] as a [`Provider`]: the planning quartet, written once.

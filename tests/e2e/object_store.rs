@@ -611,3 +611,132 @@ fn gs_objects_come_in_from_fake_gcs_server_verified_and_a_missing_one_is_not_fou
     );
     assert!(!error.contains("169.254"), "{error}");
 }
+
+#[test]
+fn prefixes_are_listed_and_objects_stated_alike_on_moto_azurite_and_fake_gcs() {
+    let sandbox = Sandbox::new();
+    let tree: [(&str, &[u8]); 4] = [
+        ("tree/a.txt", b"A"),
+        ("tree/sub/b.txt", b"BB"),
+        ("tree/sub/deeper/c.txt", b"CCC"),
+        ("treetop.txt", b"not below tree/"),
+    ];
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\n");
+    for (key, body) in tree {
+        moto.boto(&format!(
+            "s3.put_object(Bucket='data', Key='{key}', Body={body:?}.encode())\n",
+            body = String::from_utf8_lossy(body)
+        ));
+    }
+    let azurite = stagehost_tests::s3d::Azurite::start();
+    azurite.python("blobs.create_container('data')\n");
+    for (key, body) in tree {
+        azurite.python(&format!(
+            "blobs.get_blob_client('data', '{key}').upload_blob({body:?}.encode())\n",
+            body = String::from_utf8_lossy(body)
+        ));
+    }
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("data");
+    for (key, body) in tree {
+        gcs.put("data", key, body);
+    }
+    let s3 = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    let az = sandbox.write(
+        "az.toml",
+        "[[provider]]\nname = \"az\"\nplugin = \"object-store\"\nsettings = { use_emulator = true }\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"az\"]\n",
+    );
+    let gs = gs_config(
+        &sandbox,
+        "gs.toml",
+        &gcs.endpoint(),
+        ", bearer_token_env = \"GCS_TOKEN\"",
+    );
+    let az_env = [("AZURITE_BLOB_STORAGE_URL", azurite.url().to_owned())];
+    let az_env: Vec<(&str, &str)> = az_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    type Env<'a> = Vec<(&'a str, &'a str)>;
+    let stores: [(&str, &Path, Env); 3] = [
+        ("s3", &s3, ENV.to_vec()),
+        ("az", &az, az_env),
+        ("gs", &gs, vec![("GCS_TOKEN", "emulator-token")]),
+    ];
+    for (scheme, cfg, env) in stores {
+        let run = |args: &[&str]| {
+            let mut all = vec!["--config", cfg.to_str().unwrap()];
+            all.extend_from_slice(args);
+            sandbox.run_env(&all, &env)
+        };
+        let url = |rest: &str| format!("{scheme}://data/{rest}");
+        // One level: the prefix's own objects and the prefixes below it.
+        let out = run(&["ls", &url("tree/")]);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), "a.txt\nsub/\n"),
+            "{scheme}: {}",
+            out.stderr
+        );
+        // The whole tree, with the directories its keys imply; `treetop.txt` shares the
+        // prefix's letters but not its slash, and stays out.
+        let out = run(&["ls", "-R", "--json", &url("tree")]);
+        assert_eq!(out.code, Some(0), "{scheme}: {}", out.stderr);
+        let listed: Vec<(String, String, Option<u64>)> = out
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_owned(),
+                    e["kind"].as_str().unwrap().to_owned(),
+                    e["size"].as_u64(),
+                )
+            })
+            .collect();
+        let want = [
+            ("a.txt", "file", Some(1)),
+            ("sub", "directory", None),
+            ("sub/b.txt", "file", Some(2)),
+            ("sub/deeper", "directory", None),
+            ("sub/deeper/c.txt", "file", Some(3)),
+        ];
+        let want: Vec<(String, String, Option<u64>)> = want
+            .iter()
+            .map(|(n, k, s)| (n.to_string(), k.to_string(), *s))
+            .collect();
+        assert_eq!(listed, want, "{scheme}");
+        assert!(
+            out.json()[0]["validator"]
+                .as_str()
+                .is_some_and(|v| !v.is_empty())
+                && out.json()[0]["modified"].as_str().is_some(),
+            "{scheme}: {}",
+            out.stdout
+        );
+        // An object, a prefix (a directory), and nothing.
+        let out = run(&[
+            "stat",
+            "--json",
+            &url("tree/sub/b.txt"),
+            &url("tree/sub"),
+            &url("tree/none"),
+        ]);
+        assert_eq!(out.code, Some(3), "{scheme}: {}", out.stderr);
+        let json = out.json();
+        assert_eq!(
+            (json[0]["kind"].as_str(), json[0]["size"].as_u64()),
+            (Some("file"), Some(2)),
+            "{scheme}"
+        );
+        assert_eq!(json[1]["kind"], "directory", "{scheme}");
+        assert_eq!(json[2]["exists"], false, "{scheme}");
+        // A prefix with nothing below it does not exist.
+        let out = run(&["ls", &url("nothing/")]);
+        assert_eq!(out.code, Some(3), "{scheme}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("no object has this prefix"),
+            "{scheme}: {}",
+            out.stderr
+        );
+    }
+}

@@ -34,6 +34,7 @@ use object_store::{
     WriteMultipart,
 };
 use serde::Deserialize;
+use stagehost_plugin_api::capability::Entry;
 use stagehost_plugin_api::display;
 use stagehost_plugin_api::fs::AtomicFile;
 use stagehost_plugin_api::transfer::{Transfer, TransferProvider};
@@ -43,6 +44,7 @@ use stagehost_plugin_api::{
 
 mod checksum;
 mod client;
+mod inspect;
 mod profile;
 
 /// The runtime every instance's transfers run on, called from the host's blocking
@@ -217,6 +219,19 @@ impl Transfer for Stores {
     fn get(&self, file: &File) -> Result<Job, StageError> {
         Target::of(file)?;
         Ok(self.job(file, true))
+    }
+
+    fn stat(&self, ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError> {
+        self.stat_object(ctx, file)
+    }
+
+    fn list(
+        &self,
+        ctx: &Context<'_>,
+        dir: &File,
+        recursive: bool,
+    ) -> Result<Vec<Entry>, StageError> {
+        self.list_prefix(ctx, dir, recursive)
     }
 
     fn put(&self, file: &File) -> Result<Job, StageError> {
@@ -775,6 +790,7 @@ stagehost_plugin_api::export_provider! {
     name: "object-store",
     schemes: ["s3", "gs", "az"],
     description: "s3://, gs:// and az:// objects: parallel ranged GETs, multipart uploads aborted on failure, checksums and MD5 ETags checked, unchanged objects not moved again",
+    capabilities: [stat, list],
 }
 
 #[cfg(test)]
