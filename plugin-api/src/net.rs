@@ -307,11 +307,10 @@ impl RedirectPolicy {
         }
         Ok(Redirect {
             keep_credentials: self.credentials_allowed(&next),
-            method: if keeps_method || !is_read {
-                method.to_owned()
-            } else {
-                "GET".to_owned()
-            },
+            // A read stays what it was (a HEAD is never turned into a GET that would
+            // fetch the body, as curl -I keeps it); anything else got here through 307
+            // or 308, which keep the method.
+            method: method.to_owned(),
             url: next,
         })
     }
@@ -440,6 +439,13 @@ mod tests {
             .unwrap();
         assert!(same.keep_credentials);
         assert_eq!(same.method, "GET");
+        // A HEAD stays a HEAD through every redirect (a GET would fetch the body).
+        for status in [301, 302, 303, 307, 308] {
+            let head = RedirectPolicy::new("https://h/a", &none, 6)
+                .follow("https://h/a", "HEAD", status, Some("/b"), "x")
+                .unwrap();
+            assert_eq!(head.method, "HEAD", "{status}");
+        }
         let other = p
             .follow("https://h/a", "GET", 301, Some("https://o/b"), "x")
             .unwrap();

@@ -673,3 +673,48 @@ fn plain_http_goes_through_a_stock_proxy_that_tunnels_only_to_443() {
     assert!(out.stderr.contains("HTTP 407"), "{}", out.stderr);
     assert!(!out.stderr.contains("proxy-pw"));
 }
+
+#[test]
+fn stat_asks_nginx_with_one_head_through_redirects_and_http_offers_no_listing() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("data.bin"), pattern(123_456)).unwrap();
+    let nginx = Nginx::start_with_conf(&root, "location = /moved.bin { return 301 /data.bin; }\n");
+    let cfg = http_config(&sandbox, "");
+    let cfg = cfg.to_str().unwrap();
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stat",
+        "--json",
+        &nginx.url("/data.bin"),
+        &nginx.url("/moved.bin"),
+        &nginx.url("/absent.bin"),
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let json = out.json();
+    for i in [0, 1] {
+        assert_eq!(json[i]["kind"], "file");
+        assert_eq!(json[i]["size"], 123_456);
+        assert!(
+            json[i]["validator"].as_str().unwrap().starts_with('"'),
+            "{json}"
+        );
+        assert!(
+            json[i]["modified"].as_str().unwrap().ends_with('Z'),
+            "{json}"
+        );
+    }
+    assert_eq!(json[2]["exists"], false);
+    // Nothing was fetched: no body, no file.
+    assert!(!sandbox.join("wd").exists());
+    // No listing over HTTP: the provider says so, and nothing else is asked.
+    let out = sandbox.run(&["--config", cfg, "ls", &nginx.url("/")]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("does not offer the `list` capability"),
+        "{}",
+        out.stderr
+    );
+}

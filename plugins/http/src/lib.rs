@@ -33,6 +33,7 @@ use ureq::Agent;
 
 mod forward;
 mod revalidate;
+mod stat;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -208,6 +209,14 @@ impl Transfer for Http {
 
     fn put(&self, file: &File) -> Result<Job, StageError> {
         Ok(self.put_job(file))
+    }
+
+    fn stat(
+        &self,
+        ctx: &Context<'_>,
+        file: &File,
+    ) -> Result<Option<stagehost_plugin_api::capability::Entry>, StageError> {
+        self.head(ctx, file)
     }
 }
 
@@ -502,8 +511,12 @@ impl Shared {
                 self.prepare(ctx, self.agent.put(&url), &url, target, credentials)?
                     .send(&source)
             } else {
-                let mut request =
-                    self.prepare(ctx, self.agent.get(&url), &url, target, credentials)?;
+                let builder = if method == "HEAD" {
+                    self.agent.head(&url)
+                } else {
+                    self.agent.get(&url)
+                };
+                let mut request = self.prepare(ctx, builder, &url, target, credentials)?;
                 for (name, value) in extra {
                     request = request.header(*name, value.as_str());
                 }
@@ -856,6 +869,7 @@ stagehost_plugin_api::export_provider! {
     schemes: ["http", "https"],
     description: "HTTP(S): GET into the working directory, PUT for stage-out; no error page or short body ever handed to a task",
     secret_settings: ["password", "headers"],
+    capabilities: [stat],
 }
 
 #[cfg(test)]

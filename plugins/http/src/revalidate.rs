@@ -34,7 +34,7 @@ pub(crate) fn strong_last_modified(last_modified: &str, date: Option<&str>) -> b
 
 /// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the
 /// form servers must send; `None` for anything else.
-fn http_date(text: &str) -> Option<i64> {
+pub(crate) fn http_date(text: &str) -> Option<i64> {
     let mut parts = text.trim().split(' ');
     let (_weekday, day, month, year, time, zone) = (
         parts.next()?,
