@@ -466,6 +466,16 @@ impl DataManager {
         labels
     }
 
+    /// The providers of executor `label`'s order that loaded, in order, and the names of
+    /// those that did not.
+    pub(crate) fn providers(
+        &self,
+        label: &str,
+    ) -> Result<(&[Arc<ProviderInstance>], &[String]), StagingError> {
+        let staging = self.executor(label)?;
+        Ok((&staging.providers, &staging.unavailable))
+    }
+
     /// The working directory of executor `label`.
     pub fn working_dir(&self, label: &str) -> Result<&Path, StagingError> {
         Ok(&self.executor(label)?.working_dir)

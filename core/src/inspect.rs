@@ -3,9 +3,11 @@
 //! whose settings and credentials would fetch it).
 //!
 //! Invariants:
-//! - the provider is chosen exactly as for a stage-in (first `can_stage_in` that says
-//!   yes); one that does not offer the capability is an error naming it, never a
-//!   fall-through to the next provider;
+//! - the provider is chosen as for a stage-in (the first whose `can_stage_in` says
+//!   yes), except that one refusing the URL as invalid *for staging* is asked too: it
+//!   claims the URL's kind (a `zip:` archive's root, an object store's prefix) even
+//!   though no file can be staged from it. One that does not offer the capability is
+//!   an error naming it, never a fall-through to the next provider;
 //! - a listing's names are the host's to trust: each is checked (relative, `/`-separated,
 //!   no empty, `.` or `..` component, no NUL) before anyone sees it, so a listing can
 //!   never name a path outside the directory it was asked about; the entries come back
@@ -13,6 +15,7 @@
 //! - error lines name the URL (redacted), the provider, the plugin and the executor, and
 //!   carry no secret of the instance's settings or the URL.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use stagehost_plugin_api::capability::Entry;
@@ -169,7 +172,7 @@ impl DataManager {
             &stagehost_plugin_api::abi::AbiContext,
         ) -> Option<Result<T, StageError>>,
     ) -> Result<T, InspectError> {
-        let provider = self.choose_stage_in_provider(executor, file)?.clone();
+        let provider = self.choose_to_ask(executor, file)?;
         let asked = || Asked {
             question,
             url: file.redacted_url(),
@@ -195,6 +198,32 @@ impl DataManager {
             None => Err(InspectError::NotOffered(Box::new(asked()))),
             Some(answer) => answer.map_err(failed),
         }
+    }
+}
+
+impl DataManager {
+    /// The provider to ask about `file`: the first of `executor`'s order whose
+    /// `can_stage_in` accepts it, or refuses it as an invalid URL (see the invariants).
+    fn choose_to_ask(
+        &self,
+        executor: &str,
+        file: &File,
+    ) -> Result<Arc<ProviderInstance>, InspectError> {
+        let (providers, unavailable) = self.providers(executor)?;
+        for provider in providers {
+            match provider.can_stage_in(file) {
+                Ok(true) => return Ok(provider.clone()),
+                Ok(false) => {}
+                Err(e) if e.kind() == ErrorKind::InvalidUrl => return Ok(provider.clone()),
+                Err(_) => return Ok(self.choose_stage_in_provider(executor, file)?.clone()),
+            }
+        }
+        Err(InspectError::Choose(StagingError::NoProvider {
+            executor: executor.to_owned(),
+            url: file.redacted_url(),
+            direction: crate::data_manager::Direction::In,
+            unavailable: unavailable.to_vec(),
+        }))
     }
 }
 

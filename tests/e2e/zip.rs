@@ -517,3 +517,64 @@ fn a_writer_killed_at_any_point_of_an_update_loses_nothing_committed() {
         "only {mid_update} of {ROUNDS} kills landed inside an update ({finished} finished)"
     );
 }
+
+#[test]
+fn stat_and_ls_read_the_central_directory() {
+    let sandbox = Sandbox::new();
+    let cfg = zip_config(&sandbox, "");
+    let cfg = cfg.to_str().unwrap();
+    let archive = sandbox.join("tree.zip");
+    let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1], 'w')\nz.writestr(zipfile.ZipInfo('a.txt', (2024, 2, 29, 12, 30, 58)), 'A')\nz.writestr('sub/b.txt', 'BB')\nz.writestr('sub/deeper/c.txt', 'CCC')\nz.writestr('empty/', '')\nz.close()\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = |rest: &str| format!("zip:{}{rest}", archive.display());
+    let out = sandbox.run(&["--config", cfg, "ls", &url("")]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "a.txt\nempty/\nsub/\n"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&["--config", cfg, "ls", "-R", &url("/sub/")]);
+    assert_eq!(
+        out.stdout, "b.txt\ndeeper/\ndeeper/c.txt\n",
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stat",
+        "--json",
+        &url("/a.txt"),
+        &url("/sub"),
+        &url("/empty"),
+        &url("/none.txt"),
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let json = out.json();
+    assert_eq!(
+        (&json[0]["kind"], &json[0]["size"], &json[0]["modified"]),
+        (&"file".into(), &1.into(), &"2024-02-29T12:30:58Z".into())
+    );
+    assert_eq!(json[1]["kind"], "directory");
+    assert_eq!(json[2]["kind"], "directory");
+    assert_eq!(json[3]["exists"], false);
+    // Listing never extracts: nothing was written beside the archive.
+    assert!(!sandbox.join("wd").exists());
+    // An archive that is not there, or a prefix nothing continues: not found.
+    let out = sandbox.run(&["--config", cfg, "ls", &url("/nothing/")]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let missing = sandbox.join("absent.zip");
+    let out = sandbox.run(&["--config", cfg, "ls", &format!("zip:{}", missing.display())]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert!(out.stderr.contains("there is no archive"), "{}", out.stderr);
+}

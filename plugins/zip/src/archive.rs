@@ -818,15 +818,13 @@ enum Failure {
     Archive(StageError),
 }
 
-/// Extracts `member` of the archive at `path` to `dest` under a shared lock, rolling
-/// back a crashed writer's update first.
-pub fn extract(
+/// Opens the archive at `path` for reading under a shared lock (held while the result
+/// lives), rolling back a crashed writer's update first.
+fn open_for_reading(
     ctx: &Context<'_>,
     path: &Path,
-    member: &str,
-    dest: &Path,
     lock_timeout: Duration,
-) -> Result<u64, StageError> {
+) -> Result<(Sidecars, zip::ZipArchive<File>), StageError> {
     let shown = display::path(path);
     // Told apart: an archive that is not there, and one that cannot be reached.
     match std::fs::metadata(path) {
@@ -854,8 +852,82 @@ pub fn extract(
     }
     let file =
         File::open(path).map_err(|e| StageError::io(format_args!("cannot open {shown}"), &e))?;
-    let mut archive = zip::ZipArchive::new(file)
+    let archive = zip::ZipArchive::new(file)
         .map_err(|e| StageError::other(format!("{shown} is not a readable zip archive: {e}")))?;
+    Ok((sidecars, archive))
+}
+
+/// One member as the central directory describes it.
+pub struct MemberInfo {
+    /// Its name (a directory's without the trailing `/`).
+    pub name: String,
+    /// Whether it is a directory entry.
+    pub is_dir: bool,
+    /// Its uncompressed size.
+    pub size: u64,
+    /// Its DOS time as (year, month, day, hour, minute, second), UTC.
+    pub modified: Option<(u16, u8, u8, u8, u8, u8)>,
+}
+
+/// Every member of the archive at `path`, from its central directory (no member is
+/// decompressed), under a shared lock. A name that is not UTF-8 is refused.
+pub fn members(
+    ctx: &Context<'_>,
+    path: &Path,
+    lock_timeout: Duration,
+) -> Result<Vec<MemberInfo>, StageError> {
+    let (_lock, mut archive) = open_for_reading(ctx, path, lock_timeout)?;
+    let shown = display::path(path);
+    let mut out = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| StageError::other(format!("cannot read member {i} of {shown}: {e}")))?;
+        let mode = entry.unix_mode().unwrap_or(0o100_644);
+        let is_dir = entry.is_dir() || mode & 0o170_000 == 0o040_000;
+        let name = std::str::from_utf8(entry.name_raw())
+            .map_err(|_| {
+                StageError::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "{shown} holds a member whose name is not UTF-8 ({}); stagehost refuses it rather than alter it",
+                        display::escape(&String::from_utf8_lossy(entry.name_raw()))
+                    ),
+                )
+            })?
+            .trim_end_matches('/')
+            .to_owned();
+        let modified = entry.last_modified().map(|t| {
+            (
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+            )
+        });
+        out.push(MemberInfo {
+            name,
+            is_dir,
+            size: entry.size(),
+            modified,
+        });
+    }
+    Ok(out)
+}
+
+/// Extracts `member` of the archive at `path` to `dest` under a shared lock, rolling
+/// back a crashed writer's update first.
+pub fn extract(
+    ctx: &Context<'_>,
+    path: &Path,
+    member: &str,
+    dest: &Path,
+    lock_timeout: Duration,
+) -> Result<u64, StageError> {
+    let shown = display::path(path);
+    let (_lock, mut archive) = open_for_reading(ctx, path, lock_timeout)?;
     let mut entry = match archive.by_name(member) {
         Ok(entry) => entry,
         Err(zip::result::ZipError::FileNotFound) => {

@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use stagehost_plugin_api::capability::{Entry, List, Stat};
 use stagehost_plugin_api::net::seconds;
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
 
@@ -77,6 +78,13 @@ struct ZipUrl {
 impl ZipUrl {
     /// Reads `file`'s URL, or says in one line what is wrong with it.
     fn parse(file: &File) -> Result<ZipUrl, StageError> {
+        ZipUrl::parse_as(file, false)
+    }
+
+    /// [`ZipUrl::parse`], where `prefix` also allows the archive alone
+    /// (`zip:/a.zip`, `zip:/a.zip/`) and a trailing `/` (a prefix to list); the member
+    /// is then empty or the prefix without its slash.
+    fn parse_as(file: &File, prefix: bool) -> Result<ZipUrl, StageError> {
         let url = file.redacted_url();
         let invalid = |why: String| StageError::new(ErrorKind::InvalidUrl, format!("{url}: {why}"));
         if !file.netloc().is_empty() {
@@ -85,7 +93,20 @@ impl ZipUrl {
                 file.netloc()
             )));
         }
-        let path = file.path();
+        let owned;
+        let path = if prefix {
+            owned = format!("{}/", file.path().trim_end_matches('/'));
+            if owned.ends_with(".zip/") && !owned[..owned.len() - 5].contains(".zip/") {
+                let archive = Path::new(&owned[..owned.len() - 1]);
+                return Ok(ZipUrl {
+                    archive: absolute(archive)?,
+                    member: String::new(),
+                });
+            }
+            owned.trim_end_matches('/')
+        } else {
+            file.path()
+        };
         let Some(at) = path.find(".zip/") else {
             return Err(invalid(
                 "no `.zip/` in the path: write zip:/path/to/archive.zip/member".to_owned(),
@@ -108,18 +129,123 @@ impl ZipUrl {
                 "the member path {member} has an empty or `.` component"
             )));
         }
-        let archive = Path::new(archive);
-        let archive = if archive.is_absolute() {
-            archive.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .map_err(|e| StageError::io("cannot read the current directory", &e))?
-                .join(archive)
-        };
         Ok(ZipUrl {
-            archive,
+            archive: absolute(Path::new(archive))?,
             member: member.to_owned(),
         })
+    }
+}
+
+/// `path` against the current directory unless absolute.
+fn absolute(path: &Path) -> Result<PathBuf, StageError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .map_err(|e| StageError::io("cannot read the current directory", &e))?
+        .join(path))
+}
+
+/// `zip:/path/archive.zip[/prefix[/]]` for `stat` and `list`: the archive and the
+/// member path or prefix, without its slashes (empty for the archive's root).
+fn archive_and_prefix(file: &File) -> Result<(PathBuf, String), StageError> {
+    let url = ZipUrl::parse_as(file, true)?;
+    Ok((url.archive, url.member))
+}
+
+fn dos_time((y, mo, d, h, mi, s): (u16, u8, u8, u8, u8, u8)) -> Option<std::time::SystemTime> {
+    let days =
+        stagehost_plugin_api::calendar::days_from_civil(i64::from(y), i64::from(mo), i64::from(d));
+    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s);
+    u64::try_from(secs)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
+impl Stat for ZipProvider {
+    /// A member, or a directory (a directory entry, or a prefix members continue),
+    /// read from the central directory.
+    fn stat(&self, ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError> {
+        let (archive, prefix) = archive_and_prefix(file)?;
+        let members = match archive::members(ctx, &archive, self.options.lock_timeout) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            other => other?,
+        };
+        if prefix.is_empty() {
+            return Ok(Some(Entry::directory("")));
+        }
+        if let Some(m) = members.iter().find(|m| m.name == prefix) {
+            let mut entry = if m.is_dir {
+                Entry::directory("")
+            } else {
+                Entry::file("").with_size(m.size)
+            };
+            entry.modified = m.modified.and_then(dos_time);
+            return Ok(Some(entry));
+        }
+        let below = format!("{prefix}/");
+        Ok(members
+            .iter()
+            .any(|m| m.name.starts_with(&below))
+            .then(|| Entry::directory("")))
+    }
+}
+
+impl List for ZipProvider {
+    /// The members below a prefix, with the directories their names imply.
+    fn list(
+        &self,
+        ctx: &Context<'_>,
+        dir: &File,
+        recursive: bool,
+    ) -> Result<Vec<Entry>, StageError> {
+        let (archive, prefix) = archive_and_prefix(dir)?;
+        let members = archive::members(ctx, &archive, self.options.lock_timeout)?;
+        let strip = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let mut files = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut any = prefix.is_empty();
+        for m in &members {
+            let Some(rest) = m.name.strip_prefix(strip.as_str()) else {
+                continue;
+            };
+            if rest.is_empty() {
+                any = true;
+                continue;
+            }
+            any = true;
+            // The directories the name implies, each once (one level unless recursive).
+            let mut at = 0;
+            while let Some(i) = rest[at..].find('/') {
+                dirs.insert(rest[..at + i].to_owned());
+                at += i + 1;
+                if !recursive {
+                    break;
+                }
+            }
+            if rest.contains('/') && !recursive {
+                continue;
+            }
+            if m.is_dir {
+                dirs.insert(rest.to_owned());
+            } else {
+                let mut entry = Entry::file(rest).with_size(m.size);
+                entry.modified = m.modified.and_then(dos_time);
+                files.push(entry);
+            }
+        }
+        if !any {
+            return Err(StageError::not_found(format!(
+                "{} holds no member below {prefix}/",
+                stagehost_plugin_api::display::path(&archive)
+            )));
+        }
+        files.extend(dirs.into_iter().map(Entry::directory));
+        Ok(files)
     }
 }
 
@@ -215,6 +341,7 @@ stagehost_plugin_api::export_provider! {
     name: "zip",
     schemes: ["zip"],
     description: "zip:/path/archive.zip/member: members extracted for stage-in and added for stage-out, under a lock, crash-safe",
+    capabilities: [stat, list],
 }
 
 #[cfg(test)]
