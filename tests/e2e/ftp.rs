@@ -535,3 +535,86 @@ fn workflows_stage_through_ftp_in_both_modes_with_host_scoping() {
     assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
     assert_eq!(leftovers(&root), Vec::<String>::new());
 }
+
+#[test]
+fn stat_and_ls_by_mlst_and_mlsd_on_pyftpdlib_and_by_list_size_and_cwd_on_vsftpd() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("ftproot");
+    std::fs::create_dir_all(root.join("tree/sub/deeper")).unwrap();
+    std::fs::write(root.join("tree/a.txt"), "A").unwrap();
+    std::fs::write(root.join("tree/sub/b.txt"), "BB").unwrap();
+    std::fs::write(root.join("tree/sub/deeper/c.txt"), "CCC").unwrap();
+    let py = PyFtpd::start(&root, PyFtpdOptions::default());
+    let vs = Vsftpd::start(&root, None);
+    let cfg = ftp_config(&sandbox, "");
+    let cfg = cfg.to_str().unwrap();
+    for (server, url) in [
+        (
+            "pyftpdlib",
+            Box::new(|p: &str| py.url("ftp", None, p)) as Box<dyn Fn(&str) -> String>,
+        ),
+        ("vsftpd", Box::new(|p: &str| vs.url("ftp", p))),
+    ] {
+        let out = sandbox.run(&["--config", cfg, "ls", &url("/tree/")]);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), "a.txt\nsub/\n"),
+            "{server}: {}",
+            out.stderr
+        );
+        let out = sandbox.run(&["--config", cfg, "ls", "-R", "--json", &url("/tree")]);
+        assert_eq!(out.code, Some(0), "{server}: {}", out.stderr);
+        let listed: Vec<(String, String, Option<u64>)> = out
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_owned(),
+                    e["kind"].as_str().unwrap().to_owned(),
+                    e["size"].as_u64(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, Option<u64>)> = [
+            ("a.txt", "file", Some(1)),
+            ("sub", "directory", None),
+            ("sub/b.txt", "file", Some(2)),
+            ("sub/deeper", "directory", None),
+            ("sub/deeper/c.txt", "file", Some(3)),
+        ]
+        .iter()
+        .map(|(n, k, s)| (n.to_string(), k.to_string(), *s))
+        .collect();
+        assert_eq!(listed, want, "{server}");
+        let out = sandbox.run(&[
+            "--config",
+            cfg,
+            "stat",
+            "--json",
+            &url("/tree/sub/b.txt"),
+            &url("/tree/sub"),
+            &url("/tree/none"),
+        ]);
+        assert_eq!(out.code, Some(3), "{server}: {}", out.stderr);
+        let json = out.json();
+        assert_eq!(
+            (json[0]["kind"].as_str(), json[0]["size"].as_u64()),
+            (Some("file"), Some(2)),
+            "{server}: {json}"
+        );
+        assert!(json[0]["modified"].as_str().is_some(), "{server}: {json}");
+        assert_eq!(json[1]["kind"], "directory", "{server}");
+        assert_eq!(json[2]["exists"], false, "{server}");
+        let out = sandbox.run(&["--config", cfg, "ls", &url("/nothing/")]);
+        assert_eq!(out.code, Some(3), "{server}: {}", out.stderr);
+        let out = sandbox.run(&["--config", cfg, "ls", &url("/tree/a.txt")]);
+        assert_eq!(out.code, Some(1), "{server}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("it is a file, not a directory"),
+            "{server}: {}",
+            out.stderr
+        );
+    }
+}

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use stagehost_plugin_api::display;
 
+mod inspect;
+
 use stagehost_plugin_api::net::{
     host_port, io_kind, percent_decode, seconds, split_userinfo, HostPatterns,
 };
@@ -190,6 +192,23 @@ impl Transfer for FtpTransfer {
 
     fn get(&self, file: &File) -> Result<Job, StageError> {
         Ok(self.job(file, Target::of(file)?, Direction::Get))
+    }
+
+    fn stat(
+        &self,
+        ctx: &Context<'_>,
+        file: &File,
+    ) -> Result<Option<stagehost_plugin_api::capability::Entry>, StageError> {
+        self.stat_path(ctx, file)
+    }
+
+    fn list(
+        &self,
+        ctx: &Context<'_>,
+        dir: &File,
+        recursive: bool,
+    ) -> Result<Vec<stagehost_plugin_api::capability::Entry>, StageError> {
+        self.list_dir(ctx, dir, recursive)
     }
 
     fn put(&self, file: &File) -> Result<Job, StageError> {
@@ -807,6 +826,7 @@ stagehost_plugin_api::export_provider! {
     schemes: ["ftp", "ftps"],
     description: "FTP and FTPS (explicit TLS): binary RETR into the working directory with resume, STOR to a temporary name then rename for stage-out",
     secret_settings: ["password"],
+    capabilities: [stat, list],
 }
 
 #[cfg(test)]
