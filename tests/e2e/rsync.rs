@@ -555,3 +555,95 @@ fn rsync_dies_with_stagehost_even_under_sigkill() {
         "rsync wrote the destination after stagehost was killed"
     );
 }
+
+#[test]
+fn stat_and_ls_by_list_only_over_ssh_and_from_a_daemon() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("daemon");
+    let daemon = RsyncDaemon::start(&root);
+    let sshd = Sshd::start();
+    let tree = root.join("open/tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    std::fs::write(tree.join("a.txt"), "A").unwrap();
+    std::fs::write(tree.join("sub/b c.txt"), "BB").unwrap();
+    std::fs::write(tree.join("sub/deeper/café.txt"), "CCC").unwrap();
+    let daemon_cfg = rsync_config(&sandbox, "daemon.toml", "", 0);
+    let ssh_cfg = rsync_config(
+        &sandbox,
+        "ssh.toml",
+        &format!(
+            "host = {:?}, ssh_command = {:?}",
+            sshd.host(),
+            sshd.ssh_command()
+        ),
+        0,
+    );
+    let by_daemon = |rest: &str| daemon.url(None, "open", &format!("tree{rest}"));
+    let by_ssh = |rest: &str| format!("{}{rest}", tree.display());
+    for (how, cfg, url) in [
+        ("daemon", &daemon_cfg, &by_daemon as &dyn Fn(&str) -> String),
+        ("ssh", &ssh_cfg, &by_ssh),
+    ] {
+        let cfg = cfg.to_str().unwrap();
+        let out = sandbox.run(&["--config", cfg, "ls", &url("/")]);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), "a.txt\nsub/\n"),
+            "{how}: {}",
+            out.stderr
+        );
+        let out = sandbox.run(&["--config", cfg, "ls", "-R", "-l", &url("")]);
+        assert_eq!(out.code, Some(0), "{how}: {}", out.stderr);
+        let names: Vec<&str> = out
+            .stdout
+            .lines()
+            .map(|l| l.rsplit("Z ").next().unwrap().trim())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "a.txt",
+                "sub/",
+                "sub/b c.txt",
+                "sub/deeper/",
+                "sub/deeper/café.txt"
+            ],
+            "{how}: {}",
+            out.stdout
+        );
+        let out = sandbox.run(&[
+            "--config",
+            cfg,
+            "stat",
+            "--json",
+            &url("/sub/b c.txt"),
+            &url("/sub"),
+            &url("/none"),
+        ]);
+        assert_eq!(out.code, Some(3), "{how}: {}", out.stderr);
+        let json = out.json();
+        assert_eq!(
+            (json[0]["kind"].as_str(), json[0]["size"].as_u64()),
+            (Some("file"), Some(2)),
+            "{how}: {json}"
+        );
+        // The file's own time, read as UTC.
+        let mtime = std::fs::metadata(tree.join("sub/b c.txt"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let secs = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert_eq!(
+            json[0]["modified"],
+            stagehost_plugin_api::calendar::utc(secs),
+            "{how}"
+        );
+        assert_eq!(json[1]["kind"], "directory", "{how}");
+        assert_eq!(json[2]["exists"], false, "{how}");
+        let out = sandbox.run(&["--config", cfg, "ls", &url("/none/")]);
+        assert_eq!(out.code, Some(3), "{how}: {}", out.stderr);
+    }
+}

@@ -38,6 +38,8 @@ use stagehost_plugin_api::net::{seconds, HostPatterns};
 use stagehost_plugin_api::transfer::{Transfer as Transport, TransferProvider};
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Settings, StageError, WorkPlace};
 
+mod list;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RsyncSettings {
@@ -218,6 +220,23 @@ impl Transport for Rsync {
 
     fn get(&self, file: &File) -> Result<Job, StageError> {
         Ok(self.job(file, Direction::In))
+    }
+
+    fn stat(
+        &self,
+        ctx: &Context<'_>,
+        file: &File,
+    ) -> Result<Option<stagehost_plugin_api::capability::Entry>, StageError> {
+        self.stat_remote(ctx, file)
+    }
+
+    fn list(
+        &self,
+        ctx: &Context<'_>,
+        dir: &File,
+        recursive: bool,
+    ) -> Result<Vec<stagehost_plugin_api::capability::Entry>, StageError> {
+        self.list_remote(ctx, dir, recursive)
     }
 
     fn put(&self, file: &File) -> Result<Job, StageError> {
@@ -494,7 +513,19 @@ impl Runner {
 
     /// Runs `cmd` in a process group of its own, feeding progress, until it exits, the
     /// host cancels or the deadline passes.
-    fn run(&self, ctx: &Context<'_>, mut cmd: Command, what: &str) -> Result<(), StageError> {
+    fn run(&self, ctx: &Context<'_>, cmd: Command, what: &str) -> Result<(), StageError> {
+        self.run_with(ctx, cmd, what, None)
+    }
+
+    /// [`Runner::run`], with rsync's stdout lines collected into `lines` when given
+    /// (a listing) instead of read as progress. A collection stops at `MAX_LINES`.
+    fn run_with(
+        &self,
+        ctx: &Context<'_>,
+        mut cmd: Command,
+        what: &str,
+        lines: Option<Arc<Mutex<Vec<String>>>>,
+    ) -> Result<(), StageError> {
         ctx.check()?;
         // A session of its own (nothing can prompt; `stop` signals the group whole),
         // tied to this process: the group dies with stagehost, even under SIGKILL, so
@@ -515,9 +546,17 @@ impl Runner {
         let readers = [
             spawn_reader(child.stdout.take(), {
                 let progress = progress.clone();
-                move |line| {
-                    if let Some(p) = progress_bytes(line) {
-                        *progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                move |line| match &lines {
+                    Some(lines) => {
+                        let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                        if lines.len() < list::MAX_LINES {
+                            lines.push(line.to_owned());
+                        }
+                    }
+                    None => {
+                        if let Some(p) = progress_bytes(line) {
+                            *progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                        }
                     }
                 }
             }),
@@ -669,6 +708,7 @@ stagehost_plugin_api::export_provider! {
     name: "rsync",
     schemes: ["file", "rsync"],
     description: "rsync: file URLs on a configured host over ssh, and rsync:// daemons; in-task steps as Parsl's RSyncStaging",
+    capabilities: [stat, list],
 }
 
 #[cfg(test)]
