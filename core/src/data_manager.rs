@@ -170,6 +170,9 @@ pub struct StageOptions {
     /// planned this file elsewhere (a pilot's worker re-planning a run's in-task
     /// step): what lands there is stagehost's own, as if planned here.
     pub at_host_destination: bool,
+    /// The destination the host chose for this file already (a file of a directory:
+    /// `<directory's destination>/<relative path>`), in place of the default one.
+    pub destination: Option<PathBuf>,
 }
 
 struct ExecutorStaging {
@@ -553,26 +556,33 @@ impl DataManager {
             "" | "." | ".." => "index",
             name => name,
         };
+        self.claim(working_dir, name, file.url())
+    }
+
+    /// `<working_dir>/<name>` claimed for `url`, or, when another URL claimed it,
+    /// `<working_dir>/.stagehost/<hash of url>/<name>`; whether this call made the
+    /// claim. One rule for files and directories (see `tree`).
+    pub(crate) fn claim(&self, working_dir: &Path, name: &str, url: &str) -> (PathBuf, bool) {
         let plain = working_dir.join(name);
         let mut claims = self
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
         match claims.get(&plain) {
-            Some(url) if url != file.url() => {
+            Some(owner) if owner != url => {
                 let hashed = working_dir
                     .join(".stagehost")
-                    .join(format!("{:016x}", fnv1a(file.url())))
+                    .join(format!("{:016x}", fnv1a(url)))
                     .join(name);
                 let fresh = !claims.contains_key(&hashed);
                 claims
                     .entry(hashed.clone())
-                    .or_insert_with(|| file.url().to_owned());
+                    .or_insert_with(|| url.to_owned());
                 (hashed, fresh)
             }
             Some(_) => (plain, false),
             None => {
-                claims.insert(plain.clone(), file.url().to_owned());
+                claims.insert(plain.clone(), url.to_owned());
                 (plain, true)
             }
         }
@@ -626,7 +636,10 @@ impl DataManager {
             .working_dir
             .clone()
             .unwrap_or_else(|| staging.working_dir.clone());
-        let (destination, fresh_claim) = self.default_destination(&working_dir, file);
+        let (destination, fresh_claim) = match (&opts.destination, file.local_path()) {
+            (Some(chosen), None) => (chosen.clone(), false),
+            _ => self.default_destination(&working_dir, file),
+        };
         let (first, second) = match direction {
             Direction::In => (PlanningCall::StageIn, PlanningCall::ReplaceTask),
             Direction::Out => (PlanningCall::StageOut, PlanningCall::ReplaceTaskStageOut),

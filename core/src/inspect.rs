@@ -105,13 +105,16 @@ impl InspectError {
             InspectError::NotOffered(_) => crate::report::FailureClass::Other,
         }
     }
-    /// Whether the question itself cannot be answered here (no provider, or one without
-    /// the capability), as opposed to a provider that failed.
+    /// Whether the question itself cannot be answered here (no provider, one without
+    /// the capability, or a URL the provider says cannot name what was asked), as
+    /// opposed to a provider that failed.
     pub fn is_usage(&self) -> bool {
         match self {
             InspectError::NotOffered(_) => true,
             InspectError::Choose(e) => e.kind().is_none(),
-            InspectError::Failed(_) => false,
+            // The URL names nothing this question can be asked of (a file where a
+            // directory was meant, a name no URL can carry).
+            InspectError::Failed(failed) => failed.1.kind() == ErrorKind::InvalidUrl,
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod secrets;
 pub mod services;
 pub mod spans;
 pub mod transfer;
+pub mod tree;
 
 pub use config::{Config, ConfigError};
 pub use data_manager::{

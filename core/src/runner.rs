@@ -149,6 +149,27 @@ impl StageRunner {
         }
     }
 
+    /// [`StageRunner::plan`] of a file of a directory, to the `destination` the host
+    /// chose for it below the directory's (see `tree`).
+    pub fn plan_to(
+        &self,
+        executor: &str,
+        file: &File,
+        direction: Direction,
+        destination: PathBuf,
+    ) -> Result<Staging, StagingError> {
+        let opts = StageOptions {
+            working_dir: self.working_dir.clone(),
+            cancel: self.transfers.cancel.clone(),
+            destination: Some(destination),
+            ..StageOptions::default()
+        };
+        match direction {
+            Direction::In => self.dm.plan_stage_in(executor, file, &opts),
+            Direction::Out => self.dm.plan_stage_out(executor, file, &opts),
+        }
+    }
+
     /// Runs the planned work of `original` (a stage-in: the separate job, then the
     /// in-task step; a stage-out: the in-task step, then the separate job), each under
     /// the policy.

@@ -343,6 +343,7 @@ impl Transfers {
                 .observer
                 .transfer_started(id, &info.url, info.direction, info.mode),
             at_host_destination: info.placed,
+            destination: None,
         };
         let local_size = || {
             info.local

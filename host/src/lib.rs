@@ -41,7 +41,7 @@ pub mod workflow;
 
 pub use stagehost_core::{
     checksum, config, data_manager, discovery, inspect, journal, lineage, listing, loader,
-    observer, registry, report, resume, runner, secrets, services, spans, transfer,
+    observer, registry, report, resume, runner, secrets, services, spans, transfer, tree,
 };
 pub use stagehost_core::{
     CancelFlag, Config, ConfigError, DataManager, Direction, File, LoadedPlugin, PluginLoader,

@@ -610,7 +610,7 @@ fn stat_and_ls_by_mlst_and_mlsd_on_pyftpdlib_and_by_list_size_and_cwd_on_vsftpd(
         let out = sandbox.run(&["--config", cfg, "ls", &url("/nothing/")]);
         assert_eq!(out.code, Some(3), "{server}: {}", out.stderr);
         let out = sandbox.run(&["--config", cfg, "ls", &url("/tree/a.txt")]);
-        assert_eq!(out.code, Some(1), "{server}: {}", out.stderr);
+        assert_eq!(out.code, Some(2), "{server}: {}", out.stderr);
         assert!(
             out.stderr.contains("it is a file, not a directory"),
             "{server}: {}",

@@ -740,3 +740,137 @@ fn prefixes_are_listed_and_objects_stated_alike_on_moto_azurite_and_fake_gcs() {
         );
     }
 }
+
+#[test]
+fn a_directory_goes_out_to_a_prefix_and_comes_back_file_by_file() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\ns3.create_bucket(Bucket='other')\n");
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    let cfg_s = cfg.to_str().unwrap();
+    let big = pattern(7 << 20);
+    sandbox.write("results/a.txt", "A");
+    sandbox.write("results/sub/b c.txt", "BB");
+    sandbox.write("results/sub/deeper/big.bin", &big);
+    // Out: each file to the prefix, one report entry each.
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg_s,
+            "stage",
+            "out",
+            "--json",
+            sandbox.join("results").to_str().unwrap(),
+            "s3://data/runs/1/",
+        ],
+        &ENV,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let urls: Vec<String> = out.json()["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["url"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "s3://data/runs/1/a.txt",
+            "s3://data/runs/1/sub/b c.txt",
+            "s3://data/runs/1/sub/deeper/big.bin"
+        ]
+    );
+    assert!(sandbox.join("results/a.txt").exists(), "a stage-out copies");
+    // In: the prefix lands as a directory named after it, byte for byte.
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg_s,
+            "stage",
+            "in",
+            "--json",
+            "s3://data/runs/1/",
+        ],
+        &ENV,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()["files"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/1/a.txt")).unwrap(),
+        "A"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/1/sub/b c.txt")).unwrap(),
+        "BB"
+    );
+    assert_eq!(
+        std::fs::read(sandbox.join("wd/1/sub/deeper/big.bin")).unwrap(),
+        big
+    );
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+    // Again: every file is current, and no bytes move.
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg_s,
+            "stage",
+            "in",
+            "--json",
+            "s3://data/runs/1/",
+        ],
+        &ENV,
+    );
+    assert!(
+        out.json()["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["cached"] == true),
+        "{}",
+        out.stdout
+    );
+    // Another directory of the same name never shares the first one's files.
+    moto.boto("s3.put_object(Bucket='other', Key='x/1/a.txt', Body=b'other A')\n");
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg_s,
+            "stage",
+            "in",
+            "--json",
+            "s3://data/runs/1/",
+            "s3://other/x/1/",
+        ],
+        &ENV,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let other = out.json()["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["url"] == "s3://other/x/1/a.txt")
+        .unwrap()["local_path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(other.contains("/.stagehost/"), "{other}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "other A");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/1/a.txt")).unwrap(),
+        "A"
+    );
+    // A name a URL cannot carry alike to every provider refuses the whole directory.
+    moto.boto("s3.put_object(Bucket='data', Key='odd/100%.txt', Body=b'x')\ns3.put_object(Bucket='data', Key='odd/fine.txt', Body=b'y')\n");
+    let out = sandbox.run_env(&["--config", cfg_s, "stage", "in", "s3://data/odd/"], &ENV);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("100%.txt") && out.stderr.contains("a name a URL cannot carry"),
+        "{}",
+        out.stderr
+    );
+    assert!(!sandbox.join("wd/odd").exists());
+    // A prefix with nothing below it: not found, nothing made.
+    let out = sandbox.run_env(&["--config", cfg_s, "stage", "in", "s3://data/none/"], &ENV);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert!(!sandbox.join("wd/none").exists());
+}

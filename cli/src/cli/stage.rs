@@ -187,7 +187,7 @@ pub fn stage_in(
             registry,
             transfers,
             super::progress::transfer_observer(),
-            dest,
+            dest.clone(),
         ));
         check_usage(runner.data_manager(), &args.executor, &args.urls)?;
         check_claimed(
@@ -204,14 +204,40 @@ pub fn stage_in(
         // concurrently, `--jobs` at a time, under the transfer policy.
         let limit = Arc::new(tokio::sync::Semaphore::new(usize::from(args.jobs)));
         let mut handles = Vec::new();
+        // A directory URL stands for the files below it, each staged as a file.
+        let mut wanted: Vec<(String, Result<File, StagingError>, Option<PathBuf>)> = Vec::new();
         for url in &args.urls {
+            let file = match File::parse(url) {
+                Ok(file) => file,
+                Err(e) => {
+                    let e = invalid_url(url, &args.executor, Direction::In, e);
+                    wanted.push((url.clone(), Err(e), None));
+                    continue;
+                }
+            };
+            if !runner.data_manager().names_directory(&args.executor, &file) {
+                wanted.push((url.clone(), Ok(file), None));
+                continue;
+            }
+            match expand_in(&runner, &args.executor, &file, dest.as_deref()) {
+                Ok(children) => {
+                    for (child, destination) in children {
+                        wanted.push((child.url().to_owned(), Ok(child), Some(destination)));
+                    }
+                }
+                Err(e) => return Err(directory_error(e)),
+            }
+        }
+        for (url, file, destination) in wanted {
             let start = Instant::now();
-            let planned = File::parse(url)
-                .map_err(|e| invalid_url(url, &args.executor, Direction::In, e))
-                .and_then(|file| {
-                    let staging = runner.plan(&args.executor, &file, Direction::In)?;
-                    Ok((file, staging))
-                });
+            let planned = file.and_then(|file| {
+                let staging = match destination {
+                    Some(to) => runner.plan_to(&args.executor, &file, Direction::In, to)?,
+                    None => runner.plan(&args.executor, &file, Direction::In)?,
+                };
+                Ok((file, staging))
+            });
+            let url = &url;
             let (runner, limit, url) = (runner.clone(), limit.clone(), url.clone());
             let executor = args.executor.clone();
             handles.push(tokio::spawn(async move {
@@ -239,6 +265,36 @@ pub fn stage_in(
         Ok::<_, CliError>(results)
     })?;
     print("stage in", &results, args.json, command_start)
+}
+
+/// The files below directory `dir`, each with its destination below the directory's
+/// (under `dest` when given).
+fn expand_in(
+    runner: &StageRunner,
+    executor: &str,
+    dir: &File,
+    dest: Option<&std::path::Path>,
+) -> Result<Vec<(File, PathBuf)>, stagehost::inspect::InspectError> {
+    let dm = runner.data_manager();
+    let root = dm.directory_destination(executor, dir, dest)?;
+    let tree = dm.expand_directory(executor, dir, &Default::default())?;
+    Ok(tree
+        .into_iter()
+        .map(|t| (t.file, root.join(&t.relative)))
+        .collect())
+}
+
+/// A directory that cannot be listed or staged: nothing is staged, and the exit code
+/// is its class (2 for a provider without `list`).
+fn directory_error(e: stagehost::inspect::InspectError) -> CliError {
+    if e.is_usage() {
+        CliError::Config(ConfigError(e.to_string()))
+    } else {
+        CliError::Failed {
+            line: e.to_string(),
+            code: FailureClass::exit_code_of([Some(e.class())]),
+        }
+    }
 }
 
 /// Usage errors (exit 2), before anything is staged: an unknown executor, an empty URL.
@@ -313,6 +369,9 @@ pub fn stage_out(
         ))));
     };
     let local = std::path::absolute(local).unwrap_or_else(|_| PathBuf::from(local));
+    if std::fs::symlink_metadata(&local).is_ok_and(|m| m.is_dir()) {
+        return stage_out_directory(registry, transfers, args, &local, start);
+    }
     let missing = match std::fs::metadata(&local) {
         Ok(meta) if meta.is_file() => None,
         Ok(_) => Some("is not a regular file"),
@@ -406,4 +465,104 @@ pub fn stage_out(
         })?;
     }
     print("stage out", &[r], args.json, command_start)
+}
+
+/// `stage out LOCAL_DIR URL`: every regular file below LOCAL_DIR to `URL/<relative
+/// path>`, each a stage-out of its own (a report entry each), four at a time.
+fn stage_out_directory(
+    registry: &Registry,
+    transfers: TransferConfig,
+    args: StageOutArgs,
+    local: &std::path::Path,
+    start: Instant,
+) -> Result<ExitCode, CliError> {
+    let dir_url = format!("{}/", args.url.trim_end_matches('/'));
+    let dir = File::parse(&dir_url).map_err(|e| {
+        CliError::Config(ConfigError(format!(
+            "cannot stage out to {}: {}",
+            stagehost_plugin_api::redact_url(&args.url),
+            e.message()
+        )))
+    })?;
+    let tree = stagehost::tree::local_tree(local, &dir).map_err(|e| CliError::Failed {
+        line: format!(
+            "cannot stage out {} to {}: {}",
+            display::path(local),
+            dir.redacted_url(),
+            e.message()
+        ),
+        code: FailureClass::exit_code_of([Some(FailureClass::of(e.kind()))]),
+    })?;
+    let rt = runtime();
+    let results = rt.block_on(async {
+        let runner = Arc::new(StageRunner::new(
+            registry,
+            transfers,
+            super::progress::transfer_observer(),
+            None,
+        ));
+        check_usage(
+            runner.data_manager(),
+            &args.executor,
+            std::slice::from_ref(&dir_url),
+        )?;
+        check_claimed(
+            registry,
+            runner.data_manager(),
+            &args.executor,
+            Direction::Out,
+            std::slice::from_ref(&dir_url),
+        )?;
+        let canceller = runner.clone();
+        super::on_ctrl_c(move || canceller.cancel());
+        let limit = Arc::new(tokio::sync::Semaphore::new(4));
+        let mut handles = Vec::new();
+        for (member, path) in tree {
+            let begun = Instant::now();
+            let planned = runner
+                .plan(&args.executor, &member.file, Direction::Out)
+                .map(|staging| (member.file.clone(), staging));
+            let (runner, limit, executor) = (runner.clone(), limit.clone(), args.executor.clone());
+            let url = member.file.url().to_owned();
+            handles.push(tokio::spawn(async move {
+                let _permit = limit
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let outcome = match planned {
+                    Ok((file, staging)) => Ok(runner.run(staging, &file).await),
+                    Err(e) => Err(e),
+                };
+                let report = result(
+                    &url,
+                    Direction::Out,
+                    &executor,
+                    &outcome,
+                    begun.elapsed().as_secs_f64(),
+                );
+                (report, path)
+            }));
+        }
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await.expect("a staging task never panics"));
+        }
+        Ok::<_, CliError>(results)
+    })?;
+    if args.r#move {
+        // Each file once its URL holds it, as `rclone move` does; directories stay.
+        for (report, path) in &results {
+            if report.ok {
+                std::fs::remove_file(path).map_err(|e| {
+                    CliError::Staging(format!(
+                        "staged out {}, but cannot remove {}: {e}",
+                        report.url,
+                        display::path(path)
+                    ))
+                })?;
+            }
+        }
+    }
+    let reports: Vec<FileReport> = results.into_iter().map(|(r, _)| r).collect();
+    print("stage out", &reports, args.json, start)
 }

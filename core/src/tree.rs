@@ -1,0 +1,223 @@
+//! Directory staging: a URL whose path ends in `/`, on a provider that offers `list`,
+//! stands for every file below it, as `rclone copy` and `gfal-copy -r` read a
+//! directory. A stage-in lists the tree once (the `list` capability, recursively) and
+//! stages each file as a file of its own (atomic, under the transfer limits, one report
+//! entry each) to `<directory's destination>/<relative path>`; a stage-out walks the
+//! local directory and stages each file to `<URL>/<relative path>`.
+//!
+//! Invariants:
+//! - one rule decides what a directory URL is ([`DataManager::names_directory`]): a
+//!   trailing `/` on a provider with `list`; anywhere else the URL stays a file
+//!   (`http://host/` is the server's index, as Parsl reads it);
+//! - a directory lands where the host says: `<working_dir>/<its last path segment>`,
+//!   claimed for its URL as a file's destination is, so two directories of one name
+//!   never share files (the second goes under `.stagehost/<hash>/`);
+//! - a child URL is the directory's URL and the relative path, as written. A name that
+//!   a URL cannot carry the same way to every provider (`%`, which ftp decodes and
+//!   object stores keep; `?` and `#`, which end a path; a control character) refuses the
+//!   whole directory with one line naming it: nothing is
+//!   skipped without a word;
+//! - listed names passed `inspect`'s check (no absolute path, no `..`), and a local walk
+//!   never follows a link, so no file lands or is read outside the two roots.
+
+use std::path::{Path, PathBuf};
+
+use stagehost_plugin_api::capability::EntryKind;
+use stagehost_plugin_api::{ErrorKind, File, StageError};
+
+use crate::data_manager::{DataManager, StageOptions};
+use crate::inspect::InspectError;
+
+/// One file of a directory to stage.
+#[derive(Debug, Clone)]
+pub struct TreeFile {
+    /// Its URL (the directory's URL and `relative`).
+    pub file: File,
+    /// Its path below the directory, `/`-separated.
+    pub relative: String,
+    /// Its size, when the listing said.
+    pub size: Option<u64>,
+}
+
+/// Whether `name` can be appended to a URL and read back the same by every provider.
+fn url_safe(name: &str) -> bool {
+    !name
+        .chars()
+        .any(|c| matches!(c, '%' | '?' | '#') || c.is_control())
+}
+
+/// `dir`'s URL (without its trailing slashes) and `relative`.
+fn child_url(dir: &File, relative: &str) -> Result<File, StageError> {
+    if !url_safe(relative) {
+        return Err(StageError::new(
+            ErrorKind::InvalidUrl,
+            format!(
+                "{} holds {:?}, a name a URL cannot carry the same way to every provider (it has %, ? or # or a control character); stage that file by a URL of its own",
+                dir.redacted_url(),
+                stagehost_plugin_api::display::escape(relative)
+            ),
+        ));
+    }
+    let url = dir.url();
+    let (base, tail) = match url.find(['?', '#']) {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    File::parse(&format!("{}/{relative}{tail}", base.trim_end_matches('/')))
+}
+
+/// The directory's name: its URL's last non-empty path segment (`index` for none).
+pub fn directory_name(dir: &File) -> &str {
+    match dir.path().trim_end_matches('/').rsplit('/').next() {
+        Some("" | "." | "..") | None => "index",
+        Some(name) => name,
+    }
+}
+
+impl DataManager {
+    /// Whether `file` is staged as a directory on `executor`: its path ends in `/` and
+    /// the provider a stage-in would choose offers `list`.
+    pub fn names_directory(&self, executor: &str, file: &File) -> bool {
+        file.path().ends_with('/')
+            && self
+                .choose_stage_in_provider(executor, file)
+                .is_ok_and(|p| p.plugin.list.is_some())
+    }
+
+    /// Where directory `dir` lands on `executor` (or under `working_dir`):
+    /// `<working_dir>/<name>`, claimed for its URL.
+    pub fn directory_destination(
+        &self,
+        executor: &str,
+        dir: &File,
+        working_dir: Option<&Path>,
+    ) -> Result<PathBuf, InspectError> {
+        let base = match working_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => self.working_dir(executor)?.to_path_buf(),
+        };
+        Ok(self.claim(&base, directory_name(dir), dir.url()).0)
+    }
+
+    /// Every file below `dir`, listed once through its provider's `list` capability,
+    /// sorted by path. Directories and other entries (links the provider does not
+    /// follow) are not files to stage.
+    pub fn expand_directory(
+        &self,
+        executor: &str,
+        dir: &File,
+        opts: &StageOptions,
+    ) -> Result<Vec<TreeFile>, InspectError> {
+        let entries = self.list(executor, dir, true, opts)?;
+        let mut files = Vec::with_capacity(entries.len());
+        for entry in entries.into_iter().filter(|e| e.kind == EntryKind::File) {
+            let file = child_url(dir, &entry.name).map_err(|e| self.refusal(executor, dir, e))?;
+            files.push(TreeFile {
+                file,
+                relative: entry.name,
+                size: entry.size,
+            });
+        }
+        Ok(files)
+    }
+
+    fn refusal(&self, executor: &str, dir: &File, error: StageError) -> InspectError {
+        let provider = self.choose_stage_in_provider(executor, dir).ok();
+        InspectError::Failed(Box::new((
+            crate::inspect::Asked {
+                question: crate::inspect::Question::List,
+                url: dir.redacted_url(),
+                instance: provider.map_or_else(String::new, |p| p.name.clone()),
+                plugin: provider.map_or_else(String::new, |p| {
+                    format!("{} {}", p.plugin.name, p.plugin.version)
+                }),
+                executor: executor.to_owned(),
+            },
+            error,
+        )))
+    }
+}
+
+/// The regular files below the local directory `root`, each with the URL it goes to
+/// below `dir` and its local path, sorted. Links are never followed (a link is refused,
+/// naming it, as is anything but a file or a directory).
+pub fn local_tree(root: &Path, dir: &File) -> Result<Vec<(TreeFile, PathBuf)>, StageError> {
+    let shown = |p: &Path| stagehost_plugin_api::display::path(p);
+    let mut out = Vec::new();
+    let mut pending = vec![(root.to_path_buf(), String::new())];
+    while let Some((path, prefix)) = pending.pop() {
+        let read = std::fs::read_dir(&path)
+            .map_err(|e| StageError::io(format_args!("cannot read {}", shown(&path)), &e))?;
+        for item in read {
+            let item =
+                item.map_err(|e| StageError::io(format_args!("cannot read {}", shown(&path)), &e))?;
+            let local = item.path();
+            let Some(name) = item.file_name().to_str().map(str::to_owned) else {
+                return Err(StageError::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "{} is not valid UTF-8; stagehost refuses it rather than alter it",
+                        shown(&local)
+                    ),
+                ));
+            };
+            let relative = format!("{prefix}{name}");
+            let kind = item
+                .file_type()
+                .map_err(|e| StageError::io(format_args!("cannot read {}", shown(&local)), &e))?;
+            if kind.is_dir() {
+                pending.push((local, format!("{relative}/")));
+            } else if kind.is_file() {
+                let size = item.metadata().ok().map(|m| m.len());
+                let mut file = child_url(dir, &relative)?;
+                file.set_local_path(&local);
+                out.push((
+                    TreeFile {
+                        file,
+                        relative,
+                        size,
+                    },
+                    local,
+                ));
+            } else {
+                return Err(StageError::new(
+                    ErrorKind::Permission,
+                    format!(
+                        "{} is a link or a special file; a directory stage-out sends regular files only",
+                        shown(&local)
+                    ),
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.relative.cmp(&b.0.relative));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_keep_the_directorys_url_and_refuse_names_a_url_cannot_carry() {
+        let dir = File::parse("s3://bucket/data/?versionId=1").unwrap();
+        let child = child_url(&dir, "sub/a.txt").unwrap();
+        assert_eq!(child.url(), "s3://bucket/data/sub/a.txt?versionId=1");
+        assert_eq!(child.path(), "/data/sub/a.txt");
+        assert_eq!(child_url(&dir, "a b.txt").unwrap().path(), "/data/a b.txt");
+        for bad in ["100%", "q?x", "h#1", "tab\t", "nl\n"] {
+            let e = child_url(&dir, bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{bad}");
+            assert!(!e.message().contains('\n'), "{bad}");
+        }
+        assert_eq!(
+            directory_name(&File::parse("s3://b/x/data/").unwrap()),
+            "data"
+        );
+        assert_eq!(directory_name(&File::parse("s3://b/").unwrap()), "index");
+        assert_eq!(
+            directory_name(&File::parse("/tmp/results//").unwrap()),
+            "results"
+        );
+    }
+}
