@@ -22,6 +22,7 @@
 //!
 //! No command-line or terminal crate is a dependency of this one.
 
+pub mod bulk;
 pub mod checksum;
 pub mod config;
 pub mod data_manager;

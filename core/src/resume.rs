@@ -246,6 +246,76 @@ pub fn remote_drift(
     })
 }
 
+/// What a bulk check (`bulk`) says about a remote input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// Its server holds the version recorded, and the copy here is untouched: no
+    /// stage-in is needed.
+    Current,
+    /// It changed on its server, or is gone, in these words.
+    Changed(String),
+    /// The answer cannot tell (no validator, a weak one, a copy touched here): the
+    /// input is staged in again to find out.
+    Unknown,
+}
+
+/// A validator as compared: without the quotes an ETag is written with; `None` for
+/// none or a weak one (`W/`), which cannot prove the bytes the same.
+fn strong(validator: &str) -> Option<&str> {
+    let v = validator.trim();
+    (!v.is_empty() && !v.starts_with("W/")).then(|| v.trim_matches('"'))
+}
+
+/// What `answer` (a bulk check of remote input `url`) proves about the version
+/// `recorded`, whose copy the task read at `copy`. Current only when the server's
+/// strong validator and size are the recorded ones and the copy is as recorded.
+pub fn bulk_proof(answer: &crate::bulk::Answer, copy: Option<&Path>, recorded: &Identity) -> Proof {
+    if crate::bulk::is_gone(answer) {
+        return Proof::Changed("is gone from its server".into());
+    }
+    let Ok(Some(entry)) = answer else {
+        return Proof::Unknown;
+    };
+    let (Some(now), Some(was)) = (
+        strong(&entry.validator),
+        recorded.validator.as_deref().and_then(strong),
+    ) else {
+        return Proof::Unknown;
+    };
+    // Only ETags are compared with ETags: a Last-Modified recorded where the server
+    // now lists an ETag proves nothing either way.
+    let etags = entry.validator.trim().starts_with('"')
+        && recorded
+            .validator
+            .as_deref()
+            .is_some_and(|v| v.trim().starts_with('"'));
+    if now != was {
+        return if etags {
+            Proof::Changed(format!(
+                "changed on its server (ETag {}, {} when recorded)",
+                entry.validator,
+                recorded.validator.as_deref().unwrap_or("")
+            ))
+        } else {
+            Proof::Unknown
+        };
+    }
+    match entry.size {
+        Some(size) if size != recorded.size => {
+            return Proof::Changed(format!(
+                "changed on its server ({size} bytes, {} when recorded)",
+                recorded.size
+            ))
+        }
+        Some(_) => {}
+        None => return Proof::Unknown,
+    }
+    match copy {
+        Some(copy) if drift(copy, recorded).is_none() => Proof::Current,
+        _ => Proof::Unknown,
+    }
+}
+
 /// Why the URLs of `kind` differ from the record, if they do.
 fn urls_changed(kind: &str, was: &[crate::journal::FileRecord], now: &[String]) -> Option<String> {
     if was.len() != now.len() {
@@ -263,6 +333,51 @@ fn urls_changed(kind: &str, was: &[crate::journal::FileRecord], now: &[String]) 
 
 #[cfg(test)]
 mod tests {
+    use stagehost_plugin_api::capability::Entry;
+
+    #[test]
+    fn a_bulk_answer_proves_a_version_only_with_the_same_strong_etag_size_and_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        std::fs::write(&copy, "abc").unwrap();
+        let mut recorded = crate::journal::stat_identity(&copy).unwrap();
+        recorded.validator = Some("\"e1\"".into());
+        let answer = |validator: &str, size: Option<u64>| -> crate::bulk::Answer {
+            let mut e = Entry::file("").with_validator(validator);
+            e.size = size;
+            Ok(Some(e))
+        };
+        let proof = |a: &crate::bulk::Answer| bulk_proof(a, Some(&copy), &recorded);
+        assert_eq!(proof(&answer("\"e1\"", Some(3))), Proof::Current);
+        // Listings may drop the quotes: the same ETag.
+        assert_eq!(proof(&answer("e1", Some(3))), Proof::Current);
+        assert!(
+            matches!(proof(&answer("\"e2\"", Some(3))), Proof::Changed(w) if w.contains("ETag"))
+        );
+        assert!(
+            matches!(proof(&answer("\"e1\"", Some(4))), Proof::Changed(w) if w.contains("4 bytes"))
+        );
+        assert!(matches!(proof(&Ok(None)), Proof::Changed(w) if w.contains("gone")));
+        // What cannot tell: no size, a weak or missing ETag, a date against an ETag.
+        assert_eq!(proof(&answer("\"e1\"", None)), Proof::Unknown);
+        assert_eq!(proof(&answer("W/\"e1\"", Some(3))), Proof::Unknown);
+        assert_eq!(proof(&answer("", Some(3))), Proof::Unknown);
+        let mut dated = recorded.clone();
+        dated.validator = Some("Sun, 06 Nov 1994 08:49:37 GMT".into());
+        assert_eq!(
+            bulk_proof(&answer("\"e9\"", Some(3)), Some(&copy), &dated),
+            Proof::Unknown
+        );
+        // The server's version is the recorded one, but the copy here was touched or
+        // is gone: it must be staged in again.
+        std::fs::write(&copy, "xyz").unwrap();
+        assert_eq!(proof(&answer("\"e1\"", Some(3))), Proof::Unknown);
+        assert_eq!(
+            bulk_proof(&answer("\"e1\"", Some(3)), None, &recorded),
+            Proof::Unknown
+        );
+    }
+
     use super::*;
     use crate::journal::{FileRecord, Journal};
 

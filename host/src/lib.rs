@@ -40,7 +40,7 @@ pub mod engine;
 pub mod workflow;
 
 pub use stagehost_core::{
-    checksum, config, data_manager, discovery, inspect, journal, lineage, listing, loader,
+    bulk, checksum, config, data_manager, discovery, inspect, journal, lineage, listing, loader,
     observer, registry, report, resume, runner, secrets, services, spans, transfer, tree,
 };
 pub use stagehost_core::{

@@ -17,7 +17,7 @@ use crate::engine::{
     check_command, Engine, FileReport, Input, SkipCheck, SubmitError, TaskHandle, TaskSpec,
 };
 use crate::journal::Identity;
-use crate::resume::{History, Verdict};
+use crate::resume::{History, Proof, Verdict};
 
 /// A `[[task]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -520,16 +520,48 @@ impl Workflow {
     /// task, and a table is released once submitted: a workflow of 100,000 chained
     /// tasks keeps its memory near its running frontier. Call after [`Workflow::check`].
     pub async fn submit_as_ready(self, engine: &Engine) -> Result<Vec<usize>, WorkflowError> {
-        self.submit_resuming(engine, None).await
+        self.submit_resuming(engine, None, None).await
+    }
+
+    /// The remote inputs `--resume` may have to ask about: those of each task whose
+    /// last record succeeded, by executor. A bulk check of them ([`crate::bulk`])
+    /// answers most with one listing per directory.
+    pub fn remote_inputs(&self, history: &History) -> HashMap<String, Vec<File>> {
+        let mut out: HashMap<String, Vec<File>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tasks {
+            if !history
+                .last(&t.name)
+                .is_some_and(|r| r.status == crate::report::TaskStatus::Succeeded)
+            {
+                continue;
+            }
+            for input in &t.inputs {
+                let InputDef::Url(url) = input else { continue };
+                if crate::journal::local_path_of(url).is_some() {
+                    continue;
+                }
+                let Ok(file) = self.file(url) else { continue };
+                if seen.insert((t.executor.clone(), file.url().to_owned())) {
+                    out.entry(t.executor.clone()).or_default().push(file);
+                }
+            }
+        }
+        out
     }
 
     /// [`Workflow::submit_as_ready`], skipping each task `history` shows unchanged
     /// (`stagehost run --resume`, by [`crate::resume`]'s rule), decided when the task
     /// becomes ready, once its producers have run or been skipped.
+    ///
+    /// `checked` holds a bulk check of the remote inputs ([`Workflow::remote_inputs`]):
+    /// a task whose remote inputs it proves current is skipped without a stage-in, and
+    /// one it proves changed runs; what it cannot tell is staged in again to find out.
     pub async fn submit_resuming(
         mut self,
         engine: &Engine,
         history: Option<&History>,
+        checked: Option<&crate::bulk::BulkAnswers>,
     ) -> Result<Vec<usize>, WorkflowError> {
         let n = self.tasks.len();
         let (producers, mut waiting, consumers) = {
@@ -583,11 +615,20 @@ impl Workflow {
                     Some(h) => match verdict(h, &self.tasks[i].command, &spec) {
                         Verdict::Unchanged => Ok(engine.skip(spec)),
                         Verdict::Revalidate(inputs) => {
-                            let dir = engine
-                                .working_dir(&spec.executor)
-                                .unwrap_or(Path::new("."))
-                                .to_path_buf();
-                            engine.submit(spec.skip_if(revalidation(inputs, dir)))
+                            match checked.map(|c| proof(c, h, &spec, &inputs)) {
+                                Some(Proof::Current) => Ok(engine.skip(spec)),
+                                Some(Proof::Changed(why)) => {
+                                    tracing::info!("task {:?} runs: {why}", self.tasks[i].name);
+                                    engine.submit(spec)
+                                }
+                                _ => {
+                                    let dir = engine
+                                        .working_dir(&spec.executor)
+                                        .unwrap_or(Path::new("."))
+                                        .to_path_buf();
+                                    engine.submit(spec.skip_if(revalidation(inputs, dir)))
+                                }
+                            }
                         }
                         Verdict::Changed(why) => {
                             tracing::info!("task {:?} runs: {why}", self.tasks[i].name);
@@ -672,6 +713,44 @@ pub fn verdict(history: &History, command: &str, spec: &TaskSpec) -> Verdict {
         .map(File::redacted_url)
         .collect();
     history.verdict(&spec.name, &spec.executor, command, &ins, &outs)
+}
+
+/// What the bulk check `checked` proves about the remote `inputs` (by index) of
+/// `spec`: current only if every one is; changed if one is.
+fn proof(
+    checked: &crate::bulk::BulkAnswers,
+    history: &History,
+    spec: &TaskSpec,
+    inputs: &[(usize, Identity)],
+) -> Proof {
+    let record = history.last(&spec.name);
+    let mut all_current = true;
+    for (i, recorded) in inputs {
+        let Some(input) = spec.staged_ins().nth(*i) else {
+            return Proof::Unknown;
+        };
+        let file = input.file();
+        let Some(answer) = checked.answers.get(file.url()) else {
+            all_current = false;
+            continue;
+        };
+        let copy = record
+            .and_then(|r| r.inputs.get(*i))
+            .and_then(|f| f.local_path.as_deref())
+            .map(Path::new);
+        match crate::resume::bulk_proof(answer, copy, recorded) {
+            Proof::Current => {}
+            Proof::Changed(why) => {
+                return Proof::Changed(format!("input {} {why}", file.redacted_url()))
+            }
+            Proof::Unknown => all_current = false,
+        }
+    }
+    if all_current {
+        Proof::Current
+    } else {
+        Proof::Unknown
+    }
 }
 
 /// The check of a task whose remote inputs must be staged in again to know whether

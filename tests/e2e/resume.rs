@@ -289,9 +289,49 @@ fn a_changed_remote_input_reruns_its_consumers_and_an_unchanged_one_is_only_reva
         "{}",
         out.stderr
     );
-    // Unchanged: each remote input is asked again (a conditional request), nothing
-    // moves, and every task is skipped.
-    let out = run(true);
+    // Unchanged: a bulk check asks each server once (nginx a HEAD; the store's lone
+    // key a HEAD too, a listing only pays for two or more) and proves both inputs
+    // current, so every task is skipped with nothing staged.
+    let mut logged = vec![("RUST_LOG", "stagehost=info")];
+    logged.extend(env);
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            &cfg,
+            "run",
+            "--resume",
+            "flow.toml",
+            "--report",
+            "-",
+        ],
+        &logged,
+    );
+    let s = statuses(&out);
+    assert_eq!(with(&s, "skipped").len(), 3, "{s:?} {}", out.stderr);
+    let summary = &out.json()["summary"];
+    assert_eq!(summary["files_cached"], 0, "{summary}");
+    assert_eq!(summary["files_moved"], 0, "{summary}");
+    assert!(
+        out.stderr.contains("checked 2 remote input(s) in ")
+            && out.stderr.contains(": 0 listing(s), 2 single request(s)"),
+        "{}",
+        out.stderr
+    );
+    // Asked one by one instead: each is staged in again under a conditional request;
+    // both are found current (cached) and nothing moves.
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            &cfg,
+            "run",
+            "--resume",
+            "--no-bulk-checks",
+            "flow.toml",
+            "--report",
+            "-",
+        ],
+        &env,
+    );
     let s = statuses(&out);
     assert_eq!(with(&s, "skipped").len(), 3, "{s:?} {}", out.stderr);
     let summary = &out.json()["summary"];
@@ -333,11 +373,8 @@ fn a_changed_remote_input_reruns_its_consumers_and_an_unchanged_one_is_only_reva
 
     // The copy of the web input is deleted: it is fetched again, with the ETag
     // recorded, so it is the same version and nothing runs.
-    let report = run(true).json();
-    let copy = report["tasks"][0]["files"][0]["local_path"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let copy = sandbox.join("work/wd/data.txt");
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "web v2, longer\n");
     std::fs::remove_file(&copy).unwrap();
     let out = run(true);
     let s = statuses(&out);
@@ -905,4 +942,90 @@ fn a_deleted_zip_archive_runs_the_task_that_wrote_its_member() {
     let s = statuses(&resume(&sandbox));
     assert_eq!(s["pack"], "succeeded", "{s:?}");
     assert!(sandbox.join("work/out/results.zip").exists());
+}
+
+#[test]
+fn a_resume_checks_many_objects_of_one_prefix_with_one_listing() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\nfor i in range(3): s3.put_object(Bucket='data', Key=f'in/{i}.txt', Body=f'v1 {i}\\n'.encode())\n");
+    let cfg = sandbox.write(
+        "work/stagehost.toml",
+        format!(
+            "[[provider]]\nname = \"s3\"\nplugin = \"object-store\"\nsettings = {{ endpoint = {:?} }}\n\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n\n[executor.local]\nworking_dir = \"wd\"\nstaging = [\"s3\", \"file\"]\n",
+            moto.endpoint()
+        ),
+    );
+    let mut flow = String::new();
+    for i in 0..3 {
+        flow.push_str(&format!(
+            "[[task]]\nname = \"t{i}\"\ncommand = \"cp {{inputs[0]}} {{outputs[0]}}\"\ninputs = [\"s3://data/in/{i}.txt\"]\noutputs = [\"out{i}.txt\"]\n\n"
+        ));
+    }
+    sandbox.write("work/flow.toml", flow);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret-key"),
+        ("AWS_REGION", "us-east-1"),
+        ("RUST_LOG", "stagehost=info"),
+    ];
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let run = |resume: bool| {
+        let mut args = vec!["--config", &cfg, "run", "flow.toml", "--report", "-"];
+        if resume {
+            args.insert(3, "--resume");
+        }
+        sandbox.run_env(&args, &env)
+    };
+    let out = run(false);
+    assert_eq!(
+        with(&statuses(&out), "succeeded").len(),
+        3,
+        "{}",
+        out.stderr
+    );
+    let out = run(true);
+    assert_eq!(with(&statuses(&out), "skipped").len(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(": 1 listing(s), 0 single request(s)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.json()["summary"]["files_moved"], 0);
+    // One object changes (same size): the listing's ETag says so, and only its task
+    // runs; one is deleted: its task runs and fails.
+    moto.boto("s3.put_object(Bucket='data', Key='in/1.txt', Body=b'v2 1\\n')\ns3.delete_object(Bucket='data', Key='in/2.txt')\n");
+    let out = run(true);
+    // The missing object fails its task as not found (exit 3).
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let s: BTreeMap<String, String> = out.json()["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(with(&s, "skipped"), ["t0"], "{s:?} {}", out.stderr);
+    assert_eq!(with(&s, "succeeded"), ["t1"], "{s:?} {}", out.stderr);
+    assert_eq!(with(&s, "failed"), ["t2"], "{s:?} {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("task \"t1\" runs: input s3://data/in/1.txt changed on its server (ETag"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("task \"t2\" runs: input s3://data/in/2.txt is gone from its server"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/out1.txt")).unwrap(),
+        "v2 1\n"
+    );
 }

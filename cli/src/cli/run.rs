@@ -8,7 +8,7 @@ use std::time::Instant;
 use stagehost::engine::{Engine, EngineOptions, TaskReport};
 use stagehost::report::{Document, FailureClass, Summary, TaskStatus};
 use stagehost::workflow::Workflow;
-use stagehost::{Config, ConfigError, DataManager, Direction, Registry, StageOptions};
+use stagehost::{Config, ConfigError, DataManager, Direction, File, Registry, StageOptions};
 
 use super::CliError;
 
@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// record says; repeatable
     #[arg(long, value_name = "NAME", requires = "resume")]
     rerun: Vec<String>,
+    /// With --resume: ask each remote input's server about it alone (a conditional
+    /// request each), instead of one listing per directory where its provider lists
+    #[arg(long, requires = "resume")]
+    no_bulk_checks: bool,
     /// Keep no run journal for this run (a later --resume then runs what it would have
     /// recorded)
     #[arg(long, conflicts_with = "resume")]
@@ -112,6 +116,8 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     if let Some(n) = args.max_transfers {
         transfers.max_concurrent = n as usize;
     }
+    // A bulk check asks as many servers at once as transfers may run.
+    let parallel = transfers.max_concurrent;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,8 +205,14 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         drop(order);
         // Each task is submitted once its producers have finished; the parsed tables go
         // as their tasks are submitted.
+        let checked = match &history {
+            Some(h) if !args.no_bulk_checks => {
+                Some(bulk_check(&engine, workflow.remote_inputs(h), parallel).await)
+            }
+            _ => None,
+        };
         let submitted = workflow
-            .submit_resuming(&engine, history.as_ref())
+            .submit_resuming(&engine, history.as_ref(), checked.as_ref())
             .await
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
         let reports = engine.wait_all().await;
@@ -527,6 +539,39 @@ fn dry_run(
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `--resume`'s bulk check of the remote inputs (see `stagehost::bulk`), on blocking
+/// threads, `parallel` requests at once; one info line says what it cost.
+async fn bulk_check(
+    engine: &Engine,
+    inputs: std::collections::HashMap<String, Vec<File>>,
+    parallel: usize,
+) -> stagehost::bulk::BulkAnswers {
+    let dm = engine.data_manager().clone();
+    let started = std::time::Instant::now();
+    let n: usize = inputs.values().map(Vec::len).sum();
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut all = stagehost::bulk::BulkAnswers::default();
+        for (executor, files) in inputs {
+            let part = dm.bulk_stat(&executor, &files, &Default::default(), parallel);
+            all.listings += part.listings;
+            all.stats += part.stats;
+            all.answers.extend(part.answers);
+        }
+        all
+    })
+    .await
+    .unwrap_or_default();
+    if n > 0 {
+        tracing::info!(
+            "checked {n} remote input(s) in {:.2}s: {} listing(s), {} single request(s)",
+            started.elapsed().as_secs_f64(),
+            answers.listings,
+            answers.stats
+        );
+    }
+    answers
 }
 
 /// `--dry-run --resume`: each task, in the order it would run, with whether it would
