@@ -6,9 +6,16 @@
 //! - `http`: 1,000 tasks, each reading one file from nginx on loopback: the first run,
 //!   then `--resume` with nothing changed: its time and the requests nginx logged.
 //!
-//! Best of a few interleaved rounds; prints figures, asserts nothing about time.
+//! - `bulk`: 14,000 tasks reading one object each from moto (in 14 prefixes of 1,000),
+//!   and 14,000 reading one file each from nginx: `--resume` with nothing changed, its
+//!   bulk check (one listing per prefix on moto; one HEAD a file on nginx) beside the
+//!   per-file alternative (`--no-bulk-checks`: a conditional stage-in each), with the
+//!   requests each server logged.
+//!
+//! Best of a few interleaved rounds (one for `bulk`); prints figures, asserts nothing
+//! about time.
 //! Run: `cargo build --release --workspace && cargo bench -p stagehost-tests --bench resume`
-//! (`-- local` or `-- http` for one part).
+//! (`-- local`, `-- http` or `-- bulk` for one part).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -209,11 +216,150 @@ fn http_part() {
     );
 }
 
+/// `run` with `args` and `RUST_LOG=stagehost=info`: its wall seconds and the bulk
+/// check's own line (`checked N remote input(s) in ...`).
+fn resumed(sandbox: &Sandbox, config: &Path, args: &[&str], env: &[(&str, &str)]) -> (f64, String) {
+    let mut c = sandbox.command(&stagehost_bin_in("release"));
+    c.arg("--config")
+        .arg(config)
+        .arg("run")
+        .arg("-q")
+        .args(args);
+    c.env("RUST_LOG", "stagehost=info");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let start = Instant::now();
+    let out = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("spawn");
+    let secs = start.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {text}");
+    let line = text
+        .lines()
+        .find_map(|l| {
+            l.split_once("info: checked ")
+                .map(|(_, rest)| format!("checked {rest}"))
+        })
+        .unwrap_or_else(|| "no bulk check".to_owned());
+    (secs, line)
+}
+
+fn bulk_part() {
+    const N: usize = 14_000;
+    const PREFIX: usize = 1_000;
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret-key"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    // moto: 14 prefixes of 1,000 objects.
+    let sandbox = Sandbox::new();
+    let moto = stagehost_tests::s3d::Moto::start();
+    moto.boto(&format!(
+        "s3.create_bucket(Bucket='data')\nfor i in range({N}): s3.put_object(Bucket='data', Key=f'p{{i // {PREFIX}}}/{{i}}.txt', Body=f'object {{i}}\\n'.encode())\n"
+    ));
+    let config = sandbox.write(
+        "site.toml",
+        format!(
+            "[[provider]]\nname = \"s3\"\nplugin = \"object-store\"\nsettings = {{ endpoint = {:?} }}\n\n[executor.local]\nworking_dir = \"wd\"\nworkers = 2\nstaging = [\"s3\"]\n",
+            moto.endpoint()
+        ),
+    );
+    let mut flow = String::with_capacity(N * 130);
+    for i in 0..N {
+        flow.push_str(&format!(
+            "[[task]]\nname = \"t{i}\"\ncommand = \"true\"\ninputs = [\"s3://data/p{}/{i}.txt\"]\n\n",
+            i / PREFIX
+        ));
+    }
+    sandbox.write("flow.toml", flow);
+    let first = timed_env(&sandbox, &config, &["flow.toml"], &env);
+    let (bulk, bulk_line) = resumed(&sandbox, &config, &["--resume", "flow.toml"], &env);
+    let (single, _) = resumed(
+        &sandbox,
+        &config,
+        &["--resume", "--no-bulk-checks", "flow.toml"],
+        &env,
+    );
+    println!(
+        "\n{N} tasks, one s3 object each, moto on loopback ({} prefixes of {PREFIX}):",
+        N / PREFIX
+    );
+    println!("  first run                              {first:>8.2} s");
+    println!("  --resume, bulk check (one listing a prefix) {bulk:>6.2} s  ({bulk_line})");
+    println!("  --resume --no-bulk-checks (a conditional GET each) {single:>6.2} s");
+    drop(moto);
+
+    // nginx: 14,000 files, no listing: one HEAD each, many at once.
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let log = sandbox.join("access.log");
+    let nginx = Nginx::start_with_conf(&root, &format!("    access_log {};\n", log.display()));
+    let mut flow = String::with_capacity(N * 130);
+    for i in 0..N {
+        std::fs::write(root.join(format!("{i}.txt")), format!("file {i}\n")).unwrap();
+        flow.push_str(&format!(
+            "[[task]]\nname = \"t{i}\"\ncommand = \"true\"\ninputs = [{:?}]\n\n",
+            nginx.url(&format!("/{i}.txt"))
+        ));
+    }
+    sandbox.write("flow.toml", flow);
+    let config = sandbox.write(
+        "site.toml",
+        "[executor.local]\nworking_dir = \"wd\"\nworkers = 2\n",
+    );
+    let requests = || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let first = timed_env(&sandbox, &config, &["flow.toml"], &[]);
+    let before = requests();
+    let (bulk, bulk_line) = resumed(&sandbox, &config, &["--resume", "flow.toml"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let bulk_requests = requests() - before;
+    let before = requests();
+    let (single, _) = resumed(
+        &sandbox,
+        &config,
+        &["--resume", "--no-bulk-checks", "flow.toml"],
+        &[],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let single_requests = requests() - before;
+    println!("\n{N} tasks, one http input each, nginx on loopback:");
+    println!("  first run                              {first:>8.2} s");
+    println!("  --resume, bulk check (a HEAD each, at once) {bulk:>6.2} s  {bulk_requests} requests ({bulk_line})");
+    println!("  --resume --no-bulk-checks (a conditional GET each) {single:>6.2} s  {single_requests} requests");
+}
+
+/// `run` with `args` and `env`: its wall seconds.
+fn timed_env(sandbox: &Sandbox, config: &Path, args: &[&str], env: &[(&str, &str)]) -> f64 {
+    let mut c = sandbox.command(&stagehost_bin_in("release"));
+    c.arg("--config")
+        .arg(config)
+        .arg("run")
+        .arg("-q")
+        .args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    timed(c, 0, "first run")
+}
+
 fn main() {
     if wanted("local") {
         local_part();
     }
     if wanted("http") {
         http_part();
+    }
+    if wanted("bulk") {
+        bulk_part();
     }
 }

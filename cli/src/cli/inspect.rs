@@ -74,9 +74,10 @@ fn parse(url: &str) -> Result<File, CliError> {
     })
 }
 
-/// The exit for an error: a usage error (no provider, or none with the capability)
-/// exits 2; a provider's failure, its class.
-fn failure(e: &InspectError) -> CliError {
+/// The exit for a question that got no answer (or a directory that cannot be staged):
+/// a usage error (no provider, none with the capability, a URL that cannot name what
+/// was asked) exits 2; a provider's failure, its class.
+pub(super) fn failure(e: &InspectError) -> CliError {
     if e.is_usage() {
         CliError::Config(ConfigError(e.to_string()))
     } else {

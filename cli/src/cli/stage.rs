@@ -8,7 +8,7 @@ use std::time::Instant;
 use stagehost::config::{TransferConfig, DEFAULT_EXECUTOR};
 use stagehost::engine::{StageOutcome, StageRunner};
 use stagehost::report::{Document, FailureClass, FileReport, Summary};
-use stagehost::{ConfigError, DataManager, Direction, File, Registry, StagingError};
+use stagehost::{ConfigError, DataManager, Direction, File, Registry, Staging, StagingError};
 
 use stagehost_plugin_api::display;
 
@@ -164,6 +164,48 @@ fn print(
     }
 }
 
+/// One file's planned staging, with when its planning began and a tag of the caller's.
+type Planned<T> = (String, Result<(File, Staging), StagingError>, Instant, T);
+
+/// Runs each planned file's work, `jobs` at a time; the reports in the order given,
+/// each with its tag.
+async fn run_all<T: Send + 'static>(
+    runner: &Arc<StageRunner>,
+    executor: &str,
+    direction: Direction,
+    jobs: usize,
+    planned: Vec<Planned<T>>,
+) -> Vec<(FileReport, T)> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(jobs));
+    let mut handles = Vec::with_capacity(planned.len());
+    for (url, planned, start, tag) in planned {
+        let (runner, limit, executor) = (runner.clone(), limit.clone(), executor.to_owned());
+        handles.push(tokio::spawn(async move {
+            let _permit = limit
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let outcome = match planned {
+                Ok((file, staging)) => Ok(runner.run(staging, &file).await),
+                Err(e) => Err(e),
+            };
+            let report = result(
+                &url,
+                direction,
+                &executor,
+                &outcome,
+                start.elapsed().as_secs_f64(),
+            );
+            (report, tag)
+        }));
+    }
+    let mut results = Vec::with_capacity(handles.len());
+    for h in handles {
+        results.push(h.await.expect("a staging task never panics"));
+    }
+    results
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -202,8 +244,6 @@ pub fn stage_in(
         // Plan in the order given, so destinations are claimed in that order (the first
         // of two URLs with one basename gets the plain name); then run the work
         // concurrently, `--jobs` at a time, under the transfer policy.
-        let limit = Arc::new(tokio::sync::Semaphore::new(usize::from(args.jobs)));
-        let mut handles = Vec::new();
         // A directory URL stands for the files below it, each staged as a file.
         let mut wanted: Vec<(String, Result<File, StagingError>, Option<PathBuf>)> = Vec::new();
         for url in &args.urls {
@@ -225,43 +265,32 @@ pub fn stage_in(
                         wanted.push((child.url().to_owned(), Ok(child), Some(destination)));
                     }
                 }
-                Err(e) => return Err(directory_error(e)),
+                Err(e) => return Err(super::inspect::failure(&e)),
             }
         }
+        let mut planned = Vec::with_capacity(wanted.len());
         for (url, file, destination) in wanted {
             let start = Instant::now();
-            let planned = file.and_then(|file| {
+            let staging = file.and_then(|file| {
                 let staging = match destination {
                     Some(to) => runner.plan_to(&args.executor, &file, Direction::In, to)?,
                     None => runner.plan(&args.executor, &file, Direction::In)?,
                 };
                 Ok((file, staging))
             });
-            let url = &url;
-            let (runner, limit, url) = (runner.clone(), limit.clone(), url.clone());
-            let executor = args.executor.clone();
-            handles.push(tokio::spawn(async move {
-                let _permit = limit
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let outcome = match planned {
-                    Ok((file, staging)) => Ok(runner.run(staging, &file).await),
-                    Err(e) => Err(e),
-                };
-                result(
-                    &url,
-                    Direction::In,
-                    &executor,
-                    &outcome,
-                    start.elapsed().as_secs_f64(),
-                )
-            }));
+            planned.push((url, staging, start, ()));
         }
-        let mut results = Vec::new();
-        for h in handles {
-            results.push(h.await.expect("a staging task never panics"));
-        }
+        let results: Vec<FileReport> = run_all(
+            &runner,
+            &args.executor,
+            Direction::In,
+            usize::from(args.jobs),
+            planned,
+        )
+        .await
+        .into_iter()
+        .map(|(r, ())| r)
+        .collect();
         Ok::<_, CliError>(results)
     })?;
     print("stage in", &results, args.json, command_start)
@@ -282,19 +311,6 @@ fn expand_in(
         .into_iter()
         .map(|t| (t.file, root.join(&t.relative)))
         .collect())
-}
-
-/// A directory that cannot be listed or staged: nothing is staged, and the exit code
-/// is its class (2 for a provider without `list`).
-fn directory_error(e: stagehost::inspect::InspectError) -> CliError {
-    if e.is_usage() {
-        CliError::Config(ConfigError(e.to_string()))
-    } else {
-        CliError::Failed {
-            line: e.to_string(),
-            code: FailureClass::exit_code_of([Some(e.class())]),
-        }
-    }
 }
 
 /// Usage errors (exit 2), before anything is staged: an unknown executor, an empty URL.
@@ -515,39 +531,17 @@ fn stage_out_directory(
         )?;
         let canceller = runner.clone();
         super::on_ctrl_c(move || canceller.cancel());
-        let limit = Arc::new(tokio::sync::Semaphore::new(4));
-        let mut handles = Vec::new();
-        for (member, path) in tree {
-            let begun = Instant::now();
-            let planned = runner
-                .plan(&args.executor, &member.file, Direction::Out)
-                .map(|staging| (member.file.clone(), staging));
-            let (runner, limit, executor) = (runner.clone(), limit.clone(), args.executor.clone());
-            let url = member.file.url().to_owned();
-            handles.push(tokio::spawn(async move {
-                let _permit = limit
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let outcome = match planned {
-                    Ok((file, staging)) => Ok(runner.run(staging, &file).await),
-                    Err(e) => Err(e),
-                };
-                let report = result(
-                    &url,
-                    Direction::Out,
-                    &executor,
-                    &outcome,
-                    begun.elapsed().as_secs_f64(),
-                );
-                (report, path)
-            }));
-        }
-        let mut results = Vec::new();
-        for h in handles {
-            results.push(h.await.expect("a staging task never panics"));
-        }
-        Ok::<_, CliError>(results)
+        let planned = tree
+            .into_iter()
+            .map(|(member, path)| {
+                let start = Instant::now();
+                let staging = runner
+                    .plan(&args.executor, &member.file, Direction::Out)
+                    .map(|staging| (member.file.clone(), staging));
+                (member.file.url().to_owned(), staging, start, path)
+            })
+            .collect();
+        Ok::<_, CliError>(run_all(&runner, &args.executor, Direction::Out, 4, planned).await)
     })?;
     if args.r#move {
         // Each file once its URL holds it, as `rclone move` does; directories stay.

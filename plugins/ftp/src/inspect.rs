@@ -3,33 +3,15 @@
 //! `LIST` (Unix or DOS lines) for `list`.
 
 use stagehost_plugin_api::capability::{Entry, EntryKind};
-use stagehost_plugin_api::net::{host_port, percent_decode, split_userinfo};
 use stagehost_plugin_api::{Context, ErrorKind, File, StageError};
 use suppaftp::list::{File as Listed, ListParser};
 use suppaftp::FtpError;
 
 use super::{classify, unknown_command, Ftp, FtpTransfer, Shared, Target};
 
-/// `ftp://host/dir/` (or a file) for `stat` and `list`: the path may be empty (the
-/// login directory) or end in `/`.
+/// `ftp://host/dir/` (or a file) for `stat` and `list`.
 fn target_of(file: &File) -> Result<Target, StageError> {
-    let shown = file.redacted_url();
-    let invalid = |why: &str| StageError::new(ErrorKind::InvalidUrl, format!("{shown}: {why}"));
-    let (host, port) =
-        host_port(file.netloc(), 21).ok_or_else(|| invalid("it names no valid host and port"))?;
-    let raw = file.path().strip_prefix('/').unwrap_or(file.path());
-    let path = percent_decode(raw.trim_end_matches('/'));
-    if path.contains(['\r', '\n', '\0']) {
-        return Err(invalid("its path holds a line break or NUL"));
-    }
-    Ok(Target {
-        host,
-        port,
-        tls: file.scheme() == "ftps",
-        path,
-        userinfo: split_userinfo(file.url()).1,
-        shown,
-    })
+    Target::parse(file, true)
 }
 
 fn entry(name: String, listed: &Listed) -> Entry {

@@ -259,14 +259,25 @@ struct Target {
 
 impl Target {
     fn of(file: &File) -> Result<Target, StageError> {
+        Target::parse(file, false)
+    }
+
+    /// Reads `file`'s URL; with `directory`, the path may also name a directory (be
+    /// empty, the login directory, or end in `/`, which is dropped), for `stat` and
+    /// `list`.
+    fn parse(file: &File, directory: bool) -> Result<Target, StageError> {
         let shown = file.redacted_url();
         let invalid = |why: &str| StageError::new(ErrorKind::InvalidUrl, format!("{shown}: {why}"));
         let (host, port) = host_port(file.netloc(), 21)
             .ok_or_else(|| invalid("it names no valid host and port"))?;
         let raw = file.path().strip_prefix('/').unwrap_or(file.path());
-        if raw.is_empty() || raw.ends_with('/') {
+        let raw = if directory {
+            raw.trim_end_matches('/')
+        } else if raw.is_empty() || raw.ends_with('/') {
             return Err(invalid("it names a directory, not a file"));
-        }
+        } else {
+            raw
+        };
         let path = percent_decode(raw);
         if path.contains(['\r', '\n', '\0']) {
             return Err(invalid("its path holds a line break or NUL"));

@@ -631,15 +631,7 @@ impl Shared {
             return Ok(());
         }
         if !(200..300).contains(&status) {
-            if status_kind(status) == ErrorKind::Transient {
-                if let Some(wait) = retry_after(&response) {
-                    wait_before_retry(ctx, wait);
-                }
-            }
-            return Err(StageError::new(
-                status_kind(status),
-                format!("GET {shown}: {}", status_line(&response)),
-            ));
+            return Err(refused(ctx, "GET", &shown, &response));
         }
         // A part of the file where all of it was asked for is never saved as the file.
         if status == 206 {
@@ -846,6 +838,26 @@ impl Passes for Body<'_> {
                 format!("resuming with Range: bytes={done}-")
             }))
     }
+}
+
+/// The error for a response whose status refuses `method` on `shown`; for a transient
+/// status, after waiting out the server's `Retry-After`.
+fn refused(
+    ctx: &Context<'_>,
+    method: &str,
+    shown: &str,
+    response: &ureq::http::Response<ureq::Body>,
+) -> StageError {
+    let status = response.status().as_u16();
+    if status_kind(status) == ErrorKind::Transient {
+        if let Some(wait) = retry_after(response) {
+            wait_before_retry(ctx, wait);
+        }
+    }
+    StageError::new(
+        status_kind(status),
+        format!("{method} {shown}: {}", status_line(response)),
+    )
 }
 
 /// Waits out a server's `Retry-After` (at most 30 s, and never past the deadline),

@@ -6,8 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use stagehost_plugin_api::capability::Entry;
 use stagehost_plugin_api::{Context, File, StageError};
 
-use super::{retry_after, status_kind, status_line, wait_before_retry, Http, Target};
-use stagehost_plugin_api::ErrorKind;
+use super::{Http, Target};
 
 impl Http {
     /// What `file` names: its size (when sent as is), Last-Modified and ETag; `None`
@@ -21,15 +20,7 @@ impl Http {
             return Ok(None);
         }
         if !(200..300).contains(&status) {
-            if status_kind(status) == ErrorKind::Transient {
-                if let Some(wait) = retry_after(&response) {
-                    wait_before_retry(ctx, wait);
-                }
-            }
-            return Err(StageError::new(
-                status_kind(status),
-                format!("HEAD {}: {}", target.shown, status_line(&response)),
-            ));
+            return Err(super::refused(ctx, "HEAD", &target.shown, &response));
         }
         let header = |name: &str| {
             response
