@@ -276,7 +276,7 @@ fn bulk_part() {
             i / PREFIX
         ));
     }
-    sandbox.write("flow.toml", flow);
+    sandbox.write("work/flow.toml", flow);
     let first = timed_env(&sandbox, &config, &["flow.toml"], &env);
     let (bulk, bulk_line) = resumed(&sandbox, &config, &["--resume", "flow.toml"], &env);
     let (single, _) = resumed(
@@ -308,7 +308,7 @@ fn bulk_part() {
             nginx.url(&format!("/{i}.txt"))
         ));
     }
-    sandbox.write("flow.toml", flow);
+    sandbox.write("work/flow.toml", flow);
     let config = sandbox.write(
         "site.toml",
         "[executor.local]\nworking_dir = \"wd\"\nworkers = 2\n",
