@@ -31,7 +31,11 @@ fn main() -> ExitCode {
     let code = match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("stagehost: error: {e}");
+            // A message may hold a server's or a plugin's text: escaped, one line.
+            eprintln!(
+                "stagehost: error: {}",
+                stagehost_plugin_api::display::escape(&e.to_string())
+            );
             ExitCode::from(e.exit_code())
         }
     };

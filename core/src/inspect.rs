@@ -11,7 +11,7 @@
 //! - a listing's names are the host's to trust: each is checked (relative, `/`-separated,
 //!   no empty, `.` or `..` component, no NUL) before anyone sees it, so a listing can
 //!   never name a path outside the directory it was asked about; the entries come back
-//!   sorted by name, without duplicates;
+//!   sorted by name, an entry listed twice over (same name and kind) once;
 //! - error lines name the URL (redacted), the provider, the plugin and the executor, and
 //!   carry no secret of the instance's settings or the URL.
 
@@ -159,8 +159,14 @@ impl DataManager {
                 })
             })
         })?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        entries.dedup_by(|a, b| a.name == b.name);
+        // Sorted by name; only an entry listed twice over (same name, same kind) goes:
+        // an object `a` and a prefix `a/` are two entries.
+        entries.sort_by(|a, b| {
+            a.name
+                .cmp(&b.name)
+                .then_with(|| kind_order(a.kind).cmp(&kind_order(b.kind)))
+        });
+        entries.dedup_by(|a, b| a.name == b.name && a.kind == b.kind);
         Ok(entries)
     }
 
@@ -207,7 +213,7 @@ impl DataManager {
 impl DataManager {
     /// The provider to ask about `file`: the first of `executor`'s order whose
     /// `can_stage_in` accepts it, or refuses it as an invalid URL (see the invariants).
-    fn choose_to_ask(
+    pub fn choose_to_ask(
         &self,
         executor: &str,
         file: &File,
@@ -227,6 +233,15 @@ impl DataManager {
             direction: crate::data_manager::Direction::In,
             unavailable: unavailable.to_vec(),
         }))
+    }
+}
+
+fn kind_order(kind: stagehost_plugin_api::capability::EntryKind) -> u8 {
+    use stagehost_plugin_api::capability::EntryKind;
+    match kind {
+        EntryKind::File => 0,
+        EntryKind::Directory => 1,
+        EntryKind::Other => 2,
     }
 }
 

@@ -357,18 +357,38 @@ impl Capabilities {
     /// capability this host lacks, and hands it the host's capabilities.
     fn read(symbol: CapabilitySymbol) -> Result<Capabilities, LoadError> {
         let export = symbol();
-        if export.magic != EXPORT_MAGIC {
+        let symbol_name = EXPORT_SYMBOL_WITH_NUL.trim_end_matches('\0');
+        if export.magic != EXPORT_MAGIC || export.layout.is_null() || export.module.is_null() {
             return Err(LoadError(format!(
-                "its {} symbol is not a capability export (wrong magic number)",
-                EXPORT_SYMBOL_WITH_NUL.trim_end_matches('\0')
+                "its {symbol_name} symbol is not a capability export (a wrong magic number or a null pointer)"
             )));
         }
+        // SAFETY: not null (checked above), and a `'static` from the library, which is
+        // never unloaded; the layout is read only by abi_stable's checker.
+        let layout = unsafe { &*export.layout };
         abi_stable::abi_stability::abi_checking::check_layout_compatibility(
             <stagehost_plugin_api::abi::capability::CapabilityModule as abi_stable::StableAbi>::LAYOUT,
-            export.layout,
+            layout,
         )
         .map_err(|_| LoadError("its capability module does not have the released layout; rebuild it".into()))?;
-        let module = export.module;
+        // SAFETY: not null, and its layout was just checked.
+        let module: &'static stagehost_plugin_api::abi::capability::CapabilityModule =
+            unsafe { &*export.module };
+        // Names are printed and compared: only plain ones are accepted.
+        if let Some(bad) = module
+            .offered
+            .iter()
+            .map(|c| &c.id)
+            .chain(module.requires_host.iter())
+            .find(|id| !id.has_valid_name())
+        {
+            return Err(LoadError(format!(
+                "it names a capability \"{}\", which is not 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+                stagehost_plugin_api::display::escape(&String::from_utf8_lossy(
+                    bad.name.as_rslice().as_slice()
+                ))
+            )));
+        }
         let host = crate::services::host_capabilities();
         let missing: Vec<String> = module
             .requires_host
@@ -405,6 +425,46 @@ fn valid_plugin_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi_stable::std_types::{RSlice, RStr};
+    use stagehost_plugin_api::abi::capability::{Capability, CapabilityId, CapabilityModule};
+
+    extern "C" fn null_export() -> CapabilityExport {
+        CapabilityExport {
+            magic: EXPORT_MAGIC,
+            layout: std::ptr::null(),
+            module: std::ptr::null(),
+        }
+    }
+
+    extern "C" fn ignore_host(_: RSlice<'static, Capability>) {}
+
+    extern "C" fn badly_named_export() -> CapabilityExport {
+        static REQUIRED: [CapabilityId; 1] = [CapabilityId {
+            name: RStr::from_str("cached\u{1b}[2J"),
+            version: 1,
+        }];
+        static MODULE: CapabilityModule = CapabilityModule {
+            offered: RSlice::from_slice(&[]),
+            requires_host: RSlice::from_slice(&REQUIRED),
+            accept_host: ignore_host,
+        };
+        CapabilityExport {
+            magic: EXPORT_MAGIC,
+            layout: <CapabilityModule as abi_stable::StableAbi>::LAYOUT,
+            module: &MODULE,
+        }
+    }
+
+    #[test]
+    fn a_capability_export_with_a_null_pointer_or_a_strange_name_is_refused_in_one_line() {
+        let e = Capabilities::read(null_export).err().unwrap();
+        assert!(e.0.contains("null pointer"), "{e}");
+        let e = Capabilities::read(badly_named_export).err().unwrap();
+        assert!(
+            e.0.contains("names a capability \"cached\\u{1b}[2J\"") && !e.0.contains('\u{1b}'),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_plugin_name_is_plain_ascii() {

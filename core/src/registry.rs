@@ -116,8 +116,8 @@ impl ProviderInstance {
         Some(
             (table.stat)(&self.provider, ctx, file)
                 .into_result()
-                .map(|entry| entry.into_option().map(Entry::from))
-                .map_err(StageError::from),
+                .map_err(StageError::from)
+                .and_then(|entry| entry.into_option().map(Entry::try_from).transpose()),
         )
     }
     /// Its `list` capability's entries below `dir`, or `None` when it does not offer
@@ -132,8 +132,8 @@ impl ProviderInstance {
         Some(
             (table.list)(&self.provider, ctx, dir, recursive)
                 .into_result()
-                .map(|entries| entries.into_iter().map(Entry::from).collect())
-                .map_err(StageError::from),
+                .map_err(StageError::from)
+                .and_then(|entries| entries.into_iter().map(Entry::try_from).collect()),
         )
     }
     /// One planning call: the provider's copy of the file and its job, if any.

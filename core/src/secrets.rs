@@ -41,7 +41,15 @@ fn redact_value(value: &mut toml::Value, declared: &[String]) {
 /// its user name when that is a token rather than a name.
 pub fn url_secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
-    // Read as redaction reads it, so what is scrubbed is what would be shown.
+    // Read as redaction reads it, so what is scrubbed is what would be shown: the
+    // values of secret-named query parameters, then the userinfo's.
+    for value in stagehost_plugin_api::file_secret_query_values(url) {
+        let decoded = stagehost_plugin_api::net::percent_decode(&value);
+        if decoded != value {
+            out.push(decoded);
+        }
+        out.push(value);
+    }
     let Some((start, at)) = stagehost_plugin_api::userinfo_span(url) else {
         return out;
     };
@@ -120,6 +128,21 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_urls_secrets_are_its_password_and_its_secret_query_values() {
+        assert_eq!(
+            url_secrets("https://u:p%40ss@h/x?token=T%2B1&page=2&sig=S#frag"),
+            ["T+1", "T%2B1", "S", "p%40ss", "p@ss"]
+        );
+        assert!(url_secrets("https://h/x?page=2").is_empty());
+        // What is scrubbed is what redaction hides.
+        let scrubbed = scrub(
+            "the server said token=T1 twice: T1",
+            &url_secrets("s3://b/k?token=T1"),
+        );
+        assert!(!scrubbed.contains("T1"), "{scrubbed}");
+    }
 
     #[test]
     fn an_env_settings_variable_name_is_shown_and_its_value_is_not() {

@@ -109,6 +109,37 @@ impl DataManager {
         opts: &StageOptions,
     ) -> Result<Vec<TreeFile>, InspectError> {
         let entries = self.list(executor, dir, true, opts)?;
+        // A name that is a file and also holds files (an object `a` beside `a/b`)
+        // cannot be both on a local disk: said now, before anything moves.
+        let files_named: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.name.as_str())
+            .collect();
+        if let Some(clash) = entries.iter().find_map(|e| {
+            let mut at = 0;
+            while let Some(i) = e.name[at..].find('/') {
+                let parent = &e.name[..at + i];
+                if files_named.contains(parent) {
+                    return Some(parent.to_owned());
+                }
+                at += i + 1;
+            }
+            None
+        }) {
+            return Err(self.refusal(
+                executor,
+                dir,
+                StageError::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "{} holds both a file and a directory named {:?}, which one local directory cannot hold",
+                        dir.redacted_url(),
+                        stagehost_plugin_api::display::escape(&clash)
+                    ),
+                ),
+            ));
+        }
         let mut files = Vec::with_capacity(entries.len());
         for entry in entries.into_iter().filter(|e| e.kind == EntryKind::File) {
             let file = child_url(dir, &entry.name).map_err(|e| self.refusal(executor, dir, e))?;
@@ -139,58 +170,39 @@ impl DataManager {
 }
 
 /// The regular files below the local directory `root`, each with the URL it goes to
-/// below `dir` and its local path, sorted. Links are never followed (a link is refused,
-/// naming it, as is anything but a file or a directory).
+/// below `dir` and its local path, sorted. The walk is plugin-api's `walk`: links are
+/// never followed, and a link (or anything but a file or a directory) below the root is
+/// refused, naming it.
 pub fn local_tree(root: &Path, dir: &File) -> Result<Vec<(TreeFile, PathBuf)>, StageError> {
-    let shown = |p: &Path| stagehost_plugin_api::display::path(p);
+    use stagehost_plugin_api::walk::WalkKind;
     let mut out = Vec::new();
-    let mut pending = vec![(root.to_path_buf(), String::new())];
-    while let Some((path, prefix)) = pending.pop() {
-        let read = std::fs::read_dir(&path)
-            .map_err(|e| StageError::io(format_args!("cannot read {}", shown(&path)), &e))?;
-        for item in read {
-            let item =
-                item.map_err(|e| StageError::io(format_args!("cannot read {}", shown(&path)), &e))?;
-            let local = item.path();
-            let Some(name) = item.file_name().to_str().map(str::to_owned) else {
-                return Err(StageError::new(
-                    ErrorKind::InvalidUrl,
-                    format!(
-                        "{} is not valid UTF-8; stagehost refuses it rather than alter it",
-                        shown(&local)
-                    ),
-                ));
-            };
-            let relative = format!("{prefix}{name}");
-            let kind = item
-                .file_type()
-                .map_err(|e| StageError::io(format_args!("cannot read {}", shown(&local)), &e))?;
-            if kind.is_dir() {
-                pending.push((local, format!("{relative}/")));
-            } else if kind.is_file() {
-                let size = item.metadata().ok().map(|m| m.len());
-                let mut file = child_url(dir, &relative)?;
+    for w in stagehost_plugin_api::walk::walk(root, true)? {
+        let local = root.join(&w.name);
+        match w.kind {
+            WalkKind::Directory => {}
+            WalkKind::File => {
+                let mut file = child_url(dir, &w.name)?;
                 file.set_local_path(&local);
                 out.push((
                     TreeFile {
                         file,
-                        relative,
-                        size,
+                        relative: w.name,
+                        size: w.size,
                     },
                     local,
                 ));
-            } else {
+            }
+            WalkKind::Link { .. } | WalkKind::Other => {
                 return Err(StageError::new(
                     ErrorKind::Permission,
                     format!(
                         "{} is a link or a special file; a directory stage-out sends regular files only",
-                        shown(&local)
+                        stagehost_plugin_api::display::path(&local)
                     ),
-                ));
+                ))
             }
         }
     }
-    out.sort_by(|a, b| a.0.relative.cmp(&b.0.relative));
     Ok(out)
 }
 

@@ -235,6 +235,29 @@ pub fn redact_url(url: &str) -> String {
     crate::display::escape(&out).into_owned()
 }
 
+/// The values of `url`'s query parameters that [`redact_url`] hides (those whose names
+/// look secret: `token`, `sig`, `X-Amz-Signature`, ...), as written; the same reading of
+/// the query as redaction's, so a message can be scrubbed of exactly what a URL shown
+/// would hide.
+///
+/// ```
+/// use stagehost_plugin_api::file_secret_query_values as values;
+/// assert_eq!(values("https://h/x?token=T1&page=2#f"), ["T1"]);
+/// assert!(values("https://h/x?page=2").is_empty());
+/// ```
+pub fn secret_query_values(url: &str) -> Vec<String> {
+    let before_fragment = url.split('#').next().unwrap_or(url);
+    let Some((_, query)) = before_fragment.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, value)| !value.is_empty() && crate::display::is_secret_name(&query_key(key)))
+        .map(|(_, value)| value.to_owned())
+        .collect()
+}
+
 /// Where the userinfo of `url` lies: `(start, at)`, the userinfo being `url[start..at]`
 /// and `url[at]` its `@`; `None` when there is none. The one reading of a userinfo
 /// that every output's redaction follows:

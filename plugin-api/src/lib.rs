@@ -222,9 +222,11 @@ mod settings;
 pub mod testing;
 pub mod transfer;
 pub mod validators;
+#[cfg(unix)]
+pub mod walk;
 mod xattr;
 
 pub use error::{ErrorKind, StageError};
-pub use file::{redact_url, userinfo_span, File};
+pub use file::{redact_url, secret_query_values as file_secret_query_values, userinfo_span, File};
 pub use provider::{Context, Job, LogLevel, Provider};
 pub use settings::{env_secret, Settings, WorkPlace};

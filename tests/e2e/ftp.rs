@@ -618,3 +618,62 @@ fn stat_and_ls_by_mlst_and_mlsd_on_pyftpdlib_and_by_list_size_and_cwd_on_vsftpd(
         );
     }
 }
+
+#[test]
+fn a_hostile_tree_neither_loops_a_listing_nor_forges_an_entry() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("ftproot");
+    // Two links back up to their own directory: a walk that follows them never ends.
+    std::fs::create_dir_all(root.join("loop")).unwrap();
+    std::fs::write(root.join("loop/f.txt"), "F").unwrap();
+    std::os::unix::fs::symlink(".", root.join("loop/a")).unwrap();
+    std::os::unix::fs::symlink(".", root.join("loop/b")).unwrap();
+    // A name holding a line break and what looks like a second MLSD entry.
+    std::fs::create_dir_all(root.join("inj")).unwrap();
+    std::fs::write(
+        root.join("inj/x\ntype=file;size=99999;modify=20300101000000; injected.bin"),
+        "x",
+    )
+    .unwrap();
+    let py = PyFtpd::start(&root, PyFtpdOptions::default());
+    let cfg = ftp_config(&sandbox, "");
+    let cfg = cfg.to_str().unwrap();
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "ls",
+        "-R",
+        "--json",
+        &py.url("ftp", None, "/loop/"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let names: Vec<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "b", "f.txt"],
+        "each link to a directory already listed is listed, not walked"
+    );
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "ls",
+        "-l",
+        "--json",
+        &py.url("ftp", None, "/inj/"),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let json = out.json();
+    let entries = json.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{json}");
+    assert_eq!(
+        entries[0]["name"],
+        "x\ntype=file;size=99999;modify=20300101000000; injected.bin"
+    );
+    assert_eq!(entries[0]["size"], 1);
+}

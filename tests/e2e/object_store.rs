@@ -874,3 +874,32 @@ fn a_directory_goes_out_to_a_prefix_and_comes_back_file_by_file() {
     assert_eq!(out.code, Some(3), "{}", out.stderr);
     assert!(!sandbox.join("wd/none").exists());
 }
+
+#[test]
+fn an_object_beside_a_prefix_of_its_name_is_listed_twice_and_refused_as_a_directory() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='clean')\nfor k in ['t/a', 't/a/b', 't/c']: s3.put_object(Bucket='clean', Key=k, Body=b'x')\n");
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    let cfg = cfg.to_str().unwrap();
+    // Both the object `a` and the prefix `a/` are shown; neither hides the other.
+    let out = sandbox.run_env(&["--config", cfg, "ls", "s3://clean/t/"], &ENV);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "a\na/\nc\n"),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox.run_env(&["--config", cfg, "ls", "-R", "s3://clean/t/"], &ENV);
+    assert_eq!(out.stdout, "a\na/\na/b\nc\n", "{}", out.stderr);
+    // As a directory to stage, it cannot be: one line, nothing moved.
+    let out = sandbox.run_env(&["--config", cfg, "stage", "in", "s3://clean/t/"], &ENV);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("holds both a file and a directory named \"a\""),
+        "{}",
+        out.stderr
+    );
+    assert!(!sandbox.join("wd/t").exists());
+}

@@ -88,6 +88,19 @@ pub(super) fn failure(e: &InspectError) -> CliError {
     }
 }
 
+/// Writes `text` and a newline to stdout: a closed reader ends the process quietly
+/// (141, as a shell shows a SIGPIPE death); any other failure (a full disk) is an
+/// error, never a silent or truncated success.
+fn say(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => Err(CliError::Staging(format!("cannot write the output: {e}"))),
+    }
+}
+
 fn kind_word(kind: EntryKind) -> &'static str {
     match kind {
         EntryKind::File => "file",
@@ -144,7 +157,7 @@ pub fn stat(
     for file in &files {
         let url = file.redacted_url();
         let provider = dm
-            .choose_stage_in_provider(&args.executor, file)
+            .choose_to_ask(&args.executor, file)
             .map(|p| p.name.clone())
             .ok();
         match dm.stat(&args.executor, file, &opts) {
@@ -158,18 +171,28 @@ pub fn stat(
                     o.insert("provider".into(), provider.into());
                     out.push(v);
                 } else {
-                    println!("{}", display::escape(&url));
-                    println!("  kind: {}", kind_word(entry.kind));
+                    let mut text = format!(
+                        "{}\n  kind: {}",
+                        display::escape(&url),
+                        kind_word(entry.kind)
+                    );
                     if let Some(size) = entry.size {
-                        println!("  size: {size}");
+                        text.push_str(&format!("\n  size: {size}"));
                     }
                     if let Some(t) = entry.modified {
-                        println!("  modified: {}", time(t));
+                        text.push_str(&format!("\n  modified: {}", time(t)));
                     }
                     if !entry.validator.is_empty() {
-                        println!("  validator: {}", display::escape(&entry.validator));
+                        text.push_str(&format!(
+                            "\n  validator: {}",
+                            display::escape(&entry.validator)
+                        ));
                     }
-                    println!("  provider: {}", provider.as_deref().unwrap_or("?"));
+                    text.push_str(&format!(
+                        "\n  provider: {}",
+                        provider.as_deref().unwrap_or("?")
+                    ));
+                    say(&text)?;
                 }
             }
             Ok(None) => {
@@ -182,7 +205,10 @@ pub fn stat(
                     eprintln!("stagehost: error: {}: not found", display::escape(&url));
                 }
             }
-            Err(e) if e.is_usage() => return Err(failure(&e)),
+            // No provider, or none with `stat`: nothing here can be answered.
+            Err(e @ (InspectError::NotOffered(_) | InspectError::Choose(_))) if e.is_usage() => {
+                return Err(failure(&e))
+            }
             Err(e) => {
                 if args.json {
                     out.push(serde_json::json!({
@@ -196,20 +222,26 @@ pub fn stat(
         }
     }
     if args.json {
-        println!("{}", serde_json::Value::Array(out));
+        say(&serde_json::Value::Array(out).to_string())?;
     }
     if missing + errors.len() == 0 {
         return Ok(ExitCode::SUCCESS);
     }
     let classes = std::iter::repeat_n(Some(FailureClass::NotFound), missing)
         .chain(errors.iter().map(|e| Some(e.class())));
+    // A URL that names nothing stat can be asked of is the caller's error (2).
+    let code = if errors.iter().any(InspectError::is_usage) {
+        2
+    } else {
+        FailureClass::exit_code_of(classes)
+    };
     Err(CliError::Failed {
         line: format!(
             "{} of {} URL(s) could not be stat'ed ({missing} not found)",
             missing + errors.len(),
             files.len()
         ),
-        code: FailureClass::exit_code_of(classes),
+        code,
     })
 }
 
@@ -226,11 +258,10 @@ pub fn ls(
         .map_err(|e| failure(&e))?;
     if args.json {
         let out: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
-        println!("{}", serde_json::Value::Array(out));
+        say(&serde_json::Value::Array(out).to_string())?;
         return Ok(ExitCode::SUCCESS);
     }
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
+    let mut text = String::new();
     for e in &entries {
         let slash = if e.kind == EntryKind::Directory {
             "/"
@@ -238,16 +269,17 @@ pub fn ls(
             ""
         };
         let name = display::escape(&e.name);
-        let line = if args.long {
+        if args.long {
             let size = e.size.map_or_else(|| "-".to_owned(), |s| s.to_string());
             let modified = e.modified.map_or_else(|| "-".to_owned(), time);
-            format!("{size:>12} {modified:<30} {name}{slash}")
+            text.push_str(&format!("{size:>12} {modified:<30} {name}{slash}\n"));
         } else {
-            format!("{name}{slash}")
-        };
-        if writeln!(stdout, "{line}").is_err() {
-            break;
+            text.push_str(&format!("{name}{slash}\n"));
         }
+    }
+    if !text.is_empty() {
+        text.pop();
+        say(&text)?;
     }
     Ok(ExitCode::SUCCESS)
 }

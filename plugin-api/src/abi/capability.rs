@@ -51,15 +51,16 @@ pub const EXPORT_SYMBOL_WITH_NUL: &str = "stagehost_plugin_capabilities\0";
 pub const EXPORT_MAGIC: u64 = u64::from_be_bytes(*b"stgcap01");
 
 /// What [`EXPORT_SYMBOL`] returns. Its own shape is fixed by [`EXPORT_MAGIC`]; the
-/// module's is checked against `layout`.
+/// module's is checked against `layout`. The pointers are raw so that a host can refuse
+/// a null one instead of trusting it.
 #[repr(C)]
 pub struct CapabilityExport {
     /// [`EXPORT_MAGIC`].
     pub magic: u64,
     /// The layout of [`CapabilityModule`] as the plugin was built with it.
-    pub layout: &'static TypeLayout,
+    pub layout: *const TypeLayout,
     /// The module.
-    pub module: &'static CapabilityModule,
+    pub module: *const CapabilityModule,
 }
 
 /// A capability's name and version.
@@ -70,6 +71,20 @@ pub struct CapabilityId {
     pub name: RStr<'static>,
     /// Its version, from 1.
     pub version: u32,
+}
+
+impl CapabilityId {
+    /// Whether the name is one a capability may have: 1 to 64 ASCII letters, digits,
+    /// `-`, `_` and `.` (so it can be printed and compared as it is). Read as bytes: a
+    /// name from a library is not trusted to be UTF-8.
+    pub fn has_valid_name(&self) -> bool {
+        let bytes = self.name.as_rslice();
+        let bytes = bytes.as_slice();
+        (1..=64).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
 }
 
 impl std::fmt::Display for CapabilityId {
@@ -122,10 +137,10 @@ pub unsafe trait CapabilityTable: StableAbi + Sized + 'static {
     /// `Ok(None)` when it is not offered, `Err` (one line) when a table with its id has
     /// another layout.
     fn find(offered: &[Capability]) -> Result<Option<&'static Self>, String> {
-        let Some(cap) = offered
-            .iter()
-            .find(|c| c.id.name.as_str() == Self::NAME && c.id.version == Self::VERSION)
-        else {
+        let Some(cap) = offered.iter().find(|c| {
+            c.id.name.as_rslice().as_slice() == Self::NAME.as_bytes()
+                && c.id.version == Self::VERSION
+        }) else {
             return Ok(None);
         };
         check_layout_compatibility(Self::LAYOUT, cap.layout).map_err(|_| {
@@ -188,10 +203,24 @@ impl From<Entry> for AbiEntry {
     }
 }
 
-impl From<AbiEntry> for Entry {
-    fn from(e: AbiEntry) -> Entry {
-        Entry {
-            name: e.name.into_string(),
+impl TryFrom<AbiEntry> for Entry {
+    type Error = StageError;
+    /// The entry, or an error when its name or validator is not UTF-8 (a library's
+    /// strings are not trusted to be).
+    fn try_from(e: AbiEntry) -> Result<Entry, StageError> {
+        let text = |s: RString, what: &str| {
+            String::from_utf8(s.into_bytes().into_vec()).map_err(|bad| {
+                StageError::new(
+                    crate::ErrorKind::Integrity,
+                    format!(
+                        "the provider answered with a {what} that is not UTF-8 ({})",
+                        crate::display::escape(&String::from_utf8_lossy(bad.as_bytes()))
+                    ),
+                )
+            })
+        };
+        Ok(Entry {
+            name: text(e.name, "name")?,
             kind: match e.kind {
                 0 => EntryKind::File,
                 1 => EntryKind::Directory,
@@ -202,8 +231,8 @@ impl From<AbiEntry> for Entry {
                 .modified_unix_ns
                 .into_option()
                 .map(Entry::modified_from_unix_ns),
-            validator: e.validator.into_string(),
-        }
+            validator: text(e.validator, "validator")?,
+        })
     }
 }
 
@@ -301,7 +330,7 @@ pub fn host_offers(name: &str, version: u32) -> bool {
     host()
         .offered
         .iter()
-        .any(|c| c.name.as_str() == name && c.version == version)
+        .any(|c| c.name.as_rslice().as_slice() == name.as_bytes() && c.version == version)
 }
 
 /// The required host capabilities the host did not offer, as one line; `None` when
@@ -408,7 +437,7 @@ pub fn capability_export(
     CapabilityExport {
         magic: EXPORT_MAGIC,
         layout: <CapabilityModule as StableAbi>::LAYOUT,
-        module,
+        module: module as *const CapabilityModule,
     }
 }
 

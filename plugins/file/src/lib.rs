@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use stagehost_plugin_api::capability::{Entry, EntryKind, List, Stat};
 use stagehost_plugin_api::fs::{copy_atomically, link_atomically, LinkKind};
-use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
+use stagehost_plugin_api::walk::WalkKind;
+use stagehost_plugin_api::{Context, File, Job, Provider, Settings, StageError};
 
 /// How a file reaches the working directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -159,79 +160,33 @@ impl Stat for FileProvider {
 }
 
 impl List for FileProvider {
-    /// Directories are walked without following links to directories (a link to a
-    /// directory is listed as `other`, so a tree never loops or reaches outside
-    /// itself through one); links to files are listed as the files they name.
+    /// plugin-api's `walk`: a link to a directory is listed as `other` and never entered,
+    /// even one swapped in during the walk; a link to a file is listed as that file.
     fn list(
         &self,
         ctx: &Context<'_>,
         dir: &File,
         recursive: bool,
     ) -> Result<Vec<Entry>, StageError> {
-        let root = Path::new(dir.path());
-        let meta = std::fs::metadata(root).map_err(|e| {
-            StageError::io(
-                format_args!("cannot list {}", stagehost_plugin_api::display::path(root)),
-                &e,
-            )
-        })?;
-        if !meta.is_dir() {
-            return Err(StageError::new(
-                ErrorKind::InvalidUrl,
-                format!(
-                    "{} is not a directory",
-                    stagehost_plugin_api::display::path(root)
-                ),
-            ));
-        }
-        let mut entries = Vec::new();
-        let mut pending = vec![(root.to_path_buf(), String::new())];
-        while let Some((path, prefix)) = pending.pop() {
-            ctx.check()?;
-            let read = std::fs::read_dir(&path).map_err(|e| {
-                StageError::io(
-                    format_args!("cannot list {}", stagehost_plugin_api::display::path(&path)),
-                    &e,
-                )
-            })?;
-            for item in read {
-                let item = item.map_err(|e| {
-                    StageError::io(
-                        format_args!("cannot list {}", stagehost_plugin_api::display::path(&path)),
-                        &e,
-                    )
-                })?;
-                let child = item.path();
-                let Some(name) = item.file_name().to_str().map(str::to_owned) else {
-                    return Err(StageError::new(
-                        ErrorKind::InvalidUrl,
-                        format!(
-                            "{} is not valid UTF-8; stagehost refuses it rather than alter it",
-                            stagehost_plugin_api::display::path(&child)
-                        ),
-                    ));
+        ctx.check()?;
+        let walked = stagehost_plugin_api::walk::walk(Path::new(dir.path()), recursive)?;
+        Ok(walked
+            .into_iter()
+            .map(|w| {
+                let kind = match w.kind {
+                    WalkKind::File | WalkKind::Link { to_file: true } => EntryKind::File,
+                    WalkKind::Directory => EntryKind::Directory,
+                    WalkKind::Link { to_file: false } | WalkKind::Other => EntryKind::Other,
                 };
-                let name = format!("{prefix}{name}");
-                let link = item.file_type().is_ok_and(|t| t.is_symlink());
-                let entry = match std::fs::metadata(&child) {
-                    Ok(meta) if link && meta.is_dir() => Entry {
-                        kind: EntryKind::Other,
-                        ..Entry::file(name)
-                    },
-                    Ok(meta) => entry_of(name, &meta),
-                    // A dangling link, or one gone since the directory was read.
-                    Err(_) => Entry {
-                        kind: EntryKind::Other,
-                        ..Entry::file(name)
-                    },
-                };
-                if recursive && entry.kind == EntryKind::Directory {
-                    pending.push((child, format!("{}/", entry.name)));
+                Entry {
+                    name: w.name,
+                    kind,
+                    size: w.size.filter(|_| kind == EntryKind::File),
+                    modified: w.modified,
+                    validator: String::new(),
                 }
-                entries.push(entry);
-            }
-        }
-        Ok(entries)
+            })
+            .collect())
     }
 }
 

@@ -631,7 +631,7 @@ impl Shared {
             return Ok(());
         }
         if !(200..300).contains(&status) {
-            return Err(refused(ctx, "GET", &shown, &response));
+            return Err(refused(ctx, "GET", &shown, &response, true));
         }
         // A part of the file where all of it was asked for is never saved as the file.
         if status == 206 {
@@ -841,15 +841,17 @@ impl Passes for Body<'_> {
 }
 
 /// The error for a response whose status refuses `method` on `shown`; for a transient
-/// status, after waiting out the server's `Retry-After`.
+/// status, after waiting out the server's `Retry-After` when `wait` (a transfer the host
+/// will retry; a `stat` is not retried, so it does not wait).
 fn refused(
     ctx: &Context<'_>,
     method: &str,
     shown: &str,
     response: &ureq::http::Response<ureq::Body>,
+    wait: bool,
 ) -> StageError {
     let status = response.status().as_u16();
-    if status_kind(status) == ErrorKind::Transient {
+    if wait && status_kind(status) == ErrorKind::Transient {
         if let Some(wait) = retry_after(response) {
             wait_before_retry(ctx, wait);
         }

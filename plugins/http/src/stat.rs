@@ -20,7 +20,7 @@ impl Http {
             return Ok(None);
         }
         if !(200..300).contains(&status) {
-            return Err(super::refused(ctx, "HEAD", &target.shown, &response));
+            return Err(super::refused(ctx, "HEAD", &target.shown, &response, false));
         }
         let header = |name: &str| {
             response

@@ -292,7 +292,12 @@ impl Stores {
 fn error_code(text: &str) -> Option<&str> {
     let (_, rest) = text.split_once("<Code>")?;
     let (code, _) = rest.split_once("</Code>")?;
-    (!code.is_empty() && code.len() < 64).then_some(code)
+    // A store's codes are words (`NoSuchBucket`, `Azure.Error`): anything else is
+    // not a code, and never reaches an error line.
+    (!code.is_empty()
+        && code.len() < 64
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
+    .then_some(code)
 }
 
 /// An object_store error as a stage error of the right kind, with the store's error
@@ -836,6 +841,18 @@ mod tests {
             assert!(!shown.contains("tok-echoed"), "{shown}");
             assert!(shown.contains("500 Internal Server Error"), "{shown}");
         }
+    }
+
+    #[test]
+    fn a_stores_error_code_is_a_word_or_nothing() {
+        assert_eq!(
+            error_code("x<Code>NoSuchBucket</Code>y"),
+            Some("NoSuchBucket")
+        );
+        assert_eq!(error_code("<Code>Azure.Blob</Code>"), Some("Azure.Blob"));
+        // A server's escape sequences never reach an error line as a code.
+        assert_eq!(error_code("<Code>X\u{1b}]0;PWNED\u{7}</Code>"), None);
+        assert_eq!(error_code("<Code>a b</Code>"), None);
     }
 
     #[test]
