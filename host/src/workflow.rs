@@ -13,6 +13,7 @@ use serde::Deserialize;
 use stagehost_plugin_api::File;
 
 use crate::config::{show_number, toml_error_line, MAX_SECONDS};
+use crate::data_manager::DataManager;
 use crate::engine::{
     check_command, Engine, FileReport, Input, SkipCheck, SubmitError, TaskHandle, TaskSpec,
 };
@@ -80,13 +81,15 @@ pub enum InputDef {
     },
 }
 
-/// `{ task = "name", output = i }`: a typo in a key is an error, never a default.
+/// `{ task = "name", output = i }` or `{ url = "...", recursive = true }`: a typo in a
+/// key is an error, never a default.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OutputRef {
-    task: String,
-    #[serde(default)]
-    output: usize,
+struct InputTable {
+    task: Option<String>,
+    output: Option<usize>,
+    url: Option<String>,
+    recursive: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for InputDef {
@@ -95,7 +98,7 @@ impl<'de> Deserialize<'de> for InputDef {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = InputDef;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a URL or a table `{ task = \"name\", output = N }`")
+                f.write_str("a URL, a table `{ task = \"name\", output = N }` or a table `{ url = \"...\", recursive = true }`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<InputDef, E> {
                 Ok(InputDef::Url(v.to_owned()))
@@ -104,11 +107,24 @@ impl<'de> Deserialize<'de> for InputDef {
                 Ok(InputDef::Url(v))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<InputDef, A::Error> {
-                let r = OutputRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(InputDef::Output {
-                    task: r.task,
-                    output: r.output,
-                })
+                let t = InputTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                match (t.task, t.url) {
+                    (Some(task), None) if t.recursive.is_none() => Ok(InputDef::Output {
+                        task,
+                        output: t.output.unwrap_or(0),
+                    }),
+                    // A directory: its URL with the trailing `/` that names one.
+                    (None, Some(url)) if t.output.is_none() => Ok(InputDef::Url(
+                        if t.recursive == Some(true) && !url.ends_with('/') {
+                            format!("{url}/")
+                        } else {
+                            url
+                        },
+                    )),
+                    _ => Err(serde::de::Error::custom(
+                        "an input table is `{ task = \"name\", output = N }` or `{ url = \"...\", recursive = true }`",
+                    )),
+                }
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -601,7 +617,8 @@ impl Workflow {
         let mut submitted = Vec::with_capacity(n);
         while submitted.len() < n {
             while let Some(i) = ready.pop() {
-                let spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
+                let mut spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
+                expand_directories(&mut spec, engine.data_manager());
                 // A task whose producer failed in this run is never skipped: it
                 // loses its input, whatever its record says.
                 let producers_ok = producers[i].iter().all(|p| {
@@ -715,6 +732,53 @@ pub fn verdict(history: &History, command: &str, spec: &TaskSpec) -> Verdict {
     history.verdict(&spec.name, &spec.executor, command, &ins, &outs)
 }
 
+/// Expands each directory input of `spec` ([`stagehost_core::tree`]): the input
+/// becomes an [`Input::Directory`] (the task sees where its files land) and each file
+/// below it an [`Input::Placed`] argument, staged as a file of its own. The listing is
+/// a request to the directory's server, made off the async threads.
+fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
+    let wanted = spec
+        .inputs
+        .iter()
+        .any(|i| matches!(i, Input::File(f) if dm.names_directory(&spec.executor, f)));
+    if !wanted {
+        return;
+    }
+    let mut expand = || {
+        let executor = spec.executor.clone();
+        let mut args = Vec::new();
+        for input in &mut spec.inputs {
+            let Input::File(dir) = input else { continue };
+            if !dm.names_directory(&executor, dir) {
+                continue;
+            }
+            let dir = dir.clone();
+            let path = dm
+                .directory_destination(&executor, &dir, None)
+                .and_then(|root| {
+                    let files = dm.expand_directory(&executor, &dir, &Default::default())?;
+                    Ok((root, files))
+                })
+                .map(|(root, files)| {
+                    for f in files {
+                        let destination = root.join(&f.relative);
+                        args.push(Input::Placed {
+                            file: f.file,
+                            destination,
+                        });
+                    }
+                    root
+                });
+            *input = Input::Directory { file: dir, path };
+        }
+        spec.args.extend(args);
+    };
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(expand),
+        _ => expand(),
+    }
+}
+
 /// What the bulk check `checked` proves about the remote `inputs` (by index) of
 /// `spec`: current only if every one is; changed if one is.
 fn proof(
@@ -822,6 +886,33 @@ mod tests {
 
     fn wf(text: &str) -> Workflow {
         Workflow::parse(text, Path::new("/w/flow.toml")).unwrap()
+    }
+
+    #[test]
+    fn an_input_table_is_another_tasks_output_or_a_directory() {
+        let w = wf("[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [{ url = \"s3://b/in\", recursive = true }, { url = \"s3://b/x/\" }, { url = \"s3://b/f.txt\" }]\n");
+        let urls: Vec<&str> = w.tasks[0]
+            .inputs
+            .iter()
+            .map(|i| match i {
+                InputDef::Url(u) => u.as_str(),
+                InputDef::Output { .. } => "output",
+            })
+            .collect();
+        assert_eq!(urls, ["s3://b/in/", "s3://b/x/", "s3://b/f.txt"]);
+        for bad in [
+            "{ task = \"b\", url = \"s3://b/x\" }",
+            "{ url = \"s3://b/x\", output = 1 }",
+            "{ task = \"b\", recursive = true }",
+            "{ recursive = true }",
+            "{ url = \"s3://b/x\", recursve = true }",
+        ] {
+            let text = format!("[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [{bad}]\n");
+            assert!(
+                Workflow::parse(&text, Path::new("/w/flow.toml")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

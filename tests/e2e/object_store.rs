@@ -903,3 +903,123 @@ fn an_object_beside_a_prefix_of_its_name_is_listed_twice_and_refused_as_a_direct
     );
     assert!(!sandbox.join("wd/t").exists());
 }
+
+#[test]
+fn a_workflow_reads_a_prefix_as_a_directory_and_a_resume_skips_it_until_an_object_changes() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\nfor k in ['in/a.txt', 'in/sub/b.txt']: s3.put_object(Bucket='data', Key=k, Body=k.encode())\n");
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"list\"\ncommand = \"cd {inputs[0]} && find . -type f | sort | xargs cat > {outputs[0]}\"\ninputs = [{ url = \"s3://data/in\", recursive = true }]\noutputs = [\"all.txt\"]\n\n[[task]]\nname = \"missing\"\ncommand = \"true\"\ninputs = [\"s3://data/none/\"]\n",
+    );
+    let run = |resume: bool| {
+        let mut args = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            "flow.toml",
+            "--report",
+            "-",
+        ];
+        if resume {
+            args.insert(3, "--resume");
+        }
+        sandbox.run_env(&args, &ENV)
+    };
+    // The dry run lists what would move, and that the empty prefix cannot be.
+    let out = sandbox.run_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            "--dry-run",
+            "flow.toml",
+        ],
+        &ENV,
+    );
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("  in  s3://data/in/ -> ")
+            && out.stdout.contains("/wd/in/ [a directory: 2 file(s)]")
+            && out.stdout.contains("    in  s3://data/in/sub/b.txt -> ")
+            && out
+                .stdout
+                .contains("/wd/in/sub/b.txt [provider s3, separate job]")
+            && out.stdout.contains("s3://data/none/: cannot list"),
+        "{}",
+        out.stdout
+    );
+    // A dry run moves nothing (planning may make the directories files would land in).
+    assert!(!sandbox.join("wd/in/a.txt").exists() && !sandbox.join("wd/in/sub/b.txt").exists());
+    let out = run(false);
+    // The empty prefix fails its own task (not found); the other runs.
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let report = out.json();
+    let task = |name: &str| {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(task("list")["status"], "succeeded", "{}", out.stderr);
+    assert_eq!(task("missing")["status"], "failed");
+    assert!(
+        task("missing")["error"]
+            .as_str()
+            .unwrap()
+            .contains("no object has this prefix"),
+        "{}",
+        task("missing")
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/all.txt")).unwrap(),
+        "in/a.txtin/sub/b.txt"
+    );
+    // The directory's entry, then one per file, each landed below it.
+    let files = task("list")["files"].as_array().unwrap().clone();
+    let urls: Vec<&str> = files.iter().map(|f| f["url"].as_str().unwrap()).collect();
+    assert_eq!(
+        urls[..3],
+        [
+            "s3://data/in/",
+            "s3://data/in/a.txt",
+            "s3://data/in/sub/b.txt"
+        ]
+    );
+    assert!(urls[3].ends_with("/work/all.txt"), "{urls:?}");
+    assert!(files[2]["local_path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/wd/in/sub/b.txt"));
+    // Nothing changed: skipped.
+    let out = run(true);
+    let report = out.json();
+    let status = |name: &str| {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status("list"), "skipped", "{}", out.stderr);
+    // A new object below the prefix: the task runs and reads it.
+    moto.boto("s3.put_object(Bucket='data', Key='in/c.txt', Body=b'in/c.txt')\n");
+    let out = run(true);
+    assert_eq!(
+        out.json()["tasks"][0]["status"],
+        "succeeded",
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/all.txt")).unwrap(),
+        "in/a.txtin/c.txtin/sub/b.txt"
+    );
+}

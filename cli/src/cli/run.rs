@@ -467,6 +467,47 @@ fn dry_run(
             } else {
                 "out"
             };
+            // A directory: listed (a request to its server; nothing moves), then each
+            // file as it would be staged below where the directory lands.
+            if direction == Direction::In && dm.names_directory(&task.executor, file) {
+                let listed = dm
+                    .directory_destination(&task.executor, file, None)
+                    .and_then(|root| Ok((root, dm.expand_directory(&task.executor, file, &opts)?)));
+                match listed {
+                    Ok((root, tree)) => {
+                        println!(
+                            "  {word} {} -> {}/ [a directory: {} file(s)]",
+                            file.redacted_url(),
+                            root.display(),
+                            tree.len()
+                        );
+                        for t in tree {
+                            let placed = StageOptions {
+                                destination: Some(root.join(&t.relative)),
+                                ..StageOptions::default()
+                            };
+                            match dm.plan_stage_in(&task.executor, &t.file, &placed) {
+                                Ok(s) => println!(
+                                    "    {word} {} -> {} [provider {}, {}]",
+                                    t.file.redacted_url(),
+                                    root.join(&t.relative).display(),
+                                    s.provider.name,
+                                    how(&s, pilot.is_some())
+                                ),
+                                Err(e) => {
+                                    problems.push(Some(e.class()));
+                                    println!("    {word} {}: {e}", t.file.redacted_url());
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        problems.push(Some(e.class()));
+                        println!("  {word} {}: {e}", file.redacted_url());
+                    }
+                }
+                continue;
+            }
             let planned = match direction {
                 Direction::In => dm.plan_stage_in(&task.executor, file, &opts),
                 Direction::Out => dm.plan_stage_out(&task.executor, file, &opts),
@@ -481,24 +522,7 @@ fn dry_run(
                     println!("  {word} {}: the local input {why}", file.redacted_url());
                 }
                 Ok(s) => {
-                    let modes: Vec<String> = s
-                        .modes()
-                        .iter()
-                        .map(|m| match (pilot.is_some(), m) {
-                            (false, m) => m.as_str().to_owned(),
-                            (true, stagehost::WorkMode::SeparateJob) => {
-                                "separate job on the submit side".to_owned()
-                            }
-                            (true, stagehost::WorkMode::InTaskStep) => {
-                                "in-task step on the node".to_owned()
-                            }
-                        })
-                        .collect();
-                    let how = if modes.is_empty() {
-                        "nothing to do".to_owned()
-                    } else {
-                        modes.join(" + ")
-                    };
+                    let how = how(&s, pilot.is_some());
                     let local = s
                         .file
                         .filepath()
@@ -538,6 +562,27 @@ fn dry_run(
         })
     } else {
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// How a planned staging's work runs, in the dry run's words (on a pilot executor,
+/// which side runs it).
+fn how(s: &stagehost::Staging, pilot: bool) -> String {
+    let modes: Vec<String> = s
+        .modes()
+        .iter()
+        .map(|m| match (pilot, m) {
+            (false, m) => m.as_str().to_owned(),
+            (true, stagehost::WorkMode::SeparateJob) => {
+                "separate job on the submit side".to_owned()
+            }
+            (true, stagehost::WorkMode::InTaskStep) => "in-task step on the node".to_owned(),
+        })
+        .collect();
+    if modes.is_empty() {
+        "nothing to do".to_owned()
+    } else {
+        modes.join(" + ")
     }
 }
 

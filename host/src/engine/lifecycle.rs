@@ -27,6 +27,11 @@ struct FileState {
     original: File,
     staging: Option<Staging>,
     report: FileReport,
+    /// A directory's own entry: nothing staged; the task sees this path.
+    local: Option<PathBuf>,
+    /// The destination the host chose for it (a file of a directory), kept for a
+    /// re-plan.
+    destination: Option<PathBuf>,
 }
 
 impl FileState {
@@ -57,6 +62,36 @@ impl FileState {
             original,
             staging,
             report,
+            local: None,
+            destination: None,
+        }
+    }
+
+    /// A directory's own entry: `path` when it was listed, else its failure.
+    fn directory(
+        original: File,
+        executor: &str,
+        path: &Result<PathBuf, stagehost_core::inspect::InspectError>,
+    ) -> FileState {
+        let mut report = FileReport::new(Direction::In, original.redacted_url(), executor);
+        let local = match path {
+            Ok(path) => {
+                report.local_path = Some(path.display().to_string());
+                Some(path.clone())
+            }
+            Err(e) => {
+                report.ok = false;
+                report.error = Some(e.to_string());
+                report.error_class = Some(e.class());
+                None
+            }
+        };
+        FileState {
+            original,
+            staging: None,
+            report,
+            local,
+            destination: None,
         }
     }
 
@@ -74,6 +109,9 @@ impl FileState {
     /// Where the task finds the file, as an absolute path: the command runs in the
     /// working directory, so a path relative to ours would name another file there.
     fn path(&self) -> PathBuf {
+        if let Some(local) = &self.local {
+            return local.clone();
+        }
         let file = self.staging.as_ref().map_or(&self.original, |s| &s.file);
         let path = file
             .filepath()
@@ -498,13 +536,27 @@ impl Inner {
             };
             for input in spec.staged_ins() {
                 let f = input.file();
-                let planned = self.dm.plan_stage_in(&spec.executor, f, &opts);
-                files.push(FileState::planned(
-                    f.clone(),
-                    Direction::In,
-                    &spec.executor,
-                    planned,
-                ));
+                let state = match input {
+                    Input::Directory { path, .. } => {
+                        FileState::directory(f.clone(), &spec.executor, path)
+                    }
+                    Input::Placed { destination, .. } => {
+                        let placed = StageOptions {
+                            destination: Some(destination.clone()),
+                            ..opts.clone()
+                        };
+                        let planned = self.dm.plan_stage_in(&spec.executor, f, &placed);
+                        let mut state =
+                            FileState::planned(f.clone(), Direction::In, &spec.executor, planned);
+                        state.destination = Some(destination.clone());
+                        state
+                    }
+                    Input::File(_) | Input::Future(_) => {
+                        let planned = self.dm.plan_stage_in(&spec.executor, f, &opts);
+                        FileState::planned(f.clone(), Direction::In, &spec.executor, planned)
+                    }
+                };
+                files.push(state);
             }
             for f in spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr) {
                 let planned = self.dm.plan_stage_out(&spec.executor, f, &opts);
@@ -792,6 +844,14 @@ impl Inner {
             ..StageOptions::default()
         };
         for file in files.iter_mut() {
+            // A directory's own entry stages nothing.
+            if file.local.is_some() {
+                continue;
+            }
+            let opts = StageOptions {
+                destination: file.destination.clone(),
+                ..opts.clone()
+            };
             let planned = match file.report.direction {
                 Direction::In => self.dm.plan_stage_in(&spec.executor, &file.original, &opts),
                 Direction::Out => self

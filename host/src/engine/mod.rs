@@ -263,8 +263,8 @@ impl Engine {
         };
         let spec = Arc::new(spec);
         let ready = spec.staged_ins().all(|i| match i {
-            Input::File(_) => true,
             Input::Future(f) => f.is_ready(),
+            Input::File(_) | Input::Directory { .. } | Input::Placed { .. } => true,
         });
         if ready {
             // Nothing to wait for: straight to a worker.

@@ -54,6 +54,22 @@ pub enum Input {
     File(File),
     /// Another task's output; the task waits for it to be staged out.
     Future(DataFuture),
+    /// A directory the host expanded (`stagehost_core::tree`): nothing is staged for it
+    /// itself; the task sees `path`, and its files come as [`Input::Placed`] arguments
+    /// below it. `Err` when it could not be listed: the task fails at planning with it.
+    Directory {
+        /// The directory's URL.
+        file: File,
+        /// Where its files land, or why it could not be listed.
+        path: Result<PathBuf, stagehost_core::inspect::InspectError>,
+    },
+    /// A file staged to a destination the host chose (a file of a directory).
+    Placed {
+        /// The file's URL.
+        file: File,
+        /// Where it lands.
+        destination: PathBuf,
+    },
 }
 
 impl Input {
@@ -62,6 +78,7 @@ impl Input {
         match self {
             Input::File(f) => f,
             Input::Future(d) => d.file(),
+            Input::Directory { file, .. } | Input::Placed { file, .. } => file,
         }
     }
 }
