@@ -78,9 +78,11 @@ impl DataManager {
     /// Whether `file` is staged as a directory on `executor`: its path ends in `/` and
     /// the provider a stage-in would choose offers `list`.
     pub fn names_directory(&self, executor: &str, file: &File) -> bool {
+        // Chosen as `stat`/`ls` choose: a provider that refuses the URL only as
+        // invalid for staging a file (a zip archive's prefix) still claims it.
         file.path().ends_with('/')
             && self
-                .choose_stage_in_provider(executor, file)
+                .choose_to_ask(executor, file)
                 .is_ok_and(|p| p.plugin.list.is_some())
     }
 
@@ -169,6 +171,25 @@ impl DataManager {
     }
 }
 
+/// Removes from the local directory `root` each file stagehost put there
+/// (`landing::replaceable`) that `keep` does not name: a directory input's files gone
+/// from its server since they were staged. Anything else is left alone. Best effort.
+pub fn prune(root: &Path, keep: &[PathBuf], working_dir: &Path) {
+    use stagehost_plugin_api::walk::WalkKind;
+    let Ok(walked) = stagehost_plugin_api::walk::walk(root, true) else {
+        return;
+    };
+    let keep: std::collections::HashSet<&Path> = keep.iter().map(PathBuf::as_path).collect();
+    for w in walked.into_iter().filter(|w| w.kind == WalkKind::File) {
+        let path = root.join(&w.name);
+        if !keep.contains(path.as_path())
+            && stagehost_plugin_api::landing::replaceable(&path, working_dir)
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// The regular files below the local directory `root`, each with the URL it goes to
 /// below `dir` and its local path, sorted. The walk is plugin-api's `walk`: links are
 /// never followed, and a link (or anything but a file or a directory) below the root is
@@ -181,7 +202,16 @@ pub fn local_tree(root: &Path, dir: &File) -> Result<Vec<(TreeFile, PathBuf)>, S
         match w.kind {
             WalkKind::Directory => {}
             WalkKind::File => {
-                let mut file = child_url(dir, &w.name)?;
+                let mut file = child_url(dir, &w.name).map_err(|_| {
+                    StageError::new(
+                        ErrorKind::InvalidUrl,
+                        format!(
+                            "{} holds {:?}, a name a URL cannot carry the same way to every provider (it has %, ? or # or a control character); stage that file by a URL of its own",
+                            stagehost_plugin_api::display::path(root),
+                            stagehost_plugin_api::display::escape(&w.name)
+                        ),
+                    )
+                })?;
                 file.set_local_path(&local);
                 out.push((
                     TreeFile {
@@ -194,7 +224,7 @@ pub fn local_tree(root: &Path, dir: &File) -> Result<Vec<(TreeFile, PathBuf)>, S
             }
             WalkKind::Link { .. } | WalkKind::Other => {
                 return Err(StageError::new(
-                    ErrorKind::Permission,
+                    ErrorKind::InvalidUrl,
                     format!(
                         "{} is a link or a special file; a directory stage-out sends regular files only",
                         stagehost_plugin_api::display::path(&local)

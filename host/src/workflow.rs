@@ -336,6 +336,18 @@ impl Workflow {
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
         let mut writers: HashMap<String, usize> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
+            if let Some(url) = t.outputs.iter().find(|u| {
+                let path = u.split(['?', '#']).next().unwrap_or(u);
+                path.ends_with('/')
+            }) {
+                return Err(self.err(
+                    i,
+                    format!(
+                        "the output {} ends in `/`, a directory; outputs are files (a directory can be an input, not yet an output): name each file",
+                        stagehost_plugin_api::redact_url(url)
+                    ),
+                ));
+            }
             if !executors.contains(&t.executor.as_str()) {
                 // A task without `executor =` runs on "local", which a config that
                 // declares executors of its own has only if it declares it too.
@@ -746,6 +758,10 @@ fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
     }
     let mut expand = || {
         let executor = spec.executor.clone();
+        let working_dir = dm
+            .working_dir(&executor)
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         let mut args = Vec::new();
         for input in &mut spec.inputs {
             let Input::File(dir) = input else { continue };
@@ -760,6 +776,12 @@ fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
                     Ok((root, files))
                 })
                 .map(|(root, files)| {
+                    // The task sees exactly the directory's files: one staged here
+                    // before and gone from its server since goes (only files stagehost
+                    // put here; anything else is left alone).
+                    let keep: Vec<std::path::PathBuf> =
+                        files.iter().map(|f| root.join(&f.relative)).collect();
+                    stagehost_core::tree::prune(&root, &keep, &working_dir);
                     for f in files {
                         let destination = root.join(&f.relative);
                         args.push(Input::Placed {

@@ -390,10 +390,16 @@ pub fn open_regular(src: &Path) -> Result<(std::fs::File, std::fs::Metadata), St
     }
     let shown = || display::path(src);
     let refuse = |meta: &std::fs::Metadata| {
+        // A directory is staged whole when its URL ends in `/`.
+        let hint = if meta.is_dir() {
+            "; to stage the whole directory, end its URL with /"
+        } else {
+            ""
+        };
         StageError::new(
             ErrorKind::InvalidUrl,
             format!(
-                "cannot copy {}: it is {}, not a regular file",
+                "cannot copy {}: it is {}, not a regular file{hint}",
                 shown(),
                 file_kind(meta)
             ),

@@ -458,3 +458,80 @@ fn stage_out_of_a_missing_file_still_writes_its_json_report() {
         .is_some_and(|e| e.contains("does not exist")));
     assert_eq!(json["summary"]["files_failed"], 1);
 }
+
+#[test]
+fn a_local_directory_input_is_used_in_place_or_copied_and_keeps_only_its_files() {
+    let sandbox = Sandbox::new();
+    sandbox.write("data/a.txt", "A");
+    sandbox.write("data/sub/b.txt", "B");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"list\"\ncommand = \"cd {inputs[0]} && find . -type f | sort > {outputs[0]}\"\ninputs = [{ url = \"../data\", recursive = true }]\noutputs = [\"list.txt\"]\n",
+    );
+    // The embedded default: the file provider uses files where they are, so the task
+    // gets the directory itself.
+    let out = sandbox.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/list.txt")).unwrap(),
+        "./a.txt\n./sub/b.txt\n"
+    );
+    assert!(!sandbox.join("work/data").exists(), "nothing copied");
+    // Copied: the directory lands in the working directory, and a file gone from the
+    // source since is gone from the copy the task reads on the next run.
+    let cfg = file_config(&sandbox, "copy");
+    let cfg = cfg.to_str().unwrap();
+    let out = sandbox.run(&["--config", cfg, "run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    std::fs::remove_file(sandbox.join("data/a.txt")).unwrap();
+    let out = sandbox.run(&["--config", cfg, "run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/list.txt")).unwrap(),
+        "./sub/b.txt\n"
+    );
+    // An output cannot be a directory yet: said before anything runs.
+    sandbox.write(
+        "work/out.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"true\"\noutputs = [\"out/d/\"]\n",
+    );
+    let out = sandbox.run(&["run", "out.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("ends in `/`, a directory; outputs are files"),
+        "{}",
+        out.stderr
+    );
+    // A directory stage-out refuses, before anything moves, a name no URL carries alike
+    // and a link (exit 2), naming the local file.
+    sandbox.write("send/50%.txt", "x");
+    let send = sandbox.join("send");
+    let send = send.to_str().unwrap();
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "out",
+        send,
+        "/tmp/never-used-stagehost-dir/",
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("send holds \"50%.txt\""),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_file(sandbox.join("send/50%.txt")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", sandbox.join("send/link")).unwrap();
+    let out = sandbox.run(&[
+        "--config",
+        cfg,
+        "stage",
+        "out",
+        send,
+        "/tmp/never-used-stagehost-dir/",
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(!Path::new("/tmp/never-used-stagehost-dir").exists());
+}

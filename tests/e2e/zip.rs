@@ -570,6 +570,41 @@ fn stat_and_ls_read_the_central_directory() {
     assert_eq!(json[3]["exists"], false);
     // Listing never extracts: nothing was written beside the archive.
     assert!(!sandbox.join("wd").exists());
+    // A member, or an empty directory entry, as a directory to list.
+    let out = sandbox.run(&["--config", cfg, "ls", &url("/a.txt")]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let out = sandbox.run(&["--config", cfg, "ls", &url("/empty/")]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), ""),
+        "{}",
+        out.stderr
+    );
+    // A prefix staged in: each member below it, extracted below `<working_dir>/sub/`;
+    // in a workflow too, through {inputs[0]}.
+    let out = sandbox.run(&["--config", cfg, "stage", "in", &url("/sub/")]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/sub/deeper/c.txt")).unwrap(),
+        "CCC"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd/sub/b.txt")).unwrap(),
+        "BB"
+    );
+    sandbox.write(
+        "work/flow.toml",
+        format!(
+            "[[task]]\nname = \"t\"\ncommand = \"cat {{inputs[0]}}/b.txt {{inputs[0]}}/deeper/c.txt > {{outputs[0]}}\"\ninputs = [{:?}]\noutputs = [\"both.txt\"]\n",
+            url("/sub/")
+        ),
+    );
+    let out = sandbox.run(&["--config", cfg, "run", "flow.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/both.txt")).unwrap(),
+        "BBCCC"
+    );
     // An archive that is not there, or a prefix nothing continues: not found.
     let out = sandbox.run(&["--config", cfg, "ls", &url("/nothing/")]);
     assert_eq!(out.code, Some(3), "{}", out.stderr);

@@ -500,14 +500,23 @@ fn stage_out_directory(
             e.message()
         )))
     })?;
-    let tree = stagehost::tree::local_tree(local, &dir).map_err(|e| CliError::Failed {
-        line: format!(
+    let tree = stagehost::tree::local_tree(local, &dir).map_err(|e| {
+        let line = format!(
             "cannot stage out {} to {}: {}",
             display::path(local),
             dir.redacted_url(),
             e.message()
-        ),
-        code: FailureClass::exit_code_of([Some(FailureClass::of(e.kind()))]),
+        );
+        // A tree that cannot be sent as it is: the caller's to fix (2), before
+        // anything moves.
+        if e.kind() == stagehost_plugin_api::ErrorKind::InvalidUrl {
+            CliError::Config(ConfigError(line))
+        } else {
+            CliError::Failed {
+                line,
+                code: FailureClass::exit_code_of([Some(FailureClass::of(e.kind()))]),
+            }
+        }
     })?;
     let rt = runtime();
     let results = rt.block_on(async {

@@ -558,6 +558,7 @@ impl Inner {
                 };
                 files.push(state);
             }
+            settle_directories(&mut files);
             for f in spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr) {
                 let planned = self.dm.plan_stage_out(&spec.executor, f, &opts);
                 files.push(FileState::planned(
@@ -864,6 +865,41 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// Where each directory input of a planned task is: below its destination, made now
+/// (even empty), when its files land there; the directory itself when a provider uses
+/// every one of its files where it is (the `file` provider's `mode = "none"`).
+fn settle_directories(files: &mut [FileState]) {
+    for d in 0..files.len() {
+        let (Some(root), None) = (files[d].local.clone(), &files[d].staging) else {
+            continue;
+        };
+        let mut children = files
+            .iter()
+            .filter(|f| {
+                f.destination
+                    .as_ref()
+                    .is_some_and(|to| to.starts_with(&root))
+            })
+            .peekable();
+        let in_place = children.peek().is_some()
+            && children.all(|f| f.staging.as_ref().is_some_and(|s| !s.placed));
+        let source = stagehost_core::journal::local_path_of(files[d].original.url());
+        match source {
+            Some(source) if in_place => {
+                files[d].report.local_path = Some(source.display().to_string());
+                files[d].local = Some(source);
+            }
+            _ => {
+                if let Err(e) = std::fs::create_dir_all(&root) {
+                    files[d].report.ok = false;
+                    files[d].report.error =
+                        Some(format!("cannot create {}: {e}", display::path(&root)));
+                }
+            }
+        }
     }
 }
 

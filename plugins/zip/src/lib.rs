@@ -206,9 +206,25 @@ impl List for ZipProvider {
         } else {
             format!("{prefix}/")
         };
+        // A member by that very name: a file is no directory to list; a directory
+        // entry is one, even an empty one.
+        if let Some(m) = members
+            .iter()
+            .find(|m| !prefix.is_empty() && m.name == prefix)
+        {
+            if !m.is_dir {
+                return Err(StageError::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "{} holds {prefix} as a member (a file), not a directory",
+                        stagehost_plugin_api::display::path(&archive)
+                    ),
+                ));
+            }
+        }
         let mut files = Vec::new();
         let mut dirs = std::collections::BTreeSet::new();
-        let mut any = prefix.is_empty();
+        let mut any = prefix.is_empty() || members.iter().any(|m| m.is_dir && m.name == prefix);
         for m in &members {
             let Some(rest) = m.name.strip_prefix(strip.as_str()) else {
                 continue;
