@@ -771,6 +771,24 @@ pub fn wait_with_peak_rss(mut child: std::process::Child) -> (Run, i64) {
             .take()
             .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
     );
+    // The peak of the program itself: its VmHWM, read until it exits. (wait4's
+    // ru_maxrss is no measure of it: Linux carries the test process's own resident size
+    // at the spawn across the exec, so a busy test process inflates it.)
+    let hwm = std::thread::spawn(move || {
+        let mut peak = None;
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            else {
+                break; // a zombie has no memory left to read
+            };
+            peak = peak.max(Some(kib));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        peak
+    });
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -782,7 +800,11 @@ pub fn wait_with_peak_rss(mut child: std::process::Child) -> (Run, i64) {
         stdout: out.join().expect("reader thread"),
         stderr: err.join().expect("reader thread"),
     };
-    (run, usage.ru_maxrss)
+    let peak = hwm
+        .join()
+        .expect("poller thread")
+        .unwrap_or(usage.ru_maxrss);
+    (run, peak)
 }
 
 /// Stops a server the tests started: `signal` to it by its pid, then SIGKILL if it is
