@@ -335,7 +335,13 @@ impl Journal {
             report
                 .files
                 .iter()
-                .filter(|f| f.direction == direction)
+                // The files a task wrote below a directory output are what it made,
+                // not what it was asked for: the directory's own entry stands for them.
+                .filter(|f| {
+                    f.direction == direction
+                        && (direction == crate::data_manager::Direction::In
+                            || f.directory.is_none())
+                })
                 .map(|f| {
                     let at_start = read.as_mut().and_then(Iterator::next).flatten();
                     let identity = at_start.or_else(|| {

@@ -135,6 +135,10 @@ pub struct FileReport {
     /// `other`), if it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_class: Option<FailureClass>,
+    /// The directory (its URL, redacted) this file was staged as a member of: a
+    /// directory input's listed file, or a file a task wrote below a directory output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
 }
 
 impl FileReport {
@@ -156,6 +160,7 @@ impl FileReport {
             cached: false,
             error: None,
             error_class: None,
+            directory: None,
         }
     }
 

@@ -66,6 +66,13 @@ fn child_url(dir: &File, relative: &str) -> Result<File, StageError> {
     File::parse(&format!("{}/{relative}{tail}", base.trim_end_matches('/')))
 }
 
+/// Whether an output URL names a directory its task fills: its path ends in `/` (no
+/// file can be written to such a name, on any provider). An input needs a provider
+/// that lists too ([`DataManager::names_directory`]).
+pub fn is_directory_output(file: &File) -> bool {
+    file.path().ends_with('/')
+}
+
 /// The directory's name: its URL's last non-empty path segment (`index` for none).
 pub fn directory_name(dir: &File) -> &str {
     match dir.path().trim_end_matches('/').rsplit('/').next() {
@@ -173,20 +180,33 @@ impl DataManager {
 
 /// Removes from the local directory `root` each file stagehost put there
 /// (`landing::replaceable`) that `keep` does not name: a directory input's files gone
-/// from its server since they were staged. Anything else is left alone. Best effort.
+/// from its server since they were staged, or a directory output's files from the
+/// run before (`keep` empty), and the directories those removals leave empty.
+/// Anything else is left alone. Best effort.
 pub fn prune(root: &Path, keep: &[PathBuf], working_dir: &Path) {
     use stagehost_plugin_api::walk::WalkKind;
     let Ok(walked) = stagehost_plugin_api::walk::walk(root, true) else {
         return;
     };
     let keep: std::collections::HashSet<&Path> = keep.iter().map(PathBuf::as_path).collect();
+    let mut emptied = std::collections::BTreeSet::new();
     for w in walked.into_iter().filter(|w| w.kind == WalkKind::File) {
         let path = root.join(&w.name);
         if !keep.contains(path.as_path())
             && stagehost_plugin_api::landing::replaceable(&path, working_dir)
+            && std::fs::remove_file(&path).is_ok()
         {
-            let _ = std::fs::remove_file(&path);
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(root) && *d != root) {
+                emptied.insert(d.to_path_buf());
+                dir = d.parent();
+            }
         }
+    }
+    // A directory left empty by those removals goes too, deepest first; one that
+    // still holds anything stays (removing a directory never removes its contents).
+    for dir in emptied.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

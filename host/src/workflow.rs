@@ -34,8 +34,9 @@ pub struct TaskDef {
     /// Inputs: URLs/paths, or `{ task = "name", output = i }`.
     #[serde(default)]
     pub inputs: Vec<InputDef>,
-    /// Outputs: URLs/paths.
-    #[serde(default)]
+    /// Outputs: URLs/paths; one ending in `/` (or `{ url = "...", recursive = true }`)
+    /// is a directory the task fills.
+    #[serde(default, deserialize_with = "output_urls")]
     pub outputs: Vec<String>,
     /// Standard output as a URL/path.
     #[serde(default)]
@@ -129,6 +130,40 @@ impl<'de> Deserialize<'de> for InputDef {
         }
         deserializer.deserialize_any(Visitor)
     }
+}
+
+/// `{ url = "...", recursive = true }` as an output: a directory.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputTable {
+    url: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OutputDef {
+    Url(String),
+    Table(OutputTable),
+}
+
+/// Outputs as URLs: a table `{ url, recursive = true }` is its URL with the trailing
+/// `/` that names a directory.
+fn output_urls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let defs: Vec<OutputDef> = Vec::deserialize(deserializer).map_err(|_| {
+        serde::de::Error::custom(
+            "outputs are URLs, or tables `{ url = \"...\", recursive = true }` for a directory",
+        )
+    })?;
+    Ok(defs
+        .into_iter()
+        .map(|d| match d {
+            OutputDef::Url(url) => url,
+            OutputDef::Table(t) if t.recursive && !t.url.ends_with('/') => format!("{}/", t.url),
+            OutputDef::Table(t) => t.url,
+        })
+        .collect())
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,14 +371,14 @@ impl Workflow {
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
         let mut writers: HashMap<String, usize> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
-            if let Some(url) = t.outputs.iter().find(|u| {
+            if let Some(url) = t.stdout.iter().chain(&t.stderr).find(|u| {
                 let path = u.split(['?', '#']).next().unwrap_or(u);
                 path.ends_with('/')
             }) {
                 return Err(self.err(
                     i,
                     format!(
-                        "the output {} ends in `/`, a directory; outputs are files (a directory can be an input, not yet an output): name each file",
+                        "stdout and stderr are files, and {} ends in `/`, a directory: name a file",
                         stagehost_plugin_api::redact_url(url)
                     ),
                 ));
@@ -749,10 +784,15 @@ pub fn verdict(history: &History, command: &str, spec: &TaskSpec) -> Verdict {
 /// below it an [`Input::Placed`] argument, staged as a file of its own. The listing is
 /// a request to the directory's server, made off the async threads.
 fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
-    let wanted = spec
-        .inputs
-        .iter()
-        .any(|i| matches!(i, Input::File(f) if dm.names_directory(&spec.executor, f)));
+    // Another task's directory output is listed once it is staged out (a consumer is
+    // submitted after its producers end); one that failed stays a future the task
+    // loses.
+    let listable = |i: &Input| match i {
+        Input::File(f) => dm.names_directory(&spec.executor, f),
+        Input::Future(d) => d.is_ready() && dm.names_directory(&spec.executor, d.file()),
+        _ => false,
+    };
+    let wanted = spec.inputs.iter().any(listable);
     if !wanted {
         return;
     }
@@ -764,11 +804,13 @@ fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
             .unwrap_or_default();
         let mut args = Vec::new();
         for input in &mut spec.inputs {
-            let Input::File(dir) = input else { continue };
-            if !dm.names_directory(&executor, dir) {
-                continue;
-            }
-            let dir = dir.clone();
+            let dir = match input {
+                Input::File(dir) if dm.names_directory(&executor, dir) => dir.clone(),
+                Input::Future(d) if d.is_ready() && dm.names_directory(&executor, d.file()) => {
+                    d.file().clone()
+                }
+                _ => continue,
+            };
             let path = dm
                 .directory_destination(&executor, &dir, None)
                 .and_then(|root| {

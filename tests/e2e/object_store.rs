@@ -1023,3 +1023,109 @@ fn a_workflow_reads_a_prefix_as_a_directory_and_a_resume_skips_it_until_an_objec
         "in/a.txtin/c.txtin/sub/b.txt"
     );
 }
+
+#[test]
+fn a_task_fills_a_directory_output_that_goes_to_a_prefix_file_by_file_and_feeds_the_next_task() {
+    let sandbox = Sandbox::new();
+    let moto = Moto::start();
+    moto.boto("s3.create_bucket(Bucket='data')\n");
+    let cfg = s3_config(&sandbox, "s3.toml", &moto.endpoint(), "");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"make\"\ncommand = \"mkdir {outputs[0]}/sub && printf A > {outputs[0]}/a.txt && printf B > {outputs[0]}/sub/b.txt\"\noutputs = [{ url = \"s3://data/out\", recursive = true }]\n\n[[task]]\nname = \"use\"\ncommand = \"cd {inputs[0]} && find . -type f | sort | xargs cat > {outputs[0]}\"\ninputs = [{ task = \"make\", output = 0 }]\noutputs = [\"all.txt\"]\n\n[[task]]\nname = \"link\"\ncommand = \"ln -s /etc/passwd {outputs[0]}/leak\"\noutputs = [\"s3://data/bad/\"]\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--config", cfg, "run", "flow.toml", "--report", "-"];
+        args.extend_from_slice(extra);
+        sandbox.run_env(&args, &ENV)
+    };
+    // The dry run says where the task writes and that the consumer lists it later.
+    let out = sandbox.run_env(&["--config", cfg, "run", "--dry-run", "flow.toml"], &ENV);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("/wd/out/ -> s3://data/out/ [a directory: each file the task writes below it, provider s3]")
+            && out.stdout.contains("  in  s3://data/out/ -> ")
+            && out.stdout.contains("[a directory another task writes: listed once it is staged out]"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&[]);
+    let report = out.json();
+    let task = |name: &str| {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(task("make")["status"], "succeeded", "{}", out.stderr);
+    assert_eq!(task("use")["status"], "succeeded", "{}", out.stderr);
+    // Each file the task wrote is an object below the prefix, byte for byte.
+    let listed = moto.boto(
+        "for k in ['out/a.txt', 'out/sub/b.txt']: print(k, s3.get_object(Bucket='data', Key=k)['Body'].read().decode())\n",
+    );
+    assert_eq!(listed, "out/a.txt A\nout/sub/b.txt B\n");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/all.txt")).unwrap(),
+        "AB"
+    );
+    // The directory's entry, then one per file, each naming its directory.
+    let files = task("make")["files"].as_array().unwrap().clone();
+    let urls: Vec<&str> = files.iter().map(|f| f["url"].as_str().unwrap()).collect();
+    assert_eq!(
+        urls,
+        [
+            "s3://data/out/",
+            "s3://data/out/a.txt",
+            "s3://data/out/sub/b.txt"
+        ]
+    );
+    assert!(files[0]["local_path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/wd/out"));
+    assert_eq!(files[1]["directory"], "s3://data/out/");
+    assert_eq!(files[2]["bytes"], 1);
+    // A link below a directory output is refused, naming it: its stage-out fails and
+    // nothing of it goes up.
+    assert_eq!(
+        task("link")["status"],
+        "stage-out-failed",
+        "{}",
+        task("link")
+    );
+    let error = task("link")["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("/wd/bad/leak is a link or a special file"),
+        "{error}"
+    );
+    assert_eq!(
+        moto.boto("print(s3.list_objects_v2(Bucket='data', Prefix='bad/').get('KeyCount'))\n"),
+        "0\n"
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    // Nothing changed: the producer and its consumer are skipped.
+    let out = run(&["--resume"]);
+    assert_eq!(
+        task_status(&out.json(), "make"),
+        "skipped",
+        "{}",
+        out.stderr
+    );
+    assert_eq!(task_status(&out.json(), "use"), "skipped", "{}", out.stderr);
+}
+
+fn task_status(report: &serde_json::Value, name: &str) -> String {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

@@ -460,7 +460,7 @@ fn stage_out_of_a_missing_file_still_writes_its_json_report() {
 }
 
 #[test]
-fn a_local_directory_input_is_used_in_place_or_copied_and_keeps_only_its_files() {
+fn a_local_directory_input_is_used_in_place_or_copied_and_an_output_directory_is_copied_out() {
     let sandbox = Sandbox::new();
     sandbox.write("data/a.txt", "A");
     sandbox.write("data/sub/b.txt", "B");
@@ -490,16 +490,28 @@ fn a_local_directory_input_is_used_in_place_or_copied_and_keeps_only_its_files()
         std::fs::read_to_string(sandbox.join("work/list.txt")).unwrap(),
         "./sub/b.txt\n"
     );
-    // An output cannot be a directory yet: said before anything runs.
+    // A directory output: the task fills a directory the host made in the working
+    // directory, and each file it wrote is copied below the output's path.
     sandbox.write(
         "work/out.toml",
-        "[[task]]\nname = \"t\"\ncommand = \"true\"\noutputs = [\"out/d/\"]\n",
+        "[[task]]\nname = \"t\"\ncommand = \"mkdir {outputs[0]}/s && printf X > {outputs[0]}/s/x.txt\"\noutputs = [\"out/d/\"]\n",
     );
-    let out = sandbox.run(&["run", "out.toml"]);
+    let out = sandbox.run(&["--config", cfg, "run", "out.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/out/d/s/x.txt")).unwrap(),
+        "X"
+    );
+    no_temp_files_left(&sandbox.join("work/out/d/s"));
+    // stdout is a file: a directory there is refused before anything runs.
+    sandbox.write(
+        "work/bad.toml",
+        "[[task]]\nname = \"t\"\ncommand = \"true\"\nstdout = \"logs/\"\n",
+    );
+    let out = sandbox.run(&["run", "bad.toml"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(
-        out.stderr
-            .contains("ends in `/`, a directory; outputs are files"),
+        out.stderr.contains("stdout and stderr are files, and "),
         "{}",
         out.stderr
     );

@@ -469,6 +469,24 @@ fn dry_run(
             };
             // A directory: listed (a request to its server; nothing moves), then each
             // file as it would be staged below where the directory lands.
+            if direction == Direction::In
+                && written.contains(file.url())
+                && stagehost::tree::is_directory_output(file)
+            {
+                // Another task's directory output: listed once that task wrote it.
+                match dm.directory_destination(&task.executor, file, None) {
+                    Ok(root) => println!(
+                        "  {word} {} -> {}/ [a directory another task writes: listed once it is staged out]",
+                        file.redacted_url(),
+                        root.display()
+                    ),
+                    Err(e) => {
+                        problems.push(Some(e.class()));
+                        println!("  {word} {}: {e}", file.redacted_url());
+                    }
+                }
+                continue;
+            }
             if direction == Direction::In && dm.names_directory(&task.executor, file) {
                 let listed = dm
                     .directory_destination(&task.executor, file, None)
@@ -503,6 +521,30 @@ fn dry_run(
                     }
                     Err(e) => {
                         problems.push(Some(e.class()));
+                        println!("  {word} {}: {e}", file.redacted_url());
+                    }
+                }
+                continue;
+            }
+            // A directory output: its files are known once the task wrote them.
+            if direction == Direction::Out && stagehost::tree::is_directory_output(file) {
+                let chosen = dm
+                    .directory_destination(&task.executor, file, None)
+                    .map_err(|e| e.to_string())
+                    .and_then(|root| {
+                        let p = dm
+                            .choose_stage_out_provider(&task.executor, file)
+                            .map_err(|e| e.to_string())?;
+                        Ok((root, p.name.clone()))
+                    });
+                match chosen {
+                    Ok((root, provider)) => println!(
+                        "  {word} {}/ -> {} [a directory: each file the task writes below it, provider {provider}]",
+                        root.display(),
+                        file.redacted_url()
+                    ),
+                    Err(e) => {
+                        problems.push(None);
                         println!("  {word} {}: {e}", file.redacted_url());
                     }
                 }

@@ -54,6 +54,12 @@ pub(crate) fn attempt(
     // few ms), so only a file last changed well before now can be told apart from
     // one the body rewrote at once; a newer one is taken as written.
     let settled = std::time::SystemTime::now() - std::time::Duration::from_millis(100);
+    // A directory output (made by the host before the body) may rightly stay empty:
+    // only files are checked.
+    let outputs: Vec<&PathBuf> = outputs
+        .iter()
+        .filter(|p| !std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        .collect();
     let before: Vec<Option<Stamp>> = outputs
         .iter()
         .map(|p| stamp(p).filter(|s| s.changed < settled))

@@ -67,13 +67,15 @@ impl FileState {
         }
     }
 
-    /// A directory's own entry: `path` when it was listed, else its failure.
+    /// A directory's own entry: `path` when it was listed (an input) or where the task
+    /// writes its files (an output), else its failure.
     fn directory(
         original: File,
+        direction: Direction,
         executor: &str,
         path: &Result<PathBuf, stagehost_core::inspect::InspectError>,
     ) -> FileState {
-        let mut report = FileReport::new(Direction::In, original.redacted_url(), executor);
+        let mut report = FileReport::new(direction, original.redacted_url(), executor);
         let local = match path {
             Ok(path) => {
                 report.local_path = Some(path.display().to_string());
@@ -316,9 +318,11 @@ impl Inner {
         .map_err(|payload| pool::panic_message(&*payload));
         let n_in = spec.inputs.len() + spec.args.len();
         let nothing_left = match &first {
-            Ok(FirstPhase::Ran(files, ..)) => files[n_in..]
-                .iter()
-                .all(|f| f.staging.as_ref().is_none_or(|s| s.separate_job.is_none())),
+            // A directory output's files are planned and staged out on tokio, their
+            // walk and planning back on a worker.
+            Ok(FirstPhase::Ran(files, ..)) => files[n_in..].iter().all(|f| {
+                f.local.is_none() && f.staging.as_ref().is_none_or(|s| s.separate_job.is_none())
+            }),
             Ok(FirstPhase::NeedsJobs(_)) => false,
             Ok(FirstPhase::PlanningFailed(..)) | Err(_) => true,
         };
@@ -437,7 +441,11 @@ impl Inner {
         }
 
         // 5. Stage-outs: in-task steps already ran; now the separate jobs. Each output's
-        //    future settles when its own stage-out does.
+        //    future settles when its own stage-out does; a directory's when all of its
+        //    files' do.
+        let n_declared = outputs.senders.len();
+        this.stage_out_directories(&spec, &mut files, n_in..n_in + n_declared)
+            .await;
         let mut stage_out_failure = None;
         let mut settle = |files: &mut [FileState], i: usize, outcome: Option<Outcome>| {
             let sender = &outputs.senders[i - n_in];
@@ -455,7 +463,7 @@ impl Inner {
                 }
             }
         };
-        let with_job: Vec<usize> = (n_in..files.len())
+        let with_job: Vec<usize> = (n_in..n_in + n_declared)
             .filter(|&i| {
                 files[i]
                     .staging
@@ -463,12 +471,14 @@ impl Inner {
                     .is_some_and(|s| s.separate_job.is_some())
             })
             .collect();
-        for i in (n_in..files.len()).filter(|i| !with_job.contains(i)) {
+        for i in (n_in..n_in + n_declared).filter(|i| !with_job.contains(i)) {
             settle(&mut files, i, None);
         }
         if !with_job.is_empty() {
-            let len = files.len();
-            for (i, outcome) in this.run_separate_jobs(&mut files, n_in..len).await {
+            for (i, outcome) in this
+                .run_separate_jobs(&mut files, n_in..n_in + n_declared)
+                .await
+            {
                 settle(&mut files, i, Some(outcome));
             }
         }
@@ -493,6 +503,150 @@ impl Inner {
         };
         report.worker = place;
         report
+    }
+
+    /// Stages out every file the body wrote below each directory output in `range`
+    /// (`stagehost_core::tree::local_tree`: regular files only, links refused), each as
+    /// a stage-out of its own to `<URL>/<relative path>` with a report entry of its
+    /// own, appended after the task's declared files. The directory's entry fails, with
+    /// the first file's error, when one did.
+    async fn stage_out_directories(
+        self: &Arc<Self>,
+        spec: &Arc<TaskSpec>,
+        files: &mut Vec<FileState>,
+        range: std::ops::Range<usize>,
+    ) {
+        let dirs: Vec<(usize, File, PathBuf)> = range
+            .filter(|&i| files[i].report.direction == Direction::Out)
+            .filter_map(|i| {
+                let root = files[i].local.clone()?;
+                Some((i, files[i].original.clone(), root))
+            })
+            .collect();
+        if dirs.is_empty() {
+            return;
+        }
+        let (inner, task) = (self.clone(), spec.clone());
+        let walked = self.executors[&spec.executor]
+            .workers
+            .run(move || {
+                let opts = StageOptions {
+                    cancel: inner.transfers.cancel.clone(),
+                    ..StageOptions::default()
+                };
+                let working_dir = &inner.executors[&task.executor].working_dir;
+                dirs.into_iter()
+                    .map(|(i, dir, root)| {
+                        let tree = stagehost_core::tree::local_tree(&root, &dir)
+                            .map_err(|e| format!("{}: {}", display::path(&root), e.message()));
+                        let children = tree.map(|tree| {
+                            tree.into_iter()
+                                .map(|(member, path)| {
+                                    // What the task wrote in the directory the host
+                                    // made is stagehost's own, as a file output
+                                    // written at the host's destination is: a later
+                                    // run (or a consumer's copy) may replace it.
+                                    stagehost_plugin_api::landing::mark_made(&path, working_dir);
+                                    let opts = StageOptions {
+                                        destination: Some(path),
+                                        at_host_destination: true,
+                                        ..opts.clone()
+                                    };
+                                    let original = member.file.clean_copy();
+                                    let planned = inner.dm.plan_stage_out(
+                                        &task.executor,
+                                        &member.file,
+                                        &opts,
+                                    );
+                                    let mut state = FileState::planned(
+                                        original,
+                                        Direction::Out,
+                                        &task.executor,
+                                        planned,
+                                    );
+                                    state.report.directory = Some(dir.redacted_url());
+                                    state
+                                })
+                                .collect::<Vec<_>>()
+                        });
+                        (i, children)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        let walked = match walked {
+            Ok(walked) => walked,
+            Err(panic) => {
+                for f in files
+                    .iter_mut()
+                    .filter(|f| f.report.direction == Direction::Out)
+                {
+                    f.report.error =
+                        Some(format!("planning a directory's files panicked: {panic}"));
+                }
+                return;
+            }
+        };
+        for (i, children) in walked {
+            let children = match children {
+                Ok(children) => children,
+                Err(line) => {
+                    files[i].report.error = Some(format!("cannot stage out the directory {line}"));
+                    continue;
+                }
+            };
+            let first = files.len();
+            files.extend(children);
+            let runs = (first..files.len()).filter_map(|c| {
+                let staging = files[c].staging.take()?;
+                let original = files[c].original.clone();
+                let runner = &self.transfers;
+                Some(async move {
+                    let mut staging = staging;
+                    // A stage-out: the in-task step (the provider's local part), then
+                    // the separate job.
+                    let mut last = None;
+                    for work in [staging.in_task_step.take(), staging.separate_job.take()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        let outcome = runner.run(work, &original).await;
+                        let failed = outcome.result.is_err();
+                        last = Some(match last.take() {
+                            None => outcome,
+                            Some(before) => merge(before, outcome),
+                        });
+                        if failed {
+                            break;
+                        }
+                    }
+                    (c, staging, last)
+                })
+            });
+            let ran = futures_join_all(runs.collect::<Vec<_>>()).await;
+            let mut failure = None;
+            for (c, staging, outcome) in ran {
+                files[c].staging = Some(staging);
+                if let Some(outcome) = outcome {
+                    if let Err(e) = files[c].record(outcome) {
+                        failure.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            let failed = files[first..]
+                .iter()
+                .filter(|f| f.report.error.is_some())
+                .count();
+            if failed > 0 {
+                let line =
+                    failure.or_else(|| files[first..].iter().find_map(|f| f.report.error.clone()));
+                files[i].report.error = Some(format!(
+                    "{failed} of {} file(s) below it failed; the first: {}",
+                    files.len() - first,
+                    line.unwrap_or_default()
+                ));
+            }
+        }
     }
 
     /// Takes the separate jobs of `files[range]` and runs them concurrently, each a
@@ -538,7 +692,7 @@ impl Inner {
                 let f = input.file();
                 let state = match input {
                     Input::Directory { path, .. } => {
-                        FileState::directory(f.clone(), &spec.executor, path)
+                        FileState::directory(f.clone(), Direction::In, &spec.executor, path)
                     }
                     Input::Placed { destination, .. } => {
                         let placed = StageOptions {
@@ -549,6 +703,13 @@ impl Inner {
                         let mut state =
                             FileState::planned(f.clone(), Direction::In, &spec.executor, planned);
                         state.destination = Some(destination.clone());
+                        state.report.directory = spec
+                            .inputs
+                            .iter()
+                            .find(|d| {
+                                matches!(d, Input::Directory { path: Ok(root), .. } if destination.starts_with(root))
+                            })
+                            .map(|d| d.file().redacted_url());
                         state
                     }
                     Input::File(_) | Input::Future(_) => {
@@ -560,6 +721,27 @@ impl Inner {
             }
             settle_directories(&mut files);
             for f in spec.outputs.iter().chain(&spec.stdout).chain(&spec.stderr) {
+                if stagehost_core::tree::is_directory_output(f) {
+                    // The task fills `<working_dir>/<name>/`, made now; its files are
+                    // staged out once the body succeeds.
+                    let root = self.dm.directory_destination(&spec.executor, f, None);
+                    let mut state =
+                        FileState::directory(f.clone(), Direction::Out, &spec.executor, &root);
+                    if let Ok(root) = &root {
+                        // The files an earlier run's task wrote there go first (only
+                        // those: anything else there is left alone), so the task
+                        // starts from an empty directory, as from a missing file.
+                        let working_dir = &self.executors[&spec.executor].working_dir;
+                        stagehost_core::tree::prune(root, &[], working_dir);
+                        if let Err(e) = std::fs::create_dir_all(root) {
+                            state.report.ok = false;
+                            state.report.error =
+                                Some(format!("cannot create {}: {e}", display::path(root)));
+                        }
+                    }
+                    files.push(state);
+                    continue;
+                }
                 let planned = self.dm.plan_stage_out(&spec.executor, f, &opts);
                 files.push(FileState::planned(
                     f.clone(),
@@ -900,6 +1082,16 @@ fn settle_directories(files: &mut [FileState]) {
                 }
             }
         }
+    }
+}
+
+/// Two works' outcomes of one file, as one: the later one's result and bytes, the
+/// attempts and seconds of both.
+fn merge(before: Outcome, after: Outcome) -> Outcome {
+    Outcome {
+        attempts: before.attempts + after.attempts,
+        seconds: before.seconds + after.seconds,
+        ..after
     }
 }
 

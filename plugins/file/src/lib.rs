@@ -87,6 +87,7 @@ impl Provider for FileProvider {
             // Cancelled before it ran: it makes nothing, links included.
             ctx.check()?;
             if same_file(&src, &dest) {
+                ctx.cached();
                 return Ok(());
             }
             match mode {
@@ -122,6 +123,8 @@ impl Provider for FileProvider {
         // always copies.
         Ok(Some(Job::new(move |ctx| {
             if same_file(&local, &dest) {
+                // The task wrote the URL's path itself: nothing moves.
+                ctx.cached();
                 return Ok(());
             }
             copy_atomically(&local, &dest, ctx).map(drop)
