@@ -296,7 +296,14 @@ impl StagingWork {
             }
         }
         if let (Some(checksum), Ok(path)) = (&self.verify, self.file.filepath()) {
-            checksum.verify(&path).map_err(|e| fail("checksum", e))?;
+            if let Err(e) = checksum.verify(&path) {
+                // A copy at the host's destination with the wrong bytes goes, so no
+                // task or later run reads it; a file used where it is stays untouched.
+                if self.placed && e.kind() == ErrorKind::Integrity {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(fail("checksum", e));
+            }
         }
         Ok(WorkDone {
             cached: cached.load(std::sync::atomic::Ordering::Relaxed),

@@ -32,6 +32,7 @@ pub mod journal;
 pub mod lineage;
 pub mod listing;
 pub mod loader;
+pub mod mirrors;
 pub mod observer;
 pub mod registry;
 pub mod report;

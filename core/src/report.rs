@@ -139,6 +139,9 @@ pub struct FileReport {
     /// directory input's listed file, or a file a task wrote below a directory output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub directory: Option<String>,
+    /// For a file with mirrors, the source (its URL, redacted) that served it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl FileReport {
@@ -161,6 +164,7 @@ impl FileReport {
             error: None,
             error_class: None,
             directory: None,
+            source: None,
         }
     }
 

@@ -173,44 +173,72 @@ impl StageRunner {
     /// Runs the planned work of `original` (a stage-in: the separate job, then the
     /// in-task step; a stage-out: the in-task step, then the separate job), each under
     /// the policy.
-    pub async fn run(&self, mut staging: Staging, original: &File) -> StageOutcome {
-        let modes = staging.modes();
-        let order = match staging.direction {
-            Direction::In => [WorkMode::SeparateJob, WorkMode::InTaskStep],
-            Direction::Out => [WorkMode::InTaskStep, WorkMode::SeparateJob],
+    pub async fn run(&self, staging: Staging, original: &File) -> StageOutcome {
+        run_planned(&self.transfers, staging, original).await
+    }
+
+    /// Stages `sources` (one file's mirrors, in order) in to `destination`: see
+    /// [`crate::mirrors`].
+    pub async fn stage_in_mirrors(
+        &self,
+        executor: &str,
+        sources: &[File],
+        destination: PathBuf,
+    ) -> crate::mirrors::MirrorOutcome {
+        let opts = StageOptions {
+            working_dir: self.working_dir.clone(),
+            cancel: self.transfers.cancel.clone(),
+            destination: Some(destination),
+            ..StageOptions::default()
         };
-        let (mut attempts, mut bytes, mut cached) = (1, None, false);
-        for mode in order {
-            let work = match mode {
-                WorkMode::SeparateJob => staging.separate_job.take(),
-                WorkMode::InTaskStep => staging.in_task_step.take(),
+        crate::mirrors::stage_in_first(&self.dm, &self.transfers, executor, sources, &opts).await
+    }
+}
+
+/// Runs the planned work of `original` through `transfers` (a stage-in: the separate
+/// job, then the in-task step; a stage-out: the in-task step, then the separate job),
+/// each under the policy.
+pub async fn run_planned(
+    transfers: &Transfers,
+    mut staging: Staging,
+    original: &File,
+) -> StageOutcome {
+    let modes = staging.modes();
+    let order = match staging.direction {
+        Direction::In => [WorkMode::SeparateJob, WorkMode::InTaskStep],
+        Direction::Out => [WorkMode::InTaskStep, WorkMode::SeparateJob],
+    };
+    let (mut attempts, mut bytes, mut cached) = (1, None, false);
+    for mode in order {
+        let work = match mode {
+            WorkMode::SeparateJob => staging.separate_job.take(),
+            WorkMode::InTaskStep => staging.in_task_step.take(),
+        };
+        let Some(work) = work else {
+            continue;
+        };
+        let outcome = transfers.run(work, original).await;
+        attempts = outcome.attempts;
+        bytes = outcome.bytes.or(bytes);
+        cached |= outcome.cached;
+        if let Err(e) = outcome.result {
+            return StageOutcome {
+                staging,
+                attempts,
+                bytes,
+                cached: false,
+                result: Err(e),
+                modes,
             };
-            let Some(work) = work else {
-                continue;
-            };
-            let outcome = self.transfers.run(work, original).await;
-            attempts = outcome.attempts;
-            bytes = outcome.bytes.or(bytes);
-            cached |= outcome.cached;
-            if let Err(e) = outcome.result {
-                return StageOutcome {
-                    staging,
-                    attempts,
-                    bytes,
-                    cached: false,
-                    result: Err(e),
-                    modes,
-                };
-            }
-            staging.ran.push(mode);
         }
-        StageOutcome {
-            staging,
-            attempts,
-            bytes,
-            cached,
-            result: Ok(()),
-            modes,
-        }
+        staging.ran.push(mode);
+    }
+    StageOutcome {
+        staging,
+        attempts,
+        bytes,
+        cached,
+        result: Ok(()),
+        modes,
     }
 }

@@ -73,6 +73,9 @@ fn default_executor() -> String {
 pub enum InputDef {
     /// A URL or path.
     Url(String),
+    /// One file with several sources, tried in order (`stagehost_core::mirrors`),
+    /// each with the checksum the table gave in its fragment.
+    Mirrors(Vec<String>),
     /// Another task's output.
     Output {
         /// The producing task.
@@ -82,16 +85,20 @@ pub enum InputDef {
     },
 }
 
-/// `{ task = "name", output = i }` or `{ url = "...", recursive = true }`: a typo in a
-/// key is an error, never a default.
+/// `{ task = "name", output = i }`, `{ url = "...", recursive = true }` or
+/// `{ urls = [...], sha256 = "..." }`: a typo in a key is an error, never a default.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputTable {
     task: Option<String>,
     output: Option<usize>,
     url: Option<String>,
+    urls: Option<Vec<String>>,
     recursive: Option<bool>,
+    sha256: Option<String>,
 }
+
+const INPUT_TABLES: &str = "an input table is `{ task = \"name\", output = N }`, `{ url = \"...\", recursive = true }` or `{ urls = [\"...\", ...], sha256 = \"...\" }`";
 
 impl<'de> Deserialize<'de> for InputDef {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -99,7 +106,7 @@ impl<'de> Deserialize<'de> for InputDef {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = InputDef;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a URL, a table `{ task = \"name\", output = N }` or a table `{ url = \"...\", recursive = true }`")
+                f.write_str("a URL, a table `{ task = \"name\", output = N }`, `{ url = \"...\", recursive = true }` or `{ urls = [...], sha256 = \"...\" }`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<InputDef, E> {
                 Ok(InputDef::Url(v.to_owned()))
@@ -109,22 +116,36 @@ impl<'de> Deserialize<'de> for InputDef {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<InputDef, A::Error> {
                 let t = InputTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                match (t.task, t.url) {
-                    (Some(task), None) if t.recursive.is_none() => Ok(InputDef::Output {
-                        task,
-                        output: t.output.unwrap_or(0),
-                    }),
+                let checked = |urls: &[String]| {
+                    stagehost_core::mirrors::with_checksum(urls, t.sha256.as_deref())
+                        .map_err(serde::de::Error::custom)
+                };
+                match (t.task, t.url, t.urls) {
+                    (Some(task), None, None) if t.recursive.is_none() && t.sha256.is_none() => {
+                        Ok(InputDef::Output {
+                            task,
+                            output: t.output.unwrap_or(0),
+                        })
+                    }
                     // A directory: its URL with the trailing `/` that names one.
-                    (None, Some(url)) if t.output.is_none() => Ok(InputDef::Url(
-                        if t.recursive == Some(true) && !url.ends_with('/') {
+                    (None, Some(url), None) if t.output.is_none() => {
+                        let url = if t.recursive == Some(true) && !url.ends_with('/') {
                             format!("{url}/")
                         } else {
                             url
-                        },
-                    )),
-                    _ => Err(serde::de::Error::custom(
-                        "an input table is `{ task = \"name\", output = N }` or `{ url = \"...\", recursive = true }`",
-                    )),
+                        };
+                        let mut url = checked(&[url])?;
+                        Ok(InputDef::Url(url.remove(0)))
+                    }
+                    (None, None, Some(urls)) if t.output.is_none() && t.recursive.is_none() => {
+                        if urls.is_empty() {
+                            return Err(serde::de::Error::custom(
+                                "`urls` lists a file's sources, at least one",
+                            ));
+                        }
+                        Ok(InputDef::Mirrors(checked(&urls)?))
+                    }
+                    _ => Err(serde::de::Error::custom(INPUT_TABLES)),
                 }
             }
         }
@@ -409,6 +430,22 @@ impl Workflow {
                         self.file(url)
                             .map_err(|e| self.err(i, format!("input {n}: {e}")))?;
                     }
+                    InputDef::Mirrors(urls) => {
+                        for url in urls {
+                            let f = self
+                                .file(url)
+                                .map_err(|e| self.err(i, format!("input {n}: {e}")))?;
+                            if f.path().ends_with('/') {
+                                return Err(self.err(
+                                    i,
+                                    format!(
+                                        "input {n}: {} ends in `/`; the sources in `urls` are one file's",
+                                        f.redacted_url()
+                                    ),
+                                ));
+                            }
+                        }
+                    }
                     InputDef::Output { task, output } => {
                         let Some(&producer) = by_name.get(task.as_str()) else {
                             return Err(self.err(
@@ -520,7 +557,7 @@ impl Workflow {
             .iter()
             .filter_map(|input| match input {
                 InputDef::Output { task, .. } => Some(index[task.as_str()]),
-                InputDef::Url(_) => None,
+                InputDef::Url(_) | InputDef::Mirrors(_) => None,
             })
             .collect();
         self.spec_with(i, &producers, |p| handles[p].as_ref())
@@ -550,6 +587,10 @@ impl Workflow {
         for input in &t.inputs {
             spec = spec.input(match input {
                 InputDef::Url(url) => Input::File(file(url)?),
+                InputDef::Mirrors(urls) if urls.len() == 1 => Input::File(file(&urls[0])?),
+                InputDef::Mirrors(urls) => Input::Mirrors {
+                    sources: urls.iter().map(|u| file(u)).collect::<Result<_, _>>()?,
+                },
                 InputDef::Output { output, .. } => {
                     let producer = producers
                         .next()
@@ -637,7 +678,7 @@ impl Workflow {
                         .iter()
                         .filter_map(|input| match input {
                             InputDef::Output { task, .. } => Some(index[task.as_str()]),
-                            InputDef::Url(_) => None,
+                            InputDef::Url(_) | InputDef::Mirrors(_) => None,
                         })
                         .collect()
                 })
@@ -752,6 +793,7 @@ impl Workflow {
         for input in &t.inputs {
             ins.push(match input {
                 InputDef::Url(url) => file(url)?,
+                InputDef::Mirrors(urls) => file(&urls[0])?,
                 InputDef::Output { task, output } => {
                     let producer = &self.tasks[index[task.as_str()]];
                     file(&producer.outputs[*output])?
@@ -960,6 +1002,7 @@ mod tests {
             .iter()
             .map(|i| match i {
                 InputDef::Url(u) => u.as_str(),
+                InputDef::Mirrors(_) => "mirrors",
                 InputDef::Output { .. } => "output",
             })
             .collect();

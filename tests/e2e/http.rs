@@ -718,3 +718,76 @@ fn stat_asks_nginx_with_one_head_through_redirects_and_http_offers_no_listing() 
         out.stderr
     );
 }
+
+#[test]
+fn a_file_with_mirrors_comes_from_the_first_source_that_serves_it_whole_and_right() {
+    let sandbox = Sandbox::new();
+    let server = FaultServer::start();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(root.join("bad")).unwrap();
+    std::fs::create_dir_all(root.join("good")).unwrap();
+    let want = pattern(1000);
+    std::fs::write(root.join("good/x.bin"), &want).unwrap();
+    let mut wrong = want.clone();
+    wrong[500] ^= 1;
+    std::fs::write(root.join("bad/x.bin"), &wrong).unwrap();
+    let nginx = Nginx::start(&root);
+    let cfg = http_config(&sandbox, "");
+    let sum = stagehost::checksum::digest(
+        stagehost::checksum::Algorithm::Sha256,
+        &root.join("good/x.bin"),
+    )
+    .unwrap();
+    // A server error (retried, then given up), a cut body, a checksum mismatch, then
+    // the right bytes.
+    let sources = [
+        server.url("/status/503"),
+        server.url("/short"),
+        nginx.url("/bad/x.bin"),
+        nginx.url("/good/x.bin"),
+    ];
+    let flow = |sources: &[String]| {
+        format!(
+            "[[task]]\nname = \"t\"\ncommand = \"cp {{inputs[0]}} got.bin\"\ninputs = [{{ urls = {sources:?}, sha256 = \"{sum}\" }}]\n"
+        )
+    };
+    let out = sandbox.run_workflow(&cfg, &flow(&sources));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read(sandbox.join("wd/got.bin")).unwrap(), want);
+    let file = &out.json()["tasks"][0]["files"][0];
+    assert_eq!(
+        file["source"],
+        format!("{}#sha256={sum}", nginx.url("/good/x.bin")),
+        "{file}"
+    );
+    assert!(
+        file["url"].as_str().unwrap().contains("/status/503"),
+        "{file}"
+    );
+    // The destination is named after the first source; nothing partial is left.
+    assert_eq!(std::fs::read(sandbox.join("wd/503")).unwrap(), want);
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+    assert!(
+        out.stderr.contains("staged from source 4 of 4, after: ")
+            && out.stderr.contains("HTTP 503")
+            && out.stderr.contains("checksum mismatch"),
+        "{}",
+        out.stderr
+    );
+    // No source serves it right: the task fails, naming every source, and nothing is
+    // left where the file would land.
+    std::fs::remove_file(sandbox.join("wd/503")).unwrap();
+    let out = sandbox.run_workflow(&cfg, &flow(&sources[..3]));
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    let error = out.json()["tasks"][0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("none of its 3 source(s) could be staged: ")
+            && error.contains("/status/503")
+            && error.contains("/short")
+            && error.contains("/bad/x.bin"),
+        "{error}"
+    );
+    assert!(!error.contains('\n'));
+    assert!(!sandbox.join("wd/503").exists());
+    assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
+}

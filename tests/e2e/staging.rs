@@ -399,6 +399,10 @@ fn a_checksum_in_the_url_is_verified() {
         "hello world",
         "the source is never touched"
     );
+    assert!(
+        !sandbox.join("staged/hello.txt").exists(),
+        "a copy with the wrong bytes is removed"
+    );
 
     // Staged in place (the default no-op mode), the file is checked where it is.
     let out = sandbox.run(&[

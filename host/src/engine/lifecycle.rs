@@ -32,6 +32,9 @@ struct FileState {
     /// The destination the host chose for it (a file of a directory), kept for a
     /// re-plan.
     destination: Option<PathBuf>,
+    /// A file with mirrors: its sources, tried in order before the body (`local` is
+    /// set once one staged).
+    mirrors: Vec<File>,
 }
 
 impl FileState {
@@ -64,6 +67,7 @@ impl FileState {
             report,
             local: None,
             destination: None,
+            mirrors: Vec::new(),
         }
     }
 
@@ -94,6 +98,7 @@ impl FileState {
             report,
             local,
             destination: None,
+            mirrors: Vec::new(),
         }
     }
 
@@ -387,6 +392,9 @@ impl Inner {
                         failure.get_or_insert(e.to_string());
                     }
                 }
+                if let Some(line) = this.stage_in_mirrors(&spec, &mut files[..n_in]).await {
+                    failure.get_or_insert(line);
+                }
                 if let Some(line) = failure {
                     let status = this.status_after_failure();
                     return this.end(
@@ -649,6 +657,76 @@ impl Inner {
         }
     }
 
+    /// Stages each input with mirrors in `files`, concurrently, each from the first of
+    /// its sources that stages (`stagehost_core::mirrors`); its report names the source
+    /// used. Returns the first failure's line, if any.
+    async fn stage_in_mirrors(&self, spec: &TaskSpec, files: &mut [FileState]) -> Option<String> {
+        let runs = files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.mirrors.is_empty() && f.report.error.is_none())
+            .filter_map(|(i, f)| {
+                let opts = StageOptions {
+                    cancel: self.transfers.cancel.clone(),
+                    destination: Some(f.destination.clone()?),
+                    ..StageOptions::default()
+                };
+                let sources = f.mirrors.clone();
+                Some(async move {
+                    let outcome = stagehost_core::mirrors::stage_in_first(
+                        &self.dm,
+                        &self.transfers,
+                        &spec.executor,
+                        &sources,
+                        &opts,
+                    )
+                    .await;
+                    (i, sources, outcome)
+                })
+            })
+            .collect::<Vec<_>>();
+        let mut failure = None;
+        for (i, sources, outcome) in futures_join_all(runs).await {
+            let f = &mut files[i];
+            let Some((used, staged)) = &outcome.used else {
+                let line = outcome.error_line();
+                f.report.ok = false;
+                f.report.error = Some(line.clone());
+                f.report.error_class = Some(outcome.class());
+                failure.get_or_insert(line);
+                continue;
+            };
+            let s = &staged.staging;
+            f.report.provider = Some(s.provider.name.clone());
+            f.report.plugin = Some(format!(
+                "{} {}",
+                s.provider.plugin.name, s.provider.plugin.version
+            ));
+            f.report.modes = staged.modes.clone();
+            f.report.attempts += staged.attempts;
+            f.report.bytes = staged.bytes;
+            f.report.cached = staged.cached;
+            f.report.source = Some(sources[*used].redacted_url());
+            if !outcome.failures.is_empty() {
+                tracing::warn!(
+                    "task {:?}: {} staged from source {} of {}, after: {}",
+                    spec.name,
+                    f.report.url,
+                    used + 1,
+                    sources.len(),
+                    outcome.failures_line()
+                );
+            }
+            let local = s
+                .file
+                .filepath()
+                .unwrap_or_else(|_| f.destination.clone().unwrap_or_default());
+            f.report.local_path = Some(local.display().to_string());
+            f.local = Some(local);
+        }
+        failure
+    }
+
     /// Takes the separate jobs of `files[range]` and runs them concurrently, each a
     /// transfer of its own; returns each file's index with its outcome.
     async fn run_separate_jobs(
@@ -712,6 +790,28 @@ impl Inner {
                             .map(|d| d.file().redacted_url());
                         state
                     }
+                    Input::Mirrors { sources } => {
+                        // Staged before the body, source by source, to where the
+                        // first one's name lands.
+                        let mut report =
+                            FileReport::new(Direction::In, f.redacted_url(), &spec.executor);
+                        let destination = match self.dm.mirror_destination(&spec.executor, f, None)
+                        {
+                            Ok(d) => Some(d),
+                            Err(e) => {
+                                report.fail(&e);
+                                None
+                            }
+                        };
+                        FileState {
+                            original: f.clone(),
+                            staging: None,
+                            report,
+                            local: None,
+                            destination,
+                            mirrors: sources.clone(),
+                        }
+                    }
                     Input::File(_) | Input::Future(_) => {
                         let planned = self.dm.plan_stage_in(&spec.executor, f, &opts);
                         FileState::planned(f.clone(), Direction::In, &spec.executor, planned)
@@ -754,10 +854,10 @@ impl Inner {
                 return FirstPhase::PlanningFailed(files, error);
             }
             let n_in = spec.inputs.len() + spec.args.len();
-            if files[..n_in]
-                .iter()
-                .any(|f| f.staging.as_ref().is_some_and(|s| s.separate_job.is_some()))
-            {
+            if files[..n_in].iter().any(|f| {
+                !f.mirrors.is_empty()
+                    || f.staging.as_ref().is_some_and(|s| s.separate_job.is_some())
+            }) {
                 return FirstPhase::NeedsJobs(files);
             }
         }
@@ -1027,8 +1127,9 @@ impl Inner {
             ..StageOptions::default()
         };
         for file in files.iter_mut() {
-            // A directory's own entry stages nothing.
-            if file.local.is_some() {
+            // A directory's own entry stages nothing; a file with mirrors was staged
+            // once, before the first attempt.
+            if file.local.is_some() || !file.mirrors.is_empty() {
                 continue;
             }
             let opts = StageOptions {

@@ -264,7 +264,10 @@ impl Engine {
         let spec = Arc::new(spec);
         let ready = spec.staged_ins().all(|i| match i {
             Input::Future(f) => f.is_ready(),
-            Input::File(_) | Input::Directory { .. } | Input::Placed { .. } => true,
+            Input::File(_)
+            | Input::Directory { .. }
+            | Input::Placed { .. }
+            | Input::Mirrors { .. } => true,
         });
         if ready {
             // Nothing to wait for: straight to a worker.

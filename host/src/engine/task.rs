@@ -63,6 +63,12 @@ pub enum Input {
         /// Where its files land, or why it could not be listed.
         path: Result<PathBuf, stagehost_core::inspect::InspectError>,
     },
+    /// One file with several sources, tried in order until one stages
+    /// (`stagehost_core::mirrors`), to the destination the first one's name gives.
+    Mirrors {
+        /// The sources, in the order they are tried; never empty.
+        sources: Vec<File>,
+    },
     /// A file staged to a destination the host chose (a file of a directory).
     Placed {
         /// The file's URL.
@@ -79,6 +85,7 @@ impl Input {
             Input::File(f) => f,
             Input::Future(d) => d.file(),
             Input::Directory { file, .. } | Input::Placed { file, .. } => file,
+            Input::Mirrors { sources } => &sources[0],
         }
     }
 }

@@ -1,0 +1,218 @@
+//! Mirrors: one file with several sources, as Metalink and gfal2 users list them. The
+//! sources are tried in order, each a whole stage-in of its own (planned through the
+//! provider its URL chooses, then run under the transfer policy, retries included)
+//! to one destination; the first that stages wins. A source that fails for any reason
+//! (a server error, a cut body, a missing file, a checksum mismatch, a provider that
+//! refuses it) moves to the next; only a cancellation stops the search.
+//!
+//! Invariants:
+//! - one destination for every source: `<working_dir>/<the first source's name>`,
+//!   claimed for the first source's URL, so the task sees one path whatever served it;
+//! - nothing partial is left: each attempt writes under a temporary name and renames
+//!   only a whole file (and one whose checksum failed is removed), as every stage-in;
+//! - a checksum given for the file (`sha256 = ...`) is put in each source's fragment
+//!   ([`with_checksum`]) and verified on every source's copy;
+//! - the outcome names the source used, and every failure before it, each one line.
+
+use std::path::PathBuf;
+
+use stagehost_plugin_api::File;
+
+use crate::data_manager::{DataManager, StageOptions, StagingError};
+use crate::runner::{run_planned, StageOutcome};
+use crate::transfer::Transfers;
+
+/// What staging a file from its mirrors did.
+pub struct MirrorOutcome {
+    /// The source that staged (its index in the list) and how, when one did.
+    pub used: Option<(usize, StageOutcome)>,
+    /// Each source that failed before it (or all, when none staged), in order.
+    pub failures: Vec<(String, StagingError)>,
+    /// Whether the search stopped because the run was cancelled.
+    pub cancelled: bool,
+}
+
+impl MirrorOutcome {
+    /// The sources that failed and why, each as its error says it, joined by `; `.
+    pub fn failures_line(&self) -> String {
+        let tried: Vec<String> = self.failures.iter().map(|(_, e)| e.to_string()).collect();
+        tried.join("; ")
+    }
+
+    /// One line naming every source that failed and why, for when none staged.
+    pub fn error_line(&self) -> String {
+        let tried: Vec<String> = self.failures.iter().map(|(_, e)| e.to_string()).collect();
+        if self.cancelled {
+            format!(
+                "cancelled after {} source(s): {}",
+                tried.len(),
+                tried.join("; ")
+            )
+        } else {
+            format!(
+                "none of its {} source(s) could be staged: {}",
+                tried.len(),
+                tried.join("; ")
+            )
+        }
+    }
+
+    /// The class of the last source's failure.
+    pub fn class(&self) -> crate::report::FailureClass {
+        self.failures
+            .last()
+            .map_or(crate::report::FailureClass::Other, |(_, e)| e.class())
+    }
+}
+
+/// `sources` with `#sha256=<hex>` in the fragment of each that names no checksum of
+/// its own; a `sha256` that is not 64 hex digits is an error naming it.
+pub fn with_checksum(sources: &[String], sha256: Option<&str>) -> Result<Vec<String>, String> {
+    let Some(sum) = sha256 else {
+        return Ok(sources.to_vec());
+    };
+    if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "sha256 must be 64 hexadecimal digits, not {:?}",
+            stagehost_plugin_api::display::escape(sum)
+        ));
+    }
+    let sum = sum.to_ascii_lowercase();
+    Ok(sources
+        .iter()
+        .map(|url| match url.split_once('#') {
+            None => format!("{url}#sha256={sum}"),
+            Some((_, "")) => format!("{url}sha256={sum}"),
+            Some((_, fragment)) if fragment.split('&').any(|p| p.starts_with("sha256=")) => {
+                url.clone()
+            }
+            Some(_) => format!("{url}&sha256={sum}"),
+        })
+        .collect())
+}
+
+impl DataManager {
+    /// Where a file with mirrors lands on `executor` (or under `working_dir`):
+    /// `<working_dir>/<the first source's name>`, claimed for the first source's URL.
+    pub fn mirror_destination(
+        &self,
+        executor: &str,
+        first: &File,
+        working_dir: Option<&std::path::Path>,
+    ) -> Result<PathBuf, StagingError> {
+        let base = match working_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => self.working_dir(executor)?.to_path_buf(),
+        };
+        let name = match first.filename() {
+            "" | "." | ".." => "index",
+            name => name,
+        };
+        Ok(self.claim(&base, name, first.url()).0)
+    }
+}
+
+/// Stages the first of `sources` that can be staged in to `opts.destination`, trying
+/// each in order (see the module docs). Planning blocks: on a multi-threaded tokio
+/// runtime it runs in place of the worker (`block_in_place`); call it elsewhere from a
+/// thread that may block.
+pub async fn stage_in_first(
+    dm: &DataManager,
+    transfers: &Transfers,
+    executor: &str,
+    sources: &[File],
+    opts: &StageOptions,
+) -> MirrorOutcome {
+    let mut failures = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        if transfers.token.is_cancelled() {
+            return MirrorOutcome {
+                used: None,
+                failures,
+                cancelled: true,
+            };
+        }
+        let planned = blocking(|| dm.plan_stage_in(executor, source, opts));
+        let staging = match planned {
+            Ok(staging) => staging,
+            Err(e) => {
+                tracing::info!(
+                    "source {} of {} failed, trying the next: {e}",
+                    i + 1,
+                    sources.len()
+                );
+                failures.push((source.redacted_url(), e));
+                continue;
+            }
+        };
+        let outcome = run_planned(transfers, staging, source).await;
+        match &outcome.result {
+            Ok(()) => {
+                return MirrorOutcome {
+                    used: Some((i, outcome)),
+                    failures,
+                    cancelled: false,
+                }
+            }
+            Err(e) => {
+                tracing::info!(
+                    "source {} of {} failed, trying the next: {e}",
+                    i + 1,
+                    sources.len()
+                );
+                let e = match outcome.result {
+                    Err(e) => e,
+                    Ok(()) => unreachable!("matched as an error just above"),
+                };
+                failures.push((source.redacted_url(), e));
+            }
+        }
+    }
+    MirrorOutcome {
+        used: None,
+        failures,
+        cancelled: transfers.token.is_cancelled(),
+    }
+}
+
+/// Runs `f`, which may block, without stalling a multi-threaded runtime's worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checksum_goes_into_each_fragment_that_names_none() {
+        let sum = "AB".repeat(32);
+        let got = with_checksum(
+            &[
+                "https://a/x".into(),
+                "ftp://b/x#".into(),
+                "s3://c/x#md5=00".into(),
+                format!("https://d/x#sha256={}", "cd".repeat(32)),
+            ],
+            Some(&sum),
+        )
+        .unwrap();
+        let lower = sum.to_ascii_lowercase();
+        assert_eq!(
+            got,
+            [
+                format!("https://a/x#sha256={lower}"),
+                format!("ftp://b/x#sha256={lower}"),
+                format!("s3://c/x#md5=00&sha256={lower}"),
+                format!("https://d/x#sha256={}", "cd".repeat(32)),
+            ]
+        );
+        assert!(with_checksum(&["a".into()], Some("123"))
+            .unwrap_err()
+            .contains("64 hexadecimal digits"));
+        assert_eq!(with_checksum(&["a".into()], None).unwrap(), ["a"]);
+    }
+}
