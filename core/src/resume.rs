@@ -153,6 +153,13 @@ impl History {
                 }
             }
             if let Some(path) = local_path_of(now) {
+                if now.split(['?', '#']).next().unwrap_or(now).ends_with('/') {
+                    // Its files are not recorded one by one: an edit inside would go
+                    // unseen, so it is made again.
+                    return Verdict::Changed(format!(
+                        "output {now} is a local directory, whose files are not checked one by one"
+                    ));
+                }
                 let Some(recorded) = &was.identity else {
                     return Verdict::Changed(format!("output {} has no recorded identity", now));
                 };

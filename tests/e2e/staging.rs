@@ -500,11 +500,22 @@ fn a_local_directory_input_is_used_in_place_or_copied_and_an_output_directory_is
         "work/out.toml",
         "[[task]]\nname = \"t\"\ncommand = \"mkdir {outputs[0]}/s && printf X > {outputs[0]}/s/x.txt\"\noutputs = [\"out/d/\"]\n",
     );
+    // A file of the user's already in that directory is sent too, but stays theirs:
+    // the next run never removes it (it removed it before).
+    sandbox.write("staged/d/mine.txt", "MINE");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let out = sandbox.run(&["--config", cfg, "run", "out.toml"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(
         std::fs::read_to_string(sandbox.join("work/out/d/s/x.txt")).unwrap(),
         "X"
+    );
+    std::fs::remove_dir_all(sandbox.join("staged/d/s")).unwrap();
+    let out = sandbox.run(&["--config", cfg, "run", "out.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("staged/d/mine.txt")).unwrap(),
+        "MINE"
     );
     no_temp_files_left(&sandbox.join("work/out/d/s"));
     // stdout is a file: a directory there is refused before anything runs.

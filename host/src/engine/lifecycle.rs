@@ -35,6 +35,9 @@ struct FileState {
     /// A file with mirrors: its sources, tried in order before the body (`local` is
     /// set once one staged).
     mirrors: Vec<File>,
+    /// A directory output: when it was prepared for the body (a file there made
+    /// since, with one link, is the task's).
+    prepared: Option<std::time::SystemTime>,
 }
 
 impl FileState {
@@ -68,6 +71,7 @@ impl FileState {
             local: None,
             destination: None,
             mirrors: Vec::new(),
+            prepared: None,
         }
     }
 
@@ -99,6 +103,7 @@ impl FileState {
             local,
             destination: None,
             mirrors: Vec::new(),
+            prepared: None,
         }
     }
 
@@ -524,11 +529,12 @@ impl Inner {
         files: &mut Vec<FileState>,
         range: std::ops::Range<usize>,
     ) {
-        let dirs: Vec<(usize, File, PathBuf)> = range
+        let dirs: Vec<(usize, File, PathBuf, std::time::SystemTime)> = range
             .filter(|&i| files[i].report.direction == Direction::Out)
             .filter_map(|i| {
                 let root = files[i].local.clone()?;
-                Some((i, files[i].original.clone(), root))
+                let prepared = files[i].prepared?;
+                Some((i, files[i].original.clone(), root, prepared))
             })
             .collect();
         if dirs.is_empty() {
@@ -544,20 +550,28 @@ impl Inner {
                 };
                 let working_dir = &inner.executors[&task.executor].working_dir;
                 dirs.into_iter()
-                    .map(|(i, dir, root)| {
+                    .map(|(i, dir, root, prepared)| {
                         let tree = stagehost_core::tree::local_tree(&root, &dir)
                             .map_err(|e| format!("{}: {}", display::path(&root), e.message()));
                         let children = tree.map(|tree| {
                             tree.into_iter()
                                 .map(|(member, path)| {
-                                    // What the task wrote in the directory the host
-                                    // made is stagehost's own, as a file output
-                                    // written at the host's destination is: a later
-                                    // run (or a consumer's copy) may replace it.
-                                    stagehost_plugin_api::landing::mark_made(&path, working_dir);
+                                    // A file the task made in the directory (made
+                                    // since it was prepared, one link) is stagehost's
+                                    // own, as a file output written at the host's
+                                    // destination is: a later run, or a consumer's
+                                    // copy, may replace it. Anything else found there
+                                    // (a user's file, a hard link to one) is sent but
+                                    // stays the user's, never marked, never removed.
+                                    if made_since(&path, prepared) {
+                                        stagehost_plugin_api::landing::mark_made(
+                                            &path,
+                                            working_dir,
+                                        );
+                                    }
                                     let opts = StageOptions {
                                         destination: Some(path),
-                                        at_host_destination: true,
+                                        at_host_destination: false,
                                         ..opts.clone()
                                     };
                                     let original = member.file.clean_copy();
@@ -810,6 +824,7 @@ impl Inner {
                             local: None,
                             destination,
                             mirrors: sources.clone(),
+                            prepared: None,
                         }
                     }
                     Input::File(_) | Input::Future(_) => {
@@ -827,6 +842,22 @@ impl Inner {
                     let root = self.dm.directory_destination(&spec.executor, f, None);
                     let mut state =
                         FileState::directory(f.clone(), Direction::Out, &spec.executor, &root);
+                    // A second earlier, so that a coarse file-system clock never
+                    // dates a file the task made before it.
+                    state.prepared =
+                        std::time::SystemTime::now().checked_sub(std::time::Duration::from_secs(1));
+                    if root
+                        .as_ref()
+                        .is_ok_and(|r| r.file_name().is_some_and(|n| n == ".stagehost"))
+                    {
+                        state.report.ok = false;
+                        state.report.error = Some(format!(
+                            "the output {} would be stagehost's own .stagehost directory: name another",
+                            f.redacted_url()
+                        ));
+                        files.push(state);
+                        continue;
+                    }
                     if let Ok(root) = &root {
                         // The files an earlier run's task wrote there go first (only
                         // those: anything else there is left alone), so the task
@@ -1184,6 +1215,19 @@ fn settle_directories(files: &mut [FileState]) {
             }
         }
     }
+}
+
+/// Whether the regular file at `path` was made after `since` and has one link.
+fn made_since(path: &std::path::Path, since: std::time::SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| {
+        let ctime = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(m.ctime()).unwrap_or(0),
+                u32::try_from(m.ctime_nsec()).unwrap_or(0),
+            );
+        m.is_file() && m.nlink() == 1 && ctime >= since
+    })
 }
 
 /// Two works' outcomes of one file, as one: the later one's result and bytes, the
