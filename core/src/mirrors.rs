@@ -16,9 +16,9 @@
 
 use std::path::PathBuf;
 
-use stagehost_plugin_api::File;
+use stagehost_plugin_api::{ErrorKind, File, StageError};
 
-use crate::data_manager::{DataManager, StageOptions, StagingError};
+use crate::data_manager::{DataManager, Direction, ProviderFailure, StageOptions, StagingError};
 use crate::runner::{run_planned, StageOutcome};
 use crate::transfer::Transfers;
 
@@ -57,11 +57,14 @@ impl MirrorOutcome {
         }
     }
 
-    /// The class of the last source's failure.
+    /// The class every source's failure shares, else `other` (as a run's exit code
+    /// is one class's only when every failure has it).
     pub fn class(&self) -> crate::report::FailureClass {
-        self.failures
-            .last()
-            .map_or(crate::report::FailureClass::Other, |(_, e)| e.class())
+        let mut classes = self.failures.iter().map(|(_, e)| e.class());
+        match classes.next() {
+            Some(first) if classes.all(|c| c == first) => first,
+            _ => crate::report::FailureClass::Other,
+        }
     }
 }
 
@@ -145,7 +148,31 @@ pub async fn stage_in_first(
                 continue;
             }
         };
-        let outcome = run_planned(transfers, staging, source).await;
+        let mut outcome = run_planned(transfers, staging, source).await;
+        if outcome.result.is_ok() {
+            // A source used where it is (a local file, staged in place) stages without
+            // a byte moving: it counts only if the file is there.
+            if let Ok(path) = outcome.staging.file.filepath() {
+                if std::fs::symlink_metadata(&path).is_err() {
+                    let p = &outcome.staging.provider;
+                    outcome.result = Err(StagingError::Provider(Box::new(ProviderFailure {
+                        direction: Direction::In,
+                        url: source.redacted_url(),
+                        instance: p.name.clone(),
+                        plugin: format!("{} {}", p.plugin.name, p.plugin.version),
+                        executor: executor.to_owned(),
+                        call: "staged in place",
+                        error: StageError::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "{} does not exist",
+                                stagehost_plugin_api::display::path(&path)
+                            ),
+                        ),
+                    })));
+                }
+            }
+        }
         match &outcome.result {
             Ok(()) => {
                 return MirrorOutcome {

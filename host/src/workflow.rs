@@ -846,17 +846,26 @@ fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
             .unwrap_or_default();
         let mut args = Vec::new();
         for input in &mut spec.inputs {
-            let dir = match input {
-                Input::File(dir) if dm.names_directory(&executor, dir) => dir.clone(),
+            let (dir, produced) = match input {
+                Input::File(dir) if dm.names_directory(&executor, dir) => (dir.clone(), false),
                 Input::Future(d) if d.is_ready() && dm.names_directory(&executor, d.file()) => {
-                    d.file().clone()
+                    (d.file().clone(), true)
                 }
                 _ => continue,
             };
             let path = dm
                 .directory_destination(&executor, &dir, None)
                 .and_then(|root| {
-                    let files = dm.expand_directory(&executor, &dir, &Default::default())?;
+                    let files = match dm.expand_directory(&executor, &dir, &Default::default()) {
+                        // A task's directory output it left empty stages out nothing,
+                        // so no directory or prefix may be there: it is empty.
+                        Err(e)
+                            if produced && e.class() == crate::report::FailureClass::NotFound =>
+                        {
+                            Vec::new()
+                        }
+                        listed => listed?,
+                    };
                     Ok((root, files))
                 })
                 .map(|(root, files)| {

@@ -9,7 +9,7 @@
 //! one line the CLI prints, with URLs redacted.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
@@ -172,6 +172,15 @@ fn locate_config(py: Python<'_>) -> PyResult<Option<String>> {
 
 /// Names the directory of the plugins shipped in the package, searched after
 /// `STAGEHOST_PLUGIN_PATH` and before the standard directories. The first call wins.
+/// One file's sources with its `sha256` in the fragment of each that names no checksum
+/// of its own (`stagehost_core::mirrors::with_checksum`).
+#[pyfunction]
+#[pyo3(signature = (urls, sha256=None))]
+fn mirror_sources(urls: Vec<String>, sha256: Option<String>) -> PyResult<Vec<String>> {
+    stagehost_core::mirrors::with_checksum(&urls, sha256.as_deref())
+        .map_err(|e| staging_error(e, Some("invalid URL".into())))
+}
+
 #[pyfunction]
 fn set_bundled_plugin_dir(dir: String) -> bool {
     stagehost_core::discovery::set_bundled_plugin_dir(PathBuf::from(dir))
@@ -337,6 +346,81 @@ impl Host {
         })
     }
 
+    /// Where a file whose sources are mirrors lands on `executor`: the first source's
+    /// name under the working directory (`working_dir`, else the executor's), claimed
+    /// for its URL.
+    #[pyo3(signature = (executor, url, working_dir=None))]
+    fn mirror_destination(
+        &self,
+        executor: &str,
+        url: &str,
+        working_dir: Option<String>,
+    ) -> PyResult<String> {
+        let file = File::parse(url).map_err(|e| from_stage(url, e))?;
+        let runner = self.runner(working_dir.clone().map(PathBuf::from));
+        runner
+            .data_manager()
+            .mirror_destination(executor, &file, working_dir.as_deref().map(Path::new))
+            .map(|p| p.display().to_string())
+            .map_err(from_staging)
+    }
+
+    /// Stages the first of `urls` (one file's sources, tried in order: see
+    /// `stagehost_core::mirrors`) that can be staged in to `destination`; returns the
+    /// URL (redacted) of the source used. Raises `StagingError` naming every source
+    /// when none could be.
+    #[pyo3(signature = (executor, urls, destination, working_dir=None))]
+    fn stage_in_mirrors(
+        &self,
+        py: Python<'_>,
+        executor: &str,
+        urls: Vec<String>,
+        destination: String,
+        working_dir: Option<String>,
+    ) -> PyResult<String> {
+        if urls.is_empty() {
+            return Err(staging_error(
+                "a file with mirrors needs at least one source".into(),
+                Some("invalid URL".into()),
+            ));
+        }
+        let sources = urls
+            .iter()
+            .map(|u| File::parse(u).map_err(|e| from_stage(u, e)))
+            .collect::<PyResult<Vec<File>>>()?;
+        let runner = self.runner(working_dir.map(PathBuf::from));
+        let executor = executor.to_owned();
+        py.detach(move || {
+            let outcome = runtime().block_on(runner.stage_in_mirrors(
+                &executor,
+                &sources,
+                PathBuf::from(destination),
+            ));
+            match &outcome.used {
+                Some((used, _)) => {
+                    if !outcome.failures.is_empty() {
+                        tracing::warn!(
+                            "{} staged from source {} of {}, after: {}",
+                            sources[0].redacted_url(),
+                            used + 1,
+                            sources.len(),
+                            outcome.failures_line()
+                        );
+                    }
+                    Ok(sources[*used].redacted_url())
+                }
+                None => Err(staging_error(
+                    outcome.error_line(),
+                    outcome
+                        .failures
+                        .last()
+                        .and_then(|(_, e)| e.kind())
+                        .map(|k| k.to_string()),
+                )),
+            }
+        })
+    }
+
     /// What `stagehost plugins list` prints for this config.
     fn plugins_text(&self) -> String {
         stagehost_core::listing::render_text(&self.registry)
@@ -466,6 +550,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Plan>()?;
     m.add_function(wrap_pyfunction!(locate_config, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
+    m.add_function(wrap_pyfunction!(mirror_sources, m)?)?;
     m.add_function(wrap_pyfunction!(set_bundled_plugin_dir, m)?)?;
     m.add("PLUGIN_API_VERSION", stagehost_plugin_api::abi::API_VERSION)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -17,14 +17,16 @@ the ``stagehost`` CLI finds them.
 from ._errors import StagingError, ZipAuthorityError
 from ._host import PLUGIN_DIR, resolve_config
 from ._native import __version__
-from ._staging import InTaskStaging, StagehostStaging
+from ._staging import InTaskStaging, MirroredFile, StagehostStaging, mirrored
 
 __all__ = [
     "PLUGIN_DIR",
     "InTaskStaging",
+    "MirroredFile",
     "StagehostStaging",
     "StagingError",
     "ZipAuthorityError",
     "__version__",
+    "mirrored",
     "resolve_config",
 ]

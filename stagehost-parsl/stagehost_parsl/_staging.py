@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from parsl.app.app import python_app
 from parsl.app.futures import DataFuture
@@ -20,6 +21,39 @@ from ._host import ConfigArg, ConfigSpec, host_for, resolve_config
 if TYPE_CHECKING:
     from parsl.data_provider.data_manager import DataManager
     from parsl.dataflow.dflow import DataFlowKernel
+
+logger = logging.getLogger("stagehost_parsl")
+
+
+class MirroredFile(File):
+    """A Parsl ``File`` with several sources of the same bytes, tried in order until
+    one stages whole and right (a server error, a cut body, a missing file or a checksum
+    mismatch moves to the next). Made by :func:`mirrored`. Its ``url`` is the first
+    source, whose name the staged copy takes; ``urls`` lists them all."""
+
+    def __init__(self, urls: Sequence[str], sha256: Optional[str] = None) -> None:
+        self.urls: list[str] = _native.mirror_sources([str(u) for u in urls], sha256)
+        if not self.urls:
+            raise StagingError("a file with mirrors needs at least one source", "invalid URL")
+        super().__init__(self.urls[0])
+
+    def cleancopy(self) -> "MirroredFile":
+        # Parsl stages a clean copy of each File: the sources go with it.
+        return MirroredFile(self.urls)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(_native.redact_url(u)) for u in self.urls)
+        return f"MirroredFile([{shown}])"
+
+
+def mirrored(*urls: str, sha256: Optional[str] = None) -> MirroredFile:
+    """A ``File`` whose sources are ``urls``, tried in order by ``StagehostStaging``;
+    ``sha256`` (64 hex digits) is checked on whichever serves it::
+
+        inputs=[mirrored("https://a.example/x.tar", "ftp://b.example/x.tar", sha256=sum)]
+    """
+    return MirroredFile(urls, sha256)
+
 
 # Parsl calls stage_in (or stage_out) and then replace_task (or
 # replace_task_stage_out) with the same fresh copy of a File; the plan made by the
@@ -78,8 +112,10 @@ class StagehostStaging(Staging):
     # Parsl's questions.
 
     def can_stage_in(self, file: File) -> bool:
+        urls = file.urls if isinstance(file, MirroredFile) else [file.url]
         try:
-            return host_for(self._spec).choose("in", self.executor, file.url) is not None
+            host = host_for(self._spec)
+            return any(host.choose("in", self.executor, url) is not None for url in urls)
         except StagingError as e:
             raise as_parsl_error(e, file) from None
 
@@ -94,6 +130,25 @@ class StagehostStaging(Staging):
     def stage_in(
         self, dm: "DataManager", executor: str, file: File, parent_fut: Optional[Future]
     ) -> Optional[DataFuture]:
+        if isinstance(file, MirroredFile):
+            # Every source is tried in one Parsl task on the submit side, to the
+            # destination the first one's name gives.
+            working_dir = _working_dir(dm, executor)
+            file.local_path = host_for(self._spec).mirror_destination(
+                self.executor, file.urls[0], working_dir
+            )
+            app = _internal_app(dm.dfk, _stage_in_mirrors_job)
+            app_fut = app(
+                self._spec,
+                self.executor,
+                list(file.urls),
+                file.local_path,
+                working_dir,
+                outputs=[file],
+                _parsl_staging_inhibit=True,
+                parent_fut=parent_fut,
+            )
+            return app_fut._outputs[0]
         plan = host_for(self._spec).plan(
             "in", self.executor, file.url, None, _working_dir(dm, executor)
         )
@@ -206,6 +261,22 @@ def _stage_in_job(
 ) -> None:
     """A file's separate stage-in job, as a Parsl task."""
     plan.run_separate_job()
+
+
+def _stage_in_mirrors_job(
+    spec: ConfigSpec,
+    executor: str,
+    urls: list[str],
+    destination: str,
+    working_dir: Optional[str],
+    parent_fut: Any = None,
+    outputs: Any = (),
+    _parsl_staging_inhibit: bool = True,
+) -> str:
+    """A mirrored file's stage-in, as a Parsl task: the source used (redacted)."""
+    source = host_for(spec).stage_in_mirrors(executor, urls, destination, working_dir)
+    logger.info("staged %s from %s", _native.redact_url(urls[0]), source)
+    return source
 
 
 def _stage_out_job(

@@ -219,3 +219,41 @@ def test_a_password_in_a_url_never_reaches_the_error(dfk: Any, nginx: Any) -> No
         read_inputs["intask"](inputs=[File(url)]).result()
     assert "hunter2-secret" not in raised.value.message
     assert "absent-secret.txt" in raised.value.message
+
+
+def test_a_mirrored_file_comes_from_the_first_source_that_serves_it_right(
+    dfk: Any, nginx: Any, workdir: Path
+) -> None:
+    import hashlib
+
+    from stagehost_parsl import MirroredFile, mirrored
+
+    (nginx.root / "mirror-bad.txt").write_text("wrong bytes\n")
+    (nginx.root / "mirror-good.txt").write_text("right bytes\n")
+    digest = hashlib.sha256(b"right bytes\n").hexdigest()
+    # Missing (404), the wrong bytes (a checksum mismatch), then the right ones.
+    f = mirrored(
+        nginx.url("mirror-none.txt"),
+        nginx.url("mirror-bad.txt"),
+        nginx.url("mirror-good.txt"),
+        sha256=digest,
+    )
+    assert isinstance(f.cleancopy(), MirroredFile) and f.cleancopy().urls == f.urls
+    [(seen_path, text)] = read_inputs["sep"](inputs=[f]).result()
+    assert text == "right bytes\n"
+    # The copy takes the first source's name; nothing else is left.
+    assert seen_path == str(workdir / "mirror-none.txt")
+    assert not (workdir / "mirror-bad.txt").exists()
+    # No source serves the right bytes: the app never runs, and the error names each
+    # source in one line.
+    f = mirrored(nginx.url("mirror-gone.txt"), nginx.url("mirror-bad.txt"), sha256=digest)
+    with pytest.raises(BaseException) as info:
+        read_inputs["sep"](inputs=[f]).result()
+    errors = [e for e in dependency_errors(info.value) if isinstance(e, StagingError)]
+    assert errors, info.value
+    line = str(errors[0])
+    assert "none of its 2 source(s) could be staged" in line and "mirror-bad.txt" in line
+    assert "\n" not in line
+    assert not (workdir / "mirror-gone.txt").exists()
+    with pytest.raises(StagingError, match="64 hexadecimal digits"):
+        mirrored(nginx.url("x"), sha256="123")

@@ -778,7 +778,8 @@ fn a_file_with_mirrors_comes_from_the_first_source_that_serves_it_whole_and_righ
     // left where the file would land.
     std::fs::remove_file(sandbox.join("wd/503")).unwrap();
     let out = sandbox.run_workflow(&cfg, &flow(&sources[..3]));
-    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    // Failures of different classes (transient, integrity): exit 1, whatever the order.
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
     let error = out.json()["tasks"][0]["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("none of its 3 source(s) could be staged: ")

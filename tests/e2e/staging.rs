@@ -562,3 +562,31 @@ fn a_local_directory_input_is_used_in_place_or_copied_and_an_output_directory_is
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(!Path::new("/tmp/never-used-stagehost-dir").exists());
 }
+
+#[test]
+fn a_missing_local_source_of_a_file_with_mirrors_gives_way_to_the_next() {
+    let sandbox = Sandbox::new();
+    sandbox.write("data/b.txt", "from b");
+    sandbox.write(
+        "work/flow.toml",
+        "[[task]]\nname = \"m\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [{ urls = [\"../data/a.txt\", \"../data/b.txt\"] }]\noutputs = [\"got.txt\"]\n",
+    );
+    // The preflight lets the missing first source pass (the next may serve), and the
+    // file provider's in-place use of it counts only if it is there.
+    let out = sandbox.run(&["run", "flow.toml", "--report", "-"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("work/got.txt")).unwrap(),
+        "from b"
+    );
+    let file = &out.json()["tasks"][0]["files"][0];
+    assert!(
+        file["source"].as_str().unwrap().ends_with("/data/b.txt"),
+        "{file}"
+    );
+    assert!(
+        out.stderr.contains("a.txt does not exist"),
+        "{}",
+        out.stderr
+    );
+}

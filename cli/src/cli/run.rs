@@ -320,7 +320,23 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
     let index = workflow.name_index();
     for &i in order {
         let task = &workflow.tasks[i];
-        for (direction, file) in &task_files(workflow, i, &index)? {
+        // Every source of a file with mirrors must be one a provider claims.
+        let sources: Vec<stagehost::File> = task
+            .inputs
+            .iter()
+            .filter_map(|input| match input {
+                stagehost::workflow::InputDef::Mirrors(urls) => Some(urls),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|url| workflow.file(url).ok())
+            .collect();
+        let mirrors = sources.iter().map(|f| (Direction::In, f.clone()));
+        for (direction, file) in &task_files(workflow, i, &index)?
+            .into_iter()
+            .chain(mirrors)
+            .collect::<Vec<_>>()
+        {
             let (direction, file) = (*direction, file);
             let chosen = match direction {
                 Direction::In => dm.choose_stage_in_provider(&task.executor, file),
@@ -341,8 +357,15 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
     // runs (as make stops on a missing prerequisite), not as its command's error.
     let written = written_by_tasks(workflow, order)?;
     for &i in order {
-        for (direction, file) in task_files(workflow, i, &index)? {
+        for (n, (direction, file)) in task_files(workflow, i, &index)?.into_iter().enumerate() {
             if direction != Direction::In {
+                continue;
+            }
+            // A missing local source of a file with mirrors is one the next replaces.
+            if matches!(
+                workflow.tasks[i].inputs.get(n),
+                Some(stagehost::workflow::InputDef::Mirrors(urls)) if urls.len() > 1
+            ) {
                 continue;
             }
             let executor = &workflow.tasks[i].executor;

@@ -22,6 +22,9 @@ use stagehost_core::transfer::Outcome;
 /// A body's result: its error, typed, if the last attempt failed.
 type BodyResult = Result<(), BodyError>;
 
+/// The (device, inode) of files: what a directory output held before the body.
+type FileIds = std::collections::HashSet<(u64, u64)>;
+
 /// One file's staging inside a task: the caller's file, the plan, and what happened.
 struct FileState {
     original: File,
@@ -35,9 +38,9 @@ struct FileState {
     /// A file with mirrors: its sources, tried in order before the body (`local` is
     /// set once one staged).
     mirrors: Vec<File>,
-    /// A directory output: when it was prepared for the body (a file there made
-    /// since, with one link, is the task's).
-    prepared: Option<std::time::SystemTime>,
+    /// A directory output: the files (device, inode) it held once prepared for the
+    /// body; a file there that is none of them, with one link, is the task's.
+    prepared: Option<FileIds>,
 }
 
 impl FileState {
@@ -529,11 +532,11 @@ impl Inner {
         files: &mut Vec<FileState>,
         range: std::ops::Range<usize>,
     ) {
-        let dirs: Vec<(usize, File, PathBuf, std::time::SystemTime)> = range
+        let dirs: Vec<(usize, File, PathBuf, FileIds)> = range
             .filter(|&i| files[i].report.direction == Direction::Out)
             .filter_map(|i| {
                 let root = files[i].local.clone()?;
-                let prepared = files[i].prepared?;
+                let prepared = files[i].prepared.clone()?;
                 Some((i, files[i].original.clone(), root, prepared))
             })
             .collect();
@@ -563,7 +566,7 @@ impl Inner {
                                     // copy, may replace it. Anything else found there
                                     // (a user's file, a hard link to one) is sent but
                                     // stays the user's, never marked, never removed.
-                                    if made_since(&path, prepared) {
+                                    if made_by_task(&path, &prepared) {
                                         stagehost_plugin_api::landing::mark_made(
                                             &path,
                                             working_dir,
@@ -842,10 +845,6 @@ impl Inner {
                     let root = self.dm.directory_destination(&spec.executor, f, None);
                     let mut state =
                         FileState::directory(f.clone(), Direction::Out, &spec.executor, &root);
-                    // A second earlier, so that a coarse file-system clock never
-                    // dates a file the task made before it.
-                    state.prepared =
-                        std::time::SystemTime::now().checked_sub(std::time::Duration::from_secs(1));
                     if root
                         .as_ref()
                         .is_ok_and(|r| r.file_name().is_some_and(|n| n == ".stagehost"))
@@ -869,6 +868,7 @@ impl Inner {
                             state.report.error =
                                 Some(format!("cannot create {}: {e}", display::path(root)));
                         }
+                        state.prepared = Some(file_identities(root));
                     }
                     files.push(state);
                     continue;
@@ -1217,17 +1217,26 @@ fn settle_directories(files: &mut [FileState]) {
     }
 }
 
-/// Whether the regular file at `path` was made after `since` and has one link.
-fn made_since(path: &std::path::Path, since: std::time::SystemTime) -> bool {
+/// The (device, inode) of each regular file below `root` (never following a link).
+fn file_identities(root: &std::path::Path) -> FileIds {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).is_ok_and(|m| {
-        let ctime = std::time::UNIX_EPOCH
-            + std::time::Duration::new(
-                u64::try_from(m.ctime()).unwrap_or(0),
-                u32::try_from(m.ctime_nsec()).unwrap_or(0),
-            );
-        m.is_file() && m.nlink() == 1 && ctime >= since
-    })
+    let Ok(walked) = stagehost_plugin_api::walk::walk(root, true) else {
+        return Default::default();
+    };
+    walked
+        .iter()
+        .filter_map(|w| std::fs::symlink_metadata(root.join(&w.name)).ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// Whether the regular file at `path` is one the task made: one link, and none of the
+/// files that were there `before` the body.
+fn made_by_task(path: &std::path::Path, before: &FileIds) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && m.nlink() == 1 && !before.contains(&(m.dev(), m.ino())))
 }
 
 /// Two works' outcomes of one file, as one: the later one's result and bytes, the
