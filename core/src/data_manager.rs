@@ -116,7 +116,7 @@ pub struct ProviderFailure {
 
 /// The error's kind before its message (`not found: `), or nothing when the kind says
 /// nothing more (`Other`).
-fn kind_part(kind: ErrorKind) -> String {
+pub(crate) fn kind_part(kind: ErrorKind) -> String {
     match kind {
         ErrorKind::Other => String::new(),
         kind => format!("{kind}: "),

@@ -84,15 +84,8 @@ pub enum InspectError {
     #[error("{} does not offer the `{}` capability", .0, .0.question.as_str())]
     NotOffered(Box<Asked>),
     /// The provider answered with an error (scrubbed of secrets).
-    #[error("{}: {}{}", .0 .0, kind_part(.0 .1.kind()), .0 .1.message())]
+    #[error("{}: {}{}", .0 .0, crate::data_manager::kind_part(.0 .1.kind()), .0 .1.message())]
     Failed(Box<(Asked, StageError)>),
-}
-
-fn kind_part(kind: ErrorKind) -> String {
-    match kind {
-        ErrorKind::Other => String::new(),
-        kind => format!("{kind}: "),
-    }
 }
 
 impl InspectError {

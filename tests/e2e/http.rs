@@ -774,6 +774,14 @@ fn a_file_with_mirrors_comes_from_the_first_source_that_serves_it_whole_and_righ
         "{}",
         out.stderr
     );
+    // Run again: the copy there has the checksum, so no source is asked (a failing
+    // one would have replaced the good copy before its bytes were found wrong).
+    let hits = server.hits("/status/503");
+    let out = sandbox.run_workflow(&cfg, &flow(&sources));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(server.hits("/status/503"), hits);
+    assert_eq!(out.json()["tasks"][0]["files"][0]["cached"], true);
+    assert_eq!(std::fs::read(sandbox.join("wd/503")).unwrap(), want);
     // No source serves it right: the task fails, naming every source, and nothing is
     // left where the file would land.
     std::fs::remove_file(sandbox.join("wd/503")).unwrap();

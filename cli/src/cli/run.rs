@@ -434,10 +434,11 @@ fn local_input_problem(
     file: &stagehost::File,
     written: &std::collections::HashSet<String>,
 ) -> Option<(FailureClass, String)> {
-    if file.scheme() != "file" || !file.netloc().is_empty() || written.contains(file.url()) {
+    if written.contains(file.url()) {
         return None;
     }
-    let e = std::fs::metadata(file.path()).err()?;
+    let path = stagehost::journal::local_path_of(file.url())?;
+    let e = std::fs::metadata(path).err()?;
     // Planned only for a file that is not there, so the check costs nothing otherwise.
     let planned = dm
         .plan_stage_in(executor, file, &StageOptions::default())
