@@ -37,6 +37,9 @@ pub struct TreeFile {
     pub relative: String,
     /// Its size, when the listing said.
     pub size: Option<u64>,
+    /// The validator the listing gave (an ETag), else empty: with `size`, what a
+    /// `--resume` compares with the copy's record.
+    pub validator: String,
 }
 
 /// Whether `name` can be appended to a URL and read back the same by every provider.
@@ -156,6 +159,7 @@ impl DataManager {
                 file,
                 relative: entry.name,
                 size: entry.size,
+                validator: entry.validator,
             });
         }
         Ok(files)
@@ -238,6 +242,7 @@ pub fn local_tree(root: &Path, dir: &File) -> Result<Vec<(TreeFile, PathBuf)>, S
                         file,
                         relative: w.name,
                         size: w.size,
+                        validator: String::new(),
                     },
                     local,
                 ));

@@ -706,7 +706,7 @@ impl Workflow {
         while submitted.len() < n {
             while let Some(i) = ready.pop() {
                 let mut spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
-                expand_directories(&mut spec, engine.data_manager());
+                let listed = expand_directories(&mut spec, engine.data_manager());
                 // A task whose producer failed in this run is never skipped: it
                 // loses its input, whatever its record says.
                 let producers_ok = producers[i].iter().all(|p| {
@@ -720,7 +720,7 @@ impl Workflow {
                     Some(h) => match verdict(h, &self.tasks[i].command, &spec) {
                         Verdict::Unchanged => Ok(engine.skip(spec)),
                         Verdict::Revalidate(inputs) => {
-                            match checked.map(|c| proof(c, h, &spec, &inputs)) {
+                            match checked.map(|c| proof(c, &listed, h, &spec, &inputs)) {
                                 Some(Proof::Current) => Ok(engine.skip(spec)),
                                 Some(Proof::Changed(why)) => {
                                     tracing::info!("task {:?} runs: {why}", self.tasks[i].name);
@@ -825,7 +825,7 @@ pub fn verdict(history: &History, command: &str, spec: &TaskSpec) -> Verdict {
 /// becomes an [`Input::Directory`] (the task sees where its files land) and each file
 /// below it an [`Input::Placed`] argument, staged as a file of its own. The listing is
 /// a request to the directory's server, made off the async threads.
-fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
+fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) -> crate::bulk::BulkAnswers {
     // Another task's directory output is listed once it is staged out (a consumer is
     // submitted after its producers end); one that failed stays a future the task
     // loses.
@@ -835,8 +835,9 @@ fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
         _ => false,
     };
     let wanted = spec.inputs.iter().any(listable);
+    let mut listed = crate::bulk::BulkAnswers::default();
     if !wanted {
-        return;
+        return listed;
     }
     let mut expand = || {
         let executor = spec.executor.clone();
@@ -875,7 +876,17 @@ fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
                     let keep: Vec<std::path::PathBuf> =
                         files.iter().map(|f| root.join(&f.relative)).collect();
                     stagehost_core::tree::prune(&root, &keep, &working_dir);
+                    listed.listings += 1;
                     for f in files {
+                        // What the listing said of each file answers `--resume` as a
+                        // bulk check would.
+                        let mut entry =
+                            stagehost_plugin_api::capability::Entry::file(f.relative.clone());
+                        entry.size = f.size;
+                        entry.validator = f.validator.clone();
+                        listed
+                            .answers
+                            .insert(f.file.url().to_owned(), Ok(Some(entry)));
                         let destination = root.join(&f.relative);
                         args.push(Input::Placed {
                             file: f.file,
@@ -892,12 +903,15 @@ fn expand_directories(spec: &mut TaskSpec, dm: &DataManager) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(expand),
         _ => expand(),
     }
+    listed
 }
 
-/// What the bulk check `checked` proves about the remote `inputs` (by index) of
-/// `spec`: current only if every one is; changed if one is.
+/// What the bulk check `checked`, and the listings of `spec`'s directory inputs
+/// (`listed`), prove about the remote `inputs` (by index) of `spec`: current only if
+/// every one is; changed if one is.
 fn proof(
     checked: &crate::bulk::BulkAnswers,
+    listed: &crate::bulk::BulkAnswers,
     history: &History,
     spec: &TaskSpec,
     inputs: &[(usize, Identity)],
@@ -908,8 +922,17 @@ fn proof(
         let Some(input) = spec.staged_ins().nth(*i) else {
             return Proof::Unknown;
         };
+        // A directory stands for its files, each answered by its listing (and a file
+        // added or removed changed the inputs already).
+        if matches!(input, Input::Directory { path: Ok(_), .. }) {
+            continue;
+        }
         let file = input.file();
-        let Some(answer) = checked.answers.get(file.url()) else {
+        let answer = checked
+            .answers
+            .get(file.url())
+            .or_else(|| listed.answers.get(file.url()));
+        let Some(answer) = answer else {
             all_current = false;
             continue;
         };

@@ -1009,6 +1009,17 @@ fn a_workflow_reads_a_prefix_as_a_directory_and_a_resume_skips_it_until_an_objec
             .clone()
     };
     assert_eq!(status("list"), "skipped", "{}", out.stderr);
+    // Proved by the directory's one listing (ETags and sizes), not by asking for each
+    // file again: nothing was staged, not even a revalidation.
+    let files = report["tasks"][0]["files"].as_array().unwrap().clone();
+    assert_eq!(files[1]["url"], "s3://data/in/a.txt");
+    for f in &files[1..3] {
+        assert_eq!(
+            (f["attempts"].as_u64(), f["cached"].as_bool()),
+            (Some(0), Some(false)),
+            "{f}"
+        );
+    }
     // A new object below the prefix: the task runs and reads it.
     moto.boto("s3.put_object(Bucket='data', Key='in/c.txt', Body=b'in/c.txt')\n");
     let out = run(true);
