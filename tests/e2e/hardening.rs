@@ -714,7 +714,7 @@ fn a_typo_in_an_input_table_is_an_error_with_its_place() {
     assert_eq!(
         out.stderr,
         format!(
-            "stagehost: error: {}:9:25: unknown field `outptu`, expected one of `task`, `output`, `url`, `recursive`\n",
+            "stagehost: error: {}:9:25: unknown field `outptu`, expected one of `task`, `output`, `url`, `urls`, `recursive`, `sha256`\n",
             flow.display()
         )
     );
