@@ -164,12 +164,30 @@ fn looks_like_a_digest(name: &str, value: &str) -> bool {
 
 /// The lower-case hex digest of the file at `path`.
 pub fn digest(algorithm: Algorithm, path: &Path) -> Result<String, StageError> {
-    let mut file = std::fs::File::open(path).map_err(|e| {
+    // Opened without blocking, and read only if it is a regular file: a FIFO or a
+    // device named by a URL never hangs the check.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    }
+    .map_err(|e| {
         StageError::io(
             format_args!("cannot open {} to verify it", path.display()),
             &e,
         )
     })?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(StageError::new(
+            ErrorKind::InvalidUrl,
+            format!(
+                "{} is not a regular file; only a file's bytes can be checked",
+                path.display()
+            ),
+        ));
+    }
     let mut buf = vec![0u8; 1 << 20];
     let mut sha256 = Sha256::new();
     let mut sha512 = Sha512::new();
@@ -212,6 +230,16 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, bytes).unwrap();
         f
+    }
+
+    #[test]
+    fn a_fifo_is_refused_never_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = digest(Algorithm::Sha256, &fifo).unwrap_err();
+        assert!(e.message().contains("is not a regular file"), "{e}");
     }
 
     #[test]

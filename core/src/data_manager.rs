@@ -83,6 +83,16 @@ pub enum StagingError {
     Provider(Box<ProviderFailure>),
 }
 
+/// The name a staged file or directory called `name` (a URL's last segment) takes in
+/// the working directory: `index` for one that would name the directory itself, its
+/// parent, or stagehost's own `.stagehost`; never a path outside the working directory.
+pub fn landing_name(name: &str) -> &str {
+    match name {
+        "" | "." | ".." | ".stagehost" => "index",
+        name => name,
+    }
+}
+
 impl StagingError {
     /// Its class for scripts: a provider's error kind; a file no provider claims is
     /// `other` (the workflow's error, caught before the run).
@@ -557,13 +567,7 @@ impl DataManager {
         if let Some(local) = file.local_path() {
             return (local.to_path_buf(), false);
         }
-        // A basename of "", "." or ".." would name the directory itself or its parent:
-        // such a file lands under a plain name instead, never outside working_dir.
-        let name = match file.filename() {
-            "" | "." | ".." => "index",
-            name => name,
-        };
-        self.claim(working_dir, name, file.url())
+        self.claim(working_dir, landing_name(file.filename()), file.url())
     }
 
     /// `<working_dir>/<name>` claimed for `url`, or, when another URL claimed it,

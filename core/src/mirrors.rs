@@ -68,8 +68,10 @@ impl MirrorOutcome {
     }
 }
 
-/// `sources` with `#sha256=<hex>` in the fragment of each that names no checksum of
-/// its own; a `sha256` that is not 64 hex digits is an error naming it.
+/// `sources` with `sha256=<hex>` first in each fragment, so it is the checksum every
+/// source's copy is verified against (a checksum a source names itself, `md5=` say,
+/// stays after it). A source naming another `sha256` (in any case) contradicts the file
+/// and is an error, as is a `sha256` that is not 64 hex digits.
 pub fn with_checksum(sources: &[String], sha256: Option<&str>) -> Result<Vec<String>, String> {
     let Some(sum) = sha256 else {
         return Ok(sources.to_vec());
@@ -81,37 +83,59 @@ pub fn with_checksum(sources: &[String], sha256: Option<&str>) -> Result<Vec<Str
         ));
     }
     let sum = sum.to_ascii_lowercase();
-    Ok(sources
+    sources
         .iter()
-        .map(|url| match url.split_once('#') {
-            None => format!("{url}#sha256={sum}"),
-            Some((_, "")) => format!("{url}sha256={sum}"),
-            Some((_, fragment)) if fragment.split('&').any(|p| p.starts_with("sha256=")) => {
-                url.clone()
+        .map(|url| {
+            let (base, fragment) = url.split_once('#').unwrap_or((url, ""));
+            let mut rest = Vec::new();
+            for part in fragment.split('&').filter(|p| !p.is_empty()) {
+                match part.split_once('=') {
+                    Some((key, value)) if key.eq_ignore_ascii_case("sha256") => {
+                        if !value.eq_ignore_ascii_case(&sum) {
+                            return Err(format!(
+                                "{} names another sha256 than the file's {sum}",
+                                stagehost_plugin_api::redact_url(url)
+                            ));
+                        }
+                    }
+                    _ => rest.push(part),
+                }
             }
-            Some(_) => format!("{url}&sha256={sum}"),
+            let mut out = format!("{base}#sha256={sum}");
+            for part in rest {
+                out.push('&');
+                out.push_str(part);
+            }
+            Ok(out)
         })
-        .collect())
+        .collect()
 }
 
 impl DataManager {
     /// Where a file with mirrors lands on `executor` (or under `working_dir`):
-    /// `<working_dir>/<the first source's name>`, claimed for the first source's URL.
+    /// `<working_dir>/<the first source's name>`, claimed for the whole list of sources
+    /// (two inputs whose first sources agree but whose others differ are two files,
+    /// and never share a destination).
     pub fn mirror_destination(
         &self,
         executor: &str,
-        first: &File,
+        sources: &[File],
         working_dir: Option<&std::path::Path>,
     ) -> Result<PathBuf, StagingError> {
         let base = match working_dir {
             Some(dir) => dir.to_path_buf(),
             None => self.working_dir(executor)?.to_path_buf(),
         };
-        let name = match first.filename() {
-            "" | "." | ".." => "index",
-            name => name,
+        let first = sources.first().map_or("", |f| f.filename());
+        let key: Vec<&str> = sources.iter().map(File::url).collect();
+        let key = if key.len() == 1 {
+            key[0].to_owned()
+        } else {
+            format!("mirrors:{}", key.join("\n"))
         };
-        Ok(self.claim(&base, name, first.url()).0)
+        Ok(self
+            .claim(&base, crate::data_manager::landing_name(first), &key)
+            .0)
     }
 }
 
@@ -156,7 +180,7 @@ pub async fn stage_in_first(
             // A source used where it is (a local file, staged in place) stages without
             // a byte moving: it counts only if the file is there.
             if let Ok(path) = outcome.staging.file.filepath() {
-                if std::fs::symlink_metadata(&path).is_err() {
+                if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
                     let p = &outcome.staging.provider;
                     outcome.result = Err(StagingError::Provider(Box::new(ProviderFailure {
                         direction: Direction::In,
@@ -268,28 +292,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_checksum_goes_into_each_fragment_that_names_none() {
+    fn the_files_checksum_comes_first_in_every_sources_fragment() {
         let sum = "AB".repeat(32);
+        let lower = sum.to_ascii_lowercase();
         let got = with_checksum(
             &[
                 "https://a/x".into(),
                 "ftp://b/x#".into(),
                 "s3://c/x#md5=00".into(),
-                format!("https://d/x#sha256={}", "cd".repeat(32)),
+                format!("https://d/x#SHA256={lower}&adler32=01"),
             ],
             Some(&sum),
         )
         .unwrap();
-        let lower = sum.to_ascii_lowercase();
         assert_eq!(
             got,
             [
                 format!("https://a/x#sha256={lower}"),
                 format!("ftp://b/x#sha256={lower}"),
-                format!("s3://c/x#md5=00&sha256={lower}"),
-                format!("https://d/x#sha256={}", "cd".repeat(32)),
+                format!("s3://c/x#sha256={lower}&md5=00"),
+                format!("https://d/x#sha256={lower}&adler32=01"),
             ]
         );
+        // A source naming another sha256, in any case, contradicts the file.
+        for other in [
+            format!("https://e/x#sha256={}", "cd".repeat(32)),
+            format!("https://e/x#Sha256={}&sha256={lower}", "cd".repeat(32)),
+        ] {
+            assert!(with_checksum(&[other], Some(&sum))
+                .unwrap_err()
+                .contains("names another sha256"));
+        }
         assert!(with_checksum(&["a".into()], Some("123"))
             .unwrap_err()
             .contains("64 hexadecimal digits"));

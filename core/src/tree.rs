@@ -78,10 +78,13 @@ pub fn is_directory_output(file: &File) -> bool {
 
 /// The directory's name: its URL's last non-empty path segment (`index` for none).
 pub fn directory_name(dir: &File) -> &str {
-    match dir.path().trim_end_matches('/').rsplit('/').next() {
-        Some("" | "." | "..") | None => "index",
-        Some(name) => name,
-    }
+    crate::data_manager::landing_name(
+        dir.path()
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or(""),
+    )
 }
 
 impl DataManager {
@@ -189,6 +192,10 @@ impl DataManager {
 /// Anything else is left alone. Best effort.
 pub fn prune(root: &Path, keep: &[PathBuf], working_dir: &Path) {
     use stagehost_plugin_api::walk::WalkKind;
+    // A link in the directory's place leads elsewhere: nothing there is pruned.
+    if !std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
     let Ok(walked) = stagehost_plugin_api::walk::walk(root, true) else {
         return;
     };
@@ -282,6 +289,11 @@ mod tests {
             "data"
         );
         assert_eq!(directory_name(&File::parse("s3://b/").unwrap()), "index");
+        // stagehost's own directory is never a name a staged directory takes.
+        assert_eq!(
+            directory_name(&File::parse("s3://b/.stagehost/").unwrap()),
+            "index"
+        );
         assert_eq!(
             directory_name(&File::parse("/tmp/results//").unwrap()),
             "results"

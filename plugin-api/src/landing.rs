@@ -107,7 +107,9 @@ pub fn replaceable(path: &Path, working_dir: &Path) -> bool {
             let Some(now) = identity(path) else {
                 return false;
             };
-            crate::xattr::get(path, MADE_XATTR).is_some()
+            // The mark must name this very file: a copy that carried the attribute
+            // along (`cp -a`) is not the file stagehost made.
+            crate::xattr::get(path, MADE_XATTR).is_some_and(|v| v == now.as_bytes())
                 || std::fs::read(made_record(path, working_dir)).is_ok_and(|r| r == now.as_bytes())
         }
     }
@@ -298,6 +300,22 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_copy_that_carried_the_mark_along_is_not_stagehosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("made");
+        std::fs::write(&made, "x").unwrap();
+        mark_made(&made, dir.path());
+        assert!(replaceable(&made, dir.path()));
+        // `cp -a` copies the attribute: the copy is another file, the user's.
+        let copy = dir.path().join("copy");
+        std::fs::write(&copy, "x").unwrap();
+        if let Some(mark) = crate::xattr::get(&made, MADE_XATTR) {
+            assert!(crate::xattr::set(&copy, MADE_XATTR, &mark));
+            assert!(!replaceable(&copy, dir.path()));
+        }
     }
 
     #[test]

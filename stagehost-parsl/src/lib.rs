@@ -348,19 +348,22 @@ impl Host {
 
     /// Where a file whose sources are mirrors lands on `executor`: the first source's
     /// name under the working directory (`working_dir`, else the executor's), claimed
-    /// for its URL.
-    #[pyo3(signature = (executor, url, working_dir=None))]
+    /// for the whole list of sources.
+    #[pyo3(signature = (executor, urls, working_dir=None))]
     fn mirror_destination(
         &self,
         executor: &str,
-        url: &str,
+        urls: Vec<String>,
         working_dir: Option<String>,
     ) -> PyResult<String> {
-        let file = File::parse(url).map_err(|e| from_stage(url, e))?;
+        let sources = urls
+            .iter()
+            .map(|u| File::parse(u).map_err(|e| from_stage(u, e)))
+            .collect::<PyResult<Vec<File>>>()?;
         let runner = self.runner(working_dir.clone().map(PathBuf::from));
         runner
             .data_manager()
-            .mirror_destination(executor, &file, working_dir.as_deref().map(Path::new))
+            .mirror_destination(executor, &sources, working_dir.as_deref().map(Path::new))
             .map(|p| p.display().to_string())
             .map_err(from_staging)
     }

@@ -36,7 +36,7 @@ class Host:
         placed: bool = False,
     ) -> Plan: ...
     def mirror_destination(
-        self, executor: str, url: str, working_dir: Optional[str] = None
+        self, executor: str, urls: list[str], working_dir: Optional[str] = None
     ) -> str: ...
     def stage_in_mirrors(
         self,

@@ -135,7 +135,7 @@ class StagehostStaging(Staging):
             # destination the first one's name gives.
             working_dir = _working_dir(dm, executor)
             file.local_path = host_for(self._spec).mirror_destination(
-                self.executor, file.urls[0], working_dir
+                self.executor, list(file.urls), working_dir
             )
             app = _internal_app(dm.dfk, _stage_in_mirrors_job)
             app_fut = app(

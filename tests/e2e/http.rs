@@ -782,6 +782,21 @@ fn a_file_with_mirrors_comes_from_the_first_source_that_serves_it_whole_and_righ
     assert_eq!(server.hits("/status/503"), hits);
     assert_eq!(out.json()["tasks"][0]["files"][0]["cached"], true);
     assert_eq!(std::fs::read(sandbox.join("wd/503")).unwrap(), want);
+    // Two files whose first sources agree but whose others differ are two files: each
+    // has a destination of its own (they shared one, and the task read one file twice).
+    let two = format!(
+        "[[task]]\nname = \"two\"\ncommand = \"cat {{inputs[0]}} {{inputs[1]}} > both.bin\"\ninputs = [{{ urls = [{:?}, {:?}] }}, {{ urls = [{:?}, {:?}] }}]\n",
+        server.url("/status/404"),
+        nginx.url("/good/x.bin"),
+        server.url("/status/404"),
+        nginx.url("/bad/x.bin"),
+    );
+    let out = sandbox.run_workflow(&cfg, &two);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(sandbox.join("wd/both.bin")).unwrap(),
+        [want.clone(), wrong.clone()].concat()
+    );
     // No source serves it right: the task fails, naming every source, and nothing is
     // left where the file would land.
     std::fs::remove_file(sandbox.join("wd/503")).unwrap();

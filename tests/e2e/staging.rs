@@ -518,6 +518,17 @@ fn a_local_directory_input_is_used_in_place_or_copied_and_an_output_directory_is
         "MINE"
     );
     no_temp_files_left(&sandbox.join("work/out/d/s"));
+    // A link in the directory output's place is refused, and nothing behind it is
+    // touched (a later run's prune followed it).
+    std::fs::rename(sandbox.join("staged/d"), sandbox.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(sandbox.join("elsewhere"), sandbox.join("staged/d")).unwrap();
+    let out = sandbox.run(&["--config", cfg, "run", "out.toml"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("staged/d is a link"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("elsewhere/s/x.txt")).unwrap(),
+        "X"
+    );
     // stdout is a file: a directory there is refused before anything runs.
     sandbox.write(
         "work/bad.toml",

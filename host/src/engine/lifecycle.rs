@@ -812,14 +812,14 @@ impl Inner {
                         // first one's name lands.
                         let mut report =
                             FileReport::new(Direction::In, f.redacted_url(), &spec.executor);
-                        let destination = match self.dm.mirror_destination(&spec.executor, f, None)
-                        {
-                            Ok(d) => Some(d),
-                            Err(e) => {
-                                report.fail(&e);
-                                None
-                            }
-                        };
+                        let destination =
+                            match self.dm.mirror_destination(&spec.executor, sources, None) {
+                                Ok(d) => Some(d),
+                                Err(e) => {
+                                    report.fail(&e);
+                                    None
+                                }
+                            };
                         FileState {
                             original: f.clone(),
                             staging: None,
@@ -853,6 +853,17 @@ impl Inner {
                         state.report.error = Some(format!(
                             "the output {} would be stagehost's own .stagehost directory: name another",
                             f.redacted_url()
+                        ));
+                        files.push(state);
+                        continue;
+                    }
+                    if let Some(root) = root.as_ref().ok().filter(|r| {
+                        std::fs::symlink_metadata(r).is_ok_and(|m| m.file_type().is_symlink())
+                    }) {
+                        state.report.ok = false;
+                        state.report.error = Some(format!(
+                            "{} is a link; a directory output is a directory stagehost makes: move the link away",
+                            display::path(root)
                         ));
                         files.push(state);
                         continue;
