@@ -76,15 +76,21 @@ pub fn is_directory_output(file: &File) -> bool {
     file.path().ends_with('/')
 }
 
-/// The directory's name: its URL's last non-empty path segment (`index` for none).
+/// The directory's name: its URL's last non-empty path segment (`index` for none); a
+/// zip archive's root (`zip:/data/out.zip/`) is named without `.zip`, so the directory
+/// never takes the archive's own place.
 pub fn directory_name(dir: &File) -> &str {
-    crate::data_manager::landing_name(
-        dir.path()
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or(""),
-    )
+    let last = dir
+        .path()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    let last = match last.strip_suffix(".zip") {
+        Some(stem) if dir.scheme() == "zip" && !stem.is_empty() => stem,
+        _ => last,
+    };
+    crate::data_manager::landing_name(last)
 }
 
 impl DataManager {
@@ -289,6 +295,10 @@ mod tests {
             "data"
         );
         assert_eq!(directory_name(&File::parse("s3://b/").unwrap()), "index");
+        assert_eq!(
+            directory_name(&File::parse("zip:/data/out.zip/").unwrap()),
+            "out"
+        );
         // stagehost's own directory is never a name a staged directory takes.
         assert_eq!(
             directory_name(&File::parse("s3://b/.stagehost/").unwrap()),

@@ -150,8 +150,9 @@ fn a_netloc_or_a_bad_member_path_fails_the_task_before_it_runs() {
         }
     }
     // The archive with a trailing `/` names its root, a directory: as an input, one
-    // that must exist (not found); as an output, a directory the task fills, which
-    // (left empty) makes no archive.
+    // that must exist (not found); as an output, a directory the task fills (in
+    // `<working_dir>/<the archive's name without .zip>`, never the archive's place),
+    // which left empty makes no archive, and whose files become members.
     let root = format!("zip:{}/", archive.display());
     let out = sandbox.run_workflow(
         &cfg,
@@ -165,6 +166,16 @@ fn a_netloc_or_a_bad_member_path_fails_the_task_before_it_runs() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(!archive.exists());
+    let out = sandbox.run_workflow(
+        &cfg,
+        &format!("[[task]]\nname = \"t\"\ncommand = \"mkdir {{outputs[0]}}/s && printf A > {{outputs[0]}}/s/a.txt\"\noutputs = [{root:?}]\n"),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listed = check_archive(
+        &archive,
+        "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nprint([(n, z.read(n).decode()) for n in z.namelist()])",
+    );
+    assert_eq!(String::from_utf8_lossy(&listed), "[('s/a.txt', 'A')]\n");
     assert!(!sandbox.join("escape.txt").exists());
 }
 
