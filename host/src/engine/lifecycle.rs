@@ -121,6 +121,33 @@ impl FileState {
         outcome.result.inspect_err(|e| self.report.fail(e))
     }
 
+    /// Records a whole staging that ran (`runner::run_planned`): what it moved and how
+    /// it ended; the plan stays with the file. The error line when it failed.
+    fn record_staged(
+        &mut self,
+        outcome: stagehost_core::runner::StageOutcome,
+        seconds: f64,
+    ) -> Result<(), String> {
+        let s = &outcome.staging;
+        self.report.provider = Some(s.provider.name.clone());
+        self.report.plugin = Some(format!(
+            "{} {}",
+            s.provider.plugin.name, s.provider.plugin.version
+        ));
+        self.report.modes = outcome.modes;
+        self.report.attempts += outcome.attempts;
+        self.report.seconds += seconds;
+        self.report.cached |= outcome.cached;
+        if outcome.bytes.is_some() {
+            self.report.bytes = outcome.bytes;
+        }
+        self.staging = Some(outcome.staging);
+        outcome.result.map_err(|e| {
+            self.report.fail(&e);
+            e.to_string()
+        })
+    }
+
     /// Where the task finds the file, as an absolute path: the command runs in the
     /// working directory, so a path relative to ours would name another file there.
     fn path(&self) -> PathBuf {
@@ -625,37 +652,19 @@ impl Inner {
             let runs = (first..files.len()).filter_map(|c| {
                 let staging = files[c].staging.take()?;
                 let original = files[c].original.clone();
-                let runner = &self.transfers;
+                let transfers = &self.transfers;
                 Some(async move {
-                    let mut staging = staging;
-                    // A stage-out: the in-task step (the provider's local part), then
-                    // the separate job.
-                    let mut last = None;
-                    for work in [staging.in_task_step.take(), staging.separate_job.take()]
-                        .into_iter()
-                        .flatten()
-                    {
-                        let outcome = runner.run(work, &original).await;
-                        let failed = outcome.result.is_err();
-                        last = Some(match last.take() {
-                            None => outcome,
-                            Some(before) => merge(before, outcome),
-                        });
-                        if failed {
-                            break;
-                        }
-                    }
-                    (c, staging, last)
+                    let start = Instant::now();
+                    let outcome =
+                        stagehost_core::runner::run_planned(transfers, staging, &original).await;
+                    (c, outcome, start.elapsed().as_secs_f64())
                 })
             });
             let ran = futures_join_all(runs.collect::<Vec<_>>()).await;
             let mut failure = None;
-            for (c, staging, outcome) in ran {
-                files[c].staging = Some(staging);
-                if let Some(outcome) = outcome {
-                    if let Err(e) = files[c].record(outcome) {
-                        failure.get_or_insert(e.to_string());
-                    }
+            for (c, outcome, seconds) in ran {
+                if let Err(line) = files[c].record_staged(outcome, seconds) {
+                    failure.get_or_insert(line);
                 }
             }
             let failed = files[first..]
@@ -690,6 +699,7 @@ impl Inner {
                 };
                 let sources = f.mirrors.clone();
                 Some(async move {
+                    let start = Instant::now();
                     let outcome = stagehost_core::mirrors::stage_in_first(
                         &self.dm,
                         &self.transfers,
@@ -698,14 +708,15 @@ impl Inner {
                         &opts,
                     )
                     .await;
-                    (i, sources, outcome)
+                    (i, sources, outcome, start.elapsed().as_secs_f64())
                 })
             })
             .collect::<Vec<_>>();
         let mut failure = None;
-        for (i, sources, outcome) in futures_join_all(runs).await {
+        for (i, sources, outcome, seconds) in futures_join_all(runs).await {
             let f = &mut files[i];
-            let Some((used, staged)) = &outcome.used else {
+            let failures = outcome.failures_line();
+            let Some((used, staged)) = outcome.used else {
                 let line = outcome.error_line();
                 f.report.ok = false;
                 f.report.error = Some(line.clone());
@@ -713,31 +724,25 @@ impl Inner {
                 failure.get_or_insert(line);
                 continue;
             };
-            let s = &staged.staging;
-            f.report.provider = Some(s.provider.name.clone());
-            f.report.plugin = Some(format!(
-                "{} {}",
-                s.provider.plugin.name, s.provider.plugin.version
-            ));
-            f.report.modes = staged.modes.clone();
-            f.report.attempts += staged.attempts;
-            f.report.bytes = staged.bytes;
-            f.report.cached = staged.cached;
-            f.report.source = Some(sources[*used].redacted_url());
-            if !outcome.failures.is_empty() {
+            let local = staged
+                .staging
+                .file
+                .filepath()
+                .unwrap_or_else(|_| f.destination.clone().unwrap_or_default());
+            if let Err(line) = f.record_staged(staged, seconds) {
+                failure.get_or_insert(line);
+                continue;
+            }
+            f.report.source = Some(sources[used].redacted_url());
+            if !failures.is_empty() {
                 tracing::warn!(
-                    "task {:?}: {} staged from source {} of {}, after: {}",
+                    "task {:?}: {} staged from source {} of {}, after: {failures}",
                     spec.name,
                     f.report.url,
                     used + 1,
                     sources.len(),
-                    outcome.failures_line()
                 );
             }
-            let local = s
-                .file
-                .filepath()
-                .unwrap_or_else(|_| f.destination.clone().unwrap_or_default());
             f.report.local_path = Some(local.display().to_string());
             f.local = Some(local);
         }
@@ -1248,16 +1253,6 @@ fn made_by_task(path: &std::path::Path, before: &FileIds) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path)
         .is_ok_and(|m| m.is_file() && m.nlink() == 1 && !before.contains(&(m.dev(), m.ino())))
-}
-
-/// Two works' outcomes of one file, as one: the later one's result and bytes, the
-/// attempts and seconds of both.
-fn merge(before: Outcome, after: Outcome) -> Outcome {
-    Outcome {
-        attempts: before.attempts + after.attempts,
-        seconds: before.seconds + after.seconds,
-        ..after
-    }
 }
 
 fn status_word(status: TaskStatus) -> &'static str {
