@@ -153,7 +153,9 @@ impl History {
                 }
             }
             if let Some(path) = local_path_of(now) {
-                if now.split(['?', '#']).next().unwrap_or(now).ends_with('/') {
+                if stagehost_plugin_api::File::parse(now)
+                    .is_ok_and(|f| crate::tree::is_directory_output(&f))
+                {
                     // Its files are not recorded one by one: an edit inside would go
                     // unseen, so it is made again.
                     return Verdict::Changed(format!(

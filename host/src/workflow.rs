@@ -393,8 +393,8 @@ impl Workflow {
         let mut writers: HashMap<String, usize> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
             if let Some(url) = t.stdout.iter().chain(&t.stderr).find(|u| {
-                let path = u.split(['?', '#']).next().unwrap_or(u);
-                path.ends_with('/')
+                self.file(u)
+                    .is_ok_and(|f| stagehost_core::tree::is_directory_output(&f))
             }) {
                 return Err(self.err(
                     i,
@@ -435,7 +435,7 @@ impl Workflow {
                             let f = self
                                 .file(url)
                                 .map_err(|e| self.err(i, format!("input {n}: {e}")))?;
-                            if f.path().ends_with('/') {
+                            if stagehost_core::tree::is_directory_output(&f) {
                                 return Err(self.err(
                                     i,
                                     format!(

@@ -44,12 +44,7 @@ fn run_workflow(
 }
 
 fn task<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no task {name} in {report:#}"))
+    task_in(report, name)
 }
 
 fn read(path: impl AsRef<Path>) -> String {

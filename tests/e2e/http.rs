@@ -145,15 +145,7 @@ fn error_statuses_are_errors_never_files_and_only_5xx_is_retried() {
     ]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let report = out.json();
-    let task = |name: &str| {
-        report["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let task = |name: &str| task_in(&report, name).clone();
     assert_eq!(task("gone")["status"], "failed");
     assert_eq!(
         task("gone")["files"][0]["attempts"],

@@ -957,15 +957,7 @@ fn a_workflow_reads_a_prefix_as_a_directory_and_a_resume_skips_it_until_an_objec
     // The empty prefix fails its own task (not found); the other runs.
     assert_eq!(out.code, Some(3), "{}", out.stderr);
     let report = out.json();
-    let task = |name: &str| {
-        report["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let task = |name: &str| task_in(&report, name).clone();
     assert_eq!(task("list")["status"], "succeeded", "{}", out.stderr);
     assert_eq!(task("missing")["status"], "failed");
     assert!(
@@ -999,15 +991,7 @@ fn a_workflow_reads_a_prefix_as_a_directory_and_a_resume_skips_it_until_an_objec
     // Nothing changed: skipped.
     let out = run(true);
     let report = out.json();
-    let status = |name: &str| {
-        report["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()["status"]
-            .clone()
-    };
+    let status = |name: &str| task_in(&report, name)["status"].clone();
     assert_eq!(status("list"), "skipped", "{}", out.stderr);
     // Proved by the directory's one listing (ETags and sizes), not by asking for each
     // file again: nothing was staged, not even a revalidation.
@@ -1063,15 +1047,7 @@ fn a_task_fills_a_directory_output_that_goes_to_a_prefix_file_by_file_and_feeds_
     );
     let out = run(&[]);
     let report = out.json();
-    let task = |name: &str| {
-        report["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let task = |name: &str| task_in(&report, name).clone();
     assert_eq!(task("make")["status"], "succeeded", "{}", out.stderr);
     assert_eq!(task("use")["status"], "succeeded", "{}", out.stderr);
     // Each file the task wrote is an object below the prefix, byte for byte.
@@ -1130,13 +1106,5 @@ fn a_task_fills_a_directory_output_that_goes_to_a_prefix_file_by_file_and_feeds_
 }
 
 fn task_status(report: &serde_json::Value, name: &str) -> String {
-    report["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap()["status"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    task_in(report, name)["status"].as_str().unwrap().to_owned()
 }

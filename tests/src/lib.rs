@@ -566,6 +566,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// The entry of task `name` in a `run --report` JSON report.
+pub fn task_in<'r>(report: &'r serde_json::Value, name: &str) -> &'r serde_json::Value {
+    report["tasks"]
+        .as_array()
+        .expect("a run report lists its tasks")
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no task {name:?} in the report"))
+}
+
 impl Run {
     /// stdout parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
