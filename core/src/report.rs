@@ -265,19 +265,138 @@ impl Summary {
 
     /// The totals of a run's `tasks`.
     pub fn of_tasks(tasks: &[Arc<TaskReport>], seconds: f64) -> Summary {
-        let count = |s: TaskStatus| tasks.iter().filter(|r| r.status == s).count();
-        Summary {
-            tasks: Some(TaskCounts {
-                tasks: tasks.len(),
-                succeeded: count(TaskStatus::Succeeded),
-                failed: count(TaskStatus::Failed),
-                stage_out_failed: count(TaskStatus::StageOutFailed),
-                dependency_failed: count(TaskStatus::DependencyFailed),
-                cancelled: count(TaskStatus::Cancelled),
-                skipped: count(TaskStatus::Skipped),
-            }),
-            ..Summary::of_files(tasks.iter().flat_map(|t| &t.files), seconds)
+        let mut summary = Summary::default();
+        for task in tasks {
+            summary.add_task(task);
         }
+        summary.seconds = seconds;
+        summary
+    }
+
+    /// Counts one more task of a run and its files (a run's summary, kept as its
+    /// tasks end instead of from every report kept to the end).
+    pub fn add_task(&mut self, task: &TaskReport) {
+        let counts = self.tasks.get_or_insert_with(TaskCounts::default);
+        counts.tasks += 1;
+        let count = match task.status {
+            TaskStatus::Succeeded => &mut counts.succeeded,
+            TaskStatus::Failed => &mut counts.failed,
+            TaskStatus::StageOutFailed => &mut counts.stage_out_failed,
+            TaskStatus::DependencyFailed => &mut counts.dependency_failed,
+            TaskStatus::Cancelled => &mut counts.cancelled,
+            TaskStatus::Skipped => &mut counts.skipped,
+        };
+        *count += 1;
+        let files = Summary::of_files(task.files.iter(), 0.0);
+        self.files += files.files;
+        self.files_moved += files.files_moved;
+        self.files_cached += files.files_cached;
+        self.files_failed += files.files_failed;
+        self.bytes_moved += files.bytes_moved;
+    }
+}
+
+/// A file without a name in the temporary directory, readable by its owner only
+/// (`O_TMPFILE`; where the file system lacks it, a fresh file removed at once).
+fn unnamed_file() -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true).write(true).mode(0o600);
+    if let Ok(file) = open.clone().custom_flags(libc::O_TMPFILE).open(&dir) {
+        return Ok(file);
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".stagehost-report-{}-{n}", std::process::id()));
+    let file = open.create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// A run's task reports, written to an unnamed temporary file as the tasks end, and
+/// put in the workflow's order into the JSON document at the end: a run keeps an
+/// offset per task in memory, not every report.
+pub struct Spool {
+    file: std::io::BufWriter<std::fs::File>,
+    written: u64,
+    /// Where each report is, by the order the tasks were submitted in.
+    spans: Vec<(u64, u32)>,
+}
+
+impl Spool {
+    /// A spool in the system's temporary directory (the file has no name: it goes
+    /// with the process).
+    pub fn new() -> std::io::Result<Spool> {
+        Ok(Spool {
+            file: std::io::BufWriter::with_capacity(64 << 10, unnamed_file()?),
+            written: 0,
+            spans: Vec::new(),
+        })
+    }
+
+    /// Writes the report of the task submitted `seq`-th.
+    pub fn push(&mut self, seq: usize, report: &TaskReport) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut text = Vec::with_capacity(512);
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"  ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut text, formatter);
+        report
+            .serialize(&mut ser)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.file.write_all(&text)?;
+        if self.spans.len() <= seq {
+            self.spans.resize(seq + 1, (0, 0));
+        }
+        let len = u32::try_from(text.len()).map_err(std::io::Error::other)?;
+        self.spans[seq] = (self.written, len);
+        self.written += text.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the document `header` (its `tasks` unset) with the spooled reports, in
+    /// the order `order` gives (submission numbers), to `out`, as
+    /// [`Document::to_json`] would with every report at hand.
+    pub fn write_document(
+        self,
+        header: &Document<'_>,
+        order: impl IntoIterator<Item = usize>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        let head = header.to_json();
+        let head = head.strip_suffix("\n}").unwrap_or(&head);
+        out.write_all(head.as_bytes())?;
+        let mut first = true;
+        let mut buf = Vec::new();
+        for seq in order {
+            let (at, len) = self.spans.get(seq).copied().unwrap_or_default();
+            if len == 0 {
+                continue;
+            }
+            out.write_all(if first {
+                b",\n  \"tasks\": [\n    "
+            } else {
+                b",\n    "
+            })?;
+            first = false;
+            buf.resize(len as usize, 0);
+            file.read_exact_at(&mut buf, at)?;
+            // One level deeper than alone: each line after the first indented by 4.
+            for (i, line) in buf.split(|&b| b == b'\n').enumerate() {
+                if i > 0 {
+                    out.write_all(b"\n    ")?;
+                }
+                out.write_all(line)?;
+            }
+        }
+        if first {
+            out.write_all(b",\n  \"tasks\": []")?;
+        } else {
+            out.write_all(b"\n  ]")?;
+        }
+        out.write_all(b"\n}")
     }
 }
 
@@ -349,5 +468,68 @@ mod tests {
             serde_json::json!(["separate-job"])
         );
         assert_eq!(json["files"][2]["ok"], false);
+    }
+
+    fn task(name: &str, status: TaskStatus, files: Vec<FileReport>) -> Arc<TaskReport> {
+        Arc::new(TaskReport {
+            name: name.into(),
+            executor: "local".into(),
+            status,
+            attempts: 1,
+            started_at: 0.25,
+            seconds: 1.5,
+            error: (status != TaskStatus::Succeeded).then(|| "it \"failed\"\nbadly".into()),
+            files,
+            worker: Some("worker 1".into()),
+        })
+    }
+
+    #[test]
+    fn a_spooled_run_document_is_the_document_of_every_report_at_hand() {
+        let mut moved = FileReport::new(Direction::In, "http://h/a".into(), "local");
+        (moved.attempts, moved.bytes) = (1, Some(10));
+        let failed = FileReport::new(Direction::Out, "s3://b/k".into(), "local");
+        let tasks = vec![
+            task("a", TaskStatus::Succeeded, vec![moved]),
+            task("b", TaskStatus::Failed, vec![failed]),
+            task("c", TaskStatus::Skipped, vec![]),
+        ];
+        let summary = Summary::of_tasks(&tasks, 2.0);
+        let whole = Document {
+            version: VERSION,
+            command: "run",
+            workflow: Some("flow.toml".into()),
+            summary: summary.clone(),
+            tasks: Some(&tasks),
+            files: None,
+        }
+        .to_json();
+        // Submitted in the order c, a, b; ended in the order b, c, a.
+        let mut spool = Spool::new().unwrap();
+        for (seq, t) in [(2, &tasks[1]), (0, &tasks[2]), (1, &tasks[0])] {
+            spool.push(seq, t).unwrap();
+        }
+        let header = Document {
+            version: VERSION,
+            command: "run",
+            workflow: Some("flow.toml".into()),
+            summary,
+            tasks: None,
+            files: None,
+        };
+        let mut out = Vec::new();
+        spool.write_document(&header, [1, 2, 0], &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), whole);
+        // No task at all.
+        let mut out = Vec::new();
+        Spool::new()
+            .unwrap()
+            .write_document(&header, [], &mut out)
+            .unwrap();
+        let empty = Document {
+            tasks: Some(&[]),
+            ..header
+        };
+        assert_eq!(String::from_utf8(out).unwrap(), empty.to_json());
     }
 }

@@ -705,6 +705,7 @@ impl Workflow {
         let mut submitted = Vec::with_capacity(n);
         while submitted.len() < n {
             while let Some(i) = ready.pop() {
+                engine.wait_for_room().await;
                 let mut spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
                 let listed = expand_directories(&mut spec, engine.data_manager());
                 // A task whose producer failed in this run is never skipped: it

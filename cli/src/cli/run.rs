@@ -188,7 +188,32 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         ),
         None => progress,
     };
-    let reports = rt.block_on(async move {
+    // What the run keeps of each task as it ends: its counts, its failures' classes
+    // and, for `--report`, its report on disk.
+    let collected = Arc::new(std::sync::Mutex::new(Collected {
+        summary: Summary {
+            tasks: Some(Default::default()),
+            ..Summary::default()
+        },
+        failures: Vec::new(),
+        spool: match &args.report {
+            Some(_) => Some(stagehost::report::Spool::new().map_err(|e| {
+                CliError::Staging(format!("cannot make a temporary file for the report: {e}"))
+            })?),
+            None => None,
+        },
+        error: None,
+    }));
+    let sink: stagehost::engine::ReportSink = {
+        let collected = collected.clone();
+        Arc::new(move |seq, report: &Arc<TaskReport>| {
+            collected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .add(seq, report);
+        })
+    };
+    let order = rt.block_on(async move {
         observer.tasks_expected(tasks);
         let display = observer.clone();
         let engine = Engine::new(
@@ -197,6 +222,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
                 transfers,
                 observer,
                 config_file,
+                report_sink: Some(sink),
             },
         )
         .map_err(|e| CliError::Staging(e.to_string()))?;
@@ -215,7 +241,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             .submit_resuming(&engine, history.as_ref(), checked.as_ref())
             .await
             .map_err(|e| CliError::Config(ConfigError(e.0)))?;
-        let reports = engine.wait_all().await;
+        engine.wait_all().await;
         // The bars leave the screen before anything else is written: the summary
         // starts a line of its own.
         display.run_finished();
@@ -224,31 +250,33 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         engine.kill_leftovers();
         let ender = engine.clone();
         let _ = tokio::task::spawn_blocking(move || ender.shutdown()).await;
-        // Back to the workflow file's order.
-        let mut ordered: Vec<Option<Arc<TaskReport>>> = vec![None; reports.len()];
-        for (report, i) in reports.into_iter().zip(submitted) {
-            ordered[i] = Some(report);
+        // The workflow file's order, by the order of submission.
+        let mut order = vec![0; submitted.len()];
+        for (seq, &i) in submitted.iter().enumerate() {
+            order[i] = seq;
         }
-        Ok::<_, CliError>(ordered.into_iter().flatten().collect::<Vec<_>>())
+        Ok::<_, CliError>(order)
     })?;
-    let summary = Summary::of_tasks(&reports, start.elapsed().as_secs_f64());
-    if let Some(path) = &args.report {
-        let json = Document {
+    let collected = std::mem::take(
+        &mut *collected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let mut summary = collected.summary;
+    summary.seconds = start.elapsed().as_secs_f64();
+    if let Some(e) = collected.error {
+        return Err(CliError::Staging(format!("cannot write the report: {e}")));
+    }
+    if let (Some(path), Some(spool)) = (&args.report, collected.spool) {
+        let header = Document {
             version: stagehost::report::VERSION,
             command: "run",
             workflow: Some(workflow_name),
             summary: summary.clone(),
-            tasks: Some(&reports),
+            tasks: None,
             files: None,
-        }
-        .to_json();
-        if path.as_os_str() == "-" {
-            println!("{json}");
-        } else {
-            std::fs::write(path, json + "\n").map_err(|e| {
-                CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
-            })?;
-        }
+        };
+        write_report(path, |out| spool.write_document(&header, order, out))?;
     }
     let s = &summary;
     let t = s.tasks.clone().unwrap_or_default();
@@ -270,30 +298,84 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         eprintln!("stagehost: {line}");
         Ok(ExitCode::SUCCESS)
     } else {
+        Err(CliError::Failed {
+            line,
+            code: FailureClass::exit_code_of(collected.failures),
+        })
+    }
+}
+
+/// What a run keeps of its tasks as they end.
+#[derive(Default)]
+struct Collected {
+    summary: Summary,
+    /// The classes of the failed tasks' failures (see [`Collected::add`]).
+    failures: Vec<Option<FailureClass>>,
+    /// The reports, for `--report`.
+    spool: Option<stagehost::report::Spool>,
+    /// The first error writing the spool.
+    error: Option<std::io::Error>,
+}
+
+impl Collected {
+    fn add(&mut self, seq: usize, report: &TaskReport) {
+        self.summary.add_task(report);
         // The class the failed tasks' failures share: their failed files' classes, or
         // none for a task that failed otherwise (its command); a task that lost an
         // input failed because another did.
-        let failures = reports
-            .iter()
-            .filter(|t| matches!(t.status, TaskStatus::Failed | TaskStatus::StageOutFailed))
-            .flat_map(|t| {
-                let files: Vec<_> = t
+        if matches!(
+            report.status,
+            TaskStatus::Failed | TaskStatus::StageOutFailed
+        ) {
+            let before = self.failures.len();
+            self.failures.extend(
+                report
                     .files
                     .iter()
                     .filter(|f| f.error.is_some())
-                    .map(|f| f.error_class)
-                    .collect();
-                if files.is_empty() {
-                    vec![None]
-                } else {
-                    files
-                }
-            });
-        Err(CliError::Failed {
-            line,
-            code: FailureClass::exit_code_of(failures),
-        })
+                    .map(|f| f.error_class),
+            );
+            if self.failures.len() == before {
+                self.failures.push(None);
+            }
+            // Only whether they share one class matters: two kept are enough.
+            self.failures.dedup();
+            self.failures.truncate(2);
+        }
+        if let Some(spool) = &mut self.spool {
+            if let Err(e) = spool.push(seq, report) {
+                self.error.get_or_insert(e);
+            }
+        }
     }
+}
+
+/// Writes a report to `path` (`-`: stdout) through `write`, atomically for a file.
+fn write_report(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), CliError> {
+    let failed = |e: std::io::Error| {
+        CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
+    };
+    if path.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        write(&mut out).map_err(failed)?;
+        std::io::Write::write_all(&mut out, b"\n").map_err(failed)?;
+        return std::io::Write::flush(&mut out).map_err(failed);
+    }
+    let mut file = stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| {
+        CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
+    })?;
+    {
+        let mut out = std::io::BufWriter::new(file.as_file_mut());
+        write(&mut out).map_err(failed)?;
+        std::io::Write::write_all(&mut out, b"\n").map_err(failed)?;
+        std::io::Write::flush(&mut out).map_err(failed)?;
+    }
+    file.commit()
+        .map_err(|e| CliError::Staging(format!("cannot write the report {}: {e}", path.display())))
 }
 
 /// Task `i`'s files, its inputs (stage-in) then its outputs (stage-out).

@@ -273,10 +273,10 @@ fn drain(pipe: &mut std::process::ChildStderr, tail: &mut Tail) -> bool {
     }
 }
 
+/// Makes the read end of a pipe we just made non-blocking (its only status flag: one
+/// call, no need to read the flags first).
 fn set_nonblocking(fd: BorrowedFd<'_>) {
-    if let Ok(flags) = rustix::fs::fcntl_getfl(fd) {
-        let _ = rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK);
-    }
+    let _ = rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK);
 }
 
 /// The child's exit status if it has exited; it stays unreaped (a zombie keeps its
@@ -466,9 +466,15 @@ pub(crate) fn run(
     }
     let mut tail = Tail::default();
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // With a pidfd, the child is looked at only once it says the child has exited,
+    // and then reaped at once (a shell that just started has not exited).
+    let mut exit_ready = false;
     let stop = loop {
-        if let Some(status) = exited(pid, false) {
-            break Ok(status);
+        if exit_ready {
+            break Ok(child.wait());
+        }
+        if exit.is_none() && exited(pid, false).is_some() {
+            break Ok(child.wait());
         }
         let now = std::time::Instant::now();
         if let (Some(limit), Some(at)) = (timeout, deadline) {
@@ -496,9 +502,14 @@ pub(crate) fn run(
                 stderr = None;
             }
         }
+        exit_ready = exit.is_some() && ready.last() == Some(&true);
     };
     let status = match stop {
-        Ok(status) => status,
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            commands.over(pgid);
+            return Err(CommandError::Setup(format!("cannot wait for /bin/sh: {e}")));
+        }
         Err(why) => {
             terminate_group(pgid, pid, KILL_GRACE);
             let _ = child.wait();
@@ -509,7 +520,6 @@ pub(crate) fn run(
             });
         }
     };
-    let _ = child.wait();
     // Whatever the shell left running in its group is stopped, so no background child
     // outlives its task. (A group id is not reused while the group has members; once
     // the shell is reaped, a group that still answers holds only what it left behind.)

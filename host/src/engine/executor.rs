@@ -22,6 +22,8 @@ pub(crate) trait Executor: Send + Sync {
     /// How many threads the executor's pool needs: planning, and the bodies that run
     /// in this process.
     fn threads(&self) -> usize;
+    /// How many bodies may run at once, here or on the nodes, at most.
+    fn slots(&self) -> usize;
     /// Whether attempts run here, on the pool; otherwise they go through [`send`].
     ///
     /// [`send`]: Executor::send
@@ -41,6 +43,9 @@ pub(crate) struct Local {
 
 impl Executor for Local {
     fn threads(&self) -> usize {
+        self.workers
+    }
+    fn slots(&self) -> usize {
         self.workers
     }
     fn runs_here(&self) -> bool {
@@ -101,6 +106,14 @@ impl Executor for Pilot {
     fn threads(&self) -> usize {
         // Planning only: the bodies run on the nodes.
         2
+    }
+    fn slots(&self) -> usize {
+        // Each node's worker takes up to `prefetch` tasks beyond its busy slots.
+        self.record.pilot.as_ref().map_or(self.record.workers, |p| {
+            p.blocks
+                .saturating_mul(p.nodes_per_block)
+                .saturating_mul(self.record.workers.saturating_add(p.prefetch))
+        })
     }
     fn runs_here(&self) -> bool {
         false

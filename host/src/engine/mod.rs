@@ -77,7 +77,14 @@ pub struct EngineOptions {
     /// The config file, for the workers of `slurm` executors to read on the nodes
     /// (`None`: they use the embedded default).
     pub config_file: Option<PathBuf>,
+    /// Where each task's report goes as it ends, with the task's number in the order
+    /// of submission (counting skipped tasks). `None`: the engine keeps every report
+    /// for [`Engine::wait_all`]; with a sink it keeps none (a large run's memory).
+    pub report_sink: Option<ReportSink>,
 }
+
+/// See [`EngineOptions::report_sink`].
+pub type ReportSink = Arc<dyn Fn(usize, &Arc<TaskReport>) + Send + Sync>;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -85,6 +92,7 @@ impl Default for EngineOptions {
             transfers: TransferConfig::default(),
             observer: Arc::new(Silent),
             config_file: None,
+            report_sink: None,
         }
     }
 }
@@ -105,6 +113,11 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// The command runners' cancel pipe and the process groups left to stop.
     commands: command::Commands,
+    /// See [`Engine::wait_for_room`].
+    window: usize,
+    report_sink: Option<ReportSink>,
+    /// The next task's number in the order of submission.
+    submitted: std::sync::atomic::AtomicUsize,
 }
 
 /// Where a task's report arrives.
@@ -115,6 +128,72 @@ type ReportReceiver = watch::Receiver<Option<Arc<TaskReport>>>;
 pub struct Engine {
     inner: Arc<Inner>,
     handles: Arc<Mutex<Vec<ReportReceiver>>>,
+    /// Tasks submitted and not yet ended: [`Engine::wait_all`] sleeps until none is
+    /// left, woken once, not by every task that ends.
+    pending: Arc<Pending>,
+}
+
+struct PendingTask(Arc<Pending>);
+
+impl Drop for PendingTask {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            - 1;
+        if left == 0 || left == self.0.low.load(std::sync::atomic::Ordering::SeqCst) {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    /// The count a waiter of [`Pending::wait_until_at_most`] waits for.
+    low: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl Default for Pending {
+    fn default() -> Pending {
+        Pending {
+            count: Default::default(),
+            low: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            none_left: Default::default(),
+        }
+    }
+}
+
+impl Pending {
+    /// One more task; it counts as ended when the guard goes (its report sent, or
+    /// never to be).
+    fn add(self: &Arc<Self>) -> PendingTask {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        PendingTask(self.clone())
+    }
+    /// Waits until at most `low` tasks are left (woken once, when the count reaches
+    /// it).
+    async fn wait_until_at_most(&self, low: usize) {
+        loop {
+            let woken = self.none_left.notified();
+            self.low.store(low, std::sync::atomic::Ordering::SeqCst);
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) <= low {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    async fn wait(&self) {
+        loop {
+            let woken = self.none_left.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
 }
 
 /// The engine could not start (its worker threads).
@@ -167,6 +246,8 @@ impl Engine {
             };
             executors.insert(e.label.clone(), rt);
         }
+        let slots: usize = executors.values().map(|e| e.executor.slots()).sum();
+        let window = slots.saturating_mul(2).max(1024);
         let cancel = CancelFlag::new();
         let token = CancellationToken::new();
         let transfers = Transfers::new(
@@ -186,8 +267,12 @@ impl Engine {
                 runtime: tokio::runtime::Handle::current(),
                 commands: command::Commands::new(tokio::runtime::Handle::current())
                     .map_err(|e| EngineError(format!("cannot create a pipe: {e}")))?,
+                window,
+                report_sink: options.report_sink,
+                submitted: Default::default(),
             }),
             handles: Arc::new(Mutex::new(Vec::new())),
+            pending: Arc::default(),
         })
     }
 
@@ -249,18 +334,20 @@ impl Engine {
             stderr,
             report: report_rx.clone(),
         };
-        self.handles
-            .lock()
-            .expect("the handles lock is never poisoned")
-            .push(report_rx);
+        let seq = self.record(report_rx);
         let inner = self.inner.clone();
         let outputs = Outputs { senders };
-        let observer = inner.observer.clone();
+        let pending = self.pending.add();
         let deliver = move |report: TaskReport| {
             let report = Arc::new(report);
-            observer.task_finished(&report);
+            inner.observer.task_finished(&report);
+            if let Some(sink) = &inner.report_sink {
+                sink(seq, &report);
+            }
             let _ = report_tx.send(Some(report));
+            drop(pending);
         };
+        let inner = self.inner.clone();
         let spec = Arc::new(spec);
         let ready = spec.staged_ins().all(|i| match i {
             Input::Future(f) => f.is_ready(),
@@ -323,11 +410,11 @@ impl Engine {
         });
         self.inner.observer.task_submitted(&spec.name);
         self.inner.observer.task_finished(&report);
-        let (_, report_rx) = watch::channel(Some(report));
-        self.handles
-            .lock()
-            .expect("the handles lock is never poisoned")
-            .push(report_rx.clone());
+        let (_, report_rx) = watch::channel(Some(report.clone()));
+        let seq = self.record(report_rx.clone());
+        if let Some(sink) = &self.inner.report_sink {
+            sink(seq, &report);
+        }
         TaskHandle {
             name: spec.name,
             outputs,
@@ -335,6 +422,22 @@ impl Engine {
             stderr,
             report: report_rx,
         }
+    }
+
+    /// Numbers a task submitted (or skipped) now; keeps where its report arrives
+    /// unless the reports go to a sink.
+    fn record(&self, report: ReportReceiver) -> usize {
+        let seq = self
+            .inner
+            .submitted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.inner.report_sink.is_none() {
+            self.handles
+                .lock()
+                .expect("the handles lock is never poisoned")
+                .push(report);
+        }
+        seq
     }
 
     /// Asks everything to stop: providers see their cancellation flag raised, running
@@ -365,18 +468,32 @@ impl Engine {
         }
     }
 
+    /// Waits while more tasks than the engine's window are submitted and not ended
+    /// (twice the slots of every executor, at least 1,024), until half of them are:
+    /// a caller submitting a large workflow keeps this many tasks' state in memory,
+    /// not the whole workflow's, and every slot still has a task waiting for it.
+    pub async fn wait_for_room(&self) {
+        let window = self.inner.window;
+        if self.pending.count.load(std::sync::atomic::Ordering::SeqCst) >= window {
+            self.pending.wait_until_at_most(window / 2).await;
+        }
+    }
+
     /// Whether [`Engine::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.inner.transfers.token.is_cancelled()
     }
 
-    /// Waits for every task submitted so far; returns their reports in submission order.
+    /// Waits for every task submitted so far; returns their reports in submission order
+    /// (none when they go to a [`EngineOptions::report_sink`]).
     pub async fn wait_all(&self) -> Vec<Arc<TaskReport>> {
         let receivers: Vec<_> = self
             .handles
             .lock()
             .expect("the handles lock is never poisoned")
             .clone();
+        // One wakeup when the last task ends; then every report is there.
+        self.pending.wait().await;
         let mut reports = Vec::with_capacity(receivers.len());
         for mut rx in receivers {
             let r = rx

@@ -2,42 +2,99 @@
 //! group of its own, which a run, or a pilot's worker, stops on cancel, timeout and
 //! exit; but a process killed by SIGKILL (the OOM killer, `kill -9`, a scheduler's
 //! hard stop) runs no code. So each [`Commands`](super::command::Commands) starts one
-//! small child, the reaper, before its first command, and tells it through a socket each
-//! group it starts and each group that is over. When our end of the socket closes
-//! (this process exits or is killed, however), the reaper kills every group still
-//! listed, then exits.
+//! small child, the reaper, before its first command, and lists in memory they share
+//! each group it starts, until the group is over. When our end of the socket between
+//! them closes (this process exits or is killed, however), the reaper kills every
+//! group still listed, then exits.
 //!
-//! One process per engine or worker, not per command: a command still starts on std's
-//! posix_spawn fast path, and costs the reaper one 4-byte write at its start and one
-//! at its end.
+//! One process per engine or worker, not per command, and no message per command:
+//! the groups are listed in a table of shared memory (mapped before the fork, so the
+//! reaper sees every write), which the reaper reads only when its socket ends. A
+//! command costs one store at its start, one at its end, and a `waitpid(WNOHANG)`
+//! that notices a reaper someone killed: no write, no wakeup of another process.
 //!
 //! Limit: a group is listed just after its command was spawned (its id is not known
 //! before), so a process killed in that instant, microseconds on an idle machine,
 //! leaves that one command to run on.
 //!
 //! Invariants: the reaper kills only groups this process started and has not yet said
-//! are over. A group is said over when its leader was reaped and the group found
-//! empty, checked every 10 ms (`command.rs`): while any member lives, even as a
+//! are over (a slot of the table holds a group from its start until it is over). A
+//! group is said over when its leader was reaped and the group found empty, checked every 10 ms (`command.rs`): while any member lives, even as a
 //! zombie, its id cannot be given to another group, so a listed id is ours. The
 //! reaper holds no descriptor but its end of the socket, so it never keeps a caller's
 //! pipe or file open.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The most groups the reaper keeps at once; beyond, a group is not listed (it is
 /// still stopped on cancel, timeout and exit, only not after a SIGKILL).
 const MAX_GROUPS: usize = 16384;
 
-/// This process's end of the reaper's socket, and the groups it was told of: a
-/// reaper that died (killed by someone) is noticed at the next record, replaced, and
-/// told again of every group still listed.
+/// The groups running, one per slot (0: a free slot), in memory shared with every
+/// reaper forked from this process.
+struct Table {
+    slots: std::ptr::NonNull<AtomicI32>,
+}
+
+// SAFETY: the table is a fixed mapping of atomics, owned for the reaper's life.
+unsafe impl Send for Table {}
+// SAFETY: as above; every access is atomic.
+unsafe impl Sync for Table {}
+
+impl Table {
+    const BYTES: usize = MAX_GROUPS * std::mem::size_of::<AtomicI32>();
+
+    fn new() -> std::io::Result<Table> {
+        // SAFETY: a fresh anonymous shared mapping; zeroed by the kernel.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Table {
+            slots: std::ptr::NonNull::new(ptr.cast()).expect("mmap never returns null here"),
+        })
+    }
+
+    fn slot(&self, i: usize) -> &AtomicI32 {
+        assert!(i < MAX_GROUPS);
+        // SAFETY: `i` is within the mapping, which lives as long as `self`.
+        unsafe { &*self.slots.as_ptr().add(i) }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), Self::BYTES) };
+    }
+}
+
+/// This process's end of the reaper's socket and the table of running groups: a
+/// reaper that died (killed by someone) is noticed at the next command's start and
+/// replaced; the new one shares the same table, so it knows every group still listed.
 pub(crate) struct Reaper {
+    table: Table,
     inner: std::sync::Mutex<Inner>,
 }
 
 struct Inner {
     child: Option<Child>,
-    listed: std::collections::HashSet<i32>,
+    /// The slot of each listed group.
+    listed: std::collections::HashMap<i32, usize>,
+    /// Slots freed by groups that are over.
+    free: Vec<usize>,
+    /// Slots never used yet start here.
+    fresh: usize,
 }
 
 /// One forked reaper: our end of its socket, and its pid.
@@ -47,9 +104,7 @@ struct Child {
 }
 
 impl Child {
-    fn start() -> std::io::Result<Child> {
-        // A socket pair rather than a pipe: a write to a reaper that is gone fails
-        // with EPIPE (MSG_NOSIGNAL) instead of raising SIGPIPE.
+    fn start(table: &Table) -> std::io::Result<Child> {
         let mut fds = [0i32; 2];
         // SAFETY: `fds` has room for two descriptors.
         if unsafe {
@@ -66,13 +121,14 @@ impl Child {
         // SAFETY: both descriptors were just made by socketpair and belong to nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let read_fd = read.as_raw_fd();
+        let slots = table.slots.as_ptr();
         // SAFETY: the child makes only async-signal-safe calls (signal, setpgid, dup2,
         // close_range/close, read, kill, _exit) and allocates nothing: this process
         // may have other threads, whose locks the child must never touch.
         let pid = unsafe { libc::fork() };
         match pid {
             -1 => Err(std::io::Error::last_os_error()),
-            0 => unsafe { serve(read_fd) },
+            0 => unsafe { serve(read_fd, slots) },
             pid => {
                 drop(read);
                 Ok(Child { write, pid })
@@ -80,26 +136,11 @@ impl Child {
         }
     }
 
-    /// Sends one record; whether it went (not: the reaper is gone).
-    fn say(&self, record: i32) -> bool {
-        let bytes = record.to_ne_bytes();
-        loop {
-            // SAFETY: sending 4 bytes from a valid buffer on a socket we own.
-            let sent = unsafe {
-                libc::send(
-                    self.write.as_raw_fd(),
-                    bytes.as_ptr().cast(),
-                    4,
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if sent == -1
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {
-                continue;
-            }
-            return sent == 4;
-        }
+    /// Whether it has died (it is reaped if so).
+    fn died(&self) -> bool {
+        let mut status = 0;
+        // SAFETY: polling our own child, with a valid out-parameter.
+        unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) == self.pid }
     }
 
     /// Closes our end (it kills what is still listed and exits) and reaps it.
@@ -114,53 +155,58 @@ impl Child {
 impl Reaper {
     /// Forks the reaper.
     pub fn start() -> std::io::Result<Reaper> {
+        let table = Table::new()?;
+        let child = Child::start(&table)?;
         Ok(Reaper {
+            table,
             inner: std::sync::Mutex::new(Inner {
-                child: Some(Child::start()?),
+                child: Some(child),
                 listed: Default::default(),
+                free: Vec::new(),
+                fresh: 0,
             }),
         })
     }
 
     /// Lists group `pgid` (started now).
     pub fn started(&self, pgid: i32) {
-        self.say(pgid);
-    }
-
-    /// Takes group `pgid` off the list (it is over).
-    pub fn over(&self, pgid: i32) {
-        self.say(-pgid);
-    }
-
-    fn say(&self, record: i32) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if record > 0 {
-            inner.listed.insert(record);
-        } else {
-            inner.listed.remove(&-record);
+        let slot = inner.free.pop().or_else(|| {
+            (inner.fresh < MAX_GROUPS).then(|| {
+                inner.fresh += 1;
+                inner.fresh - 1
+            })
+        });
+        if let Some(slot) = slot {
+            if let Some(old) = inner.listed.insert(pgid, slot) {
+                inner.free.push(old);
+            }
+            self.table.slot(slot).store(pgid, Ordering::SeqCst);
         }
-        // 4 bytes go whole (a record split by the stream is put together again).
-        if inner.child.as_ref().is_some_and(|c| c.say(record)) {
+        if inner.child.as_ref().is_some_and(|c| !c.died()) {
             return;
         }
-        // The reaper is gone: reap it, start another, tell it every group listed.
-        if let Some(dead) = inner.child.take() {
-            dead.finish();
-        }
-        match Child::start() {
+        // The reaper is gone: start another, on the same table.
+        inner.child = None;
+        match Child::start(&self.table) {
             Ok(child) => {
                 tracing::warn!(
                     "the process that stops commands if this one is killed had ended; started another"
                 );
-                let all = inner.listed.iter().all(|&g| child.say(g));
-                if !all {
-                    tracing::warn!("cannot tell the new one of the running commands");
-                }
                 inner.child = Some(child);
             }
             Err(e) => tracing::warn!(
                 "the process that stops commands if this one is killed had ended, and cannot be started again: {e}"
             ),
+        }
+    }
+
+    /// Takes group `pgid` off the list (it is over).
+    pub fn over(&self, pgid: i32) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = inner.listed.remove(&pgid) {
+            self.table.slot(slot).store(0, Ordering::SeqCst);
+            inner.free.push(slot);
         }
     }
 }
@@ -180,7 +226,7 @@ impl Drop for Reaper {
 ///
 /// # Safety
 /// Only in the child of a `fork`: async-signal-safe calls, no allocation.
-unsafe fn serve(read_fd: i32) -> ! {
+unsafe fn serve(read_fd: i32, slots: *const AtomicI32) -> ! {
     // Neither a terminal's Ctrl-C nor a group's SIGTERM ends it before its parent:
     // it ends when the socket does.
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
@@ -197,35 +243,20 @@ unsafe fn serve(read_fd: i32) -> ! {
             libc::close(fd);
         }
     }
-    let mut groups = [0i32; MAX_GROUPS];
-    let mut listed = 0usize;
-    let mut record = [0u8; 4];
-    let mut have = 0usize;
+    // Nothing is ever sent: the read returns when the parent's end closes, because it
+    // finished or died.
+    let mut byte = [0u8; 1];
     loop {
-        let n = libc::read(0, record.as_mut_ptr().add(have).cast(), 4 - have);
+        let n = libc::read(0, byte.as_mut_ptr().cast(), 1);
         if n == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
             continue;
         }
         if n <= 0 {
             break;
         }
-        have += n as usize;
-        if have < 4 {
-            continue;
-        }
-        have = 0;
-        let value = i32::from_ne_bytes(record);
-        if value > 0 {
-            if listed < MAX_GROUPS {
-                groups[listed] = value;
-                listed += 1;
-            }
-        } else if let Some(at) = groups[..listed].iter().position(|&g| g == -value) {
-            listed -= 1;
-            groups[at] = groups[listed];
-        }
     }
-    for &pgid in &groups[..listed] {
+    for i in 0..MAX_GROUPS {
+        let pgid = (*slots.add(i)).load(Ordering::SeqCst);
         if pgid > 1 {
             libc::kill(-pgid, libc::SIGKILL);
         }
