@@ -186,6 +186,7 @@ pub struct StageOptions {
 }
 
 struct ExecutorStaging {
+    label: Arc<str>,
     working_dir: PathBuf,
     overwrite: bool,
     providers: Vec<Arc<ProviderInstance>>,
@@ -194,8 +195,36 @@ struct ExecutorStaging {
 
 /// Chooses providers and plans staging for every executor of a registry.
 pub struct DataManager {
-    executors: HashMap<String, ExecutorStaging>,
-    destinations: Mutex<HashMap<PathBuf, String>>,
+    /// Few, so found by a scan (cheaper than hashing the label for every file).
+    executors: Vec<ExecutorStaging>,
+    /// The destinations claimed, by path (its bytes hashed with FNV-1a: cheaper than
+    /// a path's component-wise SipHash), and the URL each is claimed for.
+    destinations: Mutex<HashMap<std::ffi::OsString, String, Fnv>>,
+}
+
+/// FNV-1a as a `Hasher`, for the claims (not exposed to input an attacker could
+/// shape into collisions beyond their own workflow's URLs).
+#[derive(Default, Clone, Copy)]
+struct Fnv;
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// A piece of work a provider returned, with everything needed to run it: a separate
@@ -340,9 +369,9 @@ pub struct Staging {
     /// The provider that claimed it.
     pub provider: Arc<ProviderInstance>,
     /// Work to run as a task of its own.
-    pub separate_job: Option<StagingWork>,
+    pub separate_job: Option<Box<StagingWork>>,
     /// Work to run inside the task.
-    pub in_task_step: Option<StagingWork>,
+    pub in_task_step: Option<Box<StagingWork>>,
     /// The work that ran, in order.
     pub ran: Vec<WorkMode>,
     /// The file lands at the host's own destination (not a path the caller named).
@@ -386,13 +415,29 @@ pub(crate) fn call_services(
     file: &File,
     opts: &StageOptions,
 ) -> CallServices {
-    let mut secrets: Vec<String> = provider.secrets.to_vec();
-    secrets.extend(crate::secrets::url_secrets(file.url()));
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    call_services_on(provider, executor.into(), file, opts)
+}
+
+/// [`call_services`] with the executor's label already shared.
+fn call_services_on(
+    provider: &ProviderInstance,
+    executor: Arc<str>,
+    file: &File,
+    opts: &StageOptions,
+) -> CallServices {
+    let from_url = crate::secrets::url_secrets(file.url());
+    let secrets = if from_url.is_empty() {
+        provider.secrets_longest_first.clone()
+    } else {
+        let mut secrets: Vec<String> = provider.secrets.to_vec();
+        secrets.extend(from_url);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.into()
+    };
     CallServices {
-        secrets: secrets.into(),
-        instance: provider.name.as_str().into(),
-        executor: executor.into(),
+        secrets,
+        instance: provider.label.clone(),
+        executor,
         url: file.redacted_url().into(),
         cancel: opts.cancel.clone(),
         progress: opts.progress.clone(),
@@ -464,24 +509,24 @@ impl DataManager {
                         _ => unavailable.push(name.clone()),
                     }
                 }
-                let staging = ExecutorStaging {
+                ExecutorStaging {
+                    label: e.label.as_str().into(),
                     working_dir: e.working_dir.clone(),
                     overwrite: e.overwrite,
                     providers,
                     unavailable,
-                };
-                (e.label.clone(), staging)
+                }
             })
             .collect();
         DataManager {
             executors,
-            destinations: Mutex::new(HashMap::new()),
+            destinations: Mutex::new(HashMap::default()),
         }
     }
 
     /// The executor labels, sorted.
     pub fn executor_labels(&self) -> Vec<&str> {
-        let mut labels: Vec<&str> = self.executors.keys().map(String::as_str).collect();
+        let mut labels: Vec<&str> = self.executors.iter().map(|e| &*e.label).collect();
         labels.sort_unstable();
         labels
     }
@@ -503,7 +548,8 @@ impl DataManager {
 
     fn executor(&self, label: &str) -> Result<&ExecutorStaging, StagingError> {
         self.executors
-            .get(label)
+            .iter()
+            .find(|e| &*e.label == label)
             .ok_or_else(|| StagingError::UnknownExecutor {
                 executor: label.to_owned(),
                 known: self.executor_labels().join(", "),
@@ -534,7 +580,15 @@ impl DataManager {
         file: &File,
         direction: Direction,
     ) -> Result<&Arc<ProviderInstance>, StagingError> {
-        let staging = self.executor(executor)?;
+        Self::choose_in(self.executor(executor)?, file, direction)
+    }
+
+    fn choose_in<'a>(
+        staging: &'a ExecutorStaging,
+        file: &File,
+        direction: Direction,
+    ) -> Result<&'a Arc<ProviderInstance>, StagingError> {
+        let executor = &*staging.label;
         for provider in &staging.providers {
             let claimed = match direction {
                 Direction::In => provider.can_stage_in(file),
@@ -579,21 +633,21 @@ impl DataManager {
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
-        match claims.get(&plain) {
+        match claims.get(plain.as_os_str()) {
             Some(owner) if owner != url => {
                 let hashed = working_dir
                     .join(".stagehost")
                     .join(format!("{:016x}", fnv1a(url)))
                     .join(name);
-                let fresh = !claims.contains_key(&hashed);
+                let fresh = !claims.contains_key(hashed.as_os_str());
                 claims
-                    .entry(hashed.clone())
+                    .entry(hashed.clone().into_os_string())
                     .or_insert_with(|| url.to_owned());
                 (hashed, fresh)
             }
             Some(_) => (plain, false),
             None => {
-                claims.insert(plain.clone(), url.to_owned());
+                claims.insert(plain.clone().into_os_string(), url.to_owned());
                 (plain, true)
             }
         }
@@ -606,8 +660,8 @@ impl DataManager {
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
-        if claims.get(path).is_some_and(|u| u == url) {
-            claims.remove(path);
+        if claims.get(path.as_os_str()).is_some_and(|u| u == url) {
+            claims.remove(path.as_os_str());
         }
     }
 
@@ -641,15 +695,12 @@ impl DataManager {
         opts: &StageOptions,
         direction: Direction,
     ) -> Result<Staging, StagingError> {
-        let provider = self.choose(executor, file, direction)?.clone();
         let staging = self.executor(executor)?;
-        let working_dir = opts
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| staging.working_dir.clone());
+        let provider = Self::choose_in(staging, file, direction)?.clone();
+        let working_dir: &Path = opts.working_dir.as_deref().unwrap_or(&staging.working_dir);
         let (destination, fresh_claim) = match (&opts.destination, file.local_path()) {
             (Some(chosen), None) => (chosen.clone(), false),
-            _ => self.default_destination(&working_dir, file),
+            _ => self.default_destination(working_dir, file),
         };
         let (first, second) = match direction {
             Direction::In => (PlanningCall::StageIn, PlanningCall::ReplaceTask),
@@ -657,8 +708,8 @@ impl DataManager {
         };
         // One context serves both planning calls: they describe the same use of the file.
         let ctx = abi_context(
-            call_services(&provider, executor, file, opts),
-            &working_dir,
+            call_services_on(&provider, staging.label.clone(), file, opts),
+            working_dir,
             &destination,
             opts.timeout.map(|t| SystemTime::now() + t),
         )
@@ -703,14 +754,14 @@ impl DataManager {
             };
             // The host's own directories (`.stagehost/<hash>/`) are real, private
             // directories: a link planted there never sends a file elsewhere.
-            stagehost_plugin_api::landing::ensure_private_dirs(&working_dir, &destination)
+            stagehost_plugin_api::landing::ensure_private_dirs(working_dir, &destination)
                 .map_err(refuse)?;
             // A file stagehost did not put there is never replaced (by a download, or by
             // a task writing its output), unless the executor allows it. A destination
             // this URL already claimed in this process is this run's own.
             if fresh_claim
                 && !staging.overwrite
-                && !stagehost_plugin_api::landing::may_place(file, &destination, &working_dir)
+                && !stagehost_plugin_api::landing::may_place(file, &destination, working_dir)
             {
                 return Err(refuse(StageError::new(
                     ErrorKind::Permission,
@@ -742,19 +793,21 @@ impl DataManager {
         }
         let last_is_separate = in_task.is_none();
         let work = |job: Option<AbiJobBox>, mode, verify: bool| {
-            job.map(|job| StagingWork {
-                job: Mutex::new(job),
-                mode,
-                direction,
-                file: copy.clone(),
-                provider: provider.clone(),
-                executor: executor.to_owned(),
-                working_dir: working_dir.clone(),
-                destination: destination.clone(),
-                placed,
-                overwrite: staging.overwrite,
-                last: verify,
-                verify: if verify { checksum.clone() } else { None },
+            job.map(|job| {
+                Box::new(StagingWork {
+                    job: Mutex::new(job),
+                    mode,
+                    direction,
+                    file: copy.clone(),
+                    provider: provider.clone(),
+                    executor: executor.to_owned(),
+                    working_dir: working_dir.to_path_buf(),
+                    destination: destination.clone(),
+                    placed,
+                    overwrite: staging.overwrite,
+                    last: verify,
+                    verify: if verify { checksum.clone() } else { None },
+                })
             })
         };
         let separate_job = work(separate, WorkMode::SeparateJob, last_is_separate);
@@ -800,8 +853,8 @@ mod tests {
     #[test]
     fn a_dot_dot_basename_never_escapes_the_working_dir() {
         let dm = DataManager {
-            executors: HashMap::new(),
-            destinations: Mutex::new(HashMap::new()),
+            executors: Vec::new(),
+            destinations: Mutex::new(HashMap::default()),
         };
         for url in ["http://h/a/..", "http://h/a/.", "http://h/", "http://h"] {
             let (dest, fresh) =
@@ -815,8 +868,8 @@ mod tests {
     #[test]
     fn two_urls_planned_at_once_never_share_a_destination() {
         let dm = DataManager {
-            executors: HashMap::new(),
-            destinations: Mutex::new(HashMap::new()),
+            executors: Vec::new(),
+            destinations: Mutex::new(HashMap::default()),
         };
         let a = File::parse("zip:/a.zip/data.txt").unwrap();
         let b = File::parse("zip:/b.zip/data.txt").unwrap();

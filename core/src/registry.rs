@@ -58,6 +58,17 @@ pub struct ProviderInstance {
     /// Every secret of its settings (values under secret keys, passwords in URLs):
     /// scrubbed from each of its error messages and log lines by the host.
     pub secrets: Arc<[String]>,
+    /// `name`, shared by every call's services (no copy per call).
+    pub(crate) label: Arc<str>,
+    /// `secrets`, longest first, as a scrub wants them (shared the same way).
+    pub(crate) secrets_longest_first: Arc<[String]>,
+}
+
+/// The longest first: a secret that contains another is scrubbed whole.
+fn longest_first(secrets: &[String]) -> Arc<[String]> {
+    let mut sorted = secrets.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    sorted.into()
 }
 
 impl std::fmt::Debug for ProviderInstance {
@@ -361,6 +372,8 @@ impl Registry {
                 .map(|provider| {
                     Arc::new(ProviderInstance {
                         secrets: Arc::from(Vec::new()),
+                        label: plugin.name.as_str().into(),
+                        secrets_longest_first: Arc::from(Vec::new()),
                         name: plugin.name.clone(),
                         plugin: plugin.clone(),
                         provider,
@@ -600,8 +613,10 @@ fn build_instance(
     let secrets = secret_values(&pc.settings, &plugin.secret_settings);
     Ok(Arc::new(ProviderInstance {
         name: pc.name.clone(),
+        label: pc.name.as_str().into(),
         plugin,
         provider,
+        secrets_longest_first: longest_first(&secrets),
         secrets: Arc::from(secrets),
     }))
 }

@@ -41,6 +41,11 @@ fn redact_value(value: &mut toml::Value, declared: &[String]) {
 /// its user name when that is a token rather than a name.
 pub fn url_secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
+    // Secrets live in a query or a userinfo: a URL with neither has none (the
+    // common case, decided without parsing).
+    if !url.contains(['?', '@']) {
+        return out;
+    }
     // Read as redaction reads it, so what is scrubbed is what would be shown: the
     // values of secret-named query parameters, then the userinfo's.
     for value in stagehost_plugin_api::file_secret_query_values(url) {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use abi_stable::sabi_trait::TD_CanDowncast;
-use abi_stable::std_types::{ROption, RStr};
+use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
+use abi_stable::std_types::{ROption, RStr, RString};
 use stagehost_plugin_api::abi::capability::{CachedV1, Capability, CapabilityTable};
 use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO, NOTICE_CACHED};
 use stagehost_plugin_api::{ErrorKind, LogLevel, StageError};
@@ -142,6 +142,52 @@ pub(crate) fn utf8_path<'p>(path: &'p Path, what: &str) -> Result<&'p str, Stage
     })
 }
 
+/// The ABI context of one call; when it goes, its strings are kept by the thread
+/// for its next call (a context is built for every file planned: its four strings
+/// are then written into kept buffers instead of allocated anew).
+pub(crate) struct CallContext(Option<AbiContext>);
+
+impl std::ops::Deref for CallContext {
+    type Target = AbiContext;
+    fn deref(&self) -> &AbiContext {
+        self.0
+            .as_ref()
+            .expect("a context is only taken when it goes")
+    }
+}
+
+thread_local! {
+    static SPARE_CONTEXT: std::cell::RefCell<Option<AbiContext>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// What a kept context holds between calls: nothing (the last call's services are
+/// dropped when it ends, not at the next call).
+struct Idle;
+
+impl HostServices for Idle {
+    fn log(&self, _level: u8, _message: RStr<'_>) {}
+    fn progress(&self, _done: u64, _total: ROption<u64>) {}
+    fn is_cancelled(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for CallContext {
+    fn drop(&mut self) {
+        if let Some(mut ctx) = self.0.take() {
+            // A zero-sized value: boxing it allocates nothing.
+            ctx.services = HostServices_TO::from_value(Idle, TD_Opaque);
+            let _ = SPARE_CONTEXT.try_with(|spare| *spare.borrow_mut() = Some(ctx));
+        }
+    }
+}
+
+fn set(buffer: &mut RString, text: &str) {
+    buffer.clear();
+    buffer.push_str(text);
+}
+
 /// Builds the ABI context for one call. Fails when the working directory or the
 /// destination is not UTF-8.
 pub(crate) fn abi_context(
@@ -149,18 +195,37 @@ pub(crate) fn abi_context(
     working_dir: &Path,
     destination: &Path,
     deadline: Option<SystemTime>,
-) -> Result<AbiContext, StageError> {
-    Ok(AbiContext {
-        executor: services.executor.as_ref().into(),
-        working_dir: utf8_path(working_dir, "working directory")?.into(),
-        instance: services.instance.as_ref().into(),
-        destination: utf8_path(destination, "destination")?.into(),
-        deadline_unix_ms: deadline
-            .map(|d| {
-                d.duration_since(UNIX_EPOCH)
-                    .map_or(0, |t| t.as_millis() as u64)
-            })
-            .into(),
-        services: HostServices_TO::from_value(services, TD_CanDowncast),
-    })
+) -> Result<CallContext, StageError> {
+    let working_dir = utf8_path(working_dir, "working directory")?;
+    let destination = utf8_path(destination, "destination")?;
+    let deadline_unix_ms = deadline
+        .map(|d| {
+            d.duration_since(UNIX_EPOCH)
+                .map_or(0, |t| t.as_millis() as u64)
+        })
+        .into();
+    let spare = SPARE_CONTEXT
+        .try_with(|spare| spare.borrow_mut().take())
+        .ok()
+        .flatten();
+    let ctx = match spare {
+        Some(mut ctx) => {
+            set(&mut ctx.executor, &services.executor);
+            set(&mut ctx.working_dir, working_dir);
+            set(&mut ctx.instance, &services.instance);
+            set(&mut ctx.destination, destination);
+            ctx.deadline_unix_ms = deadline_unix_ms;
+            ctx.services = HostServices_TO::from_value(services, TD_CanDowncast);
+            ctx
+        }
+        None => AbiContext {
+            executor: services.executor.as_ref().into(),
+            working_dir: working_dir.into(),
+            instance: services.instance.as_ref().into(),
+            destination: destination.into(),
+            deadline_unix_ms,
+            services: HostServices_TO::from_value(services, TD_CanDowncast),
+        },
+    };
+    Ok(CallContext(Some(ctx)))
 }

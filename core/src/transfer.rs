@@ -186,7 +186,7 @@ impl Transfers {
 
     /// Runs `work` (for the caller's file `original`) to its end: deduplicated,
     /// bounded, retried.
-    pub async fn run(&self, work: StagingWork, original: &File) -> Outcome {
+    pub async fn run(&self, work: Box<StagingWork>, original: &File) -> Outcome {
         let start = Instant::now();
         let key = match (work.direction, work.file.local_path()) {
             (Direction::In, Some(local)) if self.dedup_on => {
@@ -232,7 +232,7 @@ impl Transfers {
 
     async fn attempts(
         &self,
-        mut work: StagingWork,
+        mut work: Box<StagingWork>,
         original: &File,
     ) -> Result<Done, (StagingError, u32)> {
         let info = WorkInfo::of(&work);
@@ -276,7 +276,11 @@ impl Transfers {
     }
 
     /// Plans `original` again and takes the work of the same mode.
-    async fn replan(&self, info: &WorkInfo, original: &File) -> Result<StagingWork, StagingError> {
+    async fn replan(
+        &self,
+        info: &WorkInfo,
+        original: &File,
+    ) -> Result<Box<StagingWork>, StagingError> {
         let (dm, file, executor, direction, mode) = (
             self.dm.clone(),
             original.clone(),
@@ -310,7 +314,7 @@ impl Transfers {
 
     async fn attempt_once(
         &self,
-        work: StagingWork,
+        work: Box<StagingWork>,
         info: &WorkInfo,
     ) -> Result<Landed, StagingError> {
         let cancelled = || info.error(ErrorKind::Cancelled, "cancelled".into());

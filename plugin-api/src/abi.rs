@@ -281,10 +281,12 @@ impl<P: Provider> ProviderAdapter<P> {
         ctx: &AbiContext,
         mut file: File,
     ) -> RResult<AbiPlan, AbiError> {
-        guarded(name, move || {
-            let job = call(&self.0, &Context::new(ctx), &mut file)?;
-            Ok(plan(file, job))
-        })
+        // The file stays in this frame (the guarded call borrows it): a `File` is
+        // moved as few times as possible on a path taken for every file.
+        match guarded(name, || call(&self.0, &Context::new(ctx), &mut file)) {
+            RResult::ROk(job) => RResult::ROk(plan(file, job)),
+            RResult::RErr(e) => RResult::RErr(e),
+        }
     }
 }
 

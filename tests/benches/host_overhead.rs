@@ -5,7 +5,8 @@
 //!   with the no-op `file` provider;
 //! - the whole-process time of `stagehost plugins list`.
 //!
-//! Run: `cargo build --release --workspace && cargo bench -p stagehost-tests`.
+//! Run: `cargo build --release --workspace && cargo bench -p stagehost-tests --bench
+//! host_overhead` (`-- choose`, `-- plan` or `-- plugins-list` for one part).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use stagehost::config::ConfigSource;
 use stagehost::{Config, DataManager, PluginLoader, Registry, StageOptions};
 use stagehost_plugin_api::{File, Provider, Settings, StageError};
+use stagehost_tests::bench::wanted;
 use stagehost_tests::{fixture_release, shipped_plugin, stagehost_bin, toml_path, Sandbox};
 
 /// The same logic as the `probe` fixture's `can_stage_in`, in-process.
@@ -58,19 +60,31 @@ fn main() {
     let dm = DataManager::new(&registry);
     let file = File::parse("/data/input.txt").expect("url");
 
+    if wanted("choose") {
+        choose(&dm, &file);
+    }
+    if wanted("plan") {
+        plan(&dm, &file);
+    }
+    if wanted("plugins-list") {
+        plugins_list(&sandbox);
+    }
+}
+
+fn choose(dm: &DataManager, file: &File) {
     const N: u64 = 2_000_000;
     let abi = best_of(5, || {
         let start = Instant::now();
         for _ in 0..N {
             let p = dm
-                .choose_stage_in_provider("eight", black_box(&file))
+                .choose_stage_in_provider("eight", black_box(file))
                 .expect("the last one matches");
             black_box(p);
         }
         start.elapsed()
     });
     assert_eq!(
-        dm.choose_stage_in_provider("eight", &file).unwrap().name,
+        dm.choose_stage_in_provider("eight", file).unwrap().name,
         "hit"
     );
 
@@ -89,7 +103,7 @@ fn main() {
         for _ in 0..N {
             let p = black_box(&in_process)
                 .iter()
-                .position(|p| p.can_stage_in(black_box(&file)));
+                .position(|p| p.can_stage_in(black_box(file)));
             black_box(p);
         }
         start.elapsed()
@@ -102,14 +116,16 @@ fn main() {
         "choose provider, 8 instances, last matches, in-process trait objects: {:8.1} ns/file",
         per_iteration(native, N)
     );
+}
 
+fn plan(dm: &DataManager, file: &File) {
     const M: u64 = 200_000;
     let opts = StageOptions::default();
     let plan = best_of(3, || {
         let start = Instant::now();
         for _ in 0..M {
             let s = dm
-                .plan_stage_in("noop", black_box(&file), &opts)
+                .plan_stage_in("noop", black_box(file), &opts)
                 .expect("plan");
             black_box(s);
         }
@@ -119,7 +135,9 @@ fn main() {
         "plan a stage-in (choose + stage_in + replace_task), no-op file provider: {:8.1} ns/file",
         per_iteration(plan, M)
     );
+}
 
+fn plugins_list(sandbox: &Sandbox) {
     let runs = 30;
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
