@@ -291,6 +291,7 @@ impl Journal {
         let (ack, done) = mpsc::channel();
         if let Some(tx) = &self.tx {
             if tx.send(Msg::Flush(ack)).is_ok() {
+                self.wake_writer();
                 let _ = done.recv();
             }
         }
@@ -375,8 +376,17 @@ impl Journal {
         self.finish();
     }
 
+    /// The writer sleeps through a group commit's window however many records
+    /// arrive (a record costs no wakeup); a flush or the end wakes it.
+    fn wake_writer(&self) {
+        if let Some(w) = &self.writer {
+            w.thread().unpark();
+        }
+    }
+
     fn finish(&mut self) {
         drop(self.tx.take());
+        self.wake_writer();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -617,30 +627,42 @@ fn write_all(file: std::fs::File, rx: mpsc::Receiver<Msg>, path: &Path) {
         let until = std::time::Instant::now() + GROUP_COMMIT;
         let mut acks = Vec::new();
         let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Line(line) if !failed => {
-                    if let Err(e) = out
-                        .write_all(line.as_bytes())
-                        .and_then(|()| out.write_all(b"\n"))
-                    {
-                        fail(e, &mut failed);
+        loop {
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Line(line) if !failed => {
+                        if let Err(e) = out
+                            .write_all(line.as_bytes())
+                            .and_then(|()| out.write_all(b"\n"))
+                        {
+                            fail(e, &mut failed);
+                        }
                     }
+                    Msg::Line(_) => {}
+                    Msg::Flush(ack) => acks.push(ack),
                 }
-                Msg::Line(_) => {}
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if !acks.is_empty() {
-                next = rx.try_recv().ok();
-                continue;
+                next = match rx.try_recv() {
+                    Ok(msg) => Some(msg),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        None
+                    }
+                };
             }
             let left = until.saturating_duration_since(std::time::Instant::now());
-            next = match rx.recv_timeout(left) {
+            if !open || !acks.is_empty() || left.is_zero() {
+                break;
+            }
+            // Records arriving meanwhile wake no one: they wait in the channel
+            // until the window ends (or a flush, or the end, unparks this thread).
+            std::thread::park_timeout(left);
+            next = match rx.try_recv() {
                 Ok(msg) => Some(msg),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => {
                     open = false;
-                    None
+                    break;
                 }
             };
         }

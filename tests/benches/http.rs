@@ -4,13 +4,137 @@
 //! (stagehost's per-host limit set to match), best of 3 interleaved rounds. Prints
 //! times, the ratio to curl and our peak RSS; asserts nothing about time.
 //!
+//! Its `durable` part measures what a durable download costs beside its floor and
+//! peers: one file of 1 GiB staged in (synced before it is renamed into place) beside
+//! `dd conv=fsync` writing 1 GiB on the same disk (the floor of writing it durably) and
+//! curl (which does not sync); 1,000 files of 1 MiB, each synced, beside rclone copying
+//! them over its http backend (`--files-from`, no listing, no sync) and curl; best of
+//! 3 interleaved rounds.
+//!
 //! Run: `cargo build --release --workspace && cargo bench -p stagehost-tests --bench http`
-//! (needs nginx and curl: `bash scripts/install-test-deps`; `-- small` or `-- big` runs
-//! one case).
+//! (needs nginx, curl and rclone: `bash scripts/install-test-deps`; `-- small`, `-- big`
+//! or `-- durable` runs one part).
 
-use stagehost_tests::bench::{compare_with_curl, wanted, write_file, PARALLEL};
+use std::path::Path;
+use std::process::Command;
+
+use stagehost_tests::bench::{compare_with_curl, measure, wanted, write_file, PARALLEL};
 use stagehost_tests::httpd::Nginx;
-use stagehost_tests::Sandbox;
+use stagehost_tests::{stagehost_bin_in, Sandbox};
+
+const ROUNDS: usize = 3;
+
+fn fresh(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("mkdir");
+}
+
+/// Seconds of `stagehost stage in` of `urls`, 8 at once, into a fresh directory.
+fn stage_in(sandbox: &Sandbox, urls: &[String]) -> f64 {
+    let config = sandbox.write(
+        "durable.toml",
+        format!("[executor.local]\nworking_dir = \"wd\"\n[transfers]\nmax_concurrent = {PARALLEL}\nper_host = {PARALLEL}\n"),
+    );
+    fresh(&sandbox.join("wd"));
+    let mut c = sandbox.command(&stagehost_bin_in("release"));
+    c.arg("--config")
+        .arg(&config)
+        .args(["stage", "in", "-j", &PARALLEL.to_string()])
+        .args(urls);
+    measure(c, "stagehost stage in").0
+}
+
+fn curl(sandbox: &Sandbox, urls: &[String]) -> f64 {
+    let dir = sandbox.join("curl");
+    fresh(&dir);
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--fail",
+        "--parallel",
+        "--parallel-max",
+        &PARALLEL.to_string(),
+        "--output-dir",
+    ])
+    .arg(&dir);
+    for u in urls {
+        c.arg("-O").arg(u);
+    }
+    measure(c, "curl").0
+}
+
+/// `dd` writing `mib` MiB of zeros and syncing them before it exits.
+fn dd_fsync(sandbox: &Sandbox, mib: usize) -> f64 {
+    let out = sandbox.join("dd.bin");
+    let _ = std::fs::remove_file(&out);
+    let mut c = Command::new("dd");
+    c.arg("if=/dev/zero")
+        .arg(format!("of={}", out.display()))
+        .args(["bs=1M", &format!("count={mib}"), "conv=fsync"]);
+    let seconds = measure(c, "dd").0;
+    let _ = std::fs::remove_file(&out);
+    seconds
+}
+
+/// rclone copying `names` (paths under `base`) over its http backend, 8 at once.
+fn rclone(sandbox: &Sandbox, base: &str, names: &[String]) -> f64 {
+    let dir = sandbox.join("rclone");
+    fresh(&dir);
+    let list = sandbox.write(
+        "rclone-files.txt",
+        names.iter().map(|n| format!("{n}\n")).collect::<String>(),
+    );
+    let mut c = Command::new("rclone");
+    c.args([
+        "copy",
+        "--http-url",
+        base,
+        ":http:",
+        "--no-traverse",
+        "--transfers",
+    ])
+    .arg(PARALLEL.to_string())
+    .arg("--checkers")
+    .arg(PARALLEL.to_string())
+    .arg("--files-from")
+    .arg(&list)
+    .arg(&dir)
+    .env("RCLONE_CONFIG", "/dev/null");
+    measure(c, "rclone").0
+}
+
+fn durable(sandbox: &Sandbox, nginx: &Nginx, small: &[String], big: &str) {
+    println!("durable downloads (each file synced before its rename), best of {ROUNDS}:");
+    let big_url = [nginx.url(big)];
+    let (mut floor, mut peer, mut ours) = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..ROUNDS {
+        floor = floor.min(dd_fsync(sandbox, 1024));
+        peer = peer.min(curl(sandbox, &big_url));
+        ours = ours.min(stage_in(sandbox, &big_url));
+    }
+    println!(
+        "  1 x 1 GiB      dd conv=fsync {floor:>5.2}s | curl (no sync) {peer:>5.2}s | stage in {ours:>5.2}s = {:.2}x dd conv=fsync, {:.2}x curl",
+        ours / floor,
+        ours / peer
+    );
+    let urls: Vec<String> = small.iter().map(|f| nginx.url(f)).collect();
+    let base = nginx.url("/");
+    let names: Vec<String> = small
+        .iter()
+        .map(|f| f.trim_start_matches('/').to_owned())
+        .collect();
+    let (mut peer, mut curl_s, mut ours) = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..ROUNDS {
+        peer = peer.min(rclone(sandbox, &base, &names));
+        curl_s = curl_s.min(curl(sandbox, &urls));
+        ours = ours.min(stage_in(sandbox, &urls));
+    }
+    println!(
+        "  1000 x 1 MiB   rclone (no sync) {peer:>5.2}s | curl (no sync) {curl_s:>5.2}s | stage in {ours:>5.2}s = {:.2}x rclone, {:.2}x curl",
+        ours / peer,
+        ours / curl_s
+    );
+}
 
 fn case(sandbox: &Sandbox, nginx: &Nginx, name: &str, files: &[String]) {
     let urls: Vec<String> = files.iter().map(|f| nginx.url(f)).collect();
@@ -23,11 +147,14 @@ fn main() {
     std::fs::create_dir_all(root.join("small")).expect("mkdir");
     std::fs::create_dir_all(root.join("big")).expect("mkdir");
     let small: Vec<String> = (0..1000).map(|i| format!("/small/f{i:04}.bin")).collect();
-    for f in small.iter().filter(|_| wanted("small")) {
+    for f in small
+        .iter()
+        .filter(|_| wanted("small") || wanted("durable"))
+    {
         write_file(&root.join(f.trim_start_matches('/')), 1 << 20);
     }
     let big: Vec<String> = (0..2).map(|i| format!("/big/g{i}.bin")).collect();
-    for f in big.iter().filter(|_| wanted("big")) {
+    for f in big.iter().filter(|_| wanted("big") || wanted("durable")) {
         write_file(&root.join(f.trim_start_matches('/')), 1 << 30);
     }
     // Written back before anything is timed, so no one pays for the generation.
@@ -42,5 +169,8 @@ fn main() {
     }
     if wanted("big") {
         case(&sandbox, &nginx, "2 x 1 GiB", &big);
+    }
+    if wanted("durable") {
+        durable(&sandbox, &nginx, &small, &big[0]);
     }
 }
