@@ -174,6 +174,11 @@ impl File {
 /// assert_eq!(redact_url("/a\nb"), "/a\\nb");
 /// ```
 pub fn redact_url(url: &str) -> String {
+    // Secrets live in a userinfo or a query: a URL with neither is shown as it is,
+    // escaped (the common case, decided without parsing).
+    if !url.contains(['@', '?']) {
+        return crate::display::escape(url).into_owned();
+    }
     let mut out = String::with_capacity(url.len());
     let mut rest = url;
     if let Some(start) = url.find("://").map(|i| i + 3) {
