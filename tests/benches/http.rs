@@ -18,7 +18,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use stagehost_tests::bench::{compare_with_curl, measure, wanted, write_file, PARALLEL};
+use stagehost_tests::bench::{
+    compare_with_curl, curl_parallel, measure, wanted, write_file, PARALLEL,
+};
 use stagehost_tests::httpd::Nginx;
 use stagehost_tests::{stagehost_bin_in, Sandbox};
 
@@ -45,22 +47,7 @@ fn stage_in(sandbox: &Sandbox, urls: &[String]) -> f64 {
 }
 
 fn curl(sandbox: &Sandbox, urls: &[String]) -> f64 {
-    let dir = sandbox.join("curl");
-    fresh(&dir);
-    let mut c = Command::new("curl");
-    c.args([
-        "-sS",
-        "--fail",
-        "--parallel",
-        "--parallel-max",
-        &PARALLEL.to_string(),
-        "--output-dir",
-    ])
-    .arg(&dir);
-    for u in urls {
-        c.arg("-O").arg(u);
-    }
-    measure(c, "curl").0
+    curl_parallel(&sandbox.join("curl"), urls).0
 }
 
 /// `dd` writing `mib` MiB of zeros and syncing them before it exits.
@@ -103,15 +90,26 @@ fn rclone(sandbox: &Sandbox, base: &str, names: &[String]) -> f64 {
     measure(c, "rclone").0
 }
 
+/// The best (least) seconds of each of three measurements over [`ROUNDS`]
+/// interleaved rounds (a noisy neighbour slows all three alike).
+fn best_of_rounds(mut runs: [&mut dyn FnMut() -> f64; 3]) -> [f64; 3] {
+    let mut best = [f64::MAX; 3];
+    for _ in 0..ROUNDS {
+        for (b, run) in best.iter_mut().zip(runs.iter_mut()) {
+            *b = b.min(run());
+        }
+    }
+    best
+}
+
 fn durable(sandbox: &Sandbox, nginx: &Nginx, small: &[String], big: &str) {
     println!("durable downloads (each file synced before its rename), best of {ROUNDS}:");
     let big_url = [nginx.url(big)];
-    let (mut floor, mut peer, mut ours) = (f64::MAX, f64::MAX, f64::MAX);
-    for _ in 0..ROUNDS {
-        floor = floor.min(dd_fsync(sandbox, 1024));
-        peer = peer.min(curl(sandbox, &big_url));
-        ours = ours.min(stage_in(sandbox, &big_url));
-    }
+    let [floor, peer, ours] = best_of_rounds([
+        &mut || dd_fsync(sandbox, 1024),
+        &mut || curl(sandbox, &big_url),
+        &mut || stage_in(sandbox, &big_url),
+    ]);
     println!(
         "  1 x 1 GiB      dd conv=fsync {floor:>5.2}s | curl (no sync) {peer:>5.2}s | stage in {ours:>5.2}s = {:.2}x dd conv=fsync, {:.2}x curl",
         ours / floor,
@@ -123,12 +121,11 @@ fn durable(sandbox: &Sandbox, nginx: &Nginx, small: &[String], big: &str) {
         .iter()
         .map(|f| f.trim_start_matches('/').to_owned())
         .collect();
-    let (mut peer, mut curl_s, mut ours) = (f64::MAX, f64::MAX, f64::MAX);
-    for _ in 0..ROUNDS {
-        peer = peer.min(rclone(sandbox, &base, &names));
-        curl_s = curl_s.min(curl(sandbox, &urls));
-        ours = ours.min(stage_in(sandbox, &urls));
-    }
+    let [peer, curl_s, ours] = best_of_rounds([
+        &mut || rclone(sandbox, &base, &names),
+        &mut || curl(sandbox, &urls),
+        &mut || stage_in(sandbox, &urls),
+    ]);
     println!(
         "  1000 x 1 MiB   rclone (no sync) {peer:>5.2}s | curl (no sync) {curl_s:>5.2}s | stage in {ours:>5.2}s = {:.2}x rclone, {:.2}x curl",
         ours / peer,

@@ -42,6 +42,26 @@ fn fresh(dir: &Path) {
     std::fs::create_dir_all(dir).expect("mkdir");
 }
 
+/// `curl --parallel` fetching `urls`, [`PARALLEL`] at once, into a fresh `dir`: wall
+/// seconds and peak RSS (KiB).
+pub fn curl_parallel(dir: &Path, urls: &[String]) -> (f64, i64) {
+    fresh(dir);
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--fail",
+        "--parallel",
+        "--parallel-max",
+        &PARALLEL.to_string(),
+        "--output-dir",
+    ])
+    .arg(dir);
+    for u in urls {
+        c.arg("-O").arg(u);
+    }
+    measure(c, "curl")
+}
+
 /// Best of this many interleaved rounds.
 const ROUNDS: usize = 3;
 
@@ -66,21 +86,7 @@ pub fn compare_with_curl(sandbox: &Sandbox, name: &str, urls: &[String]) {
     let best = |a: (f64, i64), b: (f64, i64)| if b.0 < a.0 { b } else { a };
     let (mut curl, mut stage, mut run) = ((f64::MAX, 0), (f64::MAX, 0), (f64::MAX, 0));
     for _ in 0..ROUNDS {
-        fresh(&curl_dir);
-        let mut c = Command::new("curl");
-        c.args([
-            "-sS",
-            "--fail",
-            "--parallel",
-            "--parallel-max",
-            &PARALLEL.to_string(),
-            "--output-dir",
-        ])
-        .arg(&curl_dir);
-        for u in urls {
-            c.arg("-O").arg(u);
-        }
-        curl = best(curl, measure(c, "curl"));
+        curl = best(curl, curl_parallel(&curl_dir, urls));
 
         fresh(&sandbox.join("wd"));
         let mut c = sandbox.command(&bin);
