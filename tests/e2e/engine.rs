@@ -1330,3 +1330,64 @@ fn worker_processes_that_cannot_start_fail_the_task_with_their_last_line() {
         "the worker's own last line: {error}"
     );
 }
+
+#[test]
+fn a_report_named_as_a_fifo_is_written_into_and_a_replaced_report_keeps_its_mode() {
+    // A report path that is a device or a pipe (`/dev/stdout`, a FIFO a reader waits
+    // on) is written into, never replaced by a regular file.
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
+    let flow = sandbox.write("flow.toml", "[[task]]\nname = \"t\"\ncommand = \"true\"\n");
+    let fifo = sandbox.join("report.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let out = sandbox
+        .command(&stagehost_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .arg(&flow)
+        .arg("--report")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
+    assert_eq!(json["summary"]["succeeded"], 1);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the FIFO is still a FIFO"
+    );
+    // A private report replaced by the next run stays private.
+    let report = sandbox.write("report.json", "{}");
+    std::fs::set_permissions(&report, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = sandbox
+        .command(&stagehost_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .arg(&flow)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let meta = std::fs::metadata(&report).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(read(&report).contains("\"succeeded\": 1"));
+}

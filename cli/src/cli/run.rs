@@ -365,9 +365,31 @@ fn write_report(
         std::io::Write::write_all(&mut out, b"\n").map_err(failed)?;
         return std::io::Write::flush(&mut out).map_err(failed);
     }
+    // A device, a FIFO or a socket named as the report (`/dev/stdout`, a pipe) is
+    // written into, never replaced by a file; a report replacing a file keeps its mode.
+    let existing = std::fs::metadata(path).ok();
+    if existing
+        .as_ref()
+        .is_some_and(|m| !m.is_file() && !m.is_dir())
+    {
+        let target = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(failed)?;
+        let mut out = std::io::BufWriter::new(target);
+        write(&mut out).map_err(failed)?;
+        std::io::Write::write_all(&mut out, b"\n").map_err(failed)?;
+        return std::io::Write::flush(&mut out).map_err(failed);
+    }
     let mut file = stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| {
         CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
     })?;
+    if let Some(meta) = existing.filter(std::fs::Metadata::is_file) {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_mode(meta.permissions().mode()).map_err(|e| {
+            CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
+        })?;
+    }
     {
         let mut out = std::io::BufWriter::new(file.as_file_mut());
         write(&mut out).map_err(failed)?;

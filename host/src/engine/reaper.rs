@@ -183,6 +183,13 @@ impl Reaper {
             }
             self.table.slot(slot).store(pgid, Ordering::SeqCst);
         }
+        self.keep_alive(&mut inner);
+    }
+
+    /// Forks another reaper on the same table if this one died (someone killed it):
+    /// checked as each command starts and as each ends, so a run whose last commands
+    /// are still running gets one too.
+    fn keep_alive(&self, inner: &mut Inner) {
         if inner.child.as_ref().is_some_and(|c| !c.died()) {
             return;
         }
@@ -208,6 +215,7 @@ impl Reaper {
             self.table.slot(slot).store(0, Ordering::SeqCst);
             inner.free.push(slot);
         }
+        self.keep_alive(&mut inner);
     }
 }
 
