@@ -298,12 +298,11 @@ impl Summary {
 
 /// A file without a name in the temporary directory, readable by its owner only
 /// (`O_TMPFILE`; where the file system lacks it, a fresh file removed at once).
-fn unnamed_file() -> std::io::Result<std::fs::File> {
+fn unnamed_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::env::temp_dir();
     let mut open = std::fs::OpenOptions::new();
     open.read(true).write(true).mode(0o600);
-    if let Ok(file) = open.clone().custom_flags(libc::O_TMPFILE).open(&dir) {
+    if let Ok(file) = open.clone().custom_flags(libc::O_TMPFILE).open(dir) {
         return Ok(file);
     }
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -314,25 +313,57 @@ fn unnamed_file() -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Where a [`Spool`] keeps its reports.
+enum Store {
+    /// An unnamed temporary file.
+    File(std::io::BufWriter<std::fs::File>),
+    /// Memory, when no directory tried took a temporary file.
+    Memory(Vec<u8>),
+}
+
 /// A run's task reports, written to an unnamed temporary file as the tasks end, and
 /// put in the workflow's order into the JSON document at the end: a run keeps an
 /// offset per task in memory, not every report.
 pub struct Spool {
-    file: std::io::BufWriter<std::fs::File>,
+    store: Store,
     written: u64,
     /// Where each report is, by the order the tasks were submitted in.
     spans: Vec<(u64, u32)>,
 }
 
 impl Spool {
-    /// A spool in the system's temporary directory (the file has no name: it goes
-    /// with the process).
-    pub fn new() -> std::io::Result<Spool> {
-        Ok(Spool {
-            file: std::io::BufWriter::with_capacity(64 << 10, unnamed_file()?),
+    /// A spool in an unnamed file (it goes with the process) in the system's temporary
+    /// directory or else in `fallback` (the report's own directory); in memory when
+    /// neither takes one (`TMPDIR` unwritable), so a run never fails for its spool.
+    pub fn new(fallback: Option<&std::path::Path>) -> Spool {
+        let tmp = std::env::temp_dir();
+        let file =
+            std::iter::once(tmp.as_path())
+                .chain(fallback)
+                .find_map(|dir| match unnamed_file(dir) {
+                    Ok(file) => Some(file),
+                    Err(e) => {
+                        tracing::debug!(dir = %dir.display(), error = %e, "no report spool here");
+                        None
+                    }
+                });
+        Spool {
+            store: match file {
+                Some(file) => Store::File(std::io::BufWriter::with_capacity(64 << 10, file)),
+                None => Store::Memory(Vec::new()),
+            },
             written: 0,
             spans: Vec::new(),
-        })
+        }
+    }
+
+    /// A spool kept in memory.
+    pub fn in_memory() -> Spool {
+        Spool {
+            store: Store::Memory(Vec::new()),
+            written: 0,
+            spans: Vec::new(),
+        }
     }
 
     /// Writes the report of the task submitted `seq`-th.
@@ -344,7 +375,10 @@ impl Spool {
         report
             .serialize(&mut ser)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.file.write_all(&text)?;
+        match &mut self.store {
+            Store::File(file) => file.write_all(&text)?,
+            Store::Memory(memory) => memory.extend_from_slice(&text),
+        }
         if self.spans.len() <= seq {
             self.spans.resize(seq + 1, (0, 0));
         }
@@ -364,7 +398,10 @@ impl Spool {
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        let file = match self.store {
+            Store::File(file) => Ok(file.into_inner().map_err(|e| e.into_error())?),
+            Store::Memory(memory) => Err(memory),
+        };
         let head = header.to_json();
         let head = head.strip_suffix("\n}").unwrap_or(&head);
         out.write_all(head.as_bytes())?;
@@ -381,10 +418,16 @@ impl Spool {
                 b",\n    "
             })?;
             first = false;
-            buf.resize(len as usize, 0);
-            file.read_exact_at(&mut buf, at)?;
+            let text = match &file {
+                Ok(file) => {
+                    buf.resize(len as usize, 0);
+                    file.read_exact_at(&mut buf, at)?;
+                    &buf[..]
+                }
+                Err(memory) => &memory[at as usize..at as usize + len as usize],
+            };
             // One level deeper than alone: each line after the first indented by 4.
-            for (i, line) in buf.split(|&b| b == b'\n').enumerate() {
+            for (i, line) in text.split(|&b| b == b'\n').enumerate() {
                 if i > 0 {
                     out.write_all(b"\n    ")?;
                 }
@@ -505,9 +548,22 @@ mod tests {
         }
         .to_json();
         // Submitted in the order c, a, b; ended in the order b, c, a.
-        let mut spool = Spool::new().unwrap();
-        for (seq, t) in [(2, &tasks[1]), (0, &tasks[2]), (1, &tasks[0])] {
-            spool.push(seq, t).unwrap();
+        for spool in [Spool::new(None), Spool::in_memory()] {
+            let mut spool = spool;
+            for (seq, t) in [(2, &tasks[1]), (0, &tasks[2]), (1, &tasks[0])] {
+                spool.push(seq, t).unwrap();
+            }
+            let header = Document {
+                version: VERSION,
+                command: "run",
+                workflow: Some("flow.toml".into()),
+                summary: summary.clone(),
+                tasks: None,
+                files: None,
+            };
+            let mut out = Vec::new();
+            spool.write_document(&header, [1, 2, 0], &mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), whole);
         }
         let header = Document {
             version: VERSION,
@@ -517,13 +573,9 @@ mod tests {
             tasks: None,
             files: None,
         };
-        let mut out = Vec::new();
-        spool.write_document(&header, [1, 2, 0], &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), whole);
         // No task at all.
         let mut out = Vec::new();
-        Spool::new()
-            .unwrap()
+        Spool::new(None)
             .write_document(&header, [], &mut out)
             .unwrap();
         let empty = Document {

@@ -1349,23 +1349,19 @@ fn a_report_named_as_a_fifo_is_written_into_and_a_replaced_report_keeps_its_mode
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
     };
-    let out = sandbox
-        .command(&stagehost_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("run")
-        .arg(&flow)
-        .arg("--report")
-        .arg(&fifo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
-    assert_eq!(json["summary"]["succeeded"], 1);
+    let run_reporting_to = |report: &std::path::Path| {
+        sandbox.run(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ])
+    };
+    let out = run_reporting_to(&fifo);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // (A FIFO replaced by a file would leave the reader waiting: checked first.)
     assert!(
         std::fs::symlink_metadata(&fifo)
             .unwrap()
@@ -1373,21 +1369,60 @@ fn a_report_named_as_a_fifo_is_written_into_and_a_replaced_report_keeps_its_mode
             .is_fifo(),
         "the FIFO is still a FIFO"
     );
+    let json: serde_json::Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
+    assert_eq!(json["summary"]["succeeded"], 1);
     // A private report replaced by the next run stays private.
     let report = sandbox.write("report.json", "{}");
     std::fs::set_permissions(&report, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = sandbox
-        .command(&stagehost_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("run")
-        .arg(&flow)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = run_reporting_to(&report);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     let meta = std::fs::metadata(&report).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(read(&report).contains("\"succeeded\": 1"));
+}
+
+#[test]
+fn a_report_needs_no_usable_tmpdir_and_an_unwritable_one_is_refused_before_the_run() {
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
+    let marker = sandbox.join("ran");
+    let flow = sandbox.write(
+        "flow.toml",
+        &format!(
+            "[[task]]\nname = \"t\"\ncommand = \"touch {}\"\n",
+            marker.display()
+        ),
+    );
+    let run = |report: &str, env: &[(&str, &str)]| {
+        sandbox.run_env(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "run",
+                flow.to_str().unwrap(),
+                "--report",
+                report,
+            ],
+            env,
+        )
+    };
+    // No temporary directory to spool in: the report's own directory serves.
+    let report = sandbox.join("report.json");
+    let out = run(report.to_str().unwrap(), &[("TMPDIR", "/nonexistent/tmp")]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(read(&report).contains("\"succeeded\": 1"));
+    // Nor for stdout.
+    let out = run("-", &[("TMPDIR", "/nonexistent/tmp")]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.json()["summary"]["succeeded"], 1);
+    // A report that cannot be made is a usage error, before any task runs.
+    std::fs::remove_file(&marker).unwrap();
+    let out = run("/proc/stagehost-report.json", &[]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--report /proc/stagehost-report.json"),
+        "{}",
+        out.stderr
+    );
+    assert!(!marker.exists(), "no task ran");
 }

@@ -99,19 +99,10 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     // provider missing from the order) is found now, not when its task comes up.
     preflight(registry, &workflow, &order)?;
     // A report that cannot be written is a usage error found now, not after the run.
-    if let Some(path) = args.report.as_ref().filter(|p| p.as_os_str() != "-") {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        if !dir.is_dir() {
-            return Err(CliError::Config(ConfigError(format!(
-                "--report {}: {} is not a directory",
-                path.display(),
-                dir.display()
-            ))));
-        }
-    }
+    let report_dir = match args.report.as_ref().filter(|p| p.as_os_str() != "-") {
+        Some(path) => Some(check_report_path(path)?),
+        None => None,
+    };
     let mut transfers = config.transfers.clone();
     if let Some(n) = args.max_transfers {
         transfers.max_concurrent = n as usize;
@@ -196,12 +187,10 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             ..Summary::default()
         },
         failures: Vec::new(),
-        spool: match &args.report {
-            Some(_) => Some(stagehost::report::Spool::new().map_err(|e| {
-                CliError::Staging(format!("cannot make a temporary file for the report: {e}"))
-            })?),
-            None => None,
-        },
+        spool: args
+            .report
+            .as_ref()
+            .map(|_| stagehost::report::Spool::new(report_dir.as_deref())),
         error: None,
     }));
     let sink: stagehost::engine::ReportSink = {
@@ -264,20 +253,6 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     );
     let mut summary = collected.summary;
     summary.seconds = start.elapsed().as_secs_f64();
-    if let Some(e) = collected.error {
-        return Err(CliError::Staging(format!("cannot write the report: {e}")));
-    }
-    if let (Some(path), Some(spool)) = (&args.report, collected.spool) {
-        let header = Document {
-            version: stagehost::report::VERSION,
-            command: "run",
-            workflow: Some(workflow_name),
-            summary: summary.clone(),
-            tasks: None,
-            files: None,
-        };
-        write_report(path, |out| spool.write_document(&header, order, out))?;
-    }
     let s = &summary;
     let t = s.tasks.clone().unwrap_or_default();
     let cached = if s.files_cached > 0 {
@@ -294,6 +269,38 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         "{} task(s): {} succeeded{skipped}, {} failed, {} stage-out failed, {} lost an input, {} cancelled; {} file(s) moved, {} bytes{cached}, {:.3}s",
         t.tasks, t.succeeded, t.failed, t.stage_out_failed, t.dependency_failed, t.cancelled, s.files_moved, s.bytes_moved, s.seconds
     );
+    // The run's outcome is told whatever becomes of its report.
+    let written = match (collected.error, &args.report, collected.spool) {
+        (Some(e), Some(path), _) => Err(ReportError::Other(format!(
+            "cannot write the report {}: {e}",
+            path.display()
+        ))),
+        (None, Some(path), Some(spool)) => {
+            let header = Document {
+                version: stagehost::report::VERSION,
+                command: "run",
+                workflow: Some(workflow_name),
+                summary: summary.clone(),
+                tasks: None,
+                files: None,
+            };
+            write_report(path, |out| spool.write_document(&header, order, out))
+        }
+        _ => Ok(()),
+    };
+    match written {
+        Ok(()) => {}
+        Err(ReportError::Closed) => {
+            // The reader of `--report -` went away (`| head`): quietly, as a shell
+            // shows a SIGPIPE death.
+            eprintln!("stagehost: {line}");
+            std::process::exit(141);
+        }
+        Err(ReportError::Other(e)) => {
+            eprintln!("stagehost: {line}");
+            return Err(CliError::Staging(e));
+        }
+    }
     if t.succeeded + t.skipped == t.tasks {
         eprintln!("stagehost: {line}");
         Ok(ExitCode::SUCCESS)
@@ -350,20 +357,78 @@ impl Collected {
     }
 }
 
+/// Why a report was not written.
+enum ReportError {
+    /// `--report -` and the reader of stdout went away.
+    Closed,
+    /// Anything else, as one line naming the report.
+    Other(String),
+}
+
+/// Checks, before the run, that a report could be written at `path`: into it when it
+/// is a device, a FIFO or a socket, else as a new file in its directory, which is
+/// returned (where the report's spool may go).
+fn check_report_path(path: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
+    use std::os::unix::ffi::OsStrExt;
+    let bad =
+        |why: String| CliError::Config(ConfigError(format!("--report {}: {why}", path.display())));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let writable = |p: &std::path::Path, mode: libc::c_int| {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| bad("the path holds a NUL byte".into()))?;
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
+        if unsafe { libc::access(c.as_ptr(), mode) } == 0 {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "{} is not writable: {}",
+                p.display(),
+                std::io::Error::last_os_error()
+            )))
+        }
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Err(bad("is a directory".into())),
+        Ok(m) if !m.is_file() => {
+            writable(path, libc::W_OK)?;
+            return Ok(dir);
+        }
+        _ => {}
+    }
+    if !dir.is_dir() {
+        return Err(bad(format!("{} is not a directory", dir.display())));
+    }
+    // A file made and taken back where the report will go: what `access` cannot tell
+    // (a read-only mount, a pseudo-filesystem, root's rights) shows here.
+    drop(stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| bad(e.to_string()))?);
+    Ok(dir)
+}
+
 /// Writes a report to `path` (`-`: stdout) through `write`, atomically for a file.
 fn write_report(
     path: &std::path::Path,
     write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
-) -> Result<(), CliError> {
+) -> Result<(), ReportError> {
+    let stdout = path.as_os_str() == "-";
     let failed = |e: std::io::Error| {
-        CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
+        if stdout && e.kind() == std::io::ErrorKind::BrokenPipe {
+            ReportError::Closed
+        } else {
+            ReportError::Other(format!("cannot write the report {}: {e}", path.display()))
+        }
     };
-    if path.as_os_str() == "-" {
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::new(stdout.lock());
-        write(&mut out).map_err(failed)?;
-        std::io::Write::write_all(&mut out, b"\n").map_err(failed)?;
-        return std::io::Write::flush(&mut out).map_err(failed);
+    let into = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(out);
+        write(&mut out)?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+        std::io::Write::flush(&mut out)
+    };
+    if stdout {
+        return into(&mut std::io::stdout().lock()).map_err(failed);
     }
     // A device, a FIFO or a socket named as the report (`/dev/stdout`, a pipe) is
     // written into, never replaced by a file; a report replacing a file keeps its mode.
@@ -372,32 +437,23 @@ fn write_report(
         .as_ref()
         .is_some_and(|m| !m.is_file() && !m.is_dir())
     {
-        let target = std::fs::OpenOptions::new()
+        let mut target = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(failed)?;
-        let mut out = std::io::BufWriter::new(target);
-        write(&mut out).map_err(failed)?;
-        std::io::Write::write_all(&mut out, b"\n").map_err(failed)?;
-        return std::io::Write::flush(&mut out).map_err(failed);
+        return into(&mut target).map_err(failed);
     }
-    let mut file = stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| {
-        CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
-    })?;
+    let other = |e: &dyn std::fmt::Display| {
+        ReportError::Other(format!("cannot write the report {}: {e}", path.display()))
+    };
+    let mut file = stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| other(&e))?;
     if let Some(meta) = existing.filter(std::fs::Metadata::is_file) {
         use std::os::unix::fs::PermissionsExt;
-        file.set_mode(meta.permissions().mode()).map_err(|e| {
-            CliError::Staging(format!("cannot write the report {}: {e}", path.display()))
-        })?;
+        file.set_mode(meta.permissions().mode())
+            .map_err(|e| other(&e))?;
     }
-    {
-        let mut out = std::io::BufWriter::new(file.as_file_mut());
-        write(&mut out).map_err(failed)?;
-        std::io::Write::write_all(&mut out, b"\n").map_err(failed)?;
-        std::io::Write::flush(&mut out).map_err(failed)?;
-    }
-    file.commit()
-        .map_err(|e| CliError::Staging(format!("cannot write the report {}: {e}", path.display())))
+    into(file.as_file_mut()).map_err(failed)?;
+    file.commit().map_err(|e| other(&e))
 }
 
 /// Task `i`'s files, its inputs (stage-in) then its outputs (stage-out).
