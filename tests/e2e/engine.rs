@@ -1388,7 +1388,7 @@ fn a_report_needs_no_usable_tmpdir_and_an_unwritable_one_is_refused_before_the_r
     let marker = sandbox.join("ran");
     let flow = sandbox.write(
         "flow.toml",
-        &format!(
+        format!(
             "[[task]]\nname = \"t\"\ncommand = \"touch {}\"\n",
             marker.display()
         ),
