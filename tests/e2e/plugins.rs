@@ -919,6 +919,15 @@ fn exit_codes_and_logs_are_for_scripts() {
         out.stderr
     );
     assert!(!sandbox.join("work/mid.txt").exists(), "no task ran");
+    // An unclaimed file anywhere in the workflow is told before a missing input (a
+    // usage error, exit 2), whichever task comes first.
+    sandbox.write(
+        "work/both.toml",
+        "[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [\"gone.txt\"]\n\n[[task]]\nname = \"b\"\ncommand = \"true\"\ninputs = [\"gopher://h/x\"]\n",
+    );
+    let out = sandbox.run(&["run", "both.toml"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("gopher://h/x"), "{}", out.stderr);
     // An unknown scheme is a usage error for `stage` as for `run`, naming what is served.
     let out = sandbox.run(&["stage", "in", "gopher://h/x"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);

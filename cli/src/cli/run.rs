@@ -478,6 +478,17 @@ fn task_files(
 fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Result<(), CliError> {
     let dm = DataManager::new(registry);
     let index = workflow.name_index();
+    let written = written_by_tasks(workflow, order);
+    // A local input that does not exist and that no task writes fails before any task
+    // runs (as make stops on a missing prerequisite), not as its command's error; an
+    // unclaimed file anywhere in the workflow is told first (a usage error). The first
+    // such input is kept while the rest are checked for a provider.
+    let mut missing: Option<CliError> = None;
+    // Inputs found in place, by URL: a reference file every task reads is looked at
+    // once. Bounded: cleared when full, so a workflow of distinct inputs keeps no set
+    // of them all.
+    let mut present: std::collections::HashSet<String> = std::collections::HashSet::new();
+    const PRESENT_KEPT: usize = 4096;
     for &i in order {
         let task = &workflow.tasks[i];
         // Every source of a file with mirrors must be one a provider claims.
@@ -491,13 +502,12 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
             .flatten()
             .filter_map(|url| workflow.file(url).ok())
             .collect();
-        let mirrors = sources.iter().map(|f| (Direction::In, f.clone()));
-        for (direction, file) in &task_files(workflow, i, &index)?
-            .into_iter()
-            .chain(mirrors)
-            .collect::<Vec<_>>()
+        let files = task_files(workflow, i, &index)?;
+        for (direction, file) in files
+            .iter()
+            .map(|(d, f)| (*d, f))
+            .chain(sources.iter().map(|f| (Direction::In, f)))
         {
-            let (direction, file) = (*direction, file);
             let chosen = match direction {
                 Direction::In => dm.choose_stage_in_provider(&task.executor, file),
                 Direction::Out => dm.choose_stage_out_provider(&task.executor, file),
@@ -512,37 +522,46 @@ fn preflight(registry: &Registry, workflow: &Workflow, order: &[usize]) -> Resul
                 ))));
             }
         }
-    }
-    // A local input that does not exist and that no task writes fails before any task
-    // runs (as make stops on a missing prerequisite), not as its command's error.
-    let written = written_by_tasks(workflow, order)?;
-    for &i in order {
-        for (n, (direction, file)) in task_files(workflow, i, &index)?.into_iter().enumerate() {
-            if direction != Direction::In {
+        if missing.is_some() {
+            continue;
+        }
+        for (n, (direction, file)) in files.iter().enumerate() {
+            if *direction != Direction::In {
                 continue;
             }
             // A missing local source of a file with mirrors is one the next replaces.
             if matches!(
-                workflow.tasks[i].inputs.get(n),
+                task.inputs.get(n),
                 Some(stagehost::workflow::InputDef::Mirrors(urls)) if urls.len() > 1
             ) {
                 continue;
             }
-            let executor = &workflow.tasks[i].executor;
-            if let Some((class, why)) = local_input_problem(&dm, executor, &file, &written) {
-                return Err(CliError::Failed {
-                    line: format!(
-                        "{}: task {:?}: the local input {} {why}",
-                        workflow.location(i),
-                        workflow.tasks[i].name,
-                        file.redacted_url()
-                    ),
-                    code: class.exit_code(),
-                });
+            if present.contains(file.url()) {
+                continue;
+            }
+            match local_input_problem(&dm, &task.executor, file, &written) {
+                Some((class, why)) => {
+                    missing = Some(CliError::Failed {
+                        line: format!(
+                            "{}: task {:?}: the local input {} {why}",
+                            workflow.location(i),
+                            task.name,
+                            file.redacted_url()
+                        ),
+                        code: class.exit_code(),
+                    });
+                    break;
+                }
+                None => {
+                    if present.len() == PRESENT_KEPT {
+                        present.clear();
+                    }
+                    present.insert(file.url().to_owned());
+                }
             }
         }
     }
-    Ok(())
+    missing.map_or(Ok(()), Err)
 }
 
 /// The schemes the providers of `executor`'s order claim, for an error that names a
@@ -567,20 +586,18 @@ pub(super) fn served_schemes(registry: &Registry, executor: &str) -> String {
 }
 
 /// The URLs the workflow's tasks write: such an input need not exist before the run.
-fn written_by_tasks(
-    workflow: &Workflow,
-    order: &[usize],
-) -> Result<std::collections::HashSet<String>, CliError> {
-    let index = workflow.name_index();
+fn written_by_tasks(workflow: &Workflow, order: &[usize]) -> std::collections::HashSet<String> {
     let mut written = std::collections::HashSet::new();
     for &i in order {
-        for (direction, file) in task_files(workflow, i, &index)? {
-            if direction == Direction::Out {
+        let t = &workflow.tasks[i];
+        // A URL that does not parse is told, with its task, where its task's files are.
+        for url in t.outputs.iter().chain(&t.stdout).chain(&t.stderr) {
+            if let Ok(file) = workflow.file(url) {
                 written.insert(file.url().to_owned());
             }
         }
     }
-    Ok(written)
+    written
 }
 
 /// What is wrong with a local input (the file scheme, no host) that no task writes
@@ -628,7 +645,7 @@ fn dry_run(
     let mut problems: Vec<Option<FailureClass>> = Vec::new();
     let mut unclaimed = false;
     let index = workflow.name_index();
-    let written = written_by_tasks(workflow, order)?;
+    let written = written_by_tasks(workflow, order);
     for &i in order {
         let task = &workflow.tasks[i];
         let pilot = registry
