@@ -681,8 +681,9 @@ fn write_all(file: std::fs::File, rx: mpsc::Receiver<Msg>, path: &Path) {
 pub struct Journaling {
     inner: std::sync::Arc<dyn crate::observer::Observer>,
     journal: Journal,
-    /// Each task's command text, by task name.
-    commands: std::collections::HashMap<String, String>,
+    /// The command text of each task submitted and not ended, by task name: a run
+    /// keeps the commands of the tasks in flight, not the workflow's.
+    commands: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Each executor's working directory, where its providers keep their records.
     working_dirs: std::collections::HashMap<String, PathBuf>,
     /// The tasks whose local files are recorded with their SHA-256.
@@ -692,21 +693,20 @@ pub struct Journaling {
 }
 
 impl Journaling {
-    /// `inner`, with `journal` recording each task; `commands` maps task names to their
-    /// command text, `working_dirs` executor labels to their working directories.
-    pub fn new<'a>(
+    /// `inner`, with `journal` recording each task (its command as
+    /// [`Observer::command_submitted`] told it); `working_dirs` maps executor labels to
+    /// their working directories.
+    ///
+    /// [`Observer::command_submitted`]: crate::observer::Observer::command_submitted
+    pub fn new(
         inner: std::sync::Arc<dyn crate::observer::Observer>,
         journal: Journal,
-        commands: impl IntoIterator<Item = (&'a str, &'a str)>,
         working_dirs: impl IntoIterator<Item = (String, PathBuf)>,
     ) -> Journaling {
         Journaling {
             inner,
             journal,
-            commands: commands
-                .into_iter()
-                .map(|(name, command)| (name.to_owned(), command.to_owned()))
-                .collect(),
+            commands: std::sync::Mutex::default(),
             working_dirs: working_dirs.into_iter().collect(),
             hashed: std::collections::HashSet::new(),
             read: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -727,6 +727,13 @@ impl crate::observer::Observer for Journaling {
     }
     fn task_submitted(&self, name: &str) {
         self.inner.task_submitted(name);
+    }
+    fn command_submitted(&self, name: &str, command: &str) {
+        self.commands
+            .lock()
+            .expect("the journal's lock is never poisoned")
+            .insert(name.to_owned(), command.to_owned());
+        self.inner.command_submitted(name, command);
     }
     fn body_starting(&self, name: &str, inputs: &[crate::report::FileReport]) {
         let working_dir = inputs
@@ -750,10 +757,15 @@ impl crate::observer::Observer for Journaling {
             .lock()
             .expect("the journal's lock is never poisoned")
             .remove(&report.name);
+        let command = self
+            .commands
+            .lock()
+            .expect("the journal's lock is never poisoned")
+            .remove(&report.name);
         // A skipped task did nothing: the record of the run that made its outputs
         // stands.
         if report.status != TaskStatus::Skipped {
-            let command = self.commands.get(&report.name).map(String::as_str);
+            let command = command.as_deref();
             let working_dir = self
                 .working_dirs
                 .get(&report.executor)

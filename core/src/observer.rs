@@ -13,6 +13,9 @@ pub trait Observer: Send + Sync {
     fn tasks_expected(&self, _tasks: usize) {}
     /// A task was submitted.
     fn task_submitted(&self, _name: &str) {}
+    /// A task whose body is the shell command `command` (its text, placeholders
+    /// unexpanded) was submitted; heard before [`Observer::task_submitted`].
+    fn command_submitted(&self, _name: &str, _command: &str) {}
     /// A task's body is about to run (its first attempt), its inputs staged in as
     /// `inputs` show (stage-in order; an in-task step's copy is made with the body).
     fn body_starting(&self, _name: &str, _inputs: &[crate::report::FileReport]) {}

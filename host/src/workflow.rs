@@ -213,27 +213,42 @@ pub struct Workflow {
     text_dir: PathBuf,
 }
 
-/// Line starts of a text, for turning byte offsets into lines and columns in
-/// O(log lines) each (a workflow may hold 100,000 tasks).
-struct LineIndex<'t> {
+/// Line and column of byte offsets in a text, found by counting newlines forward
+/// from the last offset asked: the tasks' offsets come in order, so the text is
+/// scanned once, and no index of every line is kept (a line start a line costs more
+/// than the task it belongs to).
+struct Positions<'t> {
     text: &'t str,
-    starts: Vec<usize>,
+    /// The offset scanned to, the 0-based line it is on and where that line starts.
+    scanned: usize,
+    line: usize,
+    line_start: usize,
 }
 
-impl<'t> LineIndex<'t> {
-    fn new(text: &'t str) -> LineIndex<'t> {
-        let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { text, starts }
+impl<'t> Positions<'t> {
+    fn new(text: &'t str) -> Positions<'t> {
+        Positions {
+            text,
+            scanned: 0,
+            line: 0,
+            line_start: 0,
+        }
     }
 
     /// 1-based line and column (in characters) of byte `offset`.
-    fn position(&self, offset: usize) -> (u32, u32) {
+    fn position(&mut self, offset: usize) -> (u32, u32) {
         let offset = offset.min(self.text.len());
-        let line = self.starts.partition_point(|&s| s <= offset) - 1;
-        let column = self.text[self.starts[line]..offset].chars().count() + 1;
+        if offset < self.scanned {
+            (self.scanned, self.line, self.line_start) = (0, 0, 0);
+        }
+        for (i, _) in self.text[self.scanned..offset].match_indices('\n') {
+            self.line += 1;
+            self.line_start = self.scanned + i + 1;
+        }
+        self.scanned = offset;
+        let column = self.text[self.line_start..offset].chars().count() + 1;
         (
-            u32::try_from(line + 1).unwrap_or(u32::MAX),
+            u32::try_from(self.line + 1).unwrap_or(u32::MAX),
             u32::try_from(column).unwrap_or(u32::MAX),
         )
     }
@@ -246,10 +261,10 @@ fn task_table_starts(text: &str) -> Option<Vec<usize>> {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let code = line.split('#').next().unwrap_or_default();
-        let bare: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-        if bare == "[[task]]" {
+        let mut bare = code.chars().filter(|c| !c.is_whitespace());
+        if bare.clone().eq("[[task]]".chars()) {
             starts.push(offset);
-        } else if starts.is_empty() && !bare.is_empty() {
+        } else if starts.is_empty() && bare.next().is_some() {
             return None;
         }
         offset += line.len();
@@ -262,7 +277,7 @@ type Parsed = (Vec<TaskDef>, Vec<(u32, u32)>);
 
 /// The tasks and their positions, parsed one `[[task]]` table at a time; `None` when
 /// the text is not a plain list of tables or a table does not parse on its own.
-fn parse_by_table(text: &str, lines: &LineIndex<'_>) -> Option<Parsed> {
+fn parse_by_table(text: &str, lines: &mut Positions<'_>) -> Option<Parsed> {
     let starts = task_table_starts(text)?;
     let mut tasks = Vec::with_capacity(starts.len());
     let mut positions = Vec::with_capacity(starts.len());
@@ -295,8 +310,8 @@ impl Workflow {
     /// parse alone, such as a multi-line string holding a `[[task]]` line) is parsed
     /// whole, which also gives the exact error.
     pub fn parse(text: &str, path: &Path) -> Result<Workflow, WorkflowError> {
-        let lines = LineIndex::new(text);
-        let (tasks, positions) = match parse_by_table(text, &lines) {
+        let mut lines = Positions::new(text);
+        let (tasks, positions) = match parse_by_table(text, &mut lines) {
             Some(parsed) => parsed,
             None => {
                 let file: WorkflowFile = toml::from_str(text).map_err(|e| {
@@ -389,9 +404,10 @@ impl Workflow {
                 ));
             }
         }
-        let mut deps: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
+        let mut deps = Deps::with_tasks(self.tasks.len());
         let mut writers: HashMap<String, usize> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
+            deps.begin(i);
             if let Some(url) = t.stdout.iter().chain(&t.stderr).find(|u| {
                 self.file(u)
                     .is_ok_and(|f| stagehost_core::tree::is_directory_output(&f))
@@ -457,7 +473,7 @@ impl Workflow {
                         if *output >= count {
                             return Err(self.err(i, format!("input {n} names output {output} of task {task:?}, which has {count} output(s)")));
                         }
-                        deps[i].push(producer);
+                        deps.push(producer);
                     }
                 }
             }
@@ -509,6 +525,9 @@ impl Workflow {
                 );
             }
         }
+        deps.finish(self.tasks.len());
+        drop(by_name);
+        drop(writers);
         topological_order(&deps).map_err(|cycle| {
             let names: Vec<&str> = cycle.iter().map(|&i| self.tasks[i].name.as_str()).collect();
             self.err(
@@ -668,36 +687,28 @@ impl Workflow {
         checked: Option<&crate::bulk::BulkAnswers>,
     ) -> Result<Vec<usize>, WorkflowError> {
         let n = self.tasks.len();
-        let (producers, mut waiting, consumers) = {
+        // Flat lists (an offset a task): most tasks of a large workflow have no producer.
+        let producers = {
             let index = self.name_index();
-            let producers: Vec<Vec<usize>> = self
-                .tasks
-                .iter()
-                .map(|t| {
-                    t.inputs
-                        .iter()
-                        .filter_map(|input| match input {
-                            InputDef::Output { task, .. } => Some(index[task.as_str()]),
-                            InputDef::Url(_) | InputDef::Mirrors(_) => None,
-                        })
-                        .collect()
-                })
-                .collect();
-            let mut waiting = vec![0u32; n];
-            let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
-            for (i, ps) in producers.iter().enumerate() {
-                let mut unique = ps.clone();
-                unique.sort_unstable();
-                unique.dedup();
-                waiting[i] = u32::try_from(unique.len()).unwrap_or(u32::MAX);
-                for p in unique {
-                    consumers[p].push(i);
+            let mut producers = Deps::with_tasks(n);
+            for (i, t) in self.tasks.iter().enumerate() {
+                producers.begin(i);
+                for input in &t.inputs {
+                    if let InputDef::Output { task, .. } = input {
+                        producers.push(index[task.as_str()]);
+                    }
                 }
             }
-            (producers, waiting, consumers)
+            producers.finish(n);
+            producers
         };
+        let consumers = producers.consumers();
+        let mut waiting: Vec<u32> = (0..n)
+            .map(|i| unique(producers.of(i)).len() as u32)
+            .collect();
         // A producer's handle is kept until its last consumer is submitted.
-        let mut unsubmitted_consumers: Vec<usize> = consumers.iter().map(Vec::len).collect();
+        let mut unsubmitted_consumers: Vec<u32> =
+            (0..n).map(|i| consumers.of(i).count() as u32).collect();
         // Only producers whose consumers are not all submitted yet: the frontier.
         let mut handles: HashMap<usize, TaskHandle> = HashMap::new();
         let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).rev().collect();
@@ -706,11 +717,12 @@ impl Workflow {
         while submitted.len() < n {
             while let Some(i) = ready.pop() {
                 engine.wait_for_room().await;
-                let mut spec = self.spec_with(i, &producers[i], |p| handles.get(&p))?;
+                let producers_of_i: Vec<usize> = producers.of(i).collect();
+                let mut spec = self.spec_with(i, &producers_of_i, |p| handles.get(&p))?;
                 let listed = expand_directories(&mut spec, engine.data_manager());
                 // A task whose producer failed in this run is never skipped: it
                 // loses its input, whatever its record says.
-                let producers_ok = producers[i].iter().all(|p| {
+                let producers_ok = producers_of_i.iter().all(|p| {
                     handles.get(p).is_some_and(|h| {
                         h.report.borrow().as_ref().is_some_and(|r| r.status.is_ok())
                     })
@@ -746,16 +758,13 @@ impl Workflow {
                 submitted.push(i);
                 let t = &mut self.tasks[i];
                 (t.command, t.inputs, t.outputs, t.stdout, t.stderr) = Default::default();
-                let mut unique = producers[i].clone();
-                unique.sort_unstable();
-                unique.dedup();
-                for p in unique {
+                for p in unique(producers_of_i.into_iter()) {
                     unsubmitted_consumers[p] -= 1;
                     if unsubmitted_consumers[p] == 0 {
                         handles.remove(&p);
                     }
                 }
-                if !consumers[i].is_empty() {
+                if consumers.of(i).next().is_some() {
                     let mut report = handle.report.clone();
                     let tx = finished_tx.clone();
                     tokio::spawn(async move {
@@ -771,7 +780,7 @@ impl Workflow {
             let Some(done) = finished.recv().await else {
                 break;
             };
-            for &c in &consumers[done] {
+            for c in consumers.of(done) {
                 waiting[c] -= 1;
                 if waiting[c] == 0 {
                     ready.push(c);
@@ -977,21 +986,112 @@ fn revalidation(inputs: Vec<(usize, Identity)>, working_dir: std::path::PathBuf)
     }))
 }
 
-/// Kahn's algorithm; on a cycle, returns the tasks of one cycle in order.
-fn topological_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
-    let n = deps.len();
-    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
-    for (i, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            consumers[d].push(i);
+/// Each task's producers, flat: a task with none costs one offset, not an empty list
+/// (a workflow may hold 100,000 tasks, most of them with no producer).
+struct Deps {
+    /// Where each task's producers end in `list`, for the tasks begun before the last.
+    ends: Vec<u32>,
+    list: Vec<u32>,
+}
+
+impl Deps {
+    fn with_tasks(n: usize) -> Deps {
+        Deps {
+            ends: Vec::with_capacity(n),
+            list: Vec::new(),
         }
     }
+
+    /// Begins task `i`'s producers: those pushed since belong to it.
+    fn begin(&mut self, i: usize) {
+        while self.ends.len() < i {
+            self.ends.push(self.list.len() as u32);
+        }
+    }
+
+    fn push(&mut self, producer: usize) {
+        self.list.push(producer as u32);
+    }
+
+    /// Ends the last of `n` tasks.
+    fn finish(&mut self, n: usize) {
+        self.begin(n);
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Each task's consumers, each once, flat as these lists are.
+    fn consumers(&self) -> Deps {
+        let n = self.len();
+        let mut starts = vec![0u32; n + 1];
+        for i in 0..n {
+            for d in unique(self.of(i)) {
+                starts[d + 1] += 1;
+            }
+        }
+        for i in 0..n {
+            starts[i + 1] += starts[i];
+        }
+        let mut list = vec![0u32; starts[n] as usize];
+        let mut fill = starts.clone();
+        for i in 0..n {
+            for d in unique(self.of(i)) {
+                list[fill[d] as usize] = i as u32;
+                fill[d] += 1;
+            }
+        }
+        starts.remove(0);
+        Deps { ends: starts, list }
+    }
+
+    /// Task `i`'s producers.
+    fn of(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.list[start..self.ends[i] as usize]
+            .iter()
+            .map(|&d| d as usize)
+    }
+}
+
+/// `items` sorted, each once (no allocation for none).
+fn unique(items: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut items: Vec<usize> = items.collect();
+    items.sort_unstable();
+    items.dedup();
+    items
+}
+
+/// Task indices in an order where every producer comes before its consumers (Kahn's
+/// algorithm), or the tasks of one cycle in order.
+fn topological_order(deps: &Deps) -> Result<Vec<usize>, Vec<usize>> {
+    let n = deps.len();
+    // Each task's consumers, flat as `deps` is.
+    let mut count = vec![0u32; n + 1];
+    for &d in &deps.list {
+        count[d as usize + 1] += 1;
+    }
+    for i in 0..n {
+        count[i + 1] += count[i];
+    }
+    let mut fill = count.clone();
+    let mut consumers = vec![0u32; deps.list.len()];
+    let mut waiting: Vec<u32> = vec![0; n];
+    for (i, wait) in waiting.iter_mut().enumerate() {
+        for d in deps.of(i) {
+            consumers[fill[d] as usize] = i as u32;
+            fill[d] += 1;
+            *wait += 1;
+        }
+    }
+    drop(fill);
     let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).rev().collect();
     let mut order = Vec::with_capacity(n);
     while let Some(i) = ready.pop() {
         order.push(i);
-        for &c in &consumers[i] {
+        for &c in &consumers[count[i] as usize..count[i + 1] as usize] {
+            let c = c as usize;
             waiting[c] -= 1;
             if waiting[c] == 0 {
                 ready.push(c);
@@ -1005,9 +1105,9 @@ fn topological_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
     let mut at = (0..n).find(|&i| waiting[i] > 0).expect("some task is left");
     let mut path = vec![at];
     loop {
-        at = *deps[at]
-            .iter()
-            .find(|&&d| waiting[d] > 0)
+        at = deps
+            .of(at)
+            .find(|&d| waiting[d] > 0)
             .expect("an unfinished task waits on an unfinished task");
         if let Some(pos) = path.iter().position(|&p| p == at) {
             let mut cycle: Vec<usize> = path[pos..].to_vec();

@@ -160,10 +160,6 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             stagehost::journal::Journaling::new(
                 progress,
                 j,
-                workflow
-                    .tasks
-                    .iter()
-                    .map(|t| (t.name.as_str(), t.command.as_str())),
                 registry
                     .executors
                     .iter()

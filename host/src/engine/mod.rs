@@ -326,6 +326,9 @@ impl Engine {
         let stdout = spec.stdout.as_ref().map(&mut future_for);
         let stderr = spec.stderr.as_ref().map(&mut future_for);
         let (report_tx, report_rx) = watch::channel(None);
+        if let Body::Command(cmd) = &spec.body {
+            self.inner.observer.command_submitted(&spec.name, cmd);
+        }
         self.inner.observer.task_submitted(&spec.name);
         let handle = TaskHandle {
             name: spec.name.clone(),
