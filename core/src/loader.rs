@@ -33,7 +33,8 @@ use abi_stable::library::{
 };
 use sha2::{Digest, Sha256};
 use stagehost_plugin_api::abi::capability::{
-    CapabilityExport, CapabilityTable, ListV1, StatV1, EXPORT_MAGIC, EXPORT_SYMBOL_WITH_NUL,
+    CapabilityExport, CapabilityTable, ListV1, SchemesV1, StatV1, EXPORT_MAGIC,
+    EXPORT_SYMBOL_WITH_NUL,
 };
 use stagehost_plugin_api::abi::{v0_1_0, PluginModRef, ProviderBox, API_VERSION};
 use stagehost_plugin_api::StageError;
@@ -63,6 +64,8 @@ pub struct LoadedPlugin {
     pub stat: Option<&'static StatV1>,
     /// Its `list` capability, version 1.
     pub list: Option<&'static ListV1>,
+    /// Its `schemes` capability, version 1.
+    pub claimed_schemes: Option<&'static SchemesV1>,
     /// The descriptor the library was mapped from; never closed.
     file: ManuallyDrop<std::fs::File>,
     sha256: OnceLock<Result<String, String>>,
@@ -338,6 +341,7 @@ fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
         capabilities: capabilities.names,
         stat: capabilities.stat,
         list: capabilities.list,
+        claimed_schemes: capabilities.schemes,
         file,
         sha256: OnceLock::new(),
         module,
@@ -350,6 +354,7 @@ struct Capabilities {
     names: Vec<String>,
     stat: Option<&'static StatV1>,
     list: Option<&'static ListV1>,
+    schemes: Option<&'static SchemesV1>,
 }
 
 impl Capabilities {
@@ -406,11 +411,17 @@ impl Capabilities {
         let offered = module.offered.as_slice();
         let stat = StatV1::find(offered).map_err(LoadError)?;
         let list = ListV1::find(offered).map_err(LoadError)?;
+        let schemes = SchemesV1::find(offered).map_err(LoadError)?;
         let mut names: Vec<String> = offered.iter().map(|c| c.id.to_string()).collect();
         names.sort();
         names.dedup();
         (module.accept_host)(host.into());
-        Ok(Capabilities { names, stat, list })
+        Ok(Capabilities {
+            names,
+            stat,
+            list,
+            schemes,
+        })
     }
 }
 

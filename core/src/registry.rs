@@ -62,6 +62,38 @@ pub struct ProviderInstance {
     pub(crate) label: Arc<str>,
     /// `secrets`, longest first, as a scrub wants them (shared the same way).
     pub(crate) secrets_longest_first: Arc<[String]>,
+    /// The only schemes it ever claims, when its plugin offers the `schemes`
+    /// capability: for any other, `can_stage_in`/`can_stage_out` are `false` without a
+    /// call.
+    claims_only: Option<Box<[Box<str>]>>,
+}
+
+/// What `provider`'s `schemes` capability says, asked once as the instance is made;
+/// `None` (every file is asked about) when its plugin does not offer it or the call
+/// fails.
+fn claimed_schemes(
+    name: &str,
+    plugin: &LoadedPlugin,
+    provider: &ProviderBox,
+) -> Option<Box<[Box<str>]>> {
+    let table = plugin.claimed_schemes?;
+    match (table.schemes)(provider).into_result() {
+        // This instance makes no promise.
+        Ok(schemes) if schemes.is_empty() => None,
+        Ok(schemes) => Some(
+            schemes
+                .into_iter()
+                .map(|s| s.as_str().to_ascii_lowercase().into_boxed_str())
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::warn!(
+                "provider {name:?}: its schemes capability failed ({}); every file is asked about",
+                StageError::from(e)
+            );
+            None
+        }
+    }
 }
 
 /// The longest first: a secret that contains another is scrubbed whole.
@@ -106,8 +138,18 @@ impl PlanningCall {
 }
 
 impl ProviderInstance {
+    /// Whether the instance may claim `file` at all: `false` for a scheme outside the
+    /// ones its `schemes` capability named.
+    fn may_claim(&self, file: &File) -> bool {
+        self.claims_only
+            .as_ref()
+            .is_none_or(|schemes| schemes.iter().any(|s| **s == *file.scheme()))
+    }
     /// The provider's `can_stage_in`.
     pub fn can_stage_in(&self, file: &File) -> Result<bool, StageError> {
+        if !self.may_claim(file) {
+            return Ok(false);
+        }
         self.provider
             .can_stage_in(file)
             .into_result()
@@ -115,6 +157,9 @@ impl ProviderInstance {
     }
     /// The provider's `can_stage_out`.
     pub fn can_stage_out(&self, file: &File) -> Result<bool, StageError> {
+        if !self.may_claim(file) {
+            return Ok(false);
+        }
         self.provider
             .can_stage_out(file)
             .into_result()
@@ -374,6 +419,7 @@ impl Registry {
                         secrets: Arc::from(Vec::new()),
                         label: plugin.name.as_str().into(),
                         secrets_longest_first: Arc::from(Vec::new()),
+                        claims_only: claimed_schemes(&plugin.name, plugin, &provider),
                         name: plugin.name.clone(),
                         plugin: plugin.clone(),
                         provider,
@@ -614,6 +660,7 @@ fn build_instance(
     Ok(Arc::new(ProviderInstance {
         name: pc.name.clone(),
         label: pc.name.as_str().into(),
+        claims_only: claimed_schemes(&pc.name, &plugin, &provider),
         plugin,
         provider,
         secrets_longest_first: longest_first(&secrets),

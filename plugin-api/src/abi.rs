@@ -368,7 +368,8 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 ///   [`is_secret_name`](crate::display::is_secret_name)) are masked without it.
 /// - `capabilities: [stat, list]` offers [capabilities](crate::capability) the
 ///   provider implements (`stat` needs [`Stat`](crate::capability::Stat), `list`
-///   needs [`List`](crate::capability::List)).
+///   needs [`List`](crate::capability::List), `schemes` needs
+///   [`Schemes`](crate::capability::Schemes)).
 /// - `requires_host: [cached]` names host capabilities the plugin cannot work
 ///   without: a host that lacks one refuses the plugin with one line naming it.
 ///

@@ -27,6 +27,7 @@
 //! | `stat` | 1 | plugin offers | [`Stat`]: what one URL names, without moving its bytes |
 //! | `list` | 1 | plugin offers | [`List`]: the entries under a directory or prefix |
 //! | `cached` | 1 | host offers | [`Context::cached`](crate::Context::cached): the destination already held the current file |
+//! | `schemes` | 1 | plugin offers | [`Schemes`]: the only schemes an instance ever claims, so the host asks it about no other |
 //!
 //! Names without a dot are stagehost's. A third party that defines a capability of
 //! its own between its plugins and a host it ships names it with a dotted prefix of
@@ -127,6 +128,23 @@ pub trait Stat: Provider {
     /// The entry `file` names, or `None` when nothing exists there. The entry's `name`
     /// is empty. A server that refuses to say is an error, not `None`.
     fn stat(&self, ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError>;
+}
+
+/// The `schemes` capability, version 1: the only URL schemes an instance ever claims.
+/// The host asks once, when it makes the instance, and from then on decides for every
+/// other scheme itself: `can_stage_in` and `can_stage_out` are not called for a file
+/// whose scheme is not listed (choosing a provider among many then costs a string
+/// comparison per provider instead of a call across the library boundary).
+///
+/// A promise, not a hint: a provider that offers this answers `false` for every file
+/// of another scheme. Within its schemes, its own `can_stage_in` and `can_stage_out`
+/// still decide (and may refuse a file).
+pub trait Schemes: Provider {
+    /// The schemes, lowercase, as [`File::scheme`] gives them (`file` for a bare path).
+    /// An empty list makes no promise: the host asks this instance about every file
+    /// (a provider whose claims depend on its settings may promise for some instances
+    /// only).
+    fn schemes(&self) -> Vec<String>;
 }
 
 /// The `list` capability, version 1: the entries under a directory or prefix, in one

@@ -45,7 +45,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::capability::{Entry, List, Stat};
+use crate::capability::{Entry, List, Schemes, Stat};
 use crate::{display, Context, ErrorKind, File, Job, Provider, Settings, StageError, WorkPlace};
 
 /// What a provider that moves bytes implements; [`TransferProvider`] makes it a
@@ -72,6 +72,12 @@ pub trait Transfer: Send + Sync + Sized + 'static {
             format!("{}: this provider cannot stat", file.redacted_url()),
         ))
     }
+    /// The `schemes` capability ([`Schemes`]): the only schemes [`Transfer::claims`]
+    /// ever says yes to; override it and list `schemes` in `export_provider!`'s
+    /// `capabilities`. The default, none, makes no promise.
+    fn schemes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The `list` capability ([`List`]): override it and list `list` in
     /// `export_provider!`'s `capabilities`. The default says the protocol cannot.
     fn list(
@@ -90,6 +96,12 @@ pub trait Transfer: Send + Sync + Sized + 'static {
 impl<T: Transfer> Stat for TransferProvider<T> {
     fn stat(&self, ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError> {
         self.0.stat(ctx, file)
+    }
+}
+
+impl<T: Transfer> Schemes for TransferProvider<T> {
+    fn schemes(&self) -> Vec<String> {
+        self.0.schemes()
     }
 }
 

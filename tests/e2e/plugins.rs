@@ -1375,3 +1375,48 @@ fn stat_and_ls_ask_the_chosen_provider_and_survive_a_broken_one() {
     assert_eq!(out.json()[0]["size"], 3);
     assert_eq!(out.json()[0]["provider"], "file");
 }
+
+#[test]
+fn a_provider_declaring_its_schemes_is_asked_only_about_files_of_them() {
+    // An instance whose `can_stage_in` panics, first in the order: declaring its
+    // schemes (the `schemes` capability), it is never asked about a local file, which
+    // the next provider stages; a file of its own scheme still reaches it. Without the
+    // declaration every file reaches it.
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.plugin_dir("plugins", &[&fixture("probe")]);
+    let input = sandbox.write("data/in.txt", "payload");
+    let config = |declared: bool| {
+        sandbox.write(
+            format!("site-{declared}.toml"),
+            format!(
+                "plugin_dirs = [{}]\n\n[[provider]]\nname = \"picky\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], declare_schemes = {declared}, panic_in = \"can_stage_in\" }}\n\n[[provider]]\nname = \"copier\"\nplugin = \"file\"\nsettings = {{ mode = \"copy\" }}\n\n[executor.local]\nworking_dir = \"wd-{declared}\"\nstaging = [\"picky\", \"copier\"]\n",
+                toml_path(&plugins)
+            ),
+        )
+    };
+    let stage = |cfg: &std::path::Path, url: &str| {
+        sandbox.run(&["--config", cfg.to_str().unwrap(), "stage", "in", url])
+    };
+    let declared = config(true);
+    let out = stage(&declared, input.to_str().unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("wd-true/in.txt")).unwrap(),
+        "payload"
+    );
+    let out = stage(&declared, "probe://h/x");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("can_stage_in: panicked"),
+        "{}",
+        out.stderr
+    );
+    let undeclared = config(false);
+    let out = stage(&undeclared, input.to_str().unwrap());
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("can_stage_in: panicked"),
+        "{}",
+        out.stderr
+    );
+}

@@ -201,6 +201,7 @@ pub const RELEASED_APIS: &[(&str, &str)] = &[
     ("0.1.3", "5b3ef108e6ece41a1e7738bc58a8c30d2531daa8"),
     ("0.1.4", "7e04764c3e78d3985ef877dab01414e306387f7a"),
     ("0.1.5", "cfb8a6a53194ca5be82481000eb8f4516344f851"),
+    ("0.1.6", "0eb34c8ddec49ffac47473ad19be71035c8f329e"),
 ];
 
 /// A plugin built against a released plugin-api (`version`, one of [`RELEASED_APIS`];

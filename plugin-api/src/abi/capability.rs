@@ -35,7 +35,7 @@ use abi_stable::type_layout::TypeLayout;
 use abi_stable::StableAbi;
 
 use super::{guarded, AbiContext, AbiError, ProviderAdapter, ProviderBox};
-use crate::capability::{Entry, EntryKind, List, Stat};
+use crate::capability::{Entry, EntryKind, List, Schemes, Stat};
 use crate::error::StageError;
 use crate::file::File;
 use crate::provider::{Context, Provider};
@@ -290,6 +290,20 @@ unsafe impl CapabilityTable for CachedV1 {
     const VERSION: u32 = 1;
 }
 
+/// `schemes`, version 1 (plugin → host): see [`Schemes`].
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct SchemesV1 {
+    /// The schemes the instance `provider` ever claims.
+    pub schemes: extern "C" fn(provider: &ProviderBox) -> RResult<RVec<RString>, AbiError>,
+}
+
+// SAFETY: released in plugin-api 0.1.7; never changed.
+unsafe impl CapabilityTable for SchemesV1 {
+    const NAME: &'static str = "schemes";
+    const VERSION: u32 = 1;
+}
+
 // ---------------------------------------------------------------------------------
 // The plugin side.
 
@@ -384,9 +398,26 @@ extern "C" fn list_v1<P: List>(
     })
 }
 
+extern "C" fn schemes_v1<P: Schemes>(provider: &ProviderBox) -> RResult<RVec<RString>, AbiError> {
+    guarded("schemes", || {
+        Ok(own::<P>(provider)?
+            .schemes()
+            .into_iter()
+            .map(RString::from)
+            .collect())
+    })
+}
+
 struct StatOf<P>(std::marker::PhantomData<P>);
 impl<P: Stat> StatOf<P> {
     const TABLE: StatV1 = StatV1 { stat: stat_v1::<P> };
+}
+
+struct SchemesOf<P>(std::marker::PhantomData<P>);
+impl<P: Schemes> SchemesOf<P> {
+    const TABLE: SchemesV1 = SchemesV1 {
+        schemes: schemes_v1::<P>,
+    };
 }
 
 struct ListOf<P>(std::marker::PhantomData<P>);
@@ -406,6 +437,10 @@ pub mod offer {
     /// `list` version 1 for `P`.
     pub fn list<P: List>() -> Capability {
         ListV1::offer(&ListOf::<P>::TABLE)
+    }
+    /// `schemes` version 1 for `P`.
+    pub fn schemes<P: Schemes>() -> Capability {
+        SchemesV1::offer(&SchemesOf::<P>::TABLE)
     }
 }
 

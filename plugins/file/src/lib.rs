@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use stagehost_plugin_api::capability::{Entry, EntryKind, List, Stat};
+use stagehost_plugin_api::capability::{Entry, EntryKind, List, Schemes, Stat};
 use stagehost_plugin_api::fs::{copy_atomically, link_atomically, LinkKind};
 use stagehost_plugin_api::walk::WalkKind;
 use stagehost_plugin_api::{Context, File, Job, Provider, Settings, StageError};
@@ -148,6 +148,12 @@ fn entry_of(name: String, meta: &std::fs::Metadata) -> Entry {
     entry
 }
 
+impl Schemes for FileProvider {
+    fn schemes(&self) -> Vec<String> {
+        vec!["file".into()]
+    }
+}
+
 impl Stat for FileProvider {
     fn stat(&self, _ctx: &Context<'_>, file: &File) -> Result<Option<Entry>, StageError> {
         let path = Path::new(file.path());
@@ -198,7 +204,7 @@ stagehost_plugin_api::export_provider! {
     name: "file",
     schemes: ["file"],
     description: "Local files: in place, or copied/linked into the working directory",
-    capabilities: [stat, list],
+    capabilities: [stat, list, schemes],
 }
 
 #[cfg(test)]

@@ -190,6 +190,10 @@ impl Transfer for FtpTransfer {
         Ok(self.claims_of(file))
     }
 
+    fn schemes(&self) -> Vec<String> {
+        vec!["ftp".into(), "ftps".into()]
+    }
+
     fn get(&self, file: &File) -> Result<Job, StageError> {
         Ok(self.job(file, Target::of(file)?, Direction::Get))
     }
@@ -837,7 +841,7 @@ stagehost_plugin_api::export_provider! {
     schemes: ["ftp", "ftps"],
     description: "FTP and FTPS (explicit TLS): binary RETR into the working directory with resume, STOR to a temporary name then rename for stage-out",
     secret_settings: ["password"],
-    capabilities: [stat, list],
+    capabilities: [stat, list, schemes],
 }
 
 #[cfg(test)]

@@ -203,6 +203,10 @@ impl Transfer for Http {
         self.claims_checked(file)
     }
 
+    fn schemes(&self) -> Vec<String> {
+        vec!["http".into(), "https".into()]
+    }
+
     fn get(&self, file: &File) -> Result<Job, StageError> {
         Ok(self.get_job(file))
     }
@@ -883,7 +887,7 @@ stagehost_plugin_api::export_provider! {
     schemes: ["http", "https"],
     description: "HTTP(S): GET into the working directory, PUT for stage-out; no error page or short body ever handed to a task",
     secret_settings: ["password", "headers"],
-    capabilities: [stat],
+    capabilities: [stat, schemes],
 }
 
 #[cfg(test)]

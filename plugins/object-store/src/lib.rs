@@ -216,6 +216,10 @@ impl Transfer for Stores {
         Ok(self.claims_of(file))
     }
 
+    fn schemes(&self) -> Vec<String> {
+        vec!["s3".into(), "az".into(), "gs".into()]
+    }
+
     fn get(&self, file: &File) -> Result<Job, StageError> {
         Target::of(file)?;
         Ok(self.job(file, true))
@@ -795,7 +799,7 @@ stagehost_plugin_api::export_provider! {
     name: "object-store",
     schemes: ["s3", "gs", "az"],
     description: "s3://, gs:// and az:// objects: parallel ranged GETs, multipart uploads aborted on failure, checksums and MD5 ETags checked, unchanged objects not moved again",
-    capabilities: [stat, list],
+    capabilities: [stat, list, schemes],
 }
 
 #[cfg(test)]

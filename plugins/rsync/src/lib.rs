@@ -214,6 +214,15 @@ impl Transport for Rsync {
         self.mode
     }
 
+    fn schemes(&self) -> Vec<String> {
+        // `file` URLs only with a host to reach them on.
+        let mut schemes = vec!["rsync".to_owned()];
+        if self.host.is_some() {
+            schemes.push("file".into());
+        }
+        schemes
+    }
+
     fn claims(&self, file: &File) -> Result<bool, StageError> {
         Ok(self.claims_of(file))
     }
@@ -708,7 +717,7 @@ stagehost_plugin_api::export_provider! {
     name: "rsync",
     schemes: ["file", "rsync"],
     description: "rsync: file URLs on a configured host over ssh, and rsync:// daemons; in-task steps as Parsl's RSyncStaging",
-    capabilities: [stat, list],
+    capabilities: [stat, list, schemes],
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use stagehost_plugin_api::capability::{Entry, List, Stat};
+use stagehost_plugin_api::capability::{Entry, List, Schemes, Stat};
 use stagehost_plugin_api::net::seconds;
 use stagehost_plugin_api::{Context, ErrorKind, File, Job, Provider, Settings, StageError};
 
@@ -160,6 +160,12 @@ fn dos_time((y, mo, d, h, mi, s): (u16, u8, u8, u8, u8, u8)) -> Option<std::time
     u64::try_from(secs)
         .ok()
         .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
+impl Schemes for ZipProvider {
+    fn schemes(&self) -> Vec<String> {
+        vec!["zip".into()]
+    }
 }
 
 impl Stat for ZipProvider {
@@ -357,7 +363,7 @@ stagehost_plugin_api::export_provider! {
     name: "zip",
     schemes: ["zip"],
     description: "zip:/path/archive.zip/member: members extracted for stage-in and added for stage-out, under a lock, crash-safe",
-    capabilities: [stat, list],
+    capabilities: [stat, list, schemes],
 }
 
 #[cfg(test)]
