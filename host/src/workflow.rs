@@ -28,9 +28,10 @@ pub struct TaskDef {
     pub name: String,
     /// Shell command.
     pub command: String,
-    /// Executor label (default `local`).
-    #[serde(default = "default_executor")]
-    pub executor: String,
+    /// Executor label (default `local`, which costs no allocation: a workflow may
+    /// hold 100,000 tasks).
+    #[serde(default = "default_executor", deserialize_with = "executor_label")]
+    pub executor: std::borrow::Cow<'static, str>,
     /// Inputs: URLs/paths, or `{ task = "name", output = i }`.
     #[serde(default)]
     pub inputs: Vec<InputDef>,
@@ -64,8 +65,20 @@ pub enum ContentHash {
     Sha256,
 }
 
-fn default_executor() -> String {
-    crate::config::DEFAULT_EXECUTOR.to_owned()
+fn default_executor() -> std::borrow::Cow<'static, str> {
+    std::borrow::Cow::Borrowed(crate::config::DEFAULT_EXECUTOR)
+}
+
+/// An executor label as written; the default's name shares the default's text.
+fn executor_label<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::borrow::Cow<'static, str>, D::Error> {
+    let label = String::deserialize(d)?;
+    Ok(if label == crate::config::DEFAULT_EXECUTOR {
+        default_executor()
+    } else {
+        std::borrow::Cow::Owned(label)
+    })
 }
 
 /// One input of a task.
@@ -254,69 +267,164 @@ impl<'t> Positions<'t> {
     }
 }
 
-/// Where each top-level `[[task]]` header line starts, when the text is a plain list
-/// of task tables (only blank lines and comments before the first header).
-fn task_table_starts(text: &str) -> Option<Vec<usize>> {
-    let mut starts = Vec::new();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let code = line.split('#').next().unwrap_or_default();
-        let mut bare = code.chars().filter(|c| !c.is_whitespace());
-        if bare.clone().eq("[[task]]".chars()) {
-            starts.push(offset);
-        } else if starts.is_empty() && bare.next().is_some() {
-            return None;
-        }
-        offset += line.len();
-    }
-    Some(starts)
+/// Whether `line` is a `[[task]]` header, and whether it holds anything but blanks
+/// and a comment.
+fn header_or_code(line: &str) -> (bool, bool) {
+    let code = line.split('#').next().unwrap_or_default();
+    let mut bare = code.chars().filter(|c| !c.is_whitespace());
+    (bare.clone().eq("[[task]]".chars()), bare.next().is_some())
 }
 
 /// Tasks and the line and column each is written at.
 type Parsed = (Vec<TaskDef>, Vec<(u32, u32)>);
 
-/// The tasks and their positions, parsed one `[[task]]` table at a time; `None` when
-/// the text is not a plain list of tables or a table does not parse on its own.
-fn parse_by_table(text: &str, lines: &mut Positions<'_>) -> Option<Parsed> {
-    let starts = task_table_starts(text)?;
-    let mut tasks = Vec::with_capacity(starts.len());
-    let mut positions = Vec::with_capacity(starts.len());
-    for (k, &start) in starts.iter().enumerate() {
-        let end = starts.get(k + 1).copied().unwrap_or(text.len());
-        let file: WorkflowFile = toml::from_str(&text[start..end]).ok()?;
+/// The tasks and their positions, read from `text` one `[[task]]` table at a time:
+/// only the table being parsed is held, never the whole text or a document tree of
+/// it. `None` when the text is not a plain list of tables (anything but blank lines
+/// and comments before the first header) or a table does not parse on its own.
+fn parse_by_table(text: &mut dyn std::io::BufRead) -> std::io::Result<Option<Parsed>> {
+    let (mut tasks, mut positions) = (Vec::new(), Vec::new());
+    let mut line = String::new();
+    // The table being read and the 0-based line it starts on.
+    let (mut table, mut table_line) = (String::new(), 0usize);
+    let mut line_no = 0usize;
+    let mut seen_header = false;
+    let mut parse = |table: &str, table_line: usize| -> Option<()> {
+        let file: WorkflowFile = toml::from_str(table).ok()?;
+        let mut at = Positions::new(table);
         for t in file.task {
-            positions.push(lines.position(start + t.span().start));
+            let (l, column) = at.position(t.span().start);
+            let l = u32::try_from(table_line)
+                .unwrap_or(u32::MAX)
+                .saturating_add(l);
+            positions.push((l, column));
             tasks.push(t.into_inner());
         }
+        Some(())
+    };
+    loop {
+        line.clear();
+        let end = text.read_line(&mut line)? == 0;
+        let (header, code) = if end {
+            (false, false)
+        } else {
+            header_or_code(&line)
+        };
+        if (end || header) && seen_header && parse(&table, table_line).is_none() {
+            return Ok(None);
+        }
+        if end {
+            break;
+        }
+        if header {
+            seen_header = true;
+            table.clear();
+            table_line = line_no;
+        } else if !seen_header && code {
+            return Ok(None);
+        }
+        if seen_header {
+            table.push_str(&line);
+        }
+        line_no += 1;
     }
-    Some((tasks, positions))
+    tasks.shrink_to_fit();
+    positions.shrink_to_fit();
+    Ok(Some((tasks, positions)))
+}
+
+/// Each task's index by name: four bytes a task (a map of names to indices costs
+/// about eight times that, and a workflow may hold 100,000 tasks).
+pub struct NameIndex<'w> {
+    tasks: &'w [TaskDef],
+    table: hashbrown::HashTable<u32>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<'w> NameIndex<'w> {
+    /// The index of `tasks`; with `unique`, `Err((i, first))` when task `i` has the
+    /// name of task `first` (else the first of a name wins).
+    fn build(tasks: &'w [TaskDef], unique: bool) -> Result<NameIndex<'w>, (usize, usize)> {
+        let mut index = NameIndex {
+            tasks,
+            table: hashbrown::HashTable::with_capacity(tasks.len()),
+            hasher: Default::default(),
+        };
+        for (i, t) in tasks.iter().enumerate() {
+            let hash = index.hash(&t.name);
+            match index.table.entry(
+                hash,
+                |&j| tasks[j as usize].name == t.name,
+                |&j| {
+                    std::hash::BuildHasher::hash_one(&index.hasher, tasks[j as usize].name.as_str())
+                },
+            ) {
+                hashbrown::hash_table::Entry::Occupied(first) if unique => {
+                    return Err((i, *first.get() as usize))
+                }
+                hashbrown::hash_table::Entry::Occupied(_) => {}
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(i as u32);
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    fn hash(&self, name: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, name)
+    }
+
+    /// The index of the task named `name`.
+    pub fn get(&self, name: &str) -> Option<usize> {
+        self.table
+            .find(self.hash(name), |&j| self.tasks[j as usize].name == name)
+            .map(|&j| j as usize)
+    }
+
+    /// The index of the task named `name`, which [`Workflow::check`] found.
+    pub fn of(&self, name: &str) -> usize {
+        self.get(name)
+            .unwrap_or_else(|| panic!("a checked workflow has a task named {name:?}"))
+    }
 }
 
 impl Workflow {
-    /// Reads and parses `path`.
+    /// Reads and parses `path`. A plain list of `[[task]]` tables is read one table at
+    /// a time (a workflow may hold 100,000 tasks: memory holds the tasks, not the text
+    /// as well); anything else is read whole and parsed as [`Workflow::parse`] does.
     pub fn load(path: &Path) -> Result<Workflow, WorkflowError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             WorkflowError(format!("{}: cannot read the workflow: {e}", path.display()))
-        })?;
-        Workflow::parse(&text, path)
+        };
+        let file = std::fs::File::open(path).map_err(unreadable)?;
+        let parsed = parse_by_table(&mut std::io::BufReader::with_capacity(64 << 10, file))
+            .map_err(unreadable)?;
+        match parsed {
+            Some((tasks, positions)) => Ok(Workflow::new(path, tasks, positions)),
+            None => {
+                let text = std::fs::read_to_string(path).map_err(unreadable)?;
+                Workflow::parse(&text, path)
+            }
+        }
     }
 
     /// Parses `text`, which came from `path` (relative paths in it are resolved against
     /// `path`'s directory).
     ///
-    /// A workflow may hold 100,000 tasks: a file that is a plain list of `[[task]]`
-    /// tables is parsed one table at a time, so memory holds the text and the tasks,
-    /// never a document tree of the whole file. Anything else (or a table that does not
-    /// parse alone, such as a multi-line string holding a `[[task]]` line) is parsed
-    /// whole, which also gives the exact error.
+    /// A file that is a plain list of `[[task]]` tables is parsed one table at a time,
+    /// never as a document tree of the whole file. Anything else (or a table that does
+    /// not parse alone, such as a multi-line string holding a `[[task]]` line) is
+    /// parsed whole, which also gives the exact error.
     pub fn parse(text: &str, path: &Path) -> Result<Workflow, WorkflowError> {
-        let mut lines = Positions::new(text);
-        let (tasks, positions) = match parse_by_table(text, &mut lines) {
+        let by_table = parse_by_table(&mut text.as_bytes()).ok().flatten();
+        let (tasks, positions) = match by_table {
             Some(parsed) => parsed,
             None => {
                 let file: WorkflowFile = toml::from_str(text).map_err(|e| {
                     WorkflowError(toml_error_line(&path.display().to_string(), text, &e))
                 })?;
+                let mut lines = Positions::new(text);
                 file.task
                     .into_iter()
                     .map(|t| (lines.position(t.span().start), t.into_inner()))
@@ -324,18 +432,22 @@ impl Workflow {
                     .unzip()
             }
         };
+        Ok(Workflow::new(path, tasks, positions))
+    }
+
+    fn new(path: &Path, tasks: Vec<TaskDef>, positions: Vec<(u32, u32)>) -> Workflow {
         let text_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let text_dir = std::path::absolute(&text_dir).unwrap_or(text_dir);
-        Ok(Workflow {
+        Workflow {
             path: path.to_path_buf(),
             tasks,
             positions,
             shown_path: path.display().to_string(),
             text_dir,
-        })
+        }
     }
 
     /// Where task `index` is written, as `file:line:column`.
@@ -392,18 +504,15 @@ impl Workflow {
     /// Checks names, executors, references, cycles and commands; returns the task
     /// indices in an order where every producer comes before its consumers.
     pub fn check(&self, executors: &[&str]) -> Result<Vec<usize>, WorkflowError> {
-        let mut by_name: HashMap<&str, usize> = HashMap::new();
-        for (i, t) in self.tasks.iter().enumerate() {
-            if t.name.is_empty() {
-                return Err(self.err(i, "a task needs a non-empty name".into()));
-            }
-            if let Some(first) = by_name.insert(&t.name, i) {
-                return Err(self.err(
-                    i,
-                    format!("the name is used twice (first at {})", self.location(first)),
-                ));
-            }
+        if let Some(i) = self.tasks.iter().position(|t| t.name.is_empty()) {
+            return Err(self.err(i, "a task needs a non-empty name".into()));
         }
+        let by_name = NameIndex::build(&self.tasks, true).map_err(|(i, first)| {
+            self.err(
+                i,
+                format!("the name is used twice (first at {})", self.location(first)),
+            )
+        })?;
         let mut deps = Deps::with_tasks(self.tasks.len());
         let mut writers: HashMap<String, usize> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
@@ -420,7 +529,7 @@ impl Workflow {
                     ),
                 ));
             }
-            if !executors.contains(&t.executor.as_str()) {
+            if !executors.contains(&&*t.executor) {
                 // A task without `executor =` runs on "local", which a config that
                 // declares executors of its own has only if it declares it too.
                 let hint = if t.executor == crate::config::DEFAULT_EXECUTOR {
@@ -463,7 +572,7 @@ impl Workflow {
                         }
                     }
                     InputDef::Output { task, output } => {
-                        let Some(&producer) = by_name.get(task.as_str()) else {
+                        let Some(producer) = by_name.get(task) else {
                             return Err(self.err(
                                 i,
                                 format!("input {n} names task {task:?}, which does not exist"),
@@ -538,12 +647,9 @@ impl Workflow {
     }
 
     /// Each task's index by name.
-    pub fn name_index(&self) -> HashMap<&str, usize> {
-        self.tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i))
-            .collect()
+    pub fn name_index(&self) -> NameIndex<'_> {
+        // Names are unique in a checked workflow; in one that is not, the first wins.
+        NameIndex::build(&self.tasks, false).expect("a build that keeps the first never stops")
     }
 
     /// Submits every task in `order` (from [`Workflow::check`]) to `engine`.
@@ -569,13 +675,13 @@ impl Workflow {
         &self,
         i: usize,
         handles: &[Option<TaskHandle>],
-        index: &HashMap<&str, usize>,
+        index: &NameIndex<'_>,
     ) -> Result<TaskSpec, WorkflowError> {
         let producers: Vec<usize> = self.tasks[i]
             .inputs
             .iter()
             .filter_map(|input| match input {
-                InputDef::Output { task, .. } => Some(index[task.as_str()]),
+                InputDef::Output { task, .. } => Some(index.of(task)),
                 InputDef::Url(_) | InputDef::Mirrors(_) => None,
             })
             .collect();
@@ -593,7 +699,7 @@ impl Workflow {
         let t = &self.tasks[i];
         let file = |url: &str| self.file(url).map_err(|e| self.err(i, e));
         let mut spec = TaskSpec::command(&t.name, &t.command)
-            .executor(&t.executor)
+            .executor(&*t.executor)
             .retries(t.retries);
         if let Some(secs) = t.timeout_secs {
             spec = spec.timeout(std::time::Duration::from_secs_f64(secs));
@@ -665,8 +771,8 @@ impl Workflow {
                     continue;
                 }
                 let Ok(file) = self.file(url) else { continue };
-                if seen.insert((t.executor.clone(), file.url().to_owned())) {
-                    out.entry(t.executor.clone()).or_default().push(file);
+                if seen.insert((t.executor.to_string(), file.url().to_owned())) {
+                    out.entry(t.executor.to_string()).or_default().push(file);
                 }
             }
         }
@@ -695,7 +801,7 @@ impl Workflow {
                 producers.begin(i);
                 for input in &t.inputs {
                     if let InputDef::Output { task, .. } = input {
-                        producers.push(index[task.as_str()]);
+                        producers.push(index.of(task));
                     }
                 }
             }
@@ -795,7 +901,7 @@ impl Workflow {
     pub fn files(
         &self,
         i: usize,
-        index: &HashMap<&str, usize>,
+        index: &NameIndex<'_>,
     ) -> Result<(Vec<File>, Vec<File>), WorkflowError> {
         let t = &self.tasks[i];
         let file = |url: &str| self.file(url).map_err(|e| self.err(i, e));
@@ -805,7 +911,7 @@ impl Workflow {
                 InputDef::Url(url) => file(url)?,
                 InputDef::Mirrors(urls) => file(&urls[0])?,
                 InputDef::Output { task, output } => {
-                    let producer = &self.tasks[index[task.as_str()]];
+                    let producer = &self.tasks[index.of(task)];
                     file(&producer.outputs[*output])?
                 }
             });
@@ -1187,6 +1293,28 @@ mod tests {
     }
 
     #[test]
+    fn a_name_used_twice_names_its_first_place_and_the_index_finds_each_task() {
+        let w = wf("[[task]]\nname = \"a\"\ncommand = \"true\"\n[[task]]\nname = \"b\"\ncommand = \"true\"\n[[task]]\nname = \"a\"\ncommand = \"true\"\n");
+        assert_eq!(
+            w.check(&["local"]).unwrap_err().to_string(),
+            "/w/flow.toml:7:1: task \"a\": the name is used twice (first at /w/flow.toml:1:1)"
+        );
+        // An index of a workflow with a name used twice keeps the first.
+        let index = w.name_index();
+        assert_eq!(
+            (index.get("a"), index.get("b"), index.get("c")),
+            (Some(0), Some(1), None)
+        );
+        let names: String = (0..500)
+            .map(|i| format!("[[task]]\nname = \"t{i}\"\ncommand = \"true\"\n"))
+            .collect();
+        let w = wf(&names);
+        let index = w.name_index();
+        assert!((0..500).all(|i| index.get(&format!("t{i}")) == Some(i)));
+        assert_eq!(index.get("t500"), None);
+    }
+
+    #[test]
     fn producers_come_first_and_relative_paths_resolve_against_the_workflow() {
         let w = wf("[[task]]\nname = \"b\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"a\" }]\n[[task]]\nname = \"a\"\ncommand = \"echo > {outputs[0]}\"\noutputs = [\"out/a.txt\"]\n");
         assert_eq!(w.check(&["local"]).unwrap(), vec![1, 0]);
@@ -1206,17 +1334,30 @@ mod tests {
     #[test]
     fn a_plain_list_of_tables_parses_table_by_table_with_exact_positions() {
         let text = "# a comment\n\n[[task]]\nname = \"a\"\ncommand = \"true\"\n\n  [[ task ]] # b\nname = \"b\"\ncommand = \"x\"\ninputs = [{ task = \"a\" }]\n";
-        assert_eq!(task_table_starts(text), Some(vec![13, 51]));
+        let (tasks, positions) = parse_by_table(&mut text.as_bytes()).unwrap().unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(positions, [(3, 1), (7, 3)]);
         let w = wf(text);
         assert_eq!(w.tasks.len(), 2);
         assert_eq!(w.location(1), "/w/flow.toml:7:3");
+        // Read from a file, one table at a time: the same tasks and places.
+        let dir = std::env::temp_dir().join(format!("stagehost-wf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flow.toml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = Workflow::load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(loaded.tasks.len(), 2);
+        assert_eq!(loaded.positions, [(3, 1), (7, 3)]);
         // A multi-line string holding a header line: the whole text is parsed at once.
         let tricky = "[[task]]\nname = \"a\"\ncommand = '''\n[[task]]\n'''\n";
         let w = wf(tricky);
         assert_eq!(w.tasks.len(), 1);
         assert_eq!(w.tasks[0].command, "[[task]]\n");
         // Top-level content before the first table: parsed whole, with the exact error.
-        assert!(task_table_starts("x = 1\n[[task]]\n").is_none());
+        assert!(parse_by_table(&mut "x = 1\n[[task]]\n".as_bytes())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

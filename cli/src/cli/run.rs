@@ -456,7 +456,7 @@ fn write_report(
 fn task_files(
     workflow: &Workflow,
     i: usize,
-    index: &std::collections::HashMap<&str, usize>,
+    index: &stagehost::workflow::NameIndex<'_>,
 ) -> Result<Vec<(Direction, stagehost::File)>, CliError> {
     let (ins, outs) = workflow
         .files(i, index)
@@ -873,7 +873,7 @@ fn dry_run_resume(
     for &i in order {
         let task = &workflow.tasks[i];
         let producer_runs = task.inputs.iter().find_map(|input| match input {
-            stagehost::workflow::InputDef::Output { task: p, .. } if runs[index[p.as_str()]] => {
+            stagehost::workflow::InputDef::Output { task: p, .. } if runs[index.of(p)] => {
                 Some(p.as_str())
             }
             _ => None,
