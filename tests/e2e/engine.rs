@@ -1426,3 +1426,68 @@ fn a_report_needs_no_usable_tmpdir_and_an_unwritable_one_is_refused_before_the_r
     );
     assert!(!marker.exists(), "no task ran");
 }
+
+#[test]
+fn a_report_never_replaces_a_file_of_the_run_and_a_path_it_cannot_use_is_told_before_the_run() {
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
+    let marker = sandbox.join("ran");
+    let input = sandbox.write("data/in.txt", "the input\n");
+    let output = sandbox.write("data/out.txt", "an earlier output\n");
+    let text = format!(
+        "[[task]]\nname = \"s\"\ncommand = \"touch {} && cp {} {}\"\ninputs = [{}]\noutputs = [{}]\n",
+        marker.display(),
+        input.display(),
+        output.display(),
+        toml_path(&input),
+        toml_path(&output)
+    );
+    let flow = sandbox.write("flow.toml", &text);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        sandbox.run(&args)
+    };
+    let refused = |extra: &[&str], why: &str| {
+        let out = run(extra);
+        assert_eq!(out.code, Some(2), "{extra:?}: {}", out.stderr);
+        assert!(out.stderr.contains(why), "{extra:?}: {}", out.stderr);
+        assert!(!marker.exists(), "{extra:?}: no task ran");
+    };
+    // The workflow, an input and an output, named directly or by another spelling.
+    let flow_path = flow.to_str().unwrap();
+    refused(&["--report", flow_path], "the workflow file");
+    let through_dot = sandbox.join("data/./in.txt");
+    refused(
+        &["--report", through_dot.to_str().unwrap()],
+        "an input of task \"s\" (",
+    );
+    std::os::unix::fs::symlink(sandbox.join("data"), sandbox.join("link")).unwrap();
+    let through_link = sandbox.join("link/out.txt");
+    refused(
+        &["--report", through_link.to_str().unwrap()],
+        "an output of task \"s\" (",
+    );
+    assert_eq!(read(&flow), text);
+    assert_eq!(read(&input), "the input\n");
+    assert_eq!(read(&output), "an earlier output\n");
+    // A directory that is not there is named, with what to do.
+    let missing = sandbox.join("reports/run.json");
+    refused(
+        &["--report", missing.to_str().unwrap()],
+        "does not exist; create it first",
+    );
+    // A report of a dry run is a contradiction, as clap tells it.
+    refused(&["--report", "r.json", "--dry-run"], "cannot be used with");
+    // And a report elsewhere is written as before.
+    let report = sandbox.join("report.json");
+    let out = run(&["--report", report.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(read(&report).contains("\"succeeded\": 1"));
+    assert_eq!(read(&output), "the input\n");
+}

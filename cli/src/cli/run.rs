@@ -18,7 +18,7 @@ pub struct RunArgs {
     #[arg(value_name = "WORKFLOW")]
     workflow: PathBuf,
     /// Write a JSON report (tasks, files, providers, bytes, times, errors); `-` for stdout
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
     report: Option<PathBuf>,
     /// Print which provider would stage every file, and how; move nothing. With
     /// --resume, say which tasks would run and why
@@ -99,8 +99,11 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     // provider missing from the order) is found now, not when its task comes up.
     preflight(registry, &workflow, &order)?;
     // A report that cannot be written is a usage error found now, not after the run.
-    let report_dir = match args.report.as_ref().filter(|p| p.as_os_str() != "-") {
-        Some(path) => Some(check_report_path(path)?),
+    let report_dir = match args.report.as_ref() {
+        // (A process started with stdout closed finds /dev/null there: Rust's runtime
+        // puts it on descriptors 0 to 2 before `main`, so no file ever takes them.)
+        Some(path) if path.as_os_str() == "-" => None,
+        Some(path) => Some(check_report_path(path, &workflow)?),
         None => None,
     };
     let mut transfers = config.transfers.clone();
@@ -364,7 +367,10 @@ enum ReportError {
 /// Checks, before the run, that a report could be written at `path`: into it when it
 /// is a device, a FIFO or a socket, else as a new file in its directory, which is
 /// returned (where the report's spool may go).
-fn check_report_path(path: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
+fn check_report_path(
+    path: &std::path::Path,
+    workflow: &Workflow,
+) -> Result<std::path::PathBuf, CliError> {
     use std::os::unix::ffi::OsStrExt;
     let bad =
         |why: String| CliError::Config(ConfigError(format!("--report {}: {why}", path.display())));
@@ -395,13 +401,70 @@ fn check_report_path(path: &std::path::Path) -> Result<std::path::PathBuf, CliEr
         }
         _ => {}
     }
+    if !dir.exists() {
+        return Err(bad(format!(
+            "the directory {} does not exist; create it first (mkdir -p), or name another path",
+            dir.display()
+        )));
+    }
     if !dir.is_dir() {
         return Err(bad(format!("{} is not a directory", dir.display())));
+    }
+    // The report never replaces the workflow or a file the run reads or writes.
+    if let Some(what) = a_file_of_the_run(path, workflow) {
+        return Err(bad(format!(
+            "that is {what}; the report would replace it: name another path"
+        )));
     }
     // A file made and taken back where the report will go: what `access` cannot tell
     // (a read-only mount, a pseudo-filesystem, root's rights) shows here.
     drop(stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| bad(e.to_string()))?);
     Ok(dir)
+}
+
+/// What `path` is to the run, when it is the workflow file or a local file one of
+/// its tasks reads or writes (an input, an output, stdout or stderr).
+fn a_file_of_the_run(path: &std::path::Path, workflow: &Workflow) -> Option<String> {
+    let absolute = std::path::absolute(path).ok()?;
+    // Resolved once; another path is resolved only when its file name matches (a
+    // workflow may name 100,000 files).
+    let resolved = std::fs::canonicalize(path).ok();
+    let same = |other: &std::path::Path| {
+        std::path::absolute(other).is_ok_and(|o| o == absolute)
+            || other.file_name() == absolute.file_name()
+                && resolved.is_some()
+                && std::fs::canonicalize(other).ok() == resolved
+    };
+    if same(&workflow.path) {
+        return Some("the workflow file".into());
+    }
+    for (i, t) in workflow.tasks.iter().enumerate() {
+        let inputs = t.inputs.iter().filter_map(|input| match input {
+            stagehost::workflow::InputDef::Url(url) => Some(url),
+            stagehost::workflow::InputDef::Mirrors(urls) => urls.first(),
+            stagehost::workflow::InputDef::Output { .. } => None,
+        });
+        let written = t.outputs.iter().chain(&t.stdout).chain(&t.stderr);
+        for (what, url) in inputs
+            .map(|u| ("an input", u))
+            .chain(written.map(|u| ("an output", u)))
+        {
+            let Ok(file) = workflow.file(url) else {
+                continue;
+            };
+            if file.scheme() == "file"
+                && matches!(file.netloc(), "" | "localhost")
+                && same(std::path::Path::new(file.path()))
+            {
+                return Some(format!(
+                    "{what} of task {:?} ({})",
+                    t.name,
+                    workflow.location(i)
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Writes a report to `path` (`-`: stdout) through `write`, atomically for a file.
