@@ -28,6 +28,9 @@ struct ProviderRow {
     origin: &'static str,
     plugin: Option<String>,
     file: Option<String>,
+    /// The only schemes it claims, when its plugin's `schemes` capability promised
+    /// them (`null`: it is asked about every file).
+    claims_only: Option<Vec<String>>,
     status: &'static str,
     reason: Option<String>,
 }
@@ -110,6 +113,12 @@ fn listing(registry: &Registry, digests: bool) -> Listing {
                 .as_ref()
                 .ok()
                 .map(|p| p.plugin.path.display().to_string()),
+            claims_only: i
+                .status
+                .as_ref()
+                .ok()
+                .and_then(|p| p.claims_only())
+                .map(|s| s.map(str::to_owned).collect()),
             status: if i.status.is_ok() { "ready" } else { "failed" },
             reason: i.status.as_ref().err().cloned(),
         })
@@ -203,10 +212,14 @@ pub fn render_text(registry: &Registry) -> String {
     for p in &l.providers {
         let line = match &p.reason {
             None => format!(
-                "  {} ({}, {}): ready",
+                "  {} ({}, {}): ready{}",
                 p.name,
                 p.origin,
-                p.plugin.as_deref().unwrap_or("?")
+                p.plugin.as_deref().unwrap_or("?"),
+                p.claims_only
+                    .as_ref()
+                    .map(|s| format!(", claims only {}", s.join(", ")))
+                    .unwrap_or_default()
             ),
             Some(reason) => format!("  {} ({}): failed: {reason}", p.name, p.origin),
         };

@@ -138,6 +138,19 @@ impl PlanningCall {
 }
 
 impl ProviderInstance {
+    /// The only schemes this instance ever claims, when its plugin's `schemes`
+    /// capability promised them (`None`: it is asked about every file).
+    pub fn claims_only(&self) -> Option<impl Iterator<Item = &str>> {
+        self.claims_only.as_ref().map(|s| s.iter().map(|s| &**s))
+    }
+    /// The schemes this instance serves, as far as the host knows: its promise when
+    /// it made one, else the schemes its plugin names.
+    pub fn served_schemes(&self) -> Vec<&str> {
+        match self.claims_only() {
+            Some(promised) => promised.collect(),
+            None => self.plugin.schemes.iter().map(String::as_str).collect(),
+        }
+    }
     /// Whether the instance may claim `file` at all: `false` for a scheme outside the
     /// ones its `schemes` capability named.
     fn may_claim(&self, file: &File) -> bool {

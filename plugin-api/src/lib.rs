@@ -176,8 +176,9 @@
 //! every plugin built before (abi_stable refuses a library whose types are shorter
 //! than the host's). What a provider can do beyond them, and what the host can do for
 //! it, are [`capability`]s, each a name and a version: implement
-//! [`capability::Stat`] or [`capability::List`] and list them in
-//! `export_provider!` (`capabilities: [stat, list]`). A released capability version
+//! [`capability::Stat`], [`capability::List`] or [`capability::Schemes`] (the only
+//! schemes an instance claims, so the host asks it about no other file) and list them
+//! in `export_provider!` (`capabilities: [stat, list, schemes]`). A released capability version
 //! never changes; read [`capability`] for what one promises. A plugin built against a
 //! newer plugin-api loads in an older host of the same release line and works without
 //! the capabilities that host lacks, unless it lists them in `requires_host`, in which

@@ -1411,7 +1411,36 @@ fn a_provider_declaring_its_schemes_is_asked_only_about_files_of_them() {
         "{}",
         out.stderr
     );
+    // A scheme nobody claims is told with the schemes promised (the probe's plugin
+    // names only `file`; this instance promised `probe`).
+    let out = stage(&declared, "zz://h/x");
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("serve: file, probe"), "{}", out.stderr);
+    // `plugins list` shows each instance's promise.
+    let list = |cfg: &std::path::Path, json: bool| {
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "plugins", "list"];
+        if json {
+            args.push("--json");
+        }
+        sandbox.run(&args)
+    };
+    let providers = list(&declared, true).json()["providers"].clone();
+    let claims = |providers: &serde_json::Value, name: &str| {
+        providers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no provider {name}: {providers}"))["claims_only"]
+            .clone()
+    };
+    assert_eq!(claims(&providers, "picky"), serde_json::json!(["probe"]));
+    assert_eq!(claims(&providers, "copier"), serde_json::json!(["file"]));
+    let text = list(&declared, false).stdout;
+    assert!(text.contains("ready, claims only probe"), "{text}");
     let undeclared = config(false);
+    let providers = list(&undeclared, true).json()["providers"].clone();
+    assert_eq!(claims(&providers, "picky"), serde_json::Value::Null);
     let out = stage(&undeclared, input.to_str().unwrap());
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(

@@ -633,7 +633,7 @@ pub(super) fn served_schemes(registry: &Registry, executor: &str) -> String {
         .flat_map(|x| x.order.iter())
         .filter_map(|name| registry.instances.iter().find(|r| &r.name == name))
         .filter_map(|r| r.status.as_ref().ok())
-        .flat_map(|p| p.plugin.schemes.iter().map(String::as_str))
+        .flat_map(|p| p.served_schemes())
         .collect();
     schemes.sort_unstable();
     schemes.dedup();
