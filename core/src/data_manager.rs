@@ -202,6 +202,15 @@ pub struct DataManager {
     destinations: Mutex<HashMap<std::ffi::OsString, String, Fnv>>,
 }
 
+/// `<working_dir>/.stagehost/<hash of url>/<name>`: where a file lands when another
+/// URL has `<working_dir>/<name>`.
+fn hashed_destination(working_dir: &Path, url: &str, name: &str) -> PathBuf {
+    working_dir
+        .join(".stagehost")
+        .join(format!("{:016x}", fnv1a(url)))
+        .join(name)
+}
+
 /// FNV-1a as a `Hasher`, for the claims (not exposed to input an attacker could
 /// shape into collisions beyond their own workflow's URLs).
 #[derive(Default, Clone, Copy)]
@@ -280,7 +289,6 @@ impl StagingWork {
             )
         };
         let services = call_services(&self.provider, &self.executor, &self.file, opts);
-        let cached = services.cached.clone();
         let ctx = abi_context(
             services,
             &self.working_dir,
@@ -345,7 +353,7 @@ impl StagingWork {
             }
         }
         Ok(WorkDone {
-            cached: cached.load(std::sync::atomic::Ordering::Relaxed),
+            cached: ctx.cached(),
         })
     }
 }
@@ -425,23 +433,14 @@ fn call_services_on(
     file: &File,
     opts: &StageOptions,
 ) -> CallServices {
-    let from_url = crate::secrets::url_secrets(file.url());
-    let secrets = if from_url.is_empty() {
-        provider.secrets_longest_first.clone()
-    } else {
-        let mut secrets: Vec<String> = provider.secrets.to_vec();
-        secrets.extend(from_url);
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.into()
-    };
     CallServices {
-        secrets,
+        secrets: provider.secrets_longest_first.clone(),
         instance: provider.label.clone(),
         executor,
-        url: file.redacted_url().into(),
+        url: file.url().into(),
         cancel: opts.cancel.clone(),
         progress: opts.progress.clone(),
-        cached: Arc::default(),
+        cached: Default::default(),
     }
 }
 
@@ -613,15 +612,40 @@ impl DataManager {
     }
 
     /// The default destination of `file`: its `local_path` if set, else
-    /// `<working_dir>/<filename>` unless another URL already claimed that path. The
-    /// path is claimed for the file's URL in the same step, so two files planned at
-    /// once never get one destination; the flag says whether this call made the claim
-    /// (to be released if the provider leaves the file where it is).
-    fn default_destination(&self, working_dir: &Path, file: &File) -> (PathBuf, bool) {
+    /// `<working_dir>/<filename>` unless another URL already claimed that path, else
+    /// `<working_dir>/.stagehost/<hash of url>/<filename>`. Nothing is claimed: a
+    /// provider that places the file there claims it with [`DataManager::claim_at`],
+    /// which tells when another URL got there first.
+    fn default_destination(&self, working_dir: &Path, file: &File) -> PathBuf {
         if let Some(local) = file.local_path() {
-            return (local.to_path_buf(), false);
+            return local.to_path_buf();
         }
-        self.claim(working_dir, landing_name(file.filename()), file.url())
+        let name = landing_name(file.filename());
+        let plain = working_dir.join(name);
+        let claims = self
+            .destinations
+            .lock()
+            .expect("the claims lock is never poisoned");
+        match claims.get(plain.as_os_str()) {
+            Some(owner) if owner != file.url() => hashed_destination(working_dir, file.url(), name),
+            _ => plain,
+        }
+    }
+
+    /// Claims `path` for `url`, where a provider placed it: whether this call made the
+    /// claim (`false`: the URL had it already), or `None` when another URL has it.
+    fn claim_at(&self, path: &Path, url: &str) -> Option<bool> {
+        let mut claims = self
+            .destinations
+            .lock()
+            .expect("the claims lock is never poisoned");
+        match claims.get(path.as_os_str()) {
+            Some(owner) => (owner == url).then_some(false),
+            None => {
+                claims.insert(path.as_os_str().to_owned(), url.to_owned());
+                Some(true)
+            }
+        }
     }
 
     /// `<working_dir>/<name>` claimed for `url`, or, when another URL claimed it,
@@ -635,10 +659,7 @@ impl DataManager {
             .expect("the claims lock is never poisoned");
         match claims.get(plain.as_os_str()) {
             Some(owner) if owner != url => {
-                let hashed = working_dir
-                    .join(".stagehost")
-                    .join(format!("{:016x}", fnv1a(url)))
-                    .join(name);
+                let hashed = hashed_destination(working_dir, url, name);
                 let fresh = !claims.contains_key(hashed.as_os_str());
                 claims
                     .entry(hashed.clone().into_os_string())
@@ -653,8 +674,8 @@ impl DataManager {
         }
     }
 
-    /// Releases a claim made by [`DataManager::default_destination`] for a file that
-    /// was not placed there.
+    /// Releases a claim made by [`DataManager::claim_at`] for a file that may not be
+    /// placed there after all.
     fn release(&self, path: &Path, url: &str) {
         let mut claims = self
             .destinations
@@ -698,47 +719,76 @@ impl DataManager {
         let staging = self.executor(executor)?;
         let provider = Self::choose_in(staging, file, direction)?.clone();
         let working_dir: &Path = opts.working_dir.as_deref().unwrap_or(&staging.working_dir);
-        let (destination, fresh_claim) = match (&opts.destination, file.local_path()) {
-            (Some(chosen), None) => (chosen.clone(), false),
-            _ => self.default_destination(working_dir, file),
-        };
         let (first, second) = match direction {
             Direction::In => (PlanningCall::StageIn, PlanningCall::ReplaceTask),
             Direction::Out => (PlanningCall::StageOut, PlanningCall::ReplaceTaskStageOut),
         };
-        // One context serves both planning calls: they describe the same use of the file.
-        let ctx = abi_context(
-            call_services_on(&provider, staging.label.clone(), file, opts),
-            working_dir,
-            &destination,
-            opts.timeout.map(|t| SystemTime::now() + t),
-        )
-        .map_err(|e| provider_error(direction, file, &provider, executor, first.as_str(), e))?;
         // A stage-in verifies the checksum its URL names, after the last piece of work.
         let checksum = match direction {
             Direction::In => Checksum::from_url(file.url())
                 .map_err(|e| provider_error(direction, file, &provider, executor, "checksum", e))?,
             Direction::Out => None,
         };
-        let mut copy = file.clone();
-        let mut jobs = Vec::with_capacity(2);
-        for call in [first, second] {
-            let (next, job) = provider.plan(call, &ctx, copy).map_err(|e| {
-                if fresh_claim {
-                    self.release(&destination, file.url());
+        // The host's default destination is claimed for this URL only once a provider
+        // placed the file there (most local files are used where they are, and claim
+        // nothing); another URL that claimed it meanwhile means planning again, with
+        // the destination that rule now gives.
+        let claimable = opts.destination.is_none() && file.local_path().is_none();
+        let mut attempts = 0;
+        let mut copy;
+        let mut jobs: [Option<AbiJobBox>; 2];
+        let mut destination;
+        let fresh_claim = loop {
+            destination = match (&opts.destination, file.local_path()) {
+                (Some(chosen), None) => chosen.clone(),
+                _ => self.default_destination(working_dir, file),
+            };
+            // One context serves both planning calls: they describe the same use of
+            // the file.
+            let ctx = abi_context(
+                call_services_on(&provider, staging.label.clone(), file, opts),
+                working_dir,
+                &destination,
+                opts.timeout.map(|t| SystemTime::now() + t),
+            )
+            .map_err(|e| provider_error(direction, file, &provider, executor, first.as_str(), e))?;
+            copy = file.clone();
+            jobs = [None, None];
+            for (call, slot) in [first, second].into_iter().zip(&mut jobs) {
+                let (next, job) = provider.plan(call, &ctx, copy).map_err(|e| {
+                    provider_error(direction, file, &provider, executor, call.as_str(), e)
+                })?;
+                copy = next;
+                *slot = job;
+            }
+            if !(claimable && copy.local_path() == Some(destination.as_path())) {
+                break false;
+            }
+            match self.claim_at(&destination, file.url()) {
+                Some(fresh) => break fresh,
+                None if attempts < 3 => attempts += 1,
+                None => {
+                    return Err(provider_error(
+                        direction,
+                        file,
+                        &provider,
+                        executor,
+                        "planning",
+                        StageError::new(
+                            ErrorKind::Other,
+                            format!(
+                                "{} is claimed by another URL of this run, again and again; stage this file with a destination of its own",
+                                stagehost_plugin_api::display::path(&destination)
+                            ),
+                        ),
+                    ))
                 }
-                provider_error(direction, file, &provider, executor, call.as_str(), e)
-            })?;
-            copy = next;
-            jobs.push(job);
-        }
+            }
+        };
         // Where a staged file lands is the host's to decide: a provider may point the
         // task at the destination it was given, or leave the file where it is, and
         // nothing else. (A provider that picked a path of its own let two URLs share
         // one file, so one task read the other's bytes.)
-        if fresh_claim && copy.local_path() != Some(destination.as_path()) {
-            self.release(&destination, file.url());
-        }
         stagehost_plugin_api::landing::check_placement(copy.local_path(), &destination)
             .map_err(|e| provider_error(direction, file, &provider, executor, "planning", e))?;
         let placed = match file.local_path() {
@@ -779,10 +829,7 @@ impl DataManager {
                 let _ = std::fs::remove_file(&destination);
             }
         }
-        let (separate, in_task) = {
-            let mut jobs = jobs.into_iter();
-            (jobs.next().flatten(), jobs.next().flatten())
-        };
+        let [separate, in_task] = jobs;
         if let (Some(c), None, None) = (&checksum, &separate, &in_task) {
             // Nothing to move: the file is used where it is, and checked there.
             let path = copy
@@ -857,10 +904,9 @@ mod tests {
             destinations: Mutex::new(HashMap::default()),
         };
         for url in ["http://h/a/..", "http://h/a/.", "http://h/", "http://h"] {
-            let (dest, fresh) =
-                dm.default_destination(Path::new("/wd"), &File::parse(url).unwrap());
+            let dest = dm.default_destination(Path::new("/wd"), &File::parse(url).unwrap());
             assert_eq!(dest, Path::new("/wd/index"), "{url}");
-            assert!(fresh);
+            assert_eq!(dm.claim_at(&dest, url), Some(true));
             dm.release(&dest, url);
         }
     }
@@ -873,12 +919,22 @@ mod tests {
         };
         let a = File::parse("zip:/a.zip/data.txt").unwrap();
         let b = File::parse("zip:/b.zip/data.txt").unwrap();
-        let (da, _) = dm.default_destination(Path::new("/wd"), &a);
-        let (db, _) = dm.default_destination(Path::new("/wd"), &b);
-        let (da2, again) = dm.default_destination(Path::new("/wd"), &a);
-        assert_eq!(da, Path::new("/wd/data.txt"));
+        let wd = Path::new("/wd");
+        // Both see the plain destination before either is placed; the first to claim
+        // it has it, and the other is told, then given its own.
+        let (da, db) = (
+            dm.default_destination(wd, &a),
+            dm.default_destination(wd, &b),
+        );
+        assert_eq!((&da, &db), (&wd.join("data.txt"), &wd.join("data.txt")));
+        assert_eq!(dm.claim_at(&da, a.url()), Some(true));
+        assert_eq!(dm.claim_at(&db, b.url()), None, "another URL has it");
+        let db = dm.default_destination(wd, &b);
         assert_ne!(da, db);
-        assert_eq!((da2, again), (da, false), "one URL, one destination");
+        assert_eq!(dm.claim_at(&db, b.url()), Some(true));
+        let da2 = dm.default_destination(wd, &a);
+        assert_eq!(da2, da, "one URL, one destination");
+        assert_eq!(dm.claim_at(&da2, a.url()), Some(false));
     }
 
     #[test]

@@ -59,13 +59,17 @@ impl CancelFlag {
 pub(crate) struct CallServices {
     pub instance: Arc<str>,
     pub executor: Arc<str>,
-    pub url: Arc<str>,
+    /// The file's URL as given, credentials and all: never shown as it is (a log
+    /// line gets it redacted, and its credentials are scrubbed from the message).
+    /// Both are worked out when a line is logged, which few calls do.
+    pub url: Box<str>,
     pub cancel: CancelFlag,
     pub progress: Option<Arc<dyn ProgressSink>>,
-    /// Raised when the provider says the destination already held the file.
-    pub cached: Arc<AtomicBool>,
-    /// Scrubbed from every log line (the instance's secret settings, the URL's
-    /// credentials).
+    /// Raised when the provider says the destination already held the file (read
+    /// back through the call's context: [`CallContext::cached`]).
+    pub cached: AtomicBool,
+    /// Scrubbed from every log line, with the URL's credentials: the instance's
+    /// secret settings, longest first.
     pub secrets: Arc<[String]>,
 }
 
@@ -75,14 +79,22 @@ impl HostServices for CallServices {
             self.cached.store(true, Ordering::Relaxed);
             return;
         }
+        let from_url = crate::secrets::url_secrets(&self.url);
         let scrubbed;
-        let message = if self.secrets.is_empty() {
+        let message = if self.secrets.is_empty() && from_url.is_empty() {
             message.as_str()
-        } else {
+        } else if from_url.is_empty() {
             scrubbed = crate::secrets::scrub(message.as_str(), &self.secrets);
             scrubbed.as_str()
+        } else {
+            let mut secrets: Vec<String> = self.secrets.to_vec();
+            secrets.extend(from_url);
+            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+            scrubbed = crate::secrets::scrub(message.as_str(), &secrets);
+            scrubbed.as_str()
         };
-        let (provider, executor, file) = (&*self.instance, &*self.executor, &*self.url);
+        let url = stagehost_plugin_api::redact_url(&self.url);
+        let (provider, executor, file) = (&*self.instance, &*self.executor, url.as_str());
         match LogLevel::from_u8(level) {
             LogLevel::Error => {
                 tracing::error!(target: "stagehost::plugin", provider, executor, file, "{message}")
@@ -146,6 +158,17 @@ pub(crate) fn utf8_path<'p>(path: &'p Path, what: &str) -> Result<&'p str, Stage
 /// for its next call (a context is built for every file planned: its four strings
 /// are then written into kept buffers instead of allocated anew).
 pub(crate) struct CallContext(Option<AbiContext>);
+
+impl CallContext {
+    /// Whether the provider said, during this call, that the destination already
+    /// held the file.
+    pub(crate) fn cached(&self) -> bool {
+        self.services
+            .obj
+            .downcast_as::<CallServices>()
+            .is_ok_and(|s| s.cached.load(Ordering::Relaxed))
+    }
+}
 
 impl std::ops::Deref for CallContext {
     type Target = AbiContext;

@@ -485,7 +485,14 @@ fn a_dry_run_names_every_files_provider_and_moves_nothing() {
         &format!("[[provider]]\nname = \"p\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"probe\"], work = \"in-task\", count_file = {} }}\n[[provider]]\nname = \"file\"\nplugin = \"file\"\n[executor.local]\nworking_dir = \"wd\"\n", toml_path(&count)),
     );
     let flow = "[[task]]\nname = \"a\"\ncommand = \"true\"\ninputs = [\"probe://h/in.txt\", \"/etc/hostname\"]\noutputs = [\"probe://h/out.txt\"]\n";
-    let (out, _) = run_workflow(&sandbox, &cfg, flow, &["--dry-run"]);
+    let flow_path = sandbox.write("flow.toml", flow);
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow_path.to_str().unwrap(),
+        "--dry-run",
+    ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let wd = sandbox.join("wd");
     assert_eq!(
