@@ -251,7 +251,7 @@ pub struct StagingWork {
     /// The provider that returned it.
     pub provider: Arc<ProviderInstance>,
     /// Executor label.
-    pub executor: String,
+    pub executor: Arc<str>,
     working_dir: PathBuf,
     destination: PathBuf,
     /// Whether the file is at the host's destination (not a path the caller named):
@@ -371,7 +371,7 @@ pub struct Staging {
     /// In or out.
     pub direction: Direction,
     /// Executor label.
-    pub executor: String,
+    pub executor: Arc<str>,
     /// The task's copy of the file (with `local_path` if the provider set one).
     pub file: File,
     /// The provider that claimed it.
@@ -847,7 +847,7 @@ impl DataManager {
                     direction,
                     file: copy.clone(),
                     provider: provider.clone(),
-                    executor: executor.to_owned(),
+                    executor: staging.label.clone(),
                     working_dir: working_dir.to_path_buf(),
                     destination: destination.clone(),
                     placed,
@@ -861,7 +861,7 @@ impl DataManager {
         let in_task_step = work(in_task, WorkMode::InTaskStep, true);
         Ok(Staging {
             direction,
-            executor: executor.to_owned(),
+            executor: staging.label.clone(),
             file: copy,
             provider,
             separate_job,

@@ -157,7 +157,7 @@ pub(crate) fn utf8_path<'p>(path: &'p Path, what: &str) -> Result<&'p str, Stage
 /// The ABI context of one call; when it goes, its strings are kept by the thread
 /// for its next call (a context is built for every file planned: its four strings
 /// are then written into kept buffers instead of allocated anew).
-pub(crate) struct CallContext(Option<AbiContext>);
+pub(crate) struct CallContext(Option<Box<AbiContext>>);
 
 impl CallContext {
     /// Whether the provider said, during this call, that the destination already
@@ -180,7 +180,9 @@ impl std::ops::Deref for CallContext {
 }
 
 thread_local! {
-    static SPARE_CONTEXT: std::cell::RefCell<Option<AbiContext>> =
+    // Boxed: the context moves in and out of the slot as a pointer, not a copy of
+    // its few hundred bytes.
+    static SPARE_CONTEXT: std::cell::RefCell<Option<Box<AbiContext>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -241,14 +243,14 @@ pub(crate) fn abi_context(
             ctx.services = HostServices_TO::from_value(services, TD_CanDowncast);
             ctx
         }
-        None => AbiContext {
+        None => Box::new(AbiContext {
             executor: services.executor.as_ref().into(),
             working_dir: working_dir.into(),
             instance: services.instance.as_ref().into(),
             destination: destination.into(),
             deadline_unix_ms,
             services: HostServices_TO::from_value(services, TD_CanDowncast),
-        },
+        }),
     };
     Ok(CallContext(Some(ctx)))
 }

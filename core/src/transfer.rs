@@ -79,7 +79,7 @@ impl WorkInfo {
                 "{} {}",
                 work.provider.plugin.name, work.provider.plugin.version
             ),
-            executor: work.executor.clone(),
+            executor: work.executor.to_string(),
             host: work.file.netloc().to_owned(),
             local: work.file.filepath().ok(),
             placed: work.placed(),
