@@ -1379,7 +1379,9 @@ fn a_report_named_as_a_fifo_is_written_into_and_a_replaced_report_keeps_its_mode
     let json: serde_json::Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
     assert_eq!(json["summary"]["succeeded"], 1);
     // A private report replaced by the next run stays private.
-    let report = sandbox.write("report.json", "{}");
+    let report = sandbox.join("report.json");
+    let out = run_reporting_to(&report);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     std::fs::set_permissions(&report, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = run_reporting_to(&report);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -1491,10 +1493,165 @@ fn a_report_never_replaces_a_file_of_the_run_and_a_path_it_cannot_use_is_told_be
     );
     // A report of a dry run is a contradiction, as clap tells it.
     refused(&["--report", "r.json", "--dry-run"], "cannot be used with");
+    // A file of the user's that merely has the name is never replaced.
+    let theirs = sandbox.write("notes.json", "{\"mine\": true}\n");
+    refused(
+        &["--report", theirs.to_str().unwrap()],
+        "it exists and is not a report stagehost wrote",
+    );
+    assert_eq!(read(&theirs), "{\"mine\": true}\n");
+    // A URL is not a path.
+    refused(
+        &["--report", "http://127.0.0.1:9/r.json"],
+        "takes a local path, not a URL",
+    );
+    // The config, stagehost's own state, an archive that holds an output, and where a
+    // remote input lands: all files the run reads or writes.
+    let cfg_path = cfg.to_str().unwrap();
+    refused(&["--report", cfg_path], "the config file of this run");
+    let journal = sandbox.join(".stagehost/journal/flow.toml.jsonl");
+    refused(
+        &["--report", journal.to_str().unwrap()],
+        "stagehost's own state",
+    );
+    let other_flow = sandbox.write(
+        "flow2.toml",
+        format!(
+            "[[task]]\nname = \"z\"\ncommand = \"touch {}\"\ninputs = [\"http://127.0.0.1:9/x/remote.csv\"]\noutputs = [\"zip:{}/results.zip/member.txt\"]\n",
+            marker.display(),
+            sandbox.join("data").display()
+        ),
+    );
+    let refused2 = |report: &std::path::Path, why: &str| {
+        let out = sandbox.run(&[
+            "--config",
+            cfg_path,
+            "run",
+            other_flow.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, Some(2), "{report:?}: {}", out.stderr);
+        assert!(out.stderr.contains(why), "{report:?}: {}", out.stderr);
+        assert!(!marker.exists(), "no task ran");
+    };
+    refused2(
+        &sandbox.join("data/results.zip"),
+        "the file that holds an output of task \"z\"",
+    );
+    refused2(
+        &sandbox.join("wd/remote.csv"),
+        "where an input of task \"z\" (",
+    );
     // And a report elsewhere is written as before.
     let report = sandbox.join("report.json");
     let out = run(&["--report", report.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(read(&report).contains("\"succeeded\": 1"));
     assert_eq!(read(&output), "the input\n");
+}
+
+#[test]
+fn a_page_never_replaces_its_report_or_a_file_it_did_not_write_and_dash_means_stdin_and_stdout() {
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+    let sandbox = Sandbox::new();
+    let cfg = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
+    let flow = sandbox.write("flow.toml", "[[task]]\nname = \"t\"\ncommand = \"true\"\n");
+    let json = sandbox.join("run.json");
+    let out = sandbox.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        flow.to_str().unwrap(),
+        "--report",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let report = |args: &[&str]| {
+        let mut all = vec!["report"];
+        all.extend_from_slice(args);
+        sandbox.run(&all)
+    };
+    let json_path = json.to_str().unwrap();
+    // Its own report, under any spelling, and the default page name of a report
+    // that already ends in .html.
+    let dotted = sandbox.join("./run.json");
+    for (args, why) in [
+        (
+            vec![json_path, "-o", json_path],
+            "the report it is drawn from",
+        ),
+        (
+            vec![json_path, "-o", dotted.to_str().unwrap()],
+            "the report it is drawn from",
+        ),
+    ] {
+        let out = report(&args);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(why), "{args:?}: {}", out.stderr);
+    }
+    let as_html = sandbox.join("copy.html");
+    std::fs::copy(&json, &as_html).unwrap();
+    let out = report(&[as_html.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("the page"), "{}", out.stderr);
+    // A file of the user's is never replaced, as `run --report` never replaces one.
+    let flow_text = read(&flow);
+    let out = report(&[json_path, "-o", flow.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("it exists and is not a page stagehost wrote"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(read(&flow), flow_text);
+    // A page replaces an earlier page; a FIFO is written into, never replaced.
+    let page = sandbox.join("run.html");
+    for _ in 0..2 {
+        let out = report(&[json_path, "-o", page.to_str().unwrap()]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    assert!(read(&page).starts_with("<!DOCTYPE html>"));
+    let fifo = sandbox.join("page.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let out = report(&[json_path, "-o", fifo.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(reader.join().unwrap().starts_with("<!DOCTYPE html>"));
+    // `-`: the report from stdin, the page to stdout (`run --report - | stagehost report -`).
+    let out = report(&[json_path, "-o", "-"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.starts_with("<!DOCTYPE html>"), "{}", out.stdout);
+    let mut child = sandbox
+        .command(&stagehost_bin())
+        .args(["report", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(read(&json).as_bytes())
+        .unwrap();
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.starts_with("<!DOCTYPE html>"), "{}", out.stdout);
+    // A report that is not there is "not found" (exit 3).
+    let out = report(&["missing.json"]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
 }

@@ -6,6 +6,7 @@
 mod inspect;
 mod lineage;
 mod meta;
+mod output;
 mod plugins;
 pub mod progress;
 mod report;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::Value;
@@ -16,17 +16,65 @@ use super::CliError;
 /// `stagehost report` arguments.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// A report written by `stagehost run --report FILE`
+    /// A report written by `stagehost run --report FILE`; `-` for stdin
     pub report: PathBuf,
-    /// Where the page goes (default: the report's name with .html)
+    /// Where the page goes (default: the report's name with .html; stdout when the
+    /// report comes from stdin); `-` for stdout
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 
 pub fn report(args: &ReportArgs) -> Result<ExitCode, CliError> {
-    let shown = stagehost_plugin_api::display::path(&args.report);
-    let text = std::fs::read_to_string(&args.report)
-        .map_err(|e| CliError::Config(ConfigError(format!("{shown}: {e}"))))?;
+    let from_stdin = args.report.as_os_str() == "-";
+    let shown = if from_stdin {
+        "stdin".to_owned()
+    } else {
+        stagehost_plugin_api::display::path(&args.report).to_string()
+    };
+    let out = args.output.clone().unwrap_or_else(|| {
+        if from_stdin {
+            PathBuf::from("-")
+        } else {
+            args.report.with_extension("html")
+        }
+    });
+    // The page never replaces the report it is drawn from; a path it cannot be
+    // written at is told before the report is read.
+    if out.as_os_str() != "-" {
+        let flag = if args.output.is_some() {
+            "-o"
+        } else {
+            "the page"
+        };
+        let input = (!from_stdin).then(|| {
+            (
+                std::path::absolute(&args.report).unwrap_or_default(),
+                std::fs::canonicalize(&args.report).ok(),
+            )
+        });
+        super::output::check(flag, &out, &super::output::PAGE, |p| {
+            let (absolute, resolved) = input.as_ref()?;
+            super::output::same_file(absolute, resolved.as_deref(), p)
+                .then(|| "the report it is drawn from".to_owned())
+        })?;
+    }
+    let text = if from_stdin {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(&args.report)
+    }
+    .map_err(|e| {
+        // A report that is not there is "not found" (3), as for any input.
+        if e.kind() == std::io::ErrorKind::NotFound {
+            CliError::Failed {
+                line: format!("{shown}: {e}"),
+                code: stagehost::report::FailureClass::NotFound.exit_code(),
+            }
+        } else {
+            CliError::Config(ConfigError(format!("{shown}: {e}")))
+        }
+    })?;
     let doc: Value = serde_json::from_str(&text)
         .map_err(|e| CliError::Config(ConfigError(format!("{shown}: not a JSON report: {e}"))))?;
     if doc["version"].as_u64() != Some(u64::from(VERSION)) || doc["command"] != "run" {
@@ -34,30 +82,21 @@ pub fn report(args: &ReportArgs) -> Result<ExitCode, CliError> {
             "{shown}: not a report of `stagehost run` (version {VERSION}); write one with `stagehost run --report FILE`"
         ))));
     }
-    let out = args
-        .output
-        .clone()
-        .unwrap_or_else(|| args.report.with_extension("html"));
     let page = page(&doc);
-    write_atomically(&out, &page).map_err(|e| {
-        CliError::Staging(format!(
-            "cannot write {}: {e}",
-            stagehost_plugin_api::display::path(&out)
-        ))
-    })?;
-    eprintln!(
-        "stagehost: wrote {} ({} bytes)",
-        stagehost_plugin_api::display::path(&out),
-        page.len()
-    );
+    match super::output::write(&out, "page", |w| w.write_all(page.as_bytes()), false) {
+        Ok(()) => {}
+        // The reader of stdout went away (`| head`), as a shell shows a SIGPIPE death.
+        Err(super::output::WriteError::Closed) => std::process::exit(141),
+        Err(super::output::WriteError::Other(e)) => return Err(CliError::Staging(e)),
+    }
+    if out.as_os_str() != "-" {
+        eprintln!(
+            "stagehost: wrote {} ({} bytes)",
+            stagehost_plugin_api::display::path(&out),
+            page.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Written under a temporary name, synced and renamed, as every file stagehost writes.
-fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    let mut file = stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| e.to_string())?;
-    file.commit().map_err(|e| e.to_string())
 }
 
 /// Text for HTML: `&`, `<`, `>`, quotes escaped.

@@ -103,7 +103,12 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
         // (A process started with stdout closed finds /dev/null there: Rust's runtime
         // puts it on descriptors 0 to 2 before `main`, so no file ever takes them.)
         Some(path) if path.as_os_str() == "-" => None,
-        Some(path) => Some(check_report_path(path, &workflow)?),
+        Some(path) => Some(super::output::check(
+            "--report",
+            path,
+            &super::output::REPORT,
+            |p| a_file_of_the_run(p, &workflow, config, registry),
+        )?),
         None => None,
     };
     let mut transfers = config.transfers.clone();
@@ -270,7 +275,7 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
     );
     // The run's outcome is told whatever becomes of its report.
     let written = match (collected.error, &args.report, collected.spool) {
-        (Some(e), Some(path), _) => Err(ReportError::Other(format!(
+        (Some(e), Some(path), _) => Err(super::output::WriteError::Other(format!(
             "cannot write the report {}: {e}",
             path.display()
         ))),
@@ -283,19 +288,24 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
                 tasks: None,
                 files: None,
             };
-            write_report(path, |out| spool.write_document(&header, order, out))
+            super::output::write(
+                path,
+                "report",
+                |out| spool.write_document(&header, order, out),
+                true,
+            )
         }
         _ => Ok(()),
     };
     match written {
         Ok(()) => {}
-        Err(ReportError::Closed) => {
+        Err(super::output::WriteError::Closed) => {
             // The reader of `--report -` went away (`| head`): quietly, as a shell
             // shows a SIGPIPE death.
             eprintln!("stagehost: {line}");
             std::process::exit(141);
         }
-        Err(ReportError::Other(e)) => {
+        Err(super::output::WriteError::Other(e)) => {
             eprintln!("stagehost: {line}");
             return Err(CliError::Staging(e));
         }
@@ -356,163 +366,93 @@ impl Collected {
     }
 }
 
-/// Why a report was not written.
-enum ReportError {
-    /// `--report -` and the reader of stdout went away.
-    Closed,
-    /// Anything else, as one line naming the report.
-    Other(String),
-}
-
-/// Checks, before the run, that a report could be written at `path`: into it when it
-/// is a device, a FIFO or a socket, else as a new file in its directory, which is
-/// returned (where the report's spool may go).
-fn check_report_path(
+/// What `path` is to the run, when the run reads or writes it: the workflow, the
+/// config, stagehost's own state (`.stagehost/`: the journal, staged copies), a local
+/// file a task reads or writes (an input, an output, stdout, stderr), a file that
+/// holds one (an archive a `zip:` URL names), or the place in its executor's working
+/// directory where a file of a task lands.
+fn a_file_of_the_run(
     path: &std::path::Path,
     workflow: &Workflow,
-) -> Result<std::path::PathBuf, CliError> {
-    use std::os::unix::ffi::OsStrExt;
-    let bad =
-        |why: String| CliError::Config(ConfigError(format!("--report {}: {why}", path.display())));
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_path_buf();
-    let writable = |p: &std::path::Path, mode: libc::c_int| {
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| bad("the path holds a NUL byte".into()))?;
-        // SAFETY: `c` is a NUL-terminated path that lives across the call.
-        if unsafe { libc::access(c.as_ptr(), mode) } == 0 {
-            Ok(())
-        } else {
-            Err(bad(format!(
-                "{} is not writable: {}",
-                p.display(),
-                std::io::Error::last_os_error()
-            )))
-        }
-    };
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => return Err(bad("is a directory".into())),
-        Ok(m) if !m.is_file() => {
-            writable(path, libc::W_OK)?;
-            return Ok(dir);
-        }
-        _ => {}
-    }
-    if !dir.exists() {
-        return Err(bad(format!(
-            "the directory {} does not exist; create it first (mkdir -p), or name another path",
-            dir.display()
-        )));
-    }
-    if !dir.is_dir() {
-        return Err(bad(format!("{} is not a directory", dir.display())));
-    }
-    // The report never replaces the workflow or a file the run reads or writes.
-    if let Some(what) = a_file_of_the_run(path, workflow) {
-        return Err(bad(format!(
-            "that is {what}; the report would replace it: name another path"
-        )));
-    }
-    // A file made and taken back where the report will go: what `access` cannot tell
-    // (a read-only mount, a pseudo-filesystem, root's rights) shows here.
-    drop(stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| bad(e.to_string()))?);
-    Ok(dir)
-}
-
-/// What `path` is to the run, when it is the workflow file or a local file one of
-/// its tasks reads or writes (an input, an output, stdout or stderr).
-fn a_file_of_the_run(path: &std::path::Path, workflow: &Workflow) -> Option<String> {
+    config: &Config,
+    registry: &Registry,
+) -> Option<String> {
+    use super::output::same_file;
+    use std::path::Path;
     let absolute = std::path::absolute(path).ok()?;
     // Resolved once; another path is resolved only when its file name matches (a
     // workflow may name 100,000 files).
     let resolved = std::fs::canonicalize(path).ok();
-    let same = |other: &std::path::Path| {
-        std::path::absolute(other).is_ok_and(|o| o == absolute)
-            || other.file_name() == absolute.file_name()
-                && resolved.is_some()
-                && std::fs::canonicalize(other).ok() == resolved
-    };
+    let same = |other: &Path| same_file(&absolute, resolved.as_deref(), other);
     if same(&workflow.path) {
         return Some("the workflow file".into());
     }
+    if let stagehost::config::ConfigSource::File { path: config, .. } = &config.source {
+        if same(config) {
+            return Some("the config file of this run".into());
+        }
+    }
+    let own_state = |p: &Path| p.components().any(|c| c.as_os_str() == ".stagehost");
+    if own_state(&absolute) || resolved.as_deref().is_some_and(own_state) {
+        return Some("stagehost's own state (.stagehost/)".into());
+    }
+    let working_dir = |label: &str| {
+        registry
+            .executors
+            .iter()
+            .find(|x| x.label == label)
+            .map(|x| x.working_dir.as_path())
+    };
     for (i, t) in workflow.tasks.iter().enumerate() {
         let inputs = t.inputs.iter().filter_map(|input| match input {
             stagehost::workflow::InputDef::Url(url) => Some(url),
             stagehost::workflow::InputDef::Mirrors(urls) => urls.first(),
             stagehost::workflow::InputDef::Output { .. } => None,
         });
-        let written = t.outputs.iter().chain(&t.stdout).chain(&t.stderr);
-        for (what, url) in inputs
-            .map(|u| ("an input", u))
-            .chain(written.map(|u| ("an output", u)))
-        {
+        let written = t
+            .outputs
+            .iter()
+            .map(|u| ("an output", u))
+            .chain(t.stdout.iter().map(|u| ("the stdout file", u)))
+            .chain(t.stderr.iter().map(|u| ("the stderr file", u)));
+        for (what, url) in inputs.map(|u| ("an input", u)).chain(written) {
             let Ok(file) = workflow.file(url) else {
                 continue;
             };
-            if file.scheme() == "file"
-                && matches!(file.netloc(), "" | "localhost")
-                && same(std::path::Path::new(file.path()))
-            {
-                return Some(format!(
-                    "{what} of task {:?} ({})",
+            let of_task = |before: &str, after: &str| {
+                Some(format!(
+                    "{before}{what} of task {:?} ({}){after}",
                     t.name,
                     workflow.location(i)
-                ));
+                ))
+            };
+            // A URL without a host names a local path: the file itself (`file`), or,
+            // through one of its parents, the archive that holds it (`zip:`).
+            if matches!(file.netloc(), "" | "localhost") {
+                let local = Path::new(file.path());
+                if file.scheme() == "file" && same(local) {
+                    return of_task("", "");
+                }
+                if local
+                    .ancestors()
+                    .skip(1)
+                    .any(|a| !a.as_os_str().is_empty() && same(a))
+                {
+                    return of_task("the file that holds ", "");
+                }
+            }
+            // Where a file that moves lands: `<working_dir>/<its name>` (a local file
+            // is used where it is).
+            let local = file.scheme() == "file" && matches!(file.netloc(), "" | "localhost");
+            let lands = working_dir(&t.executor)
+                .filter(|_| !local)
+                .map(|wd| wd.join(stagehost::data_manager::landing_name(file.filename())));
+            if lands.is_some_and(|l| same(&l)) {
+                return of_task("where ", " lands");
             }
         }
     }
     None
-}
-
-/// Writes a report to `path` (`-`: stdout) through `write`, atomically for a file.
-fn write_report(
-    path: &std::path::Path,
-    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
-) -> Result<(), ReportError> {
-    let stdout = path.as_os_str() == "-";
-    let failed = |e: std::io::Error| {
-        if stdout && e.kind() == std::io::ErrorKind::BrokenPipe {
-            ReportError::Closed
-        } else {
-            ReportError::Other(format!("cannot write the report {}: {e}", path.display()))
-        }
-    };
-    let into = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(out);
-        write(&mut out)?;
-        std::io::Write::write_all(&mut out, b"\n")?;
-        std::io::Write::flush(&mut out)
-    };
-    if stdout {
-        return into(&mut std::io::stdout().lock()).map_err(failed);
-    }
-    // A device, a FIFO or a socket named as the report (`/dev/stdout`, a pipe) is
-    // written into, never replaced by a file; a report replacing a file keeps its mode.
-    let existing = std::fs::metadata(path).ok();
-    if existing
-        .as_ref()
-        .is_some_and(|m| !m.is_file() && !m.is_dir())
-    {
-        let mut target = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(failed)?;
-        return into(&mut target).map_err(failed);
-    }
-    let other = |e: &dyn std::fmt::Display| {
-        ReportError::Other(format!("cannot write the report {}: {e}", path.display()))
-    };
-    let mut file = stagehost_plugin_api::fs::AtomicFile::create(path).map_err(|e| other(&e))?;
-    if let Some(meta) = existing.filter(std::fs::Metadata::is_file) {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_mode(meta.permissions().mode())
-            .map_err(|e| other(&e))?;
-    }
-    into(file.as_file_mut()).map_err(failed)?;
-    file.commit().map_err(|e| other(&e))
 }
 
 /// Task `i`'s files, its inputs (stage-in) then its outputs (stage-out).
