@@ -202,6 +202,16 @@ pub struct DataManager {
     destinations: Mutex<HashMap<std::ffi::OsString, String, Fnv>>,
 }
 
+/// The key a claim of `path` is kept under: the path made absolute, so that a
+/// relative working directory and an absolute local path meet.
+fn claim_key(path: &Path) -> std::borrow::Cow<'_, Path> {
+    if path.is_absolute() {
+        std::borrow::Cow::Borrowed(path)
+    } else {
+        std::path::absolute(path).map_or(std::borrow::Cow::Borrowed(path), std::borrow::Cow::Owned)
+    }
+}
+
 /// `<working_dir>/.stagehost/<hash of url>/<name>`: where a file lands when another
 /// URL has `<working_dir>/<name>`.
 fn hashed_destination(working_dir: &Path, url: &str, name: &str) -> PathBuf {
@@ -626,7 +636,7 @@ impl DataManager {
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
-        match claims.get(plain.as_os_str()) {
+        match claims.get(claim_key(&plain).as_os_str()) {
             Some(owner) if owner != file.url() => hashed_destination(working_dir, file.url(), name),
             _ => plain,
         }
@@ -635,17 +645,29 @@ impl DataManager {
     /// Claims `path` for `url`, where a provider placed it: whether this call made the
     /// claim (`false`: the URL had it already), or `None` when another URL has it.
     fn claim_at(&self, path: &Path, url: &str) -> Option<bool> {
+        let key = claim_key(path);
         let mut claims = self
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
-        match claims.get(path.as_os_str()) {
+        match claims.get(key.as_os_str()) {
             Some(owner) => (owner == url).then_some(false),
             None => {
-                claims.insert(path.as_os_str().to_owned(), url.to_owned());
+                claims.insert(key.into_owned().into_os_string(), url.to_owned());
                 Some(true)
             }
         }
+    }
+
+    /// Holds `path`, a local file a provider uses where it is, for the run: no file
+    /// staged from elsewhere lands there (it gets the `.stagehost/<hash>/` place, as
+    /// for two URLs with one name). Every spelling of a local file holds it for all of
+    /// them; `false` when a file staged from elsewhere landed there first.
+    pub fn hold_in_place(&self, path: &Path) -> bool {
+        let key = claim_key(path);
+        // No URL holds a NUL byte (they are refused): this owner is no URL's.
+        let owner = format!("\0{}", key.display());
+        self.claim_at(&key, &owner).is_some()
     }
 
     /// `<working_dir>/<name>` claimed for `url`, or, when another URL claimed it,
@@ -657,18 +679,20 @@ impl DataManager {
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
-        match claims.get(plain.as_os_str()) {
+        match claims.get(claim_key(&plain).as_os_str()) {
             Some(owner) if owner != url => {
                 let hashed = hashed_destination(working_dir, url, name);
-                let fresh = !claims.contains_key(hashed.as_os_str());
-                claims
-                    .entry(hashed.clone().into_os_string())
-                    .or_insert_with(|| url.to_owned());
+                let key = claim_key(&hashed).into_owned().into_os_string();
+                let fresh = !claims.contains_key(&key);
+                claims.entry(key).or_insert_with(|| url.to_owned());
                 (hashed, fresh)
             }
             Some(_) => (plain, false),
             None => {
-                claims.insert(plain.clone().into_os_string(), url.to_owned());
+                claims.insert(
+                    claim_key(&plain).into_owned().into_os_string(),
+                    url.to_owned(),
+                );
                 (plain, true)
             }
         }
@@ -681,8 +705,9 @@ impl DataManager {
             .destinations
             .lock()
             .expect("the claims lock is never poisoned");
-        if claims.get(path.as_os_str()).is_some_and(|u| u == url) {
-            claims.remove(path.as_os_str());
+        let key = claim_key(path);
+        if claims.get(key.as_os_str()).is_some_and(|u| u == url) {
+            claims.remove(key.as_os_str());
         }
     }
 
@@ -762,6 +787,29 @@ impl DataManager {
                 *slot = job;
             }
             if !(claimable && copy.local_path() == Some(destination.as_path())) {
+                // A local file used where it is holds its path: a file staged from
+                // elsewhere with the same name never lands on it (a task read the
+                // download's bytes for its own output, and a zip working copy removed
+                // a task's output).
+                let local = file.scheme() == "file" && matches!(file.netloc(), "" | "localhost");
+                if let (true, true, Some(path)) = (claimable, local, copy.local_path()) {
+                    if !self.hold_in_place(path) {
+                        return Err(provider_error(
+                            direction,
+                            file,
+                            &provider,
+                            executor,
+                            "planning",
+                            StageError::new(
+                                ErrorKind::Other,
+                                format!(
+                                    "{} is where a file staged from elsewhere with the same name landed in this run; name the local file differently",
+                                    stagehost_plugin_api::display::path(path)
+                                ),
+                            ),
+                        ));
+                    }
+                }
                 break false;
             }
             match self.claim_at(&destination, file.url()) {

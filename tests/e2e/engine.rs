@@ -1517,11 +1517,13 @@ fn a_report_never_replaces_a_file_of_the_run_and_a_path_it_cannot_use_is_told_be
     let other_flow = sandbox.write(
         "flow2.toml",
         format!(
-            "[[task]]\nname = \"z\"\ncommand = \"touch {}\"\ninputs = [\"http://127.0.0.1:9/x/remote.csv\"]\noutputs = [\"zip:{}/results.zip/member.txt\"]\n",
+            "[[task]]\nname = \"z\"\ncommand = \"touch {}\"\ninputs = [\"http://127.0.0.1:9/x/remote.csv\", {{ urls = [\"http://127.0.0.1:9/none/local.dat\", \"file://{d}/local.dat\"] }}, \"{d}/dir/\"]\noutputs = [\"zip:{d}/results.zip/member.txt\"]\n",
             marker.display(),
-            sandbox.join("data").display()
+            d = sandbox.join("data").display()
         ),
     );
+    sandbox.write("data/local.dat", "mine\n");
+    sandbox.write("data/dir/f0", "mine\n");
     let refused2 = |report: &std::path::Path, why: &str| {
         let out = sandbox.run(&[
             "--config",
@@ -1539,10 +1541,74 @@ fn a_report_never_replaces_a_file_of_the_run_and_a_path_it_cannot_use_is_told_be
         &sandbox.join("data/results.zip"),
         "the file that holds an output of task \"z\"",
     );
+    refused2(&sandbox.join("data/local.dat"), "an input of task \"z\"");
+    refused2(
+        &sandbox.join("data/dir/f0"),
+        "inside the directory of an input of task \"z\"",
+    );
     refused2(
         &sandbox.join("wd/remote.csv"),
         "where an input of task \"z\" (",
     );
+    // A spelling through `..` of an output not made yet.
+    let _ = std::fs::remove_file(&output);
+    std::fs::create_dir_all(sandbox.join("data/sub")).unwrap();
+    let dotted = sandbox.join("data/sub/../out.txt");
+    refused(
+        &["--report", dotted.to_str().unwrap()],
+        "an output of task \"s\"",
+    );
+    std::fs::write(&output, "an earlier output\n").unwrap();
+    // A link is never written through (one planted toward a device or a FIFO).
+    let planted = sandbox.join("planted.json");
+    std::os::unix::fs::symlink("/dev/null", &planted).unwrap();
+    refused(
+        &["--report", planted.to_str().unwrap()],
+        "is a symbolic link",
+    );
+    // A socket cannot be written.
+    let socket = sandbox.join("report.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    refused(&["--report", socket.to_str().unwrap()], "is a socket");
+    // A FIFO nobody reads: the run ends with the report's error, not waiting forever.
+    let fifo = sandbox.join("unread.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out = run(&["--report", fifo.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no process reads that FIFO"),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_file(&marker).unwrap();
+    // `/dev/stdout` goes where the shell sent stdout (a file here), and the link in
+    // /dev stays a link.
+    let redirected = std::fs::File::create(sandbox.join("stdout.txt")).unwrap();
+    let out: Run = sandbox
+        .command(&stagehost_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ])
+        .args(["--report", "/dev/stdout"])
+        .stdout(redirected)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(read(sandbox.join("stdout.txt")).contains("\"succeeded\": 1"));
+    assert!(std::fs::symlink_metadata("/dev/stdout")
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(&output, "an earlier output\n").unwrap();
     // And a report elsewhere is written as before.
     let report = sandbox.join("report.json");
     let out = run(&["--report", report.to_str().unwrap()]);

@@ -807,3 +807,52 @@ fn a_file_with_mirrors_comes_from_the_first_source_that_serves_it_whole_and_righ
     assert!(!sandbox.join("wd/503").exists());
     assert_eq!(partial_files(sandbox.path()), Vec::<String>::new());
 }
+
+#[test]
+fn a_download_never_lands_on_a_local_file_of_the_workflow_with_the_same_name() {
+    // Task A writes the local output dl.txt, which C reads; B downloads a dl.txt over
+    // http into the same directory (the working directory is the workflow's). The
+    // download lands beside A's output, whichever task is planned first.
+    let sandbox = Sandbox::new();
+    let root = sandbox.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("dl.txt"), "SERVER\n").unwrap();
+    let nginx = Nginx::start(&root);
+    let cfg = sandbox.write(
+        "site.toml",
+        "[[provider]]\nname = \"web\"\nplugin = \"http\"\n[[provider]]\nname = \"local\"\nplugin = \"file\"\n[executor.local]\nworking_dir = \"work\"\nworkers = 2\nstaging = [\"web\", \"local\"]\n",
+    );
+    let flow = sandbox.write(
+        "work/flow.toml",
+        format!(
+            "[[task]]\nname = \"A\"\ncommand = \"echo A-bytes > {{outputs[0]}}\"\noutputs = [\"dl.txt\"]\n\n[[task]]\nname = \"B\"\ncommand = \"cat {{inputs[0]}} > {{outputs[0]}}\"\ninputs = [{:?}]\noutputs = [\"b.txt\"]\n\n[[task]]\nname = \"C\"\ncommand = \"cat {{inputs[0]}} > {{outputs[0]}}\"\ninputs = [{{ task = \"A\", output = 0 }}]\noutputs = [\"c.txt\"]\n",
+            nginx.url("/dl.txt")
+        ),
+    );
+    for round in 0..5 {
+        for f in ["dl.txt", "b.txt", "c.txt", ".stagehost"] {
+            let p = sandbox.join("work").join(f);
+            let _ = std::fs::remove_file(&p);
+            let _ = std::fs::remove_dir_all(&p);
+        }
+        let out = sandbox.run(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            flow.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, Some(0), "round {round}: {}", out.stderr);
+        let read = |f: &str| std::fs::read_to_string(sandbox.join("work").join(f)).unwrap();
+        assert_eq!(read("dl.txt"), "A-bytes\n", "round {round}: A's output");
+        assert_eq!(
+            read("b.txt"),
+            "SERVER\n",
+            "round {round}: B read its URL's bytes"
+        );
+        assert_eq!(
+            read("c.txt"),
+            "A-bytes\n",
+            "round {round}: C read A's output"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //! replaces. A path is checked before any work starts: its directory exists, a file
 //! can be made there, and it is none of the files the command itself reads or writes.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use stagehost::ConfigError;
@@ -24,6 +25,31 @@ pub(super) enum WriteError {
 /// directory, which is returned. `what_is` says what `path` is to the command when it
 /// is one of its own files (the output would replace it), and refuses it. `example`
 /// is a file name to suggest when `path` is a directory.
+/// The descriptor of this process that `path` names, if it names one: `/dev/stdout`,
+/// `/dev/stderr`, `/dev/fd/N`, `/proc/self/fd/N`. Such a path is written through the
+/// descriptor (where the shell sent it), never replaced.
+fn own_descriptor(path: &Path) -> Option<i32> {
+    let number = |p: &Path| -> Option<i32> { p.file_name()?.to_str()?.parse().ok() };
+    let ours = |dir: &Path| {
+        std::fs::canonicalize(dir)
+            .is_ok_and(|d| d == Path::new(&format!("/proc/{}/fd", std::process::id())))
+    };
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return None;
+    }
+    // `/dev/stdout` -> `/proc/self/fd/1`
+    if let Ok(target) = std::fs::read_link(path) {
+        if target.parent().is_some_and(ours) {
+            return number(&target);
+        }
+    }
+    // `/dev/fd/1`, `/proc/self/fd/1`: links in our own descriptor directory.
+    if path.parent().is_some_and(ours) {
+        return number(path);
+    }
+    None
+}
+
 pub(super) fn check(
     flag: &str,
     path: &Path,
@@ -56,14 +82,33 @@ pub(super) fn check(
             )))
         }
     };
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => {
+    if let Some(fd) = own_descriptor(path) {
+        // SAFETY: F_GETFL reads a descriptor's flags and changes nothing.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags == -1 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Err(bad(format!("descriptor {fd} is not open for writing")));
+        }
+        return Ok(dir);
+    }
+    let link = std::fs::symlink_metadata(path).ok();
+    if link.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
+        // Nothing is followed: a link planted where the output goes would send it to
+        // a device, a FIFO or a file of someone else's.
+        return Err(bad(
+            "is a symbolic link, which stagehost never writes through: name the file it points to, or remove the link".into(),
+        ));
+    }
+    match link {
+        Some(m) if m.file_type().is_socket() => {
+            return Err(bad("is a socket, which cannot be written as a file".into()))
+        }
+        Some(m) if m.is_dir() => {
             return Err(bad(format!(
                 "is a directory; name a file in it (for example {})",
                 stagehost_plugin_api::display::path(&path.join(kind.example))
             )))
         }
-        Ok(m) if !m.is_file() => {
+        Some(m) if !m.is_file() => {
             writable(path, libc::W_OK)?;
             return Ok(dir);
         }
@@ -136,14 +181,25 @@ pub(super) const PAGE: Kind = Kind {
     },
 };
 
-/// Whether two paths name one file: spelled alike once absolute, or, for paths that
-/// end in the same name, resolved alike (links, `..`). `resolved` is `path`'s own
-/// resolution, worked out once by the caller.
+/// Where `path` leads once links and `..` are followed: the file's own resolution,
+/// or, for a file not made yet, its directory's with its name.
+pub(super) fn resolve(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok().or_else(|| {
+        let name = path.file_name()?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = std::fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()?;
+        Some(dir.join(name))
+    })
+}
+
+/// Whether `other` names the file whose absolute spelling is `absolute` and whose
+/// resolution ([`resolve`]) is `resolved`: spelled alike, or, when the names match,
+/// resolved alike (links, `..`, a file not made yet).
 pub(super) fn same_file(absolute: &Path, resolved: Option<&Path>, other: &Path) -> bool {
     std::path::absolute(other).is_ok_and(|o| o == absolute)
         || other.file_name() == absolute.file_name()
             && resolved.is_some()
-            && std::fs::canonicalize(other).ok().as_deref() == resolved
+            && resolve(other).as_deref() == resolved
 }
 
 /// Writes `what` to `path` (`-`: stdout) through `write`, atomically for a file.
@@ -173,17 +229,56 @@ pub(super) fn write(
     if stdout {
         return into(&mut std::io::stdout().lock()).map_err(failed);
     }
-    // A device, a FIFO or a socket (`/dev/stdout`, a pipe) is written into, never
-    // replaced by a file; an output replacing a file keeps its mode.
-    let existing = std::fs::metadata(path).ok();
+    // One of our descriptors (`/dev/stdout` where the shell sent it) is written
+    // through; a device or a FIFO is written into, never replaced by a file; nothing
+    // is followed; an output replacing a file keeps its mode.
+    if let Some(fd) = own_descriptor(path) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `dup` gives a new descriptor this `File` owns and closes.
+        let copy = unsafe { libc::dup(fd) };
+        if copy == -1 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        let mut target = unsafe { std::fs::File::from_raw_fd(copy) };
+        return into(&mut target).map_err(failed);
+    }
+    let existing = std::fs::symlink_metadata(path).ok();
+    if existing
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_symlink())
+    {
+        return Err(WriteError::Other(format!(
+            "cannot write the {what} {shown}: it became a symbolic link, which stagehost never writes through"
+        )));
+    }
     if existing
         .as_ref()
         .is_some_and(|m| !m.is_file() && !m.is_dir())
     {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Without a reader a FIFO would hold the run forever: not opened, told.
         let mut target = std::fs::OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(failed)?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    WriteError::Other(format!(
+                        "cannot write the {what} {shown}: no process reads that FIFO"
+                    ))
+                } else {
+                    failed(e)
+                }
+            })?;
+        {
+            use std::os::fd::AsRawFd;
+            let fd = target.as_raw_fd();
+            // SAFETY: flags of a descriptor this `File` owns; back to blocking writes.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
         return into(&mut target).map_err(failed);
     }
     let other = |e: &dyn std::fmt::Display| {

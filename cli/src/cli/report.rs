@@ -49,7 +49,7 @@ pub fn report(args: &ReportArgs) -> Result<ExitCode, CliError> {
         let input = (!from_stdin).then(|| {
             (
                 std::path::absolute(&args.report).unwrap_or_default(),
-                std::fs::canonicalize(&args.report).ok(),
+                super::output::resolve(&args.report),
             )
         });
         super::output::check(flag, &out, &super::output::PAGE, |p| {

@@ -219,6 +219,10 @@ pub fn run(config: &Config, registry: &Registry, args: RunArgs) -> Result<ExitCo
             },
         )
         .map_err(|e| CliError::Staging(e.to_string()))?;
+        // Every local file the workflow names holds its path from the start, so a
+        // file staged from elsewhere with the same name lands beside it, whichever
+        // task is planned first.
+        hold_local_files(&engine, &workflow);
         let canceller = engine.clone();
         super::on_ctrl_c(move || canceller.cancel());
         drop(order);
@@ -382,7 +386,7 @@ fn a_file_of_the_run(
     let absolute = std::path::absolute(path).ok()?;
     // Resolved once; another path is resolved only when its file name matches (a
     // workflow may name 100,000 files).
-    let resolved = std::fs::canonicalize(path).ok();
+    let resolved = super::output::resolve(path);
     let same = |other: &Path| same_file(&absolute, resolved.as_deref(), other);
     if same(&workflow.path) {
         return Some("the workflow file".into());
@@ -404,10 +408,11 @@ fn a_file_of_the_run(
             .map(|x| x.working_dir.as_path())
     };
     for (i, t) in workflow.tasks.iter().enumerate() {
-        let inputs = t.inputs.iter().filter_map(|input| match input {
-            stagehost::workflow::InputDef::Url(url) => Some(url),
-            stagehost::workflow::InputDef::Mirrors(urls) => urls.first(),
-            stagehost::workflow::InputDef::Output { .. } => None,
+        // Every source of an input with mirrors: any of them may be the one read.
+        let inputs = t.inputs.iter().flat_map(|input| match input {
+            stagehost::workflow::InputDef::Url(url) => std::slice::from_ref(url),
+            stagehost::workflow::InputDef::Mirrors(urls) => urls.as_slice(),
+            stagehost::workflow::InputDef::Output { .. } => &[],
         });
         let written = t
             .outputs
@@ -440,6 +445,20 @@ fn a_file_of_the_run(
                 {
                     return of_task("the file that holds ", "");
                 }
+                // Inside a local directory a task reads or writes (`dir/`).
+                if file.scheme() == "file" && url.ends_with('/') {
+                    let within = |d: Option<PathBuf>| {
+                        d.is_some_and(|d| {
+                            absolute.starts_with(&d)
+                                || resolved.as_deref().is_some_and(|r| r.starts_with(&d))
+                        })
+                    };
+                    if within(std::path::absolute(local).ok())
+                        || within(super::output::resolve(local))
+                    {
+                        return of_task("inside the directory of ", "");
+                    }
+                }
             }
             // Where a file that moves lands: `<working_dir>/<its name>` (a local file
             // is used where it is).
@@ -453,6 +472,32 @@ fn a_file_of_the_run(
         }
     }
     None
+}
+
+/// Holds, in the engine's data manager, the path of every local file (the `file`
+/// scheme, no host, not a directory) the workflow's tasks read or write.
+fn hold_local_files(engine: &Engine, workflow: &Workflow) {
+    let dm = engine.data_manager();
+    for t in &workflow.tasks {
+        let sources = t.inputs.iter().flat_map(|input| match input {
+            stagehost::workflow::InputDef::Url(url) => std::slice::from_ref(url),
+            stagehost::workflow::InputDef::Mirrors(urls) => urls.as_slice(),
+            stagehost::workflow::InputDef::Output { .. } => &[],
+        });
+        for url in sources
+            .chain(&t.outputs)
+            .chain(&t.stdout)
+            .chain(&t.stderr)
+            .filter(|u| !u.ends_with('/'))
+        {
+            let Ok(file) = workflow.file(url) else {
+                continue;
+            };
+            if file.scheme() == "file" && matches!(file.netloc(), "" | "localhost") {
+                dm.hold_in_place(std::path::Path::new(file.path()));
+            }
+        }
+    }
 }
 
 /// Task `i`'s files, its inputs (stage-in) then its outputs (stage-out).
