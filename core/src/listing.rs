@@ -153,6 +153,48 @@ fn listing(registry: &Registry, digests: bool) -> Listing {
     }
 }
 
+/// The listing with every text a plugin or a path supplies escaped for a terminal
+/// (`display::escape`).
+fn escaped(mut l: Listing) -> Listing {
+    let e = |s: &mut String| {
+        if let std::borrow::Cow::Owned(o) = stagehost_plugin_api::display::escape(s) {
+            *s = o;
+        }
+    };
+    let each = |v: &mut Vec<String>| v.iter_mut().for_each(e);
+    l.plugin_dirs.iter_mut().for_each(e);
+    l.warnings.iter_mut().for_each(e);
+    for p in &mut l.plugins {
+        e(&mut p.file);
+        [
+            &mut p.name,
+            &mut p.version,
+            &mut p.api_version,
+            &mut p.description,
+            &mut p.reason,
+        ]
+        .into_iter()
+        .flatten()
+        .for_each(e);
+        each(&mut p.schemes);
+        each(&mut p.capabilities);
+    }
+    for p in &mut l.providers {
+        e(&mut p.name);
+        [&mut p.plugin, &mut p.file, &mut p.reason]
+            .into_iter()
+            .flatten()
+            .for_each(e);
+        p.claims_only.iter_mut().for_each(each);
+    }
+    for x in &mut l.executors {
+        e(&mut x.label);
+        e(&mut x.working_dir);
+        x.order.iter_mut().for_each(|o| e(&mut o.provider));
+    }
+    l
+}
+
 /// `stagehost plugins list --json`: the listing as JSON, with each loaded plugin
 /// file's sha256.
 pub fn render_json(registry: &Registry) -> String {
@@ -163,7 +205,9 @@ pub fn render_json(registry: &Registry) -> String {
 /// instances and each executor's order, as text.
 pub fn render_text(registry: &Registry) -> String {
     use std::fmt::Write;
-    let l = listing(registry, false);
+    // What a plugin says of itself is shown escaped: no line of it may drive the
+    // terminal or pass for another line.
+    let l = escaped(listing(registry, false));
     let mut out = String::new();
     writeln!(out, "Plugin directories, in search order:").ok();
     for d in &l.plugin_dirs {

@@ -80,6 +80,27 @@ fn claimed_schemes(
     match (table.schemes)(provider).into_result() {
         // This instance makes no promise.
         Ok(schemes) if schemes.is_empty() => None,
+        // A promise the host cannot keep is no promise: a name that is not a scheme
+        // (`data:`, a control character) would make the instance unreachable.
+        Ok(schemes)
+            if schemes.len() > MAX_PROMISED_SCHEMES || !schemes.iter().all(|s| is_scheme(s)) =>
+        {
+            let shown: Vec<_> = schemes
+                .iter()
+                .take(8)
+                .map(|s| {
+                    stagehost_plugin_api::display::escape(s)
+                        .chars()
+                        .take(40)
+                        .collect::<String>()
+                })
+                .collect();
+            tracing::warn!(
+                "provider {name:?}: its schemes capability names {} scheme(s), not all of them a scheme (letters, digits, '+', '-', '.', starting with a letter, at most 32): {shown:?}; every file is asked about",
+                schemes.len()
+            );
+            None
+        }
         Ok(schemes) => Some(
             schemes
                 .into_iter()
@@ -94,6 +115,18 @@ fn claimed_schemes(
             None
         }
     }
+}
+
+/// The most schemes one instance may promise.
+const MAX_PROMISED_SCHEMES: usize = 64;
+
+/// Whether `s` is a URL scheme (RFC 3986: a letter, then letters, digits, `+`, `-`,
+/// `.`), of at most 32 characters.
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 32
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// The longest first: a secret that contains another is scrubbed whole.

@@ -11,21 +11,35 @@ use std::path::Path;
 /// ```
 /// use stagehost_plugin_api::display::escape;
 /// assert_eq!(escape("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+/// assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
 /// assert_eq!(escape("plain"), "plain");
 /// ```
 pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(hidden) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
+        } else if hidden(c) {
+            out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     Cow::Owned(out)
+}
+
+/// A character that changes how a line reads without showing itself: a control
+/// character, or a bidirectional override, embedding, isolate or mark (which can make
+/// a line show text in another order than it holds).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+        )
 }
 
 /// `path` for an error line: control characters escaped and every byte that is not

@@ -1441,6 +1441,19 @@ fn a_provider_declaring_its_schemes_is_asked_only_about_files_of_them() {
     let undeclared = config(false);
     let providers = list(&undeclared, true).json()["providers"].clone();
     assert_eq!(claims(&providers, "picky"), serde_json::Value::Null);
+    // A promise naming something that is not a scheme is no promise (the instance
+    // would be unreachable), and says so; the text listing stays on its lines.
+    let malformed = sandbox.write(
+        "site-bad.toml",
+        format!(
+            "plugin_dirs = [{}]\n\n[[provider]]\nname = \"picky\"\nplugin = \"probe\"\nsettings = {{ schemes = [\"data:\", \"pro\\u001b[2Jbe\\u202e\"], declare_schemes = true }}\n",
+            toml_path(&plugins)
+        ),
+    );
+    let out = list(&malformed, true);
+    assert_eq!(claims(&out.json()["providers"], "picky"), serde_json::Value::Null);
+    assert!(out.stderr.contains("not all of them a scheme"), "{}", out.stderr);
+    assert!(!out.stderr.contains('\u{1b}') && !out.stderr.contains('\u{202e}'), "{}", out.stderr);
     let out = stage(&undeclared, input.to_str().unwrap());
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
