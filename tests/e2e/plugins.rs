@@ -1451,9 +1451,20 @@ fn a_provider_declaring_its_schemes_is_asked_only_about_files_of_them() {
         ),
     );
     let out = list(&malformed, true);
-    assert_eq!(claims(&out.json()["providers"], "picky"), serde_json::Value::Null);
-    assert!(out.stderr.contains("not all of them a scheme"), "{}", out.stderr);
-    assert!(!out.stderr.contains('\u{1b}') && !out.stderr.contains('\u{202e}'), "{}", out.stderr);
+    assert_eq!(
+        claims(&out.json()["providers"], "picky"),
+        serde_json::Value::Null
+    );
+    assert!(
+        out.stderr.contains("not all of them a scheme"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\u{1b}') && !out.stderr.contains('\u{202e}'),
+        "{}",
+        out.stderr
+    );
     let out = stage(&undeclared, input.to_str().unwrap());
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(

@@ -117,6 +117,11 @@ pub(super) fn check(
     if path.to_str().is_some_and(|p| p.contains("://")) {
         return Err(bad("takes a local path, not a URL".into()));
     }
+    if path.file_name().is_some_and(|n| n.len() > 255) {
+        return Err(bad(
+            "its name is longer than the 255 bytes a file name may have".into(),
+        ));
+    }
     if let Some(what) = what_is(path) {
         return Err(bad(format!(
             "that is {what}; it would be replaced: name another path"

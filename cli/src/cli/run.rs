@@ -42,7 +42,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     no_journal: bool,
     /// Transfers at once, over all hosts (overrides [transfers] max_concurrent)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=stagehost::config::MAX_TRANSFERS as i64))]
     max_transfers: Option<u32>,
     /// No per-transfer lines or bars; only the summary and errors
     #[arg(long, short)]

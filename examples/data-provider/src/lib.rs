@@ -122,11 +122,20 @@ fn base64_decode(input: &[u8]) -> Result<Vec<u8>, StageError> {
     Ok(out)
 }
 
+/// The promise behind `capabilities: [schemes]`: this provider claims `data:` URLs
+/// and nothing else, so the host never asks it about any other file (plugin-api 0.1.7).
+impl stagehost_plugin_api::capability::Schemes for DataProvider {
+    fn schemes(&self) -> Vec<String> {
+        vec!["data".into()]
+    }
+}
+
 stagehost_plugin_api::export_provider! {
     provider: DataProvider,
     name: "data",
     schemes: ["data"],
     description: "data: URLs (RFC 2397), decoded into the working directory",
+    capabilities: [schemes],
 }
 
 #[cfg(test)]
