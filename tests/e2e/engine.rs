@@ -198,7 +198,7 @@ fn output_only_tasks_never_stage_in_and_input_only_tasks_never_stage_out() {
 fn a_provider_error_reaches_the_task_and_names_the_file() {
     let sandbox = Sandbox::new();
     let cfg = config(&sandbox, "[[provider]]\nname = \"broken\"\nplugin = \"probe\"\nsettings = { schemes = [\"probe\"], fail_with = \"not-found\" }\n");
-    let flow = "[[task]]\nname = \"t\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [\"probe://h/missing.txt\"]\noutputs = [\"out.txt\"]\n\n[[task]]\nname = \"after\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"t\" }]\n";
+    let flow = "[[task]]\nname = \"t\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [\"probe://h/missing.txt\"]\noutputs = [\"out.txt\"]\n\n[[task]]\nname = \"after\"\ncommand = \"cat {inputs[0]} > {outputs[0]}\"\ninputs = [{ task = \"t\" }]\noutputs = [\"after.txt\"]\n\n[[task]]\nname = \"last\"\ncommand = \"cat {inputs[0]}\"\ninputs = [{ task = \"after\" }]\n";
     let (out, report) = run_workflow(&sandbox, &cfg, flow, &[]);
     assert_eq!(out.code, Some(3), "{}", out.stderr);
     let t = task(&report, "t");
@@ -214,13 +214,25 @@ fn a_provider_error_reaches_the_task_and_names_the_file() {
     let after = task(&report, "after");
     assert_eq!(after["status"], "dependency-failed");
     let error = after["error"].as_str().unwrap();
-    assert!(error.starts_with(&format!("input {} from task \"t\" failed: task \"t\" failed: stage-in failed: cannot stage in probe://h/missing.txt", sandbox.join("out.txt").display())), "{error}");
+    assert!(error.starts_with(&format!("input {} from task \"t\" was not made: task \"t\" failed: stage-in failed: cannot stage in probe://h/missing.txt", sandbox.join("out.txt").display())), "{error}");
+    // Two tasks down, the first failure is named once, not nested once per task.
+    let last = task(&report, "last");
+    assert_eq!(last["status"], "dependency-failed");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "input {} from task \"after\" was not made: task \"t\" failed: stage-in failed:",
+            sandbox.join("after.txt").display()
+        )),
+        "{error}"
+    );
+    assert_eq!(error.matches("cannot stage in").count(), 1, "{error}");
     assert!(
         out.stderr
             .lines()
             .last()
             .unwrap()
-            .contains("2 task(s): 0 succeeded, 1 failed, 0 stage-out failed, 1 lost an input"),
+            .contains("3 task(s): 0 succeeded, 1 failed, 0 stage-out failed, 2 lost an input"),
         "{}",
         out.stderr
     );

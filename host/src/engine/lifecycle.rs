@@ -305,17 +305,20 @@ impl Inner {
                 };
                 if let Err(reason) = waited {
                     let error = format!(
-                        "input {} from task {:?} failed: {reason}",
+                        "input {} from task {:?} was not made: {reason}",
                         future.file().redacted_url(),
                         future.producer()
                     );
-                    return this.end(
+                    // What this task's consumers are told is the first failure up the
+                    // chain, as it was told here: each task's line names it once, not
+                    // nested once per task between.
+                    outputs.fail_all(&reason);
+                    return this.report(
                         &spec,
-                        &outputs,
                         Instant::now(),
                         TaskStatus::DependencyFailed,
                         0,
-                        error,
+                        Some(error),
                         vec![],
                     );
                 }
