@@ -759,6 +759,19 @@ impl DataManager {
         // nothing); another URL that claimed it meanwhile means planning again, with
         // the destination that rule now gives.
         let claimable = opts.destination.is_none() && file.local_path().is_none();
+        let taken = |path: &Path, why: &str| {
+            provider_error(
+                direction,
+                file,
+                &provider,
+                executor,
+                "planning",
+                StageError::new(
+                    ErrorKind::Other,
+                    format!("{} {why}", stagehost_plugin_api::display::path(path)),
+                ),
+            )
+        };
         let mut attempts = 0;
         let mut copy;
         let mut jobs: [Option<AbiJobBox>; 2];
@@ -794,20 +807,7 @@ impl DataManager {
                 let local = file.scheme() == "file" && matches!(file.netloc(), "" | "localhost");
                 if let (true, true, Some(path)) = (claimable, local, copy.local_path()) {
                     if !self.hold_in_place(path) {
-                        return Err(provider_error(
-                            direction,
-                            file,
-                            &provider,
-                            executor,
-                            "planning",
-                            StageError::new(
-                                ErrorKind::Other,
-                                format!(
-                                    "{} is where a file staged from elsewhere with the same name landed in this run; name the local file differently",
-                                    stagehost_plugin_api::display::path(path)
-                                ),
-                            ),
-                        ));
+                        return Err(taken(path, "is where a file staged from elsewhere with the same name landed in this run; name the local file differently"));
                     }
                 }
                 break false;
@@ -816,20 +816,7 @@ impl DataManager {
                 Some(fresh) => break fresh,
                 None if attempts < 3 => attempts += 1,
                 None => {
-                    return Err(provider_error(
-                        direction,
-                        file,
-                        &provider,
-                        executor,
-                        "planning",
-                        StageError::new(
-                            ErrorKind::Other,
-                            format!(
-                                "{} is claimed by another URL of this run, again and again; stage this file with a destination of its own",
-                                stagehost_plugin_api::display::path(&destination)
-                            ),
-                        ),
-                    ))
+                    return Err(taken(&destination, "is claimed by another URL of this run, again and again; stage this file with a destination of its own"));
                 }
             }
         };

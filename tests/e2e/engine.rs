@@ -52,6 +52,21 @@ fn read(path: impl AsRef<Path>) -> String {
         .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
 }
 
+/// A FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+}
+
+/// A thread that reads the FIFO at `path` to its end.
+fn read_fifo(path: &Path) -> std::thread::JoinHandle<String> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || std::fs::read_to_string(path).unwrap())
+}
+
 fn engine_for(text: &str) -> (Engine, Registry) {
     let config = Config::parse(text, ConfigSource::Embedded).unwrap();
     let registry = Registry::build(&config, &PluginLoader::default()).unwrap();
@@ -1359,15 +1374,8 @@ fn a_report_named_as_a_fifo_is_written_into_and_a_replaced_report_keeps_its_mode
     let cfg = sandbox.write("local.toml", "[executor.local]\nworking_dir = \"wd\"\n");
     let flow = sandbox.write("flow.toml", "[[task]]\nname = \"t\"\ncommand = \"true\"\n");
     let fifo = sandbox.join("report.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let reader = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
-    };
+    mkfifo(&fifo);
+    let reader = read_fifo(&fifo);
     let run_reporting_to = |report: &std::path::Path| {
         sandbox.run(&[
             "--config",
@@ -1584,11 +1592,7 @@ fn a_report_never_replaces_a_file_of_the_run_and_a_path_it_cannot_use_is_told_be
     refused(&["--report", socket.to_str().unwrap()], "is a socket");
     // A FIFO nobody reads: the run ends with the report's error, not waiting forever.
     let fifo = sandbox.join("unread.fifo");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&fifo);
     let out = run(&["--report", fifo.to_str().unwrap()]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
@@ -1693,15 +1697,8 @@ fn a_page_never_replaces_its_report_or_a_file_it_did_not_write_and_dash_means_st
     }
     assert!(read(&page).starts_with("<!DOCTYPE html>"));
     let fifo = sandbox.join("page.fifo");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let reader = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
-    };
+    mkfifo(&fifo);
+    let reader = read_fifo(&fifo);
     let out = report(&[json_path, "-o", fifo.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(std::fs::symlink_metadata(&fifo)
