@@ -202,6 +202,12 @@ pub struct DataManager {
     destinations: Mutex<HashMap<std::ffi::OsString, String, Fnv>>,
 }
 
+/// Whether `file` names a file on this machine by its path: the `file` scheme with no
+/// host (or `localhost`). Such a file is used where it is unless a provider copies it.
+pub fn names_local_file(file: &File) -> bool {
+    file.scheme() == "file" && matches!(file.netloc(), "" | "localhost")
+}
+
 /// The key a claim of `path` is kept under: the path made absolute, so that a
 /// relative working directory and an absolute local path meet.
 fn claim_key(path: &Path) -> std::borrow::Cow<'_, Path> {
@@ -804,7 +810,7 @@ impl DataManager {
                 // elsewhere with the same name never lands on it (a task read the
                 // download's bytes for its own output, and a zip working copy removed
                 // a task's output).
-                let local = file.scheme() == "file" && matches!(file.netloc(), "" | "localhost");
+                let local = names_local_file(file);
                 if let (true, true, Some(path)) = (claimable, local, copy.local_path()) {
                     if !self.hold_in_place(path) {
                         return Err(taken(path, "is where a file staged from elsewhere with the same name landed in this run; name the local file differently"));

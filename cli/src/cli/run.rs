@@ -409,11 +409,7 @@ fn a_file_of_the_run(
     };
     for (i, t) in workflow.tasks.iter().enumerate() {
         // Every source of an input with mirrors: any of them may be the one read.
-        let inputs = t.inputs.iter().flat_map(|input| match input {
-            stagehost::workflow::InputDef::Url(url) => std::slice::from_ref(url),
-            stagehost::workflow::InputDef::Mirrors(urls) => urls.as_slice(),
-            stagehost::workflow::InputDef::Output { .. } => &[],
-        });
+        let inputs = sources(t);
         let written = t
             .outputs
             .iter()
@@ -435,7 +431,7 @@ fn a_file_of_the_run(
             // through one of its parents, the archive that holds it (`zip:`).
             if matches!(file.netloc(), "" | "localhost") {
                 let local = Path::new(file.path());
-                if file.scheme() == "file" && same(local) {
+                if stagehost::data_manager::names_local_file(&file) && same(local) {
                     return of_task("", "");
                 }
                 if local
@@ -446,7 +442,7 @@ fn a_file_of_the_run(
                     return of_task("the file that holds ", "");
                 }
                 // Inside a local directory a task reads or writes (`dir/`).
-                if file.scheme() == "file" && url.ends_with('/') {
+                if stagehost::data_manager::names_local_file(&file) && url.ends_with('/') {
                     let within = |d: Option<PathBuf>| {
                         d.is_some_and(|d| {
                             absolute.starts_with(&d)
@@ -462,7 +458,7 @@ fn a_file_of_the_run(
             }
             // Where a file that moves lands: `<working_dir>/<its name>` (a local file
             // is used where it is).
-            let local = file.scheme() == "file" && matches!(file.netloc(), "" | "localhost");
+            let local = stagehost::data_manager::names_local_file(&file);
             let lands = working_dir(&t.executor)
                 .filter(|_| !local)
                 .map(|wd| wd.join(stagehost::data_manager::landing_name(file.filename())));
@@ -474,17 +470,22 @@ fn a_file_of_the_run(
     None
 }
 
+/// The URLs a task's inputs are read from that no task writes: each input's URL, and
+/// every source of an input with mirrors.
+fn sources(t: &stagehost::workflow::TaskDef) -> impl Iterator<Item = &String> {
+    t.inputs.iter().flat_map(|input| match input {
+        stagehost::workflow::InputDef::Url(url) => std::slice::from_ref(url),
+        stagehost::workflow::InputDef::Mirrors(urls) => urls.as_slice(),
+        stagehost::workflow::InputDef::Output { .. } => &[],
+    })
+}
+
 /// Holds, in the engine's data manager, the path of every local file (the `file`
 /// scheme, no host, not a directory) the workflow's tasks read or write.
 fn hold_local_files(engine: &Engine, workflow: &Workflow) {
     let dm = engine.data_manager();
     for t in &workflow.tasks {
-        let sources = t.inputs.iter().flat_map(|input| match input {
-            stagehost::workflow::InputDef::Url(url) => std::slice::from_ref(url),
-            stagehost::workflow::InputDef::Mirrors(urls) => urls.as_slice(),
-            stagehost::workflow::InputDef::Output { .. } => &[],
-        });
-        for url in sources
+        for url in sources(t)
             .chain(&t.outputs)
             .chain(&t.stdout)
             .chain(&t.stderr)
@@ -493,7 +494,7 @@ fn hold_local_files(engine: &Engine, workflow: &Workflow) {
             let Ok(file) = workflow.file(url) else {
                 continue;
             };
-            if file.scheme() == "file" && matches!(file.netloc(), "" | "localhost") {
+            if stagehost::data_manager::names_local_file(&file) {
                 dm.hold_in_place(std::path::Path::new(file.path()));
             }
         }
