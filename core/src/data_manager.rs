@@ -670,10 +670,9 @@ impl DataManager {
     /// for two URLs with one name). Every spelling of a local file holds it for all of
     /// them; `false` when a file staged from elsewhere landed there first.
     pub fn hold_in_place(&self, path: &Path) -> bool {
-        let key = claim_key(path);
-        // No URL holds a NUL byte (they are refused): this owner is no URL's.
-        let owner = format!("\0{}", key.display());
-        self.claim_at(&key, &owner).is_some()
+        // No URL is empty (an empty one is refused): the empty owner is no URL's, the
+        // same for every spelling of the path, and costs no allocation.
+        self.claim_at(path, "").is_some()
     }
 
     /// `<working_dir>/<name>` claimed for `url`, or, when another URL claimed it,
