@@ -9,7 +9,8 @@
 //! `dd conv=fsync` writing 1 GiB on the same disk (the floor of writing it durably) and
 //! curl (which does not sync); 1,000 files of 1 MiB, each synced, beside rclone copying
 //! them over its http backend (`--files-from`, no listing, no sync) and curl; best of
-//! 3 interleaved rounds.
+//! 3 interleaved rounds, each run starting with nothing left to write back (an
+//! untimed `sync`), so no one waits behind the page cache a peer left dirty.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p stagehost-tests --bench http`
 //! (needs nginx, curl and rclone: `bash scripts/install-test-deps`; `-- small`, `-- big`
@@ -102,13 +103,22 @@ fn best_of_rounds(mut runs: [&mut dyn FnMut() -> f64; 3]) -> [f64; 3] {
     best
 }
 
+/// `run`, once what earlier runs wrote is on the disk (an untimed `sync`): the peers
+/// that do not sync leave their writes in the page cache, and whatever runs next
+/// would otherwise wait behind their write-back.
+fn settled(run: impl FnOnce() -> f64) -> f64 {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    run()
+}
+
 fn durable(sandbox: &Sandbox, nginx: &Nginx, small: &[String], big: &str) {
     println!("durable downloads (each file synced before its rename), best of {ROUNDS}:");
     let big_url = [nginx.url(big)];
     let [floor, peer, ours] = best_of_rounds([
-        &mut || dd_fsync(sandbox, 1024),
-        &mut || curl(sandbox, &big_url),
-        &mut || stage_in(sandbox, &big_url),
+        &mut || settled(|| dd_fsync(sandbox, 1024)),
+        &mut || settled(|| curl(sandbox, &big_url)),
+        &mut || settled(|| stage_in(sandbox, &big_url)),
     ]);
     println!(
         "  1 x 1 GiB      dd conv=fsync {floor:>5.2}s | curl (no sync) {peer:>5.2}s | stage in {ours:>5.2}s = {:.2}x dd conv=fsync, {:.2}x curl",
@@ -122,9 +132,9 @@ fn durable(sandbox: &Sandbox, nginx: &Nginx, small: &[String], big: &str) {
         .map(|f| f.trim_start_matches('/').to_owned())
         .collect();
     let [peer, curl_s, ours] = best_of_rounds([
-        &mut || rclone(sandbox, &base, &names),
-        &mut || curl(sandbox, &urls),
-        &mut || stage_in(sandbox, &urls),
+        &mut || settled(|| rclone(sandbox, &base, &names)),
+        &mut || settled(|| curl(sandbox, &urls)),
+        &mut || settled(|| stage_in(sandbox, &urls)),
     ]);
     println!(
         "  1000 x 1 MiB   rclone (no sync) {peer:>5.2}s | curl (no sync) {curl_s:>5.2}s | stage in {ours:>5.2}s = {:.2}x rclone, {:.2}x curl",

@@ -71,7 +71,10 @@ pub fn serve_worker(
         });
     }
     // SIGTERM, SIGINT or SIGHUP (the scheduler ending the block, a user): stop as when
-    // the run says so, its commands' groups killed before this process exits.
+    // the run says so, its commands' groups killed before this process exits. The
+    // connection closes first: a command this worker stops is not the task's result
+    // (the run learns the block's cause, `TIMEOUT`, from the scheduler), and a slot
+    // must not report it as "cancelled" in between.
     {
         let (c, commands) = (channel.clone(), commands.clone());
         runtime.spawn(async move {
@@ -88,8 +91,8 @@ pub fn serve_worker(
                 _ = int.recv() => {}
                 _ = hup.recv() => {}
             }
-            commands.cancel();
             c.shutdown();
+            commands.cancel();
         });
     }
     let (tasks_tx, tasks_rx) = mpsc::channel::<NodeTask>();
