@@ -23,7 +23,7 @@ use stagehost_plugin_api::{ErrorKind, File, StageError};
 
 use crate::checksum::Checksum;
 use crate::registry::{PlanningCall, ProviderInstance, Registry};
-use crate::services::{abi_context, CallServices, CancelFlag, ProgressSink};
+use crate::services::{abi_context, CancelFlag, ProgressSink, ServicesFor};
 
 /// Stage-in or stage-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -433,30 +433,29 @@ impl Staging {
     }
 }
 
-pub(crate) fn call_services(
+pub(crate) fn call_services<'a>(
     provider: &ProviderInstance,
     executor: &str,
-    file: &File,
+    file: &'a File,
     opts: &StageOptions,
-) -> CallServices {
+) -> ServicesFor<'a> {
     call_services_on(provider, executor.into(), file, opts)
 }
 
 /// [`call_services`] with the executor's label already shared.
-fn call_services_on(
+fn call_services_on<'a>(
     provider: &ProviderInstance,
     executor: Arc<str>,
-    file: &File,
+    file: &'a File,
     opts: &StageOptions,
-) -> CallServices {
-    CallServices {
+) -> ServicesFor<'a> {
+    ServicesFor {
         secrets: provider.secrets_longest_first.clone(),
         instance: provider.label.clone(),
         executor,
-        url: file.url().into(),
+        url: file.url(),
         cancel: opts.cancel.clone(),
         progress: opts.progress.clone(),
-        cached: Default::default(),
     }
 }
 
@@ -637,7 +636,10 @@ impl DataManager {
             return local.to_path_buf();
         }
         let name = landing_name(file.filename());
-        let plain = working_dir.join(name);
+        // `working_dir.join(name)`, allocated once at its size.
+        let mut plain = PathBuf::with_capacity(working_dir.as_os_str().len() + 1 + name.len());
+        plain.push(working_dir);
+        plain.push(name);
         let claims = self
             .destinations
             .lock()
@@ -798,11 +800,9 @@ impl DataManager {
             copy = file.clone();
             jobs = [None, None];
             for (call, slot) in [first, second].into_iter().zip(&mut jobs) {
-                let (next, job) = provider.plan(call, &ctx, copy).map_err(|e| {
+                *slot = provider.plan(call, &ctx, &mut copy).map_err(|e| {
                     provider_error(direction, file, &provider, executor, call.as_str(), e)
                 })?;
-                copy = next;
-                *slot = job;
             }
             if !(claimable && copy.local_path() == Some(destination.as_path())) {
                 // A local file used where it is holds its path: a file staged from

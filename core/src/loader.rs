@@ -33,7 +33,7 @@ use abi_stable::library::{
 };
 use sha2::{Digest, Sha256};
 use stagehost_plugin_api::abi::capability::{
-    CapabilityExport, CapabilityTable, ListV1, SchemesV1, StatV1, EXPORT_MAGIC,
+    CapabilityExport, CapabilityTable, ListV1, PlanningV1, SchemesV1, StatV1, EXPORT_MAGIC,
     EXPORT_SYMBOL_WITH_NUL,
 };
 use stagehost_plugin_api::abi::{v0_1_0, PluginModRef, ProviderBox, API_VERSION};
@@ -66,6 +66,8 @@ pub struct LoadedPlugin {
     pub list: Option<&'static ListV1>,
     /// Its `schemes` capability, version 1.
     pub claimed_schemes: Option<&'static SchemesV1>,
+    /// Its `planning` capability, version 1: the planning calls with the file lent.
+    pub planning: Option<&'static PlanningV1>,
     /// The descriptor the library was mapped from; never closed.
     file: ManuallyDrop<std::fs::File>,
     sha256: OnceLock<Result<String, String>>,
@@ -342,6 +344,7 @@ fn open(path: &Path, checked: CheckedFile) -> Result<LoadedPlugin, LoadError> {
         stat: capabilities.stat,
         list: capabilities.list,
         claimed_schemes: capabilities.schemes,
+        planning: capabilities.planning,
         file,
         sha256: OnceLock::new(),
         module,
@@ -355,6 +358,7 @@ struct Capabilities {
     stat: Option<&'static StatV1>,
     list: Option<&'static ListV1>,
     schemes: Option<&'static SchemesV1>,
+    planning: Option<&'static PlanningV1>,
 }
 
 impl Capabilities {
@@ -412,6 +416,7 @@ impl Capabilities {
         let stat = StatV1::find(offered).map_err(LoadError)?;
         let list = ListV1::find(offered).map_err(LoadError)?;
         let schemes = SchemesV1::find(offered).map_err(LoadError)?;
+        let planning = PlanningV1::find(offered).map_err(LoadError)?;
         let mut names: Vec<String> = offered.iter().map(|c| c.id.to_string()).collect();
         names.sort();
         names.dedup();
@@ -421,6 +426,7 @@ impl Capabilities {
             stat,
             list,
             schemes,
+            planning,
         })
     }
 }

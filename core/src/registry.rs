@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use abi_stable::std_types::ROption;
 use stagehost_plugin_api::abi::{AbiContext, AbiJobBox, AbiPlan, ProviderBox};
 use stagehost_plugin_api::capability::Entry;
 use stagehost_plugin_api::{ErrorKind, File, StageError};
@@ -238,21 +239,39 @@ impl ProviderInstance {
                 .and_then(|entries| entries.into_iter().map(Entry::try_from).collect()),
         )
     }
-    /// One planning call: the provider's copy of the file and its job, if any.
+    /// One planning call on `file`, which the provider changes in place (its copy of
+    /// the file); its job, if any. After an error `file` holds nothing to use.
     pub fn plan(
         &self,
         call: PlanningCall,
         ctx: &AbiContext,
-        file: File,
-    ) -> Result<(File, Option<AbiJobBox>), StageError> {
+        file: &mut File,
+    ) -> Result<Option<AbiJobBox>, StageError> {
+        // A plugin offering `planning` changes the file in place; an older one takes
+        // it and gives it back through the frozen calls.
+        if let Some(table) = self.plugin.planning {
+            use stagehost_plugin_api::abi::capability as c;
+            let number = match call {
+                PlanningCall::StageIn => c::PLAN_STAGE_IN,
+                PlanningCall::ReplaceTask => c::PLAN_REPLACE_TASK,
+                PlanningCall::StageOut => c::PLAN_STAGE_OUT,
+                PlanningCall::ReplaceTaskStageOut => c::PLAN_REPLACE_TASK_STAGE_OUT,
+            };
+            return (table.plan)(&self.provider, number, ctx, file)
+                .into_result()
+                .map(ROption::into_option)
+                .map_err(StageError::from);
+        }
+        let owned = file.take();
         let result = match call {
-            PlanningCall::StageIn => self.provider.stage_in(ctx, file),
-            PlanningCall::ReplaceTask => self.provider.replace_task(ctx, file),
-            PlanningCall::StageOut => self.provider.stage_out(ctx, file),
-            PlanningCall::ReplaceTaskStageOut => self.provider.replace_task_stage_out(ctx, file),
+            PlanningCall::StageIn => self.provider.stage_in(ctx, owned),
+            PlanningCall::ReplaceTask => self.provider.replace_task(ctx, owned),
+            PlanningCall::StageOut => self.provider.stage_out(ctx, owned),
+            PlanningCall::ReplaceTaskStageOut => self.provider.replace_task_stage_out(ctx, owned),
         };
-        let AbiPlan { file, job } = result.into_result().map_err(StageError::from)?;
-        Ok((file, job.into_option()))
+        let AbiPlan { file: planned, job } = result.into_result().map_err(StageError::from)?;
+        *file = planned;
+        Ok(job.into_option())
     }
 }
 

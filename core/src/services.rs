@@ -55,6 +55,43 @@ impl CancelFlag {
     }
 }
 
+/// What one call's services are made of; [`abi_context`] writes them into the
+/// services a thread kept from its last call where it can (no allocation per call).
+pub(crate) struct ServicesFor<'a> {
+    pub instance: Arc<str>,
+    pub executor: Arc<str>,
+    pub url: &'a str,
+    pub cancel: CancelFlag,
+    pub progress: Option<Arc<dyn ProgressSink>>,
+    pub secrets: Arc<[String]>,
+}
+
+impl ServicesFor<'_> {
+    fn into_services(self) -> CallServices {
+        CallServices {
+            instance: self.instance,
+            executor: self.executor,
+            url: self.url.to_owned(),
+            cancel: self.cancel,
+            progress: self.progress,
+            cached: AtomicBool::new(false),
+            secrets: self.secrets,
+        }
+    }
+
+    /// Makes `kept` these services, reusing its URL's buffer.
+    fn write_into(self, kept: &mut CallServices) {
+        kept.instance = self.instance;
+        kept.executor = self.executor;
+        kept.url.clear();
+        kept.url.push_str(self.url);
+        kept.cancel = self.cancel;
+        kept.progress = self.progress;
+        kept.cached = AtomicBool::new(false);
+        kept.secrets = self.secrets;
+    }
+}
+
 /// Who is calling, for the plugin's log lines.
 pub(crate) struct CallServices {
     pub instance: Arc<str>,
@@ -62,7 +99,7 @@ pub(crate) struct CallServices {
     /// The file's URL as given, credentials and all: never shown as it is (a log
     /// line gets it redacted, and its credentials are scrubbed from the message).
     /// Both are worked out when a line is logged, which few calls do.
-    pub url: Box<str>,
+    pub url: String,
     pub cancel: CancelFlag,
     pub progress: Option<Arc<dyn ProgressSink>>,
     /// Raised when the provider says the destination already held the file (read
@@ -201,8 +238,16 @@ impl HostServices for Idle {
 impl Drop for CallContext {
     fn drop(&mut self) {
         if let Some(mut ctx) = self.0.take() {
-            // A zero-sized value: boxing it allocates nothing.
-            ctx.services = HostServices_TO::from_value(Idle, TD_Opaque);
+            match ctx.services.obj.downcast_as_mut::<CallServices>() {
+                // Kept for the next call: what it points at goes now (the progress
+                // sink, and the URL's text).
+                Ok(kept) => {
+                    kept.progress = None;
+                    kept.url.clear();
+                }
+                // A zero-sized value: boxing it allocates nothing.
+                Err(_) => ctx.services = HostServices_TO::from_value(Idle, TD_Opaque),
+            }
             let _ = SPARE_CONTEXT.try_with(|spare| *spare.borrow_mut() = Some(ctx));
         }
     }
@@ -216,7 +261,7 @@ fn set(buffer: &mut RString, text: &str) {
 /// Builds the ABI context for one call. Fails when the working directory or the
 /// destination is not UTF-8.
 pub(crate) fn abi_context(
-    services: CallServices,
+    services: ServicesFor<'_>,
     working_dir: &Path,
     destination: &Path,
     deadline: Option<SystemTime>,
@@ -240,7 +285,13 @@ pub(crate) fn abi_context(
             set(&mut ctx.instance, &services.instance);
             set(&mut ctx.destination, destination);
             ctx.deadline_unix_ms = deadline_unix_ms;
-            ctx.services = HostServices_TO::from_value(services, TD_CanDowncast);
+            match ctx.services.obj.downcast_as_mut::<CallServices>() {
+                Ok(kept) => services.write_into(kept),
+                Err(_) => {
+                    ctx.services =
+                        HostServices_TO::from_value(services.into_services(), TD_CanDowncast)
+                }
+            }
             ctx
         }
         None => Box::new(AbiContext {
@@ -249,7 +300,7 @@ pub(crate) fn abi_context(
             instance: services.instance.as_ref().into(),
             destination: destination.into(),
             deadline_unix_ms,
-            services: HostServices_TO::from_value(services, TD_CanDowncast),
+            services: HostServices_TO::from_value(services.into_services(), TD_CanDowncast),
         }),
     };
     Ok(CallContext(Some(ctx)))

@@ -262,12 +262,15 @@ impl AbiJob for JobAdapter {
     }
 }
 
+/// A job as the ABI object the host runs.
+fn job_box(job: Job) -> AbiJobBox {
+    AbiJob_TO::from_value(JobAdapter(Some(job)), sabi_trait::TD_Opaque)
+}
+
 fn plan(file: File, job: Option<Job>) -> AbiPlan {
     AbiPlan {
         file,
-        job: job
-            .map(|j| AbiJob_TO::from_value(JobAdapter(Some(j)), sabi_trait::TD_Opaque))
-            .into(),
+        job: job.map(job_box).into(),
     }
 }
 
@@ -457,7 +460,10 @@ macro_rules! export_provider {
                 ::std::vec::Vec<$crate::abi::capability::CapabilityId>,
             ) {
                 (
-                    ::std::vec![$($($crate::abi::capability::offer::$capability::<$provider>()),*)?],
+                    ::std::vec![
+                        $crate::abi::capability::offer::planning::<$provider>()
+                        $($(, $crate::abi::capability::offer::$capability::<$provider>())*)?
+                    ],
                     _STAGEHOST_REQUIRES_HOST.to_vec(),
                 )
             }

@@ -142,6 +142,22 @@ impl File {
             ..self.clone()
         }
     }
+    /// Moves the file out, leaving an empty one (no URL) in its place: for the host,
+    /// which lends `self` to a plugin where it can and moves it where it must.
+    #[doc(hidden)]
+    pub fn take(&mut self) -> File {
+        std::mem::replace(
+            self,
+            File {
+                url: RString::new(),
+                scheme: RString::new(),
+                netloc: RString::new(),
+                path: RString::new(),
+                filename: RString::new(),
+                local_path: ROption::RNone,
+            },
+        )
+    }
 
     /// The path a task uses: `local_path` if set, else `path` for the `file` scheme.
     ///

@@ -485,7 +485,7 @@ impl Drop for TestHost {
 /// A context built by [`TestHost::context`]; [`TestContext::context`] lends the
 /// `Context` your calls take.
 pub struct TestContext {
-    abi: AbiContext,
+    pub(crate) abi: AbiContext,
 }
 
 impl TestContext {

@@ -1209,7 +1209,7 @@ fn this_host_offers_its_capabilities_and_refuses_a_plugin_needing_one_it_lacks()
     let listing = sandbox.run(&["--config", config.to_str().unwrap(), "plugins", "list"]);
     assert!(
         listing.stdout.contains(&format!(
-            "capable 0.1.0 (plugin-api {API_VERSION}, schemes: capable): loaded\n      {}\n      capabilities: list/1, stat/1\n",
+            "capable 0.1.0 (plugin-api {API_VERSION}, schemes: capable): loaded\n      {}\n      capabilities: list/1, planning/1, stat/1\n",
             plugins.join(format!("libcapable.{}", dylib_ext())).display()
         )),
         "{}",
@@ -1246,7 +1246,7 @@ fn this_host_offers_its_capabilities_and_refuses_a_plugin_needing_one_it_lacks()
         .clone();
     assert_eq!(
         capable["capabilities"],
-        serde_json::json!(["list/1", "stat/1"])
+        serde_json::json!(["list/1", "planning/1", "stat/1"])
     );
     // The host's `cached` capability reaches the plugin, and its answer the report.
     let out = sandbox.run_env(

@@ -34,7 +34,7 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::type_layout::TypeLayout;
 use abi_stable::StableAbi;
 
-use super::{guarded, AbiContext, AbiError, ProviderAdapter, ProviderBox};
+use super::{guarded, AbiContext, AbiError, AbiJobBox, ProviderAdapter, ProviderBox};
 use crate::capability::{Entry, EntryKind, List, Schemes, Stat};
 use crate::error::StageError;
 use crate::file::File;
@@ -304,6 +304,43 @@ unsafe impl CapabilityTable for SchemesV1 {
     const VERSION: u32 = 1;
 }
 
+/// `planning`, version 1 (plugin → host): the four planning calls with the file lent
+/// to the plugin (`&mut File`) instead of moved into the call and back out in an
+/// [`AbiPlan`](super::AbiPlan). The host plans every file a task names through them;
+/// a `File` is six strings, and moving it across the boundary twice per call cost
+/// more than the calls themselves. Every plugin built with
+/// [`export_provider!`](crate::export_provider) from plugin-api 0.1.7 offers it; the
+/// host falls back to the frozen calls for older ones.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PlanningV1 {
+    /// Runs planning call `call` ([`PLAN_STAGE_IN`], [`PLAN_STAGE_OUT`],
+    /// [`PLAN_REPLACE_TASK`], [`PLAN_REPLACE_TASK_STAGE_OUT`]) of `provider` on `file`,
+    /// which the plugin changes in place; returns the job, if any. Another number is
+    /// an error.
+    pub plan: extern "C" fn(
+        provider: &ProviderBox,
+        call: u8,
+        ctx: &AbiContext,
+        file: &mut File,
+    ) -> RResult<ROption<AbiJobBox>, AbiError>,
+}
+
+// SAFETY: released in plugin-api 0.1.7; never changed.
+unsafe impl CapabilityTable for PlanningV1 {
+    const NAME: &'static str = "planning";
+    const VERSION: u32 = 1;
+}
+
+/// [`PlanningV1`]'s `call` for `stage_in`.
+pub const PLAN_STAGE_IN: u8 = 0;
+/// [`PlanningV1`]'s `call` for `stage_out`.
+pub const PLAN_STAGE_OUT: u8 = 1;
+/// [`PlanningV1`]'s `call` for `replace_task`.
+pub const PLAN_REPLACE_TASK: u8 = 2;
+/// [`PlanningV1`]'s `call` for `replace_task_stage_out`.
+pub const PLAN_REPLACE_TASK_STAGE_OUT: u8 = 3;
+
 // ---------------------------------------------------------------------------------
 // The plugin side.
 
@@ -408,6 +445,37 @@ extern "C" fn schemes_v1<P: Schemes>(provider: &ProviderBox) -> RResult<RVec<RSt
     })
 }
 
+extern "C" fn planning_v1<P: Provider>(
+    provider: &ProviderBox,
+    call: u8,
+    ctx: &AbiContext,
+    file: &mut File,
+) -> RResult<ROption<AbiJobBox>, AbiError> {
+    type Call<P> = fn(&P, &Context<'_>, &mut File) -> Result<Option<crate::Job>, StageError>;
+    let (name, f): (&str, Call<P>) = match call {
+        PLAN_STAGE_IN => ("stage_in", P::stage_in),
+        PLAN_STAGE_OUT => ("stage_out", P::stage_out),
+        PLAN_REPLACE_TASK => ("replace_task", P::replace_task),
+        PLAN_REPLACE_TASK_STAGE_OUT => ("replace_task_stage_out", P::replace_task_stage_out),
+        other => {
+            return RResult::RErr(
+                StageError::other(format!("no planning call numbered {other}")).into(),
+            )
+        }
+    };
+    guarded(name, || {
+        let job = f(own::<P>(provider)?, &Context::new(ctx), file)?;
+        Ok(job.map(super::job_box).into())
+    })
+}
+
+struct PlanningOf<P>(std::marker::PhantomData<P>);
+impl<P: Provider> PlanningOf<P> {
+    const TABLE: PlanningV1 = PlanningV1 {
+        plan: planning_v1::<P>,
+    };
+}
+
 struct StatOf<P>(std::marker::PhantomData<P>);
 impl<P: Stat> StatOf<P> {
     const TABLE: StatV1 = StatV1 { stat: stat_v1::<P> };
@@ -441,6 +509,10 @@ pub mod offer {
     /// `schemes` version 1 for `P`.
     pub fn schemes<P: Schemes>() -> Capability {
         SchemesV1::offer(&SchemesOf::<P>::TABLE)
+    }
+    /// `planning` version 1 for `P`: offered by every plugin (the export macro adds it).
+    pub fn planning<P: Provider>() -> Capability {
+        PlanningV1::offer(&PlanningOf::<P>::TABLE)
     }
 }
 
@@ -519,5 +591,95 @@ mod tests {
         let line = missing_host_capabilities(&[future]).unwrap();
         assert!(line.starts_with("this plugin needs the host capability cached/99, which"));
         assert_eq!(missing_host_capabilities(&[]), None);
+    }
+
+    #[cfg(feature = "testing")]
+    mod planning {
+        use super::*;
+        use crate::testing::TestHost;
+        use crate::{Job, Settings};
+        use abi_stable::std_types::RStr;
+
+        /// Places the file at the host's destination on `stage_in`; panics in
+        /// `replace_task`.
+        struct Places;
+        impl Provider for Places {
+            fn new(_: &Settings) -> Result<Self, StageError> {
+                Ok(Places)
+            }
+            fn stage_in(
+                &self,
+                ctx: &Context<'_>,
+                file: &mut File,
+            ) -> Result<Option<Job>, StageError> {
+                file.set_local_path(ctx.destination());
+                Ok(Some(Job::new(|_| Ok(()))))
+            }
+            fn replace_task(
+                &self,
+                _: &Context<'_>,
+                _: &mut File,
+            ) -> Result<Option<Job>, StageError> {
+                panic!("replace_task gave up");
+            }
+        }
+        struct Other;
+        impl Provider for Other {
+            fn new(_: &Settings) -> Result<Self, StageError> {
+                Ok(Other)
+            }
+        }
+
+        /// The error of a call that should have failed.
+        fn failed(r: RResult<ROption<AbiJobBox>, AbiError>) -> StageError {
+            match r {
+                RResult::RErr(e) => e.into(),
+                RResult::ROk(_) => panic!("the call succeeded"),
+            }
+        }
+
+        fn boxed<P: Provider>() -> ProviderBox {
+            crate::abi::construct_provider::<P>(RStr::from_str(""), &[])
+                .into_result()
+                .unwrap_or_else(|_| panic!("constructed"))
+        }
+
+        #[test]
+        fn a_planning_call_changes_the_lent_file_and_a_panic_or_a_wrong_call_is_an_error() {
+            let host = TestHost::new();
+            let provider = boxed::<Places>();
+            let plan = PlanningOf::<Places>::TABLE.plan;
+            let mut file = File::parse("x://h/a.txt").unwrap();
+            let ctx = host.context(&file);
+            let job = plan(&provider, PLAN_STAGE_IN, &ctx.abi, &mut file).unwrap();
+            assert!(job.is_some());
+            assert_eq!(
+                file.local_path(),
+                Some(host.working_dir().join("a.txt").as_path())
+            );
+            assert_eq!(file.url(), "x://h/a.txt");
+            // The defaults: nothing to do, the file as it was.
+            let before = file.clone();
+            let job = plan(&provider, PLAN_STAGE_OUT, &ctx.abi, &mut file).unwrap();
+            assert!(job.is_none());
+            assert_eq!(file, before);
+
+            let e = failed(plan(&provider, PLAN_REPLACE_TASK, &ctx.abi, &mut file));
+            assert_eq!(e.kind(), crate::ErrorKind::Panicked);
+            assert!(
+                e.message().starts_with("plugin panicked in replace_task")
+                    && e.message().ends_with("replace_task gave up"),
+                "{}",
+                e.message()
+            );
+            let e = failed(plan(&provider, 9, &ctx.abi, &mut file));
+            assert_eq!(e.message(), "no planning call numbered 9");
+            // A box made for another provider type is refused, never misread.
+            let e = failed(plan(&boxed::<Other>(), PLAN_STAGE_IN, &ctx.abi, &mut file));
+            assert_eq!(
+                e.message(),
+                "a capability was called with another plugin's provider"
+            );
+        }
     }
 }
