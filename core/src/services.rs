@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
+use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{ROption, RStr, RString};
 use stagehost_plugin_api::abi::capability::{CachedV1, Capability, CapabilityTable};
 use stagehost_plugin_api::abi::{AbiContext, HostServices, HostServices_TO, NOTICE_CACHED};
@@ -223,30 +223,15 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// What a kept context holds between calls: nothing (the last call's services are
-/// dropped when it ends, not at the next call).
-struct Idle;
-
-impl HostServices for Idle {
-    fn log(&self, _level: u8, _message: RStr<'_>) {}
-    fn progress(&self, _done: u64, _total: ROption<u64>) {}
-    fn is_cancelled(&self) -> bool {
-        true
-    }
-}
-
 impl Drop for CallContext {
     fn drop(&mut self) {
         if let Some(mut ctx) = self.0.take() {
-            match ctx.services.obj.downcast_as_mut::<CallServices>() {
-                // Kept for the next call: what it points at goes now (the progress
-                // sink, and the URL's text).
-                Ok(kept) => {
-                    kept.progress = None;
-                    kept.url.clear();
-                }
-                // A zero-sized value: boxing it allocates nothing.
-                Err(_) => ctx.services = HostServices_TO::from_value(Idle, TD_Opaque),
+            // Its services (every context made here holds `CallServices`) are kept for
+            // the thread's next call; what they point at goes now: the progress sink,
+            // and the URL's text.
+            if let Ok(kept) = ctx.services.obj.downcast_as_mut::<CallServices>() {
+                kept.progress = None;
+                kept.url.clear();
             }
             let _ = SPARE_CONTEXT.try_with(|spare| *spare.borrow_mut() = Some(ctx));
         }
